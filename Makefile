@@ -1,0 +1,12 @@
+.PHONY: test tools lint help
+help:  ## list targets
+	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*##/\t/'
+
+test:  ## everything CI runs: tool builds (cached), lint, mypy, layer contracts, all tests
+	bash hack/test.sh
+
+tools:  ## build the pinned upstream binaries (etcd, kube-apiserver, minio, ...) into ~/.cache/barge
+	bash hack/install-tools.sh
+
+lint:  ## ruff + mypy + import-linter only
+	bash hack/bootstrap-python.sh && .venv/bin/ruff check . && .venv/bin/mypy && .venv/bin/lint-imports

@@ -1,0 +1,29 @@
+"""Where the pinned upstream binaries (etcd, kube-apiserver, minio, ...) live.
+
+``hack/install-tools.sh`` builds them from Go modules into ``$BARGE_CACHE_DIR/bin`` (default
+``~/.cache/barge/bin``), outside the repository so a fresh clone stays small and the cache is
+reused across clones and CI runs.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from barge.errors import ToolMissing
+
+
+def cache_dir() -> Path:
+    configured = os.environ.get("BARGE_CACHE_DIR")
+    return Path(configured) if configured else Path.home() / ".cache" / "barge"
+
+
+def tool_path(name: str) -> Path:
+    """The installed binary ``name``, or a ToolMissing that says how to install it."""
+    path = cache_dir() / "bin" / name
+    if not (path.is_file() and os.access(path, os.X_OK)):
+        raise ToolMissing(
+            f"{name} is not installed at {path}; run `bash hack/install-tools.sh {name}` "
+            "from the Barge checkout (it builds the pinned version from Go modules)"
+        )
+    return path

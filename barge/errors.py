@@ -1,0 +1,42 @@
+"""The one exception hierarchy of Barge.
+
+Every failure is either *temporary* (retrying the same operation later may succeed: throttling,
+a dropped connection, an API server restart) or *permanent* (retrying cannot help: a bad spec, a
+missing Secret, a corrupted repository). Callers decide retry-vs-fail on that split alone, and the
+gRPC layer maps the classes to status codes in one place, so the meaning never drifts between
+components.
+"""
+
+from __future__ import annotations
+
+
+class BargeError(Exception):
+    """Base of every error Barge raises on purpose. ``str(err)`` is a message for a human."""
+
+
+class TemporaryError(BargeError):
+    """Retrying later may succeed."""
+
+
+class PermanentError(BargeError):
+    """Retrying cannot succeed until something outside Barge changes; the message says what."""
+
+
+class InvalidInput(PermanentError):
+    """A spec, flag or argument is wrong; the message names it and what would be right."""
+
+
+class NotFound(PermanentError):
+    """A referenced object (Secret, VolumeSnapshot, snapshot ID, ...) does not exist."""
+
+
+class ToolMissing(PermanentError):
+    """A program Barge's development environment needs is not installed."""
+
+
+class CorruptionDetected(PermanentError):
+    """Stored data failed an integrity check; never silently ignored."""
+
+
+class Canceled(BargeError):
+    """The operation was canceled on request; neither a success nor a failure."""

@@ -1,0 +1,64 @@
+"""Installing the CustomResourceDefinitions Barge serves and reads (shipped as package data)."""
+
+from __future__ import annotations
+
+import time
+from importlib import resources
+from typing import Any
+
+import yaml
+from kubernetes import client
+from kubernetes.client.exceptions import ApiException
+
+from barge.errors import TemporaryError
+
+HTTP_CONFLICT = 409
+DEFAULT_CRD_FILES = (
+    "velero.io_datauploads.yaml",
+    "velero.io_datadownloads.yaml",
+    "velero.io_backupstoragelocations.yaml",
+    "snapshot.storage.k8s.io_volumesnapshots.yaml",
+    "snapshot.storage.k8s.io_volumesnapshotcontents.yaml",
+    "snapshot.storage.k8s.io_volumesnapshotclasses.yaml",
+)
+
+
+def load_crd(file_name: str) -> dict[str, Any]:
+    text = resources.files("barge").joinpath("crds", file_name).read_text()
+    document = yaml.safe_load(text)
+    if not isinstance(document, dict) or document.get("kind") != "CustomResourceDefinition":
+        raise ValueError(f"barge/crds/{file_name} is not a CustomResourceDefinition")
+    return document
+
+
+def apply_crd(api: client.ApiClient, crd: dict[str, Any], timeout: float = 30.0) -> None:
+    """Create or replace ``crd`` and wait until the API server reports it Established."""
+    extensions = client.ApiextensionsV1Api(api)
+    name = crd["metadata"]["name"]
+    try:
+        extensions.create_custom_resource_definition(crd)
+    except ApiException as err:
+        if err.status != HTTP_CONFLICT:
+            raise
+        current = extensions.read_custom_resource_definition(name)
+        replacement = {
+            **crd,
+            "metadata": {**crd["metadata"], "resourceVersion": current.metadata.resource_version},
+        }
+        extensions.replace_custom_resource_definition(name, replacement)
+    _wait_established(extensions, name, timeout)
+
+
+def _wait_established(extensions: client.ApiextensionsV1Api, name: str, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        conditions = extensions.read_custom_resource_definition(name).status.conditions or []
+        if any(c.type == "Established" and c.status == "True" for c in conditions):
+            return
+        time.sleep(0.1)
+    raise TemporaryError(f"CRD {name} not Established after {timeout:.0f}s")
+
+
+def install_crds(api: client.ApiClient, files: tuple[str, ...] = DEFAULT_CRD_FILES) -> None:
+    for file_name in files:
+        apply_crd(api, load_crd(file_name))

@@ -1,0 +1,38 @@
+"""Session fixtures that start the real servers: etcd + kube-apiserver, and MinIO.
+
+A missing binary is a test *error* with the command that installs it, never a skip: a green run
+must mean the integration tests really ran against the real servers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+from kubernetes import client
+
+from barge.devenv.controlplane import ControlPlaneEndpoints, LocalControlPlane
+from barge.devenv.s3server import LocalS3Server, S3Endpoint
+from barge.kube.client import api_client
+from barge.kube.crds import install_crds
+
+
+@pytest.fixture(scope="session")
+def control_plane() -> Iterator[ControlPlaneEndpoints]:
+    with LocalControlPlane() as endpoints:
+        with api_client(endpoints.kubeconfig) as api:
+            install_crds(api)
+        yield endpoints
+
+
+@pytest.fixture(scope="session")
+def kube(control_plane: ControlPlaneEndpoints) -> Iterator[client.ApiClient]:
+    """An admin (system:masters) client of the real API server."""
+    with api_client(control_plane.kubeconfig) as api:
+        yield api
+
+
+@pytest.fixture(scope="session")
+def s3_server() -> Iterator[S3Endpoint]:
+    with LocalS3Server() as endpoint:
+        yield endpoint

@@ -1,0 +1,106 @@
+"""Unit tests of the dev-environment plumbing that need no real server."""
+
+from __future__ import annotations
+
+import ssl
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from cryptography import x509
+
+from barge.clock import ManualClock
+from barge.devenv.pki import make_control_plane_pki
+from barge.devenv.processes import ServerProcess, free_port
+from barge.devenv.tools import tool_path
+from barge.errors import PermanentError, TemporaryError, ToolMissing
+
+
+def test_missing_tool_says_how_to_install_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("BARGE_CACHE_DIR", str(tmp_path))
+    with pytest.raises(ToolMissing, match=r"run `bash hack/install-tools.sh etcd`"):
+        tool_path("etcd")
+    assert issubclass(ToolMissing, PermanentError)
+
+
+def test_tool_path_finds_an_executable_in_the_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("BARGE_CACHE_DIR", str(tmp_path))
+    binary = tmp_path / "bin" / "etcd"
+    binary.parent.mkdir()
+    binary.write_text("#!/bin/sh\n")
+    with pytest.raises(ToolMissing):
+        tool_path("etcd")  # present but not executable
+    binary.chmod(0o755)
+    assert tool_path("etcd") == binary
+
+
+def test_pki_chains_to_its_ca_and_carries_identities(tmp_path: Path) -> None:
+    pki = make_control_plane_pki(tmp_path)
+    ca = x509.load_pem_x509_certificate(pki.ca.cert_path.read_bytes())
+    serving = x509.load_pem_x509_certificate(pki.serving.cert_path.read_bytes())
+    admin = x509.load_pem_x509_certificate(pki.admin.cert_path.read_bytes())
+    for leaf in (serving, admin):
+        leaf.verify_directly_issued_by(ca)
+    sans = serving.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert "127.0.0.1" in [str(ip) for ip in sans.get_values_for_type(x509.IPAddress)]
+    assert admin.subject.get_attributes_for_oid(x509.NameOID.ORGANIZATION_NAME)[0].value == "system:masters"
+    assert oct(pki.admin.key_path.stat().st_mode & 0o777) == "0o600"
+    context = ssl.create_default_context(cafile=str(pki.ca.cert_path))
+    context.load_cert_chain(str(pki.admin.cert_path), str(pki.admin.key_path))
+
+
+def test_wait_ready_fails_fast_with_the_log_when_the_process_dies(tmp_path: Path) -> None:
+    proc = ServerProcess(
+        "doomed",
+        [sys.executable, "-c", "print('bad flag --frobnicate'); raise SystemExit(3)"],
+        tmp_path / "log",
+    )
+    proc.start()
+    started = time.monotonic()
+    with pytest.raises(TemporaryError, match=r"exited with code 3.*\n.*bad flag --frobnicate"):
+        proc.wait_ready(lambda: False, timeout=30, what="ready")
+    assert time.monotonic() - started < 10
+
+
+def test_wait_ready_times_out_with_what_it_waited_for(tmp_path: Path) -> None:
+    proc = ServerProcess("sleeper", [sys.executable, "-c", "import time; time.sleep(60)"], tmp_path / "log")
+    proc.start()
+    try:
+        with pytest.raises(TemporaryError, match="sleeper not listening after 0s"):
+            proc.wait_ready(lambda: False, timeout=0.3, what="listening")
+    finally:
+        proc.stop(grace=1)
+    assert proc.exit_code() is not None
+
+
+def test_stop_kills_a_process_that_ignores_sigterm(tmp_path: Path) -> None:
+    code = (
+        "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
+        "print('up', flush=True); time.sleep(60)"
+    )
+    proc = ServerProcess("stubborn", [sys.executable, "-c", code], tmp_path / "log")
+    proc.start()
+    proc.wait_ready(lambda: "up" in (tmp_path / "log").read_text(), timeout=10, what="up")
+    started = time.monotonic()
+    proc.stop(grace=0.5)
+    assert proc.exit_code() == -9
+    assert time.monotonic() - started < 5
+
+
+def test_free_port_is_bindable() -> None:
+    import socket
+
+    port = free_port()
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", port))
+
+
+def test_manual_clock_only_moves_when_told() -> None:
+    clock = ManualClock()
+    before = clock.now()
+    clock.sleep(90)
+    assert clock.monotonic() == 90
+    assert (clock.now() - before).total_seconds() == 90
+    with pytest.raises(ValueError, match="backwards"):
+        clock.advance(-1)
