@@ -1,0 +1,1 @@
+"""Volume readers and writers: a filesystem tree or a block device, to and from a repository."""

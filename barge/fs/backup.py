@@ -1,0 +1,332 @@
+"""Backing up a directory tree into a repository.
+
+The walk itself is single-threaded (metadata is cheap); file contents are chunked, hashed, sealed
+and packed on a pool of workers. Memory stays bounded: each worker holds one chunker buffer, the
+writer holds a bounded number of packs in flight, and the walk holds one directory's listing per
+level of depth.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import stat
+import threading
+from collections.abc import Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Literal
+
+from pyfastcdc import FastCDC
+
+from barge.clock import Clock, SystemClock
+from barge.errors import Canceled, InvalidInput, PermanentError
+from barge.fs.progress import CancelToken, Progress, ProgressCallback
+from barge.fs.sparse import ExtentReader, data_extents
+from barge.repo.pack import BlobType
+from barge.repo.repository import Repository, RepositoryWriter
+from barge.repo.tree import Extent, Node, decode_tree, encode_tree
+
+ErrorPolicy = Literal["fail", "skip"]
+
+
+class SourceUnreadable(PermanentError):
+    """A file in the source could not be read and the error policy is ``fail``."""
+
+
+@dataclass(frozen=True)
+class BackupOptions:
+    workers: int = 4
+    on_unreadable: ErrorPolicy = "fail"
+    parent: str | None = None  # snapshot whose unchanged files are reused without reading
+    tags: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class BackupResult:
+    snapshot_id: str
+    files: int
+    dirs: int
+    bytes_total: int
+    bytes_read: int
+    bytes_new: int
+    bytes_stored: int
+    files_unchanged: int
+    duration_s: float
+    skipped: tuple[str, ...] = ()
+
+
+def scan_total_bytes(source: Path) -> int:
+    """The apparent size of every regular file below ``source``: the progress total, known up front."""
+    total = 0
+    stack = [os.fsencode(source)]
+    while stack:
+        with os.scandir(stack.pop()) as entries:
+            for entry in entries:
+                try:
+                    st = entry.stat(follow_symlinks=False)
+                except OSError:
+                    continue
+                if stat.S_ISDIR(st.st_mode):
+                    stack.append(entry.path)
+                elif stat.S_ISREG(st.st_mode):
+                    total += st.st_size
+    return total
+
+
+def _kind(mode: int) -> str:
+    for test, kind in (
+        (stat.S_ISREG, "file"),
+        (stat.S_ISDIR, "dir"),
+        (stat.S_ISLNK, "symlink"),
+        (stat.S_ISCHR, "chardev"),
+        (stat.S_ISBLK, "blockdev"),
+        (stat.S_ISFIFO, "fifo"),
+    ):
+        if test(mode):
+            return kind
+    return "socket"
+
+
+def _read_xattrs(path: bytes) -> tuple[tuple[bytes, bytes], ...]:
+    try:
+        names = os.listxattr(path, follow_symlinks=False)
+        return tuple(sorted((os.fsencode(n), os.getxattr(path, n, follow_symlinks=False)) for n in names))
+    except OSError:
+        return ()
+
+
+def metadata_node(name: bytes, path: bytes, st: os.stat_result) -> Node:
+    kind = _kind(st.st_mode)
+    return Node(
+        name=name,
+        kind=kind,
+        mode=stat.S_IMODE(st.st_mode),
+        uid=st.st_uid,
+        gid=st.st_gid,
+        mtime_ns=st.st_mtime_ns,
+        size=st.st_size if kind == "file" else 0,
+        target=os.readlink(path) if kind == "symlink" else None,
+        rdev=st.st_rdev if kind in ("chardev", "blockdev") else 0,
+        xattrs=_read_xattrs(path) if kind != "symlink" else (),
+        device=st.st_dev,
+        inode=st.st_ino,
+        nlink=st.st_nlink,
+        ctime_ns=st.st_ctime_ns,
+    )
+
+
+class _TreeBackup:
+    def __init__(
+        self,
+        repo: Repository,
+        writer: RepositoryWriter,
+        options: BackupOptions,
+        progress: Progress,
+        cancel: CancelToken,
+    ) -> None:
+        self.repo = repo
+        self.writer = writer
+        self.options = options
+        self.progress = progress
+        self.cancel = cancel
+        self.pool = ThreadPoolExecutor(max_workers=options.workers, thread_name_prefix="barge-read")
+        self.slots = threading.BoundedSemaphore(options.workers * 4)
+        self.local = threading.local()
+        self.lock = threading.Lock()
+        self.files = self.dirs = self.unchanged = self.bytes_read = 0
+        self.skipped: list[str] = []
+
+    def chunker(self) -> FastCDC:
+        if not hasattr(self.local, "chunker"):
+            s = self.repo.config.settings
+            self.local.chunker = FastCDC(
+                s.chunk_avg - s.chunk_min,  # pyfastcdc's average is avg_size + min_size
+                min_size=s.chunk_min,
+                max_size=s.chunk_max,
+                seed=self.repo.keys.chunker_seed,
+            )
+        chunker: FastCDC = self.local.chunker
+        return chunker
+
+    def parent_nodes(self, tree_id: bytes | None) -> dict[bytes, Node]:
+        if tree_id is None:
+            return {}
+        return {n.name: n for n in decode_tree(self.repo.read_blob(tree_id))}
+
+    def backup_dir(self, path: bytes, node: Node, old: Node | None) -> Node:
+        self.cancel.check()
+        previous = self.parent_nodes(old.subtree if old and old.kind == "dir" else None)
+        with os.scandir(path) as it:
+            entries = sorted(it, key=lambda e: e.name)
+        pending: list[Future[Node | None]] = []
+        nodes: list[Node] = []
+        subdirs: list[tuple[bytes, Node]] = []
+        for entry in entries:
+            name = os.fsencode(entry.name)
+            try:
+                st = entry.stat(follow_symlinks=False)
+                child = metadata_node(name, os.fsencode(entry.path), st)
+            except FileNotFoundError:
+                continue  # vanished since the listing
+            if child.kind == "file":
+                self.slots.acquire()
+                future = self.pool.submit(
+                    self.backup_file, os.fsencode(entry.path), child, previous.get(name)
+                )
+                future.add_done_callback(lambda _: self.slots.release())
+                pending.append(future)
+            elif child.kind == "dir":
+                subdirs.append((os.fsencode(entry.path), child))
+            else:
+                nodes.append(child)
+        for child_path, child in subdirs:
+            nodes.append(self.backup_dir(child_path, child, previous.get(child.name)))
+        for future in pending:
+            result = future.result()
+            if result is not None:
+                nodes.append(result)
+        tree_id = self.writer.add_blob(BlobType.TREE, encode_tree(nodes))
+        with self.lock:
+            self.dirs += 1
+        return replace(node, subtree=tree_id)
+
+    def backup_file(self, path: bytes, node: Node, old: Node | None) -> Node | None:
+        if self.cancel.canceled:
+            return None
+        if (
+            old is not None
+            and node.unchanged_since(old)
+            and all(b is None or b in self.repo.index for b, _ in old.content)
+        ):
+            self.progress.add(node.size)
+            with self.lock:
+                self.files += 1
+                self.unchanged += 1
+            return replace(node, content=old.content)
+        try:
+            content = self.read_content(path, node.size)
+        except Canceled:
+            return None
+        except OSError as err:
+            message = f"{os.fsdecode(path)}: {err.strerror or err}"
+            if self.options.on_unreadable == "fail":
+                raise SourceUnreadable(
+                    f"cannot read {message} (set the error policy to skip to continue)"
+                ) from err
+            with self.lock:
+                self.skipped.append(message)
+            return None
+        with self.lock:
+            self.files += 1
+        return replace(node, content=content, size=sum(n for _, n in content))
+
+    def read_content(self, path: bytes, size: int) -> tuple[Extent, ...]:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        try:
+            content: list[Extent] = []
+            pos = 0
+            for start, end in data_extents(fd, size):
+                if start > pos:
+                    content.append((None, start - pos))
+                    self.progress.add(start - pos)
+                reader = ExtentReader(fd, start, end)
+                for chunk in self.chunker().cut_stream(reader):
+                    self.cancel.check()
+                    blob_id = self.writer.add_blob(BlobType.DATA, chunk.data)
+                    content.append((blob_id, chunk.length))
+                    self.progress.add(chunk.length)
+                pos = start + reader.bytes_read
+                with self.lock:
+                    self.bytes_read += reader.bytes_read
+                if pos < end:  # the file shrank while being read
+                    return tuple(content)
+            if pos < size:
+                content.append((None, size - pos))
+                self.progress.add(size - pos)
+            return tuple(content)
+        finally:
+            os.close(fd)
+
+
+def backup_tree(
+    repo: Repository,
+    source: Path,
+    *,
+    options: BackupOptions | None = None,
+    progress: ProgressCallback | None = None,
+    cancel: CancelToken | None = None,
+    clock: Clock | None = None,
+) -> BackupResult:
+    """Back up ``source`` (a directory) and write a snapshot; returns what was done.
+
+    On cancel or error no snapshot is written, and everything already uploaded stays indexed so
+    the next run reuses it.
+    """
+    options = options or BackupOptions()
+    clock = clock or SystemClock()
+    cancel = cancel or CancelToken()
+    source_bytes = os.fsencode(source)
+    try:
+        root_stat = os.stat(source_bytes)
+    except OSError as err:
+        raise InvalidInput(f"cannot back up {source}: {err.strerror}") from err
+    if not stat.S_ISDIR(root_stat.st_mode):
+        raise InvalidInput(f"cannot back up {source}: not a directory")
+    parent_root: Node | None = None
+    if options.parent:
+        parent_manifest = repo.load_snapshot(options.parent)
+        parent_root = Node(name=b"", kind="dir", subtree=bytes.fromhex(parent_manifest["tree"]))
+
+    started = clock.monotonic()
+    meter = Progress(scan_total_bytes(source), progress, clock)
+    writer = repo.writer()
+    walk = _TreeBackup(repo, writer, options, meter, cancel)
+    try:
+        writer.adopt_orphan_packs()
+        root = walk.backup_dir(source_bytes, metadata_node(b"", source_bytes, root_stat), parent_root)
+        cancel.check()
+        writer.flush()
+    except BaseException:
+        walk.pool.shutdown(wait=True, cancel_futures=True)
+        writer.abort()
+        raise
+    walk.pool.shutdown(wait=True)
+    writer.close()
+    summary: dict[str, Any] = {
+        "files": walk.files,
+        "dirs": walk.dirs,
+        "bytes_total": meter.total,
+        "bytes_read": walk.bytes_read,
+        "bytes_new": writer.stats.bytes_new,
+        "bytes_stored": writer.stats.bytes_stored,
+        "files_unchanged": walk.unchanged,
+        "skipped": len(walk.skipped),
+    }
+    manifest = {
+        "version": 1,
+        "kind": "fs",
+        "time": clock.now().isoformat(),
+        "hostname": socket.gethostname(),
+        "paths": [os.fsdecode(source)],
+        "tags": dict(options.tags),
+        "parent": options.parent,
+        "tree": root.subtree.hex() if root.subtree else None,
+        "root": {"mode": root.mode, "uid": root.uid, "gid": root.gid, "mtime_ns": root.mtime_ns},
+        "summary": summary,
+    }
+    snapshot_id = repo.save_snapshot(manifest)
+    meter.finish()
+    return BackupResult(
+        snapshot_id=snapshot_id,
+        files=walk.files,
+        dirs=walk.dirs,
+        bytes_total=meter.total,
+        bytes_read=walk.bytes_read,
+        bytes_new=writer.stats.bytes_new,
+        bytes_stored=writer.stats.bytes_stored,
+        files_unchanged=walk.unchanged,
+        duration_s=clock.monotonic() - started,
+        skipped=tuple(walk.skipped),
+    )

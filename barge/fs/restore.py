@@ -1,0 +1,247 @@
+"""Restoring a filesystem snapshot into an empty directory.
+
+Every name comes from the repository and is treated as hostile: a name with ``/``, ``.``, ``..``,
+NUL or nothing at all is refused, and every file is created relative to a directory file
+descriptor we created ourselves, with ``O_NOFOLLOW | O_EXCL``, so neither a crafted name nor a
+symlink in the snapshot can make the restore write outside the target.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import stat
+import threading
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from barge.clock import Clock, SystemClock
+from barge.errors import CorruptionDetected, InvalidInput
+from barge.fs.progress import CancelToken, Progress, ProgressCallback
+from barge.repo.repository import Repository
+from barge.repo.tree import Node, decode_tree
+
+
+class UnsafeName(CorruptionDetected):
+    """A snapshot names an entry that would escape or confuse the restore target."""
+
+
+@dataclass(frozen=True)
+class RestoreResult:
+    files: int
+    dirs: int
+    bytes_written: int
+    warnings: tuple[str, ...]
+
+
+def check_name(name: bytes) -> bytes:
+    if not name or name in (b".", b"..") or b"/" in name or b"\0" in name:
+        raise UnsafeName(f"snapshot contains an unsafe entry name {name!r}; refusing to restore it")
+    return name
+
+
+def _prepare_target(target: Path) -> None:
+    try:
+        target.mkdir(parents=True)
+    except FileExistsError:
+        if not target.is_dir() or target.is_symlink():
+            raise InvalidInput(f"restore target {target} exists and is not a directory") from None
+        if any(target.iterdir()):
+            raise InvalidInput(
+                f"restore target {target} is not empty; restore into an empty directory"
+            ) from None
+
+
+class _TreeRestore:
+    def __init__(
+        self, repo: Repository, root: Path, progress: Progress, cancel: CancelToken, workers: int
+    ) -> None:
+        self.repo = repo
+        self.root = root
+        self.progress = progress
+        self.cancel = cancel
+        self.pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="barge-restore")
+        self.as_root = os.geteuid() == 0
+        self.lock = threading.Lock()
+        self.links: dict[tuple[int, int], bytes] = {}  # source inode -> first restored path
+        self.open_fds: set[int] = set()  # files handed to the pool; closed even if canceled
+        self.files = self.dirs = self.bytes_written = 0
+        self.warnings: list[str] = []
+
+    def warn(self, message: str) -> None:
+        with self.lock:
+            self.warnings.append(message)
+
+    def restore_dir(self, dir_fd: int, rel: bytes, tree_id: bytes, pending: list[Future[None]]) -> None:
+        """Create the entries of one directory; file contents go to the pool (``pending``)."""
+        self.cancel.check()
+        for node in decode_tree(self.repo.read_blob(tree_id)):
+            name = check_name(node.name)
+            child_rel = rel + b"/" + name if rel else name
+            if node.kind == "dir":
+                if node.subtree is None:
+                    raise CorruptionDetected(f"directory {child_rel!r} has no tree")
+                os.mkdir(name, 0o700, dir_fd=dir_fd)
+                child_fd = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=dir_fd)
+                try:
+                    self.restore_dir(child_fd, child_rel, node.subtree, pending)
+                finally:
+                    os.close(child_fd)
+                with self.lock:
+                    self.dirs += 1
+            elif node.kind == "file":
+                if self.link_if_seen(node, dir_fd, name, child_rel):
+                    continue
+                fd = os.open(
+                    name,
+                    os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+                    0o600,
+                    dir_fd=dir_fd,
+                )
+                with self.lock:
+                    self.open_fds.add(fd)
+                pending.append(self.pool.submit(self.write_file, fd, node))
+            else:
+                self.restore_special(dir_fd, name, child_rel, node)
+
+    def link_if_seen(self, node: Node, dir_fd: int, name: bytes, rel: bytes) -> bool:
+        if node.nlink < 2:
+            return False
+        key = (node.device, node.inode)
+        with self.lock:
+            first = self.links.setdefault(key, rel)
+        if first == rel:
+            return False
+        try:
+            os.link(
+                os.path.join(os.fsencode(self.root), first), name, dst_dir_fd=dir_fd, follow_symlinks=False
+            )
+        except OSError as err:
+            self.warn(f"{os.fsdecode(rel)}: hardlink not restored ({err.strerror}); restoring a copy")
+            return False
+        return True
+
+    def write_file(self, fd: int, node: Node) -> None:
+        try:
+            offset = 0
+            for blob_id, length in node.content:
+                self.cancel.check()
+                if blob_id is not None:
+                    data = self.repo.read_blob(blob_id)
+                    if len(data) != length:
+                        raise CorruptionDetected(
+                            f"chunk {blob_id.hex()[:16]} has {len(data)} bytes, expected {length}"
+                        )
+                    os.pwrite(fd, data, offset)
+                    with self.lock:
+                        self.bytes_written += length
+                offset += length
+                self.progress.add(length)
+            os.ftruncate(fd, node.size)  # trailing holes stay holes
+            self.apply_metadata(fd, node)
+            with self.lock:
+                self.files += 1
+        finally:
+            self.close_file(fd)
+
+    def close_file(self, fd: int) -> None:
+        with self.lock:
+            if fd not in self.open_fds:
+                return
+            self.open_fds.discard(fd)
+        os.close(fd)
+
+    def apply_metadata(self, fd: int, node: Node) -> None:
+        if self.as_root:
+            os.fchown(fd, node.uid, node.gid)
+        for key, value in node.xattrs:
+            try:
+                os.setxattr(fd, key, value)
+            except OSError as err:
+                self.warn(f"xattr {key!r} not restored: {err.strerror}")
+        os.fchmod(fd, node.mode)  # after chown, which clears setuid bits
+        os.utime(fd, ns=(node.mtime_ns, node.mtime_ns))
+
+    def restore_special(self, dir_fd: int, name: bytes, rel: bytes, node: Node) -> None:
+        try:
+            if node.kind == "symlink":
+                os.symlink(node.target or b"", name, dir_fd=dir_fd)
+                if self.as_root:
+                    os.chown(name, node.uid, node.gid, dir_fd=dir_fd, follow_symlinks=False)
+                os.utime(name, ns=(node.mtime_ns, node.mtime_ns), dir_fd=dir_fd, follow_symlinks=False)
+                return
+            if node.kind == "fifo":
+                os.mkfifo(name, node.mode, dir_fd=dir_fd)
+            elif node.kind in ("chardev", "blockdev"):
+                kind_bit = stat.S_IFCHR if node.kind == "chardev" else stat.S_IFBLK
+                os.mknod(name, node.mode | kind_bit, node.rdev, dir_fd=dir_fd)
+            else:
+                self.warn(f"{os.fsdecode(rel)}: sockets cannot be restored; skipped")
+                return
+            if self.as_root:
+                os.chown(name, node.uid, node.gid, dir_fd=dir_fd, follow_symlinks=False)
+            os.chmod(name, node.mode, dir_fd=dir_fd, follow_symlinks=True)
+            os.utime(name, ns=(node.mtime_ns, node.mtime_ns), dir_fd=dir_fd, follow_symlinks=False)
+        except PermissionError as err:
+            self.warn(f"{os.fsdecode(rel)}: {node.kind} not restored ({err.strerror})")
+
+
+def _dir_metadata_pass(repo: Repository, dir_fd: int, tree_id: bytes, as_root: bool) -> None:
+    """Set directories' metadata bottom-up, after all their children exist (so mtimes stick)."""
+    for node in decode_tree(repo.read_blob(tree_id)):
+        if node.kind != "dir" or node.subtree is None:
+            continue
+        fd = os.open(node.name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=dir_fd)
+        try:
+            _dir_metadata_pass(repo, fd, node.subtree, as_root)
+            if as_root:
+                os.fchown(fd, node.uid, node.gid)
+            with contextlib.suppress(OSError):
+                for key, value in node.xattrs:
+                    os.setxattr(fd, key, value)
+            os.fchmod(fd, node.mode)
+            os.utime(fd, ns=(node.mtime_ns, node.mtime_ns))
+        finally:
+            os.close(fd)
+
+
+def restore_tree(
+    repo: Repository,
+    snapshot_id: str,
+    target: Path,
+    *,
+    progress: ProgressCallback | None = None,
+    cancel: CancelToken | None = None,
+    workers: int = 4,
+    clock: Clock | None = None,
+) -> RestoreResult:
+    manifest: dict[str, Any] = repo.load_snapshot(snapshot_id)
+    if manifest.get("kind") != "fs":
+        raise InvalidInput(
+            f"snapshot {snapshot_id[:16]} is a {manifest.get('kind')} snapshot, not a filesystem one"
+        )
+    _prepare_target(target)
+    meter = Progress(int(manifest["summary"]["bytes_total"]), progress, clock or SystemClock())
+    job = _TreeRestore(repo, target, meter, cancel or CancelToken(), workers)
+    root_fd = os.open(target, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+    pending: list[Future[None]] = []
+    try:
+        tree_id = bytes.fromhex(manifest["tree"])
+        job.restore_dir(root_fd, b"", tree_id, pending)
+        for future in pending:
+            future.result()
+        _dir_metadata_pass(repo, root_fd, tree_id, job.as_root)
+        root = manifest["root"]
+        if job.as_root:
+            os.fchown(root_fd, root["uid"], root["gid"])
+        os.fchmod(root_fd, root["mode"])
+        os.utime(root_fd, ns=(root["mtime_ns"], root["mtime_ns"]))
+    finally:
+        job.pool.shutdown(wait=True, cancel_futures=True)
+        for fd in list(job.open_fds):
+            job.close_file(fd)
+        os.close(root_fd)
+    meter.finish()
+    return RestoreResult(job.files, job.dirs, job.bytes_written, tuple(job.warnings))

@@ -1,0 +1,1 @@
+"""Barge's deduplicating, compressed, encrypted backup repository (format: docs/repository-format.md)."""

@@ -1,0 +1,115 @@
+"""The embedded default backend: a directory on a local (or mounted) filesystem.
+
+Writes go to a temporary file, are fsynced, then linked into place: ``link`` fails if the name
+exists, which gives create-only semantics without a lock, and a crash never leaves a partial
+object under a real name.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+from barge.errors import InvalidInput
+from barge.storage import ObjectExists, ObjectInfo, ObjectNotFound
+
+_TMP_DIR = ".tmp"
+
+
+def _check_key(key: str) -> None:
+    parts = key.split("/")
+    if not key or key.startswith("/") or any(p in ("", ".", "..") for p in parts) or parts[0] == _TMP_DIR:
+        raise InvalidInput(f"invalid object key {key!r}")
+
+
+class LocalDirectoryStore:
+    def __init__(self, root: Path) -> None:
+        self.root = root.resolve()
+        (self.root / _TMP_DIR).mkdir(parents=True, exist_ok=True)
+
+    def describe(self) -> str:
+        return f"file://{self.root}"
+
+    def _path(self, key: str) -> Path:
+        _check_key(key)
+        return self.root / key
+
+    def put(self, key: str, data: bytes | memoryview, *, overwrite: bool = False) -> None:
+        final = self._path(key)
+        final.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.root / _TMP_DIR / f"{uuid.uuid4().hex}.tmp"
+        try:
+            with tmp.open("xb") as out:
+                out.write(data)
+                out.flush()
+                os.fsync(out.fileno())
+            if tmp.stat().st_size != len(data):
+                raise OSError(f"short write to {tmp}")
+            if overwrite:
+                tmp.replace(final)
+            else:
+                try:
+                    os.link(tmp, final)
+                except FileExistsError:
+                    raise ObjectExists(f"{key} already exists in {self.describe()}") from None
+            self._fsync_dir(final.parent)
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                tmp.unlink()
+
+    @staticmethod
+    def _fsync_dir(directory: Path) -> None:
+        fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    def get(self, key: str) -> bytes:
+        try:
+            return self._path(key).read_bytes()
+        except (FileNotFoundError, NotADirectoryError):
+            raise ObjectNotFound(f"{key} not found in {self.describe()}") from None
+
+    def get_range(self, key: str, offset: int, length: int) -> bytes:
+        try:
+            with self._path(key).open("rb") as src:
+                src.seek(offset, os.SEEK_END if offset < 0 else os.SEEK_SET)
+                return src.read(length)
+        except (FileNotFoundError, NotADirectoryError):
+            raise ObjectNotFound(f"{key} not found in {self.describe()}") from None
+        except OSError as err:  # seeking before the start of a short object
+            if offset < 0:
+                return self.get_range(key, 0, length)
+            raise ObjectNotFound(f"cannot read {key}: {err}") from err
+
+    def stat(self, key: str) -> ObjectInfo:
+        try:
+            st = self._path(key).stat()
+        except (FileNotFoundError, NotADirectoryError):
+            raise ObjectNotFound(f"{key} not found in {self.describe()}") from None
+        return ObjectInfo(key, st.st_size, datetime.fromtimestamp(st.st_mtime, UTC))
+
+    def list(self, prefix: str) -> Iterator[ObjectInfo]:
+        found: list[ObjectInfo] = []
+        base = self.root / prefix.rsplit("/", 1)[0] if "/" in prefix else self.root
+        for dirpath, dirnames, filenames in os.walk(base):
+            rel_dir = os.path.relpath(dirpath, self.root)
+            if rel_dir == _TMP_DIR:
+                dirnames.clear()
+                continue
+            for name in filenames:
+                key = name if rel_dir == "." else f"{rel_dir}/{name}"
+                if key.startswith(prefix):
+                    with contextlib.suppress(FileNotFoundError):
+                        st = os.stat(os.path.join(dirpath, name))
+                        found.append(ObjectInfo(key, st.st_size, datetime.fromtimestamp(st.st_mtime, UTC)))
+        yield from sorted(found, key=lambda info: info.key)
+
+    def delete(self, key: str) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            self._path(key).unlink()

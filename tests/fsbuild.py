@@ -1,0 +1,59 @@
+"""Building awkward source trees for round-trip tests."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from pathlib import Path
+
+MIB = 1024 * 1024
+
+
+def write(path: Path, data: bytes, mtime_ns: int | None = None) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+    if mtime_ns is not None:
+        os.utime(path, ns=(mtime_ns, mtime_ns))
+    return path
+
+
+def sparse_file(path: Path, size: int, data_at: dict[int, bytes]) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("wb") as out:
+        out.truncate(size)
+        for offset, data in data_at.items():
+            out.seek(offset)
+            out.write(data)
+    return path
+
+
+def awkward_tree(root: Path) -> Path:
+    """Every kind of entry a filesystem backup must carry across."""
+    root.mkdir(parents=True, exist_ok=True)
+    write(root / "plain.txt", b"hello\n", 1_600_000_000_123_456_789)
+    write(root / "empty", b"")
+    (root / "empty-dir").mkdir()
+    write(root / "deep" / "er" / "est" / "file.bin", os.urandom(300_000))
+    os.mkdir(os.path.join(os.fsencode(root), b"latin1-\xe9\xff-dir"))
+    with open(os.path.join(os.fsencode(root), b"latin1-\xe9\xff-dir", b"\x80\x81name"), "wb") as out:
+        out.write(b"non-utf8 names survive")
+    write(root / "unicode-äöü-😀.txt", "ünïcödé".encode())
+    write(root / "compressible.log", b"the same line again\n" * 50_000)
+    write(root / "exec.sh", b"#!/bin/sh\necho hi\n")
+    os.chmod(root / "exec.sh", 0o750)
+    write(root / "private", b"secret")
+    os.chmod(root / "private", 0o600)
+    os.symlink("plain.txt", root / "link-to-plain")
+    os.symlink("/etc/passwd", root / "absolute-link")
+    os.symlink("../../outside", root / "dangling-relative-link")
+    write(root / "hard" / "a", b"linked content")
+    os.link(root / "hard" / "a", root / "hard" / "b")
+    os.link(root / "hard" / "a", root / "other-hardlink")
+    sparse_file(root / "sparse.img", 64 * MIB, {0: b"head", 20 * MIB: os.urandom(MIB), 64 * MIB - 4: b"tail"})
+    sparse_file(root / "all-hole.img", 8 * MIB, {})
+    os.mkfifo(root / "a-fifo")
+    with contextlib.suppress(OSError):  # no user xattrs here: the capture sees none on either side
+        os.setxattr(root / "plain.txt", "user.barge.test", b"xattr value")
+    os.chmod(root / "empty-dir", 0o751)
+    os.utime(root / "empty-dir", ns=(1_500_000_000_000_000_000, 1_500_000_000_000_000_000))
+    return root

@@ -1,0 +1,222 @@
+"""Filesystem backups round-trip bit-exact; restores refuse hostile snapshots."""
+
+from __future__ import annotations
+
+import os
+import threading
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from barge.errors import Canceled, InvalidInput
+from barge.fs.backup import BackupOptions, SourceUnreadable, backup_tree
+from barge.fs.progress import CancelToken
+from barge.fs.restore import UnsafeName, restore_tree
+from barge.repo.crypto import KdfParams
+from barge.repo.pack import BlobType
+from barge.repo.repository import Repository, RepositorySettings
+from barge.repo.tree import Node, encode_tree
+from barge.storage.local import LocalDirectoryStore
+from tests.fsbuild import MIB, awkward_tree, write
+from tests.fstree import capture
+
+PASSWORD = b"pw"
+SETTINGS = RepositorySettings(chunk_min=16 * 1024, chunk_avg=64 * 1024, chunk_max=256 * 1024, pack_target=MIB)
+
+
+@pytest.fixture
+def repo(tmp_path: Path) -> Repository:
+    return Repository.init(LocalDirectoryStore(tmp_path / "repo"), PASSWORD, SETTINGS, KdfParams.for_tests())
+
+
+def test_awkward_tree_round_trips_bit_exact(repo: Repository, tmp_path: Path) -> None:
+    source = awkward_tree(tmp_path / "src")
+    result = backup_tree(repo, source)
+    restored = tmp_path / "restored"
+    outcome = restore_tree(Repository.open(repo.store, PASSWORD), result.snapshot_id, restored)
+    assert capture(restored) == capture(source)
+    assert (restored / "sparse.img").stat().st_blocks * 512 < 4 * MIB  # holes stayed holes
+    assert (restored / "all-hole.img").stat().st_blocks == 0
+    assert os.stat(restored / "hard" / "a").st_ino == os.stat(restored / "other-hardlink").st_ino
+    assert outcome.warnings == ()
+    assert result.bytes_read < 3 * MIB  # holes were never read
+
+
+def test_progress_is_monotonic_and_ends_at_the_known_total(repo: Repository, tmp_path: Path) -> None:
+    source = awkward_tree(tmp_path / "src")
+    seen: list[tuple[int, int]] = []
+    result = backup_tree(repo, source, progress=lambda done, total: seen.append((done, total)))
+    totals = {total for _, total in seen}
+    assert totals == {result.bytes_total}
+    assert [d for d, _ in seen] == sorted(d for d, _ in seen)
+    assert seen[-1] == (result.bytes_total, result.bytes_total)
+
+
+def test_unchanged_files_are_not_read_again(repo: Repository, tmp_path: Path) -> None:
+    source = tmp_path / "src"
+    for i in range(20):
+        write(source / f"d{i % 4}" / f"f{i}", os.urandom(100_000))
+    first = backup_tree(repo, source)
+    write(source / "d1" / "f1", os.urandom(100_000))  # one file changes
+    second = backup_tree(repo, source, options=BackupOptions(parent=first.snapshot_id))
+    assert second.files_unchanged == 19
+    assert second.bytes_read == 100_000
+    restored = tmp_path / "restored"
+    restore_tree(repo, second.snapshot_id, restored)
+    assert capture(restored) == capture(source)
+
+
+def test_a_second_full_backup_stores_nothing_new(repo: Repository, tmp_path: Path) -> None:
+    source = awkward_tree(tmp_path / "src")
+    backup_tree(repo, source)
+    again = backup_tree(repo, source)
+    assert again.bytes_new == 0
+
+
+def test_unreadable_file_fails_or_is_skipped_by_policy(
+    repo: Repository, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An EIO from the disk under one file: ``fail`` names the file, ``skip`` reports and goes on."""
+    source = tmp_path / "src"
+    write(source / "ok", b"fine")
+    write(source / "bad-sector", b"unlucky")
+    bad_inode = os.stat(source / "bad-sector").st_ino
+    real_preadv = os.preadv
+
+    def failing_preadv(fd: int, buffers: list[memoryview], offset: int) -> int:
+        if os.fstat(fd).st_ino == bad_inode:
+            raise OSError(5, "Input/output error")
+        return real_preadv(fd, buffers, offset)
+
+    monkeypatch.setattr(os, "preadv", failing_preadv)
+    with pytest.raises(SourceUnreadable, match="bad-sector: Input/output error"):
+        backup_tree(repo, source)
+    result = backup_tree(repo, source, options=BackupOptions(on_unreadable="skip"))
+    assert result.skipped == (f"{source / 'bad-sector'}: Input/output error",)
+    monkeypatch.undo()
+    restored = tmp_path / "restored"
+    restore_tree(repo, result.snapshot_id, restored)
+    assert sorted(p.name for p in restored.iterdir()) == ["ok"]
+
+
+def test_cancel_stops_promptly_and_writes_no_snapshot(repo: Repository, tmp_path: Path) -> None:
+    source = tmp_path / "src"
+    for i in range(40):
+        write(source / f"f{i}", os.urandom(MIB))
+    token = CancelToken()
+    with pytest.raises(Canceled):
+        backup_tree(repo, source, progress=lambda done, total: token.cancel(), cancel=token)
+    assert repo.snapshot_ids() == []
+    reopened = Repository.open(repo.store, PASSWORD)
+    stored = sum(loc.raw_length for _, loc in reopened.index.items())
+    assert stored < 20 * MIB  # stopped early; what it did upload is indexed and reusable
+
+
+def test_backup_of_a_missing_or_non_directory_source_is_a_clear_error(
+    repo: Repository, tmp_path: Path
+) -> None:
+    with pytest.raises(InvalidInput, match="No such file"):
+        backup_tree(repo, tmp_path / "missing")
+    write(tmp_path / "file", b"x")
+    with pytest.raises(InvalidInput, match="not a directory"):
+        backup_tree(repo, tmp_path / "file")
+
+
+def test_restore_refuses_a_non_empty_target(repo: Repository, tmp_path: Path) -> None:
+    result = backup_tree(repo, awkward_tree(tmp_path / "src"))
+    write(tmp_path / "busy" / "x", b"x")
+    with pytest.raises(InvalidInput, match="not empty"):
+        restore_tree(repo, result.snapshot_id, tmp_path / "busy")
+
+
+@pytest.mark.parametrize("name", [b"..", b".", b"a/../../escape", b"/etc/passwd", b"", b"nul\0byte"])
+def test_restore_refuses_names_that_escape_the_target(repo: Repository, tmp_path: Path, name: bytes) -> None:
+    with repo.writer() as writer:
+        blob = writer.add_blob(BlobType.DATA, b"pwned")
+        tree = writer.add_blob(
+            BlobType.TREE, encode_tree([Node(name=name, kind="file", size=5, content=((blob, 5),))])
+        )
+    snapshot = repo.save_snapshot(
+        {
+            "version": 1,
+            "kind": "fs",
+            "tree": tree.hex(),
+            "root": {"mode": 0o755, "uid": 0, "gid": 0, "mtime_ns": 0},
+            "summary": {"bytes_total": 5},
+        }
+    )
+    with pytest.raises(UnsafeName):
+        restore_tree(repo, snapshot, tmp_path / "target" / "inner")
+    assert not (tmp_path / "target" / "escape").exists()
+    assert not any(
+        p.read_bytes() == b"pwned" for p in tmp_path.rglob("*") if p.is_file() and "repo" not in p.parts
+    )
+
+
+def test_restore_does_not_follow_a_symlink_planted_by_the_snapshot(repo: Repository, tmp_path: Path) -> None:
+    """A snapshot with a symlink 'd' -> outside and a directory entry also named 'd' cannot exist
+    (one name per directory), and files are created with O_NOFOLLOW: a symlink is never written through."""
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    with repo.writer() as writer:
+        blob = writer.add_blob(BlobType.DATA, b"pwned")
+        tree = writer.add_blob(
+            BlobType.TREE,
+            encode_tree([Node(name=b"d", kind="symlink", target=os.fsencode(outside))]),
+        )
+        with pytest.raises(ValueError, match="duplicate name"):
+            encode_tree([Node(name=b"d", kind="symlink", target=b"/"), Node(name=b"d", kind="file")])
+    del blob
+    snapshot = repo.save_snapshot(
+        {
+            "version": 1,
+            "kind": "fs",
+            "tree": tree.hex(),
+            "root": {"mode": 0o755, "uid": 0, "gid": 0, "mtime_ns": 0},
+            "summary": {"bytes_total": 0},
+        }
+    )
+    restore_tree(repo, snapshot, tmp_path / "target")
+    assert os.readlink(tmp_path / "target" / "d") == str(outside)
+    assert list(outside.iterdir()) == []
+
+
+names = st.binary(min_size=1, max_size=12).filter(
+    lambda b: b not in (b".", b"..") and b"/" not in b and b"\0" not in b
+)
+contents = st.one_of(
+    st.binary(max_size=3000),
+    st.builds(lambda n, b: b * n, st.integers(1, 40_000), st.binary(min_size=1, max_size=3)),
+)
+trees = st.recursive(
+    st.dictionaries(names, contents, max_size=4),
+    lambda children: st.dictionaries(names, st.one_of(contents, children), max_size=4),
+    max_leaves=20,
+)
+
+
+def _materialize(root: bytes, tree: dict[bytes, object]) -> None:
+    os.makedirs(root, exist_ok=True)
+    for name, value in tree.items():
+        path = os.path.join(root, name)
+        if isinstance(value, dict):
+            _materialize(path, value)
+        else:
+            assert isinstance(value, bytes)
+            with open(path, "wb") as out:
+                out.write(value)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(tree=trees)
+def test_generated_trees_round_trip_bit_exact(tmp_path: Path, tree: dict[bytes, object]) -> None:
+    case = tmp_path / f"case-{threading.get_ident()}-{os.urandom(4).hex()}"
+    repo = Repository.init(LocalDirectoryStore(case / "repo"), PASSWORD, SETTINGS, KdfParams.for_tests())
+    source = os.path.join(os.fsencode(case), b"src")
+    _materialize(source, tree)
+    result = backup_tree(repo, Path(os.fsdecode(source)))
+    restored = case / "restored"
+    restore_tree(Repository.open(repo.store, PASSWORD), result.snapshot_id, restored)
+    assert capture(restored) == capture(Path(os.fsdecode(source)))

@@ -1,0 +1,193 @@
+"""The repository engine on the local backend: keys, packs, index, snapshots, damage detection."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from barge.errors import CorruptionDetected, InvalidInput, NotFound
+from barge.repo.crypto import KdfParams, WrongPassword
+from barge.repo.pack import BlobType, pack_key
+from barge.repo.repository import Repository, RepositoryNotFound, RepositorySettings
+from barge.storage.local import LocalDirectoryStore
+
+PASSWORD = b"correct horse battery staple"
+SMALL = RepositorySettings(chunk_min=4096, chunk_avg=16384, chunk_max=65536, pack_target=256 * 1024)
+
+
+def new_repo(path: Path, settings: RepositorySettings = SMALL) -> Repository:
+    return Repository.init(LocalDirectoryStore(path), PASSWORD, settings, KdfParams.for_tests())
+
+
+def test_init_then_open_with_the_password(tmp_path: Path) -> None:
+    created = new_repo(tmp_path)
+    opened = Repository.open(LocalDirectoryStore(tmp_path), PASSWORD)
+    assert opened.config == created.config
+    assert opened.keys == created.keys
+
+
+def test_wrong_password_and_missing_repository_are_clear_errors(tmp_path: Path) -> None:
+    new_repo(tmp_path / "r")
+    with pytest.raises(WrongPassword, match="wrong password"):
+        Repository.open(LocalDirectoryStore(tmp_path / "r"), b"guess")
+    with pytest.raises(RepositoryNotFound, match="barge repo init"):
+        Repository.open(LocalDirectoryStore(tmp_path / "empty"), PASSWORD)
+
+
+def test_init_twice_is_refused(tmp_path: Path) -> None:
+    new_repo(tmp_path)
+    with pytest.raises(InvalidInput, match="already exists"):
+        new_repo(tmp_path)
+
+
+def test_nothing_stored_reveals_plaintext(tmp_path: Path) -> None:
+    repo = new_repo(tmp_path)
+    secret = b"SECRET-MARKER-" * 1000
+    with repo.writer() as writer:
+        writer.add_blob(BlobType.DATA, secret)
+    for path in tmp_path.rglob("*"):
+        if path.is_file():
+            assert b"SECRET-MARKER" not in path.read_bytes()
+
+
+def test_blobs_deduplicate_and_read_back_across_sessions(tmp_path: Path) -> None:
+    repo = new_repo(tmp_path)
+    payloads = [os.urandom(50_000) for _ in range(20)]
+    with repo.writer() as writer:
+        ids = [writer.add_blob(BlobType.DATA, p) for p in payloads + payloads]
+        assert writer.stats.blobs_new == 20
+    reopened = Repository.open(LocalDirectoryStore(tmp_path), PASSWORD)
+    assert [reopened.read_blob(i) for i in ids[:20]] == payloads
+    with reopened.writer() as writer:
+        for p in payloads:
+            writer.add_blob(BlobType.DATA, p)
+        assert writer.stats.blobs_new == 0
+    assert not list(LocalDirectoryStore(tmp_path).list("sessions/"))
+
+
+def test_content_ids_are_keyed_per_repository(tmp_path: Path) -> None:
+    one, two = new_repo(tmp_path / "a"), new_repo(tmp_path / "b")
+    assert one.keys.content_id_of(b"same") != two.keys.content_id_of(b"same")
+
+
+def test_compressible_data_is_stored_smaller(tmp_path: Path) -> None:
+    repo = new_repo(tmp_path)
+    with repo.writer() as writer:
+        writer.add_blob(BlobType.DATA, b"a" * 60_000)
+        assert writer.stats.bytes_stored < 2_000
+
+
+def test_password_change_keeps_the_data(tmp_path: Path) -> None:
+    repo = new_repo(tmp_path)
+    with repo.writer() as writer:
+        blob = writer.add_blob(BlobType.DATA, b"keep me")
+    repo.change_password(b"new password", KdfParams.for_tests())
+    with pytest.raises(WrongPassword):
+        Repository.open(LocalDirectoryStore(tmp_path), PASSWORD)
+    assert Repository.open(LocalDirectoryStore(tmp_path), b"new password").read_blob(blob) == b"keep me"
+
+
+def test_snapshot_manifests_round_trip_and_forget(tmp_path: Path) -> None:
+    repo = new_repo(tmp_path)
+    snapshot_id = repo.save_snapshot({"kind": "fs", "tree": "00" * 32})
+    assert repo.snapshot_ids() == [snapshot_id]
+    assert repo.load_snapshot(snapshot_id)["kind"] == "fs"
+    repo.forget_snapshot(snapshot_id)
+    assert repo.snapshot_ids() == []
+    with pytest.raises(NotFound):
+        repo.load_snapshot(snapshot_id)
+    with pytest.raises(InvalidInput, match="not a snapshot ID"):
+        repo.load_snapshot("../../etc/passwd")
+
+
+def _only_pack(tmp_path: Path, repo: Repository) -> Path:
+    (pack_id,) = repo.index.packs
+    return tmp_path / pack_key(pack_id)
+
+
+def test_a_flipped_byte_in_a_pack_is_detected_on_read(tmp_path: Path) -> None:
+    repo = new_repo(tmp_path)
+    with repo.writer() as writer:
+        blob = writer.add_blob(BlobType.DATA, os.urandom(10_000))
+    pack = _only_pack(tmp_path, repo)
+    data = bytearray(pack.read_bytes())
+    data[100] ^= 0x01
+    pack.chmod(0o644)
+    pack.write_bytes(bytes(data))
+    with pytest.raises(CorruptionDetected, match="failed authentication"):
+        Repository.open(LocalDirectoryStore(tmp_path), PASSWORD).read_blob(blob)
+
+
+def test_a_truncated_pack_is_detected_on_read(tmp_path: Path) -> None:
+    repo = new_repo(tmp_path)
+    with repo.writer() as writer:
+        blob = writer.add_blob(BlobType.DATA, os.urandom(10_000))
+    pack = _only_pack(tmp_path, repo)
+    pack.write_bytes(pack.read_bytes()[:5000])
+    with pytest.raises(CorruptionDetected):
+        Repository.open(LocalDirectoryStore(tmp_path), PASSWORD).read_blob(blob)
+
+
+def test_pack_headers_alone_rebuild_the_index(tmp_path: Path) -> None:
+    repo = new_repo(tmp_path)
+    with repo.writer() as writer:
+        ids = [writer.add_blob(BlobType.DATA, os.urandom(40_000)) for _ in range(30)]
+    for index_object in (tmp_path / "index").iterdir():
+        index_object.unlink()
+    reopened = Repository.open(LocalDirectoryStore(tmp_path), PASSWORD)
+    assert len(reopened.index) == 0
+    with reopened.writer() as writer:
+        assert writer.adopt_orphan_packs() == len(repo.index.packs) > 1
+    final = Repository.open(LocalDirectoryStore(tmp_path), PASSWORD)
+    assert all(final.read_blob(i) for i in ids)
+
+
+def test_an_interrupted_writer_leaves_reusable_packs(tmp_path: Path) -> None:
+    """A writer killed before writing any index: the next writer adopts its packs and re-uploads
+    only what never reached the store (the blobs still in its unfinished pack)."""
+    repo = new_repo(tmp_path)
+    store = LocalDirectoryStore(tmp_path)
+    payloads = [os.urandom(40_000) for _ in range(30)]
+    writer = repo.writer(index_flush_seconds=3600)
+    for p in payloads:
+        writer.add_blob(BlobType.DATA, p)
+    for future in list(writer._futures):
+        future.result()  # uploads in flight finish; then the process "dies" without flushing
+    assert writer.stats.packs >= 1
+    assert list(store.list("index/")) == []
+
+    resumed = Repository.open(store, PASSWORD)
+    with resumed.writer() as again:
+        assert again.adopt_orphan_packs() == writer.stats.packs
+        already_stored = sum(loc.raw_length for _, loc in resumed.index.items())
+        for p in payloads:
+            again.add_blob(BlobType.DATA, p)
+        assert already_stored > 0
+        assert again.stats.bytes_new == sum(len(p) for p in payloads) - already_stored
+    final = Repository.open(store, PASSWORD)
+    assert all(final.read_blob(final.keys.content_id_of(p)) == p for p in payloads)
+
+
+def test_concurrent_writers_share_a_repository_without_locks(tmp_path: Path) -> None:
+    import threading
+
+    repo_a = new_repo(tmp_path)
+    repo_b = Repository.open(LocalDirectoryStore(tmp_path), PASSWORD)
+    common = [os.urandom(30_000) for _ in range(20)]
+    own = {"a": [os.urandom(30_000) for _ in range(20)], "b": [os.urandom(30_000) for _ in range(20)]}
+    ids: dict[str, list[bytes]] = {}
+
+    def write(name: str, repo: Repository) -> None:
+        with repo.writer() as writer:
+            ids[name] = [writer.add_blob(BlobType.DATA, p) for p in common + own[name]]
+
+    threads = [threading.Thread(target=write, args=(n, r)) for n, r in (("a", repo_a), ("b", repo_b))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    final = Repository.open(LocalDirectoryStore(tmp_path), PASSWORD)
+    for name in ("a", "b"):
+        assert [final.read_blob(i) for i in ids[name]] == common + own[name]
