@@ -76,6 +76,14 @@ def _validate_snapshot_id(snapshot_id: str) -> str:
     return snapshot_id
 
 
+def _exists(store: ObjectStore, key: str) -> bool:
+    try:
+        store.stat(key)
+    except ObjectNotFound:
+        return False
+    return True
+
+
 class Repository:
     """An open repository: keys unlocked, index loaded. Reads are thread-safe."""
 
@@ -100,7 +108,7 @@ class Repository:
         kdf: KdfParams | None = None,
         clock: Clock | None = None,
     ) -> Repository:
-        if any(True for _ in store.list("config")):
+        if _exists(store, "config"):
             raise InvalidInput(f"a repository already exists at {store.describe()}")
         keys = MasterKeys.generate()
         config = RepositoryConfig(FORMAT_VERSION, uuid.uuid4().hex, settings or RepositorySettings())

@@ -1,0 +1,1 @@
+"""The ``barge`` operator CLI."""

@@ -1,0 +1,293 @@
+"""``barge``: inspect, verify and restore Barge repositories by hand; also what benchmarks drive.
+
+Exit codes are a contract for scripts: 0 ok, 1 failed, 2 usage, 3 repository damaged, 130 interrupted.
+Every failure prints one line that says what went wrong and what to do, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import json
+import os
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from barge import __version__
+from barge.errors import BargeError, Canceled, CorruptionDetected, InvalidInput
+from barge.fs.backup import BackupOptions, backup_tree
+from barge.fs.restore import restore_tree
+from barge.repo.check import check_repository
+from barge.repo.repository import Repository
+from barge.storage.url import open_store
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_DAMAGED, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
+
+
+class UsageError(InvalidInput):
+    """Wrong invocation: exit code 2."""
+
+
+def _password(
+    args: argparse.Namespace, env: str = "BARGE_PASSWORD", file_attr: str = "password_file"
+) -> bytes:
+    path = getattr(args, file_attr, None)
+    if path:
+        try:
+            return Path(path).read_bytes().rstrip(b"\r\n")
+        except OSError as err:
+            raise UsageError(f"cannot read password file {path}: {err.strerror}") from err
+    if os.environ.get(env):
+        return os.environ[env].encode()
+    if sys.stdin.isatty():
+        return getpass.getpass("repository password: ").encode()
+    raise UsageError(f"no repository password: set {env} or pass --password-file FILE")
+
+
+def _repo_url(args: argparse.Namespace) -> str:
+    url: str | None = args.repo or os.environ.get("BARGE_REPOSITORY")
+    if not url:
+        raise UsageError("no repository: pass --repo URL or set BARGE_REPOSITORY")
+    return url
+
+
+def _open(args: argparse.Namespace) -> Repository:
+    return Repository.open(open_store(_repo_url(args)), _password(args))
+
+
+class _ProgressLine:
+    """A one-line progress display on a TTY; silent when output is piped."""
+
+    def __init__(self, label: str) -> None:
+        self.label = label
+        self.enabled = sys.stderr.isatty()
+
+    def __call__(self, done: int, total: int) -> None:
+        if self.enabled:
+            percent = 100 * done / total if total else 100.0
+            sys.stderr.write(
+                f"\r{self.label}: {done / 2**20:,.0f} / {total / 2**20:,.0f} MiB ({percent:5.1f}%)"
+            )
+            sys.stderr.flush()
+
+    def close(self) -> None:
+        if self.enabled:
+            sys.stderr.write("\n")
+
+
+def cmd_repo_init(args: argparse.Namespace) -> int:
+    repo = Repository.init(open_store(_repo_url(args)), _password(args))
+    print(f"created repository {repo.config.repository_id} at {repo.store.describe()}")
+    return EXIT_OK
+
+
+def _latest_snapshot_for(repo: Repository, path: str) -> str | None:
+    best: tuple[str, str] | None = None
+    for snapshot_id in repo.snapshot_ids():
+        manifest = repo.load_snapshot(snapshot_id)
+        same_source = manifest.get("kind") == "fs" and manifest.get("paths") == [path]
+        if same_source and (best is None or manifest["time"] > best[0]):
+            best = (manifest["time"], snapshot_id)
+    return best[1] if best else None
+
+
+def cmd_backup(args: argparse.Namespace) -> int:
+    repo = _open(args)
+    source = Path(args.path).resolve()
+    parent = None if args.no_parent else (args.parent or _latest_snapshot_for(repo, os.fsdecode(source)))
+    tags = dict(_parse_tag(t) for t in args.tag)
+    progress = _ProgressLine("backup")
+    try:
+        result = backup_tree(
+            repo,
+            source,
+            options=BackupOptions(parent=parent, tags=tags, on_unreadable=args.on_unreadable),
+            progress=progress,
+        )
+    finally:
+        progress.close()
+    summary = {
+        "snapshot_id": result.snapshot_id,
+        "parent": parent,
+        "bytes_total": result.bytes_total,
+        "bytes_read": result.bytes_read,
+        "bytes_new": result.bytes_new,
+        "bytes_stored": result.bytes_stored,
+        "files": result.files,
+        "dirs": result.dirs,
+        "files_unchanged": result.files_unchanged,
+        "skipped": list(result.skipped),
+        "duration_s": round(result.duration_s, 3),
+    }
+    if args.json:
+        print(json.dumps(summary))
+    else:
+        print(
+            f"snapshot {result.snapshot_id} saved: {result.files} files, {result.dirs} dirs, "
+            f"{result.bytes_total:,} bytes ({result.bytes_new:,} new, {result.bytes_stored:,} stored) "
+            f"in {result.duration_s:.1f}s"
+        )
+        for skipped in result.skipped:
+            print(f"skipped: {skipped}", file=sys.stderr)
+    return EXIT_OK
+
+
+def _parse_tag(text: str) -> tuple[str, str]:
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise UsageError(f"--tag {text!r}: use KEY=VALUE")
+    return key, value
+
+
+def cmd_restore(args: argparse.Namespace) -> int:
+    repo = _open(args)
+    progress = _ProgressLine("restore")
+    try:
+        result = restore_tree(repo, args.snapshot_id, Path(args.target), progress=progress)
+    finally:
+        progress.close()
+    print(
+        f"restored {result.files} files, {result.dirs} dirs, {result.bytes_written:,} bytes to {args.target}"
+    )
+    for warning in result.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    return EXIT_OK
+
+
+def cmd_snapshots(args: argparse.Namespace) -> int:
+    repo = _open(args)
+    rows = []
+    for snapshot_id in repo.snapshot_ids():
+        manifest = repo.load_snapshot(snapshot_id)
+        row = {k: manifest.get(k) for k in ("time", "kind", "hostname", "paths", "tags")}
+        rows.append({"id": snapshot_id, **row, "bytes_total": manifest.get("summary", {}).get("bytes_total")})
+    rows.sort(key=lambda row: str(row["time"]))
+    if args.json:
+        print(json.dumps(rows))
+    else:
+        for row in rows:
+            paths = ",".join(row["paths"] or [])
+            print(
+                f"{row['id'][:16]}  {row['time']}  {row['kind']:5}  {row['bytes_total'] or 0:>15,}  {paths}"
+            )
+    return EXIT_OK
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    repo = _open(args)
+    report = check_repository(repo, read_data=args.read_data, log=lambda line: print(line, file=sys.stderr))
+    for problem in report.problems:
+        print(f"error: {problem}")
+    print(
+        f"{report.snapshots} snapshots, {report.trees} trees, {report.packs} packs"
+        + (f", {report.blobs_verified} blobs read and verified" if args.read_data else "")
+        + (": no problems found" if report.ok else f": {len(report.problems)} problem(s)")
+    )
+    return EXIT_OK if report.ok else EXIT_DAMAGED
+
+
+def cmd_forget(args: argparse.Namespace) -> int:
+    repo = _open(args)
+    repo.forget_snapshot(args.snapshot_id)
+    print(f"forgot snapshot {args.snapshot_id}; run `barge gc` to reclaim its space")
+    return EXIT_OK
+
+
+def cmd_change_password(args: argparse.Namespace) -> int:
+    repo = _open(args)
+    if args.new_password_file or os.environ.get("BARGE_NEW_PASSWORD"):
+        new = _password(args, env="BARGE_NEW_PASSWORD", file_attr="new_password_file")
+    elif sys.stdin.isatty():
+        new = getpass.getpass("new password: ").encode()
+        if getpass.getpass("new password again: ").encode() != new:
+            raise UsageError("the two new passwords differ")
+    else:
+        raise UsageError("no new password: set BARGE_NEW_PASSWORD or pass --new-password-file FILE")
+    repo.change_password(new)
+    print("password changed")
+    return EXIT_OK
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="barge", description="Barge backup repository tool")
+    parser.add_argument("--version", action="version", version=f"barge {__version__}")
+    parser.add_argument("--repo", help="repository URL: file:///path or s3://bucket/prefix?endpoint=... "
+                        "(default: $BARGE_REPOSITORY)")  # fmt: skip
+    parser.add_argument("--password-file", help="read the password from FILE (default: $BARGE_PASSWORD)")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def add(
+        name: str, handler: Callable[[argparse.Namespace], int], help_text: str
+    ) -> argparse.ArgumentParser:
+        sub = commands.add_parser(name, help=help_text, description=help_text)
+        sub.set_defaults(handler=handler)
+        return sub
+
+    repo_cmd = commands.add_parser("repo", help="repository administration")
+    repo_sub = repo_cmd.add_subparsers(dest="repo_command", required=True, metavar="COMMAND")
+    repo_sub.add_parser("init", help="create a new repository").set_defaults(handler=cmd_repo_init)
+
+    backup = add("backup", cmd_backup, "back up a directory into a new snapshot")
+    backup.add_argument("path")
+    backup.add_argument("--json", action="store_true", help="print one JSON object with the result")
+    backup.add_argument("--parent", help="snapshot to compare against (default: latest of the same path)")
+    backup.add_argument("--no-parent", action="store_true", help="read every file, even unchanged ones")
+    backup.add_argument("--tag", action="append", default=[], metavar="KEY=VALUE")
+    backup.add_argument("--on-unreadable", choices=("fail", "skip"), default="fail",
+                        help="what to do with a file that cannot be read (default: fail)")  # fmt: skip
+
+    restore = add("restore", cmd_restore, "restore a snapshot into an empty directory")
+    restore.add_argument("snapshot_id")
+    restore.add_argument("target")
+
+    snapshots = add("snapshots", cmd_snapshots, "list snapshots")
+    snapshots.add_argument("--json", action="store_true")
+
+    check = add("check", cmd_check, "verify the repository's structure (and with --read-data, every byte)")
+    check.add_argument("--read-data", action="store_true")
+
+    forget = add("forget", cmd_forget, "remove a snapshot (space is reclaimed by gc)")
+    forget.add_argument("snapshot_id")
+
+    key_cmd = commands.add_parser("key", help="repository password")
+    key_sub = key_cmd.add_subparsers(dest="key_command", required=True, metavar="COMMAND")
+    change = key_sub.add_parser("change-password", help="re-wrap the master keys under a new password")
+    change.add_argument("--new-password-file")
+    change.set_defaults(handler=cmd_change_password)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exit_:  # argparse: 0 after --help/--version, else a usage error
+        return EXIT_OK if not exit_.code else EXIT_USAGE
+    handler: Callable[[argparse.Namespace], int] = args.handler
+    return _run(handler, args)
+
+
+def _run(handler: Callable[[argparse.Namespace], int], args: Any) -> int:
+    try:
+        return handler(args)
+    except InvalidInput as err:  # a wrong argument, URL or target: the caller must change the call
+        print(f"barge: {err}", file=sys.stderr)
+        return EXIT_USAGE
+    except CorruptionDetected as err:
+        print(f"barge: repository damaged: {err}", file=sys.stderr)
+        return EXIT_DAMAGED
+    except (KeyboardInterrupt, Canceled):
+        print("barge: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except BargeError as err:
+        print(f"barge: {err}", file=sys.stderr)
+        return EXIT_FAILED
+    except OSError as err:
+        print(f"barge: {err.strerror or err}: {err.filename or ''}".rstrip(": "), file=sys.stderr)
+        return EXIT_FAILED
+
+
+if __name__ == "__main__":
+    sys.exit(main())

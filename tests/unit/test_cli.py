@@ -1,0 +1,161 @@
+"""The ``barge`` CLI contract: commands, JSON output, exit codes, one-line errors."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from barge.cli.main import EXIT_DAMAGED, EXIT_FAILED, EXIT_OK, EXIT_USAGE, main
+from tests.fsbuild import awkward_tree
+from tests.fstree import capture
+
+
+@pytest.fixture
+def repo_url(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
+    monkeypatch.setenv("BARGE_PASSWORD", "s3cret-pass")
+    monkeypatch.delenv("BARGE_REPOSITORY", raising=False)
+    url = f"file://{tmp_path / 'repo'}"
+    assert main(["--repo", url, "repo", "init"]) == EXIT_OK
+    return url
+
+
+def backup_json(url: str, source: Path, capsys: pytest.CaptureFixture[str], *extra: str) -> dict[str, object]:
+    capsys.readouterr()
+    assert main(["--repo", url, "backup", str(source), "--json", *extra]) == EXIT_OK
+    result: dict[str, object] = json.loads(capsys.readouterr().out)
+    return result
+
+
+def test_backup_json_then_restore_round_trips(
+    repo_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    source = awkward_tree(tmp_path / "src")
+    first = backup_json(repo_url, source, capsys)
+    assert {"snapshot_id", "bytes_total", "bytes_new", "files", "duration_s"} <= set(first)
+    second = backup_json(repo_url, source, capsys)
+    assert second["parent"] == first["snapshot_id"]
+    assert second["bytes_new"] == 0
+    assert main(["--repo", repo_url, "restore", str(second["snapshot_id"]), str(tmp_path / "out")]) == EXIT_OK
+    assert capture(tmp_path / "out") == capture(source)
+
+    capsys.readouterr()
+    assert main(["--repo", repo_url, "snapshots", "--json"]) == EXIT_OK
+    listed = json.loads(capsys.readouterr().out)
+    assert [row["id"] for row in listed] == [first["snapshot_id"], second["snapshot_id"]]
+
+
+def test_password_is_never_printed(repo_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    source = awkward_tree(tmp_path / "src")
+    backup_json(repo_url, source, capsys)
+    main(["--repo", repo_url, "snapshots"])
+    main(["--repo", repo_url, "check"])
+    out = capsys.readouterr()
+    assert "s3cret-pass" not in out.out + out.err
+
+
+def test_password_file_and_change_password(
+    repo_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "new").write_text("brand new\n")
+    assert (
+        main(["--repo", repo_url, "key", "change-password", "--new-password-file", str(tmp_path / "new")])
+        == 0
+    )
+    assert main(["--repo", repo_url, "snapshots"]) == EXIT_FAILED
+    assert "wrong password" in capsys.readouterr().err
+    monkeypatch.delenv("BARGE_PASSWORD")
+    assert main(["--repo", repo_url, "--password-file", str(tmp_path / "new"), "snapshots"]) == EXIT_OK
+
+
+def test_check_read_data_finds_a_flipped_byte_with_exit_3(
+    repo_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    backup_json(repo_url, awkward_tree(tmp_path / "src"), capsys)
+    assert main(["--repo", repo_url, "check", "--read-data"]) == EXIT_OK
+    packs = sorted(
+        (tmp_path / "repo" / "data").rglob("*"), key=lambda p: p.stat().st_size if p.is_file() else 0
+    )
+    victim = packs[-1]
+    data = bytearray(victim.read_bytes())
+    data[len(data) // 2] ^= 0x40
+    victim.write_bytes(bytes(data))
+    capsys.readouterr()
+    assert main(["--repo", repo_url, "check", "--read-data"]) == EXIT_DAMAGED
+    assert "damaged" in capsys.readouterr().out
+
+
+def test_check_without_read_data_finds_a_deleted_index_or_pack(
+    repo_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    backup_json(repo_url, awkward_tree(tmp_path / "src"), capsys)
+    pack = next(p for p in (tmp_path / "repo" / "data").rglob("*") if p.is_file())
+    pack.unlink()
+    capsys.readouterr()
+    assert main(["--repo", repo_url, "check"]) == EXIT_DAMAGED
+    assert "missing from storage" in capsys.readouterr().out
+
+
+def test_check_detects_a_deleted_index_as_missing_data(
+    repo_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    backup_json(repo_url, awkward_tree(tmp_path / "src"), capsys)
+    for index in (tmp_path / "repo" / "index").iterdir():
+        index.unlink()
+    assert main(["--repo", repo_url, "check"]) == EXIT_DAMAGED
+
+
+@pytest.mark.parametrize(
+    ("argv", "code", "message"),
+    [
+        (["snapshots"], EXIT_USAGE, "no repository"),
+        (["--repo", "relative/path", "snapshots"], EXIT_USAGE, "file:///absolute/path"),
+        (["--repo", "gopher://x", "snapshots"], EXIT_USAGE, "unsupported scheme"),
+        (["--repo", "s3://b/p?colour=blue", "snapshots"], EXIT_USAGE, "unknown S3 option"),
+        (["frobnicate"], EXIT_USAGE, "invalid choice"),
+    ],
+)
+def test_usage_errors_exit_2_with_one_line(
+    argv: list[str],
+    code: int,
+    message: str,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv("BARGE_REPOSITORY", raising=False)
+    monkeypatch.setenv("BARGE_PASSWORD", "x")
+    assert main(argv) == code
+    err = capsys.readouterr().err
+    assert message in err
+    assert "Traceback" not in err
+
+
+def test_operational_failures_exit_1_with_one_line(
+    repo_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["--repo", f"file://{tmp_path / 'nothing'}", "snapshots"]) == EXIT_FAILED
+    assert "barge repo init" in capsys.readouterr().err
+    assert main(["--repo", repo_url, "restore", "ab" * 32, str(tmp_path / "t")]) == EXIT_FAILED
+    err = capsys.readouterr().err
+    assert "does not exist" in err
+    assert err.count("\n") == 1
+
+
+def test_missing_password_without_a_tty_is_a_usage_error(
+    repo_url: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.delenv("BARGE_PASSWORD")
+    assert main(["--repo", repo_url, "snapshots"]) == EXIT_USAGE
+    assert "BARGE_PASSWORD" in capsys.readouterr().err
+
+
+def test_console_script_is_installed() -> None:
+    import shutil
+    import subprocess
+
+    barge = shutil.which("barge") or os.path.join(os.path.dirname(os.sys.executable), "barge")
+    completed = subprocess.run([barge, "--version"], capture_output=True, text=True, check=False)
+    assert completed.returncode == 0
+    assert completed.stdout.startswith("barge ")
