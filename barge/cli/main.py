@@ -20,6 +20,7 @@ from barge.errors import BargeError, Canceled, CorruptionDetected, InvalidInput
 from barge.fs.backup import BackupOptions, backup_tree
 from barge.fs.restore import restore_tree
 from barge.repo.check import check_repository
+from barge.repo.gc import collect_garbage
 from barge.repo.repository import Repository
 from barge.storage.url import open_store
 
@@ -195,6 +196,22 @@ def cmd_forget(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_gc(args: argparse.Namespace) -> int:
+    repo = _open(args)
+    report = collect_garbage(repo, log=lambda line: print(line, file=sys.stderr))
+    if report.phase == "waiting":
+        print(
+            f"{report.condemned_packs} packs await deletion until {report.waiting_for_sessions} older "
+            "backup/restore session(s) end; run gc again later"
+        )
+    else:
+        print(
+            f"deleted {report.deleted_packs} packs ({report.deleted_bytes:,} bytes), repacked "
+            f"{report.repacked_packs}, condemned {report.condemned_packs} for the next run"
+        )
+    return EXIT_OK
+
+
 def cmd_change_password(args: argparse.Namespace) -> int:
     repo = _open(args)
     if args.new_password_file or os.environ.get("BARGE_NEW_PASSWORD"):
@@ -250,6 +267,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     forget = add("forget", cmd_forget, "remove a snapshot (space is reclaimed by gc)")
     forget.add_argument("snapshot_id")
+
+    add("gc", cmd_gc, "delete data no snapshot needs; safe while backups run (two runs reclaim it)")
 
     key_cmd = commands.add_parser("key", help="repository password")
     key_sub = key_cmd.add_subparsers(dest="key_command", required=True, metavar="COMMAND")

@@ -198,7 +198,7 @@ class _TreeBackup:
         if (
             old is not None
             and node.unchanged_since(old)
-            and all(b is None or b in self.repo.index for b, _ in old.content)
+            and all(b is None or self.writer.has_blob(b) for b, _ in old.content)
         ):
             self.progress.add(node.size)
             with self.lock:
@@ -288,6 +288,7 @@ def backup_tree(
         root = walk.backup_dir(source_bytes, metadata_node(b"", source_bytes, root_stat), parent_root)
         cancel.check()
         writer.flush()
+        writer.session.ensure_valid()
     except BaseException:
         walk.pool.shutdown(wait=True, cancel_futures=True)
         writer.abort()

@@ -21,6 +21,7 @@ from barge.clock import Clock, SystemClock
 from barge.errors import CorruptionDetected, InvalidInput
 from barge.fs.progress import CancelToken, Progress, ProgressCallback
 from barge.repo.repository import Repository
+from barge.repo.session import Session
 from barge.repo.tree import Node, decode_tree
 
 
@@ -223,8 +224,30 @@ def restore_tree(
             f"snapshot {snapshot_id[:16]} is a {manifest.get('kind')} snapshot, not a filesystem one"
         )
     _prepare_target(target)
-    meter = Progress(int(manifest["summary"]["bytes_total"]), progress, clock or SystemClock())
-    job = _TreeRestore(repo, target, meter, cancel or CancelToken(), workers)
+    clock = clock or SystemClock()
+    # Hold a lease for the whole restore and load the index under it, so garbage collection
+    # never deletes a pack this restore is reading.
+    session = Session(repo.store, clock, "restore")
+    try:
+        repo.load_index()
+        meter = Progress(int(manifest["summary"]["bytes_total"]), progress, clock)
+        return _restore_under_lease(
+            repo, manifest, target, meter=meter, cancel=cancel or CancelToken(), workers=workers
+        )
+    finally:
+        session.end()
+
+
+def _restore_under_lease(
+    repo: Repository,
+    manifest: dict[str, Any],
+    target: Path,
+    *,
+    meter: Progress,
+    cancel: CancelToken,
+    workers: int,
+) -> RestoreResult:
+    job = _TreeRestore(repo, target, meter, cancel, workers)
     root_fd = os.open(target, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
     pending: list[Future[None]] = []
     try:

@@ -10,8 +10,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-import os
-import socket
 import threading
 import uuid
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -35,6 +33,7 @@ from barge.repo.pack import (
     seal_blob,
     sealed_header_length,
 )
+from barge.repo.session import Session, condemned_packs
 from barge.storage import ObjectExists, ObjectNotFound, ObjectStore
 
 FORMAT_VERSION = 1
@@ -165,25 +164,35 @@ class Repository:
     # -- index -----------------------------------------------------------------------------------
 
     def load_index(self) -> None:
-        """Merge every index object not superseded by another into a fresh in-memory index."""
-        infos = list(self.store.list("index/"))
-        with ThreadPoolExecutor(max_workers=8) as pool:
-            decoded = list(pool.map(self._read_index_object, infos))
-        superseded = {old for olds, _ in decoded for old in olds}
+        """Merge every index object not superseded by another into a fresh in-memory index.
+
+        Where a blob sits in several packs, a copy outside the packs garbage collection has
+        condemned wins, so a reader never starts depending on a pack about to be deleted.
+        """
+        condemned = condemned_packs(self.store)
+        packs = self.read_index_objects([info.key for info in self.store.list("index/")])
         index = Index()
-        for info, (_, packs) in zip(infos, decoded, strict=True):
-            if bytes.fromhex(info.key.removeprefix("index/")) in superseded:
-                continue
-            for pack_id, blobs in packs.items():
-                index.add_pack(pack_id, blobs)
+        for pack_id in sorted(packs, key=lambda p: p in condemned):
+            index.add_pack(pack_id, packs[pack_id])
         self.index = index
 
-    def _read_index_object(self, info: Any) -> tuple[list[bytes], dict[bytes, dict[bytes, BlobLocation]]]:
+    def read_index_objects(self, keys: list[str]) -> dict[bytes, dict[bytes, BlobLocation]]:
+        """The packs recorded in exactly these index objects, minus any that one of them supersedes."""
+        with ThreadPoolExecutor(max_workers=8) as pool:
+            decoded = list(pool.map(self._read_index_object, keys))
+        superseded = {old for olds, _ in decoded for old in olds}
+        merged: dict[bytes, dict[bytes, BlobLocation]] = {}
+        for key, (_, packs) in zip(keys, decoded, strict=True):
+            if bytes.fromhex(key.removeprefix("index/")) not in superseded:
+                merged.update(packs)
+        return merged
+
+    def _read_index_object(self, key: str) -> tuple[list[bytes], dict[bytes, dict[bytes, BlobLocation]]]:
         try:
-            index_id = bytes.fromhex(info.key.removeprefix("index/"))
+            index_id = bytes.fromhex(key.removeprefix("index/"))
         except ValueError:
-            raise CorruptionDetected(f"unexpected object {info.key}") from None
-        return decode_index(self.keys, index_id, self.store.get(info.key))
+            raise CorruptionDetected(f"unexpected object {key}") from None
+        return decode_index(self.keys, index_id, self.store.get(key))
 
     def read_pack_header(self, pack_id: bytes) -> dict[bytes, BlobLocation]:
         """Blob locations from the pack's own header (index rebuild, check, crash recovery)."""
@@ -201,7 +210,12 @@ class Repository:
         location = self.index.get(blob_id)
         if location is None:
             raise CorruptionDetected(f"blob {blob_id.hex()[:16]} is referenced but in no index")
-        sealed = self.store.get_range(pack_key(location.pack_id), location.offset, location.stored_length)
+        try:
+            sealed = self.store.get_range(pack_key(location.pack_id), location.offset, location.stored_length)
+        except ObjectNotFound:
+            raise CorruptionDetected(
+                f"pack {location.pack_id.hex()[:16]} is in the index but missing from storage"
+            ) from None
         if len(sealed) != location.stored_length:
             raise CorruptionDetected(f"pack {location.pack_id.hex()[:16]} is truncated")
         return open_blob(self.keys, blob_id, location, sealed)
@@ -265,6 +279,7 @@ class RepositoryWriter:
         upload_threads: int = 2,
         max_packs_in_flight: int = 3,
         index_flush_seconds: float = 30.0,
+        avoid_packs: frozenset[bytes] = frozenset(),
     ) -> None:
         self.repo = repo
         self.stats = WriteStats()
@@ -277,9 +292,12 @@ class RepositoryWriter:
         self._index_flush_seconds = index_flush_seconds
         self._last_index_flush = repo.clock.monotonic()
         self._compressors = threading.local()
-        self.session_key = f"sessions/{uuid.uuid4().hex}"
+        self.session = Session(repo.store, repo.clock, "write")
+        # Blobs in packs that garbage collection condemned are invisible to this writer: it stores
+        # its own copy instead of starting to depend on something about to be deleted.
+        # ``avoid_packs`` does the same for packs garbage collection is about to condemn (repacking).
+        self._condemned = condemned_packs(repo.store) | avoid_packs
         self._closed = False
-        self._write_session()
 
     def __enter__(self) -> RepositoryWriter:
         return self
@@ -287,17 +305,12 @@ class RepositoryWriter:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def _write_session(self) -> None:
-        body = {
-            "host": socket.gethostname(),
-            "pid": os.getpid(),
-            "started": self.repo.clock.now().isoformat(),
-        }
-        self.repo.store.put(self.session_key, json.dumps(body).encode(), overwrite=True)
-
-    def refresh_session(self) -> None:
-        """Renew this writer's lease (garbage collection waits for leases older than its mark)."""
-        self._write_session()
+    def has_blob(self, blob_id: bytes) -> bool:
+        """True when ``blob_id`` is stored (or being stored) and safe for this writer to reference."""
+        if blob_id in self.stats.pending:
+            return True
+        location = self.repo.index.get(blob_id)
+        return location is not None and location.pack_id not in self._condemned
 
     def _compressor(self) -> zstandard.ZstdCompressor | None:
         if not hasattr(self._compressors, "value"):
@@ -310,7 +323,7 @@ class RepositoryWriter:
         self._raise_upload_errors()
         blob_id = blob_id or self.repo.keys.content_id_of(data)
         with self._lock:
-            if blob_id in self.repo.index or blob_id in self.stats.pending:
+            if self.has_blob(blob_id):
                 return blob_id
             self.stats.pending.add(blob_id)
         sealed = seal_blob(self.repo.keys, blob_type, data, self._compressor(), blob_id)
@@ -386,7 +399,7 @@ class RepositoryWriter:
         adopted = 0
         for info in self.repo.store.list("data/"):
             pack_id = bytes.fromhex(info.key.rsplit("/", 1)[1])
-            if pack_id in self.repo.index.packs:
+            if pack_id in self.repo.index.packs or pack_id in self._condemned:
                 continue
             try:
                 locations = self.repo.read_pack_header(pack_id)
@@ -410,7 +423,7 @@ class RepositoryWriter:
             self.flush()
         finally:
             self._uploads.shutdown(wait=True, cancel_futures=True)
-            self.repo.store.delete(self.session_key)
+            self.session.end()
 
     def abort(self) -> None:
         """Stop without flushing partial packs: what is uploaded stays reusable (indexed)."""
@@ -420,5 +433,7 @@ class RepositoryWriter:
         for future in self._futures:
             future.cancel()
         self._uploads.shutdown(wait=True, cancel_futures=True)
-        self._write_index()
-        self.repo.store.delete(self.session_key)
+        try:
+            self._write_index()
+        finally:
+            self.session.end()

@@ -87,15 +87,20 @@ def test_check_read_data_finds_a_flipped_byte_with_exit_3(
     assert "damaged" in capsys.readouterr().out
 
 
-def test_check_without_read_data_finds_a_deleted_index_or_pack(
+def test_check_without_read_data_finds_any_missing_pack(
     repo_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     backup_json(repo_url, awkward_tree(tmp_path / "src"), capsys)
-    pack = next(p for p in (tmp_path / "repo" / "data").rglob("*") if p.is_file())
-    pack.unlink()
-    capsys.readouterr()
-    assert main(["--repo", repo_url, "check"]) == EXIT_DAMAGED
-    assert "missing from storage" in capsys.readouterr().out
+    packs = [p for p in (tmp_path / "repo" / "data").rglob("*") if p.is_file()]
+    assert len(packs) >= 2  # at least one data pack and one tree pack
+    for pack in packs:
+        hidden = pack.with_suffix(".hidden")
+        pack.rename(hidden)
+        capsys.readouterr()
+        assert main(["--repo", repo_url, "check"]) == EXIT_DAMAGED, pack
+        assert "missing from storage" in capsys.readouterr().out
+        hidden.rename(pack)
+    assert main(["--repo", repo_url, "check"]) == EXIT_OK
 
 
 def test_check_detects_a_deleted_index_as_missing_data(
@@ -159,3 +164,20 @@ def test_console_script_is_installed() -> None:
     completed = subprocess.run([barge, "--version"], capture_output=True, text=True, check=False)
     assert completed.returncode == 0
     assert completed.stdout.startswith("barge ")
+
+
+def test_forget_and_gc_reclaim_space(
+    repo_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    source = tmp_path / "src"
+    source.mkdir()
+    (source / "big").write_bytes(os.urandom(3_000_000))
+    snapshot = backup_json(repo_url, source, capsys)
+    data = tmp_path / "repo" / "data"
+    before = sum(p.stat().st_size for p in data.rglob("*") if p.is_file())
+    assert main(["--repo", repo_url, "forget", str(snapshot["snapshot_id"])]) == EXIT_OK
+    assert main(["--repo", repo_url, "gc"]) == EXIT_OK
+    assert main(["--repo", repo_url, "gc"]) == EXIT_OK
+    after = sum(p.stat().st_size for p in data.rglob("*") if p.is_file())
+    assert before > 3_000_000 > after
+    assert main(["--repo", repo_url, "check"]) == EXIT_OK

@@ -1,0 +1,228 @@
+"""Garbage collection that is safe while backups run, without any lock for writers.
+
+Two phases, run by successive ``barge gc`` invocations (one collector at a time, by ``gc/lock``):
+
+*Mark.* Compute the blobs every snapshot references. Packs with no live blob, and packs whose live
+part is small (their live blobs are first copied into new packs), are *condemned*: listed in
+``gc/pending`` with the store's time of that write, ``t_mark``. From then on new sessions neither
+deduplicate against nor adopt condemned packs; the index still lists them, so readers keep working.
+
+*Sweep.* Allowed once no live session began before ``t_mark`` (plus a clock-granularity margin):
+every session that might have started depending on a condemned pack before it was condemned has
+committed or died (leases expire). Re-check the references against the snapshots that exist now,
+keep any condemned pack something still references, delete the rest, then write one consolidated
+index that supersedes every old index object, and delete those.
+
+Why it is safe: a blob can be referenced only by a snapshot whose writer saw it as usable. Writers
+starting after ``t_mark`` never see condemned blobs as usable; writers starting before it are
+waited for, and their snapshots exist before the re-check. A writer frozen past its lease refuses
+to commit (``Session.ensure_valid``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+from barge.errors import CorruptionDetected, TemporaryError
+from barge.repo.index import encode_index, index_key
+from barge.repo.pack import BlobLocation, BlobType, pack_key
+from barge.repo.repository import Repository
+from barge.repo.session import DEFAULT_LEASE, PENDING_KEY, list_sessions, store_now
+from barge.repo.tree import decode_tree
+from barge.storage import ObjectExists, ObjectNotFound
+
+LOCK_KEY = "gc/lock"
+CLOCK_MARGIN = timedelta(seconds=5)
+
+
+@dataclass(frozen=True)
+class GcPolicy:
+    lease: timedelta = DEFAULT_LEASE
+    repack_below_live_fraction: float = 0.5  # repack packs whose live bytes are below this share
+
+
+@dataclass
+class GcReport:
+    phase: str = "idle"  # "mark", "sweep+mark", "waiting"
+    condemned_packs: int = 0
+    repacked_packs: int = 0
+    deleted_packs: int = 0
+    deleted_bytes: int = 0
+    kept_packs: int = 0
+    waiting_for_sessions: int = 0
+    expired_sessions: int = 0
+    notes: list[str] = field(default_factory=list)
+
+
+def referenced_blobs(repo: Repository) -> set[bytes]:
+    """Every blob reachable from any snapshot (trees and data)."""
+    live: set[bytes] = set()
+    for snapshot_id in repo.snapshot_ids():
+        manifest = repo.load_snapshot(snapshot_id)
+        stack = [bytes.fromhex(manifest["tree"])] if manifest.get("tree") else []
+        while stack:
+            tree_id = stack.pop()
+            if tree_id in live:
+                continue
+            live.add(tree_id)
+            for node in decode_tree(repo.read_blob(tree_id)):
+                if node.subtree is not None:
+                    stack.append(node.subtree)
+                live.update(b for b, _ in node.content if b is not None)
+    return live
+
+
+@contextmanager
+def _collector_lock(repo: Repository, lease: timedelta) -> Iterator[None]:
+    """One collector at a time; a lock older than the lease belongs to a dead collector."""
+    body = json.dumps({"id": uuid.uuid4().hex}).encode()
+    try:
+        repo.store.put(LOCK_KEY, body)
+    except ObjectExists:
+        held_since = repo.store.stat(LOCK_KEY).modified
+        if store_now(repo.store) - held_since < lease:
+            raise TemporaryError(f"another garbage collection holds {LOCK_KEY} since {held_since}") from None
+        repo.store.put(LOCK_KEY, body, overwrite=True)
+    try:
+        yield
+    finally:
+        if repo.store.get(LOCK_KEY) == body:
+            repo.store.delete(LOCK_KEY)
+
+
+def collect_garbage(
+    repo: Repository, policy: GcPolicy | None = None, log: Callable[[str], None] = lambda _: None
+) -> GcReport:
+    policy = policy or GcPolicy()
+    report = GcReport()
+    with _collector_lock(repo, policy.lease):
+        now = store_now(repo.store)
+        live_sessions = []
+        for session in list_sessions(repo.store):
+            if now - session.renewed > policy.lease:
+                repo.store.delete(session.key)
+                report.expired_sessions += 1
+            else:
+                live_sessions.append(session)
+        pending = _read_pending(repo)
+        if pending is not None:
+            t_mark, packs = pending
+            blocking = [s for s in live_sessions if s.started <= t_mark + CLOCK_MARGIN]
+            if blocking:
+                report.phase = "waiting"
+                report.waiting_for_sessions = len(blocking)
+                report.condemned_packs = len(packs)
+                log(f"{len(packs)} packs condemned; waiting for {len(blocking)} older session(s) to end")
+                return report
+            _sweep(repo, packs, report, log)
+            report.phase = "sweep+mark"
+        else:
+            report.phase = "mark"
+        _mark(repo, policy, report, log)
+    return report
+
+
+def _read_pending(repo: Repository) -> tuple[datetime, set[bytes]] | None:
+    try:
+        doc = json.loads(repo.store.get(PENDING_KEY))
+    except ObjectNotFound:
+        return None
+    t_mark = repo.store.stat(PENDING_KEY).modified
+    return t_mark, {bytes.fromhex(p) for p in doc["packs"]}
+
+
+def _packs_in_index(repo: Repository) -> dict[bytes, dict[bytes, BlobLocation]]:
+    packs: dict[bytes, dict[bytes, BlobLocation]] = {}
+    for blob_id, location in repo.index.items():
+        packs.setdefault(location.pack_id, {})[blob_id] = location
+    return packs
+
+
+def _mark(repo: Repository, policy: GcPolicy, report: GcReport, log: Callable[[str], None]) -> None:
+    repo.load_index()
+    live = referenced_blobs(repo)
+    condemned: set[bytes] = set()
+    to_repack: dict[bytes, list[bytes]] = {}
+    for pack_id, blobs in _packs_in_index(repo).items():
+        live_ids = [b for b in blobs if b in live]
+        live_bytes = sum(blobs[b].stored_length for b in live_ids)
+        total = sum(loc.stored_length for loc in blobs.values())
+        if not live_ids:
+            condemned.add(pack_id)
+        elif live_bytes < total * policy.repack_below_live_fraction:
+            to_repack[pack_id] = live_ids
+    if to_repack:
+        with repo.writer(avoid_packs=frozenset(to_repack)) as writer:
+            for blob_id in (b for live_ids in to_repack.values() for b in live_ids):
+                writer.add_blob(_blob_type(repo, blob_id), repo.read_blob(blob_id), blob_id)
+        condemned.update(to_repack)
+        report.repacked_packs = len(to_repack)
+    condemned.update(_old_orphan_packs(repo, policy.lease))
+    if condemned:
+        doc = {"packs": sorted(p.hex() for p in condemned)}
+        repo.store.put(PENDING_KEY, json.dumps(doc).encode(), overwrite=True)
+        log(f"condemned {len(condemned)} packs ({len(to_repack)} after copying their live blobs)")
+    report.condemned_packs = len(condemned)
+
+
+def _blob_type(repo: Repository, blob_id: bytes) -> BlobType:
+    location = repo.index.get(blob_id)
+    return location.blob_type if location else BlobType.DATA
+
+
+def _old_orphan_packs(repo: Repository, lease: timedelta) -> set[bytes]:
+    """Packs no index lists, older than a lease: left by writers that died (live ones index
+    their packs within seconds). Condemning them still waits for older sessions to end."""
+    now = store_now(repo.store)
+    orphans = set()
+    for info in repo.store.list("data/"):
+        try:
+            pack_id = bytes.fromhex(info.key.rsplit("/", 1)[1])
+        except ValueError:
+            continue
+        if pack_id not in repo.index.packs and now - info.modified > lease:
+            orphans.add(pack_id)
+    return orphans
+
+
+def _sweep(repo: Repository, condemned: set[bytes], report: GcReport, log: Callable[[str], None]) -> None:
+    # Fix the set of index objects first: exactly these are consolidated and deleted, so index
+    # objects written by concurrent writers meanwhile survive untouched.
+    old_indexes = [info.key for info in repo.store.list("index/")]
+    packs = repo.read_index_objects(old_indexes)
+    repo.load_index()
+    live = referenced_blobs(repo)
+    elsewhere = {b for pack_id, blobs in packs.items() if pack_id not in condemned for b in blobs}
+    for pack_id in sorted(condemned):
+        blobs = packs.get(pack_id)
+        if blobs is None:
+            try:
+                blobs = repo.read_pack_header(pack_id)  # an orphan someone adopted after our listing
+            except (ObjectNotFound, CorruptionDetected):
+                blobs = {}
+        if any(b in live and b not in elsewhere for b in blobs):
+            report.kept_packs += 1  # a session that began before the mark now depends on it
+            packs[pack_id] = blobs
+            continue
+        key = pack_key(pack_id)
+        with contextlib.suppress(ObjectNotFound):
+            report.deleted_bytes += repo.store.stat(key).size
+        repo.store.delete(key)
+        packs.pop(pack_id, None)
+        report.deleted_packs += 1
+    superseded = [bytes.fromhex(k.removeprefix("index/")) for k in old_indexes]
+    index_id, sealed = encode_index(repo.keys, packs, supersedes=superseded)
+    with contextlib.suppress(ObjectExists):
+        repo.store.put(index_key(index_id), sealed)
+    for key in old_indexes:
+        if key != index_key(index_id):
+            repo.store.delete(key)
+    repo.store.delete(PENDING_KEY)
+    repo.load_index()
+    log(f"deleted {report.deleted_packs} packs ({report.deleted_bytes:,} bytes); kept {report.kept_packs}")
