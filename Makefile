@@ -1,6 +1,9 @@
-.PHONY: test tools lint help
+.PHONY: demo test tools lint help
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*##/\t/'
+
+demo:  ## Barge's main job on its embedded defaults: back up, restore and verify a generated volume
+	bash hack/demo.sh
 
 test:  ## everything CI runs: tool builds (cached), lint, mypy, layer contracts, all tests
 	bash hack/test.sh
