@@ -22,8 +22,8 @@ from pyfastcdc import FastCDC
 
 from barge.clock import Clock, SystemClock
 from barge.errors import Canceled, InvalidInput, PermanentError
+from barge.fs.content import make_chunker, store_content
 from barge.fs.progress import CancelToken, Progress, ProgressCallback
-from barge.fs.sparse import ExtentReader, data_extents
 from barge.repo.pack import BlobType
 from barge.repo.repository import Repository, RepositoryWriter
 from barge.repo.tree import Extent, Node, decode_tree, encode_tree
@@ -140,13 +140,7 @@ class _TreeBackup:
 
     def chunker(self) -> FastCDC:
         if not hasattr(self.local, "chunker"):
-            s = self.repo.config.settings
-            self.local.chunker = FastCDC(
-                s.chunk_avg - s.chunk_min,  # pyfastcdc's average is avg_size + min_size
-                min_size=s.chunk_min,
-                max_size=s.chunk_max,
-                seed=self.repo.keys.chunker_seed,
-            )
+            self.local.chunker = make_chunker(self.repo)
         chunker: FastCDC = self.local.chunker
         return chunker
 
@@ -225,29 +219,19 @@ class _TreeBackup:
     def read_content(self, path: bytes, size: int) -> tuple[Extent, ...]:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
         try:
-            content: list[Extent] = []
-            pos = 0
-            for start, end in data_extents(fd, size):
-                if start > pos:
-                    content.append((None, start - pos))
-                    self.progress.add(start - pos)
-                reader = ExtentReader(fd, start, end)
-                for chunk in self.chunker().cut_stream(reader):
-                    self.cancel.check()
-                    blob_id = self.writer.add_blob(BlobType.DATA, chunk.data)
-                    content.append((blob_id, chunk.length))
-                    self.progress.add(chunk.length)
-                pos = start + reader.bytes_read
-                with self.lock:
-                    self.bytes_read += reader.bytes_read
-                if pos < end:  # the file shrank while being read
-                    return tuple(content)
-            if pos < size:
-                content.append((None, size - pos))
-                self.progress.add(size - pos)
-            return tuple(content)
+            stored = store_content(
+                fd,
+                size,
+                writer=self.writer,
+                chunker=self.chunker(),
+                progress=self.progress,
+                cancel=self.cancel,
+            )
         finally:
             os.close(fd)
+        with self.lock:
+            self.bytes_read += stored.bytes_read
+        return stored.extents
 
 
 def backup_tree(

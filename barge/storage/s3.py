@@ -104,11 +104,12 @@ def read_credentials_file(path: Path, profile: str = "default") -> tuple[str, st
 
 def _translate(err: Exception, what: str) -> Exception:
     """The one place obstore errors become Barge's temporary/permanent hierarchy."""
-    if isinstance(err, obs_errors.NotFoundError):
+    # obstore raises its own classes for some calls and the builtin OSError subclasses for others.
+    if isinstance(err, obs_errors.NotFoundError | FileNotFoundError):
         return ObjectNotFound(f"{what}: not found")
-    if isinstance(err, obs_errors.AlreadyExistsError | obs_errors.PreconditionError):
+    if isinstance(err, obs_errors.AlreadyExistsError | obs_errors.PreconditionError | FileExistsError):
         return ObjectExists(f"{what}: already exists")
-    if isinstance(err, obs_errors.PermissionDeniedError | obs_errors.UnauthenticatedError):
+    if isinstance(err, obs_errors.PermissionDeniedError | obs_errors.UnauthenticatedError | PermissionError):
         return PermanentError(f"{what}: access denied by the object store; check the credentials ({err})")
     return TemporaryError(f"{what}: object store error after retries: {err}")
 
@@ -220,7 +221,7 @@ class S3Store:
     def delete(self, key: str) -> None:
         try:
             obstore.delete(self._store, key)
-        except obs_errors.NotFoundError:
+        except (obs_errors.NotFoundError, FileNotFoundError):
             return
         except Exception as err:
             raise _translate(err, f"delete {key}") from err

@@ -230,50 +230,48 @@ def test_newer_velero_status_fields_are_pruned_by_the_seed_schema_and_kept_by_1_
         apply_crd(kube, load_crd("velero.io_datauploads.yaml"))
 
 
+@pytest.fixture(scope="module")
+def restricted(
+    kube: client.ApiClient,
+    control_plane: ControlPlaneEndpoints,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[client.ApiClient]:
+    core, rbac = client.CoreV1Api(kube), client.RbacAuthorizationV1Api(kube)
+    namespace = f"rbac-{uuid.uuid4().hex[:6]}"
+    core.create_namespace({"metadata": {"name": namespace}})
+    core.create_namespaced_service_account(namespace, {"metadata": {"name": "reader"}})
+    rbac.create_namespaced_role(
+        namespace,
+        {
+            "metadata": {"name": "du-reader"},
+            "rules": [{"apiGroups": ["velero.io"], "resources": ["datauploads"], "verbs": ["get", "list"]}],
+        },
+    )
+    rbac.create_namespaced_role_binding(
+        namespace,
+        {
+            "metadata": {"name": "du-reader"},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "du-reader"},
+            "subjects": [{"kind": "ServiceAccount", "name": "reader", "namespace": namespace}],
+        },
+    )
+    token = core.create_namespaced_service_account_token(
+        "reader", namespace, {"spec": {"expirationSeconds": 3600}}
+    ).status.token
+    kubeconfig = write_kubeconfig(
+        tmp_path_factory.mktemp("rbac") / "reader.kubeconfig",
+        control_plane.url,
+        control_plane.pki.ca.cert_path,
+        {"token": token},
+        "reader",
+    )
+    with api_client(kubeconfig) as api:
+        api.namespace = namespace  # type: ignore[attr-defined]
+        yield api
+
+
 class TestRbacWithARestrictedServiceAccount:
     """An identity that is not an admin: RBAC is enforced, so chart permissions can be tested."""
-
-    @pytest.fixture(scope="class")
-    def restricted(
-        self,
-        kube: client.ApiClient,
-        control_plane: ControlPlaneEndpoints,
-        tmp_path_factory: pytest.TempPathFactory,
-    ) -> Iterator[client.ApiClient]:
-        core, rbac = client.CoreV1Api(kube), client.RbacAuthorizationV1Api(kube)
-        namespace = f"rbac-{uuid.uuid4().hex[:6]}"
-        core.create_namespace({"metadata": {"name": namespace}})
-        core.create_namespaced_service_account(namespace, {"metadata": {"name": "reader"}})
-        rbac.create_namespaced_role(
-            namespace,
-            {
-                "metadata": {"name": "du-reader"},
-                "rules": [
-                    {"apiGroups": ["velero.io"], "resources": ["datauploads"], "verbs": ["get", "list"]}
-                ],
-            },
-        )
-        rbac.create_namespaced_role_binding(
-            namespace,
-            {
-                "metadata": {"name": "du-reader"},
-                "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "du-reader"},
-                "subjects": [{"kind": "ServiceAccount", "name": "reader", "namespace": namespace}],
-            },
-        )
-        token = core.create_namespaced_service_account_token(
-            "reader", namespace, {"spec": {"expirationSeconds": 3600}}
-        ).status.token
-        kubeconfig = write_kubeconfig(
-            tmp_path_factory.mktemp("rbac") / "reader.kubeconfig",
-            control_plane.url,
-            control_plane.pki.ca.cert_path,
-            {"token": token},
-            "reader",
-        )
-        with api_client(kubeconfig) as api:
-            api.namespace = namespace  # type: ignore[attr-defined]
-            yield api
 
     def test_the_token_authenticates_as_the_service_account(self, restricted: client.ApiClient) -> None:
         review = client.AuthenticationV1Api(restricted).create_self_subject_review({})

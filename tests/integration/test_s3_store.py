@@ -1,0 +1,109 @@
+"""Barge's S3 backend against the real S3 server: conformance, round trips, clear failures."""
+
+from __future__ import annotations
+
+import dataclasses
+import uuid
+from pathlib import Path
+from typing import Any
+
+import boto3
+import pytest
+from botocore.config import Config
+
+from barge.devenv.s3server import S3Endpoint
+from barge.errors import PermanentError, TemporaryError
+from barge.fs.backup import backup_tree
+from barge.fs.restore import restore_tree
+from barge.repo.check import check_repository
+from barge.repo.crypto import KdfParams
+from barge.repo.repository import Repository, RepositorySettings
+from barge.storage.s3 import S3Options, S3Store
+from barge.storage.url import open_store
+from tests.fsbuild import MIB, awkward_tree
+from tests.fstree import capture
+from tests.storage_conformance import ObjectStoreConformance
+
+pytestmark = pytest.mark.integration
+
+
+def make_bucket(endpoint: S3Endpoint) -> str:
+    name = f"barge-{uuid.uuid4().hex[:12]}"
+    boto3.client(
+        "s3",
+        endpoint_url=endpoint.url,
+        aws_access_key_id=endpoint.access_key,
+        aws_secret_access_key=endpoint.secret_key,
+        region_name=endpoint.region,
+        config=Config(s3={"addressing_style": "path"}),
+    ).create_bucket(Bucket=name)
+    return name
+
+
+def store_for(server: S3Endpoint, bucket: str, prefix: str = "repo", **overrides: Any) -> S3Store:
+    options = S3Options(
+        bucket=bucket,
+        prefix=prefix,
+        endpoint=server.url,
+        region=server.region,
+        path_style=True,
+        access_key=server.access_key,
+        secret_key=server.secret_key,
+    )
+    return S3Store(dataclasses.replace(options, **overrides))
+
+
+class TestS3StoreConformance(ObjectStoreConformance):
+    @pytest.fixture
+    def store(self, s3_server: S3Endpoint) -> S3Store:
+        return store_for(s3_server, make_bucket(s3_server))
+
+
+def test_prefixes_isolate_repositories_in_one_bucket(s3_server: S3Endpoint) -> None:
+    bucket = make_bucket(s3_server)
+    one, two = store_for(s3_server, bucket, "one"), store_for(s3_server, bucket, "two")
+    one.put("config", b"1")
+    assert [i.key for i in one.list("")] == ["config"]
+    assert list(two.list("")) == []
+
+
+def test_repository_round_trip_on_s3(s3_server: S3Endpoint, tmp_path: Path) -> None:
+    store = store_for(s3_server, make_bucket(s3_server))
+    settings = RepositorySettings(
+        chunk_min=16 * 1024, chunk_avg=64 * 1024, chunk_max=256 * 1024, pack_target=MIB
+    )
+    repo = Repository.init(store, b"pw", settings, KdfParams.for_tests())
+    source = awkward_tree(tmp_path / "src")
+    result = backup_tree(repo, source)
+    again = backup_tree(Repository.open(store, b"pw"), source)
+    assert again.bytes_new == 0
+    restore_tree(Repository.open(store, b"pw"), result.snapshot_id, tmp_path / "out")
+    assert capture(tmp_path / "out") == capture(source)
+    assert check_repository(Repository.open(store, b"pw"), read_data=True).problems == []
+
+
+def test_url_with_a_velero_credentials_file(s3_server: S3Endpoint, tmp_path: Path) -> None:
+    creds = tmp_path / "cloud"
+    creds.write_text(
+        f"[default]\naws_access_key_id={s3_server.access_key}\naws_secret_access_key={s3_server.secret_key}\n"
+    )
+    bucket = make_bucket(s3_server)
+    store = open_store(f"s3://{bucket}/p?endpoint={s3_server.url}&path_style=true&credentials_file={creds}")
+    store.put("hello", b"world")
+    assert store.get("hello") == b"world"
+
+
+def test_wrong_credentials_are_a_permanent_error_naming_the_cause(s3_server: S3Endpoint) -> None:
+    store = store_for(s3_server, make_bucket(s3_server), secret_key="wrong")
+    with pytest.raises(PermanentError, match="access denied"):
+        store.put("x", b"y")
+
+
+def test_an_unreachable_endpoint_is_a_temporary_error_not_a_hang(s3_server: S3Endpoint) -> None:
+    from barge.devenv.processes import free_port
+
+    store = store_for(
+        s3_server, "nobucket", endpoint=f"http://127.0.0.1:{free_port()}", max_retries=2, retry_timeout_s=5.0
+    )
+    with pytest.raises(TemporaryError, match="object store error after retries"):
+        store.get("x")
