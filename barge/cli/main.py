@@ -10,6 +10,7 @@ import argparse
 import getpass
 import json
 import os
+import stat
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -18,6 +19,7 @@ from typing import Any
 from barge import __version__
 from barge.errors import BargeError, Canceled, CorruptionDetected, InvalidInput
 from barge.fs.backup import BackupOptions, backup_tree
+from barge.fs.block import backup_device, restore_device
 from barge.fs.restore import restore_tree
 from barge.repo.check import check_repository
 from barge.repo.gc import collect_garbage
@@ -84,11 +86,18 @@ def cmd_repo_init(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _latest_snapshot_for(repo: Repository, path: str) -> str | None:
+def _is_block_device(path: Path) -> bool:
+    try:
+        return stat.S_ISBLK(path.stat().st_mode)
+    except OSError:
+        return False
+
+
+def _latest_snapshot_for(repo: Repository, path: str, kind: str) -> str | None:
     best: tuple[str, str] | None = None
     for snapshot_id in repo.snapshot_ids():
         manifest = repo.load_snapshot(snapshot_id)
-        same_source = manifest.get("kind") == "fs" and manifest.get("paths") == [path]
+        same_source = manifest.get("kind") == kind and manifest.get("paths") == [path]
         if same_source and (best is None or manifest["time"] > best[0]):
             best = (manifest["time"], snapshot_id)
     return best[1] if best else None
@@ -97,16 +106,20 @@ def _latest_snapshot_for(repo: Repository, path: str) -> str | None:
 def cmd_backup(args: argparse.Namespace) -> int:
     repo = _open(args)
     source = Path(args.path).resolve()
-    parent = None if args.no_parent else (args.parent or _latest_snapshot_for(repo, os.fsdecode(source)))
-    tags = dict(_parse_tag(t) for t in args.tag)
+    block = args.block or _is_block_device(source)
+    kind = "block" if block else "fs"
+    parent = (
+        None if args.no_parent else (args.parent or _latest_snapshot_for(repo, os.fsdecode(source), kind))
+    )
+    options = BackupOptions(
+        parent=parent, tags=dict(_parse_tag(t) for t in args.tag), on_unreadable=args.on_unreadable
+    )
     progress = _ProgressLine("backup")
     try:
-        result = backup_tree(
-            repo,
-            source,
-            options=BackupOptions(parent=parent, tags=tags, on_unreadable=args.on_unreadable),
-            progress=progress,
-        )
+        if block:
+            result = backup_device(repo, source, options=options, progress=progress)
+        else:
+            result = backup_tree(repo, source, options=options, progress=progress)
     finally:
         progress.close()
     summary = {
@@ -144,11 +157,23 @@ def _parse_tag(text: str) -> tuple[str, str]:
 
 def cmd_restore(args: argparse.Namespace) -> int:
     repo = _open(args)
+    kind = repo.load_snapshot(args.snapshot_id).get("kind")
     progress = _ProgressLine("restore")
     try:
-        result = restore_tree(repo, args.snapshot_id, Path(args.target), progress=progress)
+        if kind == "block":
+            device = restore_device(
+                repo, args.snapshot_id, Path(args.target), zero_fill=args.zero_fill, progress=progress
+            )
+        else:
+            result = restore_tree(repo, args.snapshot_id, Path(args.target), progress=progress)
     finally:
         progress.close()
+    if kind == "block":
+        print(
+            f"restored {device.bytes_total:,} bytes to {args.target}: {device.bytes_written:,} written, "
+            f"{device.zeroed:,} zero-filled, the rest left as holes"
+        )
+        return EXIT_OK
     print(
         f"restored {result.files} files, {result.dirs} dirs, {result.bytes_written:,} bytes to {args.target}"
     )
@@ -247,7 +272,9 @@ def build_parser() -> argparse.ArgumentParser:
     repo_sub.add_parser("init", help="create a new repository").set_defaults(handler=cmd_repo_init)
 
     backup = add("backup", cmd_backup, "back up a directory into a new snapshot")
-    backup.add_argument("path")
+    backup.add_argument("path", help="a directory, or with --block a device or image file")
+    backup.add_argument("--block", action="store_true", help="back up PATH as a raw device image "
+                        "(automatic for block devices)")  # fmt: skip
     backup.add_argument("--json", action="store_true", help="print one JSON object with the result")
     backup.add_argument("--parent", help="snapshot to compare against (default: latest of the same path)")
     backup.add_argument("--no-parent", action="store_true", help="read every file, even unchanged ones")
@@ -257,7 +284,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     restore = add("restore", cmd_restore, "restore a snapshot into an empty directory")
     restore.add_argument("snapshot_id")
-    restore.add_argument("target")
+    restore.add_argument("target", help="an empty directory, or for a block snapshot a device or file")
+    restore.add_argument(
+        "--zero-fill",
+        action="store_true",
+        help="block snapshots: also write zeros where the snapshot has holes",
+    )
 
     snapshots = add("snapshots", cmd_snapshots, "list snapshots")
     snapshots.add_argument("--json", action="store_true")
