@@ -1,4 +1,4 @@
-.PHONY: demo test tools lint help
+.PHONY: demo test bench tools lint help
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*##/\t/'
 
@@ -7,6 +7,9 @@ demo:  ## Barge's main job on its embedded defaults: back up, restore and verify
 
 test:  ## everything CI runs: tool builds (cached), lint, mypy, layer contracts, all tests
 	bash hack/test.sh
+
+bench:  ## Barge vs restic vs kopia on the same data (medians of 3; BENCH_ARGS="--scale 0.25" for a quick look)
+	bash hack/bootstrap-python.sh && bash hack/install-bench-deps.sh && .venv/bin/python -m bench.run $(BENCH_ARGS)
 
 tools:  ## build the pinned upstream binaries (etcd, kube-apiserver, minio, ...) into ~/.cache/barge
 	bash hack/install-tools.sh

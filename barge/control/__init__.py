@@ -1,0 +1,1 @@
+"""The control plane's shared vocabulary: pure, frozen dataclasses (no gRPC, no Kubernetes)."""

@@ -1,0 +1,64 @@
+"""Labels, annotations, finalizer and object names Barge puts on what it creates and serves.
+
+One place, so the coordinator, the agents, the cluster simulator and the Helm chart agree.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from barge.errors import InvalidInput
+
+DATAMOVER = "barge"
+FINALIZER = "velero.io/data-upload-download-finalizer"
+ASSIGNMENT_ANNOTATION = "barge.io/assignment"
+
+LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
+LABEL_OWNER_KIND = "barge.io/owner-kind"
+LABEL_OWNER_NAME = "barge.io/owner-name"
+LABEL_OWNER_UID = "barge.io/owner-uid"
+MANAGED_BY = "barge"
+
+VELERO_GROUP = "velero.io"
+DATA_MOVER_VERSION = "v2alpha1"
+PLURALS = {"DataUpload": "datauploads", "DataDownload": "datadownloads"}
+
+FILESYSTEM_MOUNT_PATH = "/data"
+BLOCK_DEVICE_PATH = "/dev/barge-volume"
+
+
+def owned_labels(kind: str, name: str, uid: str) -> dict[str, str]:
+    """Labels on every object Barge creates for the CR ``kind/name``: found again by the owner uid."""
+    return {
+        LABEL_MANAGED_BY: MANAGED_BY,
+        LABEL_OWNER_KIND: kind,
+        LABEL_OWNER_NAME: name[:63],
+        LABEL_OWNER_UID: uid,
+    }
+
+
+@dataclass(frozen=True)
+class Fence:
+    """Who may write a CR's status: the agent on ``node`` holding assignment ``epoch``."""
+
+    epoch: int
+    node: str
+
+    def render(self) -> str:
+        return f"{self.epoch}:{self.node}"
+
+    @classmethod
+    def parse(cls, text: str | None) -> Fence | None:
+        if not text:
+            return None
+        epoch, sep, node = text.partition(":")
+        if not sep or not epoch.isdigit() or not node:
+            raise InvalidInput(f"annotation {ASSIGNMENT_ANNOTATION}={text!r} is not '<epoch>:<node>'")
+        return cls(int(epoch), node)
+
+
+def kubelet_volume_path(kubelet_root: str, pod_uid: str, pv_name: str, block: bool) -> str:
+    """Where the kubelet exposes a pod's CSI volume on the node's filesystem."""
+    if block:
+        return f"{kubelet_root}/pods/{pod_uid}/volumeDevices/kubernetes.io~csi/{pv_name}"
+    return f"{kubelet_root}/pods/{pod_uid}/volumes/kubernetes.io~csi/{pv_name}/mount"
