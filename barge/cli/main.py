@@ -93,23 +93,13 @@ def _is_block_device(path: Path) -> bool:
         return False
 
 
-def _latest_snapshot_for(repo: Repository, path: str, kind: str) -> str | None:
-    best: tuple[str, str] | None = None
-    for snapshot_id in repo.snapshot_ids():
-        manifest = repo.load_snapshot(snapshot_id)
-        same_source = manifest.get("kind") == kind and manifest.get("paths") == [path]
-        if same_source and (best is None or manifest["time"] > best[0]):
-            best = (manifest["time"], snapshot_id)
-    return best[1] if best else None
-
-
 def cmd_backup(args: argparse.Namespace) -> int:
     repo = _open(args)
     source = Path(args.path).resolve()
     block = args.block or _is_block_device(source)
     kind = "block" if block else "fs"
     parent = (
-        None if args.no_parent else (args.parent or _latest_snapshot_for(repo, os.fsdecode(source), kind))
+        None if args.no_parent else (args.parent or repo.latest_snapshot(kind, paths=[os.fsdecode(source)]))
     )
     options = BackupOptions(
         parent=parent, tags=dict(_parse_tag(t) for t in args.tag), on_unreadable=args.on_unreadable

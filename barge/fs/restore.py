@@ -43,13 +43,13 @@ def check_name(name: bytes) -> bytes:
     return name
 
 
-def _prepare_target(target: Path) -> None:
+def _prepare_target(target: Path, tolerated: frozenset[str]) -> None:
     try:
         target.mkdir(parents=True)
     except FileExistsError:
         if not target.is_dir() or target.is_symlink():
             raise InvalidInput(f"restore target {target} exists and is not a directory") from None
-        if any(target.iterdir()):
+        if any(entry.name not in tolerated for entry in target.iterdir()):
             raise InvalidInput(
                 f"restore target {target} is not empty; restore into an empty directory"
             ) from None
@@ -61,6 +61,7 @@ class _TreeRestore:
     ) -> None:
         self.repo = repo
         self.root = root
+        self.tolerated: frozenset[str] = frozenset()  # top-level names that may already exist
         self.progress = progress
         self.cancel = cancel
         self.pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="barge-restore")
@@ -84,7 +85,11 @@ class _TreeRestore:
             if node.kind == "dir":
                 if node.subtree is None:
                     raise CorruptionDetected(f"directory {child_rel!r} has no tree")
-                os.mkdir(name, 0o700, dir_fd=dir_fd)
+                try:
+                    os.mkdir(name, 0o700, dir_fd=dir_fd)
+                except FileExistsError:
+                    if rel or os.fsdecode(name) not in self.tolerated:
+                        raise
                 child_fd = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=dir_fd)
                 try:
                     self.restore_dir(child_fd, child_rel, node.subtree, pending)
@@ -217,13 +222,18 @@ def restore_tree(
     cancel: CancelToken | None = None,
     workers: int = 4,
     clock: Clock | None = None,
+    tolerated: frozenset[str] = frozenset(),
 ) -> RestoreResult:
+    """Restore into ``target``, which must be empty but for names in ``tolerated``.
+
+    A freshly formatted volume holds ``lost+found``; the agent tolerates it, the CLI does not.
+    """
     manifest: dict[str, Any] = repo.load_snapshot(snapshot_id)
     if manifest.get("kind") != "fs":
         raise InvalidInput(
             f"snapshot {snapshot_id[:16]} is a {manifest.get('kind')} snapshot, not a filesystem one"
         )
-    _prepare_target(target)
+    _prepare_target(target, tolerated)
     clock = clock or SystemClock()
     # Hold a lease for the whole restore and load the index under it, so garbage collection
     # never deletes a pack this restore is reading.
@@ -231,23 +241,16 @@ def restore_tree(
     try:
         repo.load_index()
         meter = Progress(int(manifest["summary"]["bytes_total"]), progress, clock)
-        return _restore_under_lease(
-            repo, manifest, target, meter=meter, cancel=cancel or CancelToken(), workers=workers
-        )
+        job = _TreeRestore(repo, target, meter, cancel or CancelToken(), workers)
+        job.tolerated = tolerated
+        return _restore_under_lease(repo, manifest, target, job)
     finally:
         session.end()
 
 
 def _restore_under_lease(
-    repo: Repository,
-    manifest: dict[str, Any],
-    target: Path,
-    *,
-    meter: Progress,
-    cancel: CancelToken,
-    workers: int,
+    repo: Repository, manifest: dict[str, Any], target: Path, job: _TreeRestore
 ) -> RestoreResult:
-    job = _TreeRestore(repo, target, meter, cancel, workers)
     root_fd = os.open(target, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
     pending: list[Future[None]] = []
     try:
@@ -266,5 +269,5 @@ def _restore_under_lease(
         for fd in list(job.open_fds):
             job.close_file(fd)
         os.close(root_fd)
-    meter.finish()
+    job.progress.finish()
     return RestoreResult(job.files, job.dirs, job.bytes_written, tuple(job.warnings))

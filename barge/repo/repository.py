@@ -12,6 +12,7 @@ import hashlib
 import json
 import threading
 import uuid
+from collections.abc import Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -243,6 +244,25 @@ class Repository:
 
     def snapshot_ids(self) -> list[str]:
         return [info.key.removeprefix("snapshots/") for info in self.store.list("snapshots/")]
+
+    def latest_snapshot(
+        self, kind: str, *, paths: list[str] | None = None, tags: Mapping[str, str] | None = None
+    ) -> str | None:
+        """The newest snapshot of ``kind`` whose paths equal ``paths`` and whose tags include ``tags``.
+
+        The parent for an incremental backup: its unchanged files are reused without reading.
+        """
+        best: tuple[str, str] | None = None
+        for snapshot_id in self.snapshot_ids():
+            manifest = self.load_snapshot(snapshot_id)
+            if manifest.get("kind") != kind or (paths is not None and manifest.get("paths") != paths):
+                continue
+            have = manifest.get("tags") or {}
+            if tags and any(have.get(k) != v for k, v in tags.items()):
+                continue
+            if best is None or manifest["time"] > best[0]:
+                best = (manifest["time"], snapshot_id)
+        return best[1] if best else None
 
     def forget_snapshot(self, snapshot_id: str) -> None:
         """Remove the snapshot's manifest; its data stays until garbage collection reclaims it."""

@@ -1,0 +1,186 @@
+"""The agent's brain: takes the coordinator's commands, runs assignments, reports what happened.
+
+One ``AssignmentRunner`` thread per assignment, keyed by assignment id; a command for an
+``(id, epoch)`` already known is a replay and is ignored. A newer epoch for a running id means the
+coordinator moved the work: the old runner is stopped (it would be fenced anyway).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import structlog
+
+from agent.metrics import AgentMetrics
+from agent.runner import AssignmentRunner, ProgressSink, RepositoryOpener, RunnerSettings, StatusSink
+from barge import __version__
+from barge.clock import Clock
+from barge.control.messages import (
+    AgentEvent,
+    Assignment,
+    AssignmentResult,
+    CancelAssignment,
+    CoordinatorCommand,
+    Drain,
+    Hello,
+    Outcome,
+    ProgressReport,
+    RunningAssignment,
+)
+
+log = structlog.get_logger("barge.agent")
+
+
+@dataclass
+class _Job:
+    runner: AssignmentRunner
+    thread: threading.Thread
+    started: float
+    done: threading.Event = field(default_factory=threading.Event)
+
+
+class Agent:
+    """Implements the gRPC client's ``CommandHandler``; ``send`` is wired to the client afterwards."""
+
+    def __init__(
+        self,
+        settings: RunnerSettings,
+        *,
+        status: StatusSink,
+        repositories: RepositoryOpener,
+        clock: Clock,
+        metrics: AgentMetrics,
+        max_concurrent: int = 2,
+        progress_interval_s: float = 1.0,
+    ) -> None:
+        self.settings = settings
+        self.max_concurrent = max_concurrent
+        self.draining = False
+        self.send: Callable[[AgentEvent], None] = lambda event: None
+        self._status = status
+        self._repositories = repositories
+        self._clock = clock
+        self._metrics = metrics
+        self._progress_interval_s = progress_interval_s
+        self._last_progress: dict[str, float] = {}
+        self._jobs: dict[str, _Job] = {}
+        self._lock = threading.Lock()
+
+    # -- what the client asks ---------------------------------------------------------------------
+
+    def hello(self) -> Hello:
+        return Hello(self.settings.node, __version__, self.max_concurrent, self.running())
+
+    def running(self) -> tuple[RunningAssignment, ...]:
+        with self._lock:
+            jobs = list(self._jobs.values())
+        return tuple(
+            RunningAssignment(
+                j.runner.assignment.assignment_id,
+                j.runner.assignment.epoch,
+                j.runner.bytes_done,
+                j.runner.bytes_total,
+            )
+            for j in jobs
+            if not j.done.is_set()
+        )
+
+    def handle(self, command: CoordinatorCommand) -> None:
+        if isinstance(command, Assignment):
+            self._assign(command)
+        elif isinstance(command, CancelAssignment):
+            self._cancel(command)
+        elif isinstance(command, Drain):
+            self.draining = True
+            log.info("node draining: no new work accepted here", grace_s=command.grace_seconds)
+
+    # -- assignments --------------------------------------------------------------------------------
+
+    def _assign(self, assignment: Assignment) -> None:
+        with self._lock:
+            current = self._jobs.get(assignment.assignment_id)
+            if current and current.runner.assignment.epoch >= assignment.epoch:
+                return  # a replay, or an older epoch arriving late
+            busy = sum(1 for j in self._jobs.values() if not j.done.is_set())
+        if current:
+            current.runner.cancel(hand_off=True)
+            current.done.wait(timeout=30)
+        elif busy >= self.max_concurrent:
+            self.send(
+                AssignmentResult(
+                    assignment.assignment_id,
+                    assignment.epoch,
+                    Outcome.HANDED_OFF,
+                    f"agent on {self.settings.node} is at capacity ({busy})",
+                )
+            )
+            return
+        self._start(assignment)
+
+    def _start(self, assignment: Assignment) -> None:
+        runner = AssignmentRunner(
+            assignment,
+            self.settings,
+            status=self._status,
+            repositories=self._repositories,
+            progress=self._progress_sink(),
+            clock=self._clock,
+        )
+        thread = threading.Thread(
+            target=self._run,
+            args=(assignment.assignment_id,),
+            daemon=True,
+            name=f"assignment-{assignment.cr.name}",
+        )
+        with self._lock:
+            self._jobs[assignment.assignment_id] = _Job(runner, thread, self._clock.monotonic())
+            self._metrics.running.set(sum(1 for j in self._jobs.values() if not j.done.is_set()))
+        thread.start()
+
+    def _run(self, assignment_id: str) -> None:
+        with self._lock:
+            job = self._jobs[assignment_id]
+        result = job.runner.run()
+        a = job.runner.assignment
+        self._metrics.finished(
+            a.kind, result.outcome, self._clock.monotonic() - job.started, result.bytes_done, result.bytes_new
+        )
+        job.done.set()
+        with self._lock:
+            if self._jobs.get(assignment_id) is job:
+                del self._jobs[assignment_id]
+            self._metrics.running.set(sum(1 for j in self._jobs.values() if not j.done.is_set()))
+        self.send(result)
+
+    def _cancel(self, command: CancelAssignment) -> None:
+        with self._lock:
+            job = self._jobs.get(command.assignment_id)
+        if job and job.runner.assignment.epoch <= command.epoch:
+            log.info(
+                "canceling assignment",
+                name=job.runner.assignment.cr.name,
+                reason=command.reason,
+                hand_off=command.hand_off,
+            )
+            job.runner.cancel(hand_off=command.hand_off)
+
+    def _progress_sink(self) -> ProgressSink:
+        def report(assignment: Assignment, done: int, total: int) -> None:
+            now = self._clock.monotonic()
+            key = assignment.assignment_id
+            if now - self._last_progress.get(key, -1e9) >= self._progress_interval_s or done >= total:
+                self._last_progress[key] = now
+                self.send(ProgressReport(key, assignment.epoch, done, total))
+
+        return report
+
+    def stop_all(self, timeout: float) -> None:
+        """SIGTERM: hand every assignment back (data uploaded so far stays for the next agent)."""
+        with self._lock:
+            jobs = list(self._jobs.values())
+        for job in jobs:
+            job.runner.cancel(hand_off=True)
+        for job in jobs:
+            job.done.wait(timeout=timeout)

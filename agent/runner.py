@@ -1,0 +1,343 @@
+"""Running one assignment: find the exposed volume, move its bytes, publish status, report the result.
+
+The runner owns no Kubernetes or gRPC code: it writes CR status through a ``StatusSink`` (fenced by
+the assignment epoch, so a reassigned runner can never overwrite its successor) and returns an
+``AssignmentResult`` that the agent forwards to the coordinator.
+
+Who writes which terminal phase: for a DataUpload the runner writes Completed itself (snapshotID is
+known here). For a DataDownload it writes only progress: the coordinator must first hand the
+restored volume over to the target PVC, then it writes Completed. Failed and Canceled are written
+here for both kinds, with a message that says what went wrong.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Protocol
+
+import structlog
+
+from barge.clock import Clock
+from barge.control.messages import (
+    Assignment,
+    AssignmentKind,
+    AssignmentResult,
+    Outcome,
+    VolumeMode,
+)
+from barge.control.naming import Fence, kubelet_volume_path
+from barge.errors import BargeError, Canceled, Fenced, InvalidInput, TemporaryError
+from barge.fs.backup import BackupOptions, BackupResult, backup_tree
+from barge.fs.block import backup_device, restore_device
+from barge.fs.progress import CancelToken
+from barge.fs.restore import restore_tree
+from barge.repo.repository import Repository
+
+log = structlog.get_logger("barge.agent")
+
+Mutation = Callable[[dict[str, Any]], dict[str, Any] | None]
+TOLERATED_IN_NEW_VOLUMES = frozenset({"lost+found"})
+
+
+class StatusSink(Protocol):
+    def update(self, assignment: Assignment, fence: Fence, mutate: Mutation) -> None:
+        """Apply ``mutate`` to the CR's status; raises Fenced once this agent no longer owns it."""
+
+
+class RepositoryOpener(Protocol):
+    def open(self, assignment: Assignment) -> Repository:
+        """The repository of the assignment's BackupStorageLocation and source namespace."""
+
+
+class ProgressSink(Protocol):
+    def __call__(self, assignment: Assignment, done: int, total: int) -> None: ...
+
+
+@dataclass(frozen=True)
+class RunnerSettings:
+    node: str
+    kubelet_root: Path
+    status_interval_s: float = 5.0  # at most one progress write per CR per interval
+    final_status_deadline_s: float = 3600.0  # keep retrying a terminal write while the API is down
+    workers: int = 4
+
+
+def timestamp(moment: datetime) -> str:
+    return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+class AssignmentRunner:
+    """Runs one assignment to its end; ``cancel(hand_off)`` stops it from another thread."""
+
+    def __init__(
+        self,
+        assignment: Assignment,
+        settings: RunnerSettings,
+        *,
+        status: StatusSink,
+        repositories: RepositoryOpener,
+        progress: ProgressSink,
+        clock: Clock,
+    ) -> None:
+        self.assignment = assignment
+        self.settings = settings
+        self.fence = Fence(assignment.epoch, settings.node)
+        self._status = status
+        self._repositories = repositories
+        self._report_progress = progress
+        self._clock = clock
+        self._token = CancelToken()
+        self._hand_off = False
+        self._progress_lock = threading.Lock()
+        self._last_write = -settings.status_interval_s
+        self.bytes_done = 0
+        self.bytes_total = 0
+
+    def cancel(self, hand_off: bool) -> None:
+        self._hand_off = hand_off
+        self._token.cancel()
+
+    def run(self) -> AssignmentResult:
+        assignment = self.assignment
+        with structlog.contextvars.bound_contextvars(
+            namespace=assignment.cr.namespace,
+            name=assignment.cr.name,
+            kind=assignment.cr.kind,
+            node=self.settings.node,
+            epoch=assignment.epoch,
+        ):
+            return self._run()
+
+    def _run(self) -> AssignmentResult:
+        try:
+            path = self.volume_path()
+            self._write_status(self._in_progress)
+            repo = self._repositories.open(self.assignment)
+            if self.assignment.kind is AssignmentKind.UPLOAD:
+                return self._finish_upload(self._upload(repo, path), path)
+            self._download(repo, path)
+            return self._finish_download(path)
+        except Fenced as err:
+            log.warning("assignment fenced: another agent owns it now", reason=str(err))
+            return self._result(Outcome.HANDED_OFF, f"fenced: {err}")
+        except Canceled:
+            return self._finish_canceled()
+        except BargeError as err:
+            return self._finish_failed(str(err))
+        except OSError as err:
+            where = f" ({os.fsdecode(err.filename)})" if err.filename else ""
+            return self._finish_failed(f"{err.strerror or err}{where}")
+
+    # -- the data ---------------------------------------------------------------------------------
+
+    def volume_path(self) -> Path:
+        """The kubelet's path of the exposer pod's volume on this node, symlinks resolved once."""
+        a = self.assignment
+        block = a.volume_mode is VolumeMode.BLOCK
+        raw = Path(kubelet_volume_path(str(self.settings.kubelet_root), a.pod_uid, a.volume_name, block))
+        if not raw.exists():
+            raise TemporaryError(
+                f"volume {a.volume_name} of pod {a.pod_uid} is not mounted at {raw} "
+                f"on node {self.settings.node}"
+            )
+        return raw.resolve()
+
+    def _upload(self, repo: Repository, path: Path) -> BackupResult:
+        a = self.assignment
+        identity = {"barge.io/source-namespace": a.source_namespace, "barge.io/source-pvc": a.source_pvc}
+        tags = dict(a.tags) | identity
+        block = a.volume_mode is VolumeMode.BLOCK
+        parent = repo.latest_snapshot("block" if block else "fs", tags=identity)
+        options = BackupOptions(workers=self.settings.workers, parent=parent, tags=tags)
+        backup = backup_device if block else backup_tree
+        log.info("backup started", path=str(path), parent=parent)
+        return backup(
+            repo, path, options=options, progress=self._on_progress, cancel=self._token, clock=self._clock
+        )
+
+    def _download(self, repo: Repository, path: Path) -> None:
+        a = self.assignment
+        if not a.snapshot_id:
+            raise InvalidInput("the DataDownload has no spec.snapshotID; nothing to restore")
+        log.info("restore started", path=str(path), snapshot=a.snapshot_id)
+        if a.volume_mode is VolumeMode.BLOCK:
+            restore_device(
+                repo,
+                a.snapshot_id,
+                path,
+                zero_fill=True,
+                progress=self._on_progress,
+                cancel=self._token,
+                workers=self.settings.workers,
+                clock=self._clock,
+            )
+        else:
+            restore_tree(
+                repo,
+                a.snapshot_id,
+                path,
+                progress=self._on_progress,
+                cancel=self._token,
+                workers=self.settings.workers,
+                clock=self._clock,
+                tolerated=TOLERATED_IN_NEW_VOLUMES,
+            )
+
+    # -- progress and status ------------------------------------------------------------------------
+
+    def _on_progress(self, done: int, total: int) -> None:
+        with self._progress_lock:
+            self.bytes_done, self.bytes_total = done, total
+            now = self._clock.monotonic()
+            due = now - self._last_write >= self.settings.status_interval_s
+            if due:
+                self._last_write = now
+        self._report_progress(self.assignment, done, total)
+        if due:
+            self._try_progress_write(done, total)
+
+    def _try_progress_write(self, done: int, total: int) -> None:
+        """Progress is best effort: an API outage must not stop the data; the next write catches up."""
+        try:
+            self._status.update(self.assignment, self.fence, _progress_mutation(done, total))
+        except Fenced:
+            self._token.cancel()  # someone else owns it now: stop moving data
+            raise
+        except TemporaryError as err:
+            log.warning("progress not written; will catch up", error=str(err))
+
+    def _in_progress(self, status: dict[str, Any]) -> dict[str, Any] | None:
+        if status.get("phase") == "InProgress":
+            return None
+        return {
+            **status,
+            "phase": "InProgress",
+            "node": self.settings.node,
+            "startTimestamp": status.get("startTimestamp") or timestamp(self._clock.now()),
+        }
+
+    def _write_status(self, mutate: Mutation) -> None:
+        """A phase write: retried while the API server is unreachable, for a bounded time."""
+        deadline = self._clock.monotonic() + self.settings.final_status_deadline_s
+        delay = 0.5
+        while True:
+            try:
+                self._status.update(self.assignment, self.fence, mutate)
+                return
+            except TemporaryError as err:
+                if self._clock.monotonic() + delay > deadline:
+                    raise
+                log.warning("status write failed; retrying", error=str(err), retry_in_s=delay)
+                self._clock.sleep(delay)
+                delay = min(delay * 2, 30.0)
+
+    # -- endings --------------------------------------------------------------------------------
+
+    def _finish_upload(self, result: BackupResult, path: Path) -> AssignmentResult:
+        message = "" if result.bytes_total else "the volume is empty; an empty snapshot was stored"
+        fields = {
+            "phase": "Completed",
+            "snapshotID": result.snapshot_id,
+            "path": str(path),
+            "progress": {"totalBytes": result.bytes_total, "bytesDone": result.bytes_total},
+            "completionTimestamp": timestamp(self._clock.now()),
+            "incrementalBytes": result.bytes_new,
+            "snapshotSize": result.bytes_total,
+            "dataMoverResult": _result_map(result),
+            "message": message,
+        }
+        self._write_status(lambda status: {**status, **fields})
+        log.info(
+            "backup completed",
+            snapshot=result.snapshot_id,
+            bytes_total=result.bytes_total,
+            bytes_new=result.bytes_new,
+            seconds=round(result.duration_s, 3),
+        )
+        return AssignmentResult(
+            self.assignment.assignment_id,
+            self.assignment.epoch,
+            Outcome.COMPLETED,
+            message,
+            snapshot_id=result.snapshot_id,
+            path=str(path),
+            bytes_total=result.bytes_total,
+            bytes_done=result.bytes_total,
+            bytes_new=result.bytes_new,
+            result=tuple(sorted(_result_map(result).items())),
+        )
+
+    def _finish_download(self, path: Path) -> AssignmentResult:
+        total = max(self.bytes_total, self.bytes_done)
+        self._write_status(_progress_mutation(total, total))
+        log.info("restore written; the coordinator hands the volume over", bytes=total)
+        return AssignmentResult(
+            self.assignment.assignment_id,
+            self.assignment.epoch,
+            Outcome.COMPLETED,
+            path=str(path),
+            bytes_total=total,
+            bytes_done=total,
+        )
+
+    def _finish_canceled(self) -> AssignmentResult:
+        if self._hand_off:
+            log.info("stopped for hand-off; uploaded data stays in the repository for reuse")
+            return self._result(Outcome.HANDED_OFF, "stopped for hand-off to another node")
+        self._write_final("Canceled", "canceled on request")
+        return self._result(Outcome.CANCELED, "canceled on request")
+
+    def _finish_failed(self, message: str) -> AssignmentResult:
+        verb = "backup" if self.assignment.kind is AssignmentKind.UPLOAD else "restore"
+        text = f"{verb} failed on node {self.settings.node}: {message}"
+        log.error("assignment failed", error=message)
+        self._write_final("Failed", text)
+        return self._result(Outcome.FAILED, text)
+
+    def _write_final(self, phase: str, message: str) -> None:
+        stamp = timestamp(self._clock.now())
+        try:
+            self._write_status(
+                lambda status: {**status, "phase": phase, "message": message, "completionTimestamp": stamp}
+            )
+        except Fenced:
+            log.warning("not writing final status: fenced")
+        except TemporaryError as err:
+            log.error("final status could not be written; the coordinator will resolve it", error=str(err))
+
+    def _result(self, outcome: Outcome, message: str) -> AssignmentResult:
+        return AssignmentResult(
+            self.assignment.assignment_id,
+            self.assignment.epoch,
+            outcome,
+            message,
+            bytes_total=self.bytes_total,
+            bytes_done=self.bytes_done,
+        )
+
+
+def _progress_mutation(done: int, total: int) -> Mutation:
+    def mutate(status: dict[str, Any]) -> dict[str, Any] | None:
+        progress = {"totalBytes": total, "bytesDone": done}
+        if status.get("progress") == progress:
+            return None
+        return {**status, "progress": progress}
+
+    return mutate
+
+
+def _result_map(result: BackupResult) -> dict[str, str]:
+    """``dataMoverResult``: strings only (Velero's schema); what an operator wants to see."""
+    return {
+        "barge.io/bytes-total": str(result.bytes_total),
+        "barge.io/bytes-new": str(result.bytes_new),
+        "barge.io/bytes-stored": str(result.bytes_stored),
+        "barge.io/files": str(result.files),
+        "barge.io/files-unchanged": str(result.files_unchanged),
+        "barge.io/skipped": str(len(result.skipped)),
+    }

@@ -1,0 +1,1 @@
+"""Velero's vocabulary, read purely: BackupStorageLocations, durations, CR fields."""

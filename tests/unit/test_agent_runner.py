@@ -1,0 +1,231 @@
+"""The agent's assignment runner on a local repository, with an in-memory status sink.
+
+The sink stands in for the fenced Kubernetes status writer (tested against the real API server in
+tests/integration); here it records writes and can refuse them like the real one.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from agent.agent import Agent
+from agent.metrics import AgentMetrics
+from agent.runner import AssignmentRunner, Mutation, RunnerSettings
+from barge.clock import ManualClock
+from barge.control.messages import (
+    Assignment,
+    AssignmentKind,
+    AssignmentResult,
+    CancelAssignment,
+    CrRef,
+    Outcome,
+    ProgressReport,
+    VolumeMode,
+)
+from barge.control.naming import Fence, kubelet_volume_path
+from barge.errors import Fenced, TemporaryError
+from barge.repo.crypto import KdfParams
+from barge.repo.repository import Repository
+from barge.storage.local import LocalDirectoryStore
+from tests.fsbuild import write
+from tests.fstree import capture
+
+PASSWORD = b"runner-test"
+
+
+class MemoryStatus:
+    def __init__(self) -> None:
+        self.status: dict[str, Any] = {}
+        self.writes: list[dict[str, Any]] = []
+        self.fence_epoch = 1
+        self.failures_left = 0
+        self.lock = threading.Lock()
+
+    def update(self, assignment: Assignment, fence: Fence, mutate: Mutation) -> None:
+        with self.lock:
+            if self.failures_left:
+                self.failures_left -= 1
+                raise TemporaryError("API server unavailable")
+            if fence.epoch != self.fence_epoch:
+                raise Fenced(f"epoch {fence.epoch} is stale")
+            new = mutate(dict(self.status))
+            if new is not None:
+                self.status = new
+                self.writes.append(new)
+
+
+class Repos:
+    def __init__(self, repo: Repository) -> None:
+        self.repo = repo
+
+    def open(self, assignment: Assignment) -> Repository:
+        return self.repo
+
+
+@pytest.fixture
+def repo(tmp_path: Path) -> Repository:
+    return Repository.init(LocalDirectoryStore(tmp_path / "repo"), PASSWORD, kdf=KdfParams.for_tests())
+
+
+def exposed_volume(kubelet: Path, pod_uid: str, pv: str, data: Path) -> None:
+    mount = Path(kubelet_volume_path(str(kubelet), pod_uid, pv, block=False))
+    mount.parent.mkdir(parents=True)
+    mount.symlink_to(data)
+
+
+def assignment(
+    kind: AssignmentKind = AssignmentKind.UPLOAD, snapshot_id: str = "", epoch: int = 1
+) -> Assignment:
+    cr = CrRef(
+        "DataUpload" if kind is AssignmentKind.UPLOAD else "DataDownload", "velero", "nightly-x", "uid-1"
+    )
+    return Assignment("uid-1", epoch, kind, cr, "pod-1", "pv-1", VolumeMode.FILESYSTEM, "default", "shop",
+                      snapshot_id=snapshot_id, source_pvc="data-0")  # fmt: skip
+
+
+def runner(tmp_path: Path, a: Assignment, status: MemoryStatus, repo: Repository) -> AssignmentRunner:
+    settings = RunnerSettings(node="node-a", kubelet_root=tmp_path / "kubelet", status_interval_s=0.0)
+    return AssignmentRunner(a, settings, status=status, repositories=Repos(repo),
+                            progress=lambda *_: None, clock=ManualClock())  # fmt: skip
+
+
+def test_upload_completes_with_what_velero_reads(tmp_path: Path, repo: Repository) -> None:
+    data = tmp_path / "volume"
+    write(data / "a.bin", os.urandom(200_000))
+    write(data / "dir" / "b.txt", b"hello")
+    exposed_volume(tmp_path / "kubelet", "pod-1", "pv-1", data)
+    status = MemoryStatus()
+    result = runner(tmp_path, assignment(), status, repo).run()
+    assert result.outcome is Outcome.COMPLETED
+    final = status.status
+    assert final["phase"] == "Completed"
+    assert final["snapshotID"] == result.snapshot_id
+    assert final["progress"] == {"totalBytes": 200_005, "bytesDone": 200_005}
+    assert final["path"] == str(data)
+    assert final["node"] == "node-a"
+    assert final["startTimestamp"]
+    assert final["completionTimestamp"]
+    assert final["dataMoverResult"]["barge.io/files"] == "2"
+    assert status.writes[0]["phase"] == "InProgress"
+    manifest = repo.load_snapshot(result.snapshot_id)
+    assert manifest["tags"]["barge.io/source-pvc"] == "data-0"
+
+
+def test_second_upload_uses_the_previous_snapshot_as_parent(tmp_path: Path, repo: Repository) -> None:
+    data = tmp_path / "volume"
+    write(data / "a.bin", os.urandom(100_000))
+    exposed_volume(tmp_path / "kubelet", "pod-1", "pv-1", data)
+    first = runner(tmp_path, assignment(), MemoryStatus(), repo).run()
+    status = MemoryStatus()
+    second = runner(tmp_path, assignment(), status, repo).run()
+    assert repo.load_snapshot(second.snapshot_id)["parent"] == first.snapshot_id
+    assert status.status["dataMoverResult"]["barge.io/files-unchanged"] == "1"
+    assert second.bytes_new == 0
+
+
+def test_empty_volume_completes_with_a_message(tmp_path: Path, repo: Repository) -> None:
+    (tmp_path / "volume").mkdir()
+    exposed_volume(tmp_path / "kubelet", "pod-1", "pv-1", tmp_path / "volume")
+    status = MemoryStatus()
+    assert runner(tmp_path, assignment(), status, repo).run().outcome is Outcome.COMPLETED
+    assert "empty" in status.status["message"]
+
+
+def test_download_restores_into_a_fresh_volume_and_leaves_completion_to_the_coordinator(
+    tmp_path: Path, repo: Repository
+) -> None:
+    source = tmp_path / "volume"
+    write(source / "x" / "y.bin", os.urandom(50_000))
+    exposed_volume(tmp_path / "kubelet", "pod-1", "pv-1", source)
+    uploaded = runner(tmp_path, assignment(), MemoryStatus(), repo).run()
+    target = tmp_path / "new-volume"
+    (target / "lost+found").mkdir(parents=True)
+    exposed_volume(tmp_path / "kubelet2", "pod-1", "pv-1", target)
+    status = MemoryStatus()
+    settings = RunnerSettings(node="node-a", kubelet_root=tmp_path / "kubelet2", status_interval_s=0.0)
+    download = assignment(AssignmentKind.DOWNLOAD, uploaded.snapshot_id)
+    result = AssignmentRunner(download, settings, status=status, repositories=Repos(repo),
+                              progress=lambda *_: None, clock=ManualClock()).run()  # fmt: skip
+    assert result.outcome is Outcome.COMPLETED
+    assert status.status["phase"] == "InProgress"
+    assert status.status["progress"] == {"totalBytes": 50_000, "bytesDone": 50_000}
+    restored = capture(target)
+    del restored[b"lost+found"]
+    assert restored == capture(source)
+
+
+def test_missing_volume_fails_with_the_path(tmp_path: Path, repo: Repository) -> None:
+    status = MemoryStatus()
+    result = runner(tmp_path, assignment(), status, repo).run()
+    assert result.outcome is Outcome.FAILED
+    assert status.status["phase"] == "Failed"
+    assert "is not mounted at" in status.status["message"]
+    assert "node node-a" in status.status["message"]
+
+
+def test_a_fenced_runner_stops_without_writing(tmp_path: Path, repo: Repository) -> None:
+    write(tmp_path / "volume" / "f", b"x")
+    exposed_volume(tmp_path / "kubelet", "pod-1", "pv-1", tmp_path / "volume")
+    status = MemoryStatus()
+    status.fence_epoch = 2  # the coordinator reassigned: epoch 1 is stale
+    result = runner(tmp_path, assignment(epoch=1), status, repo).run()
+    assert result.outcome is Outcome.HANDED_OFF
+    assert status.writes == []
+
+
+def test_status_writes_survive_a_short_api_outage(tmp_path: Path, repo: Repository) -> None:
+    write(tmp_path / "volume" / "f", b"x" * 1000)
+    exposed_volume(tmp_path / "kubelet", "pod-1", "pv-1", tmp_path / "volume")
+    status = MemoryStatus()
+    status.failures_left = 3
+    result = runner(tmp_path, assignment(), status, repo).run()
+    assert result.outcome is Outcome.COMPLETED
+    assert status.status["phase"] == "Completed"
+
+
+def test_cancel_writes_canceled_and_hand_off_writes_nothing(tmp_path: Path, repo: Repository) -> None:
+    write(tmp_path / "volume" / "f", os.urandom(10_000))
+    exposed_volume(tmp_path / "kubelet", "pod-1", "pv-1", tmp_path / "volume")
+    for hand_off, outcome, phase in (
+        (False, Outcome.CANCELED, "Canceled"),
+        (True, Outcome.HANDED_OFF, "InProgress"),
+    ):
+        status = MemoryStatus()
+        job = runner(tmp_path, assignment(), status, repo)
+        job.cancel(hand_off=hand_off)  # canceled before the first chunk: the backup stops at once
+        assert job.run().outcome is outcome
+        assert status.status["phase"] == phase
+
+
+def test_agent_runs_assignments_once_reports_progress_and_results(tmp_path: Path, repo: Repository) -> None:
+    write(tmp_path / "volume" / "f", os.urandom(300_000))
+    exposed_volume(tmp_path / "kubelet", "pod-1", "pv-1", tmp_path / "volume")
+    settings = RunnerSettings(node="node-a", kubelet_root=tmp_path / "kubelet")
+    agent = Agent(settings, status=MemoryStatus(), repositories=Repos(repo), clock=ManualClock(),
+                  metrics=AgentMetrics("node-a"), max_concurrent=1)  # fmt: skip
+    sent: list[object] = []
+    finished = threading.Event()
+
+    def send(event: object) -> None:
+        sent.append(event)
+        if isinstance(event, AssignmentResult):
+            finished.set()
+
+    agent.send = send
+    agent.handle(assignment())
+    agent.handle(assignment())  # a replay: ignored
+    assert finished.wait(30)
+    results = [e for e in sent if isinstance(e, AssignmentResult)]
+    assert [r.outcome for r in results] == [Outcome.COMPLETED]
+    assert any(isinstance(e, ProgressReport) and e.bytes_done == 300_000 for e in sent)
+    assert agent.running() == ()
+    agent.handle(CancelAssignment("uid-1", 1, "late"))  # for a finished assignment: harmless
+    value = agent._metrics.registry.get_sample_value(
+        "barge_agent_data_upload_success_total", {"node": "node-a"}
+    )
+    assert value == 1.0
