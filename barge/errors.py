@@ -40,3 +40,11 @@ class CorruptionDetected(PermanentError):
 
 class Canceled(BargeError):
     """The operation was canceled on request; neither a success nor a failure."""
+
+
+class Unauthenticated(PermanentError):
+    """The caller's credentials are missing, malformed, expired or unknown."""
+
+
+class PermissionDenied(PermanentError):
+    """The caller is known but may not do this (e.g. an agent token bound to another node)."""
