@@ -193,7 +193,13 @@ class _StreamEnd(Exception):
 
 
 class ControlServer:
-    """The ``AgentControl`` gRPC server with TLS, keepalive and the standard health service."""
+    """The ``AgentControl`` gRPC server with TLS, keepalive and the standard health service.
+
+    ``address`` is ``host:port`` (port 0 picks one: see ``port``). The Welcome tells agents to send a
+    heartbeat every ``heartbeat_interval_s``; an agent silent for ``agent_timeout_s`` is dropped.
+    ``coordinator_id`` (default: the host name) names this replica in the Welcome; ``max_agents``
+    bounds the concurrent streams (each holds two threads).
+    """
 
     def __init__(
         self,
@@ -232,8 +238,14 @@ class ControlServer:
 
     def start(self) -> None:
         """Listen and serve; health reports SERVING."""
-        # Every stream holds a worker for its lifetime; the spare ones serve health checks.
-        server = grpc.server(ThreadPoolExecutor(max_workers=self._max_agents + 8), options=SERVER_OPTIONS)
+        # Every stream holds a worker (plus a reader thread) for its lifetime; the spare workers serve
+        # health checks. Beyond the limit new streams fail fast with RESOURCE_EXHAUSTED, never hang.
+        workers = self._max_agents + 8
+        server = grpc.server(
+            ThreadPoolExecutor(max_workers=workers, thread_name_prefix="control-rpc"),
+            options=SERVER_OPTIONS,
+            maximum_concurrent_rpcs=workers,
+        )
         pb_grpc.add_AgentControlServicer_to_server(_Servicer(self), server)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         try:
@@ -247,7 +259,6 @@ class ControlServer:
     def stop(self, grace: float | None = None) -> None:
         """Close every agent stream, report NOT_SERVING and stop after ``grace`` seconds at most."""
         self.set_serving(False)
-        self._health.enter_graceful_shutdown()
         if self._server is not None:
             self._server.stop(grace).wait()
             self._server = None
@@ -273,7 +284,7 @@ class ControlServer:
 
     # --- one stream -----------------------------------------------------------------------------------
 
-    def connect(
+    def _handle_stream(
         self, requests: Iterator[pb.AgentMessage], context: grpc.ServicerContext
     ) -> Iterator[pb.CoordinatorMessage]:
         mailbox: queue.Queue[_Item] = queue.Queue()
@@ -396,4 +407,4 @@ class _Servicer(pb_grpc.AgentControlServicer):
     def Connect(  # the generated servicer's method name
         self, request_iterator: Iterator[pb.AgentMessage], context: grpc.ServicerContext
     ) -> Iterator[pb.CoordinatorMessage]:
-        return self._server.connect(request_iterator, context)
+        return self._server._handle_stream(request_iterator, context)
