@@ -325,6 +325,8 @@ class ControlServer:
                 raise
             session.accepted = True
         self._recent.remember(session.node, message_id)
+        if not self._serving.is_set():  # set_serving(False) ran while we were accepting
+            session.close("the coordinator stopped serving (not the leader or shutting down)")
         log.info("agent %s connected (%s)", session.node, identity)
         return session
 
