@@ -152,3 +152,25 @@ def make_control_plane_pki(directory: Path) -> ControlPlanePki:
         )
     )
     return ControlPlanePki(ca.write(directory), serving, admin, sa_key_path, sa_pub_path)
+
+
+@dataclass(frozen=True)
+class ServingPki:
+    ca: KeyPair
+    serving: KeyPair
+
+
+def make_serving_pki(
+    directory: Path,
+    common_name: str = "barge-coordinator",
+    *,
+    dns_names: tuple[str, ...] = ("localhost",),
+    ip_addresses: tuple[str, ...] = ("127.0.0.1",),
+) -> ServingPki:
+    """A CA and one server certificate for it (e.g. the coordinator's gRPC endpoint on loopback)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    ca = CertificateAuthority(f"{common_name}-ca")
+    serving = ca.issue(
+        directory, "serving", common_name, dns_names=dns_names, ip_addresses=ip_addresses, server=True
+    )
+    return ServingPki(ca.write(directory), serving)

@@ -1,0 +1,233 @@
+"""barge.control.messages <-> protobuf (proto/barge/v1/control.proto), both directions.
+
+Dataclass -> protobuf never fails. Protobuf -> dataclass raises ``InvalidInput`` for what a
+well-behaved peer never sends (an unset enum, an empty envelope), naming the field.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import TypeVar
+
+from barge.control.messages import (
+    AgentEvent,
+    Assignment,
+    AssignmentKind,
+    AssignmentResult,
+    CancelAssignment,
+    CoordinatorCommand,
+    CrRef,
+    Drain,
+    Heartbeat,
+    Hello,
+    Outcome,
+    Pairs,
+    ProgressReport,
+    RunningAssignment,
+    VolumeMode,
+    Welcome,
+)
+from barge.errors import InvalidInput
+from barge.rpc.generated import control_pb2 as pb
+
+_KINDS = {
+    AssignmentKind.UPLOAD: pb.ASSIGNMENT_KIND_UPLOAD,
+    AssignmentKind.DOWNLOAD: pb.ASSIGNMENT_KIND_DOWNLOAD,
+}
+_MODES = {VolumeMode.FILESYSTEM: pb.VOLUME_MODE_FILESYSTEM, VolumeMode.BLOCK: pb.VOLUME_MODE_BLOCK}
+_OUTCOMES = {
+    Outcome.COMPLETED: pb.OUTCOME_COMPLETED,
+    Outcome.FAILED: pb.OUTCOME_FAILED,
+    Outcome.CANCELED: pb.OUTCOME_CANCELED,
+    Outcome.HANDED_OFF: pb.OUTCOME_HANDED_OFF,
+}
+
+
+_K = TypeVar("_K")
+_V = TypeVar("_V")
+
+
+def _inverse(mapping: dict[_K, _V]) -> dict[_V, _K]:
+    return {v: k for k, v in mapping.items()}
+
+
+_KINDS_BACK = _inverse(_KINDS)
+_MODES_BACK = _inverse(_MODES)
+_OUTCOMES_BACK = _inverse(_OUTCOMES)
+
+
+def _enum_back(table: dict[_K, _V], value: _K, field: str) -> _V:
+    try:
+        return table[value]
+    except KeyError:
+        raise InvalidInput(f"{field}={value} is not a known value; the peer must set it") from None
+
+
+# --- dataclass -> protobuf -------------------------------------------------------------------------
+
+
+def _pairs(pairs: Pairs) -> list[pb.StringPair]:
+    return [pb.StringPair(key=k, value=v) for k, v in pairs]
+
+
+def _running(items: Iterable[RunningAssignment]) -> list[pb.RunningAssignment]:
+    return [
+        pb.RunningAssignment(
+            assignment_id=r.assignment_id, epoch=r.epoch, bytes_done=r.bytes_done, bytes_total=r.bytes_total
+        )
+        for r in items
+    ]
+
+
+def _assignment_to_pb(a: Assignment) -> pb.Assignment:
+    return pb.Assignment(
+        assignment_id=a.assignment_id,
+        epoch=a.epoch,
+        kind=_KINDS[a.kind],
+        cr=pb.CrRef(kind=a.cr.kind, namespace=a.cr.namespace, name=a.cr.name, uid=a.cr.uid),
+        pod_uid=a.pod_uid,
+        volume_name=a.volume_name,
+        volume_mode=_MODES[a.volume_mode],
+        backup_storage_location=a.backup_storage_location,
+        source_namespace=a.source_namespace,
+        snapshot_id=a.snapshot_id,
+        source_pvc=a.source_pvc,
+        tags=_pairs(a.tags),
+        data_mover_config=_pairs(a.data_mover_config),
+    )
+
+
+def _result_to_pb(r: AssignmentResult) -> pb.AssignmentResult:
+    return pb.AssignmentResult(
+        assignment_id=r.assignment_id,
+        epoch=r.epoch,
+        outcome=_OUTCOMES[r.outcome],
+        message=r.message,
+        snapshot_id=r.snapshot_id,
+        path=r.path,
+        bytes_total=r.bytes_total,
+        bytes_done=r.bytes_done,
+        bytes_new=r.bytes_new,
+        result=_pairs(r.result),
+    )
+
+
+def command_to_pb(command: CoordinatorCommand, message_id: str) -> pb.CoordinatorMessage:
+    match command:
+        case Welcome():
+            welcome = pb.Welcome(
+                coordinator_id=command.coordinator_id, heartbeat_interval_s=command.heartbeat_interval_s
+            )
+            return pb.CoordinatorMessage(message_id=message_id, welcome=welcome)
+        case Assignment():
+            return pb.CoordinatorMessage(message_id=message_id, assignment=_assignment_to_pb(command))
+        case CancelAssignment():
+            cancel = pb.CancelAssignment(
+                assignment_id=command.assignment_id,
+                epoch=command.epoch,
+                reason=command.reason,
+                hand_off=command.hand_off,
+            )
+            return pb.CoordinatorMessage(message_id=message_id, cancel=cancel)
+        case Drain():
+            drain = pb.Drain(grace_seconds=command.grace_seconds, reason=command.reason)
+            return pb.CoordinatorMessage(message_id=message_id, drain=drain)
+
+
+def event_to_pb(event: AgentEvent, message_id: str) -> pb.AgentMessage:
+    match event:
+        case Hello():
+            hello = pb.Hello(
+                node_name=event.node_name,
+                agent_version=event.agent_version,
+                max_concurrent=event.max_concurrent,
+                running=_running(event.running),
+            )
+            return pb.AgentMessage(message_id=message_id, hello=hello)
+        case Heartbeat():
+            heartbeat = pb.Heartbeat(running=_running(event.running))
+            return pb.AgentMessage(message_id=message_id, heartbeat=heartbeat)
+        case ProgressReport():
+            progress = pb.ProgressReport(
+                assignment_id=event.assignment_id,
+                epoch=event.epoch,
+                bytes_done=event.bytes_done,
+                bytes_total=event.bytes_total,
+            )
+            return pb.AgentMessage(message_id=message_id, progress=progress)
+        case AssignmentResult():
+            return pb.AgentMessage(message_id=message_id, result=_result_to_pb(event))
+
+
+# --- protobuf -> dataclass -------------------------------------------------------------------------
+
+
+def _pairs_back(pairs: Iterable[pb.StringPair]) -> Pairs:
+    return tuple((p.key, p.value) for p in pairs)
+
+
+def _running_back(items: Iterable[pb.RunningAssignment]) -> tuple[RunningAssignment, ...]:
+    return tuple(RunningAssignment(r.assignment_id, r.epoch, r.bytes_done, r.bytes_total) for r in items)
+
+
+def _assignment_back(a: pb.Assignment) -> Assignment:
+    return Assignment(
+        assignment_id=a.assignment_id,
+        epoch=a.epoch,
+        kind=_enum_back(_KINDS_BACK, a.kind, "Assignment.kind"),
+        cr=CrRef(kind=a.cr.kind, namespace=a.cr.namespace, name=a.cr.name, uid=a.cr.uid),
+        pod_uid=a.pod_uid,
+        volume_name=a.volume_name,
+        volume_mode=_enum_back(_MODES_BACK, a.volume_mode, "Assignment.volume_mode"),
+        backup_storage_location=a.backup_storage_location,
+        source_namespace=a.source_namespace,
+        snapshot_id=a.snapshot_id,
+        source_pvc=a.source_pvc,
+        tags=_pairs_back(a.tags),
+        data_mover_config=_pairs_back(a.data_mover_config),
+    )
+
+
+def _result_back(r: pb.AssignmentResult) -> AssignmentResult:
+    return AssignmentResult(
+        assignment_id=r.assignment_id,
+        epoch=r.epoch,
+        outcome=_enum_back(_OUTCOMES_BACK, r.outcome, "AssignmentResult.outcome"),
+        message=r.message,
+        snapshot_id=r.snapshot_id,
+        path=r.path,
+        bytes_total=r.bytes_total,
+        bytes_done=r.bytes_done,
+        bytes_new=r.bytes_new,
+        result=_pairs_back(r.result),
+    )
+
+
+def command_from_pb(message: pb.CoordinatorMessage) -> CoordinatorCommand:
+    body = message.WhichOneof("body")
+    if body == "welcome":
+        w = message.welcome
+        return Welcome(coordinator_id=w.coordinator_id, heartbeat_interval_s=w.heartbeat_interval_s)
+    if body == "assignment":
+        return _assignment_back(message.assignment)
+    if body == "cancel":
+        c = message.cancel
+        return CancelAssignment(c.assignment_id, c.epoch, c.reason, c.hand_off)
+    if body == "drain":
+        return Drain(grace_seconds=message.drain.grace_seconds, reason=message.drain.reason)
+    raise InvalidInput(f"CoordinatorMessage {message.message_id!r} carries no command")
+
+
+def event_from_pb(message: pb.AgentMessage) -> AgentEvent:
+    body = message.WhichOneof("body")
+    if body == "hello":
+        h = message.hello
+        return Hello(h.node_name, h.agent_version, h.max_concurrent, _running_back(h.running))
+    if body == "heartbeat":
+        return Heartbeat(_running_back(message.heartbeat.running))
+    if body == "progress":
+        p = message.progress
+        return ProgressReport(p.assignment_id, p.epoch, p.bytes_done, p.bytes_total)
+    if body == "result":
+        return _result_back(message.result)
+    raise InvalidInput(f"AgentMessage {message.message_id!r} carries no event")

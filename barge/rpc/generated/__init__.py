@@ -1,0 +1,1 @@
+"""protoc output for proto/barge/v1/control.proto; regenerate with hack/gen-proto.sh."""

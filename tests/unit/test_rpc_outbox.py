@@ -1,0 +1,74 @@
+"""The agent's outbox and reconnect backoff: pure logic, no network."""
+
+from __future__ import annotations
+
+import random
+
+from barge.clock import ManualClock
+from barge.control.messages import AssignmentResult, Heartbeat, Hello, Outcome, ProgressReport
+from barge.rpc.client import BACKOFF_MAX_S, BACKOFF_MIN_S, RESULT_RETENTION_S, Outbox, backoff_delay
+from barge.rpc.convert import event_from_pb
+
+RESULT = AssignmentResult("a", 1, Outcome.FAILED, message="disk full")
+
+
+def drain(outbox: Outbox, stream: int) -> list[tuple[str, object]]:
+    taken = []
+    while (message := outbox.take(stream, timeout=0)) is not None:
+        taken.append((message.message_id, event_from_pb(message)))
+    return taken
+
+
+def test_offline_progress_is_coalesced_per_assignment_and_results_are_kept() -> None:
+    outbox = Outbox(ManualClock())
+    outbox.put(ProgressReport("a", 1, 1, 10))
+    outbox.put(ProgressReport("b", 1, 1, 10))
+    outbox.put(RESULT)
+    outbox.put(ProgressReport("a", 1, 9, 10))
+    outbox.put(Heartbeat())
+    outbox.put(Hello("n", "v", 1))
+    assert outbox.waiting() == [ProgressReport("b", 1, 1, 10), RESULT, ProgressReport("a", 1, 9, 10)]
+
+
+def test_heartbeats_are_queued_only_while_a_stream_is_open() -> None:
+    outbox = Outbox(ManualClock())
+    stream = outbox.open_stream()
+    outbox.put(Heartbeat())
+    assert [event for _, event in drain(outbox, stream)] == [Heartbeat()]
+
+
+def test_sent_results_are_resent_with_their_id_on_the_next_stream_until_retention_ends() -> None:
+    clock = ManualClock()
+    outbox = Outbox(clock)
+    first = outbox.open_stream()
+    outbox.put(RESULT)
+    outbox.put(ProgressReport("a", 1, 5, 10))
+    sent = drain(outbox, first)
+    result_id = sent[0][0]
+    outbox.close_stream()
+    second = outbox.open_stream()
+    assert drain(outbox, second) == [(result_id, RESULT)]  # progress is not re-sent, the result is
+    outbox.close_stream()
+    clock.advance(RESULT_RETENTION_S + 1)
+    assert drain(outbox, outbox.open_stream()) == []
+
+
+def test_take_returns_nothing_for_a_closed_stream() -> None:
+    outbox = Outbox(ManualClock())
+    stream = outbox.open_stream()
+    outbox.close_stream()
+    outbox.put(RESULT)
+    assert outbox.take(stream, timeout=0) is None
+    assert outbox.waiting() == [RESULT]  # still waiting for the next stream
+
+
+def test_backoff_doubles_with_jitter_between_half_a_second_and_thirty_seconds() -> None:
+    rng = random.Random(7)
+    delays = [[backoff_delay(attempt, rng) for _ in range(50)] for attempt in range(12)]
+    assert all(BACKOFF_MIN_S <= d <= BACKOFF_MAX_S for row in delays for d in row)
+    assert max(delays[0]) == BACKOFF_MIN_S
+    assert min(delays[3]) >= 2.0
+    assert max(delays[3]) <= 4.0
+    assert min(delays[11]) >= BACKOFF_MAX_S / 2
+    assert len(set(delays[11])) > 1  # jittered, so agents do not reconnect in lockstep
+    assert backoff_delay(10_000, rng) <= BACKOFF_MAX_S

@@ -1,0 +1,251 @@
+"""ControlServer over real gRPC with TLS on 127.0.0.1, driven by a raw wire-level agent."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from barge.clock import SystemClock
+from barge.control.messages import (
+    Assignment,
+    AssignmentKind,
+    CrRef,
+    Heartbeat,
+    Hello,
+    ProgressReport,
+    RunningAssignment,
+    VolumeMode,
+    Welcome,
+)
+from barge.devenv.pki import ServingPki
+from barge.errors import InvalidInput, NotFound
+from barge.rpc.convert import command_from_pb
+from barge.rpc.generated import control_pb2 as pb
+from barge.rpc.server import SERVICE_NAME, ControlServer, ServerTls
+from tests.rpcharness import (
+    TOKENS,
+    RawAgent,
+    RecordingHub,
+    TokenAuthenticator,
+    channel_to,
+    make_server,
+    pki_in,
+    wait_until,
+)
+
+pytestmark = pytest.mark.timeout(60)
+
+HELLO_A = Hello("node-a", "v-test", 2, (RunningAssignment("a1", 3, 10, 100),))
+ASSIGNMENT = Assignment(
+    assignment_id="uid-1",
+    epoch=1,
+    kind=AssignmentKind.UPLOAD,
+    cr=CrRef("DataUpload", "velero", "backup-1-abc", "uid-1"),
+    pod_uid="pod-1",
+    volume_name="pv-1",
+    volume_mode=VolumeMode.FILESYSTEM,
+    backup_storage_location="default",
+    source_namespace="app",
+    source_pvc="data",
+)
+
+
+@pytest.fixture
+def pki(tmp_path: Path) -> ServingPki:
+    return pki_in(tmp_path / "pki")
+
+
+@pytest.fixture
+def hub() -> RecordingHub:
+    return RecordingHub()
+
+
+@pytest.fixture
+def server(pki: ServingPki, hub: RecordingHub) -> Iterator[ControlServer]:
+    server = make_server(pki, hub)
+    yield server
+    server.stop(0)
+
+
+@pytest.fixture
+def channel(pki: ServingPki, server: ControlServer) -> Iterator[grpc.Channel]:
+    with channel_to(pki, server.port) as channel:
+        yield channel
+
+
+def connect(channel: grpc.Channel, token: str | None = "token-a", hello: Hello = HELLO_A) -> RawAgent:
+    agent = RawAgent(channel, token)
+    agent.send(hello)
+    return agent
+
+
+def test_hello_is_welcomed_and_events_reach_the_hub(
+    channel: grpc.Channel, hub: RecordingHub, server: ControlServer
+) -> None:
+    hub.on_connect = [ASSIGNMENT]
+    agent = connect(channel)
+    assert command_from_pb(agent.next()) == Welcome("coordinator-test", 0.2)
+    assert command_from_pb(agent.next()) == ASSIGNMENT
+    agent.send(ProgressReport("uid-1", 1, 5, 10))
+    wait_until(hub.events, what="the progress report")
+    assert hub.of("connected") == [HELLO_A]
+    assert hub.events() == [ProgressReport("uid-1", 1, 5, 10)]
+    agent.close()
+    wait_until(lambda: hub.of("disconnected"), what="the disconnect")
+    assert hub.kinds() == ["connected", "event", "disconnected"]
+
+
+@pytest.mark.parametrize("token", [None, "", "forged"])
+def test_a_missing_or_bad_token_is_unauthenticated_and_never_reaches_the_hub(
+    channel: grpc.Channel, hub: RecordingHub, token: str | None
+) -> None:
+    code, details = connect(channel, token=token).ended_with()
+    assert code is grpc.StatusCode.UNAUTHENTICATED
+    assert details
+    assert hub.calls == []
+
+
+def test_a_token_of_another_node_is_permission_denied(channel: grpc.Channel, hub: RecordingHub) -> None:
+    code, details = connect(channel, token="token-b").ended_with()
+    assert code is grpc.StatusCode.PERMISSION_DENIED
+    assert "node-b cannot speak for node node-a" in details
+    assert hub.calls == []
+
+
+def test_the_first_message_must_be_hello(channel: grpc.Channel, hub: RecordingHub) -> None:
+    agent = RawAgent(channel, "token-a")
+    agent.send(Heartbeat())
+    code, details = agent.ended_with()
+    assert code is grpc.StatusCode.INVALID_ARGUMENT
+    assert "first message must be Hello" in details
+    assert hub.calls == []
+
+
+def test_an_empty_envelope_ends_the_stream_as_invalid(channel: grpc.Channel, hub: RecordingHub) -> None:
+    agent = connect(channel)
+    agent.next()  # Welcome
+    agent.send_raw(pb.AgentMessage(message_id="empty"))
+    code, details = agent.ended_with()
+    assert code is grpc.StatusCode.INVALID_ARGUMENT
+    assert "carries no event" in details
+    wait_until(lambda: hub.of("disconnected"), what="the disconnect")
+
+
+def test_the_hub_can_refuse_an_agent_with_a_barge_error(channel: grpc.Channel, hub: RecordingHub) -> None:
+    hub.refuse_with = NotFound("node node-a is not in the cluster")
+    code, details = connect(channel).ended_with()
+    assert code is grpc.StatusCode.NOT_FOUND
+    assert details == "node node-a is not in the cluster"
+    assert hub.calls == []
+
+
+def test_a_duplicate_message_id_is_delivered_once(channel: grpc.Channel, hub: RecordingHub) -> None:
+    agent = connect(channel)
+    agent.next()
+    agent.send(ProgressReport("uid-1", 1, 5, 10), message_id="m-1")
+    agent.send(ProgressReport("uid-1", 1, 5, 10), message_id="m-1")
+    agent.send(ProgressReport("uid-1", 1, 6, 10), message_id="m-2")
+    wait_until(lambda: len(hub.events()) >= 2, what="two progress reports")
+    agent.send(Heartbeat(), message_id="m-1")  # a replayed id is ignored whatever it carries
+    agent.send(Heartbeat(), message_id="m-3")  # in order after the replay: once it is seen, so was that
+    wait_until(lambda: len(hub.events()) >= 3, what="the heartbeat")
+    assert hub.events() == [ProgressReport("uid-1", 1, 5, 10), ProgressReport("uid-1", 1, 6, 10), Heartbeat()]
+
+
+def test_health_follows_set_serving_and_not_serving_refuses_agents(
+    channel: grpc.Channel, server: ControlServer, hub: RecordingHub
+) -> None:
+    health = health_pb2_grpc.HealthStub(channel)
+
+    def status(service: str) -> int:
+        request = health_pb2.HealthCheckRequest(service=service)
+        return health.Check(request, timeout=5).status  # type: ignore[no-any-return]
+
+    serving = health_pb2.HealthCheckResponse.SERVING
+    not_serving = health_pb2.HealthCheckResponse.NOT_SERVING
+    assert (status(""), status(SERVICE_NAME)) == (serving, serving)
+    agent = connect(channel)
+    agent.next()
+    server.set_serving(False)
+    assert (status(""), status(SERVICE_NAME)) == (not_serving, not_serving)
+    code, details = agent.ended_with()
+    assert (code, "stopped serving" in details) == (grpc.StatusCode.UNAVAILABLE, True)
+    code, _ = connect(channel).ended_with()
+    assert code is grpc.StatusCode.UNAVAILABLE
+    server.set_serving(True)
+    assert status("") == serving
+    assert isinstance(command_from_pb(connect(channel).next()), Welcome)
+
+
+def test_a_silent_agent_is_dropped_after_the_timeout(pki: ServingPki, hub: RecordingHub) -> None:
+    server = make_server(pki, hub, agent_timeout_s=0.6)
+    try:
+        with channel_to(pki, server.port) as channel:
+            agent = connect(channel)
+            agent.next()
+            code, details = agent.ended_with()
+            assert code is grpc.StatusCode.UNAVAILABLE
+            assert "no message from node node-a" in details
+            wait_until(lambda: hub.of("disconnected"), what="the disconnect")
+    finally:
+        server.stop(0)
+
+
+def test_heartbeats_keep_an_agent_connected(pki: ServingPki, hub: RecordingHub) -> None:
+    server = make_server(pki, hub, agent_timeout_s=0.6)
+    try:
+        with channel_to(pki, server.port) as channel:
+            agent = connect(channel)
+            agent.next()
+            for sent in range(1, 7):  # 1.2 s, twice the timeout
+                agent.send(Heartbeat())
+                wait_until(lambda n=sent: len(hub.events()) == n, what="the heartbeat")
+                assert agent.responses.empty()
+                time.sleep(0.2)
+            assert hub.of("disconnected") == []
+    finally:
+        server.stop(0)
+
+
+def test_a_reconnect_from_the_same_node_replaces_the_older_session(
+    channel: grpc.Channel, hub: RecordingHub
+) -> None:
+    first = connect(channel)
+    first.next()
+    second = connect(channel)
+    second.next()
+    code, details = first.ended_with()
+    assert code is grpc.StatusCode.UNAVAILABLE
+    assert "replaced by a newer connection" in details
+    assert hub.kinds() == ["connected", "disconnected", "connected"]
+    old, new = hub.sessions
+    assert hub.of("disconnected") == [old]
+    old.send(ASSIGNMENT)  # a closed session drops commands
+    new.send(ASSIGNMENT)
+    assert command_from_pb(second.next()) == ASSIGNMENT
+    second.send(ProgressReport("uid-1", 1, 1, 2))
+    wait_until(hub.events, what="the progress report")
+    assert hub.calls[-1][0] == "event"
+    second.close()
+    wait_until(lambda: len(hub.of("disconnected")) == 2, what="the second disconnect")
+
+
+def test_an_unreadable_certificate_says_which_file(
+    pki: ServingPki, hub: RecordingHub, tmp_path: Path
+) -> None:
+    server = ControlServer(
+        hub,
+        TokenAuthenticator(TOKENS),
+        address="127.0.0.1:0",
+        tls=ServerTls(tmp_path / "missing.crt", pki.serving.key_path),
+        clock=SystemClock(),
+        heartbeat_interval_s=1,
+        agent_timeout_s=3,
+    )
+    with pytest.raises(InvalidInput, match=r"cannot read the TLS certificate .*missing\.crt"):
+        server.start()
