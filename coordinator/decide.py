@@ -218,6 +218,12 @@ def _readopt_rule(o: Observed) -> Actions | None:
     return (_assign(o, node), RecordEvent("Normal", "Reassigned", f"the agent on {node} lost the work"))
 
 
+def _keep_watching_rule(o: Observed) -> Actions | None:
+    """Work is running: come back at the operation deadline or when a disconnected agent's grace ends."""
+    deadlines = [d for d in (_operation_deadline(o), _agent_grace_end(o, _current_node(o))) if d]
+    return (_wait(o, min(deadlines, default=None)),)
+
+
 def _cancel_confirmed_rule(o: Observed) -> Actions | None:
     view = _current_assignment(o)
     if view is None or view.result is None:
@@ -441,16 +447,22 @@ def _unusable_node(o: Observed, node: str) -> str:
     return _agent_gone(o, node)
 
 
-def _agent_gone(o: Observed, node: str) -> str:
+def _agent_grace_end(o: Observed, node: str) -> datetime | None:
+    """When a missing agent's work on ``node`` may be moved (None: the agent is connected)."""
     agent = o.agent(node)
-    grace = o.config.agent_grace_period
     if agent is not None and agent.connected:
-        return ""
+        return None
     since = agent.disconnected_since if agent is not None else None
     since = since or o.cr.started_at or o.cr.accepted_at
-    if since is None or o.now < since + grace:
+    return since + o.config.agent_grace_period if since else None
+
+
+def _agent_gone(o: Observed, node: str) -> str:
+    grace_end = _agent_grace_end(o, node)
+    if grace_end is None or o.now < grace_end:
         return ""
-    return f"the agent on node {node} has been disconnected for more than {format_go_duration(grace)}"
+    grace = format_go_duration(o.config.agent_grace_period)
+    return f"the agent on node {node} has been disconnected for more than {grace}"
 
 
 def _needs_hand_over(o: Observed) -> bool:
@@ -599,6 +611,7 @@ _RULES: dict[Phase, tuple[Rule, ...]] = {
         _lost_worker_rule,
         _drain_rule,
         _readopt_rule,
+        _keep_watching_rule,
     ),
     Phase.CANCELING: (_cancel_confirmed_rule, _cancel_unconfirmable_rule, _cancel_resend_rule),
 }

@@ -154,13 +154,14 @@ class CrView:
         return max(moments) if moments else None
 
     @classmethod
-    def from_object(cls, obj: Mapping[str, Any]) -> CrView:
+    def from_object(cls, obj: Mapping[str, Any], kind: str = "") -> CrView:
         """Parse a DataUpload/DataDownload dict as the API returns it (camelCase keys).
 
         Raises ``InvalidInput`` only for an unknown ``status.phase``; a bad ``operationTimeout`` or
         fence annotation is tolerated (default timeout, reported via ``operation_timeout_problem``;
-        fence ignored, the next assignment overwrites it)."""
-        return _cr_view(obj)
+        fence ignored, the next assignment overwrites it). ``kind`` is needed for items of a list
+        response, which carry no ``kind`` of their own."""
+        return _cr_view(obj, kind)
 
 
 class PodPhase(StrEnum):
@@ -539,7 +540,7 @@ def _pairs(mapping: Mapping[str, Any] | None) -> Pairs:
     return tuple(sorted((str(k), str(v)) for k, v in (mapping or {}).items()))
 
 
-def _cr_view(obj: Mapping[str, Any]) -> CrView:
+def _cr_view(obj: Mapping[str, Any], kind: str) -> CrView:
     meta, spec, status = obj.get("metadata") or {}, obj.get("spec") or {}, obj.get("status") or {}
     annotations = meta.get("annotations") or {}
     timeout, problem = _operation_timeout(str(spec.get("operationTimeout") or ""))
@@ -547,7 +548,7 @@ def _cr_view(obj: Mapping[str, Any]) -> CrView:
     target = spec.get("targetVolume") or {}
     progress = status.get("progress") or {}
     return CrView(
-        kind=str(obj.get("kind", "")),
+        kind=kind or str(obj.get("kind", "")),
         namespace=str(meta.get("namespace", "")),
         name=str(meta.get("name", "")),
         uid=str(meta.get("uid", "")),

@@ -13,8 +13,9 @@ Fairness: candidates are taken round-robin across their group (the Velero backup
 they belong to, ``CrView.group``), groups ordered by their oldest waiting item, so one backup with
 a thousand volumes cannot starve a backup with one. Within a group, oldest first.
 
-The controller calls ``admit(items, nodes, config)`` over *all* barge CRs it caches (one pass) and
-sets ``Observed.admitted`` for each CR whose key is in the result.
+The controller builds ``work_item(cr_view, now, pod_node, assigned)`` for *all* barge CRs it caches,
+calls ``admit(items, nodes, config)`` once per pass and sets ``Observed.admitted`` for each CR whose
+key is in the result.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from datetime import datetime
 from enum import Enum
 
 from coordinator.config import CoordinatorConfig
-from coordinator.model import Pairs
+from coordinator.model import CrView, Pairs, Phase
 
 
 class Stage(Enum):
@@ -124,3 +125,21 @@ def fair_order(items: Iterable[WorkItem]) -> list[WorkItem]:
 
 def _age(item: WorkItem) -> tuple[datetime, str, str, str]:
     return (item.queued_at, item.key.namespace, item.key.kind, item.key.name)
+
+
+def work_item(cr: CrView, now: datetime, pod_node: str = "", assigned: bool = False) -> WorkItem:
+    """The scheduler's view of one CR. ``pod_node``: where its exposer pod runs; ``assigned``: the
+    hub has a live (sent or running) assignment for its current epoch."""
+    key = ItemKey(cr.kind, cr.namespace, cr.name)
+    queued_at = cr.accepted_at or cr.created_at or now
+    node = cr.node or pod_node
+    if cr.phase.is_terminal or cr.deleting:
+        return WorkItem(key, Stage.DONE, cr.group, queued_at)
+    if cr.phase is Phase.NEW:
+        return WorkItem(key, Stage.WAITING, cr.group, queued_at)
+    if cr.phase is Phase.ACCEPTED:
+        return WorkItem(key, Stage.PREPARING, cr.group, queued_at, node)
+    if cr.phase is Phase.PREPARED and not assigned:
+        return WorkItem(key, Stage.PREPARED, cr.group, queued_at, node)
+    running_on = cr.fence.node if cr.fence and cr.phase is not Phase.PREPARED else node
+    return WorkItem(key, Stage.RUNNING, cr.group, queued_at, running_on)

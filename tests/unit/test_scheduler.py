@@ -153,3 +153,25 @@ def test_limits_are_never_exceeded(items: list[WorkItem], limit: int, queue: int
     for a in admissions:
         assert by_key[a.key].stage is (Stage.WAITING if a.step is Step.ACCEPT else Stage.PREPARED)
     assert admit(list(reversed(items)), list(reversed(nodes)), config) == admissions
+
+
+def test_work_item_maps_phases_to_stages() -> None:
+    from dataclasses import replace
+
+    from barge.control.naming import Fence
+    from coordinator.model import Phase
+    from coordinator.scheduler import work_item
+    from tests.coordinator_world import upload_cr
+
+    cr = upload_cr()
+    assert work_item(cr, T0).stage is Stage.WAITING
+    assert work_item(cr, T0).group == "backup-1"
+    assert work_item(replace(cr, phase=Phase.ACCEPTED), T0).stage is Stage.PREPARING
+    prepared = replace(cr, phase=Phase.PREPARED, node="n1")
+    assert (work_item(prepared, T0).stage, work_item(prepared, T0).node) == (Stage.PREPARED, "n1")
+    assert work_item(prepared, T0, assigned=True).stage is Stage.RUNNING
+    moving = replace(cr, phase=Phase.IN_PROGRESS, node="n1", fence=Fence(2, "n2"))
+    assert (work_item(moving, T0).stage, work_item(moving, T0).node) == (Stage.RUNNING, "n2")
+    assert work_item(replace(cr, phase=Phase.CANCELING), T0).stage is Stage.RUNNING
+    assert work_item(replace(cr, phase=Phase.FAILED), T0).stage is Stage.DONE
+    assert work_item(replace(cr, deleting=True), T0).stage is Stage.DONE
