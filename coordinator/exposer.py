@@ -16,7 +16,7 @@ the kubelet's path, so the pod runs non-root with no privileges, for Block volum
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from barge.control.messages import VolumeMode
@@ -53,53 +53,58 @@ class ExposureManifests:
 
 def plan_exposure(observed: Observed) -> ExposurePlan:
     """What to expose for this CR now. Uploads need a READY snapshot view; downloads a target PVC."""
-    cr, config = observed.cr, observed.config
-    avoid = tuple(sorted(a.node for a in observed.agents if not a.connected or a.cordoned))
-    if cr.is_upload:
-        override = config.backup_pvc_for(cr.storage_class)
-        storage_class = override.storage_class or cr.storage_class
-        source = observed.source_pvc
-        size = str(observed.snapshot.restore_size) if observed.snapshot.restore_size else ""
-        return ExposurePlan(
-            kind=cr.kind,
-            namespace=cr.namespace,
-            name=cr.name,
-            uid=cr.uid,
-            generation=cr.reexposures,
-            volume_mode=source.volume_mode if source else VolumeMode.FILESYSTEM,
-            size=size or (source.size if source else ""),
-            storage_class=storage_class,
-            access_modes=("ReadOnlyMany",) if override.read_only else ("ReadWriteOnce",),
-            read_only=override.read_only,
-            image=config.image,
-            snapshot_handle=observed.snapshot.snapshot_handle,
-            driver=observed.snapshot.driver or cr.driver,
-            snapshot_class=cr.snapshot_class,
-            node_selector=config.affinity_for(storage_class),
-            avoid_nodes=avoid,
-            spc_no_relabeling=override.spc_no_relabeling,
-            resources=config.pod_resources,
-            priority_class_name=config.priority_class_name,
-        )
+    return _upload_plan(observed) if observed.cr.is_upload else _download_plan(observed)
+
+
+def _upload_plan(observed: Observed) -> ExposurePlan:
+    cr, snapshot, source = observed.cr, observed.snapshot, observed.source_pvc
+    override = observed.config.backup_pvc_for(cr.storage_class)
+    size = str(snapshot.restore_size) if snapshot.restore_size else ""
+    plan = _plan(
+        observed,
+        storage_class=override.storage_class or cr.storage_class,
+        volume_mode=source.volume_mode if source else VolumeMode.FILESYSTEM,
+        size=size or (source.size if source else ""),
+        access_modes=("ReadOnlyMany",) if override.read_only else ("ReadWriteOnce",),
+    )
+    return replace(
+        plan,
+        read_only=override.read_only,
+        spc_no_relabeling=override.spc_no_relabeling,
+        snapshot_handle=snapshot.snapshot_handle,
+        driver=snapshot.driver or cr.driver,
+        snapshot_class=cr.snapshot_class,
+    )
+
+
+def _download_plan(observed: Observed) -> ExposurePlan:
     target = observed.target_pvc
     if target is None:
         raise ValueError("plan_exposure: a DataDownload needs the target PVC view")
-    pin = target.wait_for_first_consumer and not config.restore_pvc.ignore_delay_binding
+    plan = _plan(observed, target.storage_class, target.volume_mode, target.size, target.access_modes)
+    pin = target.wait_for_first_consumer and not observed.config.restore_pvc.ignore_delay_binding
+    return replace(plan, required_node=target.selected_node) if pin else plan
+
+
+def _plan(
+    observed: Observed, storage_class: str, volume_mode: VolumeMode, size: str, access_modes: tuple[str, ...]
+) -> ExposurePlan:
+    """The fields both kinds share; nodes whose agent is gone or that are cordoned are avoided."""
+    cr, config = observed.cr, observed.config
     return ExposurePlan(
         kind=cr.kind,
         namespace=cr.namespace,
         name=cr.name,
         uid=cr.uid,
         generation=cr.reexposures,
-        volume_mode=target.volume_mode,
-        size=target.size,
-        storage_class=target.storage_class,
-        access_modes=target.access_modes,
+        volume_mode=volume_mode,
+        size=size,
+        storage_class=storage_class,
+        access_modes=access_modes,
         read_only=False,
         image=config.image,
-        node_selector=config.affinity_for(target.storage_class),
-        required_node=target.selected_node if pin else "",
-        avoid_nodes=avoid,
+        node_selector=config.affinity_for(storage_class),
+        avoid_nodes=tuple(sorted(a.node for a in observed.agents if not a.connected or a.cordoned)),
         resources=config.pod_resources,
         priority_class_name=config.priority_class_name,
     )

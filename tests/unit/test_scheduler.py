@@ -2,14 +2,27 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import timedelta
 
 from hypothesis import given
 from hypothesis import strategies as st
 
+from barge.control.naming import Fence
 from coordinator.config import CoordinatorConfig
-from coordinator.scheduler import Admission, ItemKey, NodeState, Stage, Step, WorkItem, admit, fair_order
-from tests.coordinator_world import T0
+from coordinator.model import Phase
+from coordinator.scheduler import (
+    Admission,
+    ItemKey,
+    NodeState,
+    Stage,
+    Step,
+    WorkItem,
+    admit,
+    fair_order,
+    work_item,
+)
+from tests.coordinator_world import T0, upload_cr
 
 
 def item(name: str, stage: Stage, group: str = "", age: int = 0, node: str = "") -> WorkItem:
@@ -156,13 +169,6 @@ def test_limits_are_never_exceeded(items: list[WorkItem], limit: int, queue: int
 
 
 def test_work_item_maps_phases_to_stages() -> None:
-    from dataclasses import replace
-
-    from barge.control.naming import Fence
-    from coordinator.model import Phase
-    from coordinator.scheduler import work_item
-    from tests.coordinator_world import upload_cr
-
     cr = upload_cr()
     assert work_item(cr, T0).stage is Stage.WAITING
     assert work_item(cr, T0).group == "backup-1"
