@@ -26,6 +26,7 @@ from barge.control.naming import DATAMOVER
 from coordinator.config import format_go_duration
 from coordinator.exposer import plan_exposure
 from coordinator.model import (
+    REVOKED_NODE,
     Action,
     AddFinalizer,
     Assign,
@@ -42,6 +43,7 @@ from coordinator.model import (
     RecordEvent,
     RemoveFinalizer,
     Requeue,
+    RevokeAssignment,
     SetPhase,
     SnapshotState,
     StatusValue,
@@ -125,7 +127,7 @@ def _stale_pod_rule(o: Observed) -> Actions | None:
 
 def _pod_failed_rule(o: Observed) -> Actions | None:
     pod = o.exposure.pod
-    if pod is None or not (pod.phase is PodPhase.FAILED or pod.deleting):
+    if pod is None or not (pod.phase in (PodPhase.FAILED, PodPhase.SUCCEEDED) or pod.deleting):
         return None
     return _reexpose(o, f"exposer pod {_object(o)} failed: {pod.reason or pod.phase}")
 
@@ -281,7 +283,7 @@ def _settle(
     actions: list[Action] = []
     active = _active(o)
     if active is not None:
-        actions.append(CancelAssignment(active.node, active.epoch, message))
+        actions += [CancelAssignment(active.node, active.epoch, message), RevokeAssignment(active.epoch + 1)]
     fields = (*extra, ("completionTimestamp", format_timestamp(o.now)))
     actions.append(SetPhase(phase, message, fields))
     if phase is Phase.FAILED:
@@ -309,6 +311,8 @@ def _reexpose(o: Observed, reason: str) -> Actions:
     active = _active(o)
     if active is not None:
         actions.append(CancelAssignment(active.node, active.epoch, reason, hand_off=True))
+    if _latest_epoch(o) and not _revoked(o):
+        actions.append(RevokeAssignment(_latest_epoch(o) + 1))
     actions += [
         DeleteExposure(reason),
         MarkReexposure(count, o.now),
@@ -349,7 +353,9 @@ def _complete(o: Observed, result: messages.AssignmentResult) -> Actions:
         ]
         return _settle(o, Phase.COMPLETED, "", tuple(fields))
     target = o.target_pvc
-    if target is not None and target.volume_name:
+    if target is None:
+        return _fail(o, f"the target PVC {_target(o)} disappeared; the restored volume has nowhere to go")
+    if target.volume_name:
         return _settle(o, Phase.COMPLETED, "", tuple(fields))
     if o.exposure.pv_name:
         return (_bind(o), _wait(o, _operation_deadline(o)))
@@ -470,7 +476,7 @@ def _needs_hand_over(o: Observed) -> bool:
     if o.cr.is_upload or o.cr.phase is not Phase.COMPLETED:
         return False
     target = o.target_pvc
-    return bool(o.exposure.pv_name) and (target is None or not target.volume_name)
+    return bool(o.exposure.pv_name) and target is not None and not target.volume_name
 
 
 # ---------------------------------------------------------------------------------------------
@@ -482,6 +488,11 @@ def _latest_epoch(o: Observed) -> int:
     fence_epoch = o.cr.fence.epoch if o.cr.fence else 0
     hub_epoch = o.assignment.epoch if o.assignment else 0
     return max(fence_epoch, hub_epoch)
+
+
+def _revoked(o: Observed) -> bool:
+    fence = o.cr.fence
+    return fence is not None and fence.node == REVOKED_NODE and fence.epoch == _latest_epoch(o)
 
 
 def _current_assignment(o: Observed) -> AssignmentView | None:

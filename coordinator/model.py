@@ -298,7 +298,7 @@ class AgentView:
     """An agent (one per node) as the hub and the node informer see it."""
 
     node: str
-    connected: bool
+    connected: bool  # the hub accepted its Hello, so ``Observed.assignment`` reflects what it runs
     disconnected_since: datetime | None = None  # None while connected (or never seen)
     cordoned: bool = False  # node.spec.unschedulable
     cordoned_since: datetime | None = None
@@ -447,6 +447,17 @@ class CancelAssignment:
     hand_off: bool = False
 
 
+REVOKED_NODE = "-"  # never a node name: a fence naming it lets no agent write
+
+
+@dataclass(frozen=True)
+class RevokeAssignment:
+    """Set the fence annotation to ``Fence(epoch, REVOKED_NODE).render()``: the agent that held the
+    previous epoch can no longer write the CR's status (it was told to stop; this makes sure)."""
+
+    epoch: int
+
+
 @dataclass(frozen=True)
 class RecordEvent:
     """Emit a Kubernetes Event on the CR. ``type`` is "Normal" or "Warning"."""
@@ -490,6 +501,7 @@ Action = (
     | DeleteExposure
     | Assign
     | CancelAssignment
+    | RevokeAssignment
     | RecordEvent
     | Requeue
     | BindRestoredVolume

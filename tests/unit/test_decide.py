@@ -38,6 +38,7 @@ from coordinator.model import (
     RecordEvent,
     RemoveFinalizer,
     Requeue,
+    RevokeAssignment,
     SetPhase,
     SnapshotState,
     SnapshotView,
@@ -282,6 +283,9 @@ def test_accepted_pod_failed_reexposes() -> None:
     actions = decide(observed(accepted(upload_cr()), now=T0 + minutes(1), exposure=exposure(pod=failed)))
     assert_reexposed(actions)
     assert MarkReexposure(1, T0 + minutes(1)) in actions
+    assert not of_type(actions, RevokeAssignment)  # never assigned: nothing to revoke
+    ended = replace(failed, phase=PodPhase.SUCCEEDED)
+    assert_reexposed(decide(observed(accepted(upload_cr()), exposure=exposure(pod=ended))))
     again = replace(accepted(upload_cr()), reexposures=2)
     assert_reexposed(
         decide(observed(again, now=T0 + minutes(1), exposure=exposure(pod=replace(failed, generation=2)))), 3
@@ -391,6 +395,11 @@ def test_prepared_operation_timeout_fails() -> None:
 def test_prepared_pod_lost_reexposes(pod: PodView | None) -> None:
     world = observed(prepared(upload_cr()), exposure=replace(exposure(), pod=pod))
     assert_reexposed(decide(world))
+    assert not of_type(decide(world), RevokeAssignment)  # never assigned
+    once_assigned = replace(world, cr=replace(world.cr, fence=Fence(1, NODE)))
+    assert of_type(decide(once_assigned), RevokeAssignment) == [RevokeAssignment(2)]
+    already_revoked = replace(world, cr=replace(world.cr, fence=Fence(2, "-")))
+    assert not of_type(decide(already_revoked), RevokeAssignment)
 
 
 def test_prepared_cordoned_node_reexposes() -> None:
@@ -522,6 +531,17 @@ def test_in_progress_download_completed_binds_then_completes() -> None:
     assert phase_after(decide(handed_over)) is Phase.COMPLETED
 
 
+def test_in_progress_download_target_gone_fails() -> None:
+    result = finished(Outcome.COMPLETED)
+    world = progress_world(in_progress(download_cr()), exposure=exposure(upload=False), assignment=result)
+    step = set_phase(decide(replace(world, target_pvc=None)))
+    assert step is not None
+    assert step.phase is Phase.FAILED
+    assert step.message == (
+        "the target PVC app-restored/data disappeared; the restored volume has nowhere to go"
+    )
+
+
 def test_in_progress_agent_failed_fails() -> None:
     actions = decide(progress_world(assignment=finished(Outcome.FAILED, message="disk read error")))
     step = set_phase(actions)
@@ -548,6 +568,7 @@ def test_in_progress_operation_timeout_fails() -> None:
         "data (5 of 10 bytes done)"
     )
     assert CancelAssignment(NODE, 1, step.message) in actions
+    assert RevokeAssignment(2) in actions
     assert_cleaned_up(actions)
     custom = replace(in_progress(upload_cr()), operation_timeout=timedelta(minutes=10))
     assert phase_after(decide(progress_world(custom))) is Phase.FAILED
@@ -567,6 +588,7 @@ def test_in_progress_pod_lost_reexposes(pod: PodView | None) -> None:
     (cancel,) = of_type(actions, CancelAssignment)
     assert cancel.hand_off  # type: ignore[attr-defined]
     assert (cancel.node, cancel.epoch) == (NODE, 1)  # type: ignore[attr-defined]
+    assert of_type(actions, RevokeAssignment) == [RevokeAssignment(2)]
 
 
 def test_in_progress_agent_disconnected_past_grace_reexposes() -> None:
@@ -813,7 +835,8 @@ def test_properties_of_every_decision(world: Observed) -> None:
         assert world.cr.phase.is_terminal
     if of_type(actions, AddFinalizer):
         assert phase_after(actions) is Phase.ACCEPTED
-    for assign in of_type(actions, Assign):
-        assert assign.epoch > max(
-            world.cr.fence.epoch if world.cr.fence else 0, world.assignment.epoch if world.assignment else 0
-        )  # type: ignore[attr-defined]
+    latest = max(
+        world.cr.fence.epoch if world.cr.fence else 0, world.assignment.epoch if world.assignment else 0
+    )
+    for fenced in (*of_type(actions, Assign), *of_type(actions, RevokeAssignment)):
+        assert fenced.epoch > latest  # type: ignore[attr-defined]  # epochs only move forward
