@@ -1,0 +1,289 @@
+"""Pure builders of the objects that expose a volume on a node (docs/control-plane.md "Exposure").
+
+``plan_exposure(observed)`` decides *what* to expose (sizes, storage class, node constraints);
+``manifests(plan)`` renders it as plain dicts ready for the API. The controller creates
+``manifests(plan).in_creation_order()`` one by one, treating AlreadyExists as success.
+
+DataUpload: clone VolumeSnapshotContent (cluster-scoped, deletionPolicy Retain, pointing at the
+source snapshot's handle) -> clone VolumeSnapshot -> PVC restored from it -> pod mounting the PVC.
+DataDownload: an empty PVC shaped like the target PVC -> pod mounting it.
+
+Everything is named after the CR, lives in the CR's namespace, carries
+``barge.control.naming.owned_labels`` and (namespaced objects) a controller ownerReference to the CR.
+The pod only holds the volume (it sleeps): the agent on its node reads or writes the volume through
+the kubelet's path, so the pod runs non-root with no privileges, for Block volumes too.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Any
+
+from barge.control.messages import VolumeMode
+from barge.control.naming import (
+    BLOCK_DEVICE_PATH,
+    DATA_MOVER_VERSION,
+    FILESYSTEM_MOUNT_PATH,
+    VELERO_GROUP,
+    owned_labels,
+)
+from coordinator.config import LabelSelector, PodResources
+from coordinator.model import DATA_UPLOAD, GENERATION_LABEL, ExposurePlan, Observed
+
+SNAPSHOT_API = "snapshot.storage.k8s.io/v1"
+EXPOSER_COMMAND = ("/bin/sh", "-c", "trap 'exit 0' TERM; sleep infinity & wait")
+EXPOSER_USER = 65532
+VOLUME_NAME = "volume"
+
+Manifest = dict[str, Any]
+
+
+@dataclass(frozen=True)
+class ExposureManifests:
+    snapshot_content: Manifest | None  # uploads only
+    snapshot: Manifest | None  # uploads only
+    pvc: Manifest
+    pod: Manifest
+
+    def in_creation_order(self) -> tuple[Manifest, ...]:
+        """Dependencies first: the PVC needs the snapshot, the pod needs the PVC."""
+        parts = (self.snapshot_content, self.snapshot, self.pvc, self.pod)
+        return tuple(part for part in parts if part is not None)
+
+
+def plan_exposure(observed: Observed) -> ExposurePlan:
+    """What to expose for this CR now. Uploads need a READY snapshot view; downloads a target PVC."""
+    return _upload_plan(observed) if observed.cr.is_upload else _download_plan(observed)
+
+
+def _upload_plan(observed: Observed) -> ExposurePlan:
+    cr, snapshot, source = observed.cr, observed.snapshot, observed.source_pvc
+    override = observed.config.backup_pvc_for(cr.storage_class)
+    size = str(snapshot.restore_size) if snapshot.restore_size else ""
+    plan = _plan(
+        observed,
+        storage_class=override.storage_class or cr.storage_class,
+        volume_mode=source.volume_mode if source else VolumeMode.FILESYSTEM,
+        size=size or (source.size if source else ""),
+        access_modes=("ReadOnlyMany",) if override.read_only else ("ReadWriteOnce",),
+    )
+    return replace(
+        plan,
+        read_only=override.read_only,
+        spc_no_relabeling=override.spc_no_relabeling,
+        snapshot_handle=snapshot.snapshot_handle,
+        driver=snapshot.driver or cr.driver,
+        snapshot_class=cr.snapshot_class,
+    )
+
+
+def _download_plan(observed: Observed) -> ExposurePlan:
+    target = observed.target_pvc
+    if target is None:
+        raise ValueError("plan_exposure: a DataDownload needs the target PVC view")
+    plan = _plan(observed, target.storage_class, target.volume_mode, target.size, target.access_modes)
+    pin = target.wait_for_first_consumer and not observed.config.restore_pvc.ignore_delay_binding
+    return replace(plan, required_node=target.selected_node) if pin else plan
+
+
+def _plan(
+    observed: Observed, storage_class: str, volume_mode: VolumeMode, size: str, access_modes: tuple[str, ...]
+) -> ExposurePlan:
+    """The fields both kinds share; nodes whose agent is gone or that are cordoned are avoided."""
+    cr, config = observed.cr, observed.config
+    return ExposurePlan(
+        kind=cr.kind,
+        namespace=cr.namespace,
+        name=cr.name,
+        uid=cr.uid,
+        generation=cr.reexposures,
+        volume_mode=volume_mode,
+        size=size,
+        storage_class=storage_class,
+        access_modes=access_modes,
+        read_only=False,
+        image=config.image,
+        node_selector=config.affinity_for(storage_class),
+        avoid_nodes=tuple(sorted(a.node for a in observed.agents if not a.connected or a.cordoned)),
+        resources=config.pod_resources,
+        priority_class_name=config.priority_class_name,
+    )
+
+
+def manifests(plan: ExposurePlan) -> ExposureManifests:
+    """Render the plan as the API objects to create."""
+    upload = plan.kind == DATA_UPLOAD
+    return ExposureManifests(
+        snapshot_content=_snapshot_content(plan) if upload else None,
+        snapshot=_snapshot(plan) if upload else None,
+        pvc=_pvc(plan, from_snapshot=upload),
+        pod=_pod(plan),
+    )
+
+
+def _metadata(plan: ExposurePlan, namespaced: bool = True) -> Manifest:
+    meta: Manifest = {"name": plan.name, "labels": owned_labels(plan.kind, plan.name, plan.uid)}
+    if namespaced:
+        meta["namespace"] = plan.namespace
+        meta["ownerReferences"] = [
+            {
+                "apiVersion": f"{VELERO_GROUP}/{DATA_MOVER_VERSION}",
+                "kind": plan.kind,
+                "name": plan.name,
+                "uid": plan.uid,
+                "controller": True,
+                "blockOwnerDeletion": False,
+            }
+        ]
+    return meta
+
+
+def _snapshot_content(plan: ExposurePlan) -> Manifest:
+    spec: Manifest = {
+        "deletionPolicy": "Retain",
+        "driver": plan.driver,
+        "source": {"snapshotHandle": plan.snapshot_handle},
+        "sourceVolumeMode": plan.volume_mode.value,
+        "volumeSnapshotRef": {
+            "apiVersion": SNAPSHOT_API,
+            "kind": "VolumeSnapshot",
+            "name": plan.name,
+            "namespace": plan.namespace,
+        },
+    }
+    if plan.snapshot_class:
+        spec["volumeSnapshotClassName"] = plan.snapshot_class
+    return {
+        "apiVersion": SNAPSHOT_API,
+        "kind": "VolumeSnapshotContent",
+        "metadata": _metadata(plan, namespaced=False),
+        "spec": spec,
+    }
+
+
+def _snapshot(plan: ExposurePlan) -> Manifest:
+    spec: Manifest = {"source": {"volumeSnapshotContentName": plan.name}}
+    if plan.snapshot_class:
+        spec["volumeSnapshotClassName"] = plan.snapshot_class
+    return {"apiVersion": SNAPSHOT_API, "kind": "VolumeSnapshot", "metadata": _metadata(plan), "spec": spec}
+
+
+def _pvc(plan: ExposurePlan, from_snapshot: bool) -> Manifest:
+    spec: Manifest = {
+        "accessModes": list(plan.access_modes),
+        "volumeMode": plan.volume_mode.value,
+        "resources": {"requests": {"storage": plan.size}},
+    }
+    if plan.storage_class:
+        spec["storageClassName"] = plan.storage_class
+    if from_snapshot:
+        spec["dataSource"] = {
+            "apiGroup": "snapshot.storage.k8s.io",
+            "kind": "VolumeSnapshot",
+            "name": plan.name,
+        }
+    return {"apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": _metadata(plan), "spec": spec}
+
+
+def _pod(plan: ExposurePlan) -> Manifest:
+    meta = _metadata(plan)
+    meta["labels"][GENERATION_LABEL] = str(plan.generation)
+    spec: Manifest = {
+        "restartPolicy": "Never",
+        "automountServiceAccountToken": False,
+        "terminationGracePeriodSeconds": 5,
+        "securityContext": _pod_security(plan),
+        "containers": [_container(plan)],
+        "volumes": [
+            {
+                "name": VOLUME_NAME,
+                "persistentVolumeClaim": {"claimName": plan.name, "readOnly": plan.read_only},
+            }
+        ],
+    }
+    affinity = _node_affinity(plan)
+    if affinity:
+        spec["affinity"] = {"nodeAffinity": affinity}
+    if plan.priority_class_name:
+        spec["priorityClassName"] = plan.priority_class_name
+    return {"apiVersion": "v1", "kind": "Pod", "metadata": meta, "spec": spec}
+
+
+def _pod_security(plan: ExposurePlan) -> Manifest:
+    security: Manifest = {
+        "runAsNonRoot": True,
+        "runAsUser": EXPOSER_USER,
+        "runAsGroup": EXPOSER_USER,
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+    if plan.spc_no_relabeling:
+        security["seLinuxOptions"] = {"type": "spc_t"}  # skip relabeling the (read-only) volume
+    return security
+
+
+def _container(plan: ExposurePlan) -> Manifest:
+    container: Manifest = {
+        "name": "expose",
+        "image": plan.image,
+        "command": list(EXPOSER_COMMAND),
+        "securityContext": {
+            "allowPrivilegeEscalation": False,
+            "readOnlyRootFilesystem": True,
+            "capabilities": {"drop": ["ALL"]},
+        },
+    }
+    if plan.volume_mode is VolumeMode.BLOCK:
+        container["volumeDevices"] = [{"name": VOLUME_NAME, "devicePath": BLOCK_DEVICE_PATH}]
+    else:
+        container["volumeMounts"] = [
+            {"name": VOLUME_NAME, "mountPath": FILESYSTEM_MOUNT_PATH, "readOnly": plan.read_only}
+        ]
+    rendered = _resources(plan.resources)
+    if rendered:
+        container["resources"] = rendered
+    return container
+
+
+def _resources(resources: PodResources) -> Manifest:
+    rendered: Manifest = {}
+    for section, cpu, memory in (
+        ("requests", resources.cpu_request, resources.memory_request),
+        ("limits", resources.cpu_limit, resources.memory_limit),
+    ):
+        values = {name: value for name, value in (("cpu", cpu), ("memory", memory)) if value}
+        if values:
+            rendered[section] = values
+    return rendered
+
+
+def _node_affinity(plan: ExposurePlan) -> Manifest:
+    """One required node-selector term: the loadAffinity selector, minus unusable nodes, plus the
+    node a WaitForFirstConsumer target PVC was bound to."""
+    expressions = _selector_expressions(plan.node_selector)
+    fields: list[Manifest] = []
+    if plan.avoid_nodes:
+        fields.append({"key": "metadata.name", "operator": "NotIn", "values": list(plan.avoid_nodes)})
+    if plan.required_node:
+        fields.append({"key": "metadata.name", "operator": "In", "values": [plan.required_node]})
+    term: Manifest = {}
+    if expressions:
+        term["matchExpressions"] = expressions
+    if fields:
+        term["matchFields"] = fields
+    if not term:
+        return {}
+    return {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [term]}}
+
+
+def _selector_expressions(selector: LabelSelector | None) -> list[Manifest]:
+    if selector is None:
+        return []
+    expressions: list[Manifest] = [
+        {"key": key, "operator": "In", "values": [value]} for key, value in selector.match_labels
+    ]
+    for requirement in selector.match_expressions:
+        expression: Manifest = {"key": requirement.key, "operator": requirement.operator}
+        if requirement.values:
+            expression["values"] = list(requirement.values)
+        expressions.append(expression)
+    return expressions

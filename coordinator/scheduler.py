@@ -1,0 +1,145 @@
+"""Which waiting items may take their next resource-consuming step now: a pure function.
+
+Two steps are rationed:
+
+* ACCEPT (phase New -> Accepted, which creates an exposure): at most ``prepareQueueLength`` items
+  may hold an exposure without moving data (phases Accepted and Prepared-not-yet-assigned), as in
+  Velero, where items beyond the queue stay New.
+* ASSIGN (phase Prepared, exposer pod Running on node N): at most
+  ``loadConcurrency.for_node(labels of N)`` assignments run on N at once; a node that is cordoned or
+  whose agent is not connected gets nothing new.
+
+Fairness: candidates are taken round-robin across their group (the Velero backup or restore
+they belong to, ``CrView.group``), groups ordered by their oldest waiting item, so one backup with
+a thousand volumes cannot starve a backup with one. Within a group, oldest first.
+
+The controller builds ``work_item(cr_view, now, pod_node, assigned)`` for *all* barge CRs it caches,
+calls ``admit(items, nodes, config)`` once per pass and sets ``Observed.admitted`` for each CR whose
+key is in the result.
+"""
+
+from __future__ import annotations
+
+from collections import Counter, defaultdict
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import datetime
+from enum import Enum
+
+from coordinator.config import CoordinatorConfig
+from coordinator.model import CrView, Pairs, Phase
+
+
+class Stage(Enum):
+    WAITING = "waiting"  # New: wants to be accepted and exposed
+    PREPARING = "preparing"  # Accepted: holds (or is building) an exposure
+    PREPARED = "prepared"  # Prepared, no live assignment: wants an agent on ``node``
+    RUNNING = "running"  # an agent works on it on ``node`` (Prepared+assigned, InProgress, Canceling)
+    DONE = "done"  # terminal: uses nothing
+
+
+class Step(Enum):
+    ACCEPT = "accept"
+    ASSIGN = "assign"
+
+
+@dataclass(frozen=True)
+class ItemKey:
+    kind: str
+    namespace: str
+    name: str
+
+
+@dataclass(frozen=True)
+class WorkItem:
+    key: ItemKey
+    stage: Stage
+    group: str  # backup/restore name ("" = its own group)
+    queued_at: datetime  # creation (WAITING) or acceptance time: the order inside a group
+    node: str = ""  # PREPARED / RUNNING: the exposer pod's node
+
+
+@dataclass(frozen=True)
+class NodeState:
+    name: str
+    labels: Pairs = ()
+    cordoned: bool = False
+    agent_connected: bool = False
+
+
+@dataclass(frozen=True)
+class Admission:
+    key: ItemKey
+    step: Step
+    node: str = ""  # ASSIGN: where
+
+
+def admit(
+    items: Iterable[WorkItem], nodes: Iterable[NodeState], config: CoordinatorConfig
+) -> tuple[Admission, ...]:
+    """The admissions for this pass, in the order they should be acted on."""
+    all_items = tuple(items)
+    return _assignments(all_items, tuple(nodes), config) + _acceptances(all_items, config)
+
+
+def _acceptances(items: tuple[WorkItem, ...], config: CoordinatorConfig) -> tuple[Admission, ...]:
+    waiting = [item for item in items if item.stage is Stage.WAITING]
+    limit = config.prepare_queue_length
+    if limit is None:
+        free = len(waiting)
+    else:
+        held = sum(1 for item in items if item.stage in (Stage.PREPARING, Stage.PREPARED))
+        free = max(0, limit - held)
+    chosen = fair_order(waiting)[:free]
+    return tuple(Admission(item.key, Step.ACCEPT) for item in chosen)
+
+
+def _assignments(
+    items: tuple[WorkItem, ...], nodes: tuple[NodeState, ...], config: CoordinatorConfig
+) -> tuple[Admission, ...]:
+    by_name = {node.name: node for node in nodes}
+    running = Counter(item.node for item in items if item.stage is Stage.RUNNING)
+    admissions: list[Admission] = []
+    for item in fair_order([item for item in items if item.stage is Stage.PREPARED]):
+        node = by_name.get(item.node)
+        if node is None or node.cordoned or not node.agent_connected:
+            continue
+        if running[node.name] >= config.load_concurrency.for_node(dict(node.labels)):
+            continue
+        running[node.name] += 1
+        admissions.append(Admission(item.key, Step.ASSIGN, node.name))
+    return tuple(admissions)
+
+
+def fair_order(items: Iterable[WorkItem]) -> list[WorkItem]:
+    """Round-robin across groups (oldest group first), oldest item first within a group."""
+    groups: dict[str, list[WorkItem]] = defaultdict(list)
+    for item in sorted(items, key=_age):
+        groups[item.group or f"\0{item.key}"].append(item)
+    queues = sorted(groups.values(), key=lambda queue: _age(queue[0]))
+    ordered: list[WorkItem] = []
+    for rank in range(max((len(queue) for queue in queues), default=0)):
+        ordered.extend(queue[rank] for queue in queues if rank < len(queue))
+    return ordered
+
+
+def _age(item: WorkItem) -> tuple[datetime, str, str, str]:
+    return (item.queued_at, item.key.namespace, item.key.kind, item.key.name)
+
+
+def work_item(cr: CrView, now: datetime, pod_node: str = "", assigned: bool = False) -> WorkItem:
+    """The scheduler's view of one CR. ``pod_node``: where its exposer pod runs; ``assigned``: the
+    hub has a live (sent or running) assignment for its current epoch."""
+    key = ItemKey(cr.kind, cr.namespace, cr.name)
+    queued_at = cr.accepted_at or cr.created_at or now
+    node = cr.node or pod_node
+    if cr.phase.is_terminal or cr.deleting:
+        return WorkItem(key, Stage.DONE, cr.group, queued_at)
+    if cr.phase is Phase.NEW:
+        return WorkItem(key, Stage.WAITING, cr.group, queued_at)
+    if cr.phase is Phase.ACCEPTED:
+        return WorkItem(key, Stage.PREPARING, cr.group, queued_at, node)
+    if cr.phase is Phase.PREPARED and not assigned:
+        return WorkItem(key, Stage.PREPARED, cr.group, queued_at, node)
+    running_on = cr.fence.node if cr.fence and cr.phase is not Phase.PREPARED else node
+    return WorkItem(key, Stage.RUNNING, cr.group, queued_at, running_on)

@@ -1,0 +1,230 @@
+"""The exposure manifests: what docs/control-plane.md "Exposure" promises, object by object."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Any
+
+import pytest
+
+from barge.control.messages import VolumeMode
+from barge.control.naming import (
+    BLOCK_DEVICE_PATH,
+    FILESYSTEM_MOUNT_PATH,
+    LABEL_MANAGED_BY,
+    LABEL_OWNER_KIND,
+    LABEL_OWNER_NAME,
+    LABEL_OWNER_UID,
+)
+from barge.kube.crds import load_crd
+from coordinator.config import CoordinatorConfig
+from coordinator.exposer import EXPOSER_COMMAND, manifests, plan_exposure
+from coordinator.model import GENERATION_LABEL, Observed
+from tests.coordinator_world import (
+    OTHER_NODE,
+    SOURCE_PVC,
+    TARGET_PVC,
+    agent,
+    download_cr,
+    observed,
+    upload_cr,
+)
+
+CONFIG = CoordinatorConfig.from_dict(
+    {
+        "backupPVC": {"standard": {"storageClass": "backup-sc", "readOnly": True, "spcNoRelabeling": True}},
+        "loadAffinity": [{"nodeSelector": {"matchLabels": {"role": "backup"}}, "storageClass": "backup-sc"}],
+        "podResources": {"cpuRequest": "100m", "memoryLimit": "512Mi"},
+        "priorityClassName": "low",
+        "image": "example.org/barge:1",
+    }
+)
+
+
+def upload_world(**changes: Any) -> Observed:
+    return observed(upload_cr(), **changes)
+
+
+def schema_keys_exist(value: Any, schema: dict[str, Any], path: str = "") -> list[str]:
+    """Paths in ``value`` that the OpenAPI ``schema`` does not declare (what the apiserver prunes)."""
+    if not isinstance(value, dict):
+        return []
+    properties = schema.get("properties")
+    if properties is None:
+        return []
+    missing = [f"{path}.{key}" for key in value if key not in properties]
+    for key, child in value.items():
+        if key in properties:
+            missing += schema_keys_exist(child, properties[key], f"{path}.{key}")
+    return missing
+
+
+def crd_schema(file_name: str) -> dict[str, Any]:
+    versions = load_crd(file_name)["spec"]["versions"]
+    return next(v for v in versions if v["name"] == "v1")["schema"]["openAPIV3Schema"]
+
+
+def test_upload_clones_the_snapshot_with_retain_and_ties_everything_to_the_cr() -> None:
+    rendered = manifests(plan_exposure(upload_world()))
+    content, snapshot, pvc, pod = rendered.in_creation_order()
+    assert [m["kind"] for m in (content, snapshot, pvc, pod)] == [
+        "VolumeSnapshotContent",
+        "VolumeSnapshot",
+        "PersistentVolumeClaim",
+        "Pod",
+    ]
+    assert content["spec"]["deletionPolicy"] == "Retain"
+    assert content["spec"]["source"] == {"snapshotHandle": "handle-1"}
+    assert content["spec"]["driver"] == "hostpath.csi.k8s.io"
+    assert content["spec"]["volumeSnapshotRef"]["name"] == "backup-1-abcde"
+    assert content["spec"]["volumeSnapshotRef"]["namespace"] == "velero"
+    assert "namespace" not in content["metadata"]
+    assert "ownerReferences" not in content["metadata"]
+    assert snapshot["spec"]["source"] == {"volumeSnapshotContentName": "backup-1-abcde"}
+    assert pvc["spec"]["dataSource"] == {
+        "apiGroup": "snapshot.storage.k8s.io",
+        "kind": "VolumeSnapshot",
+        "name": "backup-1-abcde",
+    }
+    assert pvc["spec"]["resources"]["requests"]["storage"] == str(10 * 2**30)
+    assert pvc["spec"]["storageClassName"] == "standard"
+    for manifest in (content, snapshot, pvc, pod):
+        meta = manifest["metadata"]
+        assert meta["name"] == "backup-1-abcde"
+        assert meta["labels"][LABEL_MANAGED_BY] == "barge"
+        assert meta["labels"][LABEL_OWNER_KIND] == "DataUpload"
+        assert meta["labels"][LABEL_OWNER_NAME] == "backup-1-abcde"
+        assert meta["labels"][LABEL_OWNER_UID] == "uid-upload-1"
+    for manifest in (snapshot, pvc, pod):
+        assert manifest["metadata"]["namespace"] == "velero"
+        (owner,) = manifest["metadata"]["ownerReferences"]
+        assert owner == {
+            "apiVersion": "velero.io/v2alpha1",
+            "kind": "DataUpload",
+            "name": "backup-1-abcde",
+            "uid": "uid-upload-1",
+            "controller": True,
+            "blockOwnerDeletion": False,
+        }
+
+
+def test_snapshot_objects_use_only_fields_the_crds_declare() -> None:
+    rendered = manifests(plan_exposure(upload_world()))
+    assert rendered.snapshot_content is not None
+    assert rendered.snapshot is not None
+    schema = crd_schema("snapshot.storage.k8s.io_volumesnapshotcontents.yaml")
+    assert schema_keys_exist(rendered.snapshot_content["spec"], schema["properties"]["spec"]) == []
+    schema = crd_schema("snapshot.storage.k8s.io_volumesnapshots.yaml")
+    assert schema_keys_exist(rendered.snapshot["spec"], schema["properties"]["spec"]) == []
+
+
+def test_filesystem_pod_mounts_the_volume_and_only_sleeps() -> None:
+    pod = manifests(plan_exposure(upload_world())).pod
+    spec = pod["spec"]
+    (container,) = spec["containers"]
+    assert container["command"] == list(EXPOSER_COMMAND)
+    assert container["volumeMounts"] == [
+        {"name": "volume", "mountPath": FILESYSTEM_MOUNT_PATH, "readOnly": False}
+    ]
+    assert "volumeDevices" not in container
+    assert spec["volumes"] == [
+        {"name": "volume", "persistentVolumeClaim": {"claimName": "backup-1-abcde", "readOnly": False}}
+    ]
+    assert spec["restartPolicy"] == "Never"
+    assert "nodeName" not in spec
+    assert "tolerations" not in spec
+    assert spec["securityContext"]["runAsNonRoot"] is True
+    assert container["securityContext"]["allowPrivilegeEscalation"] is False
+    assert pod["metadata"]["labels"][GENERATION_LABEL] == "0"
+
+
+def test_block_pod_gets_a_device_not_a_mount() -> None:
+    world = upload_world(source_pvc=replace(SOURCE_PVC, volume_mode=VolumeMode.BLOCK))
+    rendered = manifests(plan_exposure(world))
+    (container,) = rendered.pod["spec"]["containers"]
+    assert container["volumeDevices"] == [{"name": "volume", "devicePath": BLOCK_DEVICE_PATH}]
+    assert "volumeMounts" not in container
+    assert rendered.pvc["spec"]["volumeMode"] == "Block"
+    assert rendered.snapshot_content is not None
+    assert rendered.snapshot_content["spec"]["sourceVolumeMode"] == "Block"
+
+
+def test_backup_pvc_override_affinity_resources_priority_and_image_come_from_config() -> None:
+    rendered = manifests(plan_exposure(upload_world(config=CONFIG)))
+    pvc, pod = rendered.pvc, rendered.pod
+    assert pvc["spec"]["storageClassName"] == "backup-sc"
+    assert pvc["spec"]["accessModes"] == ["ReadOnlyMany"]
+    spec = pod["spec"]
+    (container,) = spec["containers"]
+    assert container["image"] == "example.org/barge:1"
+    assert container["volumeMounts"][0]["readOnly"] is True
+    assert spec["volumes"][0]["persistentVolumeClaim"]["readOnly"] is True
+    assert container["resources"] == {"requests": {"cpu": "100m"}, "limits": {"memory": "512Mi"}}
+    assert spec["priorityClassName"] == "low"
+    assert spec["securityContext"]["seLinuxOptions"] == {"type": "spc_t"}
+    (term,) = spec["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"][
+        "nodeSelectorTerms"
+    ]
+    assert term == {"matchExpressions": [{"key": "role", "operator": "In", "values": ["backup"]}]}
+
+
+def test_nodes_without_a_usable_agent_are_avoided() -> None:
+    agents = (agent(), agent(OTHER_NODE, connected=False), agent("node-c", cordoned=True))
+    spec = manifests(plan_exposure(upload_world(agents=agents))).pod["spec"]
+    (term,) = spec["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"][
+        "nodeSelectorTerms"
+    ]
+    assert term == {
+        "matchFields": [{"key": "metadata.name", "operator": "NotIn", "values": [OTHER_NODE, "node-c"]}]
+    }
+
+
+def test_no_constraints_means_no_affinity() -> None:
+    assert "affinity" not in manifests(plan_exposure(upload_world())).pod["spec"]
+
+
+def test_size_falls_back_to_the_source_pvc_when_the_snapshot_has_no_restore_size() -> None:
+    world = upload_world()
+    world = replace(world, snapshot=replace(world.snapshot, restore_size=0))
+    assert manifests(plan_exposure(world)).pvc["spec"]["resources"]["requests"]["storage"] == "10Gi"
+
+
+def test_download_has_a_plain_pvc_shaped_like_the_target_and_a_pod() -> None:
+    target = replace(TARGET_PVC, storage_class="fast", size="5Gi", access_modes=("ReadWriteOncePod",))
+    rendered = manifests(plan_exposure(observed(download_cr(), target_pvc=target)))
+    assert rendered.snapshot_content is None
+    assert rendered.snapshot is None
+    pvc, pod = rendered.in_creation_order()
+    assert "dataSource" not in pvc["spec"]
+    assert pvc["spec"]["storageClassName"] == "fast"
+    assert pvc["spec"]["accessModes"] == ["ReadWriteOncePod"]
+    assert pvc["spec"]["resources"]["requests"]["storage"] == "5Gi"
+    assert pod["metadata"]["labels"][LABEL_OWNER_KIND] == "DataDownload"
+    assert pod["spec"]["volumes"][0]["persistentVolumeClaim"]["claimName"] == "restore-1-xyz"
+
+
+@pytest.mark.parametrize(("ignore_delay_binding", "pinned"), [(False, True), (True, False)])
+def test_download_follows_a_wait_for_first_consumer_target_unless_told_not_to(
+    ignore_delay_binding: bool, pinned: bool
+) -> None:
+    target = replace(TARGET_PVC, wait_for_first_consumer=True, selected_node="node-z")
+    config = CoordinatorConfig.from_dict({"restorePVC": {"ignoreDelayBinding": ignore_delay_binding}})
+    spec = manifests(plan_exposure(observed(download_cr(), target_pvc=target, config=config))).pod["spec"]
+    if not pinned:
+        assert "affinity" not in spec
+        return
+    (term,) = spec["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"][
+        "nodeSelectorTerms"
+    ]
+    assert term == {"matchFields": [{"key": "metadata.name", "operator": "In", "values": ["node-z"]}]}
+
+
+def test_a_re_exposure_labels_the_pod_with_its_generation() -> None:
+    world = upload_world()
+    world = replace(world, cr=replace(world.cr, reexposures=2))
+    assert manifests(plan_exposure(world)).pod["metadata"]["labels"][GENERATION_LABEL] == "2"
+
+
+def test_download_plan_needs_the_target_pvc() -> None:
+    with pytest.raises(ValueError, match="target PVC"):
+        plan_exposure(observed(download_cr(), target_pvc=None))
