@@ -151,13 +151,13 @@ def test_a_frozen_leader_is_replaced_and_steps_down_when_it_wakes(make_elector: 
     time.sleep(RETRY_S * 2)
 
     thaw = threading.Event()
-    real_attempt = first._attempt
+    real_attempt: Callable[[], bool] = first._attempt
 
     def frozen() -> bool:
         thaw.wait()
         return real_attempt()
 
-    first._attempt = frozen  # type: ignore[method-assign]
+    first._attempt = frozen
     frozen_at = time.monotonic()
     try:
         taken = eventually(lambda: timeline.when("second", "started"), timeout=LEASE_S + 3)
