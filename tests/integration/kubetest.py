@@ -5,11 +5,12 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from kubernetes import client
 
 from barge.kube.resources import KubeObjects, Resource
+from tests.integration.objects import data_upload
 
 T = TypeVar("T")
 
@@ -27,6 +28,14 @@ def fresh_namespace(kube: client.ApiClient, prefix: str) -> Iterator[str]:
     objects.create(NAMESPACE, {"metadata": {"name": name}})
     yield name
     objects.delete(NAMESPACE, None, name)  # no namespace controller runs: contents stay, harmlessly
+
+
+def named_upload(namespace: str, name: str) -> dict[str, Any]:
+    """A DataUpload as Velero creates it, but with a fixed name in ``namespace``."""
+    body = data_upload()
+    body["metadata"].update(name=name, namespace=namespace)
+    del body["metadata"]["generateName"]
+    return body
 
 
 def eventually(probe: Callable[[], T | None], timeout: float = 10.0, interval: float = 0.05) -> T:

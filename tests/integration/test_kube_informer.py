@@ -13,7 +13,7 @@ from kubernetes import client
 from barge.errors import Expired
 from barge.kube.informer import Informer
 from barge.kube.resources import DATA_UPLOAD, NODE, SECRET, KubeObjects
-from tests.integration.kubetest import eventually, fresh_namespace, unique
+from tests.integration.kubetest import eventually, fresh_namespace, named_upload, unique
 from tests.integration.objects import data_upload
 
 pytestmark = pytest.mark.integration
@@ -107,20 +107,13 @@ def test_custom_resources_are_informed_too(
         informer.stop()
 
 
-def upload(namespace: str, name: str) -> dict[str, Any]:
-    body = data_upload()
-    body["metadata"].update(name=name, namespace=namespace)
-    del body["metadata"]["generateName"]
-    return body
-
-
 def test_the_api_server_expires_an_ancient_resource_version(objects: KubeObjects, namespace: str) -> None:
     """The premise of the relist test: a CR watch from resourceVersion 1 is answered with 410 Gone.
 
     (The watch cache of a CRD starts when the CRD is installed, long after revision 1; built-in
     kinds' caches start with the server, so their window may still reach back that far.)
     """
-    objects.create(DATA_UPLOAD, upload(namespace, "x"))
+    objects.create(DATA_UPLOAD, named_upload(namespace, "x"))
     with objects.watch(DATA_UPLOAD, namespace, "1", timeout_s=5) as stream, pytest.raises(Expired):
         list(stream.events())
 
@@ -128,14 +121,14 @@ def test_the_api_server_expires_an_ancient_resource_version(objects: KubeObjects
 def test_an_expired_watch_relists_and_reports_what_changed_meanwhile(
     kube: client.ApiClient, objects: KubeObjects, namespace: str
 ) -> None:
-    objects.create(DATA_UPLOAD, upload(namespace, "stays"))
-    objects.create(DATA_UPLOAD, upload(namespace, "goes"))
+    objects.create(DATA_UPLOAD, named_upload(namespace, "stays"))
+    objects.create(DATA_UPLOAD, named_upload(namespace, "goes"))
     recorder = Recorder()
     informer = start(Informer(kube, DATA_UPLOAD, namespace, on_event=recorder))
     try:
         informer._watch_from("1")  # as after a long disconnect: the next watch gets 410 Gone
         eventually(lambda: informer.relists >= 2)
-        objects.create(DATA_UPLOAD, upload(namespace, "new"))
+        objects.create(DATA_UPLOAD, named_upload(namespace, "new"))
         objects.delete(DATA_UPLOAD, namespace, "goes")
         eventually(lambda: informer.get(namespace, "new") and not informer.get(namespace, "goes"))
         assert recorder.of("stays") == ["ADDED"]  # unchanged objects are not re-announced by a relist

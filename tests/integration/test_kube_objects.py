@@ -19,8 +19,7 @@ from barge.kube.resources import (
     KubeObjects,
     resource_for,
 )
-from tests.integration.kubetest import fresh_namespace, unique
-from tests.integration.objects import data_upload
+from tests.integration.kubetest import fresh_namespace, named_upload, unique
 
 pytestmark = pytest.mark.integration
 
@@ -35,15 +34,8 @@ def objects(kube: client.ApiClient) -> KubeObjects:
     return KubeObjects(kube)
 
 
-def upload_in(namespace: str, name: str) -> dict[str, object]:
-    body = data_upload()
-    body["metadata"].update(name=name, namespace=namespace)
-    del body["metadata"]["generateName"]
-    return body
-
-
 def test_create_get_list_patch_replace_delete_a_custom_resource(objects: KubeObjects, namespace: str) -> None:
-    created = objects.create(DATA_UPLOAD, upload_in(namespace, "du-1"))
+    created = objects.create(DATA_UPLOAD, named_upload(namespace, "du-1"))
     assert created["metadata"]["uid"]
     fetched = objects.get(DATA_UPLOAD, namespace, "du-1")
     assert fetched["spec"]["sourcePVC"] == "data-db-0"
@@ -64,8 +56,8 @@ def test_create_get_list_patch_replace_delete_a_custom_resource(objects: KubeObj
 
 def test_list_filters_by_label_and_fills_in_kind(objects: KubeObjects, namespace: str) -> None:
     for index in range(3):
-        body = upload_in(namespace, f"du-{index}")
-        body["metadata"]["labels"]["pick"] = "yes" if index else "no"  # type: ignore[index]
+        body = named_upload(namespace, f"du-{index}")
+        body["metadata"]["labels"]["pick"] = "yes" if index else "no"
         objects.create(DATA_UPLOAD, body)
     picked = objects.list(DATA_UPLOAD, namespace, label_selector="pick=yes")
     assert sorted(item["metadata"]["name"] for item in picked) == ["du-1", "du-2"]
@@ -142,8 +134,8 @@ def test_cluster_scoped_and_core_resources(objects: KubeObjects) -> None:
 
 
 def test_invalid_objects_and_wrong_scopes_are_invalid_input(objects: KubeObjects, namespace: str) -> None:
-    body = upload_in(namespace, "bad")
-    del body["spec"]["sourcePVC"]  # type: ignore[attr-defined]
+    body = named_upload(namespace, "bad")
+    del body["spec"]["sourcePVC"]
     with pytest.raises(InvalidInput, match=r"spec.sourcePVC: Required value \(HTTP 422\)"):
         objects.create(DATA_UPLOAD, body)
     with pytest.raises(InvalidInput, match="cluster-scoped"):
