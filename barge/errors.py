@@ -22,12 +22,32 @@ class PermanentError(BargeError):
     """Retrying cannot succeed until something outside Barge changes; the message says what."""
 
 
+class Conflict(TemporaryError):
+    """Someone changed the object since it was read (HTTP 409): re-read it and try again."""
+
+
+class Expired(TemporaryError):
+    """A resourceVersion is too old for the API server (HTTP 410 Gone): list again, then watch."""
+
+
 class InvalidInput(PermanentError):
     """A spec, flag or argument is wrong; the message names it and what would be right."""
 
 
 class NotFound(PermanentError):
     """A referenced object (Secret, VolumeSnapshot, snapshot ID, ...) does not exist."""
+
+
+class Unauthenticated(PermanentError):
+    """The caller's credentials are invalid or expired: no identity could be established."""
+
+
+class PermissionDenied(PermanentError):
+    """The caller is known but not allowed to do this (wrong identity, node or binding)."""
+
+
+class Fenced(PermanentError):
+    """A write was refused because the writer no longer holds the assignment (or the CR is final)."""
 
 
 class ToolMissing(PermanentError):

@@ -1,0 +1,192 @@
+"""Leader election between real electors on a real Lease, with short durations."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack
+from typing import Any
+
+import pytest
+from kubernetes import client
+
+from barge.clock import SystemClock
+from barge.devenv.controlplane import ControlPlaneEndpoints
+from barge.errors import InvalidInput
+from barge.kube.client import api_client
+from barge.kube.leader import LeaderElector
+from barge.kube.resources import LEASE, KubeObjects
+from tests.integration.kubetest import eventually, fresh_namespace, unique
+
+pytestmark = pytest.mark.integration
+
+LEASE_S, RENEW_DEADLINE_S, RETRY_S = 3.0, 2.0, 0.5
+SLACK_S = 0.7  # request latency and thread scheduling on a loaded 2-core machine
+
+
+class Timeline:
+    """When each elector started and stopped leading."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.entries: list[tuple[float, str, str]] = []
+
+    def callback(self, identity: str, what: str) -> Callable[[], None]:
+        def record() -> None:
+            with self._lock:
+                self.entries.append((time.monotonic(), identity, what))
+
+        return record
+
+    def when(self, identity: str, what: str) -> float | None:
+        with self._lock:
+            return next((t for t, who, w in self.entries if who == identity and w == what), None)
+
+
+@pytest.fixture
+def namespace(kube: client.ApiClient) -> Iterator[str]:
+    yield from fresh_namespace(kube, "leader")
+
+
+@pytest.fixture
+def clients(control_plane: ControlPlaneEndpoints) -> Iterator[Callable[[], client.ApiClient]]:
+    """Each elector gets its own client, so one can be cut off from the server."""
+    with ExitStack() as stack:
+        yield lambda: stack.enter_context(api_client(control_plane.kubeconfig))
+
+
+@pytest.fixture
+def make_elector(
+    clients: Callable[[], client.ApiClient], namespace: str
+) -> Iterator[Callable[[str, Timeline, str], LeaderElector]]:
+    started: list[LeaderElector] = []
+
+    def make(identity: str, timeline: Timeline, lease: str) -> LeaderElector:
+        elector = LeaderElector(
+            clients(),
+            namespace,
+            lease,
+            identity,
+            clock=SystemClock(),
+            lease_duration_s=LEASE_S,
+            renew_deadline_s=RENEW_DEADLINE_S,
+            retry_period_s=RETRY_S,
+            on_started=timeline.callback(identity, "started"),
+            on_stopped=timeline.callback(identity, "stopped"),
+        )
+        started.append(elector)
+        elector.start()
+        return elector
+
+    yield make
+    for elector in started:
+        elector.stop()
+    assert not any(t.name.startswith("leader-") for t in threading.enumerate())
+
+
+def the_leader(electors: list[LeaderElector]) -> LeaderElector | None:
+    leading = [e for e in electors if e.is_leader]
+    assert len(leading) <= 1, f"two leaders: {[e.identity for e in leading]}"
+    return leading[0] if leading else None
+
+
+def test_exactly_one_of_two_leads(make_elector: Any, kube: client.ApiClient, namespace: str) -> None:
+    timeline, lease = Timeline(), unique("lease")
+    electors = [make_elector("a", timeline, lease), make_elector("b", timeline, lease)]
+    leader = eventually(lambda: the_leader(electors))
+    deadline = time.monotonic() + LEASE_S + 1
+    while time.monotonic() < deadline:  # through several renewals
+        assert the_leader(electors) is leader
+        time.sleep(0.05)
+    stored = KubeObjects(kube).get(LEASE, namespace, lease)
+    assert stored["spec"]["holderIdentity"] == leader.identity
+    assert stored["spec"]["leaseDurationSeconds"] == 3
+    assert timeline.when(leader.identity, "started") is not None
+
+
+def test_a_clean_stop_hands_over_within_the_retry_period(make_elector: Any) -> None:
+    timeline, lease = Timeline(), unique("lease")
+    first = make_elector("first", timeline, lease)
+    eventually(lambda: first.is_leader)
+    second = make_elector("second", timeline, lease)
+    time.sleep(RETRY_S * 2)
+    assert not second.is_leader
+
+    first.stop()
+    stopped = timeline.when("first", "stopped")
+    assert stopped is not None  # on_stopped ran before stop() returned
+    taken = eventually(lambda: timeline.when("second", "started"), timeout=LEASE_S)
+    assert taken - stopped < RETRY_S + SLACK_S
+    assert second.is_leader
+    assert not first.is_leader
+
+
+def test_a_cut_off_leader_steps_down_and_the_standby_takes_over_after_the_lease(
+    make_elector: Any, clients: Any, namespace: str
+) -> None:
+    timeline, lease = Timeline(), unique("lease")
+    first = make_elector("first", timeline, lease)
+    eventually(lambda: first.is_leader)
+    second = make_elector("second", timeline, lease)
+    time.sleep(RETRY_S * 2)
+
+    first._objects.api.configuration.host = "https://127.0.0.1:1"  # nothing listens: renewals fail
+    cut = time.monotonic()
+    stepped_down = eventually(lambda: timeline.when("first", "stopped"), timeout=LEASE_S + 2)
+    assert stepped_down - cut < RENEW_DEADLINE_S + RETRY_S + SLACK_S
+    taken = eventually(lambda: timeline.when("second", "started"), timeout=LEASE_S + 3)
+    assert stepped_down < taken, "the new leader started before the old one stopped"
+    assert taken - cut < LEASE_S + RETRY_S + SLACK_S
+    assert not first.is_leader
+    assert second.is_leader
+
+
+def test_a_frozen_leader_is_replaced_and_steps_down_when_it_wakes(make_elector: Any) -> None:
+    """A leader that stops renewing without a word (a paused process) loses the Lease after it expires."""
+    timeline, lease = Timeline(), unique("lease")
+    first = make_elector("first", timeline, lease)
+    eventually(lambda: first.is_leader)
+    second = make_elector("second", timeline, lease)
+    time.sleep(RETRY_S * 2)
+
+    thaw = threading.Event()
+    real_attempt: Callable[[], bool] = first._attempt
+
+    def frozen() -> bool:
+        thaw.wait()
+        return real_attempt()
+
+    first._attempt = frozen
+    frozen_at = time.monotonic()
+    try:
+        taken = eventually(lambda: timeline.when("second", "started"), timeout=LEASE_S + 3)
+        assert taken - frozen_at < LEASE_S + RETRY_S + SLACK_S
+        assert timeline.when("first", "stopped") is None  # frozen: it has not noticed yet
+    finally:
+        thaw.set()
+    eventually(lambda: timeline.when("first", "stopped"), timeout=RETRY_S * 4)
+    assert second.is_leader
+    assert not first.is_leader
+
+
+def test_timings_must_leave_the_renew_deadline_inside_the_lease(kube: client.ApiClient) -> None:
+    def make(lease_s: float, deadline_s: float, retry_s: float) -> LeaderElector:
+        return LeaderElector(
+            kube,
+            "default",
+            "x",
+            "me",
+            clock=SystemClock(),
+            lease_duration_s=lease_s,
+            renew_deadline_s=deadline_s,
+            retry_period_s=retry_s,
+            on_started=lambda: None,
+            on_stopped=lambda: None,
+        )
+
+    with pytest.raises(InvalidInput, match="retry_period_s < renew_deadline_s < lease_duration_s"):
+        make(10, 10, 2)
+    with pytest.raises(InvalidInput):
+        make(15, 10, 10)
+    make(15, 10, 2)
