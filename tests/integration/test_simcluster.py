@@ -17,6 +17,7 @@ from barge.control.naming import kubelet_volume_path
 from barge.devenv.simcluster import DRIVER, SimCluster
 from barge.devenv.waiting import wait_for
 from barge.errors import InvalidInput
+from tests.integration.objects import data_upload
 
 pytestmark = pytest.mark.integration
 
@@ -653,3 +654,116 @@ def test_orphans_are_garbage_collected_and_owned_objects_kept(
     assert read_pod(core, ns, "pod-kept") is not None
     assert core.read_namespaced_persistent_volume_claim("pvc-kept", ns) is not None
     assert crs.get_namespaced_custom_object(*SNAP, ns, "volumesnapshots", "vs-kept") is not None
+
+
+def test_the_coordinators_backup_exposure_runs_and_is_collected_with_its_data_upload(
+    kube: client.ApiClient, tmp_path: Path
+) -> None:
+    """docs/control-plane.md "Exposure", step by step, then the DataUpload goes and takes it all along."""
+    core, crs = client.CoreV1Api(kube), client.CustomObjectsApi(kube)
+    app_ns, cr_ns = f"app-{uuid.uuid4().hex[:6]}", f"velero-{uuid.uuid4().hex[:6]}"
+    for namespace in (app_ns, cr_ns):
+        core.create_namespace({"metadata": {"name": namespace}})
+    with SimCluster(kube, tmp_path / "sim", namespaces=(app_ns, cr_ns), poll_s=0.1) as sim:
+        node = node_name()
+        sim.add_node(node)
+        source = write_tree(tmp_path / "app-data")
+        vs_name, handle = sim.snapshot_source(app_ns, "data-db-0", source)
+        original = crs.get_namespaced_custom_object(*SNAP, app_ns, "volumesnapshots", vs_name)
+        original_content = crs.get_cluster_custom_object(
+            *SNAP, "volumesnapshotcontents", original["status"]["boundVolumeSnapshotContentName"]
+        )
+        assert original_content["status"]["snapshotHandle"] == handle
+
+        upload = data_upload(pvc="data-db-0", source_ns=app_ns)
+        upload["metadata"]["namespace"] = cr_ns
+        upload["spec"]["csiSnapshot"]["volumeSnapshot"] = vs_name
+        upload = crs.create_namespaced_custom_object("velero.io", "v2alpha1", cr_ns, "datauploads", upload)
+        name = upload["metadata"]["name"]
+        owner = [
+            {
+                "apiVersion": "velero.io/v2alpha1",
+                "kind": "DataUpload",
+                "name": name,
+                "uid": upload["metadata"]["uid"],
+                "controller": True,
+            }
+        ]
+        crs.create_cluster_custom_object(
+            *SNAP,
+            "volumesnapshotcontents",
+            {
+                "apiVersion": "snapshot.storage.k8s.io/v1",
+                "kind": "VolumeSnapshotContent",
+                "metadata": {"name": name},
+                "spec": {
+                    "deletionPolicy": "Retain",
+                    "driver": original_content["spec"]["driver"],
+                    "source": {"snapshotHandle": handle},
+                    "volumeSnapshotRef": {"namespace": cr_ns, "name": name},
+                },
+            },
+        )
+        try:
+            crs.create_namespaced_custom_object(
+                *SNAP,
+                cr_ns,
+                "volumesnapshots",
+                {
+                    **VS_TYPE,
+                    "metadata": {"name": name, "ownerReferences": owner},
+                    "spec": {"source": {"volumeSnapshotContentName": name}},
+                },
+            )
+            claim = pvc_body(name, snapshot=name, size=str(original["status"]["restoreSize"]))
+            claim["metadata"]["ownerReferences"] = owner
+            core.create_namespaced_persistent_volume_claim(cr_ns, claim)
+            exposer = pod_body(name, name)
+            exposer["metadata"]["ownerReferences"] = owner
+            core.create_namespaced_pod(cr_ns, exposer)
+
+            pod = wait_running(core, cr_ns, name)
+            pv_name = bound_pv(core, cr_ns, name)
+            mount = volume_path(sim, pod, pv_name, block=False)
+            assert tree(mount.resolve()) == tree(source)
+            data_dir = mount.resolve()
+
+            crs.delete_namespaced_custom_object("velero.io", "v2alpha1", cr_ns, "datauploads", name)
+            wait_gone(core.read_namespaced_pod, name, cr_ns)
+            wait_gone(core.read_namespaced_persistent_volume_claim, name, cr_ns)
+            wait_gone(crs.get_namespaced_custom_object, *SNAP, cr_ns, "volumesnapshots", name)
+            wait_gone(core.read_persistent_volume, pv_name)
+            assert not data_dir.exists()
+            assert tree(source)  # the application's data is untouched
+            retained = crs.get_cluster_custom_object(*SNAP, "volumesnapshotcontents", name)
+            assert retained["spec"]["deletionPolicy"] == "Retain"
+        finally:
+            crs.delete_cluster_custom_object(*SNAP, "volumesnapshotcontents", name)
+    assert sim.errors == []
+
+
+def test_foreground_deletion_removes_dependents_before_the_owner(
+    kube: client.ApiClient, sim: SimCluster, ns: str
+) -> None:
+    core = client.CoreV1Api(kube)
+    sim.add_node(node_name())
+    owner = core.create_namespaced_config_map(ns, {"metadata": {"name": "parent"}})
+    refs = [
+        {
+            "apiVersion": "v1",
+            "kind": "ConfigMap",
+            "name": "parent",
+            "uid": owner.metadata.uid,
+            "blockOwnerDeletion": True,
+        }
+    ]
+    child = pod_body("child")
+    child["metadata"]["ownerReferences"] = refs
+    core.create_namespaced_pod(ns, child)
+    wait_running(core, ns, "child")
+
+    core.delete_namespaced_config_map("parent", ns, propagation_policy="Foreground")
+    parent = core.read_namespaced_config_map("parent", ns)
+    assert "foregroundDeletion" in parent.metadata.finalizers
+    wait_gone(core.read_namespaced_pod, "child", ns)
+    wait_gone(core.read_namespaced_config_map, "parent", ns)
