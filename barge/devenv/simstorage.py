@@ -6,11 +6,12 @@ import os
 from pathlib import Path
 
 from barge.devenv.simapi import PVCS, PVS, STORAGE_CLASSES, Obj
-from barge.devenv.simrules import claim_names, pod_is_active
+from barge.devenv.simrules import claim_names, pod_is_active, selector_matches
 from barge.devenv.simsnapshots import SnapshotData, SnapshotRegistry, copy_volume_data, quantity_bytes
 from barge.devenv.simworld import DRIVER, PV_PROTECTION, PVC_PROTECTION, SimContext, World, key, remove_path
 
 SNAPSHOT_GROUP = "snapshot.storage.k8s.io"
+_UNCLAIMED = (None, "Pending", "Available")
 
 
 def _phase(obj: Obj) -> str | None:
@@ -32,13 +33,30 @@ def claim_ref_admits(pv: Obj, pvc: Obj) -> bool:
     """The PV is free, or pre-bound to this claim (by name, and by uid once it has one)."""
     ref = pv["spec"].get("claimRef")
     if not ref:
-        return _phase(pv) in (None, "Pending", "Available")
+        return _phase(pv) in _UNCLAIMED
     namespace, name = key(pvc)
     return (ref.get("namespace"), ref.get("name")) == (namespace, name) and ref.get("uid") in (
         None,
         "",
         pvc["metadata"]["uid"],
     )
+
+
+def static_volume_fits(pv: Obj, pvc: Obj) -> bool:
+    """An Available, unclaimed PV that satisfies the claim: class, selector, mode, access, size."""
+    pv_spec, claim = pv["spec"], pvc["spec"]
+    if pv_spec.get("claimRef") or pv["metadata"].get("deletionTimestamp") or _phase(pv) not in _UNCLAIMED:
+        return False
+    if pv_spec.get("storageClassName", "") != (claim.get("storageClassName") or ""):
+        return False
+    if claim.get("selector") and not selector_matches(claim["selector"], pv["metadata"].get("labels") or {}):
+        return False
+    if pv_spec.get("volumeMode", "Filesystem") != claim.get("volumeMode", "Filesystem"):
+        return False
+    if not set(claim.get("accessModes") or []) <= set(pv_spec.get("accessModes") or []):
+        return False
+    request = quantity_bytes(claim["resources"]["requests"]["storage"])
+    return quantity_bytes(pv_spec["capacity"]["storage"]) >= request
 
 
 class StorageController:
@@ -92,7 +110,8 @@ class StorageController:
                 and claim_ref_admits(pv, pvc)
             ):
                 return pv
-        return None
+        fitting = [pv for pv in world.pvs.values() if static_volume_fits(pv, pvc)]
+        return min(fitting, key=lambda pv: quantity_bytes(pv["spec"]["capacity"]["storage"]), default=None)
 
     def bind(self, pv: Obj, pvc: Obj) -> None:
         """Point each at the other and mark both Bound (the PV first, as the PV controller does)."""
@@ -223,6 +242,11 @@ class StorageController:
 
     def _volume(self, pv: Obj, world: World) -> None:
         ref = pv["spec"].get("claimRef") or {}
+        if not ref and _phase(pv) in (None, "Pending") and not pv["metadata"].get("deletionTimestamp"):
+            self._ctx.rest.patch(
+                PVS, pv["metadata"]["name"], {"status": {"phase": "Available"}}, sub="status"
+            )
+            return
         if not self._ctx.in_scope(ref.get("namespace")):
             return
         metadata = pv["metadata"]

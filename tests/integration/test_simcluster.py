@@ -767,3 +767,38 @@ def test_foreground_deletion_removes_dependents_before_the_owner(
     assert "foregroundDeletion" in parent.metadata.finalizers
     wait_gone(core.read_namespaced_pod, "child", ns)
     wait_gone(core.read_namespaced_config_map, "parent", ns)
+
+
+def test_a_claim_with_a_selector_binds_the_smallest_available_volume_that_fits(
+    kube: client.ApiClient, sim: SimCluster, ns: str
+) -> None:
+    core = client.CoreV1Api(kube)
+    names = {size: f"static-{ns}-{size.lower()}" for size in ("1Gi", "2Gi", "5Gi")}
+    for size, name in names.items():
+        core.create_persistent_volume(
+            {
+                "metadata": {"name": name, "labels": {"set": ns}},
+                "spec": {
+                    "capacity": {"storage": size},
+                    "accessModes": ["ReadWriteOnce"],
+                    "storageClassName": "manual",
+                    "persistentVolumeReclaimPolicy": "Retain",
+                    "csi": {"driver": DRIVER, "volumeHandle": name},
+                },
+            }
+        )
+    try:
+        wait_for(
+            lambda: core.read_persistent_volume(names["5Gi"]).status.phase == "Available",
+            WAIT,
+            what="Available",
+        )
+        claim = pvc_body("static", size="1500Mi")
+        claim["spec"]["storageClassName"] = "manual"
+        claim["spec"]["selector"] = {"matchLabels": {"set": ns}}
+        core.create_namespaced_persistent_volume_claim(ns, claim)
+        assert bound_pv(core, ns, "static") == names["2Gi"]
+        assert core.read_persistent_volume(names["1Gi"]).status.phase == "Available"
+    finally:
+        for name in names.values():
+            core.delete_persistent_volume(name)
