@@ -34,6 +34,7 @@ from barge.devenv.simapi import (
     PVCS,
     PVS,
     STORAGE_CLASSES,
+    STRATEGIC_PATCH,
     VOLUME_SNAPSHOT_CLASSES,
     VOLUME_SNAPSHOT_CONTENTS,
     VOLUME_SNAPSHOTS,
@@ -224,6 +225,23 @@ class SimCluster:
             },
         }
 
+    def set_node_ready(self, name: str, ready: bool) -> None:
+        """Flip the node's Ready condition (a kubelet that stopped posting status, or came back)."""
+        now = self._ctx.now_text()
+        condition = {
+            "type": "Ready",
+            "status": "True" if ready else "Unknown",
+            "reason": "KubeletReady" if ready else "NodeStatusUnknown",
+            "message": "simulated kubelet is posting ready status"
+            if ready
+            else "Kubelet stopped posting node status.",
+            "lastHeartbeatTime": now,
+            "lastTransitionTime": now,
+        }
+        patch = {"status": {"conditions": [condition]}}
+        if self._ctx.rest.patch(NODES, name, patch, sub="status", content_type=STRATEGIC_PATCH) is None:
+            raise NotFound(f"node {name} does not exist")
+
     def cordon(self, name: str) -> None:
         self._set_unschedulable(name, True)
 
@@ -294,7 +312,16 @@ class SimCluster:
         with contextlib.suppress(NotFound):
             self.evict(*key(pod))
 
-    # -- snapshots -------------------------------------------------------------------------------
+    # -- volumes and snapshots -------------------------------------------------------------------
+
+    def claim_data(self, namespace: str, claim: str) -> Path:
+        """Where the data of the volume bound to ``claim`` lives (a directory, or a Block image)."""
+        pvc = self._ctx.rest.get(PVCS, claim, namespace)
+        pv_name = str(((pvc or {}).get("spec") or {}).get("volumeName") or "")
+        pv = self._ctx.rest.get(PVS, pv_name) if pv_name else None
+        if pv is None:
+            raise NotFound(f"PVC {namespace}/{claim} is not bound to a volume")
+        return self._ctx.data_path(pv_name, pv["spec"].get("volumeMode") == "Block").resolve()
 
     def snapshot_source(
         self,

@@ -6,7 +6,7 @@ from collections import Counter
 from pathlib import Path
 
 from barge.control.naming import kubelet_volume_path
-from barge.devenv.simapi import PDBS, PODS, Obj
+from barge.devenv.simapi import PDBS, PODS, STRATEGIC_PATCH, Obj
 from barge.devenv.simrules import (
     TERMINAL_PHASES,
     claim_names,
@@ -95,10 +95,7 @@ class Scheduler:
         }
         namespace, name = key(pod)
         patch = {"status": {"phase": "Pending", "conditions": [condition]}}
-        self._ctx.rest.patch(PODS, name, patch, namespace, sub="status", content_type=STRATEGIC)
-
-
-STRATEGIC = "application/strategic-merge-patch+json"
+        self._ctx.rest.patch(PODS, name, patch, namespace, sub="status", content_type=STRATEGIC_PATCH)
 
 
 class Kubelets:
@@ -200,7 +197,9 @@ class Kubelets:
             "containerStatuses": containers,
         }
         namespace, name = key(pod)
-        self._ctx.rest.patch(PODS, name, {"status": status}, namespace, sub="status", content_type=STRATEGIC)
+        self._ctx.rest.patch(
+            PODS, name, {"status": status}, namespace, sub="status", content_type=STRATEGIC_PATCH
+        )
 
     def fail(self, namespace: str, name: str, reason: str) -> None:
         """The pod's containers crashed: phase Failed, not ready, containers terminated."""
@@ -231,7 +230,9 @@ class Kubelets:
             "conditions": conditions,
             "containerStatuses": containers,
         }
-        self._ctx.rest.patch(PODS, name, {"status": status}, namespace, sub="status", content_type=STRATEGIC)
+        self._ctx.rest.patch(
+            PODS, name, {"status": status}, namespace, sub="status", content_type=STRATEGIC_PATCH
+        )
 
 
 class DisruptionController:

@@ -261,9 +261,7 @@ def test_block_volume_is_an_image_copied_with_its_holes(
         assert handle.read(4096) == bytes(4096)
 
 
-def test_a_cordoned_node_gets_no_pods_until_uncordoned(
-    kube: client.ApiClient, sim: SimCluster, ns: str
-) -> None:
+def test_a_cordoned_or_not_ready_node_gets_no_pods(kube: client.ApiClient, sim: SimCluster, ns: str) -> None:
     core = client.CoreV1Api(kube)
     node = node_name()
     sim.add_node(node, {"pool": ns})
@@ -281,7 +279,11 @@ def test_a_cordoned_node_gets_no_pods_until_uncordoned(
     assert pod.spec.node_name is None
     assert pod.status.phase == "Pending"
 
+    sim.set_node_ready(node, False)
     sim.uncordon(node)
+    sim.reconcile_once()
+    assert core.read_namespaced_pod("waiting", ns).spec.node_name is None
+    sim.set_node_ready(node, True)
     assert wait_running(core, ns, "waiting").spec.node_name == node
 
 
@@ -385,6 +387,7 @@ class TestClaimAndVolumeLifecycle:
         created = core.create_namespaced_persistent_volume_claim(ns, target)
 
         assert bound_pv(core, ns, "target") == pv_name
+        assert (sim.claim_data(ns, "target") / "restored.txt").read_text() == "restored data"
         pv = core.read_persistent_volume(pv_name)
         assert pv.status.phase == "Bound"
         assert (pv.spec.claim_ref.name, pv.spec.claim_ref.uid) == ("target", created.metadata.uid)
