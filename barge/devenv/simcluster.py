@@ -8,8 +8,9 @@ evictions honour PodDisruptionBudgets and orphans are garbage-collected.
 
 Layout under ``root``: ``volumes/<pv>`` (a Filesystem PV's data) or ``volumes/<pv>.img`` (a Block
 PV's image), ``nodes/<node>/kubelet`` (a node's kubelet root), ``snapshots/`` (snapshot handles).
-The simulator only runs nodes it added (annotated with its root), so several simulators can share
-one API server; ``namespaces`` limits the namespaced objects it acts on.
+The simulator only runs nodes it added (annotated with its root) and acts only on namespaced
+objects in ``namespaces`` (all when None), so several simulators with disjoint namespaces can
+share one API server.
 """
 
 from __future__ import annotations
@@ -136,7 +137,7 @@ class SimCluster:
         while not self._stopping.is_set():
             try:
                 self.reconcile_once()
-            except Exception as err:
+            except Exception as err:  # the loop must outlive any one failure; errors shows it
                 self._ctx.record(f"tick: {type(err).__name__}: {err}")
             self._stopping.wait(self._poll_s)
 
@@ -145,8 +146,6 @@ class SimCluster:
         with self._tick:
             world = World.observe(self._ctx.rest, self._ctx.namespaces)
             for controller in self._controllers:
-                if self._stopping.is_set():
-                    return
                 controller.reconcile(world)
 
     # -- nodes -----------------------------------------------------------------------------------

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -805,3 +806,28 @@ def test_a_claim_with_a_selector_binds_the_smallest_available_volume_that_fits(
     finally:
         for name in names.values():
             core.delete_persistent_volume(name)
+
+
+def test_simulators_sharing_an_api_server_run_only_their_own_nodes_and_stop_promptly(
+    kube: client.ApiClient, sim: SimCluster, ns: str, tmp_path: Path
+) -> None:
+    """Disjoint namespaces, one API server: each simulator schedules to and mounts on its own nodes."""
+    core = client.CoreV1Api(kube)
+    sim.add_node(node_name(), {"owner": "first"})
+    second_ns = f"{ns}-2"
+    core.create_namespace({"metadata": {"name": second_ns}})
+    other = SimCluster(kube, tmp_path / "second", namespaces=(second_ns,), poll_s=0.1)
+    with other:
+        theirs = node_name()
+        other.add_node(theirs, {"owner": "second"})
+        core.create_namespaced_pod(ns, pod_body("for-second", node_selector={"owner": "second"}))
+        core.create_namespaced_persistent_volume_claim(second_ns, pvc_body("claim"))
+        core.create_namespaced_pod(second_ns, pod_body("with-volume", "claim"))
+        with_volume = wait_running(core, second_ns, "with-volume")
+        assert with_volume.spec.node_name == theirs
+        assert volume_path(other, with_volume, bound_pv(core, second_ns, "claim"), block=False).is_symlink()
+        sim.reconcile_once()
+        assert core.read_namespaced_pod("for-second", ns).spec.node_name is None  # not first's to place
+        started = time.monotonic()
+    assert time.monotonic() - started < 2.0
+    assert other.errors == []
