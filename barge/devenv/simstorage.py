@@ -125,7 +125,9 @@ class StorageController:
             "uid": pvc["metadata"]["uid"],
         }
         if (pv["spec"].get("claimRef") or {}).get("uid") != claim_ref["uid"]:
-            rest.patch(PVS, pv_name, {"spec": {"claimRef": claim_ref}})
+            # Against the version read: two claims racing for one PV cannot both win it (409).
+            version = {"resourceVersion": pv["metadata"]["resourceVersion"]}
+            rest.patch(PVS, pv_name, {"metadata": version, "spec": {"claimRef": claim_ref}})
         rest.patch(PVS, pv_name, {"status": {"phase": "Bound"}}, sub="status")
         annotations = {
             "pv.kubernetes.io/bind-completed": "yes",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 import time
@@ -41,6 +42,16 @@ def sim(kube: client.ApiClient, ns: str, tmp_path: Path) -> Iterator[SimCluster]
     with cluster:
         yield cluster
     assert cluster.errors == []
+
+
+@contextlib.contextmanager
+def sim_paused(sim: SimCluster) -> Iterator[None]:
+    """Let objects pile up unseen, so the next pass meets them all at once (a race on purpose)."""
+    sim.stop()
+    try:
+        yield
+    finally:
+        sim.start()
 
 
 def node_name() -> str:
@@ -574,7 +585,7 @@ class TestDisruption:
             wait_running(core, ns, name)
         policy.create_namespaced_pod_disruption_budget(ns, pdb("web", {"app": "web"}, 1))
 
-        assert sim.drain(draining, timeout=1.5) == [f"{ns}/guarded"]
+        assert sim.drain(draining, timeout=3.0) == [f"{ns}/guarded"]
         assert read_pod(core, ns, "free") is None
         assert core.read_node(draining).spec.unschedulable is True
 
@@ -831,3 +842,40 @@ def test_simulators_sharing_an_api_server_run_only_their_own_nodes_and_stop_prom
         started = time.monotonic()
     assert time.monotonic() - started < 2.0
     assert other.errors == []
+
+
+def test_two_claims_racing_for_one_available_volume_get_it_once(
+    kube: client.ApiClient, sim: SimCluster, ns: str
+) -> None:
+    core = client.CoreV1Api(kube)
+    pv_name = f"only-{ns}"
+    core.create_persistent_volume(
+        {
+            "metadata": {"name": pv_name, "labels": {"set": ns}},
+            "spec": {
+                "capacity": {"storage": "1Gi"},
+                "accessModes": ["ReadWriteOnce"],
+                "storageClassName": "manual",
+                "csi": {"driver": DRIVER, "volumeHandle": pv_name},
+            },
+        }
+    )
+    try:
+        with sim_paused(sim):
+            for name in ("left", "right"):
+                claim = pvc_body(name)
+                claim["spec"]["storageClassName"] = "manual"
+                claim["spec"]["selector"] = {"matchLabels": {"set": ns}}
+                core.create_namespaced_persistent_volume_claim(ns, claim)
+        winner = wait_for(
+            lambda: core.read_persistent_volume(pv_name).status.phase == "Bound", WAIT, what="PV Bound"
+        )
+        assert winner
+        for _ in range(3):
+            sim.reconcile_once()
+        phases = sorted(
+            core.read_namespaced_persistent_volume_claim(n, ns).status.phase for n in ("left", "right")
+        )
+        assert phases == ["Bound", "Pending"]
+    finally:
+        core.delete_persistent_volume(pv_name)
