@@ -1,0 +1,270 @@
+"""Simulated scheduler, kubelets, pod garbage collection and disruption controller."""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+
+from barge.control.naming import kubelet_volume_path
+from barge.devenv.simapi import PDBS, PODS, STRATEGIC_PATCH, Obj
+from barge.devenv.simrules import (
+    TERMINAL_PHASES,
+    claim_names,
+    pdb_status,
+    pick_node,
+    pod_is_active,
+)
+from barge.devenv.simsnapshots import quantity_bytes
+from barge.devenv.simstorage import prepare_empty
+from barge.devenv.simworld import SimContext, World, key, remove_path
+
+DEFAULT_SCHEDULER = "default-scheduler"
+
+
+def _status(obj: Obj) -> Obj:
+    status: Obj = obj.get("status") or {}
+    return status
+
+
+def claims_problem(pod: Obj, world: World) -> str | None:
+    """Why the pod's claims keep it from being scheduled (the scheduler's VolumeBinding filter)."""
+    namespace = pod["metadata"]["namespace"]
+    for name in claim_names(pod):
+        pvc = world.pvcs.get((namespace, name))
+        if pvc is None:
+            return f'persistentvolumeclaim "{name}" not found'
+        if pvc["metadata"].get("deletionTimestamp"):
+            return f'persistentvolumeclaim "{name}" is being deleted'
+        if _status(pvc).get("phase") != "Bound":
+            return "pod has unbound immediate PersistentVolumeClaims"
+    return None
+
+
+class Scheduler:
+    """Binds unscheduled pods to the least-loaded fitting node this simulator runs."""
+
+    def __init__(self, ctx: SimContext) -> None:
+        self._ctx = ctx
+
+    def reconcile(self, world: World) -> None:
+        nodes = [n for n in world.nodes.values() if self._ctx.owns_node(n)]
+        load = Counter(p["spec"]["nodeName"] for p in world.pods if pod_is_active(p))
+        for pod in world.pods:
+            spec, metadata = pod["spec"], pod["metadata"]
+            if spec.get("nodeName") or metadata.get("deletionTimestamp"):
+                continue
+            if _status(pod).get("phase") in TERMINAL_PHASES:
+                continue
+            if spec.get("schedulerName", DEFAULT_SCHEDULER) != DEFAULT_SCHEDULER:
+                continue
+            self._ctx.attempt(f"schedule pod {key(pod)}", self._schedule, pod, world, nodes, load)
+
+    def _schedule(self, pod: Obj, world: World, nodes: list[Obj], load: Counter[str]) -> None:
+        problem = claims_problem(pod, world)
+        node = None if problem else pick_node(pod, nodes, load)
+        if node is None:
+            self._mark_unschedulable(pod, problem or self._no_node_message(len(nodes)))
+            return
+        namespace, name = key(pod)
+        binding = {
+            "apiVersion": "v1",
+            "kind": "Binding",
+            "metadata": {"name": name, "uid": pod["metadata"]["uid"]},
+            "target": {"apiVersion": "v1", "kind": "Node", "name": node},
+        }
+        self._ctx.rest.post(PODS, name, "binding", binding, namespace)
+        load[node] += 1
+
+    @staticmethod
+    def _no_node_message(count: int) -> str:
+        return (
+            f"0/{count} nodes are available: none is Ready, schedulable and matches the pod's "
+            "node selector, node affinity and tolerations"
+        )
+
+    def _mark_unschedulable(self, pod: Obj, message: str) -> None:
+        current = [c for c in _status(pod).get("conditions") or [] if c.get("type") == "PodScheduled"]
+        if current and current[0].get("reason") == "Unschedulable" and current[0].get("message") == message:
+            return
+        condition = {
+            "type": "PodScheduled",
+            "status": "False",
+            "reason": "Unschedulable",
+            "message": message,
+            "lastTransitionTime": self._ctx.now_text(),
+        }
+        namespace, name = key(pod)
+        patch = {"status": {"phase": "Pending", "conditions": [condition]}}
+        self._ctx.rest.patch(PODS, name, patch, namespace, sub="status", content_type=STRATEGIC_PATCH)
+
+
+class Kubelets:
+    """Every simulated node's kubelet: mounts volumes as symlinks, runs pods, finishes deletions."""
+
+    def __init__(self, ctx: SimContext) -> None:
+        self._ctx = ctx
+        self._next_ip = 0
+
+    def reconcile(self, world: World) -> None:
+        for pod in world.pods:
+            node_name = pod["spec"].get("nodeName")
+            if not node_name:
+                continue
+            node = world.nodes.get(node_name)
+            if self._ctx.owns_node(node):
+                self._ctx.attempt(f"kubelet pod {key(pod)}", self._sync, pod, world)
+            elif node is None and self._ctx.kubelet_root(node_name).exists():
+                self._ctx.attempt(f"pod gc {key(pod)}", self._finish_deletion, pod)
+
+    def _sync(self, pod: Obj, world: World) -> None:
+        phase = _status(pod).get("phase")
+        if pod["metadata"].get("deletionTimestamp"):
+            self._finish_deletion(pod)
+        elif phase in TERMINAL_PHASES:
+            self._unmount(pod)
+        elif phase in (None, "Pending"):
+            self._start(pod, world)
+
+    def pod_dir(self, pod: Obj) -> Path:
+        return self._ctx.kubelet_root(str(pod["spec"]["nodeName"])) / "pods" / str(pod["metadata"]["uid"])
+
+    def _unmount(self, pod: Obj) -> None:
+        remove_path(self.pod_dir(pod))
+
+    def _finish_deletion(self, pod: Obj) -> None:
+        self._unmount(pod)
+        namespace, name = key(pod)
+        self._ctx.rest.delete(PODS, name, namespace, uid=pod["metadata"]["uid"], grace_seconds=0)
+
+    def _start(self, pod: Obj, world: World) -> None:
+        volumes = self._volumes(pod, world)
+        if volumes is None:
+            return  # ContainerCreating: a claim or its volume is not there yet
+        kubelet_root = str(self._ctx.kubelet_root(pod["spec"]["nodeName"]))
+        for pv in volumes:
+            pv_name = pv["metadata"]["name"]
+            block = pv["spec"].get("volumeMode") == "Block"
+            data = self._ctx.data_path(pv_name, block)
+            if not data.exists():
+                prepare_empty(data, block, quantity_bytes(pv["spec"]["capacity"]["storage"]))
+            link = Path(kubelet_volume_path(kubelet_root, pod["metadata"]["uid"], pv_name, block))
+            link.parent.mkdir(parents=True, exist_ok=True)
+            remove_path(link)
+            link.symlink_to(data)
+        self._report_running(pod)
+
+    @staticmethod
+    def _volumes(pod: Obj, world: World) -> list[Obj] | None:
+        namespace = pod["metadata"]["namespace"]
+        volumes = []
+        for claim in claim_names(pod):
+            pvc = world.pvcs.get((namespace, claim)) or {}
+            pv = world.pvs.get((pvc.get("spec") or {}).get("volumeName") or "")
+            if _status(pvc).get("phase") != "Bound" or pv is None:
+                return None
+            volumes.append(pv)
+        return volumes
+
+    def _report_running(self, pod: Obj) -> None:
+        now = self._ctx.now_text()
+        self._next_ip += 1
+        ip = f"127.0.0.{2 + self._next_ip % 250}"
+        conditions = [
+            {"type": kind, "status": "True", "lastTransitionTime": now}
+            for kind in ("PodScheduled", "Initialized", "ContainersReady", "Ready")
+        ]
+        containers = [
+            {
+                "name": c["name"],
+                "image": c.get("image", ""),
+                "imageID": f"sim://{c.get('image', '')}",
+                "containerID": f"sim://{pod['metadata']['uid']}/{c['name']}",
+                "ready": True,
+                "started": True,
+                "restartCount": 0,
+                "state": {"running": {"startedAt": now}},
+            }
+            for c in pod["spec"]["containers"]
+        ]
+        status = {
+            "phase": "Running",
+            "conditions": conditions,
+            "hostIP": "127.0.0.1",
+            "hostIPs": [{"ip": "127.0.0.1"}],
+            "podIP": ip,
+            "podIPs": [{"ip": ip}],
+            "startTime": now,
+            "containerStatuses": containers,
+        }
+        namespace, name = key(pod)
+        self._ctx.rest.patch(
+            PODS, name, {"status": status}, namespace, sub="status", content_type=STRATEGIC_PATCH
+        )
+
+    def fail(self, namespace: str, name: str, reason: str) -> None:
+        """The pod's containers crashed: phase Failed, not ready, containers terminated."""
+        pod = self._ctx.rest.get(PODS, name, namespace)
+        if pod is None:
+            raise KeyError(f"pod {namespace}/{name} does not exist")
+        now = self._ctx.now_text()
+        terminated = {"exitCode": 1, "reason": reason, "finishedAt": now, "startedAt": now}
+        containers = [
+            {
+                "name": c["name"],
+                "image": c.get("image", ""),
+                "imageID": "",
+                "ready": False,
+                "restartCount": 0,
+                "state": {"terminated": terminated},
+            }
+            for c in pod["spec"]["containers"]
+        ]
+        conditions = [
+            {"type": kind, "status": "False", "reason": reason, "lastTransitionTime": now}
+            for kind in ("ContainersReady", "Ready")
+        ]
+        status = {
+            "phase": "Failed",
+            "reason": reason,
+            "message": f"simulated failure: {reason}",
+            "conditions": conditions,
+            "containerStatuses": containers,
+        }
+        self._ctx.rest.patch(
+            PODS, name, {"status": status}, namespace, sub="status", content_type=STRATEGIC_PATCH
+        )
+
+
+class DisruptionController:
+    """Keeps PodDisruptionBudget status current so the API server's eviction checks decide correctly."""
+
+    def __init__(self, ctx: SimContext) -> None:
+        self._ctx = ctx
+
+    def reconcile(self, world: World) -> None:
+        now = self._ctx.clock.now()
+        for pdb in world.pdbs:
+            namespace = pdb["metadata"]["namespace"]
+            pods = [p for p in world.pods if p["metadata"]["namespace"] == namespace]
+            wanted = pdb_status(pdb, pods, now)
+            self._ctx.attempt(f"pdb {key(pdb)}", self._write, pdb, wanted)
+
+    def _write(self, pdb: Obj, wanted: Obj) -> None:
+        current = _status(pdb)
+        if all(
+            current.get(field, {} if field == "disruptedPods" else 0) == value
+            for field, value in wanted.items()
+        ):
+            return
+        allowed = wanted["disruptionsAllowed"] > 0
+        condition = {
+            "type": "DisruptionAllowed",
+            "status": "True" if allowed else "False",
+            "reason": "SufficientPods" if allowed else "InsufficientPods",
+            "message": "",
+            "observedGeneration": pdb["metadata"].get("generation", 0),
+            "lastTransitionTime": self._ctx.now_text(),
+        }
+        body = {**pdb, "status": {**current, **wanted, "conditions": [condition]}}
+        namespace, name = key(pdb)
+        self._ctx.rest.request("PUT", PDBS.path(namespace, name, "status"), body)
