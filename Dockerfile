@@ -42,7 +42,8 @@ RUN --mount=type=bind,from=builder,source=/wheels,target=/wheels \
  && useradd --system --uid 65532 --gid 65532 --no-create-home --home-dir /nonexistent \
       --shell /usr/sbin/nologin barge \
  && barge --help >/dev/null \
- && command -v barge-coordinator barge-agent >/dev/null
+ && test -x /opt/barge/bin/barge-coordinator \
+ && test -x /opt/barge/bin/barge-agent
 
 # Numeric, so Kubernetes' runAsNonRoot can verify it.
 USER 65532:65532

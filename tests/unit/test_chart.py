@@ -116,6 +116,17 @@ def test_chart_app_version_is_the_python_package_version() -> None:
     assert chart["appVersion"] == pyproject["project"]["version"]
 
 
+def test_chart_commands_are_console_scripts_the_image_installs(
+    rendered: dict[str, list[dict[str, Any]]],
+) -> None:
+    scripts = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["scripts"]
+    dockerfile = (REPO / "Dockerfile").read_text()
+    for kind in ("Deployment", "DaemonSet"):
+        (command,) = container(one(rendered["defaults"], kind))["command"]
+        assert command in scripts, f"{command} is not a [project.scripts] entry"
+        assert f"test -x /opt/barge/bin/{command}" in dockerfile, f"the image build does not check {command}"
+
+
 def test_chart_crds_are_exact_copies_of_the_package_crds() -> None:
     copies = sorted((CHART_DIR / "files" / "crds").glob("*.yaml"))
     assert [path.name for path in copies] == [
