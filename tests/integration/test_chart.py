@@ -316,21 +316,28 @@ def test_upgrade_keeps_the_generated_ca_and_rolls_on_config_change(
     assert yaml.safe_load(config.data["config.yaml"])["maxReexposures"] == 5
 
 
-def test_uninstall_removes_every_object(helm: Helm, kube: client.ApiClient) -> None:
+def test_other_values_install_and_uninstall_removes_every_object(helm: Helm, kube: client.ApiClient) -> None:
     suffix = uuid.uuid4().hex[:8]
     name = f"barge-gone-{suffix}"
     create_namespace(kube, f"velero-{suffix}")
-    helm.run(
-        "install",
-        name,
-        str(CHART_DIR),
-        "--namespace",
-        name,
-        "--create-namespace",
-        values={"veleroNamespace": f"velero-{suffix}", "networkPolicy": {"enabled": True}},
-    )
+    values = {
+        "veleroNamespace": f"velero-{suffix}",
+        "networkPolicy": {
+            "enabled": True,
+            "metricsFrom": [{"namespaceSelector": {"matchLabels": {"a": "b"}}}],
+        },
+        "agent": {"privileged": True, "priorityClassName": "system-node-critical", "maxUnavailable": "10%"},
+        "coordinator": {"replicas": 3, "affinity": {"podAntiAffinity": {}}},
+        "tls": {"mode": "existingSecret", "existingSecret": "byo-tls"},
+        "serviceAccount": {"agent": {"name": "custom-agent"}},
+    }
+    helm.run("install", name, str(CHART_DIR), "--namespace", name, "--create-namespace", values=values)
     objects = manifest_objects(helm, Release(name, name, f"velero-{suffix}", ""))
     assert {"NetworkPolicy"} <= {obj["kind"] for obj in objects}
+    assert "Secret" not in {obj["kind"] for obj in objects}
+    daemonset = client.AppsV1Api(kube).read_namespaced_daemon_set(f"{name}-agent", name)
+    assert daemonset.spec.template.spec.service_account_name == "custom-agent"
+    assert daemonset.spec.template.spec.containers[0].security_context.privileged is True
     helm.run("uninstall", name, "--namespace", name)
     leftovers = []
     for obj in objects:

@@ -43,6 +43,7 @@ VALUE_SETS: dict[str, dict[str, Any]] = {
             "metricsFrom": [{"namespaceSelector": {"matchLabels": {"name": "monitoring"}}}],
         }
     },
+    "block-volumes": {"agent": {"privileged": True}, "coordinator": {"replicas": 1}},
     "tuned": {
         "veleroNamespace": "velero-prod",
         "image": {"repository": "registry.example/barge", "tag": "1.2.3", "pullPolicy": "Always"},
@@ -213,6 +214,25 @@ def test_coordinator_is_highly_available(rendered: dict[str, list[dict[str, Any]
     assert probes["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "health"}
     assert probes["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "health"}
     assert pod["metadata"]["labels"] == deployment["spec"]["selector"]["matchLabels"]
+
+
+def test_single_coordinator_gets_no_disruption_budget(rendered: dict[str, list[dict[str, Any]]]) -> None:
+    assert one(rendered["block-volumes"], "Deployment")["spec"]["replicas"] == 1
+    assert not by_kind(rendered["block-volumes"], "PodDisruptionBudget")
+
+
+def test_privileged_agent_for_block_volumes_may_escalate_consistently(
+    rendered: dict[str, list[dict[str, Any]]],
+) -> None:
+    security = container(one(rendered["block-volumes"], "DaemonSet"))["securityContext"]
+    assert security["privileged"] is True
+    assert security["allowPrivilegeEscalation"] is True, "the API server rejects privileged without it"
+    host_paths = {
+        v["hostPath"]["path"]
+        for v in volumes(one(rendered["block-volumes"], "DaemonSet")).values()
+        if "hostPath" in v
+    }
+    assert host_paths == {"/var/lib/kubelet", "/var/cache/barge"}, "Block volumes need no /dev mount"
 
 
 def test_config_file_mirrors_the_values_and_defaults_the_exposer_image(
