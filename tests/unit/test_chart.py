@@ -7,8 +7,12 @@ real API server and checks the permissions with SubjectAccessReviews.
 from __future__ import annotations
 
 import base64
+import http.server
 import json
 import re
+import subprocess
+import sys
+import threading
 import tomllib
 from collections.abc import Iterator
 from typing import Any
@@ -466,6 +470,53 @@ def test_test_hook_checks_connected_agents(rendered: dict[str, list[dict[str, An
     assert "barge_coordinator_agents_connected" in check["command"][-1]
     env = {item["name"]: item["value"] for item in check["env"]}
     assert env["METRICS_URL"] == f"http://{COORDINATOR_ADDRESS}:8080/metrics"
+
+
+def serve_metrics(body: str) -> http.server.ThreadingHTTPServer:
+    """A loopback HTTP server answering every GET with ``body`` (a Prometheus text page)."""
+
+    class Metrics(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            payload = body.encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "text/plain; version=0.0.4")
+            self.send_header("Content-Length", str(len(payload)))
+            self.end_headers()
+            self.wfile.write(payload)
+
+        def log_message(self, format: str, *args: Any) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Metrics)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server
+
+
+@pytest.mark.parametrize(
+    ("page", "passes"),
+    [
+        ("# TYPE barge_coordinator_agents_connected gauge\nbarge_coordinator_agents_connected 3.0\n", True),
+        ("barge_coordinator_agents_connected 0.0\n", False),
+        ("barge_coordinator_up 1\n", False),
+    ],
+)
+def test_test_hook_script_passes_only_with_a_connected_agent(
+    rendered: dict[str, list[dict[str, Any]]], page: str, passes: bool
+) -> None:
+    script = one(rendered["defaults"], "Pod")["spec"]["containers"][0]["command"][-1]
+    server = serve_metrics(page)
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/metrics"
+        env = {"METRICS_URL": url, "TIMEOUT_SECONDS": "0.5"}
+        done = subprocess.run(
+            [sys.executable, "-c", script], check=False, env=env, capture_output=True, text=True, timeout=60
+        )
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert (done.returncode == 0) is passes, done.stdout + done.stderr
+    if not passes:
+        assert "no agent connected to the coordinator" in done.stderr
 
 
 @pytest.mark.parametrize("values_set", sorted(VALUE_SETS))
