@@ -84,10 +84,10 @@ app.kubernetes.io/component: {{ .component }}
 {{- end -}}
 
 {{- define "barge.imagePullSecrets" -}}
-{{- with .Values.imagePullSecrets }}
+{{- with .Values.imagePullSecrets -}}
 imagePullSecrets:
 {{- toYaml . | nindent 2 }}
-{{- end }}
+{{- end -}}
 {{- end -}}
 
 {{/* The coordinator's config file; its checksum rolls the pods when it changes. */}}
