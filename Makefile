@@ -1,4 +1,4 @@
-.PHONY: demo test bench tools lint help
+.PHONY: demo test bench tools lint chart help
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*##/\t/'
 
@@ -13,6 +13,11 @@ bench:  ## Barge vs restic vs kopia on the same data (medians of 3; BENCH_ARGS="
 
 tools:  ## build the pinned upstream binaries (etcd, kube-apiserver, minio, ...) into ~/.cache/barge
 	bash hack/install-tools.sh
+
+chart:  ## lint charts/barge with the pinned helm and print what it renders (CHART_VALUES=your-values.yaml)
+	bash hack/install-tools.sh helm
+	"$$(bash hack/install-tools.sh --print-bin-dir)/helm" lint --strict charts/barge $(if $(CHART_VALUES),--values $(CHART_VALUES))
+	"$$(bash hack/install-tools.sh --print-bin-dir)/helm" template barge charts/barge --namespace barge $(if $(CHART_VALUES),--values $(CHART_VALUES))
 
 lint:  ## ruff + mypy + import-linter only
 	bash hack/bootstrap-python.sh && .venv/bin/ruff check . && .venv/bin/mypy && .venv/bin/lint-imports
