@@ -147,12 +147,12 @@ class Agent:
         self._metrics.finished(
             a.kind, result.outcome, self._clock.monotonic() - job.started, result.bytes_done, result.bytes_new
         )
+        self.send(result)  # before leaving running(): a heartbeat must never show it gone but unreported
         job.done.set()
         with self._lock:
             if self._jobs.get(assignment_id) is job:
                 del self._jobs[assignment_id]
             self._metrics.running.set(sum(1 for j in self._jobs.values() if not j.done.is_set()))
-        self.send(result)
 
     def _cancel(self, command: CancelAssignment) -> None:
         with self._lock:

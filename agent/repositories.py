@@ -21,7 +21,7 @@ import structlog
 from barge.clock import Clock
 from barge.control.messages import Assignment
 from barge.errors import InvalidInput, NotFound
-from barge.repo.repository import Repository, RepositoryNotFound
+from barge.repo.repository import Repository, RepositoryNotFound, RepositorySettings
 from barge.storage.url import open_store
 from barge.velero.bsl import repository_url
 
@@ -65,7 +65,9 @@ class BslRepositories:
         password_secret: SecretKey,
         cache_dir: Path,
         clock: Clock,
+        settings: RepositorySettings | None = None,
     ) -> None:
+        self._settings = settings or RepositorySettings()
         self._get_bsl = get_bsl
         self._get_secret = get_secret
         self._password_secret = password_secret
@@ -84,7 +86,7 @@ class BslRepositories:
         except RepositoryNotFound:
             pass
         try:
-            repo = Repository.init(store, password, clock=self._clock)
+            repo = Repository.init(store, password, self._settings, clock=self._clock)
             log.info("repository created", location=store.describe())
             return repo
         except InvalidInput:  # another agent created it a moment ago

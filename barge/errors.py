@@ -60,19 +60,3 @@ class CorruptionDetected(PermanentError):
 
 class Canceled(BargeError):
     """The operation was canceled on request; neither a success nor a failure."""
-
-
-class Conflict(TemporaryError):
-    """An optimistic-concurrency write lost a race (HTTP 409); re-read and try again."""
-
-
-class Fenced(PermanentError):
-    """This writer no longer owns the object (a newer assignment epoch exists): stop writing."""
-
-
-class Unauthenticated(PermanentError):
-    """The caller did not prove who it is (missing, expired or forged credentials)."""
-
-
-class PermissionDenied(PermanentError):
-    """The caller is known but not allowed to do this (wrong identity, wrong node)."""

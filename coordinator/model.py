@@ -51,6 +51,9 @@ DEFAULT_OPERATION_TIMEOUT = timedelta(hours=4)
 # Annotations the coordinator keeps on the CR (main resource) to survive its own restarts.
 REEXPOSURES_ANNOTATION = "barge.io/reexposures"  # how many times the exposure was rebuilt
 REEXPOSED_AT_ANNOTATION = "barge.io/reexposed-at"  # when (RFC 3339): restarts the prepare timer
+# The seed DataUpload CRD has no status.acceptedTimestamp (its structural schema prunes it), so the
+# acceptance time is also kept here: the prepare and operation timeouts count from it.
+ACCEPTED_AT_ANNOTATION = "barge.io/accepted-at"
 # Label on exposer pods: which exposure generation (= the reexposure count) they belong to.
 GENERATION_LABEL = "barge.io/exposure-generation"
 
@@ -572,7 +575,9 @@ def _cr_view(obj: Mapping[str, Any], kind: str) -> CrView:
         created_at=parse_timestamp(meta.get("creationTimestamp")),
         operation_timeout=timeout,
         operation_timeout_problem=problem,
-        accepted_at=parse_timestamp(status.get("acceptedTimestamp")),
+        accepted_at=parse_timestamp(
+            status.get("acceptedTimestamp") or annotations.get(ACCEPTED_AT_ANNOTATION)
+        ),
         started_at=parse_timestamp(status.get("startTimestamp")),
         node=str(status.get("node") or ""),
         fence=_fence(annotations),

@@ -46,7 +46,7 @@ step "Verifying the restore is bit-exact (content, modes, times, links, holes)"
 import sys
 sys.path.insert(0, ".")
 from pathlib import Path
-from tests.fstree import capture
+from barge.devenv.trees import capture
 source, restored = capture(Path(sys.argv[1])), capture(Path(sys.argv[2]))
 assert source == restored, "restore differs from the source"
 print(f"identical: {len(source)} entries")

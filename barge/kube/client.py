@@ -6,6 +6,8 @@ from pathlib import Path
 
 from kubernetes import client, config
 
+ApiClient = client.ApiClient  # re-exported so that modules outside barge.kube never import kubernetes
+
 
 def api_client(kubeconfig: Path | None = None) -> client.ApiClient:
     """A client for ``kubeconfig``, or for the in-cluster ServiceAccount when none is given."""

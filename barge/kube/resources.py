@@ -81,6 +81,10 @@ EVENT = Resource("Event", "", "v1", "events", True)
 LEASE = Resource("Lease", "coordination.k8s.io", "v1", "leases", True)
 POD_DISRUPTION_BUDGET = Resource("PodDisruptionBudget", "policy", "v1", "poddisruptionbudgets", True)
 TOKEN_REVIEW = Resource("TokenReview", "authentication.k8s.io", "v1", "tokenreviews", False)
+STORAGE_CLASS = Resource("StorageClass", "storage.k8s.io", "v1", "storageclasses", False)
+NAMESPACE = Resource("Namespace", "", "v1", "namespaces", False)
+SERVICE_ACCOUNT = Resource("ServiceAccount", "", "v1", "serviceaccounts", True)
+DAEMON_SET = Resource("DaemonSet", "apps", "v1", "daemonsets", True)
 
 BY_KIND: dict[str, Resource] = {
     r.kind: r
@@ -99,6 +103,10 @@ BY_KIND: dict[str, Resource] = {
         LEASE,
         POD_DISRUPTION_BUDGET,
         TOKEN_REVIEW,
+        STORAGE_CLASS,
+        NAMESPACE,
+        SERVICE_ACCOUNT,
+        DAEMON_SET,
     )
 }
 
@@ -256,6 +264,13 @@ class KubeObjects:
                 raise
             return False  # the uid precondition failed: the object we meant no longer exists
         return True
+
+    def create_subresource(
+        self, resource: Resource, namespace: str | None, name: str, sub: str, body: Obj
+    ) -> Obj:
+        """POST to a subresource that creates something (``serviceaccounts/token``, ``pods/eviction``)."""
+        what = f"create {sub} of {resource.describe(namespace, name)}"
+        return self._call("POST", resource.path(namespace, name, sub), body=body, what=what)
 
     def api_resources(self, group: str, version: str) -> frozenset[str]:
         """Discovery: the resource names the server serves in ``group/version`` (e.g. ``pods/status``)."""

@@ -95,9 +95,7 @@ class Outbox:
         """Start a stream: queue the results sent recently again, ahead of what waits. Returns its id."""
         with self._cond:
             self._expire_sent_results()
-            resend = OrderedDict(
-                (f"result/{msg.message_id}", msg) for msg, _ in self._sent_results.values()
-            )
+            resend = OrderedDict((f"result/{msg.message_id}", msg) for msg, _ in self._sent_results.values())
             resend.update(self._pending)
             self._pending = resend
             self._generation += 1

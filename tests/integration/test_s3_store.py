@@ -12,6 +12,7 @@ import pytest
 from botocore.config import Config
 
 from barge.devenv.s3server import S3Endpoint
+from barge.devenv.trees import capture
 from barge.errors import PermanentError, TemporaryError
 from barge.fs.backup import backup_tree
 from barge.fs.restore import restore_tree
@@ -21,7 +22,6 @@ from barge.repo.repository import Repository, RepositorySettings
 from barge.storage.s3 import S3Options, S3Store
 from barge.storage.url import open_store
 from tests.fsbuild import MIB, awkward_tree
-from tests.fstree import capture
 from tests.storage_conformance import ObjectStoreConformance
 
 pytestmark = pytest.mark.integration

@@ -28,12 +28,12 @@ from barge.control.messages import (
     VolumeMode,
 )
 from barge.control.naming import Fence, kubelet_volume_path
+from barge.devenv.trees import capture
 from barge.errors import Fenced, TemporaryError
 from barge.repo.crypto import KdfParams
 from barge.repo.repository import Repository
 from barge.storage.local import LocalDirectoryStore
 from tests.fsbuild import write
-from tests.fstree import capture
 
 PASSWORD = b"runner-test"
 

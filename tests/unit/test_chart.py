@@ -254,8 +254,8 @@ def test_config_file_mirrors_the_values_and_defaults_the_exposer_image(
     }
     assert config["drainGracePeriod"] == "30m"
     assert config["image"] == "registry.example/barge:1.2.3"
-    assert config["repositoryPasswordSecret"] == {"name": "barge-repository", "key": "password"}
-    assert config["repository"] == {"compression": "zstd"}
+    assert "repositoryPasswordSecret" not in config  # the agents' settings: passed as their flags
+    assert "repository" not in config
     deployment = one(rendered["tuned"], "Deployment")
     mount = next(m for m in container(deployment)["volumeMounts"] if m["name"] == "config")
     assert mount == {
@@ -291,6 +291,8 @@ def test_agent_follows_the_command_line_contract(rendered: dict[str, list[dict[s
         "health-port": "8081",
         "max-concurrent": "4",
         "cache-dir": "/var/cache/barge",
+        "repository-password-secret": "velero-repo-credentials/repository-password",
+        "compression": "zstd",
         "log-level": "debug",
         "log-format": "console",
     }

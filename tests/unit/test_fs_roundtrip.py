@@ -10,6 +10,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from barge.devenv.trees import capture
 from barge.errors import Canceled, InvalidInput
 from barge.fs.backup import BackupOptions, SourceUnreadable, backup_tree
 from barge.fs.progress import CancelToken
@@ -20,7 +21,6 @@ from barge.repo.repository import Repository, RepositorySettings
 from barge.repo.tree import Node, encode_tree
 from barge.storage.local import LocalDirectoryStore
 from tests.fsbuild import MIB, awkward_tree, write
-from tests.fstree import capture
 
 PASSWORD = b"pw"
 SETTINGS = RepositorySettings(chunk_min=16 * 1024, chunk_avg=64 * 1024, chunk_max=256 * 1024, pack_target=MIB)

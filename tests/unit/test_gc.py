@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from barge.clock import ManualClock
+from barge.devenv.trees import capture
 from barge.errors import TemporaryError
 from barge.fs.backup import BackupOptions, backup_tree
 from barge.fs.restore import restore_tree
@@ -19,7 +20,6 @@ from barge.repo.repository import Repository, RepositorySettings
 from barge.repo.session import Session
 from barge.storage.local import LocalDirectoryStore
 from tests.fsbuild import MIB, write
-from tests.fstree import capture
 
 PASSWORD = b"pw"
 SETTINGS = RepositorySettings(chunk_min=16 * 1024, chunk_avg=64 * 1024, chunk_max=256 * 1024, pack_target=MIB)

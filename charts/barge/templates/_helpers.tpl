@@ -92,7 +92,8 @@ imagePullSecrets:
 
 {{/* The coordinator's config file; its checksum rolls the pods when it changes. */}}
 {{- define "barge.config" -}}
-{{- $config := deepCopy .Values.config -}}
+{{- /* repository settings are the agents' (they create repositories): passed as agent flags */ -}}
+{{- $config := omit (deepCopy .Values.config) "repository" "repositoryPasswordSecret" -}}
 {{- $_ := set $config "image" (default (include "barge.image" .) .Values.config.image) -}}
 {{- toYaml $config -}}
 {{- end -}}

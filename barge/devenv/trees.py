@@ -1,4 +1,4 @@
-"""Capturing a directory tree's observable state, to assert bit-exact round trips."""
+"""Trees for demos and tests: a sample volume generator, and capturing a tree to prove round trips."""
 
 from __future__ import annotations
 
@@ -45,3 +45,26 @@ def capture(root: Path, *, times: bool = True) -> dict[bytes, dict[str, Any]]:
             if times:
                 state[os.path.relpath(full, base)]["mtime_ns"] = os.lstat(full).st_mtime_ns
     return state
+
+
+def sample_volume(root: Path, *, seed: int = 42, dirs: int = 20, files_per_dir: int = 25) -> Path:
+    """A volume worth backing up: mixed sizes, half-compressible data, a sparse image, a hardlink,
+    a symlink and a non-UTF-8 name. Deterministic for a given ``seed``."""
+    import random  # noqa: PLC0415 - only the generator needs it
+
+    rng = random.Random(seed)  # noqa: S311 - test data, not secrets
+    for d in range(dirs):
+        folder = root / "app" / f"dir{d:02d}"
+        folder.mkdir(parents=True, exist_ok=True)
+        for f in range(files_per_dir):
+            size = rng.choice([0, 100, 4096, 70_000, 300_000])
+            (folder / f"file{f:03d}.dat").write_bytes(rng.randbytes(size // 2) + b"log line\n" * (size // 18))
+    with (root / "disk.img").open("wb") as image:
+        image.truncate(64 * 2**20)
+        image.seek(20 * 2**20)
+        image.write(rng.randbytes(2 * 2**20))
+    os.link(root / "app" / "dir00" / "file000.dat", root / "hardlink.dat")
+    with open(os.path.join(os.fsencode(root), b"caf\xe9-latin1.txt"), "wb") as odd:
+        odd.write(b"non-UTF-8 name\n")
+    os.symlink("app/dir01", root / "shortcut")
+    return root

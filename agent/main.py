@@ -1,0 +1,184 @@
+"""``barge-agent``: one per node (DaemonSet). Holds one gRPC stream to the coordinator and moves data.
+
+On SIGTERM (node drain, rollout) it hands every running assignment back: what was uploaded stays in
+the repository, so the agent that takes over re-reads but re-uploads almost nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sys
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+from types import FrameType
+
+import structlog
+
+from agent.agent import Agent
+from agent.metrics import AgentMetrics
+from agent.repositories import BslRepositories, SecretKey
+from agent.runner import Mutation, RunnerSettings
+from barge import __version__
+from barge.clock import SystemClock
+from barge.control.messages import Assignment
+from barge.control.naming import Fence
+from barge.errors import BargeError, InvalidInput
+from barge.kube.client import api_client
+from barge.kube.resources import BACKUP_STORAGE_LOCATION, SECRET, KubeObjects
+from barge.kube.status import StatusWriter
+from barge.logs import configure_logging
+from barge.observe import ObservabilityServer
+from barge.repo.repository import RepositorySettings
+from barge.rpc.client import AgentClient
+
+log = structlog.get_logger("barge.agent")
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+
+
+class KubeStatusSink:
+    """The runner's ``StatusSink`` on the fenced Kubernetes status writer."""
+
+    def __init__(self, writer: StatusWriter, metrics: AgentMetrics) -> None:
+        self._writer = writer
+        self._metrics = metrics
+
+    def update(self, assignment: Assignment, fence: Fence, mutate: Mutation) -> None:
+        cr = assignment.cr
+        try:
+            self._writer.update_status(cr.kind, cr.namespace, cr.name, mutate, fence)
+        except BargeError:
+            self._metrics.status_write_errors.inc()
+            raise
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="barge-agent", description=__doc__.splitlines()[0])
+    p.add_argument("--version", action="version", version=f"barge-agent {__version__}")
+    p.add_argument("--node-name", default=os.environ.get("NODE_NAME"), help="this node (default: $NODE_NAME)")
+    p.add_argument("--coordinator", required=True, help="HOST:PORT of the coordinator's gRPC Service")
+    p.add_argument("--ca-file", required=True, help="CA bundle that signed the coordinator's certificate")
+    p.add_argument("--server-name", help="name to verify in the coordinator's certificate (default: host)")
+    p.add_argument("--token-file", default="/var/run/secrets/barge/token", help="projected SA token")
+    p.add_argument("--kubeconfig", help="kubeconfig file (default: in-cluster ServiceAccount)")
+    p.add_argument("--kubelet-root", default="/var/lib/kubelet")
+    p.add_argument("--metrics-address", default="0.0.0.0")  # noqa: S104 - a pod serves its metrics on its IP
+    p.add_argument("--metrics-port", type=int, default=8080)
+    p.add_argument("--health-port", type=int, default=0)
+    p.add_argument("--max-concurrent", type=int, default=2)
+    p.add_argument("--workers", type=int, default=4, help="parallel readers/writers per assignment")
+    p.add_argument("--cache-dir", default="/var/cache/barge")
+    p.add_argument(
+        "--repository-password-secret",
+        default="velero-repo-credentials/repository-password",
+        help="NAME/KEY of the Secret (in Velero's namespace) with the repository password",
+    )
+    p.add_argument("--compression", choices=("zstd", "none"), default="zstd", help="for new repositories")
+    p.add_argument("--status-interval", type=float, default=5.0, help="seconds between progress writes")
+    p.add_argument("--shutdown-grace", type=float, default=20.0, help="seconds to hand work back on SIGTERM")
+    p.add_argument("--log-level", default="info")
+    p.add_argument("--log-format", choices=("json", "console"), default="json")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        configure_logging(args.log_level, args.log_format)
+        return run(args)
+    except (InvalidInput, ValueError) as err:
+        print(f"barge-agent: {err}", file=sys.stderr)
+        return EXIT_USAGE
+    except BargeError as err:
+        print(f"barge-agent: {err}", file=sys.stderr)
+        return EXIT_FAILED
+
+
+def run(args: argparse.Namespace) -> int:
+    if not args.node_name:
+        raise InvalidInput(
+            "no node name: pass --node-name or set NODE_NAME (the downward API's spec.nodeName)"
+        )
+    structlog.contextvars.bind_contextvars(node=args.node_name)
+    clock = SystemClock()
+    api = api_client(Path(args.kubeconfig) if args.kubeconfig else None)
+    objects = KubeObjects(api)
+    metrics = AgentMetrics(args.node_name)
+    repositories = BslRepositories(
+        get_bsl=lambda ns, name: objects.get(BACKUP_STORAGE_LOCATION, ns, name),
+        get_secret=lambda ns, name: objects.get(SECRET, ns, name),
+        password_secret=SecretKey.parse(args.repository_password_secret),
+        cache_dir=Path(args.cache_dir),
+        clock=clock,
+        settings=RepositorySettings(compression_level=0 if args.compression == "none" else 3),
+    )
+    settings = RunnerSettings(
+        node=args.node_name,
+        kubelet_root=Path(args.kubelet_root),
+        status_interval_s=args.status_interval,
+        workers=args.workers,
+    )
+    agent = Agent(
+        settings,
+        status=KubeStatusSink(StatusWriter(api), metrics),
+        repositories=repositories,
+        clock=clock,
+        metrics=metrics,
+        max_concurrent=args.max_concurrent,
+    )
+    token_file = Path(args.token_file)
+    client = AgentClient(
+        args.coordinator,
+        ca_file=Path(args.ca_file),
+        token_source=lambda: _read_token(token_file),
+        hello=agent.hello,
+        handler=agent,
+        running=agent.running,
+        clock=clock,
+        server_name_override=args.server_name,
+    )
+    agent.send = client.send
+
+    def ready() -> bool:
+        """Ready once running: a lost coordinator shows in barge_agent_connected, not as a stalled rollout."""
+        metrics.connected.set(1 if client.connected else 0)
+        return True
+
+    endpoints = [ObservabilityServer(args.metrics_address, args.metrics_port, metrics.registry, ready)]
+    if args.health_port:
+        endpoints.append(ObservabilityServer(args.metrics_address, args.health_port, metrics.registry, ready))
+    stop = threading.Event()
+    _on_signals(stop)
+    for endpoint in endpoints:
+        endpoint.start()
+    client.start()
+    log.info("agent started", version=__version__, coordinator=args.coordinator)
+    stop.wait()
+    log.info("stopping: handing running work back to the coordinator")
+    agent.stop_all(timeout=args.shutdown_grace)
+    client.stop()
+    for endpoint in endpoints:
+        endpoint.stop()
+    return EXIT_OK
+
+
+def _read_token(path: Path) -> str:
+    """Re-read on every connect: the kubelet rotates projected tokens."""
+    try:
+        return path.read_text().strip()
+    except OSError as err:
+        raise InvalidInput(f"cannot read the ServiceAccount token {path}: {err.strerror}") from err
+
+
+def _on_signals(stop: threading.Event) -> None:
+    def handle(signum: int, frame: FrameType | None) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGTERM, handle)
+    signal.signal(signal.SIGINT, handle)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,333 @@
+"""The coordinator's control loop: informers -> work queue -> observe -> decide -> execute.
+
+Everything the loop knows comes from the API server (informer caches) and from the agents (hub);
+nothing it needs survives only in its memory, so a new leader continues where the old one stopped.
+The decisions are made by the pure ``coordinator.decide``; this module only wires.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import Counter
+from collections.abc import Iterable, Mapping
+from datetime import datetime, timedelta
+from typing import Any
+
+import structlog
+
+from barge.clock import Clock
+from barge.control.naming import LABEL_MANAGED_BY, LABEL_OWNER_KIND, LABEL_OWNER_NAME, MANAGED_BY
+from barge.errors import BargeError, TemporaryError
+from barge.kube.client import ApiClient
+from barge.kube.events import EventRecorder
+from barge.kube.informer import Informer
+from barge.kube.resources import (
+    BACKUP_STORAGE_LOCATION,
+    DATA_DOWNLOAD,
+    DATA_UPLOAD,
+    NODE,
+    PERSISTENT_VOLUME,
+    PERSISTENT_VOLUME_CLAIM,
+    POD,
+    STORAGE_CLASS,
+    VOLUME_SNAPSHOT,
+    VOLUME_SNAPSHOT_CONTENT,
+    KubeObjects,
+    Resource,
+)
+from barge.kube.status import StatusWriter
+from coordinator.config import CoordinatorConfig
+from coordinator.decide import decide
+from coordinator.executor import Executor
+from coordinator.hub import Hub
+from coordinator.metrics import CoordinatorMetrics
+from coordinator.model import CrView
+from coordinator.scheduler import ItemKey, admit
+from coordinator.workqueue import WorkQueue
+from coordinator.world import Context, agent_views, is_ours, node_states, observe, work_items
+
+log = structlog.get_logger("barge.coordinator")
+
+Obj = Mapping[str, Any]
+_CR_KINDS = ("DataUpload", "DataDownload")
+_ERROR_BACKOFF_MAX_S = 60.0
+
+
+class InformerCaches:
+    """``coordinator.world.Caches`` over the informers, by kind name."""
+
+    def __init__(self, informers: Mapping[str, Informer]) -> None:
+        self._informers = informers
+
+    def get(self, kind: str, namespace: str | None, name: str) -> Obj | None:
+        informer = self._informers.get(kind)
+        return informer.get(namespace, name) if informer else None
+
+    def items(self, kind: str) -> Iterable[Obj]:
+        informer = self._informers.get(kind)
+        return informer.items() if informer else ()
+
+
+class Controller:
+    def __init__(
+        self,
+        api: ApiClient,
+        *,
+        namespace: str,
+        config: CoordinatorConfig,
+        hub: Hub,
+        metrics: CoordinatorMetrics,
+        clock: Clock,
+        identity: str,
+        workers: int = 2,
+        resync_s: float = 30.0,
+    ) -> None:
+        self.namespace = namespace
+        self.config = config
+        self._hub = hub
+        self._metrics = metrics
+        self._clock = clock
+        self._identity = identity
+        self._workers = workers
+        self._resync_s = resync_s
+        self._queue: WorkQueue[ItemKey] = WorkQueue(clock)
+        self._stopping = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self._failures: Counter[ItemKey] = Counter()
+        self._cordoned_since: dict[str, datetime] = {}
+        self._drained: set[str] = set()
+        self._lock = threading.Lock()
+        self._informers = self._make_informers(api)
+        self.caches = InformerCaches(self._informers)
+        recorder = EventRecorder(api, "barge-coordinator", clock, identity)
+        self._executor = Executor(
+            objects=KubeObjects(api),
+            status=StatusWriter(api),
+            hub=hub,
+            recorder=recorder,
+            metrics=metrics,
+            clock=clock,
+        )
+        hub.on_change = self._on_hub_change
+
+    # -- lifecycle --------------------------------------------------------------------------------
+
+    def start(self, sync_timeout: float = 60.0) -> None:
+        for informer in self._informers.values():
+            informer.start()
+        for kind, informer in self._informers.items():
+            if not informer.wait_synced(sync_timeout):
+                raise TemporaryError(f"the {kind} cache did not sync within {sync_timeout:.0f}s")
+        self._enqueue_all()
+        for index in range(self._workers):
+            self._spawn(self._work, f"reconcile-{index}")
+        self._spawn(self._tick, "resync")
+        log.info("controller started", namespace=self.namespace, workers=self._workers)
+
+    def stop(self) -> None:
+        self._stopping.set()
+        self._queue.close()
+        for informer in self._informers.values():
+            informer.stop()
+        for thread in self._threads:
+            thread.join(timeout=10)
+
+    def _spawn(self, target: Any, name: str) -> None:
+        thread = threading.Thread(target=target, name=name, daemon=True)
+        self._threads.append(thread)
+        thread.start()
+
+    # -- informers and what they wake up ------------------------------------------------------------
+
+    def _make_informers(self, api: ApiClient) -> dict[str, Informer]:
+        managed = f"{LABEL_MANAGED_BY}={MANAGED_BY}"
+        specs: list[tuple[Resource, str | None, str | None]] = [
+            (DATA_UPLOAD, self.namespace, None),
+            (DATA_DOWNLOAD, self.namespace, None),
+            (POD, self.namespace, managed),
+            (PERSISTENT_VOLUME_CLAIM, None, None),  # exposure claims and the app's source/target claims
+            (PERSISTENT_VOLUME, None, None),
+            (VOLUME_SNAPSHOT, None, None),  # the source snapshots live in the apps' namespaces
+            (VOLUME_SNAPSHOT_CONTENT, None, None),
+            (NODE, None, None),
+            (BACKUP_STORAGE_LOCATION, self.namespace, None),
+            (STORAGE_CLASS, None, None),
+        ]
+        return {
+            resource.kind: Informer(
+                api,
+                resource,
+                namespace,
+                selector,
+                resync_s=300.0,
+                on_event=self._handler(resource.kind),
+                clock=self._clock,
+            )
+            for resource, namespace, selector in specs
+        }
+
+    def _handler(self, kind: str) -> Any:
+        def on_event(event_type: str, obj: dict[str, Any]) -> None:
+            if self._stopping.is_set():
+                return
+            if kind in _CR_KINDS:
+                meta = obj.get("metadata") or {}
+                self._queue.add(ItemKey(kind, meta.get("namespace", ""), meta.get("name", "")))
+                return
+            labels = (obj.get("metadata") or {}).get("labels") or {}
+            if labels.get(LABEL_OWNER_KIND) in _CR_KINDS and labels.get(LABEL_OWNER_NAME):
+                self._queue.add(ItemKey(labels[LABEL_OWNER_KIND], self.namespace, labels[LABEL_OWNER_NAME]))
+            if (
+                kind
+                in (
+                    "Node",
+                    "PersistentVolume",
+                    "VolumeSnapshot",
+                    "VolumeSnapshotContent",
+                    "BackupStorageLocation",
+                    "PersistentVolumeClaim",
+                )
+                and event_type != "SYNC"
+            ):
+                self._enqueue_all(active_only=True)
+
+        return on_event
+
+    def _on_hub_change(self, assignment_id: str) -> None:
+        for kind in _CR_KINDS:
+            for obj in self.caches.items(kind):
+                meta = obj.get("metadata") or {}
+                if meta.get("uid") == assignment_id:
+                    self._queue.add(ItemKey(kind, meta.get("namespace", ""), meta.get("name", "")))
+                    return
+
+    def _enqueue_all(self, active_only: bool = False) -> None:
+        for kind in _CR_KINDS:
+            for obj in self.caches.items(kind):
+                if not is_ours(obj):
+                    continue
+                phase = (obj.get("status") or {}).get("phase") or "New"
+                if (
+                    active_only
+                    and phase in ("Completed", "Failed", "Canceled")
+                    and not (obj.get("metadata") or {}).get("finalizers")
+                ):
+                    continue
+                meta = obj.get("metadata") or {}
+                self._queue.add(ItemKey(kind, meta.get("namespace", ""), meta.get("name", "")))
+
+    # -- the loops --------------------------------------------------------------------------------
+
+    def _work(self) -> None:
+        while not self._stopping.is_set():
+            key = self._queue.get(timeout=1.0)
+            if key is None:
+                continue
+            try:
+                self._reconcile_safely(key)
+            finally:
+                self._queue.done(key)
+
+    def _tick(self) -> None:
+        """Cordon tracking and gauges every few seconds; a full pass over live items every resync."""
+        last_resync = self._clock.monotonic()
+        while not self._stopping.wait(min(5.0, self._resync_s)):
+            self._track_cordons()
+            self._update_gauges()
+            if self._clock.monotonic() - last_resync >= self._resync_s:
+                last_resync = self._clock.monotonic()
+                self._enqueue_all(active_only=True)
+
+    def _reconcile_safely(self, key: ItemKey) -> None:
+        started = self._clock.monotonic()
+        try:
+            after = self.reconcile(key)
+            self._failures.pop(key, None)
+        except BargeError as err:
+            self._failures[key] += 1
+            delay = min(0.5 * 2 ** (self._failures[key] - 1), _ERROR_BACKOFF_MAX_S)
+            self._metrics.api_errors.labels(type(err).__name__).inc()
+            log.warning(
+                "reconcile failed; retrying",
+                item=f"{key.kind} {key.namespace}/{key.name}",
+                error=str(err),
+                retry_in_s=delay,
+            )
+            after = timedelta(seconds=delay)
+        finally:
+            self._metrics.reconcile.observe(self._clock.monotonic() - started)
+        if after is not None:
+            self._queue.add_after(key, after.total_seconds())
+
+    def reconcile(self, key: ItemKey) -> timedelta | None:
+        cr_obj = self.caches.get(key.kind, key.namespace, key.name)
+        if cr_obj is None or not is_ours(cr_obj):
+            return None
+        cr_obj = {**cr_obj, "kind": key.kind}
+        cr = CrView.from_object(cr_obj)
+        with structlog.contextvars.bound_contextvars(namespace=key.namespace, name=key.name, kind=key.kind):
+            observed = observe(cr_obj, self.caches, self._hub, self._context(), self._admitted(key))
+            actions = decide(observed)
+            if actions:
+                log.debug("decided", actions=[type(a).__name__ for a in actions])
+            return self._executor.execute(cr_obj, cr, actions).requeue_after
+
+    def _context(self) -> Context:
+        agents = agent_views(self.caches, self._hub, dict(self._cordoned_since))
+        return Context(self._clock.now(), self.config, self._identity, agents)
+
+    def _admitted(self, key: ItemKey) -> bool:
+        crs = [{**obj, "kind": kind} for kind in _CR_KINDS for obj in self.caches.items(kind)]
+        agents = agent_views(self.caches, self._hub, dict(self._cordoned_since))
+        items = work_items(crs, self.caches, self._hub, self._clock.now())
+        admissions = admit(items, node_states(agents), self.config)
+        return any(a.key == key for a in admissions)
+
+    # -- nodes, drains and gauges -------------------------------------------------------------------
+
+    def _track_cordons(self) -> None:
+        now = self._clock.now()
+        cordoned = {
+            str(n["metadata"]["name"])
+            for n in self.caches.items("Node")
+            if (n.get("spec") or {}).get("unschedulable")
+        }
+        with self._lock:
+            for node in cordoned - set(self._cordoned_since):
+                self._cordoned_since[node] = now
+            for node in set(self._cordoned_since) - cordoned:
+                del self._cordoned_since[node]
+                self._drained.discard(node)
+            new_drains = cordoned - self._drained
+            self._drained |= new_drains
+        grace = self.config.drain_grace_period.total_seconds()
+        for node in sorted(new_drains):
+            log.info("node cordoned: draining its agent", node=node, grace_s=grace)
+            self._hub.drain(node, grace, "node cordoned")
+        if new_drains:
+            self._enqueue_all(active_only=True)
+
+    def _update_gauges(self) -> None:
+        crs = [{**obj, "kind": kind} for kind in _CR_KINDS for obj in self.caches.items(kind)]
+        phases = Counter(
+            (str(o["kind"]), str((o.get("status") or {}).get("phase") or "New")) for o in crs if is_ours(o)
+        )
+        for kind in _CR_KINDS:
+            for phase in (
+                "New",
+                "Accepted",
+                "Prepared",
+                "InProgress",
+                "Canceling",
+                "Canceled",
+                "Completed",
+                "Failed",
+            ):
+                self._metrics.items.labels(kind, phase).set(phases.get((kind, phase), 0))
+        items = work_items(crs, self.caches, self._hub, self._clock.now())
+        stages = Counter(item.stage.value for item in items)
+        for stage in ("waiting", "preparing", "prepared", "running"):
+            self._metrics.queue.labels(stage).set(stages.get(stage, 0))
+
+
+__all__ = ["Controller", "InformerCaches"]

@@ -1,0 +1,286 @@
+"""Carrying out ``decide``'s actions through the Kubernetes adapter and the hub.
+
+Each action is idempotent (creating what exists, deleting what is gone, re-sending a cancel are
+harmless), so a crash between two actions is repaired by the next reconcile. Phase writes are
+guarded: a write happens only if the CR is still in the phase ``decide`` saw, so a decision made on
+a stale cache can never overwrite what an agent wrote meanwhile.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+import structlog
+
+from barge.clock import Clock
+from barge.control.naming import ASSIGNMENT_ANNOTATION, FINALIZER, LABEL_OWNER_UID, Fence
+from barge.errors import NotFound
+from barge.kube.events import EventRecorder
+from barge.kube.resources import (
+    PERSISTENT_VOLUME,
+    PERSISTENT_VOLUME_CLAIM,
+    POD,
+    VOLUME_SNAPSHOT,
+    VOLUME_SNAPSHOT_CONTENT,
+    KubeObjects,
+    Resource,
+    resource_for,
+)
+from barge.kube.status import StatusWriter
+from coordinator.exposer import manifests
+from coordinator.hub import Hub
+from coordinator.metrics import CoordinatorMetrics
+from coordinator.model import (
+    ACCEPTED_AT_ANNOTATION,
+    REEXPOSED_AT_ANNOTATION,
+    REEXPOSURES_ANNOTATION,
+    Action,
+    AddFinalizer,
+    Assign,
+    BindRestoredVolume,
+    CancelAssignment,
+    CreateExposure,
+    CrView,
+    DeleteExposure,
+    MarkReexposure,
+    Phase,
+    RecordEvent,
+    RemoveFinalizer,
+    Requeue,
+    RevokeAssignment,
+    SetPhase,
+    format_timestamp,
+    parse_timestamp,
+)
+
+log = structlog.get_logger("barge.coordinator")
+
+Obj = dict[str, Any]
+ORIGINAL_RECLAIM_ANNOTATION = "barge.io/original-reclaim-policy"
+DYNAMIC_PV_RESTORE_LABEL = "velero.io/dynamic-pv-restore"
+_ASSIGN_RETRY = timedelta(seconds=2)
+
+
+@dataclass(frozen=True)
+class Outcome:
+    requeue_after: timedelta | None
+
+
+class Executor:
+    def __init__(
+        self,
+        *,
+        objects: KubeObjects,
+        status: StatusWriter,
+        hub: Hub,
+        recorder: EventRecorder,
+        metrics: CoordinatorMetrics,
+        clock: Clock,
+    ) -> None:
+        self._objects = objects
+        self._status = status
+        self._hub = hub
+        self._recorder = recorder
+        self._metrics = metrics
+        self._clock = clock
+
+    def execute(self, cr_obj: Mapping[str, Any], cr: CrView, actions: tuple[Action, ...]) -> Outcome:
+        """Run ``actions`` in order; stop at the first that cannot proceed (the next pass re-decides)."""
+        requeue: timedelta | None = None
+        for action in actions:
+            later = self._one(cr_obj, cr, action)
+            if later is not None:
+                requeue = later if requeue is None else min(requeue, later)
+                if not isinstance(action, Requeue):
+                    break
+        return Outcome(requeue)
+
+    def _one(self, cr_obj: Mapping[str, Any], cr: CrView, action: Action) -> timedelta | None:  # noqa: PLR0912 - one arm per action
+        match action:
+            case AddFinalizer():
+                self._metadata(cr, _with_finalizer)
+            case RemoveFinalizer():
+                self._metadata(cr, _without_finalizer)
+                self._hub.forget(cr.uid)
+            case SetPhase():
+                return self._set_phase(cr, action)
+            case CreateExposure():
+                for manifest in manifests(action.plan).in_creation_order():
+                    self._objects.create(resource_for(manifest["kind"]), manifest, exist_ok=True)
+            case DeleteExposure():
+                self._delete_exposure(cr)
+            case Assign():
+                return self._assign(cr, action)
+            case CancelAssignment():
+                self._hub.cancel(cr.uid, action.node, action.epoch, action.reason, action.hand_off)
+            case RecordEvent():
+                if action.type == "Warning":
+                    self._recorder.record(dict(cr_obj), "Warning", action.reason, action.message)
+                else:
+                    self._recorder.record(dict(cr_obj), "Normal", action.reason, action.message)
+            case Requeue():
+                return action.after
+            case BindRestoredVolume():
+                self._bind_restored_volume(cr, action)
+            case RevokeAssignment():
+                self._metadata(cr, _annotate({ASSIGNMENT_ANNOTATION: f"{action.epoch}:-"}))
+            case MarkReexposure():
+                self._metrics.reassignments.labels("reexposed").inc()
+                self._metadata(
+                    cr,
+                    _annotate(
+                        {
+                            REEXPOSURES_ANNOTATION: str(action.count),
+                            REEXPOSED_AT_ANNOTATION: format_timestamp(action.at),
+                        }
+                    ),
+                )
+        return None
+
+    # -- phases and metadata ----------------------------------------------------------------------
+
+    def _set_phase(self, cr: CrView, action: SetPhase) -> timedelta | None:
+        patch = action.status_patch()["status"]
+        wrote = False
+
+        def mutate(status: Obj) -> Obj | None:
+            nonlocal wrote
+            if (status.get("phase") or "New") != cr.phase.value:
+                return None  # someone (an agent) moved it on: decide again from fresh state
+            wrote = True
+            return _merge(status, patch)
+
+        self._status.update_status(cr.kind, cr.namespace, cr.name, mutate)
+        if not wrote:
+            return timedelta(0)
+        accepted_at = dict(action.fields).get("acceptedTimestamp")
+        if isinstance(accepted_at, str):
+            self._metadata(cr, _annotate({ACCEPTED_AT_ANNOTATION: accepted_at}))
+        self._metrics.transitions.labels(cr.kind, action.phase.value).inc()
+        if action.phase.is_terminal and cr.created_at is not None:
+            seconds = (self._clock.now() - cr.created_at).total_seconds()
+            self._metrics.duration.labels(cr.kind, action.phase.value).observe(max(0.0, seconds))
+        log.info("phase", phase=action.phase.value, message=action.message, previous=cr.phase.value)
+        return None
+
+    def _metadata(self, cr: CrView, mutate: Any) -> None:
+        self._status.update_metadata(cr.kind, cr.namespace, cr.name, mutate)
+
+    def _assign(self, cr: CrView, action: Assign) -> timedelta | None:
+        if not self._hub.connected(action.node):
+            return _ASSIGN_RETRY
+        fence = Fence(action.epoch, action.node).render()
+        self._metadata(cr, _annotate({ASSIGNMENT_ANNOTATION: fence}))
+        if action.epoch > 1:
+            self._metrics.reassignments.labels("new_epoch").inc()
+        if not self._hub.assign(action.node, action.assignment):
+            return _ASSIGN_RETRY
+        log.info("assigned", node=action.node, epoch=action.epoch)
+        return None
+
+    # -- exposure ---------------------------------------------------------------------------------
+
+    def _delete_exposure(self, cr: CrView) -> None:
+        parts: list[tuple[Resource, str | None]] = [
+            (POD, cr.namespace),
+            (PERSISTENT_VOLUME_CLAIM, cr.namespace),
+        ]
+        if cr.is_upload:
+            parts += [(VOLUME_SNAPSHOT, cr.namespace), (VOLUME_SNAPSHOT_CONTENT, None)]
+        for resource, namespace in parts:
+            self._delete_owned(resource, namespace, cr.name, cr.uid)
+
+    def _delete_owned(self, resource: Resource, namespace: str | None, name: str, owner_uid: str) -> None:
+        try:
+            obj = self._objects.get(resource, namespace, name)
+        except NotFound:
+            return
+        if (obj["metadata"].get("labels") or {}).get(LABEL_OWNER_UID) != owner_uid:
+            return  # same name, not ours: never touch it
+        self._objects.delete(resource, namespace, name, uid=obj["metadata"]["uid"])
+
+    def _bind_restored_volume(self, cr: CrView, action: BindRestoredVolume) -> None:
+        """Velero's hand-over: keep the PV, drop the temporary claim, point the PV at the target PVC."""
+        pv = self._objects.get(PERSISTENT_VOLUME, None, action.pv_name)
+        target = self._objects.get(PERSISTENT_VOLUME_CLAIM, action.target_namespace, action.target_pvc)
+        spec, meta = pv.get("spec") or {}, pv["metadata"]
+        original = (meta.get("annotations") or {}).get(ORIGINAL_RECLAIM_ANNOTATION)
+        if original is None:
+            policy = spec.get("persistentVolumeReclaimPolicy", "Delete")
+            self._objects.patch(
+                PERSISTENT_VOLUME,
+                None,
+                action.pv_name,
+                {
+                    "metadata": {"annotations": {ORIGINAL_RECLAIM_ANNOTATION: policy}},
+                    "spec": {"persistentVolumeReclaimPolicy": "Retain"},
+                },
+            )
+            original = policy
+        self._delete_owned(POD, cr.namespace, cr.name, cr.uid)
+        self._delete_owned(PERSISTENT_VOLUME_CLAIM, cr.namespace, cr.name, cr.uid)
+        selector = ((target.get("spec") or {}).get("selector") or {}).get("matchLabels") or {}
+        claim = {
+            "apiVersion": "v1",
+            "kind": "PersistentVolumeClaim",
+            "namespace": action.target_namespace,
+            "name": action.target_pvc,
+            "uid": target["metadata"]["uid"],
+        }
+        self._objects.patch(
+            PERSISTENT_VOLUME,
+            None,
+            action.pv_name,
+            {
+                "metadata": {"labels": dict(selector), "annotations": {ORIGINAL_RECLAIM_ANNOTATION: None}},
+                "spec": {"claimRef": claim, "persistentVolumeReclaimPolicy": original},
+            },
+        )
+        log.info(
+            "restored volume handed over",
+            pv=action.pv_name,
+            pvc=f"{action.target_namespace}/{action.target_pvc}",
+        )
+
+
+def _merge(status: Obj, patch: Mapping[str, Any]) -> Obj:
+    """JSON-merge ``patch`` into ``status``: maps merge, ``None`` removes, everything else replaces."""
+    merged = dict(status)
+    for key, value in patch.items():
+        if value is None:
+            merged.pop(key, None)
+        elif isinstance(value, Mapping) and isinstance(merged.get(key), Mapping) and key != "dataMoverResult":
+            merged[key] = _merge(dict(merged[key]), value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def _with_finalizer(meta: Obj) -> Obj | None:
+    finalizers = list(meta.get("finalizers") or [])
+    if FINALIZER in finalizers:
+        return None
+    return {**meta, "finalizers": [*finalizers, FINALIZER]}
+
+
+def _without_finalizer(meta: Obj) -> Obj | None:
+    finalizers = list(meta.get("finalizers") or [])
+    if FINALIZER not in finalizers:
+        return None
+    return {**meta, "finalizers": [f for f in finalizers if f != FINALIZER]}
+
+
+def _annotate(values: Mapping[str, str]) -> Any:
+    def mutate(meta: Obj) -> Obj | None:
+        annotations = dict(meta.get("annotations") or {})
+        if all(annotations.get(k) == v for k, v in values.items()):
+            return None
+        return {**meta, "annotations": {**annotations, **values}}
+
+    return mutate
+
+
+__all__ = ["Executor", "Outcome", "Phase", "parse_timestamp"]

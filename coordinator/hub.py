@@ -1,0 +1,207 @@
+"""The coordinator's record of agents and of the assignments they run (implements ``AgentHub``).
+
+Only memory: after a failover the new leader rebuilds it from the agents' Hello messages (each lists
+what it runs) and from the CRs in the API server. Every change that could alter a decision calls
+``on_change(assignment_id)`` so the controller reconciles that CR promptly.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from datetime import datetime
+
+import structlog
+
+from barge.clock import Clock
+from barge.control.messages import (
+    AgentEvent,
+    Assignment,
+    AssignmentResult,
+    CancelAssignment,
+    Drain,
+    Heartbeat,
+    ProgressReport,
+    RunningAssignment,
+)
+from barge.control.ports import AgentSession
+from coordinator.metrics import CoordinatorMetrics
+from coordinator.model import AssignmentView, HubState
+
+log = structlog.get_logger("barge.coordinator")
+
+
+@dataclass(frozen=True)
+class _Record:
+    view: AssignmentView
+    kind: str = ""  # "upload" | "download", for metrics
+
+
+class Hub:
+    def __init__(
+        self, clock: Clock, metrics: CoordinatorMetrics, on_change: Callable[[str], None] = lambda _id: None
+    ) -> None:
+        self._clock = clock
+        self._metrics = metrics
+        self.on_change = on_change
+        self._lock = threading.Lock()
+        self._sessions: dict[str, AgentSession] = {}
+        self._disconnected_since: dict[str, datetime] = {}
+        self._records: dict[str, _Record] = {}
+
+    # -- AgentHub -------------------------------------------------------------------------------
+
+    def agent_connected(self, session: AgentSession) -> None:
+        with self._lock:
+            self._sessions[session.node] = session
+            self._disconnected_since.pop(session.node, None)
+            changed = self._reconcile_running(session.node, session.hello.running, adopt=True)
+            self._metrics.agents_connected.set(len(self._sessions))
+        log.info("agent connected", node=session.node, running=len(session.hello.running))
+        self._notify(changed)
+
+    def agent_event(self, session: AgentSession, event: AgentEvent) -> None:
+        changed: list[str] = []
+        with self._lock:
+            if isinstance(event, ProgressReport):
+                changed = self._progress(session.node, event)
+            elif isinstance(event, AssignmentResult):
+                changed = self._result(session.node, event)
+            elif isinstance(event, Heartbeat):
+                changed = self._reconcile_running(session.node, event.running, adopt=False)
+        self._notify(changed)
+
+    def agent_disconnected(self, session: AgentSession) -> None:
+        with self._lock:
+            if self._sessions.get(session.node) is not session:
+                return  # an older stream of a node that has already reconnected
+            del self._sessions[session.node]
+            self._disconnected_since[session.node] = self._clock.now()
+            changed = [i for i, r in self._records.items() if r.view.node == session.node]
+            self._metrics.agents_connected.set(len(self._sessions))
+        log.warning("agent disconnected", node=session.node)
+        self._notify(changed)
+
+    # -- what the controller asks -----------------------------------------------------------------
+
+    def connected(self, node: str) -> bool:
+        with self._lock:
+            return node in self._sessions
+
+    def disconnected_since(self, node: str) -> datetime | None:
+        with self._lock:
+            return self._disconnected_since.get(node)
+
+    def nodes(self) -> set[str]:
+        with self._lock:
+            return set(self._sessions) | set(self._disconnected_since)
+
+    def assignment(self, assignment_id: str) -> AssignmentView | None:
+        with self._lock:
+            record = self._records.get(assignment_id)
+            return record.view if record else None
+
+    def assign(self, node: str, assignment: Assignment) -> bool:
+        """Send ``assignment`` to ``node``'s agent; False when that agent is not connected."""
+        with self._lock:
+            session = self._sessions.get(node)
+            if session is None:
+                return False
+            current = self._records.get(assignment.assignment_id)
+            if current and current.view.epoch == assignment.epoch and current.view.node == node:
+                return True  # already sent: replays are for agents, not for the coordinator
+            view = AssignmentView(epoch=assignment.epoch, node=node, state=HubState.SENT)
+            self._records[assignment.assignment_id] = _Record(view, assignment.kind.value)
+        session.send(assignment)
+        self._metrics.assignments.labels(assignment.kind.value).inc()
+        return True
+
+    def cancel(self, assignment_id: str, node: str, epoch: int, reason: str, hand_off: bool) -> None:
+        with self._lock:
+            session = self._sessions.get(node)
+            record = self._records.get(assignment_id)
+            if record and record.view.epoch == epoch and record.view.cancel_sent_at is None:
+                view = replace(record.view, cancel_sent_at=self._clock.now(), cancel_hand_off=hand_off)
+                self._records[assignment_id] = replace(record, view=view)
+        if session is not None:
+            session.send(CancelAssignment(assignment_id, epoch, reason, hand_off))
+
+    def drain(self, node: str, grace_seconds: float, reason: str) -> None:
+        with self._lock:
+            session = self._sessions.get(node)
+        if session is not None:
+            session.send(Drain(grace_seconds, reason))
+
+    def forget(self, assignment_id: str) -> None:
+        """The CR is final and cleaned up: nothing more to remember."""
+        with self._lock:
+            self._records.pop(assignment_id, None)
+
+    # -- internals (called with the lock held) ----------------------------------------------------
+
+    def _progress(self, node: str, event: ProgressReport) -> list[str]:
+        record = self._records.get(event.assignment_id)
+        if record is None or record.view.epoch != event.epoch or record.view.node != node:
+            return []
+        delta = max(0, event.bytes_done - record.view.bytes_done)
+        if delta and record.kind:
+            self._metrics.bytes_processed.labels(record.kind, node).inc(delta)
+        first = record.view.state is HubState.SENT
+        view = replace(
+            record.view, state=HubState.RUNNING, bytes_done=event.bytes_done, bytes_total=event.bytes_total
+        )
+        self._records[event.assignment_id] = replace(record, view=view)
+        return [event.assignment_id] if first else []
+
+    def _result(self, node: str, event: AssignmentResult) -> list[str]:
+        record = self._records.get(event.assignment_id)
+        if record is None or record.view.epoch != event.epoch or record.view.node != node:
+            log.info("ignoring a result of a superseded assignment", node=node, epoch=event.epoch)
+            return []
+        if record.view.state is HubState.FINISHED:
+            return []  # a re-sent result
+        view = replace(
+            record.view,
+            state=HubState.FINISHED,
+            result=event,
+            bytes_done=event.bytes_done or record.view.bytes_done,
+        )
+        self._records[event.assignment_id] = replace(record, view=view)
+        self._metrics.results.labels(record.kind or "unknown", event.outcome.value).inc()
+        return [event.assignment_id]
+
+    def _reconcile_running(
+        self, node: str, running: tuple[RunningAssignment, ...], *, adopt: bool
+    ) -> list[str]:
+        """Align records with what the agent says it runs: adopt its work (new leader) or drop ours."""
+        reported = {r.assignment_id: r for r in running}
+        changed: list[str] = []
+        for item in running:
+            record = self._records.get(item.assignment_id)
+            if record is None and adopt:
+                view = AssignmentView(
+                    epoch=item.epoch,
+                    node=node,
+                    state=HubState.RUNNING,
+                    bytes_done=item.bytes_done,
+                    bytes_total=item.bytes_total,
+                )
+                self._records[item.assignment_id] = _Record(view)
+                changed.append(item.assignment_id)
+            elif record is not None and record.view.epoch == item.epoch and record.view.node == node:
+                state = HubState.RUNNING if record.view.state is HubState.SENT else record.view.state
+                view = replace(
+                    record.view, state=state, bytes_done=item.bytes_done, bytes_total=item.bytes_total
+                )
+                self._records[item.assignment_id] = replace(record, view=view)
+        for assignment_id, record in list(self._records.items()):
+            lost = record.view.node == node and record.view.state is HubState.RUNNING
+            if lost and assignment_id not in reported:
+                del self._records[assignment_id]  # the agent restarted without it: decide reassigns
+                changed.append(assignment_id)
+        return changed
+
+    def _notify(self, assignment_ids: list[str]) -> None:
+        for assignment_id in assignment_ids:
+            self.on_change(assignment_id)

@@ -1,0 +1,215 @@
+"""``barge-coordinator``: the leader-elected Deployment that serves Barge's DataUploads/DataDownloads.
+
+Every replica serves gRPC, metrics and probes, but only the leader runs the controller and accepts
+agents; a standby refuses their streams (UNAVAILABLE) and they redial through the Service until they
+reach the leader. A leader that cannot renew its Lease exits at once: the standby takes over from
+the state in the API server.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import socket
+import sys
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+from types import FrameType
+
+import structlog
+import yaml
+
+from barge import __version__
+from barge.clock import SystemClock
+from barge.control.messages import AgentEvent
+from barge.control.ports import AgentSession
+from barge.errors import BargeError, InvalidInput, TemporaryError
+from barge.kube.client import api_client
+from barge.kube.leader import LeaderElector
+from barge.kube.tokenreview import KubeAuthenticator
+from barge.logs import configure_logging
+from barge.observe import ObservabilityServer
+from barge.rpc.server import ControlServer, ServerTls
+from coordinator.config import CoordinatorConfig
+from coordinator.controller import Controller
+from coordinator.hub import Hub
+from coordinator.metrics import CoordinatorMetrics
+
+log = structlog.get_logger("barge.coordinator")
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+
+
+class LeaderGate:
+    """The hub as agents see it: refuses streams while this replica does not lead."""
+
+    def __init__(self, hub: Hub, leading: threading.Event) -> None:
+        self._hub = hub
+        self._leading = leading
+
+    def agent_connected(self, session: AgentSession) -> None:
+        if not self._leading.is_set():
+            raise TemporaryError("this coordinator replica is a standby; the leader serves agents")
+        self._hub.agent_connected(session)
+
+    def agent_event(self, session: AgentSession, event: AgentEvent) -> None:
+        self._hub.agent_event(session, event)
+
+    def agent_disconnected(self, session: AgentSession) -> None:
+        self._hub.agent_disconnected(session)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="barge-coordinator", description=__doc__.splitlines()[0])
+    p.add_argument("--version", action="version", version=f"barge-coordinator {__version__}")
+    p.add_argument("--kubeconfig", help="kubeconfig file (default: in-cluster ServiceAccount)")
+    p.add_argument("--watch-namespace", default="velero", help="Velero's namespace (default: velero)")
+    p.add_argument(
+        "--grpc-address",
+        default="0.0.0.0",  # noqa: S104 - the pod IP
+        help="address the agents' gRPC server binds",
+    )
+    p.add_argument("--grpc-port", type=int, default=8443)
+    p.add_argument("--metrics-address", default="0.0.0.0")  # noqa: S104 - a pod serves its metrics on its IP
+    p.add_argument("--metrics-port", type=int, default=8080, help="/metrics, /healthz, /readyz")
+    p.add_argument("--health-port", type=int, default=0, help="a second port for probes (0: none)")
+    p.add_argument("--tls-cert-file", required=True)
+    p.add_argument("--tls-key-file", required=True)
+    p.add_argument("--agent-service-account", required=True, help="NAMESPACE/NAME of the agents' account")
+    p.add_argument("--token-audience", default="barge", help="audience of the agents' projected tokens")
+    p.add_argument("--config", help="coordinator config YAML (Velero node-agent config shape)")
+    p.add_argument("--leader-election-namespace", default=os.environ.get("POD_NAMESPACE", "barge"))
+    p.add_argument("--leader-election-id", default="barge-coordinator")
+    p.add_argument("--lease-duration", type=float, default=15.0, help="seconds")
+    p.add_argument("--heartbeat-interval", type=float, default=5.0, help="seconds between agent heartbeats")
+    p.add_argument("--agent-timeout", type=float, default=20.0, help="drop a silent agent after (s)")
+    p.add_argument("--log-level", default="info")
+    p.add_argument("--log-format", choices=("json", "console"), default="json")
+    return p
+
+
+def load_config(path: str | None) -> CoordinatorConfig:
+    if not path:
+        return CoordinatorConfig.from_dict({})
+    try:
+        document = yaml.safe_load(Path(path).read_text()) or {}
+    except (OSError, yaml.YAMLError) as err:
+        raise InvalidInput(f"cannot read config {path}: {err}") from err
+    if not isinstance(document, dict):
+        raise InvalidInput(f"config {path}: the top level must be a mapping")
+    return CoordinatorConfig.from_dict(document)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        configure_logging(args.log_level, args.log_format)
+        return run(args)
+    except InvalidInput as err:
+        print(f"barge-coordinator: {err}", file=sys.stderr)
+        return EXIT_USAGE
+    except BargeError as err:
+        print(f"barge-coordinator: {err}", file=sys.stderr)
+        return EXIT_FAILED
+    except ValueError as err:
+        print(f"barge-coordinator: {err}", file=sys.stderr)
+        return EXIT_USAGE
+
+
+def run(args: argparse.Namespace) -> int:
+    config = load_config(args.config)
+    clock = SystemClock()
+    identity = os.environ.get("POD_NAME") or f"{socket.gethostname()}-{os.getpid()}"
+    api = api_client(Path(args.kubeconfig) if args.kubeconfig else None)
+    metrics = CoordinatorMetrics()
+    hub = Hub(clock, metrics)
+    leading, stop, lost = threading.Event(), threading.Event(), threading.Event()
+    controller = Controller(
+        api,
+        namespace=args.watch_namespace,
+        config=config,
+        hub=hub,
+        metrics=metrics,
+        clock=clock,
+        identity=identity,
+    )
+    server = ControlServer(
+        LeaderGate(hub, leading),
+        KubeAuthenticator(api, args.agent_service_account, (args.token_audience,)),
+        address=f"{args.grpc_address}:{args.grpc_port}",
+        tls=ServerTls(Path(args.tls_cert_file), Path(args.tls_key_file)),
+        clock=clock,
+        heartbeat_interval_s=args.heartbeat_interval,
+        agent_timeout_s=args.agent_timeout,
+        coordinator_id=identity,
+    )
+    # Every replica is Ready once it serves: a standby that reported not-ready would stall rollouts
+    # and block drains through the PodDisruptionBudget. It refuses agent streams instead (UNAVAILABLE),
+    # and agents redial until they reach the leader.
+    observability = [ObservabilityServer(args.metrics_address, args.metrics_port, metrics.registry)]
+    if args.health_port:
+        observability.append(ObservabilityServer(args.metrics_address, args.health_port, metrics.registry))
+
+    def lead() -> None:
+        try:
+            controller.start()
+        except BargeError as err:
+            log.error("controller could not start", error=str(err))
+            lost.set()
+            stop.set()
+            return
+        leading.set()
+        metrics.is_leader.set(1)
+        server.set_serving(True)
+        log.info("leading: serving DataUploads and DataDownloads", identity=identity)
+
+    def started() -> None:
+        threading.Thread(target=lead, name="lead", daemon=True).start()
+
+    def stopped() -> None:
+        if not stop.is_set():
+            log.error("lost the leader lease; exiting so that a clean replica takes over")
+            lost.set()
+        stop.set()
+
+    elector = LeaderElector(
+        api,
+        args.leader_election_namespace,
+        args.leader_election_id,
+        identity,
+        clock=clock,
+        on_started=started,
+        on_stopped=stopped,
+        lease_duration_s=args.lease_duration,
+        renew_deadline_s=args.lease_duration * 2 / 3,
+        retry_period_s=max(0.5, args.lease_duration / 7.5),
+    )
+    _on_signals(stop)
+    server.start()
+    server.set_serving(False)
+    for endpoint in observability:
+        endpoint.start()
+    log.info("coordinator started", version=__version__, identity=identity, grpc_port=server.port)
+    elector.start()
+    stop.wait()
+    log.info("shutting down")
+    leading.clear()
+    elector.stop()
+    controller.stop()
+    server.stop(grace=5)
+    for endpoint in observability:
+        endpoint.stop()
+    return EXIT_FAILED if lost.is_set() else EXIT_OK
+
+
+def _on_signals(stop: threading.Event) -> None:
+    def handle(signum: int, frame: FrameType | None) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGTERM, handle)
+    signal.signal(signal.SIGINT, handle)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

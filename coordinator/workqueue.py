@@ -1,0 +1,99 @@
+"""A work queue of CR keys, as controller-runtime has: deduplicated, with delayed re-adds.
+
+A key is never processed by two workers at once; a key added while it is being processed is
+processed again afterwards (so no change is lost); a delayed add keeps the earliest due time.
+"""
+
+from __future__ import annotations
+
+import heapq
+import threading
+from collections.abc import Hashable
+from typing import Generic, TypeVar
+
+from barge.clock import Clock
+
+K = TypeVar("K", bound=Hashable)
+
+
+class WorkQueue(Generic[K]):
+    def __init__(self, clock: Clock) -> None:
+        self._clock = clock
+        self._cond = threading.Condition()
+        self._ready: list[K] = []
+        self._queued: set[K] = set()
+        self._processing: set[K] = set()
+        self._dirty: set[K] = set()  # added while processing
+        self._delayed: list[tuple[float, int, K]] = []
+        self._due: dict[K, float] = {}
+        self._counter = 0
+        self._closed = False
+
+    def add(self, key: K) -> None:
+        with self._cond:
+            self._add_locked(key)
+
+    def add_after(self, key: K, seconds: float) -> None:
+        if seconds <= 0:
+            self.add(key)
+            return
+        with self._cond:
+            due = self._clock.monotonic() + seconds
+            if key in self._due and self._due[key] <= due:
+                return
+            self._due[key] = due
+            self._counter += 1
+            heapq.heappush(self._delayed, (due, self._counter, key))
+            self._cond.notify()
+
+    def get(self, timeout: float) -> K | None:
+        """The next ready key (mark it processing), or None after ``timeout`` or when closed."""
+        deadline = self._clock.monotonic() + timeout
+        with self._cond:
+            while not self._closed:
+                self._promote_due()
+                if self._ready:
+                    key = self._ready.pop(0)
+                    self._queued.discard(key)
+                    self._processing.add(key)
+                    return key
+                remaining = deadline - self._clock.monotonic()
+                if remaining <= 0:
+                    return None
+                wait = remaining
+                if self._delayed:
+                    wait = min(wait, max(0.0, self._delayed[0][0] - self._clock.monotonic()))
+                self._cond.wait(max(wait, 0.001))
+            return None
+
+    def done(self, key: K) -> None:
+        with self._cond:
+            self._processing.discard(key)
+            if key in self._dirty:
+                self._dirty.discard(key)
+                self._add_locked(key)
+
+    def close(self) -> None:
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+
+    def __len__(self) -> int:
+        with self._cond:
+            return len(self._ready) + len(self._delayed)
+
+    def _add_locked(self, key: K) -> None:
+        if key in self._processing:
+            self._dirty.add(key)
+        elif key not in self._queued:
+            self._queued.add(key)
+            self._ready.append(key)
+            self._cond.notify()
+
+    def _promote_due(self) -> None:
+        now = self._clock.monotonic()
+        while self._delayed and self._delayed[0][0] <= now:
+            due, _, key = heapq.heappop(self._delayed)
+            if self._due.get(key) == due:
+                del self._due[key]
+                self._add_locked(key)

@@ -1,0 +1,171 @@
+"""Building ``Observed`` for one CR from the informer caches and the hub: pure, no I/O.
+
+The caches are read through the tiny ``Caches`` protocol (plain dicts keyed by kind), so the same
+code serves the controller and the unit tests.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Protocol
+
+from barge.control.naming import DATAMOVER, LABEL_OWNER_UID
+from coordinator.config import CoordinatorConfig
+from coordinator.model import (
+    DATA_UPLOAD,
+    AgentView,
+    AssignmentView,
+    CrView,
+    ExposureView,
+    HubState,
+    Observed,
+    PodView,
+    PvcView,
+    SnapshotView,
+)
+from coordinator.scheduler import ItemKey, NodeState, WorkItem, work_item
+
+Obj = Mapping[str, Any]
+
+POD, PVC, PV = "Pod", "PersistentVolumeClaim", "PersistentVolume"
+VS, VSC = "VolumeSnapshot", "VolumeSnapshotContent"
+NODE, BSL, STORAGE_CLASS = "Node", "BackupStorageLocation", "StorageClass"
+
+
+class Caches(Protocol):
+    def get(self, kind: str, namespace: str | None, name: str) -> Obj | None: ...
+
+    def items(self, kind: str) -> Iterable[Obj]: ...
+
+
+class HubView(Protocol):
+    def assignment(self, assignment_id: str) -> AssignmentView | None: ...
+
+    def connected(self, node: str) -> bool: ...
+
+    def disconnected_since(self, node: str) -> datetime | None: ...
+
+
+@dataclass(frozen=True)
+class Context:
+    """What every Observed of one pass shares."""
+
+    now: datetime
+    config: CoordinatorConfig
+    coordinator_id: str
+    agents: tuple[AgentView, ...]
+
+
+def is_ours(cr: Obj) -> bool:
+    return (cr.get("spec") or {}).get("datamover") == DATAMOVER
+
+
+def key_of(cr: Obj) -> ItemKey:
+    meta = cr.get("metadata") or {}
+    return ItemKey(str(cr.get("kind", "")), str(meta.get("namespace", "")), str(meta.get("name", "")))
+
+
+def agent_views(
+    caches: Caches, hub: HubView, cordoned_since: Mapping[str, datetime]
+) -> tuple[AgentView, ...]:
+    views = []
+    for node in caches.items(NODE):
+        name = str(node["metadata"]["name"])
+        cordoned = bool((node.get("spec") or {}).get("unschedulable"))
+        views.append(
+            AgentView(
+                node=name,
+                connected=hub.connected(name),
+                disconnected_since=hub.disconnected_since(name),
+                cordoned=cordoned,
+                cordoned_since=cordoned_since.get(name) if cordoned else None,
+                labels=tuple(sorted((node["metadata"].get("labels") or {}).items())),
+            )
+        )
+    return tuple(sorted(views, key=lambda a: a.node))
+
+
+def observe(cr_obj: Obj, caches: Caches, hub: HubView, context: Context, admitted: bool) -> Observed:
+    cr = CrView.from_object(cr_obj)
+    snapshot = SnapshotView()
+    source_pvc = target_pvc = None
+    if cr.is_upload:
+        vs = caches.get(VS, cr.source_namespace, cr.volume_snapshot)
+        content_name = str(((vs or {}).get("status") or {}).get("boundVolumeSnapshotContentName") or "")
+        vsc = caches.get(VSC, None, content_name) if content_name else None
+        snapshot = SnapshotView.from_objects(vs, vsc)
+        source_pvc = _pvc_view(caches, cr.source_namespace, cr.source_pvc)
+    else:
+        target_pvc = _pvc_view(caches, cr.target_namespace, cr.target_pvc)
+    return Observed(
+        now=context.now,
+        cr=cr,
+        config=context.config,
+        coordinator_id=context.coordinator_id,
+        exposure=exposure_view(caches, cr),
+        snapshot=snapshot,
+        source_pvc=source_pvc,
+        target_pvc=target_pvc,
+        bsl_present=caches.get(BSL, cr.namespace, cr.backup_storage_location) is not None,
+        agents=context.agents,
+        assignment=hub.assignment(cr.uid),
+        admitted=admitted,
+    )
+
+
+def exposure_view(caches: Caches, cr: CrView) -> ExposureView:
+    def owned(obj: Obj | None) -> Obj | None:
+        labels = ((obj or {}).get("metadata") or {}).get("labels") or {}
+        return obj if obj is not None and labels.get(LABEL_OWNER_UID) == cr.uid else None
+
+    vsc = owned(caches.get(VSC, None, cr.name)) if cr.is_upload else None
+    vs = owned(caches.get(VS, cr.namespace, cr.name)) if cr.is_upload else None
+    pvc = owned(caches.get(PVC, cr.namespace, cr.name))
+    pod = owned(caches.get(POD, cr.namespace, cr.name))
+    parts = [p for p in (vsc, vs, pvc, pod) if p is not None]
+    return ExposureView(
+        snapshot_content=vsc is not None,
+        snapshot=vs is not None,
+        pvc=pvc is not None,
+        pv_name=str(((pvc or {}).get("spec") or {}).get("volumeName") or ""),
+        pod=PodView.from_object(pod) if pod is not None else None,
+        terminating=any((p.get("metadata") or {}).get("deletionTimestamp") for p in parts),
+    )
+
+
+def _pvc_view(caches: Caches, namespace: str, name: str) -> PvcView | None:
+    if not name:
+        return None
+    pvc = caches.get(PVC, namespace, name)
+    if pvc is None:
+        return None
+    storage_class = (pvc.get("spec") or {}).get("storageClassName") or ""
+    sc = caches.get(STORAGE_CLASS, None, storage_class) if storage_class else None
+    wait = (sc or {}).get("volumeBindingMode") == "WaitForFirstConsumer"
+    return PvcView.from_object(pvc, wait_for_first_consumer=wait)
+
+
+# -- the scheduler's view of all items ----------------------------------------------------------
+
+
+def work_items(crs: Iterable[Obj], caches: Caches, hub: HubView, now: datetime) -> tuple[WorkItem, ...]:
+    """The scheduler's view of every CR Barge serves (``crs`` carry their ``kind``)."""
+    items = []
+    for obj in crs:
+        if not is_ours(obj):
+            continue
+        cr = CrView.from_object(obj)
+        pod = exposure_view(caches, cr).pod
+        live = hub.assignment(cr.uid)
+        assigned = live is not None and live.state is not HubState.FINISHED and live.cancel_sent_at is None
+        items.append(work_item(cr, now, pod.node if pod else "", assigned))
+    return tuple(items)
+
+
+def node_states(agents: Iterable[AgentView]) -> tuple[NodeState, ...]:
+    return tuple(NodeState(a.node, a.labels, a.cordoned, a.connected) for a in agents)
+
+
+__all__ = ["DATA_UPLOAD", "Caches", "Context", "HubView", "agent_views", "observe", "work_items"]

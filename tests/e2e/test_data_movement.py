@@ -1,0 +1,203 @@
+"""DataUploads and DataDownloads served end to end, exactly as Velero creates and reads them."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from barge.control.naming import FINALIZER, LABEL_OWNER_UID
+from barge.devenv.localbarge import LocalBarge
+from barge.devenv.trees import capture
+from barge.devenv.velero import data_download, data_upload, restore_target_pvc
+from barge.devenv.waiting import wait_for
+from barge.kube.resources import (
+    DATA_UPLOAD,
+    PERSISTENT_VOLUME_CLAIM,
+    POD,
+    VOLUME_SNAPSHOT,
+    VOLUME_SNAPSHOT_CONTENT,
+    KubeObjects,
+)
+from tests.fsbuild import write
+
+pytestmark = pytest.mark.integration
+
+
+def make_volume(root: Path, files: int = 20, size: int = 50_000) -> Path:
+    for index in range(files):
+        write(root / f"dir{index % 4}" / f"file{index}.bin", os.urandom(size))
+    write(root / "empty", b"")
+    return root
+
+
+def upload(
+    env: LocalBarge, namespace: str, volume: Path, backup: str = "nightly", pvc: str = "data", **spec: Any
+) -> str:
+    vs_name, _ = env.sim.snapshot_source(namespace, pvc, volume)
+    body = data_upload(backup=backup, pvc=pvc, source_namespace=namespace, volume_snapshot=vs_name)
+    body["spec"].update(spec)
+    return str(env.create("DataUpload", body)["metadata"]["name"])
+
+
+def assert_cleaned_up(env: LocalBarge, objects: KubeObjects, kind: str, name: str) -> None:
+    uid = env.get(kind, name)["metadata"]["uid"]
+
+    def nothing_left() -> bool:
+        selector = f"{LABEL_OWNER_UID}={uid}"
+        leftovers = [
+            *objects.list(POD, "velero", selector),
+            *objects.list(PERSISTENT_VOLUME_CLAIM, "velero", selector),
+            *objects.list(VOLUME_SNAPSHOT, "velero", selector),
+            *objects.list(VOLUME_SNAPSHOT_CONTENT, None, selector),
+        ]
+        finalizers = env.get(kind, name)["metadata"].get("finalizers") or []
+        return not leftovers and FINALIZER not in finalizers
+
+    wait_for(nothing_left, 60, what=f"everything Barge created for {kind} {name} to be removed", interval=0.3)
+
+
+def test_a_data_upload_completes_with_what_velero_reads(
+    barge_env: LocalBarge, objects: KubeObjects, app_namespace: str, tmp_path: Path
+) -> None:
+    volume = make_volume(tmp_path / "volume")
+    name = upload(barge_env, app_namespace, volume)
+    done = barge_env.wait_phase("DataUpload", name)
+    status = done["status"]
+    assert status["phase"] == "Completed", status.get("message")
+    assert len(status["snapshotID"]) == 64
+    assert status["node"] in ("node-a", "node-b")
+    assert status["progress"] == {"totalBytes": 20 * 50_000, "bytesDone": 20 * 50_000}
+    assert status["startTimestamp"] <= status["completionTimestamp"]
+    assert status["path"]
+    accepted_at = done["metadata"]["annotations"][
+        "barge.io/accepted-at"
+    ]  # the seed CRD prunes acceptedTimestamp
+    assert accepted_at <= status["startTimestamp"]
+    assert_cleaned_up(barge_env, objects, "DataUpload", name)
+
+
+def test_a_data_download_restores_bit_exact_into_the_target_pvc(
+    barge_env: LocalBarge, objects: KubeObjects, app_namespace: str, tmp_path: Path
+) -> None:
+    volume = make_volume(tmp_path / "volume", files=8)
+    os.symlink("dir0", volume / "link")
+    uploaded = barge_env.wait_phase("DataUpload", upload(barge_env, app_namespace, volume))["status"]
+    assert uploaded["phase"] == "Completed", uploaded.get("message")
+    target_ns = f"{app_namespace}-restored"
+    objects.create(
+        PERSISTENT_VOLUME_CLAIM,
+        restore_target_pvc(restore="r1", name="data", namespace=target_ns, size="1Gi"),
+    )
+    body = data_download(
+        restore="r1",
+        snapshot_id=uploaded["snapshotID"],
+        target_pvc="data",
+        target_namespace=target_ns,
+        source_namespace=app_namespace,
+    )
+    name = barge_env.create("DataDownload", body)["metadata"]["name"]
+    status = barge_env.wait_phase("DataDownload", name)["status"]
+    assert status["phase"] == "Completed", status.get("message")
+    wait_for(lambda: _bound(objects, target_ns, "data"), 30, what="the target PVC to bind")
+    restored = capture(barge_env.sim.claim_data(target_ns, "data"))
+    restored.pop(b"lost+found", None)
+    assert restored == capture(volume)
+    assert_cleaned_up(barge_env, objects, "DataDownload", name)
+
+
+def _bound(objects: KubeObjects, namespace: str, name: str) -> dict[str, Any] | None:
+    pvc = objects.get(PERSISTENT_VOLUME_CLAIM, namespace, name)
+    return pvc if (pvc.get("status") or {}).get("phase") == "Bound" else None
+
+
+def test_many_uploads_from_two_backups_spread_over_both_nodes(
+    barge_env: LocalBarge, objects: KubeObjects, app_namespace: str, tmp_path: Path
+) -> None:
+    names = []
+    for index in range(6):
+        volume = make_volume(tmp_path / f"v{index}", files=4, size=20_000)
+        backup = "big" if index < 4 else "small"
+        names.append(upload(barge_env, app_namespace, volume, backup=backup, pvc=f"data-{index}"))
+    statuses = [barge_env.wait_phase("DataUpload", name, timeout=240)["status"] for name in names]
+    assert [s["phase"] for s in statuses] == ["Completed"] * 6, [s.get("message") for s in statuses]
+    assert {s["node"] for s in statuses} == {"node-a", "node-b"}
+    assert len({s["snapshotID"] for s in statuses}) == 6
+    for name in names:
+        assert_cleaned_up(barge_env, objects, "DataUpload", name)
+
+
+def test_data_uploads_of_other_data_movers_are_left_alone(
+    barge_env: LocalBarge, app_namespace: str, tmp_path: Path
+) -> None:
+    name = upload(barge_env, app_namespace, make_volume(tmp_path / "v", files=1), datamover="velero")
+    ours = upload(barge_env, app_namespace, make_volume(tmp_path / "w", files=1), pvc="other")
+    barge_env.wait_phase("DataUpload", ours)
+    other = barge_env.get("DataUpload", name)
+    assert (other.get("status") or {}).get("phase") in (None, "", "New")
+    assert FINALIZER not in (other["metadata"].get("finalizers") or [])
+
+
+def test_cancel_before_the_data_moves(
+    barge_env: LocalBarge, objects: KubeObjects, app_namespace: str, tmp_path: Path
+) -> None:
+    name = upload(barge_env, app_namespace, make_volume(tmp_path / "v", files=1), cancel=True)
+    status = barge_env.wait_phase("DataUpload", name)["status"]
+    assert status["phase"] == "Canceled"
+    assert_cleaned_up(barge_env, objects, "DataUpload", name)
+
+
+def test_cancel_while_the_data_moves(
+    barge_env: LocalBarge, objects: KubeObjects, app_namespace: str, tmp_path: Path
+) -> None:
+    volume = make_volume(tmp_path / "big", files=40, size=4 * 2**20)
+    name = upload(barge_env, app_namespace, volume)
+    barge_env.wait_phase("DataUpload", name, phases=("InProgress", "Completed"))
+    barge_env.patch_spec("DataUpload", name, {"cancel": True})
+    status = barge_env.wait_phase("DataUpload", name)["status"]
+    assert status["phase"] in ("Canceled", "Completed")  # Completed only if it finished first
+    assert_cleaned_up(barge_env, objects, "DataUpload", name)
+
+
+def test_an_unknown_backup_storage_location_fails_with_a_message(
+    barge_env: LocalBarge, objects: KubeObjects, app_namespace: str, tmp_path: Path
+) -> None:
+    name = upload(
+        barge_env, app_namespace, make_volume(tmp_path / "v", files=1), backupStorageLocation="nowhere"
+    )
+    status = barge_env.wait_phase("DataUpload", name, timeout=90)["status"]
+    assert status["phase"] == "Failed"
+    assert "nowhere" in status["message"]
+    assert_cleaned_up(barge_env, objects, "DataUpload", name)
+
+
+def test_deleting_a_data_upload_cleans_everything_up(
+    barge_env: LocalBarge, objects: KubeObjects, app_namespace: str, tmp_path: Path
+) -> None:
+    name = upload(barge_env, app_namespace, make_volume(tmp_path / "big", files=20, size=2**20))
+    barge_env.wait_phase("DataUpload", name, phases=("Accepted", "Prepared", "InProgress", "Completed"))
+    uid = barge_env.get("DataUpload", name)["metadata"]["uid"]
+    objects.delete(DATA_UPLOAD, "velero", name)
+    barge_env.wait_gone("DataUpload", name)
+    leftovers = objects.list(POD, "velero", f"{LABEL_OWNER_UID}={uid}")
+    assert leftovers == []
+
+
+def test_metrics_show_the_work(barge_env: LocalBarge, app_namespace: str, tmp_path: Path) -> None:
+    name = upload(barge_env, app_namespace, make_volume(tmp_path / "v", files=2))
+    node = barge_env.wait_phase("DataUpload", name)["status"]["node"]
+    leader = barge_env.leader()
+    assert leader is not None
+    port = barge_env.processes.coordinator_metrics[leader]
+    assert barge_env.metric(port, "barge_coordinator_agents_connected") == 2.0
+    assert (barge_env.metric(port, "barge_coordinator_assignments_total", {"kind": "upload"}) or 0) >= 1
+    transitions = "barge_coordinator_phase_transitions_total"
+    assert (barge_env.metric(port, transitions, {"kind": "DataUpload", "phase": "Accepted"}) or 0) >= 1
+    assert (barge_env.metric(port, transitions, {"kind": "DataUpload", "phase": "Prepared"}) or 0) >= 1
+    agent_port = barge_env.processes.agent_metrics[node]
+    assert (barge_env.metric(agent_port, "barge_agent_data_upload_success_total", {"node": node}) or 0) >= 1
+    assert (
+        barge_env.metric(agent_port, "barge_agent_bytes_processed_total", {"kind": "upload"}) or 0
+    ) >= 100_000

@@ -1,0 +1,52 @@
+"""The chart and the binaries agree: every argument the chart renders parses, with the meaning meant."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from agent.main import build_parser as agent_parser
+from barge.devenv.helm import Helm
+from coordinator.main import build_parser as coordinator_parser
+
+
+def container(kind: str, values: dict[str, Any] | None = None) -> dict[str, Any]:
+    docs = Helm.installed().template(values=values)
+    workload = next(d for d in docs if d.get("kind") == kind)
+    first: dict[str, Any] = workload["spec"]["template"]["spec"]["containers"][0]
+    return first
+
+
+def test_the_coordinator_accepts_every_argument_the_chart_gives_it() -> None:
+    spec = container("Deployment")
+    assert spec["command"] == ["barge-coordinator"]
+    args = coordinator_parser().parse_args(spec["args"])
+    assert args.watch_namespace == "velero"
+    assert args.agent_service_account == "barge/barge-agent"
+    assert (args.grpc_port, args.metrics_port, args.health_port) == (8443, 8080, 8081)
+    assert args.config == "/etc/barge/config.yaml"
+
+
+def test_the_agent_accepts_every_argument_the_chart_gives_it() -> None:
+    spec = container("DaemonSet")
+    assert spec["command"] == ["barge-agent"]
+    args = agent_parser().parse_args(spec["args"])
+    assert args.coordinator == "barge-coordinator.barge.svc:8443"
+    assert args.token_file == "/var/run/secrets/barge/token"
+    assert args.kubelet_root == "/var/lib/kubelet"
+    assert args.node_name == "$(NODE_NAME)"  # the kubelet expands it from the downward API env var
+    assert args.repository_password_secret == "velero-repo-credentials/repository-password"
+    assert args.compression == "zstd"
+
+
+def test_the_rendered_coordinator_config_is_valid() -> None:
+    import yaml
+
+    from coordinator.config import CoordinatorConfig
+
+    for values in (None, {"config": {"loadConcurrency": {"globalConfig": 3}, "prepareTimeout": "1h"}}):
+        docs = Helm.installed().template(values=values)
+        config_map = next(
+            d for d in docs if d.get("kind") == "ConfigMap" and "config.yaml" in d.get("data", {})
+        )
+        config = CoordinatorConfig.from_dict(yaml.safe_load(config_map["data"]["config.yaml"]))
+        assert config.load_concurrency.for_node({}) >= 1

@@ -1,0 +1,128 @@
+"""The coordinator's hub: agent sessions, assignment records, idempotent results, adoption."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from barge.clock import ManualClock
+from barge.control.messages import (
+    Assignment,
+    AssignmentKind,
+    AssignmentResult,
+    CoordinatorCommand,
+    CrRef,
+    Heartbeat,
+    Hello,
+    Outcome,
+    ProgressReport,
+    RunningAssignment,
+    VolumeMode,
+)
+from coordinator.hub import Hub
+from coordinator.metrics import CoordinatorMetrics
+from coordinator.model import HubState
+
+
+@dataclass
+class Session:
+    node: str
+    hello: Hello
+    sent: list[CoordinatorCommand] = field(default_factory=list)
+
+    def send(self, command: CoordinatorCommand) -> None:
+        self.sent.append(command)
+
+    def close(self, reason: str) -> None:
+        pass
+
+
+def assignment(epoch: int = 1) -> Assignment:
+    cr = CrRef("DataUpload", "velero", "du", "uid-1")
+    return Assignment(
+        "uid-1", epoch, AssignmentKind.UPLOAD, cr, "pod", "pv", VolumeMode.FILESYSTEM, "default", "ns"
+    )
+
+
+def hub() -> tuple[Hub, list[str], ManualClock]:
+    changes: list[str] = []
+    clock = ManualClock()
+    return Hub(clock, CoordinatorMetrics(), changes.append), changes, clock
+
+
+def test_assign_progress_result_and_replays() -> None:
+    h, changes, _ = hub()
+    session = Session("node-a", Hello("node-a", "1", 2))
+    h.agent_connected(session)
+    assert h.assign("node-a", assignment()) is True
+    assert h.assign("node-a", assignment()) is True
+    assert session.sent == [assignment()]  # a repeated Assign is not sent twice
+    h.agent_event(session, ProgressReport("uid-1", 1, 10, 100))
+    view = h.assignment("uid-1")
+    assert view is not None
+    assert (view.state, view.bytes_done) == (HubState.RUNNING, 10)
+    result = AssignmentResult("uid-1", 1, Outcome.COMPLETED, bytes_done=100)
+    h.agent_event(session, result)
+    h.agent_event(session, result)  # re-sent after a reconnect: changes nothing
+    view = h.assignment("uid-1")
+    assert view is not None
+    assert view.state is HubState.FINISHED
+    assert changes.count("uid-1") == 2  # first progress, then the result
+
+
+def test_reports_of_a_superseded_epoch_or_another_node_are_ignored() -> None:
+    h, _, _ = hub()
+    a, b = Session("node-a", Hello("node-a", "1", 2)), Session("node-b", Hello("node-b", "1", 2))
+    h.agent_connected(a)
+    h.agent_connected(b)
+    h.assign("node-b", assignment(epoch=2))
+    h.agent_event(a, AssignmentResult("uid-1", 1, Outcome.FAILED, "stale"))
+    h.agent_event(a, AssignmentResult("uid-1", 2, Outcome.FAILED, "wrong node"))
+    view = h.assignment("uid-1")
+    assert view is not None
+    assert (view.epoch, view.node, view.state) == (2, "node-b", HubState.SENT)
+
+
+def test_a_new_leader_adopts_what_agents_run() -> None:
+    h, changes, _ = hub()
+    h.agent_connected(Session("node-a", Hello("node-a", "1", 2, (RunningAssignment("uid-1", 3, 5, 50),))))
+    view = h.assignment("uid-1")
+    assert view is not None
+    assert (view.epoch, view.node, view.state, view.bytes_done) == (3, "node-a", HubState.RUNNING, 5)
+    assert changes == ["uid-1"]
+
+
+def test_disconnect_is_timed_and_a_restarted_agent_loses_its_running_work() -> None:
+    h, _, clock = hub()
+    session = Session("node-a", Hello("node-a", "1", 2))
+    h.agent_connected(session)
+    h.assign("node-a", assignment())
+    h.agent_event(session, ProgressReport("uid-1", 1, 1, 10))
+    clock.advance(5)
+    h.agent_disconnected(session)
+    assert not h.connected("node-a")
+    assert h.disconnected_since("node-a") == clock.now()
+    h.agent_connected(Session("node-a", Hello("node-a", "1", 2)))  # came back running nothing
+    assert h.assignment("uid-1") is None
+    assert h.connected("node-a")
+    assert h.disconnected_since("node-a") is None
+
+
+def test_a_heartbeat_without_a_finished_assignment_keeps_its_result() -> None:
+    h, _, _ = hub()
+    session = Session("node-a", Hello("node-a", "1", 2))
+    h.agent_connected(session)
+    h.assign("node-a", assignment())
+    h.agent_event(session, AssignmentResult("uid-1", 1, Outcome.COMPLETED))
+    h.agent_event(session, Heartbeat(()))
+    view = h.assignment("uid-1")
+    assert view is not None
+    assert view.state is HubState.FINISHED
+
+
+def test_an_old_stream_ending_after_a_reconnect_does_not_disconnect_the_node() -> None:
+    h, _, _ = hub()
+    old, new = Session("node-a", Hello("node-a", "1", 2)), Session("node-a", Hello("node-a", "1", 2))
+    h.agent_connected(old)
+    h.agent_connected(new)
+    h.agent_disconnected(old)
+    assert h.connected("node-a")

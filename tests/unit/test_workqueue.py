@@ -1,0 +1,46 @@
+"""The coordinator's work queue: dedup, no concurrent processing of a key, delayed adds."""
+
+from __future__ import annotations
+
+from barge.clock import ManualClock, SystemClock
+from coordinator.workqueue import WorkQueue
+
+
+def test_adds_are_deduplicated_and_ordered() -> None:
+    queue: WorkQueue[str] = WorkQueue(SystemClock())
+    for key in ("a", "b", "a", "c", "b"):
+        queue.add(key)
+    got = [queue.get(0.1) for _ in range(3)]
+    assert got == ["a", "b", "c"]
+    assert queue.get(0.01) is None
+
+
+def test_a_key_added_while_processing_comes_back_after_done() -> None:
+    queue: WorkQueue[str] = WorkQueue(SystemClock())
+    queue.add("a")
+    assert queue.get(0.1) == "a"
+    queue.add("a")
+    assert queue.get(0.01) is None  # never handed to a second worker while in flight
+    queue.done("a")
+    assert queue.get(0.1) == "a"
+
+
+def test_delayed_add_keeps_the_earliest_due_time() -> None:
+    clock = ManualClock()
+    queue: WorkQueue[str] = WorkQueue(clock)
+    queue.add_after("a", 10)
+    queue.add_after("a", 5)
+    queue.add_after("a", 20)
+    clock.advance(4)
+    assert queue.get(0) is None
+    clock.advance(1)
+    assert queue.get(0) == "a"
+    queue.done("a")
+    clock.advance(30)
+    assert queue.get(0) is None  # the later adds were folded into the earliest
+
+
+def test_close_wakes_getters() -> None:
+    queue: WorkQueue[str] = WorkQueue(SystemClock())
+    queue.close()
+    assert queue.get(5) is None
