@@ -2,7 +2,7 @@
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*##/\t/'
 
-demo:  ## Barge's main job on its embedded defaults: back up, restore and verify a generated volume
+demo:  ## Barge's main job on its embedded defaults: local Kubernetes, coordinator + 2 agents, DataUpload -> DataDownload, bit-exact check
 	bash hack/demo.sh
 
 test:  ## everything CI runs: tool builds (cached), lint, mypy, layer contracts, all tests

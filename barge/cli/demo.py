@@ -24,7 +24,7 @@ from barge.devenv.waiting import wait_for
 from barge.errors import BargeError
 from barge.kube.client import api_client
 from barge.kube.crds import install_crds
-from barge.kube.resources import PERSISTENT_VOLUME_CLAIM, KubeObjects
+from barge.kube.resources import NAMESPACE, PERSISTENT_VOLUME_CLAIM, KubeObjects
 
 Say = Callable[[str], None]
 
@@ -33,6 +33,12 @@ def run_demo(keep: bool = False, say: Say = print) -> int:
     workdir = Path(tempfile.mkdtemp(prefix="barge-demo-"))
     try:
         return _demo(workdir, say)
+    except BargeError:
+        keep = True
+        raise
+    except Exception as err:  # a bug in the demo environment: one line, and the logs kept
+        keep = True
+        raise BargeError(f"demo failed unexpectedly: {type(err).__name__}: {err}") from err
     finally:
         if keep:
             say(f"\nkept everything (logs, volumes, repository) in {workdir}")
@@ -59,6 +65,8 @@ def _demo(workdir: Path, say: Say) -> int:
 
 def _backup_and_restore(barge: LocalBarge, objects: KubeObjects, workdir: Path, say: Say) -> int:
     _step(say, "An application volume and its CSI snapshot (as Velero's CSI plugin takes it)")
+    for namespace in ("shop", "shop-restored"):
+        objects.create(NAMESPACE, {"metadata": {"name": namespace}}, exist_ok=True)
     volume = sample_volume(workdir / "app-volume")
     vs_name, _ = barge.sim.snapshot_source("shop", "data-db-0", volume)
     say(f"PVC shop/data-db-0: {sum(1 for _ in volume.rglob('*'))} entries; VolumeSnapshot {vs_name} ready")
@@ -75,7 +83,8 @@ def _backup_and_restore(barge: LocalBarge, objects: KubeObjects, workdir: Path, 
         say(f"DataUpload {name} ended {status.get('phase')}: {status.get('message')}")
         return 1
     snapshot_id = status["snapshotID"]
-    say(f"snapshotID {snapshot_id[:16]}..., {status.get('snapshotSize', 0):,} bytes, on {status.get('node')}")
+    total = status["progress"]["totalBytes"]
+    say(f"snapshotID {snapshot_id[:16]}..., {total:,} bytes, moved by the agent on {status.get('node')}")
 
     _step(say, "Velero restores: a pending target PVC and a DataDownload")
     size = str(max(1, status["progress"]["totalBytes"]))
