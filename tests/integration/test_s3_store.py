@@ -13,15 +13,9 @@ from botocore.config import Config
 
 from barge.devenv.s3server import S3Endpoint
 from barge.errors import PermanentError, TemporaryError
-from barge.fs.backup import backup_tree
-from barge.fs.restore import restore_tree
-from barge.repo.check import check_repository
-from barge.repo.crypto import KdfParams
-from barge.repo.repository import Repository, RepositorySettings
 from barge.storage.s3 import S3Options, S3Store
 from barge.storage.url import open_store
-from tests.fsbuild import MIB, awkward_tree
-from tests.fstree import capture
+from tests.roundtrip import assert_repository_round_trip
 from tests.storage_conformance import ObjectStoreConformance
 
 pytestmark = pytest.mark.integration
@@ -68,18 +62,7 @@ def test_prefixes_isolate_repositories_in_one_bucket(s3_server: S3Endpoint) -> N
 
 
 def test_repository_round_trip_on_s3(s3_server: S3Endpoint, tmp_path: Path) -> None:
-    store = store_for(s3_server, make_bucket(s3_server))
-    settings = RepositorySettings(
-        chunk_min=16 * 1024, chunk_avg=64 * 1024, chunk_max=256 * 1024, pack_target=MIB
-    )
-    repo = Repository.init(store, b"pw", settings, KdfParams.for_tests())
-    source = awkward_tree(tmp_path / "src")
-    result = backup_tree(repo, source)
-    again = backup_tree(Repository.open(store, b"pw"), source)
-    assert again.bytes_new == 0
-    restore_tree(Repository.open(store, b"pw"), result.snapshot_id, tmp_path / "out")
-    assert capture(tmp_path / "out") == capture(source)
-    assert check_repository(Repository.open(store, b"pw"), read_data=True).problems == []
+    assert_repository_round_trip(store_for(s3_server, make_bucket(s3_server)), tmp_path)
 
 
 def test_url_with_a_velero_credentials_file(s3_server: S3Endpoint, tmp_path: Path) -> None:
