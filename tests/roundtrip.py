@@ -1,7 +1,8 @@
-"""The repository round trip every backend must pass: back up, back up again, restore, check."""
+"""The repository round trips every backend must pass: back up, (back up again,) restore, compare."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from barge.fs.backup import backup_tree
@@ -10,6 +11,7 @@ from barge.repo.check import check_repository
 from barge.repo.crypto import KdfParams
 from barge.repo.repository import Repository, RepositorySettings
 from barge.storage import ObjectStore
+from tests import fsgen
 from tests.fsbuild import MIB, awkward_tree
 from tests.fstree import capture
 
@@ -27,3 +29,13 @@ def assert_repository_round_trip(store: ObjectStore, tmp_path: Path) -> None:
     restore_tree(Repository.open(store, b"pw"), result.snapshot_id, tmp_path / "out")
     assert capture(tmp_path / "out") == capture(source)
     assert check_repository(Repository.open(store, b"pw"), read_data=True).problems == []
+
+
+def assert_generated_tree_round_trips(repo: Repository, workdir: Path, tree: fsgen.Dir) -> None:
+    """``repo`` was opened with the password ``pw``; ``workdir`` is empty."""
+    source = workdir / "src"
+    fsgen.materialize(os.fsencode(source), tree)
+    result = backup_tree(repo, source)
+    restored = workdir / "restored"
+    restore_tree(Repository.open(repo.store, b"pw"), result.snapshot_id, restored)
+    assert capture(restored) == capture(source)

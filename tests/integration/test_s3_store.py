@@ -10,12 +10,16 @@ from typing import Any
 import boto3
 import pytest
 from botocore.config import Config
+from hypothesis import HealthCheck, given, settings
 
 from barge.devenv.s3server import S3Endpoint
 from barge.errors import PermanentError, TemporaryError
+from barge.repo.crypto import KdfParams
+from barge.repo.repository import Repository
 from barge.storage.s3 import S3Options, S3Store
 from barge.storage.url import open_store
-from tests.roundtrip import assert_repository_round_trip
+from tests import fsgen
+from tests.roundtrip import SMALL_PACKS, assert_generated_tree_round_trips, assert_repository_round_trip
 from tests.storage_conformance import ObjectStoreConformance
 
 pytestmark = pytest.mark.integration
@@ -90,3 +94,30 @@ def test_an_unreachable_endpoint_is_a_temporary_error_not_a_hang(s3_server: S3En
     )
     with pytest.raises(TemporaryError, match="object store error after retries"):
         store.get("x")
+
+
+@settings(
+    max_examples=10,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(tree=fsgen.trees(max_leaves=12))
+def test_generated_trees_round_trip_bit_exact_on_s3(
+    s3_server: S3Endpoint, tmp_path: Path, tree: fsgen.Dir
+) -> None:
+    """Fewer, smaller examples than on the local backend (tests/unit/test_fs_roundtrip.py): bounded time."""
+    case = tmp_path / uuid.uuid4().hex
+    case.mkdir()
+    store = store_for(s3_server, _shared_bucket(s3_server), prefix=case.name)
+    repo = Repository.init(store, b"pw", SMALL_PACKS, KdfParams.for_tests())
+    assert_generated_tree_round_trips(repo, case, tree)
+
+
+_buckets: dict[str, str] = {}
+
+
+def _shared_bucket(server: S3Endpoint) -> str:
+    """One bucket for all the generated examples (each gets its own prefix)."""
+    if server.url not in _buckets:
+        _buckets[server.url] = make_bucket(server)
+    return _buckets[server.url]

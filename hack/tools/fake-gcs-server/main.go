@@ -91,12 +91,14 @@ func xmlUploadTarget(publicHost string, r *http.Request) (bucket, object string,
 			return "", "", false
 		}
 	}
-	bucket, escaped, found := strings.Cut(path, "/")
-	if !found || bucket == "" || escaped == "" {
+	escapedBucket, escapedObject, found := strings.Cut(path, "/")
+	if !found || escapedBucket == "" || escapedObject == "" {
 		return "", "", false
 	}
-	object, err := url.PathUnescape(escaped)
-	return bucket, object, err == nil
+	// object_store escapes every byte outside [A-Za-z0-9._~] in both, "/" and "-" included.
+	bucket, bucketErr := url.PathUnescape(escapedBucket)
+	object, objectErr := url.PathUnescape(escapedObject)
+	return bucket, object, bucketErr == nil && objectErr == nil
 }
 
 func answerLikeXMLAPI(w http.ResponseWriter, recorded *httptest.ResponseRecorder) {
