@@ -21,6 +21,7 @@ from barge.storage.cloud import (
     TRANSPORT_OPTIONS,
     CloudObjectStore,
     Transport,
+    first_line,
     reject_unknown_options,
     translate_common,
 )
@@ -117,7 +118,7 @@ class AzureBlobStore(CloudObjectStore):
                 retry_config=options.transport.retry_config(),
             )
         except (obs_errors.BaseError, ValueError) as err:
-            raise InvalidInput(f"invalid Azure configuration: {err}") from err
+            raise InvalidInput(f"invalid Azure configuration: {first_line(err)}") from err
         where = f"azure://{options.container}/{options.prefix}".rstrip("/")
         endpoint = options.transport.endpoint or f"https://{options.account}.blob.core.windows.net"
         super().__init__(store, f"{where} at {endpoint}", _translate)

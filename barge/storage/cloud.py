@@ -85,6 +85,11 @@ def reject_unknown_options(service: str, query: Mapping[str, str], known: frozen
         )
 
 
+def first_line(err: Exception) -> str:
+    """obstore's messages append a multi-line debug dump; a CLI error is one line."""
+    return str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+
+
 def translate_common(err: Exception, what: str) -> Exception:
     """obstore's error classes (and the builtin OSErrors some calls raise) as Barge errors."""
     if isinstance(err, obs_errors.NotFoundError | FileNotFoundError):
@@ -92,8 +97,10 @@ def translate_common(err: Exception, what: str) -> Exception:
     if isinstance(err, obs_errors.AlreadyExistsError | obs_errors.PreconditionError | FileExistsError):
         return ObjectExists(f"{what}: already exists")
     if isinstance(err, obs_errors.PermissionDeniedError | obs_errors.UnauthenticatedError | PermissionError):
-        return PermanentError(f"{what}: access denied by the object store; check the credentials ({err})")
-    return TemporaryError(f"{what}: object store error after retries: {err}")
+        return PermanentError(
+            f"{what}: access denied by the object store; check the credentials ({first_line(err)})"
+        )
+    return TemporaryError(f"{what}: object store error after retries: {first_line(err)}")
 
 
 def looks_like_md5(etag: str) -> bool:

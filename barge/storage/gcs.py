@@ -22,6 +22,7 @@ from barge.storage.cloud import (
     TRANSPORT_OPTIONS,
     CloudObjectStore,
     Transport,
+    first_line,
     reject_unknown_options,
     translate_common,
 )
@@ -102,7 +103,7 @@ class GCSStore(CloudObjectStore):
                 retry_config=options.transport.retry_config(),
             )
         except (obs_errors.BaseError, ValueError) as err:
-            raise InvalidInput(f"invalid GCS configuration: {err}") from err
+            raise InvalidInput(f"invalid GCS configuration: {first_line(err)}") from err
         where = f"gs://{options.bucket}/{options.prefix}".rstrip("/")
         endpoint = options.transport.endpoint
         super().__init__(store, f"{where} at {endpoint}" if endpoint else where, _translate)

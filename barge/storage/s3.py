@@ -22,6 +22,7 @@ from barge.storage.cloud import (
     TRUE_WORDS,
     CloudObjectStore,
     Transport,
+    first_line,
     reject_unknown_options,
     translate_common,
 )
@@ -140,6 +141,6 @@ class S3Store(CloudObjectStore):
                 retry_config=transport.retry_config(),
             )
         except (obs_errors.BaseError, ValueError) as err:
-            raise InvalidInput(f"invalid S3 configuration: {err}") from err
+            raise InvalidInput(f"invalid S3 configuration: {first_line(err)}") from err
         where = f"s3://{options.bucket}/{options.prefix}".rstrip("/")
         super().__init__(store, f"{where} at {options.endpoint}" if options.endpoint else where, _translate)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import http.client
 import json
 import uuid
 from pathlib import Path
@@ -81,3 +82,27 @@ def test_an_unreachable_endpoint_is_a_temporary_error_not_a_hang(gcs_server: GCS
     )
     with pytest.raises(TemporaryError, match="object store error after retries"):
         store.get("x")
+
+
+def _raw_put(server: GCSEndpoint, path: str, body: bytes) -> tuple[int, bytes]:
+    host, port = server.url.removeprefix("http://").split(":")
+    conn = http.client.HTTPConnection(host, int(port), timeout=10)
+    try:
+        conn.request("PUT", path, body, {"x-goog-if-generation-match": "0"})
+        response = conn.getresponse()
+        return response.status, response.read()
+    finally:
+        conn.close()
+
+
+def test_why_the_wrapper_exists_upstream_has_no_create_only_xml_upload(gcs_server: GCSEndpoint) -> None:
+    """Requests with a query string reach upstream fake-gcs-server unchanged (see main.go): its XML
+    upload is refused, and its signed-URL upload ignores the create-only precondition."""
+    bucket = make_bucket(gcs_server)
+    status, body = _raw_put(gcs_server, f"/{bucket}/obj?upstream=as-is", b"one")
+    assert status == 400
+    assert b"invalid uploadType" in body
+    assert _raw_put(gcs_server, f"/{bucket}/obj?X-Goog-Algorithm=x", b"one")[0] == 200
+    assert _raw_put(gcs_server, f"/{bucket}/obj?X-Goog-Algorithm=x", b"two")[0] == 200  # overwritten
+    assert store_for(gcs_server, bucket, prefix="").get("obj") == b"two"
+    assert _raw_put(gcs_server, f"/{bucket}/obj", b"three")[0] == 412  # through the wrapper
