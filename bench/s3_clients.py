@@ -56,8 +56,8 @@ def obstore_client(endpoint: S3Endpoint, bucket: str, *, zero_copy: bool = False
     return Client("obstore", put, lambda key: bytes(obstore.get(store, key).bytes()))
 
 
-def boto3_client(endpoint: S3Endpoint, bucket: str) -> Client:
-    s3: Any = boto3.client(
+def boto3_s3(endpoint: S3Endpoint) -> Any:
+    return boto3.client(
         "s3",
         endpoint_url=endpoint.url,
         aws_access_key_id=endpoint.access_key,
@@ -65,6 +65,10 @@ def boto3_client(endpoint: S3Endpoint, bucket: str) -> Client:
         region_name=endpoint.region,
         config=Config(s3={"addressing_style": "path"}, max_pool_connections=16),
     )
+
+
+def boto3_client(endpoint: S3Endpoint, bucket: str) -> Client:
+    s3 = boto3_s3(endpoint)
 
     def put(key: str, data: bytes) -> None:
         s3.put_object(Bucket=bucket, Key=key, Body=data)
@@ -91,15 +95,7 @@ def check(data: bytes | memoryview, expected: bytes) -> None:
 
 def run(endpoint: S3Endpoint, workloads: list[Workload], repetitions: int) -> None:
     bucket = f"bench-{uuid.uuid4().hex[:8]}"
-    admin: Any = boto3.client(
-        "s3",
-        endpoint_url=endpoint.url,
-        aws_access_key_id=endpoint.access_key,
-        aws_secret_access_key=endpoint.secret_key,
-        region_name=endpoint.region,
-        config=Config(s3={"addressing_style": "path"}),
-    )
-    admin.create_bucket(Bucket=bucket)
+    boto3_s3(endpoint).create_bucket(Bucket=bucket)
     clients = [
         obstore_client(endpoint, bucket),
         obstore_client(endpoint, bucket, zero_copy=True),

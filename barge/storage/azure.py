@@ -13,7 +13,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from obstore import exceptions as obs_errors
 from obstore.store import AzureStore as _ObstoreAzure
 
 from barge.errors import InvalidInput
@@ -21,7 +20,7 @@ from barge.storage.cloud import (
     TRANSPORT_OPTIONS,
     CloudObjectStore,
     Transport,
-    first_line,
+    open_obstore,
     reject_unknown_options,
     translate_common,
 )
@@ -109,16 +108,14 @@ class AzureBlobStore(CloudObjectStore):
             config["account_key"] = options.account_key
         if options.transport.endpoint:
             config["endpoint"] = options.transport.endpoint
-        try:
-            store = _ObstoreAzure(
-                options.container,
-                prefix=options.prefix or None,
-                config=config,
-                client_options=options.transport.client_config(),
-                retry_config=options.transport.retry_config(),
-            )
-        except (obs_errors.BaseError, ValueError) as err:
-            raise InvalidInput(f"invalid Azure configuration: {first_line(err)}") from err
+        store = open_obstore(
+            "Azure",
+            _ObstoreAzure,
+            options.container,
+            options.prefix,
+            config=config,
+            transport=options.transport,
+        )
         where = f"azure://{options.container}/{options.prefix}".rstrip("/")
         endpoint = options.transport.endpoint or f"https://{options.account}.blob.core.windows.net"
         super().__init__(store, f"{where} at {endpoint}", _translate)

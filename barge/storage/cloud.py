@@ -103,6 +103,28 @@ def translate_common(err: Exception, what: str) -> Exception:
     return TemporaryError(f"{what}: object store error after retries: {first_line(err)}")
 
 
+def open_obstore(
+    service: str,
+    factory: Callable[..., CloudStore],
+    bucket: str,
+    prefix: str,
+    *,
+    config: Mapping[str, object],
+    transport: Transport,
+) -> CloudStore:
+    """The obstore store for ``bucket``/``prefix``; a configuration obstore rejects is bad input."""
+    try:
+        return factory(
+            bucket,
+            prefix=prefix or None,
+            config=config,
+            client_options=transport.client_config(),
+            retry_config=transport.retry_config(),
+        )
+    except (obs_errors.BaseError, ValueError) as err:
+        raise InvalidInput(f"invalid {service} configuration: {first_line(err)}") from err
+
+
 def looks_like_md5(etag: str) -> bool:
     """S3 single-part uploads and GCS non-composite objects use the content MD5 as ETag."""
     return len(etag) == 32 and all(c in "0123456789abcdef" for c in etag.lower())

@@ -14,7 +14,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from obstore import exceptions as obs_errors
 from obstore.store import GCSStore as _ObstoreGCS
 
 from barge.errors import InvalidInput
@@ -22,7 +21,7 @@ from barge.storage.cloud import (
     TRANSPORT_OPTIONS,
     CloudObjectStore,
     Transport,
-    first_line,
+    open_obstore,
     reject_unknown_options,
     translate_common,
 )
@@ -94,16 +93,9 @@ class GCSStore(CloudObjectStore):
             config["service_account_key"] = options.service_account_key
         if options.transport.endpoint:
             config["base_url"] = options.transport.endpoint
-        try:
-            store = _ObstoreGCS(
-                options.bucket,
-                prefix=options.prefix or None,
-                config=config,
-                client_options=options.transport.client_config(),
-                retry_config=options.transport.retry_config(),
-            )
-        except (obs_errors.BaseError, ValueError) as err:
-            raise InvalidInput(f"invalid GCS configuration: {first_line(err)}") from err
+        store = open_obstore(
+            "GCS", _ObstoreGCS, options.bucket, options.prefix, config=config, transport=options.transport
+        )
         where = f"gs://{options.bucket}/{options.prefix}".rstrip("/")
         endpoint = options.transport.endpoint
         super().__init__(store, f"{where} at {endpoint}" if endpoint else where, _translate)

@@ -13,7 +13,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from obstore import exceptions as obs_errors
 from obstore.store import S3Store as _ObstoreS3
 
 from barge.errors import InvalidInput
@@ -22,7 +21,7 @@ from barge.storage.cloud import (
     TRUE_WORDS,
     CloudObjectStore,
     Transport,
-    first_line,
+    open_obstore,
     reject_unknown_options,
     translate_common,
 )
@@ -131,16 +130,8 @@ class S3Store(CloudObjectStore):
             config["secret_access_key"] = options.secret_key
             if options.session_token:
                 config["session_token"] = options.session_token
-        transport = options.transport()
-        try:
-            store = _ObstoreS3(
-                options.bucket,
-                prefix=options.prefix or None,
-                config=config,
-                client_options=transport.client_config(),
-                retry_config=transport.retry_config(),
-            )
-        except (obs_errors.BaseError, ValueError) as err:
-            raise InvalidInput(f"invalid S3 configuration: {first_line(err)}") from err
+        store = open_obstore(
+            "S3", _ObstoreS3, options.bucket, options.prefix, config=config, transport=options.transport()
+        )
         where = f"s3://{options.bucket}/{options.prefix}".rstrip("/")
         super().__init__(store, f"{where} at {options.endpoint}" if options.endpoint else where, _translate)
