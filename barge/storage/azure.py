@@ -95,7 +95,7 @@ def _translate(err: Exception, what: str) -> Exception:
     and a rejected shared key (403 AuthenticationFailed) as PermissionDeniedError, both of which the
     shared mapping covers.
     """
-    return translate_common(err, what)
+    return translate_common(err, what, no_bucket_code="ContainerNotFound")
 
 
 class AzureBlobStore(CloudObjectStore):

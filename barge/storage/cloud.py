@@ -90,9 +90,15 @@ def first_line(err: Exception) -> str:
     return str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
 
 
-def translate_common(err: Exception, what: str) -> Exception:
-    """obstore's error classes (and the builtin OSErrors some calls raise) as Barge errors."""
-    if isinstance(err, obs_errors.NotFoundError | FileNotFoundError):
+def translate_common(err: Exception, what: str, no_bucket_code: str) -> Exception:
+    """obstore's error classes (and the builtin OSErrors some calls raise) as Barge errors.
+
+    ``no_bucket_code`` is the service's error code for a missing bucket, which obstore reports
+    as a generic error on listings (and puts and lists turn "not found" into a bucket error).
+    """
+    if isinstance(err, obs_errors.NotFoundError | FileNotFoundError) or (
+        isinstance(err, obs_errors.GenericError) and f"<Code>{no_bucket_code}</Code>" in str(err)
+    ):
         return ObjectNotFound(f"{what}: not found")
     if isinstance(err, obs_errors.AlreadyExistsError | obs_errors.PreconditionError | FileExistsError):
         return ObjectExists(f"{what}: already exists")
@@ -152,7 +158,7 @@ class CloudObjectStore:
                 self._store, key, payload, mode="overwrite" if overwrite else "create", use_multipart=False
             )
         except Exception as err:
-            raise self._translate(err, f"put {key}") from err
+            raise self._no_bucket_if_not_found(self._translate(err, f"put {key}")) from err
         self._verify_put(key, payload, (result.get("e_tag") or "").strip('"'))
 
     def _verify_put(self, key: str, payload: bytes, etag: str) -> None:
@@ -164,6 +170,14 @@ class CloudObjectStore:
                 )
         elif self.stat(key).size != len(payload):
             raise TemporaryError(f"put {key}: stored size differs from what was sent")
+
+    def _no_bucket_if_not_found(self, error: Exception) -> Exception:
+        """A put or list can only be "not found" when the bucket (container) itself is missing."""
+        if isinstance(error, ObjectNotFound):
+            return PermanentError(
+                f"{self.describe()}: the bucket or container does not exist; create it first ({error})"
+            )
+        return error
 
     def get(self, key: str) -> bytes:
         try:
@@ -202,7 +216,7 @@ class CloudObjectStore:
                     if m["path"].startswith(prefix)
                 )
         except Exception as err:
-            raise self._translate(err, f"list {prefix}") from err
+            raise self._no_bucket_if_not_found(self._translate(err, f"list {prefix}")) from err
         yield from sorted(found, key=lambda info: info.key)
 
     def delete(self, key: str) -> None:

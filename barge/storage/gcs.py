@@ -82,7 +82,7 @@ def _translate(err: Exception, what: str) -> Exception:
     A lost ``if-generation-match: 0`` race is 412 (obstore: PreconditionError), which the shared
     mapping makes ObjectExists; nothing else in GCS needs a special case.
     """
-    return translate_common(err, what)
+    return translate_common(err, what, no_bucket_code="NoSuchBucket")
 
 
 class GCSStore(CloudObjectStore):

@@ -116,7 +116,7 @@ def _translate(err: Exception, what: str) -> Exception:
     AWS's 409 ConditionalRequestConflict (a concurrent conditional write still in flight) stays
     temporary on purpose: the other writer may yet fail, so the put must be retried, not skipped.
     """
-    return translate_common(err, what)
+    return translate_common(err, what, no_bucket_code="NoSuchBucket")
 
 
 class S3Store(CloudObjectStore):

@@ -97,3 +97,10 @@ def test_an_unreachable_endpoint_is_a_temporary_error_not_a_hang(azure_server: A
     store = store_for(azure_server, "nocontainer", endpoint=dead, max_retries=2, retry_timeout_s=5.0)
     with pytest.raises(TemporaryError, match="object store error after retries"):
         store.get("x")
+
+
+def test_a_missing_container_is_a_permanent_error_naming_it(azure_server: AzureEndpoint) -> None:
+    store = store_for(azure_server, "no-such-container")
+    for call in (lambda: store.put("k", b"v"), lambda: list(store.list(""))):
+        with pytest.raises(PermanentError, match=r"azure://no-such-container/repo .*does not exist"):
+            call()

@@ -13,7 +13,7 @@ import pytest
 
 from barge.devenv.gcsserver import GCSEndpoint
 from barge.devenv.processes import free_port
-from barge.errors import TemporaryError
+from barge.errors import PermanentError, TemporaryError
 from barge.storage.cloud import Transport
 from barge.storage.gcs import GCSOptions, GCSStore, read_service_account_key
 from barge.storage.url import open_store
@@ -106,3 +106,10 @@ def test_why_the_wrapper_exists_upstream_has_no_create_only_xml_upload(gcs_serve
     assert _raw_put(gcs_server, f"/{bucket}/obj?X-Goog-Algorithm=x", b"two")[0] == 200  # overwritten
     assert store_for(gcs_server, bucket, prefix="").get("obj") == b"two"
     assert _raw_put(gcs_server, f"/{bucket}/obj", b"three")[0] == 412  # through the wrapper
+
+
+def test_a_missing_bucket_is_a_permanent_error_naming_it(gcs_server: GCSEndpoint) -> None:
+    """Only the put: fake-gcs-server answers a listing of a missing bucket with 500 (an lstat error
+    of its filesystem backend) where GCS answers 404 NoSuchBucket (docs/storage.md)."""
+    with pytest.raises(PermanentError, match=r"gs://no-such-bucket/repo .*does not exist"):
+        store_for(gcs_server, "no-such-bucket").put("k", b"v")

@@ -121,3 +121,10 @@ def _shared_bucket(server: S3Endpoint) -> str:
     if server.url not in _buckets:
         _buckets[server.url] = make_bucket(server)
     return _buckets[server.url]
+
+
+def test_a_missing_bucket_is_a_permanent_error_naming_it(s3_server: S3Endpoint) -> None:
+    store = store_for(s3_server, "no-such-bucket")
+    for call in (lambda: store.put("k", b"v"), lambda: list(store.list(""))):
+        with pytest.raises(PermanentError, match=r"s3://no-such-bucket/repo .*does not exist"):
+            call()
