@@ -14,8 +14,8 @@ from dataclasses import dataclass
 from email.utils import formatdate
 
 from barge.devenv.processes import ServerProcess, TemporaryServer, free_port, http_answers
-from barge.devenv.tools import cache_dir
-from barge.errors import TemporaryError, ToolMissing
+from barge.devenv.tools import tool_path
+from barge.errors import TemporaryError
 
 _START_TIMEOUT = 60.0
 _API_VERSION = "2021-08-06"
@@ -63,16 +63,6 @@ class AzureEndpoint:
             raise TemporaryError(f"creating container {name}: HTTP {response.status}: {body[:300]!r}")
 
 
-def azurite_path() -> str:
-    path = cache_dir() / "bin" / "azurite-blob"
-    if not (path.exists() and os.access(path, os.X_OK)):
-        raise ToolMissing(
-            f"azurite-blob is not installed at {path}; run `bash hack/install-azurite.sh` "
-            "from the Barge checkout (it installs the pinned Azurite from npm)"
-        )
-    return str(path)
-
-
 class LocalAzureServer(TemporaryServer[AzureEndpoint]):
     """Starts Azurite's blob service on a temporary directory."""
 
@@ -85,7 +75,7 @@ class LocalAzureServer(TemporaryServer[AzureEndpoint]):
         self.process = ServerProcess(
             "azurite",
             [
-                azurite_path(),
+                str(tool_path("azurite-blob", installer="bash hack/install-azurite.sh")),
                 "--blobHost",
                 "127.0.0.1",
                 "--blobPort",
