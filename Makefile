@@ -1,4 +1,4 @@
-.PHONY: demo test bench tools lint chart help
+.PHONY: demo test bench bench-s3 tools lint chart help
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*##/\t/'
 
@@ -11,8 +11,11 @@ test:  ## everything CI runs: tool builds (cached), lint, mypy, layer contracts,
 bench:  ## Barge vs restic vs kopia on the same data (medians of 3; BENCH_ARGS="--scale 0.25" for a quick look)
 	bash hack/bootstrap-python.sh && bash hack/install-bench-deps.sh && .venv/bin/python -m bench.run $(BENCH_ARGS)
 
-tools:  ## build the pinned upstream binaries (etcd, kube-apiserver, minio, ...) into ~/.cache/barge
-	bash hack/install-tools.sh
+bench-s3:  ## obstore vs boto3 as the S3 client, against the real MinIO (puts/gets of packs and small objects)
+	bash hack/bootstrap-python.sh && bash hack/install-tools.sh minio && .venv/bin/python -m bench.s3_clients
+
+tools:  ## build the pinned upstream binaries (etcd, kube-apiserver, minio, ...) and Azurite into ~/.cache/barge
+	bash hack/install-tools.sh && bash hack/install-azurite.sh
 
 chart:  ## lint charts/barge with the pinned helm and print what it renders (CHART_VALUES=your-values.yaml)
 	bash hack/install-tools.sh helm

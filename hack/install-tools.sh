@@ -6,7 +6,8 @@
 #   hack/install-tools.sh --print-bin-dir
 #
 # Each hack/tools/NAME/ is a Go wrapper module (go.mod + go.sum pin every version) plus tool.conf:
-# VERSION, PACKAGE (what `go build` builds), LDFLAGS, VERSION_ARGS, VERSION_EXPECT.
+# VERSION, PACKAGE (what `go build` builds), LDFLAGS, VERSION_ARGS, VERSION_EXPECT, and optionally
+# BUILDINFO_EXPECT (a line `go version -m` must show, for tools without a version flag).
 # Cache: $BARGE_CACHE_DIR (default ~/.cache/barge)/tools/NAME-VERSION-HASH/NAME with a stamp `.ok`
 # holding the binary's sha256; HASH covers the wrapper module, so any pin change rebuilds.
 # bin/NAME always points at the verified build.
@@ -33,16 +34,19 @@ mkdir -p "$cache/tools" "$bin_dir"
 exec 9>"$cache/.install-tools.lock"
 flock 9
 
-version_ok() {  # binary, args, expected substring
+version_ok() {  # binary, args, expected substring, expected build-info line (optional)
   local out
   out=$(timeout 30 "$1" $2 2>&1) || return 1
-  case "$out" in *"$3"*) return 0 ;; *) return 1 ;; esac
+  case "$out" in *"$3"*) ;; *) return 1 ;; esac
+  [ -z "${4:-}" ] && return 0
+  out=$(go version -m "$1" 2>&1) || return 1
+  case "$out" in *"$4"*) return 0 ;; *) return 1 ;; esac
 }
 
 install_tool() {
   local name=$1 dir=$here/tools/$1
   [ -f "$dir/tool.conf" ] || die "unknown tool '$name' (no $dir/tool.conf)"
-  local VERSION PACKAGE LDFLAGS="" VERSION_ARGS VERSION_EXPECT
+  local VERSION PACKAGE LDFLAGS="" VERSION_ARGS VERSION_EXPECT BUILDINFO_EXPECT=
   # shellcheck disable=SC1091
   source "$dir/tool.conf"
   local hash
@@ -52,7 +56,7 @@ install_tool() {
 
   if [ -f "$target/.ok" ] && [ -x "$binary" ]; then
     if [ "$(sha256sum "$binary" | cut -d' ' -f1)" = "$(cat "$target/.ok")" ] \
-        && version_ok "$binary" "$VERSION_ARGS" "$VERSION_EXPECT"; then
+        && version_ok "$binary" "$VERSION_ARGS" "$VERSION_EXPECT" "$BUILDINFO_EXPECT"; then
       ln -sfn "$binary" "$bin_dir/$name"
       say "$name $VERSION: cached"
       return
@@ -73,7 +77,7 @@ install_tool() {
     rm -rf "$staging"
     die "$name $VERSION: build failed (log above)"
   fi
-  version_ok "$staging/$name" "$VERSION_ARGS" "$VERSION_EXPECT" \
+  version_ok "$staging/$name" "$VERSION_ARGS" "$VERSION_EXPECT" "$BUILDINFO_EXPECT" \
     || { rm -rf "$staging"; die "$name $VERSION: built binary does not report '$VERSION_EXPECT'"; }
   sha256sum "$staging/$name" | cut -d' ' -f1 >"$staging/.ok.pending"
   rm -f "$staging/build.log"

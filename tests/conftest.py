@@ -1,4 +1,4 @@
-"""Session fixtures that start the real servers: etcd + kube-apiserver, and MinIO.
+"""Session fixtures that start the real servers: etcd + kube-apiserver, MinIO, fake-gcs-server, Azurite.
 
 A missing binary is a test *error* with the command that installs it, never a skip: a green run
 must mean the integration tests really ran against the real servers.
@@ -11,7 +11,9 @@ from collections.abc import Iterator
 import pytest
 from kubernetes import client
 
+from barge.devenv.azureserver import AzureEndpoint, LocalAzureServer
 from barge.devenv.controlplane import ControlPlaneEndpoints, LocalControlPlane
+from barge.devenv.gcsserver import GCSEndpoint, LocalGCSServer
 from barge.devenv.s3server import LocalS3Server, S3Endpoint
 from barge.kube.client import api_client
 from barge.kube.crds import install_crds
@@ -35,4 +37,16 @@ def kube(control_plane: ControlPlaneEndpoints) -> Iterator[client.ApiClient]:
 @pytest.fixture(scope="session")
 def s3_server() -> Iterator[S3Endpoint]:
     with LocalS3Server() as endpoint:
+        yield endpoint
+
+
+@pytest.fixture(scope="session")
+def gcs_server() -> Iterator[GCSEndpoint]:
+    with LocalGCSServer() as endpoint:
+        yield endpoint
+
+
+@pytest.fixture(scope="session")
+def azure_server() -> Iterator[AzureEndpoint]:
+    with LocalAzureServer() as endpoint:
         yield endpoint

@@ -10,17 +10,23 @@ import contextlib
 import ctypes
 import http.client
 import os
+import shutil
 import signal
 import socket
 import ssl
 import subprocess
+import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
+from types import TracebackType
+from typing import Generic, TypeVar
 
 from barge.errors import TemporaryError
 
 _PR_SET_PDEATHSIG = 1
+
+EndpointT = TypeVar("EndpointT")
 
 
 def _die_with_parent() -> None:
@@ -130,5 +136,54 @@ def http_ok(host: str, port: int, path: str, context: ssl.SSLContext | None = No
     try:
         conn.request("GET", path)
         return conn.getresponse().status == 200
+    finally:
+        conn.close()
+
+
+class TemporaryServer(Generic[EndpointT]):
+    """A server child on a scratch directory, as a context manager yielding where it listens;
+    leaving stops it and removes the directory. Subclasses implement ``start``.
+    """
+
+    name = "server"
+
+    def __init__(self, workdir: Path | None = None) -> None:
+        self._own_workdir = workdir is None
+        self.workdir = workdir or Path(tempfile.mkdtemp(prefix=f"barge-{self.name}-"))
+        self.process: ServerProcess | None = None
+
+    def __enter__(self) -> EndpointT:
+        try:
+            return self.start()
+        except BaseException:
+            self.stop()
+            raise
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    def start(self) -> EndpointT:
+        """Start ``self.process`` and wait until it serves."""
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        if self.process is not None:
+            self.process.stop()
+        if self._own_workdir:
+            shutil.rmtree(self.workdir, ignore_errors=True)
+
+
+def http_answers(host: str, port: int) -> bool:
+    """True when anything answers HTTP on the port (servers whose every path needs credentials)."""
+    conn = http.client.HTTPConnection(host, port, timeout=2)
+    try:
+        conn.request("GET", "/")
+        conn.getresponse().read()
+        return True
     finally:
         conn.close()

@@ -4,13 +4,9 @@ from __future__ import annotations
 
 import os
 import secrets
-import shutil
-import tempfile
 from dataclasses import dataclass
-from pathlib import Path
-from types import TracebackType
 
-from barge.devenv.processes import ServerProcess, free_port, http_ok
+from barge.devenv.processes import ServerProcess, TemporaryServer, free_port, http_ok
 from barge.devenv.tools import tool_path
 
 _START_TIMEOUT = 60.0
@@ -24,29 +20,10 @@ class S3Endpoint:
     region: str = "us-east-1"
 
 
-class LocalS3Server:
+class LocalS3Server(TemporaryServer[S3Endpoint]):
     """Starts MinIO on a temporary directory; stops it and removes the directory."""
 
-    def __init__(self, workdir: Path | None = None) -> None:
-        self._own_workdir = workdir is None
-        self.workdir = workdir or Path(tempfile.mkdtemp(prefix="barge-s3-"))
-        self.process: ServerProcess | None = None
-        self.endpoint: S3Endpoint | None = None
-
-    def __enter__(self) -> S3Endpoint:
-        try:
-            return self.start()
-        except BaseException:
-            self.stop()
-            raise
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
+    name = "s3"
 
     def start(self) -> S3Endpoint:
         port, console_port = free_port(), free_port()
@@ -80,11 +57,4 @@ class LocalS3Server:
         self.process.wait_ready(
             lambda: http_ok("127.0.0.1", port, "/minio/health/ready"), _START_TIMEOUT, "ready"
         )
-        self.endpoint = S3Endpoint(f"http://127.0.0.1:{port}", access_key, secret_key)
-        return self.endpoint
-
-    def stop(self) -> None:
-        if self.process is not None:
-            self.process.stop()
-        if self._own_workdir:
-            shutil.rmtree(self.workdir, ignore_errors=True)
+        return S3Endpoint(f"http://127.0.0.1:{port}", access_key, secret_key)

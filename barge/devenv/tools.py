@@ -18,12 +18,17 @@ def cache_dir() -> Path:
     return Path(configured) if configured else Path.home() / ".cache" / "barge"
 
 
-def tool_path(name: str) -> Path:
-    """The installed binary ``name``, or a ToolMissing that says how to install it."""
+def tool_path(name: str, installer: str | None = None) -> Path:
+    """The installed binary ``name``, or a ToolMissing that says how to install it.
+
+    ``installer``: the command that installs a tool not built from Go modules (default:
+    ``bash hack/install-tools.sh NAME``).
+    """
     path = cache_dir() / "bin" / name
     if not (path.is_file() and os.access(path, os.X_OK)):
+        command = installer or f"bash hack/install-tools.sh {name}"
+        origin = "" if installer else " (it builds the pinned version from Go modules)"
         raise ToolMissing(
-            f"{name} is not installed at {path}; run `bash hack/install-tools.sh {name}` "
-            "from the Barge checkout (it builds the pinned version from Go modules)"
+            f"{name} is not installed at {path}; run `{command}` from the Barge checkout{origin}"
         )
     return path

@@ -1,32 +1,35 @@
 """S3 and S3-compatible object storage (AWS, MinIO, Ceph RGW, ...) through obstore.
 
-obstore (Rust's ``object_store``) was chosen over boto3: native speed, connection pooling,
-retries with jittered exponential backoff on 5xx/throttling/connection errors built in,
-create-only writes (``If-None-Match: *``), and no dependency conflict with the Kubernetes client.
+Create-only writes are ``If-None-Match: *`` puts; every put is verified against the MD5 ETag
+(single-part uploads) or the stored size. The shared machinery is in ``barge.storage.cloud``.
 """
 
 from __future__ import annotations
 
 import configparser
-import hashlib
 import os
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import obstore
-from obstore import exceptions as obs_errors
 from obstore.store import S3Store as _ObstoreS3
 
-from barge.errors import InvalidInput, PermanentError, TemporaryError
-from barge.storage import ObjectExists, ObjectInfo, ObjectNotFound
+from barge.errors import InvalidInput
+from barge.storage.cloud import (
+    TRANSPORT_OPTIONS,
+    TRUE_WORDS,
+    CloudObjectStore,
+    Transport,
+    open_obstore,
+    reject_unknown_options,
+    translate_common,
+)
 
 if TYPE_CHECKING:
-    from obstore.store import ClientConfig, RetryConfig, S3Config
+    from obstore.store import S3Config
 
-_TRUE = ("1", "true", "yes")
+_KNOWN_OPTIONS = TRANSPORT_OPTIONS | {"region", "path_style", "credentials_file", "profile"}
 
 
 @dataclass(frozen=True)
@@ -51,13 +54,7 @@ class S3Options:
         Credentials come from ``credentials_file`` (Velero's AWS shared-credentials format, with
         ``profile``), else ``AWS_SHARED_CREDENTIALS_FILE``, else ``AWS_ACCESS_KEY_ID``/``..._SECRET_...``.
         """
-        known = {"endpoint", "region", "path_style", "ca_bundle", "insecure_skip_tls_verify",
-                 "credentials_file", "profile"}  # fmt: skip
-        unknown = sorted(set(query) - known)
-        if unknown:
-            raise InvalidInput(
-                f"unknown S3 option(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}"
-            )
+        reject_unknown_options("S3", query, _KNOWN_OPTIONS)
         credentials_file = query.get("credentials_file") or os.environ.get("AWS_SHARED_CREDENTIALS_FILE")
         access_key, secret_key, token = (
             read_credentials_file(Path(credentials_file), query.get("profile", "default"))
@@ -68,17 +65,27 @@ class S3Options:
                 os.environ.get("AWS_SESSION_TOKEN"),
             )
         )
+        transport = Transport.from_query(query)
         return cls(
             bucket=bucket,
             prefix=prefix,
-            endpoint=query.get("endpoint"),
+            endpoint=transport.endpoint,
             region=query.get("region", "us-east-1"),
-            path_style=query.get("path_style", "false").lower() in _TRUE,
-            ca_bundle=Path(query["ca_bundle"]) if "ca_bundle" in query else None,
-            insecure_skip_tls_verify=query.get("insecure_skip_tls_verify", "false").lower() in _TRUE,
+            path_style=query.get("path_style", "false").lower() in TRUE_WORDS,
+            ca_bundle=transport.ca_bundle,
+            insecure_skip_tls_verify=transport.insecure_skip_tls_verify,
             access_key=access_key,
             secret_key=secret_key,
             session_token=token,
+        )
+
+    def transport(self) -> Transport:
+        return Transport(
+            endpoint=self.endpoint,
+            ca_bundle=self.ca_bundle,
+            insecure_skip_tls_verify=self.insecure_skip_tls_verify,
+            max_retries=self.max_retries,
+            retry_timeout_s=self.retry_timeout_s,
         )
 
 
@@ -103,18 +110,16 @@ def read_credentials_file(path: Path, profile: str = "default") -> tuple[str, st
 
 
 def _translate(err: Exception, what: str) -> Exception:
-    """The one place obstore errors become Barge's temporary/permanent hierarchy."""
-    # obstore raises its own classes for some calls and the builtin OSError subclasses for others.
-    if isinstance(err, obs_errors.NotFoundError | FileNotFoundError):
-        return ObjectNotFound(f"{what}: not found")
-    if isinstance(err, obs_errors.AlreadyExistsError | obs_errors.PreconditionError | FileExistsError):
-        return ObjectExists(f"{what}: already exists")
-    if isinstance(err, obs_errors.PermissionDeniedError | obs_errors.UnauthenticatedError | PermissionError):
-        return PermanentError(f"{what}: access denied by the object store; check the credentials ({err})")
-    return TemporaryError(f"{what}: object store error after retries: {err}")
+    """The one place S3 errors become Barge's temporary/permanent hierarchy.
+
+    A lost ``If-None-Match`` race is 412 (obstore: PreconditionError), so the shared mapping holds;
+    AWS's 409 ConditionalRequestConflict (a concurrent conditional write still in flight) stays
+    temporary on purpose: the other writer may yet fail, so the put must be retried, not skipped.
+    """
+    return translate_common(err, what, no_bucket_code="NoSuchBucket")
 
 
-class S3Store:
+class S3Store(CloudObjectStore):
     def __init__(self, options: S3Options) -> None:
         self.options = options
         config: S3Config = {"region": options.region, "virtual_hosted_style_request": not options.path_style}
@@ -125,103 +130,8 @@ class S3Store:
             config["secret_access_key"] = options.secret_key
             if options.session_token:
                 config["session_token"] = options.session_token
-        client: ClientConfig = {"timeout": "120s", "connect_timeout": "10s"}
-        if options.endpoint and options.endpoint.startswith("http://"):
-            client["allow_http"] = True
-        if options.ca_bundle:
-            try:
-                client["root_certificate"] = options.ca_bundle.read_bytes()
-            except OSError as err:
-                raise InvalidInput(f"cannot read CA bundle {options.ca_bundle}: {err.strerror}") from err
-        if options.insecure_skip_tls_verify:
-            client["allow_invalid_certificates"] = True
-        retry: RetryConfig = {
-            "max_retries": options.max_retries,
-            "retry_timeout": timedelta(seconds=options.retry_timeout_s),
-            "backoff": {
-                "init_backoff": timedelta(milliseconds=200),
-                "max_backoff": timedelta(seconds=20),
-                "base": 2,
-            },
-        }
-        try:
-            self._store = _ObstoreS3(
-                options.bucket,
-                prefix=options.prefix or None,
-                config=config,
-                client_options=client,
-                retry_config=retry,
-            )
-        except (obs_errors.BaseError, ValueError) as err:
-            raise InvalidInput(f"invalid S3 configuration: {err}") from err
-
-    def describe(self) -> str:
-        where = f"s3://{self.options.bucket}/{self.options.prefix}".rstrip("/")
-        return f"{where} at {self.options.endpoint}" if self.options.endpoint else where
-
-    def put(self, key: str, data: bytes | memoryview, *, overwrite: bool = False) -> None:
-        payload = bytes(data)
-        try:
-            result = obstore.put(
-                self._store, key, payload, mode="overwrite" if overwrite else "create", use_multipart=False
-            )
-        except Exception as err:
-            raise _translate(err, f"put {key}") from err
-        etag = (result.get("e_tag") or "").strip('"')
-        if (
-            len(etag) == 32
-            and "-" not in etag
-            and etag != hashlib.md5(payload, usedforsecurity=False).hexdigest()
-        ):
-            raise TemporaryError(
-                f"put {key}: the store's ETag does not match what was sent (corrupted in transit)"
-            )
-        if len(etag) != 32 and self.stat(key).size != len(payload):
-            raise TemporaryError(f"put {key}: stored size differs from what was sent")
-
-    def get(self, key: str) -> bytes:
-        try:
-            return bytes(obstore.get(self._store, key).bytes())
-        except Exception as err:
-            raise _translate(err, f"get {key}") from err
-
-    def get_range(self, key: str, offset: int, length: int) -> bytes:
-        try:
-            if offset < 0:
-                return bytes(obstore.get(self._store, key, options={"range": {"suffix": -offset}}).bytes())[
-                    :length
-                ]
-            return bytes(obstore.get_range(self._store, key, start=offset, length=length))
-        except Exception as err:
-            raise _translate(err, f"get {key} [{offset}:+{length}]") from err
-
-    def stat(self, key: str) -> ObjectInfo:
-        try:
-            meta = obstore.head(self._store, key)
-        except Exception as err:
-            raise _translate(err, f"stat {key}") from err
-        return ObjectInfo(key, int(meta["size"]), meta["last_modified"])
-
-    def list(self, prefix: str) -> Iterator[ObjectInfo]:
-        # object_store matches prefixes per path segment; list the enclosing "directory" and
-        # filter, so the protocol's plain string-prefix semantics hold ("data" matches "dataset").
-        directory = prefix.rsplit("/", 1)[0] if "/" in prefix else None
-        found: list[ObjectInfo] = []
-        try:
-            for batch in obstore.list(self._store, prefix=directory, chunk_size=1000):
-                found.extend(
-                    ObjectInfo(m["path"], int(m["size"]), m["last_modified"])
-                    for m in batch
-                    if m["path"].startswith(prefix)
-                )
-        except Exception as err:
-            raise _translate(err, f"list {prefix}") from err
-        yield from sorted(found, key=lambda info: info.key)
-
-    def delete(self, key: str) -> None:
-        try:
-            obstore.delete(self._store, key)
-        except (obs_errors.NotFoundError, FileNotFoundError):
-            return
-        except Exception as err:
-            raise _translate(err, f"delete {key}") from err
+        store = open_obstore(
+            "S3", _ObstoreS3, options.bucket, options.prefix, config=config, transport=options.transport()
+        )
+        where = f"s3://{options.bucket}/{options.prefix}".rstrip("/")
+        super().__init__(store, f"{where} at {options.endpoint}" if options.endpoint else where, _translate)

@@ -10,18 +10,16 @@ from typing import Any
 import boto3
 import pytest
 from botocore.config import Config
+from hypothesis import HealthCheck, given, settings
 
 from barge.devenv.s3server import S3Endpoint
-from barge.devenv.trees import capture
 from barge.errors import PermanentError, TemporaryError
-from barge.fs.backup import backup_tree
-from barge.fs.restore import restore_tree
-from barge.repo.check import check_repository
 from barge.repo.crypto import KdfParams
-from barge.repo.repository import Repository, RepositorySettings
+from barge.repo.repository import Repository
 from barge.storage.s3 import S3Options, S3Store
 from barge.storage.url import open_store
-from tests.fsbuild import MIB, awkward_tree
+from tests import fsgen
+from tests.roundtrip import SMALL_PACKS, assert_generated_tree_round_trips, assert_repository_round_trip
 from tests.storage_conformance import ObjectStoreConformance
 
 pytestmark = pytest.mark.integration
@@ -68,18 +66,7 @@ def test_prefixes_isolate_repositories_in_one_bucket(s3_server: S3Endpoint) -> N
 
 
 def test_repository_round_trip_on_s3(s3_server: S3Endpoint, tmp_path: Path) -> None:
-    store = store_for(s3_server, make_bucket(s3_server))
-    settings = RepositorySettings(
-        chunk_min=16 * 1024, chunk_avg=64 * 1024, chunk_max=256 * 1024, pack_target=MIB
-    )
-    repo = Repository.init(store, b"pw", settings, KdfParams.for_tests())
-    source = awkward_tree(tmp_path / "src")
-    result = backup_tree(repo, source)
-    again = backup_tree(Repository.open(store, b"pw"), source)
-    assert again.bytes_new == 0
-    restore_tree(Repository.open(store, b"pw"), result.snapshot_id, tmp_path / "out")
-    assert capture(tmp_path / "out") == capture(source)
-    assert check_repository(Repository.open(store, b"pw"), read_data=True).problems == []
+    assert_repository_round_trip(store_for(s3_server, make_bucket(s3_server)), tmp_path)
 
 
 def test_url_with_a_velero_credentials_file(s3_server: S3Endpoint, tmp_path: Path) -> None:
@@ -107,3 +94,37 @@ def test_an_unreachable_endpoint_is_a_temporary_error_not_a_hang(s3_server: S3En
     )
     with pytest.raises(TemporaryError, match="object store error after retries"):
         store.get("x")
+
+
+@settings(
+    max_examples=10,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(tree=fsgen.trees(max_leaves=12))
+def test_generated_trees_round_trip_bit_exact_on_s3(
+    s3_server: S3Endpoint, tmp_path: Path, tree: fsgen.Dir
+) -> None:
+    """Fewer, smaller examples than on the local backend (tests/unit/test_fs_roundtrip.py): bounded time."""
+    case = tmp_path / uuid.uuid4().hex
+    case.mkdir()
+    store = store_for(s3_server, _shared_bucket(s3_server), prefix=case.name)
+    repo = Repository.init(store, b"pw", SMALL_PACKS, KdfParams.for_tests())
+    assert_generated_tree_round_trips(repo, case, tree)
+
+
+_buckets: dict[str, str] = {}
+
+
+def _shared_bucket(server: S3Endpoint) -> str:
+    """One bucket for all the generated examples (each gets its own prefix)."""
+    if server.url not in _buckets:
+        _buckets[server.url] = make_bucket(server)
+    return _buckets[server.url]
+
+
+def test_a_missing_bucket_is_a_permanent_error_naming_it(s3_server: S3Endpoint) -> None:
+    store = store_for(s3_server, "no-such-bucket")
+    for call in (lambda: store.put("k", b"v"), lambda: list(store.list(""))):
+        with pytest.raises(PermanentError, match=r"s3://no-such-bucket/repo .*does not exist"):
+            call()

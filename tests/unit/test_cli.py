@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -181,3 +182,39 @@ def test_forget_and_gc_reclaim_space(
     after = sum(p.stat().st_size for p in data.rglob("*") if p.is_file())
     assert before > 3_000_000 > after
     assert main(["--repo", repo_url, "check"]) == EXIT_OK
+
+
+def _largest_pack(repo: Path) -> Path:
+    return max((p for p in (repo / "data").rglob("*") if p.is_file()), key=lambda p: p.stat().st_size)
+
+
+def _flip_a_byte(repo: Path) -> None:
+    pack = _largest_pack(repo)
+    data = bytearray(pack.read_bytes())
+    data[len(data) // 3] ^= 0x01
+    pack.write_bytes(bytes(data))
+
+
+def _truncate_a_pack(repo: Path) -> None:
+    pack = _largest_pack(repo)
+    pack.write_bytes(pack.read_bytes()[: pack.stat().st_size // 2])
+
+
+def _delete_the_index(repo: Path) -> None:
+    for index in (repo / "index").iterdir():
+        index.unlink()
+
+
+@pytest.mark.parametrize("damage", [_flip_a_byte, _truncate_a_pack, _delete_the_index])
+def test_damage_is_found_by_check_read_data_and_fails_the_restore_loudly(
+    damage: Callable[[Path], None], repo_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    snapshot = backup_json(repo_url, awkward_tree(tmp_path / "src"), capsys)["snapshot_id"]
+    damage(tmp_path / "repo")
+    capsys.readouterr()
+    assert main(["--repo", repo_url, "check", "--read-data"]) == EXIT_DAMAGED
+    assert "problem(s)" in capsys.readouterr().out
+    assert main(["--repo", repo_url, "restore", str(snapshot), str(tmp_path / "out")]) == EXIT_DAMAGED
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1
+    assert "Traceback" not in err

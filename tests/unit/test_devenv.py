@@ -11,6 +11,7 @@ import pytest
 from cryptography import x509
 
 from barge.clock import ManualClock
+from barge.devenv.azureserver import LocalAzureServer
 from barge.devenv.pki import make_control_plane_pki
 from barge.devenv.processes import ServerProcess, free_port
 from barge.devenv.tools import tool_path
@@ -104,3 +105,12 @@ def test_manual_clock_only_moves_when_told() -> None:
     assert (clock.now() - before).total_seconds() == 90
     with pytest.raises(ValueError, match="backwards"):
         clock.advance(-1)
+
+
+def test_a_missing_azurite_names_its_own_installer(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("BARGE_CACHE_DIR", str(tmp_path))
+    with (
+        pytest.raises(ToolMissing, match=r"run `bash hack/install-azurite.sh` from the Barge checkout$"),
+        LocalAzureServer(),
+    ):
+        pass

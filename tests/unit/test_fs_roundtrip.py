@@ -8,7 +8,6 @@ from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
 
 from barge.devenv.trees import capture
 from barge.errors import Canceled, InvalidInput
@@ -20,7 +19,9 @@ from barge.repo.pack import BlobType
 from barge.repo.repository import Repository, RepositorySettings
 from barge.repo.tree import Node, encode_tree
 from barge.storage.local import LocalDirectoryStore
+from tests import fsgen
 from tests.fsbuild import MIB, awkward_tree, write
+from tests.roundtrip import assert_generated_tree_round_trips
 
 PASSWORD = b"pw"
 SETTINGS = RepositorySettings(chunk_min=16 * 1024, chunk_avg=64 * 1024, chunk_max=256 * 1024, pack_target=MIB)
@@ -183,40 +184,11 @@ def test_restore_does_not_follow_a_symlink_planted_by_the_snapshot(repo: Reposit
     assert list(outside.iterdir()) == []
 
 
-names = st.binary(min_size=1, max_size=12).filter(
-    lambda b: b not in (b".", b"..") and b"/" not in b and b"\0" not in b
-)
-contents = st.one_of(
-    st.binary(max_size=3000),
-    st.builds(lambda n, b: b * n, st.integers(1, 40_000), st.binary(min_size=1, max_size=3)),
-)
-trees = st.recursive(
-    st.dictionaries(names, contents, max_size=4),
-    lambda children: st.dictionaries(names, st.one_of(contents, children), max_size=4),
-    max_leaves=20,
-)
-
-
-def _materialize(root: bytes, tree: dict[bytes, object]) -> None:
-    os.makedirs(root, exist_ok=True)
-    for name, value in tree.items():
-        path = os.path.join(root, name)
-        if isinstance(value, dict):
-            _materialize(path, value)
-        else:
-            assert isinstance(value, bytes)
-            with open(path, "wb") as out:
-                out.write(value)
-
-
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(tree=trees)
-def test_generated_trees_round_trip_bit_exact(tmp_path: Path, tree: dict[bytes, object]) -> None:
+@given(tree=fsgen.trees())
+def test_generated_trees_round_trip_bit_exact(tmp_path: Path, tree: fsgen.Dir) -> None:
+    """Contents, modes, mtimes, hardlinks, symlinks, holes, byte names, empty files and dirs."""
     case = tmp_path / f"case-{threading.get_ident()}-{os.urandom(4).hex()}"
+    case.mkdir()
     repo = Repository.init(LocalDirectoryStore(case / "repo"), PASSWORD, SETTINGS, KdfParams.for_tests())
-    source = os.path.join(os.fsencode(case), b"src")
-    _materialize(source, tree)
-    result = backup_tree(repo, Path(os.fsdecode(source)))
-    restored = case / "restored"
-    restore_tree(Repository.open(repo.store, PASSWORD), result.snapshot_id, restored)
-    assert capture(restored) == capture(Path(os.fsdecode(source)))
+    assert_generated_tree_round_trips(repo, case, tree)
