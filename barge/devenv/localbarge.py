@@ -10,6 +10,7 @@ and one agent process per simulated node, and plays Velero's part on request.
 from __future__ import annotations
 
 import base64
+import contextlib
 import http.client
 import secrets
 import sys
@@ -24,7 +25,7 @@ from barge.devenv.processes import ServerProcess, free_port
 from barge.devenv.service import Backend, LocalService
 from barge.devenv.simcluster import SimCluster
 from barge.devenv.waiting import wait_for
-from barge.errors import Conflict, NotFound
+from barge.errors import BargeError, Conflict, NotFound
 from barge.kube.resources import (
     BACKUP_STORAGE_LOCATION,
     DAEMON_SET,
@@ -106,10 +107,15 @@ class LocalBarge:
         return self
 
     def stop(self) -> None:
+        """Stop the processes and remove the simulated nodes: a later environment on the same API
+        server must not schedule exposer pods onto nodes whose agents are gone."""
         for process in [*self.processes.agents.values(), *self.processes.coordinators.values()]:
             process.stop(grace=10)
         if self.service is not None:
             self.service.stop()
+        for node in self.nodes:
+            with contextlib.suppress(BargeError):
+                self.sim.remove_node(node)
 
     def __enter__(self) -> LocalBarge:
         try:

@@ -14,6 +14,7 @@ from barge.devenv.trees import capture
 from barge.devenv.velero import data_download, data_upload, restore_target_pvc
 from barge.devenv.waiting import wait_for
 from barge.kube.resources import (
+    BACKUP_STORAGE_LOCATION,
     DATA_UPLOAD,
     PERSISTENT_VOLUME_CLAIM,
     POD,
@@ -201,3 +202,77 @@ def test_metrics_show_the_work(barge_env: LocalBarge, app_namespace: str, tmp_pa
     assert (
         barge_env.metric(agent_port, "barge_agent_bytes_processed_total", {"kind": "upload"}) or 0
     ) >= 100_000
+
+
+def test_a_block_volume_round_trips_bit_exact(
+    barge_env: LocalBarge, objects: KubeObjects, app_namespace: str, tmp_path: Path
+) -> None:
+    image = tmp_path / "disk.img"
+    with image.open("wb") as out:
+        out.truncate(64 * 2**20)
+        out.seek(10 * 2**20)
+        out.write(os.urandom(3 * 2**20))
+        out.seek(50 * 2**20)
+        out.write(b"tail of the device")
+    vs_name, _ = barge_env.sim.snapshot_source(app_namespace, "raw", image, block=True)
+    body = data_upload(backup="blocks", pvc="raw", source_namespace=app_namespace, volume_snapshot=vs_name)
+    uploaded = barge_env.wait_phase("DataUpload", barge_env.create("DataUpload", body)["metadata"]["name"])
+    status = uploaded["status"]
+    assert status["phase"] == "Completed", status.get("message")
+    assert status["progress"]["totalBytes"] == 64 * 2**20
+    target_ns = f"{app_namespace}-restored"
+    objects.create(
+        PERSISTENT_VOLUME_CLAIM,
+        restore_target_pvc(restore="rb", name="raw", namespace=target_ns, size="64Mi", block=True),
+    )
+    restore = data_download(
+        restore="rb",
+        snapshot_id=status["snapshotID"],
+        target_pvc="raw",
+        target_namespace=target_ns,
+        source_namespace=app_namespace,
+    )
+    done = barge_env.wait_phase("DataDownload", barge_env.create("DataDownload", restore)["metadata"]["name"])
+    assert done["status"]["phase"] == "Completed", done["status"].get("message")
+    wait_for(lambda: _bound(objects, target_ns, "raw"), 30, what="the target PVC to bind")
+    restored = barge_env.sim.claim_data(target_ns, "raw")
+    assert restored.read_bytes() == image.read_bytes()
+
+
+def test_a_snapshot_that_failed_fails_the_upload_with_its_error(
+    barge_env: LocalBarge, objects: KubeObjects, app_namespace: str, tmp_path: Path
+) -> None:
+    volume = make_volume(tmp_path / "v", files=1)
+    vs_name, _ = barge_env.sim.snapshot_source(app_namespace, "data", volume)
+    barge_env.sim.fail_snapshot(app_namespace, vs_name, "the storage backend refused the snapshot")
+    body = data_upload(backup="nightly", pvc="data", source_namespace=app_namespace, volume_snapshot=vs_name)
+    name = barge_env.create("DataUpload", body)["metadata"]["name"]
+    status = barge_env.wait_phase("DataUpload", name)["status"]
+    assert status["phase"] == "Failed"
+    assert "the storage backend refused the snapshot" in status["message"]
+    assert_cleaned_up(barge_env, objects, "DataUpload", name)
+
+
+def test_a_missing_credentials_secret_fails_with_what_to_fix(
+    barge_env: LocalBarge, objects: KubeObjects, app_namespace: str, tmp_path: Path
+) -> None:
+    bsl = {
+        "metadata": {"name": f"creds-{app_namespace}", "namespace": "velero"},
+        "spec": {
+            "provider": "aws",
+            "objectStorage": {"bucket": "b"},
+            "credential": {"name": "no-such-secret", "key": "cloud"},
+            "config": {"region": "us-east-1", "s3Url": "http://127.0.0.1:9"},
+        },
+    }
+    objects.create(BACKUP_STORAGE_LOCATION, bsl)
+    name = upload(
+        barge_env,
+        app_namespace,
+        make_volume(tmp_path / "v", files=1),
+        backupStorageLocation=f"creds-{app_namespace}",
+    )
+    status = barge_env.wait_phase("DataUpload", name, timeout=90)["status"]
+    assert status["phase"] == "Failed"
+    assert "Secret velero/no-such-secret does not exist" in status["message"]
+    assert_cleaned_up(barge_env, objects, "DataUpload", name)
