@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import base64
 import os
+import socket
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +20,7 @@ from barge.kube.resources import (
     DATA_UPLOAD,
     PERSISTENT_VOLUME_CLAIM,
     POD,
+    SECRET,
     VOLUME_SNAPSHOT,
     VOLUME_SNAPSHOT_CONTENT,
     KubeObjects,
@@ -275,4 +278,47 @@ def test_a_missing_credentials_secret_fails_with_what_to_fix(
     status = barge_env.wait_phase("DataUpload", name, timeout=90)["status"]
     assert status["phase"] == "Failed"
     assert "Secret velero/no-such-secret does not exist" in status["message"]
+    assert_cleaned_up(barge_env, objects, "DataUpload", name)
+
+
+def test_an_operation_timeout_fails_the_upload_naming_what_it_waited_for(
+    barge_env: LocalBarge, objects: KubeObjects, app_namespace: str, tmp_path: Path
+) -> None:
+    """The object store accepts connections and never answers: the agent hangs, the timeout does not."""
+    with socket.create_server(("127.0.0.1", 0)) as silent:
+        credentials = base64.b64encode(b"[default]\naws_access_key_id=a\naws_secret_access_key=b\n").decode()
+        objects.create(
+            SECRET,
+            {
+                "metadata": {"name": f"s3-{app_namespace}", "namespace": "velero"},
+                "data": {"cloud": credentials},
+            },
+        )
+        objects.create(
+            BACKUP_STORAGE_LOCATION,
+            {
+                "metadata": {"name": f"silent-{app_namespace}", "namespace": "velero"},
+                "spec": {
+                    "provider": "aws",
+                    "objectStorage": {"bucket": "b"},
+                    "credential": {"name": f"s3-{app_namespace}", "key": "cloud"},
+                    "config": {
+                        "region": "us-east-1",
+                        "s3Url": f"http://127.0.0.1:{silent.getsockname()[1]}",
+                        "s3ForcePathStyle": "true",
+                    },
+                },
+            },
+        )
+        volume = make_volume(tmp_path / "v", files=2)
+        name = upload(
+            barge_env,
+            app_namespace,
+            volume,
+            operationTimeout="5s",
+            backupStorageLocation=f"silent-{app_namespace}",
+        )
+        status = barge_env.wait_phase("DataUpload", name, timeout=120)["status"]
+    assert status["phase"] == "Failed", status
+    assert "timed out after 5s (operationTimeout) waiting for the agent on node" in status["message"]
     assert_cleaned_up(barge_env, objects, "DataUpload", name)
