@@ -8,12 +8,10 @@ from __future__ import annotations
 
 import argparse
 import os
-import signal
 import sys
 import threading
 from collections.abc import Sequence
 from pathlib import Path
-from types import FrameType
 
 import structlog
 
@@ -30,7 +28,7 @@ from barge.kube.client import api_client
 from barge.kube.resources import BACKUP_STORAGE_LOCATION, SECRET, KubeObjects
 from barge.kube.status import StatusWriter
 from barge.logs import configure_logging
-from barge.observe import ObservabilityServer
+from barge.observe import ObservabilityServer, stop_on_signals
 from barge.repo.repository import RepositorySettings
 from barge.rpc.client import AgentClient
 
@@ -150,7 +148,7 @@ def run(args: argparse.Namespace) -> int:
     if args.health_port:
         endpoints.append(ObservabilityServer(args.metrics_address, args.health_port, metrics.registry, ready))
     stop = threading.Event()
-    _on_signals(stop)
+    stop_on_signals(stop)
     for endpoint in endpoints:
         endpoint.start()
     client.start()
@@ -170,14 +168,6 @@ def _read_token(path: Path) -> str:
         return path.read_text().strip()
     except OSError as err:
         raise InvalidInput(f"cannot read the ServiceAccount token {path}: {err.strerror}") from err
-
-
-def _on_signals(stop: threading.Event) -> None:
-    def handle(signum: int, frame: FrameType | None) -> None:
-        stop.set()
-
-    signal.signal(signal.SIGTERM, handle)
-    signal.signal(signal.SIGINT, handle)
 
 
 if __name__ == "__main__":

@@ -1,13 +1,16 @@
-"""One small HTTP endpoint per process: ``/metrics`` (Prometheus), ``/healthz`` (alive), ``/readyz``.
+"""Process plumbing shared by the coordinator and the agent: the HTTP endpoint for ``/metrics``
+(Prometheus), ``/healthz`` (alive) and ``/readyz``, and SIGTERM/SIGINT as a stop event.
 
 ``/readyz`` answers 200 only while ``ready()`` is true.
 """
 
 from __future__ import annotations
 
+import signal
 import threading
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from types import FrameType
 
 from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
@@ -60,3 +63,13 @@ def _handler_class(registry: CollectorRegistry, ready: Callable[[], bool]) -> ty
             """Scrapes and probes every few seconds would drown the logs."""
 
     return Handler
+
+
+def stop_on_signals(stop: threading.Event) -> None:
+    """SIGTERM (Kubernetes stopping the pod) and SIGINT set ``stop``; the main loop shuts down cleanly."""
+
+    def handle(signum: int, frame: FrameType | None) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGTERM, handle)
+    signal.signal(signal.SIGINT, handle)

@@ -10,13 +10,11 @@ from __future__ import annotations
 
 import argparse
 import os
-import signal
 import socket
 import sys
 import threading
 from collections.abc import Sequence
 from pathlib import Path
-from types import FrameType
 
 import structlog
 import yaml
@@ -30,7 +28,7 @@ from barge.kube.client import api_client
 from barge.kube.leader import LeaderElector
 from barge.kube.tokenreview import KubeAuthenticator
 from barge.logs import configure_logging
-from barge.observe import ObservabilityServer
+from barge.observe import ObservabilityServer, stop_on_signals
 from barge.rpc.server import ControlServer, ServerTls
 from coordinator.config import CoordinatorConfig
 from coordinator.controller import Controller
@@ -185,7 +183,7 @@ def run(args: argparse.Namespace) -> int:
         renew_deadline_s=args.lease_duration * 2 / 3,
         retry_period_s=max(0.5, args.lease_duration / 7.5),
     )
-    _on_signals(stop)
+    stop_on_signals(stop)
     server.start()
     server.set_serving(False)
     for endpoint in observability:
@@ -201,14 +199,6 @@ def run(args: argparse.Namespace) -> int:
     for endpoint in observability:
         endpoint.stop()
     return EXIT_FAILED if lost.is_set() else EXIT_OK
-
-
-def _on_signals(stop: threading.Event) -> None:
-    def handle(signum: int, frame: FrameType | None) -> None:
-        stop.set()
-
-    signal.signal(signal.SIGTERM, handle)
-    signal.signal(signal.SIGINT, handle)
 
 
 if __name__ == "__main__":
