@@ -69,7 +69,11 @@ class LocalBarge:
         barge_namespace: str = "barge",
         coordinator_config: str = "",
         extra_agent_args: tuple[str, ...] = (),
+        coordinator_kubeconfig: Path | None = None,
+        agent_kubeconfig: Path | None = None,
     ) -> None:
+        """``*_kubeconfig``: the identities the processes use (default: the admin's), e.g. the
+        chart's ServiceAccounts, to prove Barge needs no more than the chart grants."""
         self.endpoints = endpoints
         self.sim = sim
         self.objects = objects
@@ -80,6 +84,8 @@ class LocalBarge:
         self.barge_namespace = barge_namespace
         self.coordinator_config = coordinator_config
         self.extra_agent_args = extra_agent_args
+        self.coordinator_kubeconfig = coordinator_kubeconfig or endpoints.kubeconfig
+        self.agent_kubeconfig = agent_kubeconfig or endpoints.kubeconfig
         self.repository_root = workdir / "object-store"
         self.password = secrets.token_urlsafe(24)
         self.processes = Processes()
@@ -189,7 +195,7 @@ class LocalBarge:
             "-m",
             "coordinator.main",
             "--kubeconfig",
-            str(self.endpoints.kubeconfig),
+            str(self.coordinator_kubeconfig),
             "--watch-namespace",
             self.velero_namespace,
             "--grpc-address",
@@ -254,7 +260,7 @@ class LocalBarge:
             "--token-file",
             str(token),
             "--kubeconfig",
-            str(self.endpoints.kubeconfig),
+            str(self.agent_kubeconfig),
             "--kubelet-root",
             str(self.sim.kubelet_root(node)),
             "--metrics-address",

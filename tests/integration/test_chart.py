@@ -154,6 +154,9 @@ def coordinator_needs(r: Release) -> list[Access]:
         for v in ("get", "update")
     ]
     needs += [Access("create", "tokenreviews", "", "authentication.k8s.io")]
+    needs += [Access("get", "pods", r.namespace)]  # the agent's pod, when checking its token
+    needs += [Access(v, "persistentvolumeclaims", r.app_namespace) for v in ("get", "list", "watch")]
+    needs += [Access(v, "storageclasses", "", "storage.k8s.io") for v in ("get", "list", "watch")]
     needs += [Access(v, "events", velero) for v in ("create", "patch")]
     needs += [
         Access(v, "poddisruptionbudgets", velero, "policy")
@@ -170,6 +173,9 @@ def coordinator_must_not(r: Release) -> list[Access]:
         Access("list", "secrets", r.velero_namespace),
         Access("create", "pods", r.app_namespace),
         Access("delete", "pods", r.namespace),
+        Access("list", "pods", r.namespace),
+        Access("update", "persistentvolumeclaims", r.app_namespace),
+        Access("delete", "persistentvolumeclaims", r.app_namespace),
         Access("create", "pods", r.velero_namespace, subresource="exec"),
         Access("create", "volumesnapshots", r.app_namespace, "snapshot.storage.k8s.io"),
         Access("delete", "volumesnapshots", r.app_namespace, "snapshot.storage.k8s.io"),
