@@ -164,11 +164,11 @@ class _TreeBackup:
                 child = metadata_node(name, os.fsencode(entry.path), st)
             except FileNotFoundError:
                 continue  # vanished since the listing
-            if child.kind == "file":
+            if child.kind == "file" and (same := self.reuse_unchanged(child, previous.get(name))):
+                nodes.append(same)  # unchanged since the parent: no read, and no trip through the pool
+            elif child.kind == "file":
                 self.slots.acquire()
-                future = self.pool.submit(
-                    self.backup_file, os.fsencode(entry.path), child, previous.get(name)
-                )
+                future = self.pool.submit(self.backup_file, os.fsencode(entry.path), child)
                 future.add_done_callback(lambda _: self.slots.release())
                 pending.append(future)
             elif child.kind == "dir":
@@ -186,19 +186,21 @@ class _TreeBackup:
             self.dirs += 1
         return replace(node, subtree=tree_id)
 
-    def backup_file(self, path: bytes, node: Node, old: Node | None) -> Node | None:
+    def reuse_unchanged(self, node: Node, old: Node | None) -> Node | None:
+        """``node`` with the parent's content when its metadata proves the data cannot differ."""
+        if old is None or not node.unchanged_since(old):
+            return None
+        if not all(b is None or self.writer.has_blob(b) for b, _ in old.content):
+            return None  # the parent's data is gone (garbage collected): read the file again
+        self.progress.add(node.size)
+        with self.lock:
+            self.files += 1
+            self.unchanged += 1
+        return replace(node, content=old.content)
+
+    def backup_file(self, path: bytes, node: Node) -> Node | None:
         if self.cancel.canceled:
             return None
-        if (
-            old is not None
-            and node.unchanged_since(old)
-            and all(b is None or self.writer.has_blob(b) for b, _ in old.content)
-        ):
-            self.progress.add(node.size)
-            with self.lock:
-                self.files += 1
-                self.unchanged += 1
-            return replace(node, content=old.content)
         try:
             content = self.read_content(path, node.size)
         except Canceled:

@@ -109,7 +109,9 @@ class PackBuilder:
 
     def __init__(self) -> None:
         self._buffer = bytearray()
-        self._entries: list[tuple[SealedBlob, int]] = []
+        # Only the header facts of each blob, never a second copy of its bytes: memory per pack in
+        # flight stays at one pack size.
+        self._entries: list[tuple[BlobType, bytes, int, int, int]] = []  # type, id, length, raw, offset
 
     @property
     def size(self) -> int:
@@ -120,22 +122,24 @@ class PackBuilder:
         return len(self._entries)
 
     def add(self, blob: SealedBlob) -> None:
-        self._entries.append((blob, len(self._buffer)))
+        self._entries.append(
+            (blob.blob_type, blob.blob_id, len(blob.sealed), blob.raw_length, len(self._buffer))
+        )
         self._buffer += blob.sealed
 
-    def finish(self, keys: MasterKeys) -> tuple[bytes, bytes, dict[bytes, BlobLocation]]:
+    def finish(self, keys: MasterKeys) -> tuple[bytes, memoryview, dict[bytes, BlobLocation]]:
         """The pack's ID (sha256 of its bytes), its bytes, and where each blob sits in it."""
         header = bytearray(_HEADER_MAGIC)
-        for blob, _ in self._entries:
-            header += _HEADER_ENTRY.pack(blob.blob_type, blob.blob_id, len(blob.sealed), blob.raw_length)
+        for blob_type, blob_id, length, raw_length, _ in self._entries:
+            header += _HEADER_ENTRY.pack(blob_type, blob_id, length, raw_length)
         sealed_header = keys.seal(bytes(header), _HEADER_AAD)
         self._buffer += sealed_header
         self._buffer += _TRAILER.pack(len(sealed_header))
-        data = bytes(self._buffer)
+        data = memoryview(self._buffer)  # no copy: the builder is done once finished
         pack_id = hashlib.sha256(data).digest()
         locations = {
-            blob.blob_id: BlobLocation(blob.blob_type, pack_id, offset, len(blob.sealed), blob.raw_length)
-            for blob, offset in self._entries
+            blob_id: BlobLocation(blob_type, pack_id, offset, length, raw_length)
+            for blob_type, blob_id, length, raw_length, offset in self._entries
         }
         return pack_id, data, locations
 
