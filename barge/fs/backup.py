@@ -97,8 +97,17 @@ def _read_xattrs(path: bytes) -> tuple[tuple[bytes, bytes], ...]:
         return ()
 
 
-def metadata_node(name: bytes, path: bytes, st: os.stat_result) -> Node:
+def metadata_node(name: bytes, path: bytes, st: os.stat_result, previous: Node | None = None) -> Node:
+    """The entry's metadata. Extended attributes are re-read only when the inode's ctime moved:
+    setting or removing one changes the ctime, so an unchanged ctime proves the parent's are current."""
     kind = _kind(st.st_mode)
+    same_inode = (
+        previous is not None
+        and previous.kind == kind
+        and previous.inode == st.st_ino
+        and previous.ctime_ns == st.st_ctime_ns
+    )
+    xattrs = previous.xattrs if same_inode and previous is not None else None
     return Node(
         name=name,
         kind=kind,
@@ -109,7 +118,7 @@ def metadata_node(name: bytes, path: bytes, st: os.stat_result) -> Node:
         size=st.st_size if kind == "file" else 0,
         target=os.readlink(path) if kind == "symlink" else None,
         rdev=st.st_rdev if kind in ("chardev", "blockdev") else 0,
-        xattrs=_read_xattrs(path) if kind != "symlink" else (),
+        xattrs=xattrs if xattrs is not None else (_read_xattrs(path) if kind != "symlink" else ()),
         device=st.st_dev,
         inode=st.st_ino,
         nlink=st.st_nlink,
@@ -161,7 +170,7 @@ class _TreeBackup:
             name = os.fsencode(entry.name)
             try:
                 st = entry.stat(follow_symlinks=False)
-                child = metadata_node(name, os.fsencode(entry.path), st)
+                child = metadata_node(name, os.fsencode(entry.path), st, previous.get(name))
             except FileNotFoundError:
                 continue  # vanished since the listing
             if child.kind == "file" and (same := self.reuse_unchanged(child, previous.get(name))):

@@ -69,6 +69,22 @@ def test_unchanged_files_are_not_read_again(repo: Repository, tmp_path: Path) ->
     assert capture(restored) == capture(source)
 
 
+def test_an_extended_attribute_changed_since_the_parent_is_backed_up(
+    repo: Repository, tmp_path: Path
+) -> None:
+    """Unchanged files reuse the parent's xattrs; a changed xattr moves the ctime and is read again."""
+    source = tmp_path / "src"
+    write(source / "a", b"same content")
+    os.setxattr(source / "a", "user.state", b"before")
+    first = backup_tree(repo, source)
+    os.setxattr(source / "a", "user.state", b"after")
+    second = backup_tree(repo, source, options=BackupOptions(parent=first.snapshot_id))
+    assert second.files_unchanged == 0  # the ctime moved: the file is not taken as unchanged
+    restored = tmp_path / "restored"
+    restore_tree(repo, second.snapshot_id, restored)
+    assert os.getxattr(restored / "a", "user.state") == b"after"
+
+
 def test_a_second_full_backup_stores_nothing_new(repo: Repository, tmp_path: Path) -> None:
     source = awkward_tree(tmp_path / "src")
     backup_tree(repo, source)
