@@ -51,6 +51,7 @@ log = structlog.get_logger("barge.coordinator")
 Obj = Mapping[str, Any]
 _CR_KINDS = ("DataUpload", "DataDownload")
 _ERROR_BACKOFF_MAX_S = 60.0
+_ADMISSION_TTL_S = 0.25
 
 
 class InformerCaches:
@@ -96,6 +97,7 @@ class Controller:
         self._failures: Counter[ItemKey] = Counter()
         self._cordoned_since: dict[str, datetime] = {}
         self._drained: set[str] = set()
+        self._admissions: tuple[float, frozenset[ItemKey]] = (float("-inf"), frozenset())
         self._lock = threading.Lock()
         self._informers = self._make_informers(api)
         self.caches = InformerCaches(self._informers)
@@ -171,6 +173,7 @@ class Controller:
             if self._stopping.is_set():
                 return
             if kind in _CR_KINDS:
+                self._invalidate_admissions()  # a phase changed: capacity may have moved
                 meta = obj.get("metadata") or {}
                 self._queue.add(ItemKey(kind, meta.get("namespace", ""), meta.get("name", "")))
                 return
@@ -193,7 +196,12 @@ class Controller:
 
         return on_event
 
+    def _invalidate_admissions(self) -> None:
+        with self._lock:
+            self._admissions = (float("-inf"), frozenset())
+
     def _on_hub_change(self, assignment_id: str) -> None:
+        self._invalidate_admissions()
         for kind in _CR_KINDS:
             for obj in self.caches.items(kind):
                 meta = obj.get("metadata") or {}
@@ -277,11 +285,19 @@ class Controller:
         return Context(self._clock.now(), self.config, self._identity, agents)
 
     def _admitted(self, key: ItemKey) -> bool:
-        crs = [{**obj, "kind": kind} for kind in _CR_KINDS for obj in self.caches.items(kind)]
-        agents = agent_views(self.caches, self._hub, dict(self._cordoned_since))
-        items = work_items(crs, self.caches, self._hub, self._clock.now())
-        admissions = admit(items, node_states(agents), self.config)
-        return any(a.key == key for a in admissions)
+        """Whether the scheduler's pass over every item admits ``key``. One pass serves all
+        reconciles for ``_ADMISSION_TTL_S``: computing it per item would be quadratic."""
+        now = self._clock.monotonic()
+        with self._lock:
+            computed_at, admitted = self._admissions
+        if now - computed_at > _ADMISSION_TTL_S:
+            crs = [{**obj, "kind": kind} for kind in _CR_KINDS for obj in self.caches.items(kind)]
+            agents = agent_views(self.caches, self._hub, dict(self._cordoned_since))
+            items = work_items(crs, self.caches, self._hub, self._clock.now())
+            admitted = frozenset(a.key for a in admit(items, node_states(agents), self.config))
+            with self._lock:
+                self._admissions = (now, admitted)
+        return key in admitted
 
     # -- nodes, drains and gauges -------------------------------------------------------------------
 
