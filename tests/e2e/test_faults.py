@@ -1,5 +1,7 @@
 """Faults while data moves: agents killed, the leader killed, nodes drained. No backup is lost.
 
+Each test prints its measured time-to-recover (docs/reliability.md records them).
+
 One environment for the module: two coordinator replicas (one leads), three nodes. Each test
 brings what it broke back, so the next starts from a healthy cluster.
 """
@@ -8,6 +10,7 @@ from __future__ import annotations
 
 import os
 import signal
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,7 +23,8 @@ from barge.devenv.localbarge import LocalBarge
 from barge.devenv.simcluster import SimCluster
 from barge.devenv.velero import data_upload
 from barge.devenv.waiting import wait_for
-from barge.kube.resources import KubeObjects
+from barge.kube.resources import EVENT, POD_DISRUPTION_BUDGET, KubeObjects
+from coordinator.model import REEXPOSURES_ANNOTATION
 from tests.fsbuild import write
 
 pytestmark = pytest.mark.integration
@@ -36,7 +40,7 @@ def env(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[LocalBarge]:
     with SimCluster(kube, tmp_path_factory.mktemp("fault-sim")) as sim:
-        config = "prepareTimeout: 2m\nagentGracePeriod: 5s\ndrainGracePeriod: 5s\n"
+        config = "prepareTimeout: 2m\nagentGracePeriod: 5s\ndrainGracePeriod: 1s\n"
         workdir = tmp_path_factory.mktemp("fault-barge")
         barge = LocalBarge(
             control_plane, sim, objects, workdir, nodes=NODES, coordinators=2, coordinator_config=config
@@ -116,18 +120,47 @@ def test_the_leader_killed_mid_upload_hands_over_without_restarting_the_transfer
     assert epoch == "1"  # the same assignment ran to the end: nothing was redone
 
 
-def test_a_node_drained_mid_upload_hands_the_work_to_another_node(
+def events_of(env: LocalBarge, name: str, reason: str) -> list[str]:
+    """Messages of the Events recorded on the DataUpload ``name`` with ``reason``."""
+    return [
+        str(e.get("message", ""))
+        for e in env.objects.list(EVENT, env.velero_namespace)
+        if (e.get("involvedObject") or {}).get("name") == name and e.get("reason") == reason
+    ]
+
+
+def test_a_drain_waits_for_the_hand_off_and_the_upload_completes_on_another_node(
     env: LocalBarge, app_namespace: str, tmp_path: Path
 ) -> None:
     name = start_upload(env, app_namespace, big_volume(tmp_path / "v"))
-    status = wait_progress(env, name, 0.3)
+    status = wait_progress(env, name, 0.2)  # the rest takes longer than drainGracePeriod (1s)
     drained = str(status["node"])
+    budget = env.objects.get(POD_DISRUPTION_BUDGET, env.velero_namespace, name)
+    assert budget["spec"]["minAvailable"] == 1
+    started = time.monotonic()
     try:
         left = env.sim.drain(drained, timeout=90)
+        drain_s = time.monotonic() - started
+        when_drained = env.get("DataUpload", name)
         done = env.wait_phase("DataUpload", name, timeout=180)
+        complete_s = time.monotonic() - started
     finally:
         env.sim.uncordon(drained)
     assert left == []
+    # The budget refused every eviction: the pod left only when the coordinator deleted the exposure
+    # after the agent handed the work off, so the drain ended after the hand-off, not before.
+    assert int(when_drained["metadata"]["annotations"].get(REEXPOSURES_ANNOTATION, "0")) >= 1
+    reexposures = events_of(env, name, "Reexposing")
+    assert reexposures, "no Reexposing event"
+    assert "handed the work off" in reexposures[0], reexposures
     final = done["status"]
     assert final["phase"] == "Completed", final.get("message")
     assert final["node"] != drained
+    total = int(final["progress"]["totalBytes"])
+    new = int(final["dataMoverResult"]["barge.io/bytes-new"])
+    assert new < total  # what the drained agent uploaded was reused
+    print(
+        f"drain: kubectl drain took {drain_s:.1f}s (waited for the hand-off); upload completed on "
+        f"{final['node']} {complete_s:.1f}s after the drain began; {new / MIB:.1f} of {total / MIB:.1f} "
+        "MiB uploaded after the hand-off"
+    )
