@@ -30,9 +30,9 @@ from barge.control.messages import (
     Outcome,
     VolumeMode,
 )
-from barge.control.naming import Fence, kubelet_volume_path
+from barge.control.naming import ON_UNREADABLE_KEY, Fence, kubelet_volume_path, unreadable_policy
 from barge.errors import BargeError, Canceled, Fenced, InvalidInput, TemporaryError
-from barge.fs.backup import BackupOptions, BackupResult, backup_tree
+from barge.fs.backup import BackupOptions, BackupResult, SourceUnreadable, backup_tree
 from barge.fs.block import backup_device, restore_device
 from barge.fs.progress import CancelToken
 from barge.fs.restore import restore_tree
@@ -42,6 +42,7 @@ log = structlog.get_logger("barge.agent")
 
 Mutation = Callable[[dict[str, Any]], dict[str, Any] | None]
 TOLERATED_IN_NEW_VOLUMES = frozenset({"lost+found"})
+SKIPPED_LISTED = 10  # skipped files named in the status; the count covers the rest
 
 
 class StatusSink(Protocol):
@@ -152,13 +153,20 @@ class AssignmentRunner:
         identity = {"barge.io/source-namespace": a.source_namespace, "barge.io/source-pvc": a.source_pvc}
         tags = dict(a.tags) | identity
         block = a.volume_mode is VolumeMode.BLOCK
+        policy = unreadable_policy(a.data_mover_config)
         parent = repo.latest_snapshot("block" if block else "fs", tags=identity)
-        options = BackupOptions(workers=self.settings.workers, parent=parent, tags=tags)
+        options = BackupOptions(workers=self.settings.workers, on_unreadable=policy, parent=parent, tags=tags)
         backup = backup_device if block else backup_tree
-        log.info("backup started", path=str(path), parent=parent)
-        return backup(
-            repo, path, options=options, progress=self._on_progress, cancel=self._token, clock=self._clock
-        )
+        log.info("backup started", path=str(path), parent=parent, on_unreadable=policy)
+        try:
+            return backup(
+                repo, path, options=options, progress=self._on_progress, cancel=self._token, clock=self._clock
+            )
+        except SourceUnreadable as err:
+            raise SourceUnreadable(
+                f"{_in_volume(str(err), path)}; set spec.dataMoverConfig {ON_UNREADABLE_KEY}: skip "
+                "to back up the rest and list such files"
+            ) from err
 
     def _download(self, repo: Repository, path: Path) -> None:
         a = self.assignment
@@ -240,6 +248,11 @@ class AssignmentRunner:
 
     def _finish_upload(self, result: BackupResult, path: Path) -> AssignmentResult:
         message = "" if result.bytes_total else "the volume is empty; an empty snapshot was stored"
+        skipped = [_in_volume(entry, path) for entry in result.skipped]
+        if skipped:
+            message = _skipped_message(skipped)
+            log.warning("unreadable files skipped", count=len(skipped), files=skipped[:SKIPPED_LISTED])
+        result_map = _result_map(result, skipped)
         fields = {
             "phase": "Completed",
             "snapshotID": result.snapshot_id,
@@ -248,7 +261,7 @@ class AssignmentRunner:
             "completionTimestamp": timestamp(self._clock.now()),
             "incrementalBytes": result.bytes_new,
             "snapshotSize": result.bytes_total,
-            "dataMoverResult": _result_map(result),
+            "dataMoverResult": result_map,
             "message": message,
         }
         self._write_status(lambda status: {**status, **fields})
@@ -269,7 +282,7 @@ class AssignmentRunner:
             bytes_total=result.bytes_total,
             bytes_done=result.bytes_total,
             bytes_new=result.bytes_new,
-            result=tuple(sorted(_result_map(result).items())),
+            result=tuple(sorted(result_map.items())),
         )
 
     def _finish_download(self, path: Path) -> AssignmentResult:
@@ -331,9 +344,24 @@ def _progress_mutation(done: int, total: int) -> Mutation:
     return mutate
 
 
-def _result_map(result: BackupResult) -> dict[str, str]:
+def _in_volume(text: str, volume: Path) -> str:
+    """Paths inside the volume as the application sees them (``/dir/file``), not the kubelet's."""
+    return text.replace(str(volume), "", 1) if str(volume) != "/" else text
+
+
+def _skipped_message(skipped: list[str]) -> str:
+    listed = "; ".join(skipped[:SKIPPED_LISTED])
+    more = f"; and {len(skipped) - SKIPPED_LISTED} more" if len(skipped) > SKIPPED_LISTED else ""
+    return (
+        f"completed with {len(skipped)} unreadable file(s) skipped "
+        f"({ON_UNREADABLE_KEY}: skip): {listed}{more}"
+    )
+
+
+def _result_map(result: BackupResult, skipped: list[str]) -> dict[str, str]:
     """``dataMoverResult``: strings only (Velero's schema); what an operator wants to see."""
-    return {
+    extra = {"barge.io/skipped-files": "\n".join(skipped[:SKIPPED_LISTED])} if skipped else {}
+    return extra | {
         "barge.io/bytes-total": str(result.bytes_total),
         "barge.io/bytes-new": str(result.bytes_new),
         "barge.io/bytes-stored": str(result.bytes_stored),

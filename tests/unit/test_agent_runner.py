@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import threading
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -30,9 +31,11 @@ from barge.control.messages import (
 from barge.control.naming import Fence, kubelet_volume_path
 from barge.devenv.trees import capture
 from barge.errors import Fenced, TemporaryError
+from barge.fs.restore import restore_tree
 from barge.repo.crypto import KdfParams
 from barge.repo.repository import Repository
 from barge.storage.local import LocalDirectoryStore
+from tests.capabilities import unreadable_file, without_file_read_override
 from tests.fsbuild import write
 
 PASSWORD = b"runner-test"
@@ -166,6 +169,64 @@ def test_missing_volume_fails_with_the_path(tmp_path: Path, repo: Repository) ->
     assert status.status["phase"] == "Failed"
     assert "is not mounted at" in status.status["message"]
     assert "node node-a" in status.status["message"]
+
+
+def unreadable_volume(tmp_path: Path) -> Path:
+    """A volume whose ``locked/secret.bin`` the kernel refuses to an agent without DAC override."""
+    data = tmp_path / "volume"
+    write(data / "a.bin", os.urandom(100_000))
+    write(data / "locked" / "secret.bin", os.urandom(1000))
+    write(data / "z.txt", b"after the unreadable file")
+    unreadable_file(data / "locked" / "secret.bin")
+    exposed_volume(tmp_path / "kubelet", "pod-1", "pv-1", data)
+    return data
+
+
+def test_an_unreadable_file_fails_the_upload_by_default_naming_it_and_the_switch(
+    tmp_path: Path, repo: Repository
+) -> None:
+    unreadable_volume(tmp_path)
+    status = MemoryStatus()
+    result = without_file_read_override(runner(tmp_path, assignment(), status, repo).run)
+    assert result.outcome is Outcome.FAILED
+    assert status.status["phase"] == "Failed"
+    message = status.status["message"]
+    assert message.startswith(
+        "backup failed on node node-a: cannot read /locked/secret.bin: Permission denied"
+    )
+    assert "set spec.dataMoverConfig barge.io/on-unreadable: skip" in message
+    assert str(tmp_path) not in message  # paths as the application sees them, not the kubelet's
+
+
+def test_an_unreadable_file_is_skipped_and_reported_when_asked(tmp_path: Path, repo: Repository) -> None:
+    unreadable_volume(tmp_path)
+    status = MemoryStatus()
+    skip = replace(assignment(), data_mover_config=(("barge.io/on-unreadable", "skip"),))
+    result = without_file_read_override(runner(tmp_path, skip, status, repo).run)
+    assert result.outcome is Outcome.COMPLETED
+    final = status.status
+    assert final["phase"] == "Completed"
+    assert final["message"] == (
+        "completed with 1 unreadable file(s) skipped (barge.io/on-unreadable: skip): "
+        "/locked/secret.bin: Permission denied"
+    )
+    assert final["dataMoverResult"]["barge.io/skipped"] == "1"
+    assert final["dataMoverResult"]["barge.io/skipped-files"] == "/locked/secret.bin: Permission denied"
+    assert dict(result.result)["barge.io/skipped"] == "1"
+    restored = tmp_path / "restored"
+    restore_tree(repo, result.snapshot_id, restored)
+    assert (restored / "z.txt").read_bytes() == b"after the unreadable file"  # the rest is there
+    assert not (restored / "locked" / "secret.bin").exists()
+
+
+def test_an_unknown_unreadable_policy_fails_saying_what_to_write(tmp_path: Path, repo: Repository) -> None:
+    unreadable_volume(tmp_path)
+    status = MemoryStatus()
+    odd = replace(assignment(), data_mover_config=(("barge.io/on-unreadable", "ignore"),))
+    assert runner(tmp_path, odd, status, repo).run().outcome is Outcome.FAILED
+    assert status.status["message"].endswith(
+        "spec.dataMoverConfig barge.io/on-unreadable='ignore': use 'fail' or 'skip'"
+    )
 
 
 def test_a_fenced_runner_stops_without_writing(tmp_path: Path, repo: Repository) -> None:
