@@ -94,8 +94,10 @@ class AssignmentRunner:
         self._clock = clock
         self._token = CancelToken()
         self._hand_off = False
+        self._fenced: Fenced | None = None
         self._progress_lock = threading.Lock()
-        self._last_write = -settings.status_interval_s
+        self._progress_pending = threading.Event()  # a newer progress than the last one written
+        self._publishing = threading.Event()  # cleared: the publisher thread ends
         self.bytes_done = 0
         self.bytes_total = 0
 
@@ -115,24 +117,33 @@ class AssignmentRunner:
             return self._run()
 
     def _run(self) -> AssignmentResult:
+        publisher = threading.Thread(target=self._publish_progress, name="progress", daemon=True)
         try:
             path = self.volume_path()
             self._write_status(self._in_progress)
+            self._publishing.set()
+            publisher.start()
             repo = self._repositories.open(self.assignment)
             if self.assignment.kind is AssignmentKind.UPLOAD:
                 return self._finish_upload(self._upload(repo, path), path)
             self._download(repo, path)
             return self._finish_download(path)
         except Fenced as err:
-            log.warning("assignment fenced: another agent owns it now", reason=str(err))
-            return self._result(Outcome.HANDED_OFF, f"fenced: {err}")
+            return self._fenced_result(err)
         except Canceled:
-            return self._finish_canceled()
+            return self._fenced_result(self._fenced) if self._fenced else self._finish_canceled()
         except BargeError as err:
             return self._finish_failed(str(err))
         except OSError as err:
             where = f" ({os.fsdecode(err.filename)})" if err.filename else ""
             return self._finish_failed(f"{err.strerror or err}{where}")
+        finally:
+            self._publishing.clear()
+            self._progress_pending.set()  # wake the publisher so that it sees the end
+
+    def _fenced_result(self, err: Fenced) -> AssignmentResult:
+        log.warning("assignment fenced: another agent owns it now", reason=str(err))
+        return self._result(Outcome.HANDED_OFF, f"fenced: {err}")
 
     # -- the data ---------------------------------------------------------------------------------
 
@@ -199,25 +210,44 @@ class AssignmentRunner:
     # -- progress and status ------------------------------------------------------------------------
 
     def _on_progress(self, done: int, total: int) -> None:
+        """Called by the data path: only remembers the numbers; the publisher thread writes them."""
         with self._progress_lock:
             self.bytes_done, self.bytes_total = done, total
-            now = self._clock.monotonic()
-            due = now - self._last_write >= self.settings.status_interval_s
-            if due:
-                self._last_write = now
+        self._progress_pending.set()
         self._report_progress(self.assignment, done, total)
-        if due:
-            self._try_progress_write(done, total)
 
-    def _try_progress_write(self, done: int, total: int) -> None:
-        """Progress is best effort: an API outage must not stop the data; the next write catches up."""
+    def _publish_progress(self) -> None:
+        """Write the latest progress at most every status_interval_s, off the data path: while the
+        API server is unreachable the data keeps moving, only the newest numbers wait, and the next
+        successful write catches the status up."""
+        while self._publishing.is_set():
+            self._progress_pending.wait()
+            self._progress_pending.clear()
+            if not self._publishing.is_set():
+                return
+            with self._progress_lock:
+                done, total = self.bytes_done, self.bytes_total
+            if not self._try_progress_write(done, total):
+                return
+            self._publishing_pause()
+
+    def _publishing_pause(self) -> None:
+        deadline = self._clock.monotonic() + self.settings.status_interval_s
+        while self._publishing.is_set() and self._clock.monotonic() < deadline:
+            threading.Event().wait(min(0.2, self.settings.status_interval_s))
+
+    def _try_progress_write(self, done: int, total: int) -> bool:
+        """Best effort; False once fenced (someone else owns the CR: the data path is stopped)."""
         try:
             self._status.update(self.assignment, self.fence, _progress_mutation(done, total))
-        except Fenced:
-            self._token.cancel()  # someone else owns it now: stop moving data
-            raise
+        except Fenced as err:
+            self._fenced = err
+            self._token.cancel()
+            return False
         except TemporaryError as err:
-            log.warning("progress not written; will catch up", error=str(err))
+            log.warning("progress not written; the data keeps moving, status will catch up", error=str(err))
+            self._progress_pending.set()  # retry with the newest numbers after the pause
+        return True
 
     def _in_progress(self, status: dict[str, Any]) -> dict[str, Any] | None:
         if status.get("phase") == "InProgress":
@@ -335,9 +365,11 @@ class AssignmentRunner:
 
 
 def _progress_mutation(done: int, total: int) -> Mutation:
+    """Progress only while InProgress: a late write never touches a finished CR's numbers."""
+
     def mutate(status: dict[str, Any]) -> dict[str, Any] | None:
         progress = {"totalBytes": total, "bytesDone": done}
-        if status.get("progress") == progress:
+        if status.get("progress") == progress or status.get("phase") != "InProgress":
             return None
         return {**status, "progress": progress}
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -247,6 +248,43 @@ def test_status_writes_survive_a_short_api_outage(tmp_path: Path, repo: Reposito
     result = runner(tmp_path, assignment(), status, repo).run()
     assert result.outcome is Outcome.COMPLETED
     assert status.status["phase"] == "Completed"
+
+
+class HangingStatus(MemoryStatus):
+    """An API server that stops answering once the CR is InProgress, until ``release`` is set."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.release = threading.Event()
+        self.hung = threading.Event()
+
+    def update(self, assignment: Assignment, fence: Fence, mutate: Mutation) -> None:
+        if self.status.get("phase") == "InProgress" and not self.release.is_set():
+            self.hung.set()
+            self.release.wait(30)
+        super().update(assignment, fence, mutate)
+
+
+def test_data_keeps_moving_while_status_writes_hang_and_status_catches_up(
+    tmp_path: Path, repo: Repository
+) -> None:
+    write(tmp_path / "volume" / "big.bin", os.urandom(3_000_000))
+    exposed_volume(tmp_path / "kubelet", "pod-1", "pv-1", tmp_path / "volume")
+    status = HangingStatus()
+    job = runner(tmp_path, assignment(), status, repo)
+    results: list[AssignmentResult] = []
+    worker = threading.Thread(target=lambda: results.append(job.run()))
+    worker.start()
+    deadline = time.monotonic() + 20
+    while not (status.hung.is_set() and job.bytes_total and job.bytes_done == job.bytes_total):
+        assert time.monotonic() < deadline, "the data path stalled behind the hung status write"
+        time.sleep(0.01)
+    assert not results  # all bytes read while the API was down; the final write waits for it
+    status.release.set()
+    worker.join(30)
+    assert results[0].outcome is Outcome.COMPLETED
+    assert status.status["phase"] == "Completed"
+    assert status.status["progress"] == {"totalBytes": 3_000_000, "bytesDone": 3_000_000}
 
 
 def test_cancel_writes_canceled_and_hand_off_writes_nothing(tmp_path: Path, repo: Repository) -> None:
