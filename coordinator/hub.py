@@ -133,6 +133,11 @@ class Hub:
         if session is not None:
             session.send(Drain(grace_seconds, reason))
 
+    def reset(self) -> None:
+        """A leader term ended: its records may be stale; the next term rebuilds them from Hellos."""
+        with self._lock:
+            self._records.clear()
+
     def forget(self, assignment_id: str) -> None:
         """The CR is final and cleaned up: nothing more to remember."""
         with self._lock:
