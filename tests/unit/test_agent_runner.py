@@ -230,6 +230,30 @@ def test_an_unknown_unreadable_policy_fails_saying_what_to_write(tmp_path: Path,
     )
 
 
+class ManifestRefusingStore(LocalDirectoryStore):
+    """A store that dies exactly when the snapshot manifest (the last object) is written."""
+
+    def put(self, key: str, data: bytes | memoryview, *, overwrite: bool = False) -> None:
+        if key.startswith("snapshots/"):
+            raise TemporaryError(f"put {key}: object store error after retries: 503 SlowDown")
+        super().put(key, data, overwrite=overwrite)
+
+
+def test_a_snapshot_whose_manifest_was_not_written_is_never_reported_completed(tmp_path: Path) -> None:
+    store = ManifestRefusingStore(tmp_path / "repo")
+    repo = Repository.init(store, PASSWORD, kdf=KdfParams.for_tests())
+    write(tmp_path / "volume" / "f.bin", os.urandom(500_000))
+    exposed_volume(tmp_path / "kubelet", "pod-1", "pv-1", tmp_path / "volume")
+    status = MemoryStatus()
+    result = runner(tmp_path, assignment(), status, repo).run()
+    assert result.outcome is Outcome.FAILED
+    assert result.snapshot_id == ""
+    assert status.status["phase"] == "Failed"
+    assert "snapshotID" not in status.status
+    assert "503 SlowDown" in status.status["message"]
+    assert repo.snapshot_ids() == []  # the data packs are there (reused next time), no snapshot
+
+
 def test_a_fenced_runner_stops_without_writing(tmp_path: Path, repo: Repository) -> None:
     write(tmp_path / "volume" / "f", b"x")
     exposed_volume(tmp_path / "kubelet", "pod-1", "pv-1", tmp_path / "volume")
