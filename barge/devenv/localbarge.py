@@ -68,6 +68,7 @@ class LocalBarge:
         barge_namespace: str = "barge",
         coordinator_config: str = "",
         extra_agent_args: tuple[str, ...] = (),
+        agent_command_prefix: tuple[str, ...] = (),
     ) -> None:
         self.endpoints = endpoints
         self.sim = sim
@@ -79,6 +80,7 @@ class LocalBarge:
         self.barge_namespace = barge_namespace
         self.coordinator_config = coordinator_config
         self.extra_agent_args = extra_agent_args
+        self.agent_command_prefix = agent_command_prefix  # e.g. setpriv: run agents with fewer capabilities
         self.repository_root = workdir / "object-store"
         self.password = secrets.token_urlsafe(24)
         self.processes = Processes()
@@ -234,6 +236,7 @@ class LocalBarge:
         self.processes.agent_metrics.setdefault(node, free_port())
         assert self.service is not None
         argv = [
+            *self.agent_command_prefix,
             sys.executable,
             "-m",
             "agent.main",

@@ -41,7 +41,10 @@ class S3Options:
     access_key: str | None = None
     secret_key: str | None = None
     session_token: str | None = None
-    max_retries: int = 8
+    # Throttling (503 SlowDown) can last minutes: retry for up to retry_timeout_s (jittered backoff,
+    # 0.2 s growing to 20 s between attempts); max_retries is only a backstop. Then the error is
+    # TemporaryError and the DataUpload fails with it, so a dead store never hangs a transfer.
+    max_retries: int = 60
     retry_timeout_s: float = 180.0
 
     @classmethod
@@ -52,7 +55,7 @@ class S3Options:
         ``profile``), else ``AWS_SHARED_CREDENTIALS_FILE``, else ``AWS_ACCESS_KEY_ID``/``..._SECRET_...``.
         """
         known = {"endpoint", "region", "path_style", "ca_bundle", "insecure_skip_tls_verify",
-                 "credentials_file", "profile"}  # fmt: skip
+                 "credentials_file", "profile", "retry_timeout"}  # fmt: skip
         unknown = sorted(set(query) - known)
         if unknown:
             raise InvalidInput(
@@ -76,10 +79,26 @@ class S3Options:
             path_style=query.get("path_style", "false").lower() in _TRUE,
             ca_bundle=Path(query["ca_bundle"]) if "ca_bundle" in query else None,
             insecure_skip_tls_verify=query.get("insecure_skip_tls_verify", "false").lower() in _TRUE,
+            retry_timeout_s=_retry_timeout(query.get("retry_timeout")),
             access_key=access_key,
             secret_key=secret_key,
             session_token=token,
         )
+
+
+_MAX_RETRY_TIMEOUT_S = 3600.0  # an hour of retrying one request is the most that makes sense
+
+
+def _retry_timeout(text: str | None) -> float:
+    if text is None:
+        return S3Options.retry_timeout_s
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = -1.0
+    if not 1 <= seconds <= _MAX_RETRY_TIMEOUT_S:
+        raise InvalidInput(f"S3 option retry_timeout={text!r}: give seconds between 1 and 3600")
+    return seconds
 
 
 def read_credentials_file(path: Path, profile: str = "default") -> tuple[str, str, str | None]:
@@ -111,7 +130,17 @@ def _translate(err: Exception, what: str) -> Exception:
         return ObjectExists(f"{what}: already exists")
     if isinstance(err, obs_errors.PermissionDeniedError | obs_errors.UnauthenticatedError | PermissionError):
         return PermanentError(f"{what}: access denied by the object store; check the credentials ({err})")
-    return TemporaryError(f"{what}: object store error after retries: {err}")
+    return TemporaryError(f"{what}: object store error after retries: {_summary(err)}")
+
+
+_MESSAGE_LIMIT = 400
+
+
+def _summary(err: Exception) -> str:
+    """obstore's text without its multi-line debug dump: it ends up in a CR's status.message."""
+    text = str(err).split("Debug source:", 1)[0]
+    text = " ".join(text.split())
+    return text if len(text) <= _MESSAGE_LIMIT else text[: _MESSAGE_LIMIT - 3] + "..."
 
 
 class S3Store:
