@@ -147,3 +147,17 @@ def test_an_old_stream_ending_after_a_reconnect_does_not_disconnect_the_node() -
     h.agent_connected(new)
     h.agent_disconnected(old)
     assert h.connected("node-a")
+
+
+def test_a_new_leader_term_starts_from_what_agents_report() -> None:
+    h, _, _ = hub()
+    session = Session("node-a", Hello("node-a", "1", 2))
+    h.agent_connected(session)
+    h.assign("node-a", assignment())
+    h.agent_disconnected(session)  # the term ends: streams closed
+    h.reset()
+    assert h.assignment("uid-1") is None
+    h.agent_connected(Session("node-a", Hello("node-a", "1", 2, (RunningAssignment("uid-1", 1, 7, 9),))))
+    view = h.assignment("uid-1")
+    assert view is not None
+    assert (view.epoch, view.state, view.bytes_done) == (1, HubState.RUNNING, 7)
