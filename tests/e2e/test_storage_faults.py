@@ -17,9 +17,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import boto3
 import pytest
-from botocore.config import Config
 from kubernetes import client
 
 from barge.devenv.controlplane import ControlPlaneEndpoints
@@ -34,6 +32,7 @@ from barge.kube.resources import BACKUP_STORAGE_LOCATION, NAMESPACE, SECRET, Kub
 from barge.repo.repository import Repository
 from barge.storage.s3 import S3Options, S3Store
 from tests.fsbuild import MIB, write
+from tests.integration.test_s3_store import make_bucket
 
 pytestmark = pytest.mark.integration
 NODES = ("store-a", "store-b")
@@ -81,15 +80,7 @@ class FaultyS3:
 @pytest.fixture(scope="module")
 def s3(s3_server: S3Endpoint, proxy: FaultProxy, env: LocalBarge) -> FaultyS3:
     """A bucket in MinIO and a BackupStorageLocation (provider aws) that reaches it via the proxy."""
-    bucket = f"faulty-{uuid.uuid4().hex[:8]}"
-    boto3.client(
-        "s3",
-        endpoint_url=s3_server.url,
-        aws_access_key_id=s3_server.access_key,
-        aws_secret_access_key=s3_server.secret_key,
-        region_name=s3_server.region,
-        config=Config(s3={"addressing_style": "path"}),
-    ).create_bucket(Bucket=bucket)
+    bucket = make_bucket(s3_server)
     ini = (
         f"[default]\naws_access_key_id={s3_server.access_key}\naws_secret_access_key={s3_server.secret_key}\n"
     )
@@ -290,5 +281,48 @@ def test_a_full_repository_disk_fails_the_upload_with_a_clear_message(
     took = time.monotonic() - started
     assert final["phase"] == "Failed"
     assert "No space left on device" in final["message"], final["message"]
+    assert "cannot store" in final["message"]  # the repository's disk, not a source file
     assert all(process.exit_code() is None for process in env.processes.agents.values())
     print(f"repository disk full: Failed after {took:.1f}s with: {final['message']}")
+
+
+@pytest.fixture
+def full_cache_dirs(env: LocalBarge) -> Iterator[list[Path]]:
+    """Every agent's --cache-dir on a 1 MiB tmpfs that is already full."""
+    mounts = [env.workdir / "agents" / node / "cache" for node in NODES]
+    mounted: list[Path] = []
+    try:
+        for mount in mounts:
+            mount.mkdir(parents=True, exist_ok=True)
+            subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount)], check=True)
+            mounted.append(mount)
+            fill(mount / "filler")
+        yield mounts
+    finally:
+        for mount in mounted:
+            subprocess.run(["umount", "-l", str(mount)], check=True)
+
+
+def fill(path: Path) -> None:
+    def write_until_full() -> None:
+        with path.open("wb", buffering=0) as out:
+            while True:
+                out.write(b"\0" * 65536)
+
+    with pytest.raises(OSError, match="No space left on device"):
+        write_until_full()
+
+
+def test_a_full_agent_cache_dir_fails_the_upload_naming_it(
+    env: LocalBarge, s3: FaultyS3, namespace: str, full_cache_dirs: list[Path], tmp_path: Path
+) -> None:
+    """The cache dir holds the BSL's credential files (the agent keeps no data cache)."""
+    started = time.monotonic()
+    name = upload(env, namespace, random_volume(tmp_path / "v", files=1, size=MIB), bsl=S3_BSL)
+    final = env.wait_phase("DataUpload", name, timeout=120)["status"]
+    took = time.monotonic() - started
+    assert final["phase"] == "Failed"
+    assert "No space left on device" in final["message"], final["message"]
+    assert "the agent's --cache-dir" in final["message"]
+    assert all(process.exit_code() is None for process in env.processes.agents.values())
+    print(f"agent cache dir full: Failed after {took:.1f}s with: {final['message']}")

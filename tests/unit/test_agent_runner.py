@@ -254,6 +254,24 @@ def test_a_snapshot_whose_manifest_was_not_written_is_never_reported_completed(t
     assert repo.snapshot_ids() == []  # the data packs are there (reused next time), no snapshot
 
 
+def test_a_failing_repository_disk_fails_the_upload_even_when_unreadable_files_are_skipped(
+    tmp_path: Path,
+) -> None:
+    """A store write error is not a source read error: skip-and-report must not hide a full disk."""
+    repo = Repository.init(LocalDirectoryStore(tmp_path / "repo"), PASSWORD, kdf=KdfParams.for_tests())
+    tmp_dir = tmp_path / "repo" / ".tmp"
+    tmp_dir.rmdir()
+    tmp_dir.write_bytes(b"")  # every object write now fails with an OSError
+    write(tmp_path / "volume" / "f.bin", os.urandom(500_000))
+    exposed_volume(tmp_path / "kubelet", "pod-1", "pv-1", tmp_path / "volume")
+    status = MemoryStatus()
+    skip = replace(assignment(), data_mover_config=(("barge.io/on-unreadable", "skip"),))
+    result = runner(tmp_path, skip, status, repo).run()
+    assert result.outcome is Outcome.FAILED
+    assert "cannot store" in status.status["message"]
+    assert "skipped" not in status.status["message"]
+
+
 def test_a_fenced_runner_stops_without_writing(tmp_path: Path, repo: Repository) -> None:
     write(tmp_path / "volume" / "f", b"x")
     exposed_volume(tmp_path / "kubelet", "pod-1", "pv-1", tmp_path / "volume")
