@@ -232,9 +232,10 @@ class AssignmentRunner:
             self._publishing_pause()
 
     def _publishing_pause(self) -> None:
+        """status_interval_s between writes, in short steps so that the end of the run is seen soon."""
         deadline = self._clock.monotonic() + self.settings.status_interval_s
         while self._publishing.is_set() and self._clock.monotonic() < deadline:
-            threading.Event().wait(min(0.2, self.settings.status_interval_s))
+            self._clock.sleep(min(0.2, self.settings.status_interval_s))
 
     def _try_progress_write(self, done: int, total: int) -> bool:
         """Best effort; False once fenced (someone else owns the CR: the data path is stopped)."""

@@ -151,7 +151,7 @@ class LocalBarge:
                 "reclaimPolicy": "Delete",
             },
         )
-        self._ensure(
+        bsl = self._ensure(
             BACKUP_STORAGE_LOCATION,
             {
                 "metadata": {"name": "default", "namespace": self.velero_namespace},
@@ -164,13 +164,17 @@ class LocalBarge:
             },
         )
         password = base64.b64encode(self.password.encode()).decode()
-        self._ensure(
+        secret = self._ensure(
             SECRET,
             {
                 "metadata": {"name": "velero-repo-credentials", "namespace": self.velero_namespace},
                 "data": {"repository-password": password},
             },
         )
+        # An earlier environment on the same API server may have created both: what the agents will
+        # use is what exists, so the tests must look there (and use that password).
+        self.repository_root = Path(bsl["spec"]["config"]["path"])
+        self.password = base64.b64decode(secret["data"]["repository-password"]).decode()
 
     def _ensure(self, resource: Resource, body: Obj) -> Obj:
         return self.objects.create(resource, body, exist_ok=True)
