@@ -279,9 +279,11 @@ def _node_affinity(plan: ExposurePlan) -> Manifest:
     """One required node-selector term: the loadAffinity selector, minus unusable nodes, plus the
     node a WaitForFirstConsumer target PVC was bound to."""
     expressions = _selector_expressions(plan.node_selector)
-    fields: list[Manifest] = []
-    if plan.avoid_nodes:
-        fields.append({"key": "metadata.name", "operator": "NotIn", "values": list(plan.avoid_nodes)})
+    # The API server accepts exactly one value per metadata.name requirement (HTTP 422 otherwise):
+    # one NotIn per node to avoid; the requirements of a term are ANDed.
+    fields: list[Manifest] = [
+        {"key": "metadata.name", "operator": "NotIn", "values": [node]} for node in plan.avoid_nodes
+    ]
     if plan.required_node:
         fields.append({"key": "metadata.name", "operator": "In", "values": [plan.required_node]})
     term: Manifest = {}

@@ -187,8 +187,12 @@ def test_nodes_without_a_usable_agent_are_avoided() -> None:
     (term,) = spec["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"][
         "nodeSelectorTerms"
     ]
+    # The API server allows exactly one value per node field requirement: one NotIn each (ANDed).
     assert term == {
-        "matchFields": [{"key": "metadata.name", "operator": "NotIn", "values": [OTHER_NODE, "node-c"]}]
+        "matchFields": [
+            {"key": "metadata.name", "operator": "NotIn", "values": [OTHER_NODE]},
+            {"key": "metadata.name", "operator": "NotIn", "values": ["node-c"]},
+        ]
     }
 
 
