@@ -20,7 +20,7 @@ import structlog
 
 from barge.clock import Clock
 from barge.control.messages import Assignment
-from barge.errors import InvalidInput, NotFound
+from barge.errors import InvalidInput, NotFound, TemporaryError
 from barge.repo.repository import Repository, RepositoryNotFound, RepositorySettings
 from barge.storage.url import open_store
 from barge.velero.bsl import repository_url
@@ -108,12 +108,17 @@ class BslRepositories:
 
     def _materialize(self, purpose: str, content: bytes) -> Path:
         """A private file per distinct content: concurrent assignments never rewrite a file in use."""
-        self._files.mkdir(parents=True, exist_ok=True, mode=0o700)
         path = self._files / f"{purpose}-{hashlib.sha256(content).hexdigest()[:16]}"
-        if not path.exists():
-            temp = path.with_suffix(f".tmp{os.getpid()}")
-            fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-            with os.fdopen(fd, "wb") as out:
-                out.write(content)
-            temp.replace(path)
+        try:
+            self._files.mkdir(parents=True, exist_ok=True, mode=0o700)
+            if not path.exists():
+                temp = path.with_suffix(f".tmp{os.getpid()}")
+                fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+                with os.fdopen(fd, "wb") as out:
+                    out.write(content)
+                temp.replace(path)
+        except OSError as err:
+            raise TemporaryError(
+                f"cannot write {path} (the agent's --cache-dir): {err.strerror or err}"
+            ) from err
         return path

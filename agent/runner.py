@@ -30,9 +30,9 @@ from barge.control.messages import (
     Outcome,
     VolumeMode,
 )
-from barge.control.naming import Fence, kubelet_volume_path
+from barge.control.naming import ON_UNREADABLE_KEY, Fence, kubelet_volume_path, unreadable_policy
 from barge.errors import BargeError, Canceled, Fenced, InvalidInput, TemporaryError
-from barge.fs.backup import BackupOptions, BackupResult, backup_tree
+from barge.fs.backup import BackupOptions, BackupResult, SourceUnreadable, backup_tree
 from barge.fs.block import backup_device, restore_device
 from barge.fs.progress import CancelToken
 from barge.fs.restore import restore_tree
@@ -42,6 +42,7 @@ log = structlog.get_logger("barge.agent")
 
 Mutation = Callable[[dict[str, Any]], dict[str, Any] | None]
 TOLERATED_IN_NEW_VOLUMES = frozenset({"lost+found"})
+SKIPPED_LISTED = 10  # skipped files named in the status; the count covers the rest
 
 
 class StatusSink(Protocol):
@@ -93,8 +94,10 @@ class AssignmentRunner:
         self._clock = clock
         self._token = CancelToken()
         self._hand_off = False
+        self._fenced: Fenced | None = None
         self._progress_lock = threading.Lock()
-        self._last_write = -settings.status_interval_s
+        self._progress_pending = threading.Event()  # a newer progress than the last one written
+        self._publishing = threading.Event()  # cleared: the publisher thread ends
         self.bytes_done = 0
         self.bytes_total = 0
 
@@ -114,24 +117,33 @@ class AssignmentRunner:
             return self._run()
 
     def _run(self) -> AssignmentResult:
+        publisher = threading.Thread(target=self._publish_progress, name="progress", daemon=True)
         try:
             path = self.volume_path()
             self._write_status(self._in_progress)
+            self._publishing.set()
+            publisher.start()
             repo = self._repositories.open(self.assignment)
             if self.assignment.kind is AssignmentKind.UPLOAD:
                 return self._finish_upload(self._upload(repo, path), path)
             self._download(repo, path)
             return self._finish_download(path)
         except Fenced as err:
-            log.warning("assignment fenced: another agent owns it now", reason=str(err))
-            return self._result(Outcome.HANDED_OFF, f"fenced: {err}")
+            return self._fenced_result(err)
         except Canceled:
-            return self._finish_canceled()
+            return self._fenced_result(self._fenced) if self._fenced else self._finish_canceled()
         except BargeError as err:
             return self._finish_failed(str(err))
         except OSError as err:
             where = f" ({os.fsdecode(err.filename)})" if err.filename else ""
             return self._finish_failed(f"{err.strerror or err}{where}")
+        finally:
+            self._publishing.clear()
+            self._progress_pending.set()  # wake the publisher so that it sees the end
+
+    def _fenced_result(self, err: Fenced) -> AssignmentResult:
+        log.warning("assignment fenced: another agent owns it now", reason=str(err))
+        return self._result(Outcome.HANDED_OFF, f"fenced: {err}")
 
     # -- the data ---------------------------------------------------------------------------------
 
@@ -152,13 +164,20 @@ class AssignmentRunner:
         identity = {"barge.io/source-namespace": a.source_namespace, "barge.io/source-pvc": a.source_pvc}
         tags = dict(a.tags) | identity
         block = a.volume_mode is VolumeMode.BLOCK
+        policy = unreadable_policy(a.data_mover_config)
         parent = repo.latest_snapshot("block" if block else "fs", tags=identity)
-        options = BackupOptions(workers=self.settings.workers, parent=parent, tags=tags)
+        options = BackupOptions(workers=self.settings.workers, on_unreadable=policy, parent=parent, tags=tags)
         backup = backup_device if block else backup_tree
-        log.info("backup started", path=str(path), parent=parent)
-        return backup(
-            repo, path, options=options, progress=self._on_progress, cancel=self._token, clock=self._clock
-        )
+        log.info("backup started", path=str(path), parent=parent, on_unreadable=policy)
+        try:
+            return backup(
+                repo, path, options=options, progress=self._on_progress, cancel=self._token, clock=self._clock
+            )
+        except SourceUnreadable as err:
+            raise SourceUnreadable(
+                f"{_in_volume(str(err), path)}; set spec.dataMoverConfig {ON_UNREADABLE_KEY}: skip "
+                "to back up the rest and list such files"
+            ) from err
 
     def _download(self, repo: Repository, path: Path) -> None:
         a = self.assignment
@@ -191,25 +210,45 @@ class AssignmentRunner:
     # -- progress and status ------------------------------------------------------------------------
 
     def _on_progress(self, done: int, total: int) -> None:
+        """Called by the data path: only remembers the numbers; the publisher thread writes them."""
         with self._progress_lock:
             self.bytes_done, self.bytes_total = done, total
-            now = self._clock.monotonic()
-            due = now - self._last_write >= self.settings.status_interval_s
-            if due:
-                self._last_write = now
+        self._progress_pending.set()
         self._report_progress(self.assignment, done, total)
-        if due:
-            self._try_progress_write(done, total)
 
-    def _try_progress_write(self, done: int, total: int) -> None:
-        """Progress is best effort: an API outage must not stop the data; the next write catches up."""
+    def _publish_progress(self) -> None:
+        """Write the latest progress at most every status_interval_s, off the data path: while the
+        API server is unreachable the data keeps moving, only the newest numbers wait, and the next
+        successful write catches the status up."""
+        while self._publishing.is_set():
+            self._progress_pending.wait()
+            self._progress_pending.clear()
+            if not self._publishing.is_set():
+                return
+            with self._progress_lock:
+                done, total = self.bytes_done, self.bytes_total
+            if not self._try_progress_write(done, total):
+                return
+            self._publishing_pause()
+
+    def _publishing_pause(self) -> None:
+        """status_interval_s between writes, in short steps so that the end of the run is seen soon."""
+        deadline = self._clock.monotonic() + self.settings.status_interval_s
+        while self._publishing.is_set() and self._clock.monotonic() < deadline:
+            self._clock.sleep(min(0.2, self.settings.status_interval_s))
+
+    def _try_progress_write(self, done: int, total: int) -> bool:
+        """Best effort; False once fenced (someone else owns the CR: the data path is stopped)."""
         try:
             self._status.update(self.assignment, self.fence, _progress_mutation(done, total))
-        except Fenced:
-            self._token.cancel()  # someone else owns it now: stop moving data
-            raise
+        except Fenced as err:
+            self._fenced = err
+            self._token.cancel()
+            return False
         except TemporaryError as err:
-            log.warning("progress not written; will catch up", error=str(err))
+            log.warning("progress not written; the data keeps moving, status will catch up", error=str(err))
+            self._progress_pending.set()  # retry with the newest numbers after the pause
+        return True
 
     def _in_progress(self, status: dict[str, Any]) -> dict[str, Any] | None:
         if status.get("phase") == "InProgress":
@@ -240,6 +279,11 @@ class AssignmentRunner:
 
     def _finish_upload(self, result: BackupResult, path: Path) -> AssignmentResult:
         message = "" if result.bytes_total else "the volume is empty; an empty snapshot was stored"
+        skipped = [_in_volume(entry, path) for entry in result.skipped]
+        if skipped:
+            message = _skipped_message(skipped)
+            log.warning("unreadable files skipped", count=len(skipped), files=skipped[:SKIPPED_LISTED])
+        result_map = _result_map(result, skipped)
         fields = {
             "phase": "Completed",
             "snapshotID": result.snapshot_id,
@@ -248,7 +292,7 @@ class AssignmentRunner:
             "completionTimestamp": timestamp(self._clock.now()),
             "incrementalBytes": result.bytes_new,
             "snapshotSize": result.bytes_total,
-            "dataMoverResult": _result_map(result),
+            "dataMoverResult": result_map,
             "message": message,
         }
         self._write_status(lambda status: {**status, **fields})
@@ -269,7 +313,7 @@ class AssignmentRunner:
             bytes_total=result.bytes_total,
             bytes_done=result.bytes_total,
             bytes_new=result.bytes_new,
-            result=tuple(sorted(_result_map(result).items())),
+            result=tuple(sorted(result_map.items())),
         )
 
     def _finish_download(self, path: Path) -> AssignmentResult:
@@ -322,18 +366,35 @@ class AssignmentRunner:
 
 
 def _progress_mutation(done: int, total: int) -> Mutation:
+    """Progress only while InProgress: a late write never touches a finished CR's numbers."""
+
     def mutate(status: dict[str, Any]) -> dict[str, Any] | None:
         progress = {"totalBytes": total, "bytesDone": done}
-        if status.get("progress") == progress:
+        if status.get("progress") == progress or status.get("phase") != "InProgress":
             return None
         return {**status, "progress": progress}
 
     return mutate
 
 
-def _result_map(result: BackupResult) -> dict[str, str]:
+def _in_volume(text: str, volume: Path) -> str:
+    """Paths inside the volume as the application sees them (``/dir/file``), not the kubelet's."""
+    return text.replace(str(volume), "", 1) if str(volume) != "/" else text
+
+
+def _skipped_message(skipped: list[str]) -> str:
+    listed = "; ".join(skipped[:SKIPPED_LISTED])
+    more = f"; and {len(skipped) - SKIPPED_LISTED} more" if len(skipped) > SKIPPED_LISTED else ""
+    return (
+        f"completed with {len(skipped)} unreadable file(s) skipped "
+        f"({ON_UNREADABLE_KEY}: skip): {listed}{more}"
+    )
+
+
+def _result_map(result: BackupResult, skipped: list[str]) -> dict[str, str]:
     """``dataMoverResult``: strings only (Velero's schema); what an operator wants to see."""
-    return {
+    extra = {"barge.io/skipped-files": "\n".join(skipped[:SKIPPED_LISTED])} if skipped else {}
+    return extra | {
         "barge.io/bytes-total": str(result.bytes_total),
         "barge.io/bytes-new": str(result.bytes_new),
         "barge.io/bytes-stored": str(result.bytes_stored),

@@ -29,6 +29,7 @@ from barge.kube.resources import (
     PERSISTENT_VOLUME,
     PERSISTENT_VOLUME_CLAIM,
     POD,
+    POD_DISRUPTION_BUDGET,
     STORAGE_CLASS,
     VOLUME_SNAPSHOT,
     VOLUME_SNAPSHOT_CONTENT,
@@ -147,6 +148,7 @@ class Controller:
             (DATA_UPLOAD, self.namespace, None),
             (DATA_DOWNLOAD, self.namespace, None),
             (POD, self.namespace, managed),
+            (POD_DISRUPTION_BUDGET, self.namespace, managed),
             (PERSISTENT_VOLUME_CLAIM, None, None),  # exposure claims and the app's source/target claims
             (PERSISTENT_VOLUME, None, None),
             (VOLUME_SNAPSHOT, None, None),  # the source snapshots live in the apps' namespaces

@@ -22,7 +22,8 @@ from datetime import datetime, timedelta
 
 from barge.control import messages
 from barge.control.messages import Outcome, VolumeMode
-from barge.control.naming import DATAMOVER
+from barge.control.naming import DATAMOVER, unreadable_policy
+from barge.errors import InvalidInput
 from coordinator.config import format_go_duration
 from coordinator.exposer import plan_exposure
 from coordinator.model import (
@@ -191,7 +192,9 @@ def _lost_worker_rule(o: Observed) -> Actions | None:
 
 
 def _drain_rule(o: Observed) -> Actions | None:
-    """A cordoned node: let the agent finish within drainGracePeriod, then hand off and move."""
+    """A cordoned node: work that will finish within drainGracePeriod (at its current rate) runs to
+    its end; any other is handed off at once, and everything still running when the grace is over.
+    The exposer pod's PodDisruptionBudget holds ``kubectl drain`` until the exposure is deleted."""
     node = _current_node(o)
     agent = o.agent(node)
     if agent is None or not agent.cordoned:
@@ -204,10 +207,31 @@ def _drain_rule(o: Observed) -> Actions | None:
         return (_wait(o, confirmed_by),)
     deadline = (agent.cordoned_since or o.now) + o.config.drain_grace_period
     active = _active(o)
-    if o.now < deadline or active is None:
+    if active is None:
         return (_wait(o, deadline),)
-    reason = f"node {node} is cordoned (drainGracePeriod {format_go_duration(o.config.drain_grace_period)})"
+    grace = format_go_duration(o.config.drain_grace_period)
+    finish = _projected_finish(o, active)
+    if o.now >= deadline:
+        reason = f"node {node} is cordoned and drainGracePeriod ({grace}) is over"
+    elif finish is None:
+        reason = f"node {node} is cordoned and no data has moved yet"
+    elif finish > deadline:
+        reason = f"node {node} is cordoned; at its current rate the transfer would not end within {grace}"
+    else:
+        return (_wait(o, finish),)
     return (CancelAssignment(active.node, active.epoch, reason, hand_off=True), _wait(o, None))
+
+
+def _projected_finish(o: Observed, view: AssignmentView) -> datetime | None:
+    """When the transfer ends if it keeps its rate since ``running_since`` (None: no rate yet)."""
+    if view.running_since is None or view.bytes_total <= 0:
+        return None
+    elapsed = (o.now - view.running_since).total_seconds()
+    moved = view.bytes_done - view.bytes_at_running_since
+    if elapsed <= 0 or moved <= 0:
+        return None
+    remaining = max(0, view.bytes_total - view.bytes_done)
+    return o.now + timedelta(seconds=remaining * elapsed / moved)
 
 
 def _readopt_rule(o: Observed) -> Actions | None:
@@ -378,6 +402,7 @@ def _spec_problem(o: Observed) -> str:
                 "(snapshotType: CSI)",
             ),
             (cr.volume_snapshot, "spec.csiSnapshot.volumeSnapshot is empty: name the VolumeSnapshot"),
+            (not _config_problem(cr.data_mover_config), _config_problem(cr.data_mover_config)),
         ]
     else:
         checks += [
@@ -386,6 +411,14 @@ def _spec_problem(o: Observed) -> str:
             (cr.snapshot_id, "spec.snapshotID is empty: name the repository snapshot to restore"),
         ]
     return next((message for satisfied, message in checks if not satisfied), "")
+
+
+def _config_problem(config: tuple[tuple[str, str], ...]) -> str:
+    try:
+        unreadable_policy(config)
+    except InvalidInput as err:
+        return str(err)
+    return ""
 
 
 def _world_problem(o: Observed) -> str:

@@ -23,6 +23,7 @@ from barge.kube.resources import (
     PERSISTENT_VOLUME,
     PERSISTENT_VOLUME_CLAIM,
     POD,
+    POD_DISRUPTION_BUDGET,
     VOLUME_SNAPSHOT,
     VOLUME_SNAPSHOT_CONTENT,
     KubeObjects,
@@ -186,6 +187,7 @@ class Executor:
     def _delete_exposure(self, cr: CrView) -> None:
         parts: list[tuple[Resource, str | None]] = [
             (POD, cr.namespace),
+            (POD_DISRUPTION_BUDGET, cr.namespace),  # after the pod: it must never be evictable
             (PERSISTENT_VOLUME_CLAIM, cr.namespace),
         ]
         if cr.is_upload:

@@ -7,6 +7,9 @@
 DataUpload: clone VolumeSnapshotContent (cluster-scoped, deletionPolicy Retain, pointing at the
 source snapshot's handle) -> clone VolumeSnapshot -> PVC restored from it -> pod mounting the PVC.
 DataDownload: an empty PVC shaped like the target PVC -> pod mounting it.
+Both: a PodDisruptionBudget (minAvailable 1 on the pod's owner labels), created before the pod, so
+``kubectl drain`` cannot evict the pod while data moves; the coordinator deletes it with the pod
+once the work has been handed off (or drainGracePeriod is over), which is what lets the drain end.
 
 Everything is named after the CR, lives in the CR's namespace, carries
 ``barge.control.naming.owned_labels`` and (namespaced objects) a controller ownerReference to the CR.
@@ -43,11 +46,13 @@ class ExposureManifests:
     snapshot_content: Manifest | None  # uploads only
     snapshot: Manifest | None  # uploads only
     pvc: Manifest
+    disruption_budget: Manifest
     pod: Manifest
 
     def in_creation_order(self) -> tuple[Manifest, ...]:
-        """Dependencies first: the PVC needs the snapshot, the pod needs the PVC."""
-        parts = (self.snapshot_content, self.snapshot, self.pvc, self.pod)
+        """Dependencies first: the PVC needs the snapshot, the pod needs the PVC; the budget comes
+        before the pod so the pod is never evictable."""
+        parts = (self.snapshot_content, self.snapshot, self.pvc, self.disruption_budget, self.pod)
         return tuple(part for part in parts if part is not None)
 
 
@@ -117,6 +122,7 @@ def manifests(plan: ExposurePlan) -> ExposureManifests:
         snapshot_content=_snapshot_content(plan) if upload else None,
         snapshot=_snapshot(plan) if upload else None,
         pvc=_pvc(plan, from_snapshot=upload),
+        disruption_budget=_disruption_budget(plan),
         pod=_pod(plan),
     )
 
@@ -183,6 +189,19 @@ def _pvc(plan: ExposurePlan, from_snapshot: bool) -> Manifest:
             "name": plan.name,
         }
     return {"apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": _metadata(plan), "spec": spec}
+
+
+def _disruption_budget(plan: ExposurePlan) -> Manifest:
+    """Evictions of the exposer pod (any generation) are refused while it is the only one."""
+    return {
+        "apiVersion": "policy/v1",
+        "kind": "PodDisruptionBudget",
+        "metadata": _metadata(plan),
+        "spec": {
+            "minAvailable": 1,
+            "selector": {"matchLabels": owned_labels(plan.kind, plan.name, plan.uid)},
+        },
+    }
 
 
 def _pod(plan: ExposurePlan) -> Manifest:
@@ -260,9 +279,11 @@ def _node_affinity(plan: ExposurePlan) -> Manifest:
     """One required node-selector term: the loadAffinity selector, minus unusable nodes, plus the
     node a WaitForFirstConsumer target PVC was bound to."""
     expressions = _selector_expressions(plan.node_selector)
-    fields: list[Manifest] = []
-    if plan.avoid_nodes:
-        fields.append({"key": "metadata.name", "operator": "NotIn", "values": list(plan.avoid_nodes)})
+    # The API server accepts exactly one value per metadata.name requirement (HTTP 422 otherwise):
+    # one NotIn per node to avoid; the requirements of a term are ANDed.
+    fields: list[Manifest] = [
+        {"key": "metadata.name", "operator": "NotIn", "values": [node]} for node in plan.avoid_nodes
+    ]
     if plan.required_node:
         fields.append({"key": "metadata.name", "operator": "In", "values": [plan.required_node]})
     term: Manifest = {}

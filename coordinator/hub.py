@@ -133,6 +133,11 @@ class Hub:
         if session is not None:
             session.send(Drain(grace_seconds, reason))
 
+    def reset(self) -> None:
+        """A leader term ended: its records may be stale; the next term rebuilds them from Hellos."""
+        with self._lock:
+            self._records.clear()
+
     def forget(self, assignment_id: str) -> None:
         """The CR is final and cleaned up: nothing more to remember."""
         with self._lock:
@@ -148,8 +153,9 @@ class Hub:
         if delta and record.kind:
             self._metrics.bytes_processed.labels(record.kind, node).inc(delta)
         first = record.view.state is HubState.SENT
+        view = self._started(record.view, event.bytes_done)
         view = replace(
-            record.view, state=HubState.RUNNING, bytes_done=event.bytes_done, bytes_total=event.bytes_total
+            view, state=HubState.RUNNING, bytes_done=event.bytes_done, bytes_total=event.bytes_total
         )
         self._records[event.assignment_id] = replace(record, view=view)
         return [event.assignment_id] if first else []
@@ -186,13 +192,18 @@ class Hub:
                     state=HubState.RUNNING,
                     bytes_done=item.bytes_done,
                     bytes_total=item.bytes_total,
+                    running_since=self._clock.now(),
+                    bytes_at_running_since=item.bytes_done,
                 )
                 self._records[item.assignment_id] = _Record(view)
                 changed.append(item.assignment_id)
             elif record is not None and record.view.epoch == item.epoch and record.view.node == node:
                 state = HubState.RUNNING if record.view.state is HubState.SENT else record.view.state
                 view = replace(
-                    record.view, state=state, bytes_done=item.bytes_done, bytes_total=item.bytes_total
+                    self._started(record.view, item.bytes_done),
+                    state=state,
+                    bytes_done=item.bytes_done,
+                    bytes_total=item.bytes_total,
                 )
                 self._records[item.assignment_id] = replace(record, view=view)
         for assignment_id, record in list(self._records.items()):
@@ -201,6 +212,12 @@ class Hub:
                 del self._records[assignment_id]  # the agent restarted without it: decide reassigns
                 changed.append(assignment_id)
         return changed
+
+    def _started(self, view: AssignmentView, bytes_done: int) -> AssignmentView:
+        """Remember when data started to move (the origin of the rate ``decide`` projects)."""
+        if view.running_since is not None:
+            return view
+        return replace(view, running_since=self._clock.now(), bytes_at_running_since=bytes_done)
 
     def _notify(self, assignment_ids: list[str]) -> None:
         for assignment_id in assignment_ids:

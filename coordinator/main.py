@@ -2,8 +2,10 @@
 
 Every replica serves gRPC, metrics and probes, but only the leader runs the controller and accepts
 agents; a standby refuses their streams (UNAVAILABLE) and they redial through the Service until they
-reach the leader. A leader that cannot renew its Lease exits at once: the standby takes over from
-the state in the API server.
+reach the leader. A leader that cannot renew its Lease (the API server is unreachable, or another
+replica took it) steps down at once: it stops its controller, closes the agents' streams and
+campaigns again, so an API server outage ends with a leader (this replica or another) continuing
+from the state in the API server, and no process exits.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import os
 import socket
 import sys
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import structlog
@@ -122,16 +124,7 @@ def run(args: argparse.Namespace) -> int:
     api = api_client(Path(args.kubeconfig) if args.kubeconfig else None)
     metrics = CoordinatorMetrics()
     hub = Hub(clock, metrics)
-    leading, stop, lost = threading.Event(), threading.Event(), threading.Event()
-    controller = Controller(
-        api,
-        namespace=args.watch_namespace,
-        config=config,
-        hub=hub,
-        metrics=metrics,
-        clock=clock,
-        identity=identity,
-    )
+    leading = threading.Event()
     server = ControlServer(
         LeaderGate(hub, leading),
         KubeAuthenticator(api, args.agent_service_account, (args.token_audience,)),
@@ -142,63 +135,158 @@ def run(args: argparse.Namespace) -> int:
         agent_timeout_s=args.agent_timeout,
         coordinator_id=identity,
     )
+
+    def new_controller() -> Controller:
+        """Fresh informer caches every leader term: nothing from an earlier term is trusted."""
+        return Controller(
+            api,
+            namespace=args.watch_namespace,
+            config=config,
+            hub=hub,
+            metrics=metrics,
+            clock=clock,
+            identity=identity,
+        )
+
+    def new_elector(on_started: Callable[[], None], on_stopped: Callable[[], None]) -> LeaderElector:
+        return LeaderElector(
+            api,
+            args.leader_election_namespace,
+            args.leader_election_id,
+            identity,
+            clock=clock,
+            on_started=on_started,
+            on_stopped=on_stopped,
+            lease_duration_s=args.lease_duration,
+            renew_deadline_s=args.lease_duration * 2 / 3,
+            retry_period_s=max(0.5, args.lease_duration / 7.5),
+        )
+
+    leadership = Leadership(
+        hub=hub,
+        metrics=metrics,
+        server=server,
+        leading=leading,
+        new_controller=new_controller,
+        new_elector=new_elector,
+        identity=identity,
+    )
     # Every replica is Ready once it serves: a standby that reported not-ready would stall rollouts
     # and block drains through the PodDisruptionBudget. It refuses agent streams instead (UNAVAILABLE),
     # and agents redial until they reach the leader.
     observability = [ObservabilityServer(args.metrics_address, args.metrics_port, metrics.registry)]
     if args.health_port:
         observability.append(ObservabilityServer(args.metrics_address, args.health_port, metrics.registry))
-
-    def lead() -> None:
-        try:
-            controller.start()
-        except BargeError as err:
-            log.error("controller could not start", error=str(err))
-            lost.set()
-            stop.set()
-            return
-        leading.set()
-        metrics.is_leader.set(1)
-        server.set_serving(True)
-        log.info("leading: serving DataUploads and DataDownloads", identity=identity)
-
-    def started() -> None:
-        threading.Thread(target=lead, name="lead", daemon=True).start()
-
-    def stopped() -> None:
-        if not stop.is_set():
-            log.error("lost the leader lease; exiting so that a clean replica takes over")
-            lost.set()
-        stop.set()
-
-    elector = LeaderElector(
-        api,
-        args.leader_election_namespace,
-        args.leader_election_id,
-        identity,
-        clock=clock,
-        on_started=started,
-        on_stopped=stopped,
-        lease_duration_s=args.lease_duration,
-        renew_deadline_s=args.lease_duration * 2 / 3,
-        retry_period_s=max(0.5, args.lease_duration / 7.5),
-    )
-    stop_on_signals(stop)
+    stop_on_signals(leadership.stop)
     server.start()
     server.set_serving(False)
     for endpoint in observability:
         endpoint.start()
     log.info("coordinator started", version=__version__, identity=identity, grpc_port=server.port)
-    elector.start()
-    stop.wait()
+    leadership.campaign()
+    leadership.stop.wait()
     log.info("shutting down")
-    leading.clear()
-    elector.stop()
-    controller.stop()
+    leadership.shut_down()
     server.stop(grace=5)
     for endpoint in observability:
         endpoint.stop()
-    return EXIT_FAILED if lost.is_set() else EXIT_OK
+    return EXIT_FAILED if leadership.failed.is_set() else EXIT_OK
+
+
+class Leadership:
+    """Leader terms, one after another: campaign, lead (a fresh controller; agents accepted), and on
+    a lost Lease step down (controller stopped, agent streams closed, hub records dropped) and
+    campaign again. A controller that starts late checks that its term is still the current one."""
+
+    def __init__(
+        self,
+        *,
+        hub: Hub,
+        metrics: CoordinatorMetrics,
+        server: ControlServer,
+        leading: threading.Event,
+        new_controller: Callable[[], Controller],
+        new_elector: Callable[[Callable[[], None], Callable[[], None]], LeaderElector],
+        identity: str,
+    ) -> None:
+        self._hub, self._metrics, self._server = hub, metrics, server
+        self._leading = leading
+        self._new_controller, self._new_elector = new_controller, new_elector
+        self._identity = identity
+        self.stop = threading.Event()
+        self.failed = threading.Event()
+        self._lock = threading.Lock()
+        self._term = 0
+        self._controller: Controller | None = None
+        self._elector: LeaderElector | None = None
+
+    def campaign(self) -> None:
+        elector = self._new_elector(self._started, self._stopped)
+        with self._lock:
+            self._elector = elector
+        elector.start()
+
+    def shut_down(self) -> None:
+        self._leading.clear()
+        with self._lock:
+            elector = self._elector
+        if elector is not None:
+            elector.stop()
+        controller = self._end_term()
+        if controller is not None:
+            controller.stop()
+
+    def _started(self) -> None:
+        controller = self._new_controller()
+        with self._lock:
+            self._term += 1
+            self._controller = controller
+            term = self._term
+        threading.Thread(target=self._lead, args=(term, controller), name="lead", daemon=True).start()
+
+    def _lead(self, term: int, controller: Controller) -> None:
+        try:
+            controller.start()
+        except BargeError as err:
+            if self._current(term):
+                log.error("controller could not start", error=str(err))
+                self.failed.set()
+                self.stop.set()
+            return
+        if not self._current(term):
+            controller.stop()
+            return
+        self._leading.set()
+        self._metrics.is_leader.set(1)
+        self._server.set_serving(True)
+        log.info("leading: serving DataUploads and DataDownloads", identity=self._identity)
+
+    def _stopped(self) -> None:
+        self._leading.clear()
+        self._metrics.is_leader.set(0)
+        self._server.set_serving(False)
+        controller = self._end_term()
+        if self.stop.is_set():
+            return
+        log.error("lost the leader lease (API server unreachable or lease taken); standing by")
+        threading.Thread(target=self._rejoin, args=(controller,), name="rejoin", daemon=True).start()
+
+    def _rejoin(self, controller: Controller | None) -> None:
+        if controller is not None:
+            controller.stop()
+        self._hub.reset()
+        if not self.stop.is_set():
+            self.campaign()
+
+    def _end_term(self) -> Controller | None:
+        with self._lock:
+            self._term += 1
+            controller, self._controller = self._controller, None
+            return controller
+
+    def _current(self, term: int) -> bool:
+        with self._lock:
+            return term == self._term
 
 
 if __name__ == "__main__":

@@ -10,7 +10,8 @@ How the controller fills ``Observed`` (one CR):
 * ``cr``: ``CrView.from_object(cr_dict)``.
 * ``exposure``: the objects named ``<cr-name>`` that Barge created (see ``coordinator.exposer``):
   clone VolumeSnapshotContent/VolumeSnapshot (uploads), the PVC (and the PV it is bound to), the pod
-  (``PodView.from_object``). ``terminating`` if any of them has a deletionTimestamp.
+  (``PodView.from_object``) and its PodDisruptionBudget. ``terminating`` if any of them has a
+  deletionTimestamp.
 * ``snapshot`` (uploads): ``SnapshotView.from_objects(volume_snapshot, its_content)`` for
   ``spec.csiSnapshot.volumeSnapshot`` in ``spec.sourceNamespace`` (``None`` dicts when absent).
 * ``source_pvc`` (uploads, for the volume mode) / ``target_pvc`` (downloads): ``PvcView.from_object``.
@@ -213,15 +214,17 @@ class ExposureView:
     pv_name: str = ""  # the PV the PVC is bound to ("" = not bound yet)
     pod: PodView | None = None
     terminating: bool = False  # at least one of them has a deletionTimestamp
+    disruption_budget: bool = False  # the PodDisruptionBudget that makes a drain wait for the hand-off
 
     @property
     def exists(self) -> bool:
-        return self.snapshot_content or self.snapshot or self.pvc or self.pod is not None
+        parts = (self.snapshot_content, self.snapshot, self.pvc, self.disruption_budget)
+        return any(parts) or self.pod is not None
 
     def complete(self, upload: bool) -> bool:
         """Every object the kind needs exists (creating the exposure again would change nothing)."""
         snapshot_parts = self.snapshot_content and self.snapshot if upload else True
-        return snapshot_parts and self.pvc and self.pod is not None
+        return snapshot_parts and self.pvc and self.disruption_budget and self.pod is not None
 
 
 class SnapshotState(Enum):
@@ -326,6 +329,10 @@ class AssignmentView:
     result: messages.AssignmentResult | None = None
     cancel_sent_at: datetime | None = None
     cancel_hand_off: bool = False
+    # Where the transfer rate is measured from: the first progress of this epoch (or the moment a
+    # new leader adopted it) and bytes_done then. None until the agent reports progress.
+    running_since: datetime | None = None
+    bytes_at_running_since: int = 0
 
 
 @dataclass(frozen=True)
@@ -422,9 +429,9 @@ class CreateExposure:
 
 @dataclass(frozen=True)
 class DeleteExposure:
-    """Delete the pod, PVC, VolumeSnapshot and VolumeSnapshotContent named after the CR (found by
-    the owner-uid label); NotFound is success. The clone VSC has deletionPolicy Retain, so the
-    original snapshot's storage is untouched."""
+    """Delete the pod, PodDisruptionBudget, PVC, VolumeSnapshot and VolumeSnapshotContent named
+    after the CR (found by the owner-uid label); NotFound is success. The clone VSC has
+    deletionPolicy Retain, so the original snapshot's storage is untouched."""
 
     reason: str
 

@@ -30,6 +30,7 @@ from coordinator.scheduler import ItemKey, NodeState, WorkItem, work_item
 Obj = Mapping[str, Any]
 
 POD, PVC, PV = "Pod", "PersistentVolumeClaim", "PersistentVolume"
+PDB = "PodDisruptionBudget"
 VS, VSC = "VolumeSnapshot", "VolumeSnapshotContent"
 NODE, BSL, STORAGE_CLASS = "Node", "BackupStorageLocation", "StorageClass"
 
@@ -124,7 +125,8 @@ def exposure_view(caches: Caches, cr: CrView) -> ExposureView:
     vs = owned(caches.get(VS, cr.namespace, cr.name)) if cr.is_upload else None
     pvc = owned(caches.get(PVC, cr.namespace, cr.name))
     pod = owned(caches.get(POD, cr.namespace, cr.name))
-    parts = [p for p in (vsc, vs, pvc, pod) if p is not None]
+    budget = owned(caches.get(PDB, cr.namespace, cr.name))
+    parts = [p for p in (vsc, vs, pvc, pod, budget) if p is not None]
     return ExposureView(
         snapshot_content=vsc is not None,
         snapshot=vs is not None,
@@ -132,6 +134,7 @@ def exposure_view(caches: Caches, cr: CrView) -> ExposureView:
         pv_name=str(((pvc or {}).get("spec") or {}).get("volumeName") or ""),
         pod=PodView.from_object(pod) if pod is not None else None,
         terminating=any((p.get("metadata") or {}).get("deletionTimestamp") for p in parts),
+        disruption_budget=budget is not None,
     )
 
 

@@ -94,7 +94,12 @@ def running_pod(node: str = NODE, generation: int = 0) -> PodView:
 
 def exposure(upload: bool = True, pod: PodView | None = None, pv: str = "pv-1") -> ExposureView:
     return ExposureView(
-        snapshot_content=upload, snapshot=upload, pvc=True, pv_name=pv, pod=pod or running_pod()
+        snapshot_content=upload,
+        snapshot=upload,
+        pvc=True,
+        pv_name=pv,
+        pod=pod or running_pod(),
+        disruption_budget=True,
     )
 
 

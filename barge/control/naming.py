@@ -5,7 +5,9 @@ One place, so the coordinator, the agents, the cluster simulator and the Helm ch
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Literal
 
 from barge.errors import InvalidInput
 
@@ -25,6 +27,22 @@ PLURALS = {"DataUpload": "datauploads", "DataDownload": "datadownloads"}
 
 FILESYSTEM_MOUNT_PATH = "/data"
 BLOCK_DEVICE_PATH = "/dev/barge-volume"
+
+# spec.dataMoverConfig key of a DataUpload: what a file that cannot be read does to the backup.
+# "fail" (default): the DataUpload fails naming the file; "skip": the rest is backed up and the
+# skipped files are listed in the status message and dataMoverResult.
+ON_UNREADABLE_KEY = "barge.io/on-unreadable"
+UnreadablePolicy = Literal["fail", "skip"]
+
+
+def unreadable_policy(data_mover_config: Iterable[tuple[str, str]]) -> UnreadablePolicy:
+    """The per-file error policy a DataUpload asks for; InvalidInput names the key and the choices."""
+    value = dict(data_mover_config).get(ON_UNREADABLE_KEY, "fail")
+    if value == "fail":
+        return "fail"
+    if value == "skip":
+        return "skip"
+    raise InvalidInput(f"spec.dataMoverConfig {ON_UNREADABLE_KEY}={value!r}: use 'fail' or 'skip'")
 
 
 def owned_labels(kind: str, name: str, uid: str) -> dict[str, str]:

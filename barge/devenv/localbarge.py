@@ -71,6 +71,7 @@ class LocalBarge:
         extra_agent_args: tuple[str, ...] = (),
         coordinator_kubeconfig: Path | None = None,
         agent_kubeconfig: Path | None = None,
+        agent_command_prefix: tuple[str, ...] = (),
     ) -> None:
         """``*_kubeconfig``: the identities the processes use (default: the admin's), e.g. the
         chart's ServiceAccounts, to prove Barge needs no more than the chart grants."""
@@ -86,6 +87,7 @@ class LocalBarge:
         self.extra_agent_args = extra_agent_args
         self.coordinator_kubeconfig = coordinator_kubeconfig or endpoints.kubeconfig
         self.agent_kubeconfig = agent_kubeconfig or endpoints.kubeconfig
+        self.agent_command_prefix = agent_command_prefix  # e.g. setpriv: run agents with fewer capabilities
         self.repository_root = workdir / "object-store"
         self.password = secrets.token_urlsafe(24)
         self.processes = Processes()
@@ -161,7 +163,7 @@ class LocalBarge:
                 "reclaimPolicy": "Delete",
             },
         )
-        self._ensure(
+        bsl = self._ensure(
             BACKUP_STORAGE_LOCATION,
             {
                 "metadata": {"name": "default", "namespace": self.velero_namespace},
@@ -174,13 +176,17 @@ class LocalBarge:
             },
         )
         password = base64.b64encode(self.password.encode()).decode()
-        self._ensure(
+        secret = self._ensure(
             SECRET,
             {
                 "metadata": {"name": "velero-repo-credentials", "namespace": self.velero_namespace},
                 "data": {"repository-password": password},
             },
         )
+        # An earlier environment on the same API server may have created both: what the agents will
+        # use is what exists, so the tests must look there (and use that password).
+        self.repository_root = Path(bsl["spec"]["config"]["path"])
+        self.password = base64.b64decode(secret["data"]["repository-password"]).decode()
 
     def _ensure(self, resource: Resource, body: Obj) -> Obj:
         return self.objects.create(resource, body, exist_ok=True)
@@ -246,6 +252,7 @@ class LocalBarge:
         self.processes.agent_metrics.setdefault(node, free_port())
         assert self.service is not None
         argv = [
+            *self.agent_command_prefix,
             sys.executable,
             "-m",
             "agent.main",

@@ -34,11 +34,15 @@ from barge.errors import BargeError, InvalidInput
 from barge.rpc.convert import command_from_pb, event_from_pb, event_to_pb
 from barge.rpc.generated import control_pb2 as pb
 from barge.rpc.generated import control_pb2_grpc as pb_grpc
+from barge.rpc.status import STANDBY_REFUSAL
 
 log = logging.getLogger(__name__)
 
 BACKOFF_MIN_S = 0.5
 BACKOFF_MAX_S = 30.0
+# A standby's refusal is not an overload: the Service sends the next connection to another replica,
+# so retry soon (a leader may be elected any moment, e.g. when the API server answers again).
+STANDBY_RETRY_S = (0.5, 3.0)
 RESULT_RETENTION_S = 600.0  # how long a sent result is re-sent on every reconnect
 RESULT_RETENTION_MAX = 256
 
@@ -49,6 +53,11 @@ CLIENT_OPTIONS: tuple[tuple[str, int], ...] = (
     ("grpc.keepalive_permit_without_calls", 1),
     ("grpc.http2.max_pings_without_data", 0),
 )
+
+
+def standby_retry_delay(rng: random.Random) -> float:
+    """Seconds to wait after a standby refused the stream: short, jittered, not growing."""
+    return rng.uniform(*STANDBY_RETRY_S)
 
 
 def backoff_delay(attempt: int, rng: random.Random) -> float:
@@ -202,6 +211,7 @@ class AgentClient:
         self._lock = threading.Lock()
         self._call: grpc.RpcContext | None = None
         self._thread: threading.Thread | None = None
+        self._refused_by_standby = False
 
     @property
     def connected(self) -> bool:
@@ -228,9 +238,14 @@ class AgentClient:
         """Connect and reconnect until ``stop``; blocks."""
         attempt = 0
         while not self._stopping.is_set():
+            self._refused_by_standby = False
             welcomed = self._connect_once()
             if self._stopping.is_set():
                 break
+            if self._refused_by_standby:
+                attempt = 0
+                self._stopping.wait(standby_retry_delay(self._rng))
+                continue
             attempt = 0 if welcomed else attempt + 1
             self._stopping.wait(backoff_delay(attempt, self._rng))
 
@@ -280,6 +295,7 @@ class AgentClient:
             if not self._stopping.is_set():
                 code = err.code() if isinstance(err, grpc.Call) else None
                 details = err.details() if isinstance(err, grpc.Call) else str(err)
+                self._refused_by_standby = code is grpc.StatusCode.UNAVAILABLE and details == STANDBY_REFUSAL
                 log.warning("control stream to %s ended: %s %s", self._target, code, details)
         except InvalidInput as err:
             log.error("coordinator sent a malformed message, reconnecting: %s", err)

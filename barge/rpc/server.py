@@ -28,7 +28,7 @@ from barge.errors import InvalidInput, TemporaryError, Unauthenticated
 from barge.rpc.convert import command_to_pb, event_from_pb
 from barge.rpc.generated import control_pb2 as pb
 from barge.rpc.generated import control_pb2_grpc as pb_grpc
-from barge.rpc.status import code_for
+from barge.rpc.status import STANDBY_REFUSAL, code_for
 
 log = logging.getLogger(__name__)
 
@@ -307,7 +307,7 @@ class ControlServer:
     def _open(self, mailbox: queue.Queue[_Item], context: grpc.ServicerContext) -> _Session:
         """Authenticate the stream's Hello, greet the agent and hand the session to the hub."""
         if not self._serving.is_set():
-            raise TemporaryError("this coordinator is not serving (not the leader); retry")
+            raise TemporaryError(STANDBY_REFUSAL)
         token = _bearer_token(context.invocation_metadata())
         hello, message_id = self._first_hello(mailbox)
         identity = self._authenticator.authenticate(token, hello.node_name)

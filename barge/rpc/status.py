@@ -43,6 +43,10 @@ _ERRORS: dict[grpc.StatusCode, type[BargeError]] = {
 }
 
 
+# What a replica that does not lead answers a new stream (UNAVAILABLE); the client retries soon.
+STANDBY_REFUSAL = "this coordinator is not serving (not the leader); retry"
+
+
 def code_for(error: BaseException) -> grpc.StatusCode:
     """The status code an error ends an RPC with; INTERNAL for anything Barge did not raise on purpose."""
     for cls, code in _CODES:

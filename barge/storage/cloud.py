@@ -38,7 +38,10 @@ class Transport:
     endpoint: str | None = None
     ca_bundle: Path | None = None
     insecure_skip_tls_verify: bool = False
-    max_retries: int = 8
+    # Throttling (503 SlowDown) can last minutes: retry for up to retry_timeout_s (jittered backoff,
+    # 0.2 s growing to 20 s between attempts); max_retries is only a backstop. Then the error is
+    # final and the operation fails with it.
+    max_retries: int = 60
     retry_timeout_s: float = 180.0
 
     @classmethod
@@ -47,6 +50,7 @@ class Transport:
             endpoint=query.get("endpoint"),
             ca_bundle=Path(query["ca_bundle"]) if "ca_bundle" in query else None,
             insecure_skip_tls_verify=query.get("insecure_skip_tls_verify", "false").lower() in TRUE_WORDS,
+            retry_timeout_s=_retry_timeout(query.get("retry_timeout")),
         )
 
     def client_config(self) -> ClientConfig:
@@ -74,7 +78,20 @@ class Transport:
         }
 
 
-TRANSPORT_OPTIONS = frozenset({"endpoint", "ca_bundle", "insecure_skip_tls_verify"})
+TRANSPORT_OPTIONS = frozenset({"endpoint", "ca_bundle", "insecure_skip_tls_verify", "retry_timeout"})
+_MAX_RETRY_TIMEOUT_S = 3600.0  # an hour of retrying one request is the most that makes sense
+
+
+def _retry_timeout(text: str | None) -> float:
+    if text is None:
+        return Transport.retry_timeout_s
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = -1.0
+    if not 1 <= seconds <= _MAX_RETRY_TIMEOUT_S:
+        raise InvalidInput(f"storage option retry_timeout={text!r}: give seconds between 1 and 3600")
+    return seconds
 
 
 def reject_unknown_options(service: str, query: Mapping[str, str], known: frozenset[str]) -> None:
@@ -85,9 +102,16 @@ def reject_unknown_options(service: str, query: Mapping[str, str], known: frozen
         )
 
 
+_MESSAGE_LIMIT = 400
+
+
 def first_line(err: Exception) -> str:
-    """obstore's messages append a multi-line debug dump; a CLI error is one line."""
-    return str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    """obstore's message as one line without its multi-line debug dump (it ends up in a CLI error
+    and a CR's status.message), keeping what the service answered (e.g. 503 ... SlowDown)."""
+    text = " ".join(str(err).split("Debug source:", 1)[0].split())
+    if not text:
+        return type(err).__name__
+    return text if len(text) <= _MESSAGE_LIMIT else text[: _MESSAGE_LIMIT - 3] + "..."
 
 
 def translate_common(err: Exception, what: str, no_bucket_code: str) -> Exception:

@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
-from barge.errors import InvalidInput
+from barge.errors import InvalidInput, TemporaryError
 from barge.storage import ObjectExists, ObjectInfo, ObjectNotFound
 
 _TMP_DIR = ".tmp"
@@ -39,7 +39,15 @@ class LocalDirectoryStore:
         return self.root / key
 
     def put(self, key: str, data: bytes | memoryview, *, overwrite: bool = False) -> None:
+        """A failed write (disk full, I/O error) is a TemporaryError naming the store, never a bare
+        OSError: callers reading a source volume must not mistake it for an unreadable source file."""
         final = self._path(key)
+        try:
+            self._put(final, key, data, overwrite=overwrite)
+        except OSError as err:
+            raise TemporaryError(f"cannot store {key} in {self.describe()}: {err.strerror or err}") from err
+
+    def _put(self, final: Path, key: str, data: bytes | memoryview, *, overwrite: bool) -> None:
         final.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.root / _TMP_DIR / f"{uuid.uuid4().hex}.tmp"
         try:

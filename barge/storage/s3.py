@@ -44,7 +44,10 @@ class S3Options:
     access_key: str | None = None
     secret_key: str | None = None
     session_token: str | None = None
-    max_retries: int = 8
+    # Throttling (503 SlowDown) can last minutes: retry for up to retry_timeout_s (jittered backoff,
+    # 0.2 s growing to 20 s between attempts); max_retries is only a backstop. Then the error is
+    # TemporaryError and the DataUpload fails with it, so a dead store never hangs a transfer.
+    max_retries: int = 60
     retry_timeout_s: float = 180.0
 
     @classmethod
@@ -74,6 +77,7 @@ class S3Options:
             path_style=query.get("path_style", "false").lower() in TRUE_WORDS,
             ca_bundle=transport.ca_bundle,
             insecure_skip_tls_verify=transport.insecure_skip_tls_verify,
+            retry_timeout_s=transport.retry_timeout_s,
             access_key=access_key,
             secret_key=secret_key,
             session_token=token,
@@ -87,6 +91,21 @@ class S3Options:
             max_retries=self.max_retries,
             retry_timeout_s=self.retry_timeout_s,
         )
+
+
+_MAX_RETRY_TIMEOUT_S = 3600.0  # an hour of retrying one request is the most that makes sense
+
+
+def _retry_timeout(text: str | None) -> float:
+    if text is None:
+        return S3Options.retry_timeout_s
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = -1.0
+    if not 1 <= seconds <= _MAX_RETRY_TIMEOUT_S:
+        raise InvalidInput(f"S3 option retry_timeout={text!r}: give seconds between 1 and 3600")
+    return seconds
 
 
 def read_credentials_file(path: Path, profile: str = "default") -> tuple[str, str, str | None]:

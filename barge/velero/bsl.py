@@ -25,6 +25,9 @@ _GCS_PROVIDERS = ("gcp", "velero.io/gcp")
 _AZURE_PROVIDERS = ("azure", "velero.io/azure")
 _LOCAL_PROVIDERS = ("barge.io/local",)
 _TRUE = ("true", "1", "yes")
+# Barge's own BSL config key (S3): how long one request is retried (throttling, resets, 5xx) before
+# the transfer fails; seconds, default 180.
+RETRY_TIMEOUT_KEY = "barge.io/retryTimeoutSeconds"
 _NAMESPACE = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 
 
@@ -79,6 +82,8 @@ def _s3_query(
         query["insecure_skip_tls_verify"] = "true"
     if config.get("profile"):
         query["profile"] = config["profile"]
+    if config.get(RETRY_TIMEOUT_KEY):
+        query["retry_timeout"] = str(config[RETRY_TIMEOUT_KEY])
     if ca_cert:
         query["ca_bundle"] = str(materialize("ca-bundle", ca_cert))
     if credential:

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import os
 import threading
+import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -30,9 +32,11 @@ from barge.control.messages import (
 from barge.control.naming import Fence, kubelet_volume_path
 from barge.devenv.trees import capture
 from barge.errors import Fenced, TemporaryError
+from barge.fs.restore import restore_tree
 from barge.repo.crypto import KdfParams
 from barge.repo.repository import Repository
 from barge.storage.local import LocalDirectoryStore
+from tests.capabilities import unreadable_file, without_file_read_override
 from tests.fsbuild import write
 
 PASSWORD = b"runner-test"
@@ -168,6 +172,106 @@ def test_missing_volume_fails_with_the_path(tmp_path: Path, repo: Repository) ->
     assert "node node-a" in status.status["message"]
 
 
+def unreadable_volume(tmp_path: Path) -> Path:
+    """A volume whose ``locked/secret.bin`` the kernel refuses to an agent without DAC override."""
+    data = tmp_path / "volume"
+    write(data / "a.bin", os.urandom(100_000))
+    write(data / "locked" / "secret.bin", os.urandom(1000))
+    write(data / "z.txt", b"after the unreadable file")
+    unreadable_file(data / "locked" / "secret.bin")
+    exposed_volume(tmp_path / "kubelet", "pod-1", "pv-1", data)
+    return data
+
+
+def test_an_unreadable_file_fails_the_upload_by_default_naming_it_and_the_switch(
+    tmp_path: Path, repo: Repository
+) -> None:
+    unreadable_volume(tmp_path)
+    status = MemoryStatus()
+    result = without_file_read_override(runner(tmp_path, assignment(), status, repo).run)
+    assert result.outcome is Outcome.FAILED
+    assert status.status["phase"] == "Failed"
+    message = status.status["message"]
+    assert message.startswith(
+        "backup failed on node node-a: cannot read /locked/secret.bin: Permission denied"
+    )
+    assert "set spec.dataMoverConfig barge.io/on-unreadable: skip" in message
+    assert str(tmp_path) not in message  # paths as the application sees them, not the kubelet's
+
+
+def test_an_unreadable_file_is_skipped_and_reported_when_asked(tmp_path: Path, repo: Repository) -> None:
+    unreadable_volume(tmp_path)
+    status = MemoryStatus()
+    skip = replace(assignment(), data_mover_config=(("barge.io/on-unreadable", "skip"),))
+    result = without_file_read_override(runner(tmp_path, skip, status, repo).run)
+    assert result.outcome is Outcome.COMPLETED
+    final = status.status
+    assert final["phase"] == "Completed"
+    assert final["message"] == (
+        "completed with 1 unreadable file(s) skipped (barge.io/on-unreadable: skip): "
+        "/locked/secret.bin: Permission denied"
+    )
+    assert final["dataMoverResult"]["barge.io/skipped"] == "1"
+    assert final["dataMoverResult"]["barge.io/skipped-files"] == "/locked/secret.bin: Permission denied"
+    assert dict(result.result)["barge.io/skipped"] == "1"
+    restored = tmp_path / "restored"
+    restore_tree(repo, result.snapshot_id, restored)
+    assert (restored / "z.txt").read_bytes() == b"after the unreadable file"  # the rest is there
+    assert not (restored / "locked" / "secret.bin").exists()
+
+
+def test_an_unknown_unreadable_policy_fails_saying_what_to_write(tmp_path: Path, repo: Repository) -> None:
+    unreadable_volume(tmp_path)
+    status = MemoryStatus()
+    odd = replace(assignment(), data_mover_config=(("barge.io/on-unreadable", "ignore"),))
+    assert runner(tmp_path, odd, status, repo).run().outcome is Outcome.FAILED
+    assert status.status["message"].endswith(
+        "spec.dataMoverConfig barge.io/on-unreadable='ignore': use 'fail' or 'skip'"
+    )
+
+
+class ManifestRefusingStore(LocalDirectoryStore):
+    """A store that dies exactly when the snapshot manifest (the last object) is written."""
+
+    def put(self, key: str, data: bytes | memoryview, *, overwrite: bool = False) -> None:
+        if key.startswith("snapshots/"):
+            raise TemporaryError(f"put {key}: object store error after retries: 503 SlowDown")
+        super().put(key, data, overwrite=overwrite)
+
+
+def test_a_snapshot_whose_manifest_was_not_written_is_never_reported_completed(tmp_path: Path) -> None:
+    store = ManifestRefusingStore(tmp_path / "repo")
+    repo = Repository.init(store, PASSWORD, kdf=KdfParams.for_tests())
+    write(tmp_path / "volume" / "f.bin", os.urandom(500_000))
+    exposed_volume(tmp_path / "kubelet", "pod-1", "pv-1", tmp_path / "volume")
+    status = MemoryStatus()
+    result = runner(tmp_path, assignment(), status, repo).run()
+    assert result.outcome is Outcome.FAILED
+    assert result.snapshot_id == ""
+    assert status.status["phase"] == "Failed"
+    assert "snapshotID" not in status.status
+    assert "503 SlowDown" in status.status["message"]
+    assert repo.snapshot_ids() == []  # the data packs are there (reused next time), no snapshot
+
+
+def test_a_failing_repository_disk_fails_the_upload_even_when_unreadable_files_are_skipped(
+    tmp_path: Path,
+) -> None:
+    """A store write error is not a source read error: skip-and-report must not hide a full disk."""
+    repo = Repository.init(LocalDirectoryStore(tmp_path / "repo"), PASSWORD, kdf=KdfParams.for_tests())
+    tmp_dir = tmp_path / "repo" / ".tmp"
+    tmp_dir.rmdir()
+    tmp_dir.write_bytes(b"")  # every object write now fails with an OSError
+    write(tmp_path / "volume" / "f.bin", os.urandom(500_000))
+    exposed_volume(tmp_path / "kubelet", "pod-1", "pv-1", tmp_path / "volume")
+    status = MemoryStatus()
+    skip = replace(assignment(), data_mover_config=(("barge.io/on-unreadable", "skip"),))
+    result = runner(tmp_path, skip, status, repo).run()
+    assert result.outcome is Outcome.FAILED
+    assert "cannot store" in status.status["message"]
+    assert "skipped" not in status.status["message"]
+
+
 def test_a_fenced_runner_stops_without_writing(tmp_path: Path, repo: Repository) -> None:
     write(tmp_path / "volume" / "f", b"x")
     exposed_volume(tmp_path / "kubelet", "pod-1", "pv-1", tmp_path / "volume")
@@ -186,6 +290,43 @@ def test_status_writes_survive_a_short_api_outage(tmp_path: Path, repo: Reposito
     result = runner(tmp_path, assignment(), status, repo).run()
     assert result.outcome is Outcome.COMPLETED
     assert status.status["phase"] == "Completed"
+
+
+class HangingStatus(MemoryStatus):
+    """An API server that stops answering once the CR is InProgress, until ``release`` is set."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.release = threading.Event()
+        self.hung = threading.Event()
+
+    def update(self, assignment: Assignment, fence: Fence, mutate: Mutation) -> None:
+        if self.status.get("phase") == "InProgress" and not self.release.is_set():
+            self.hung.set()
+            self.release.wait(30)
+        super().update(assignment, fence, mutate)
+
+
+def test_data_keeps_moving_while_status_writes_hang_and_status_catches_up(
+    tmp_path: Path, repo: Repository
+) -> None:
+    write(tmp_path / "volume" / "big.bin", os.urandom(3_000_000))
+    exposed_volume(tmp_path / "kubelet", "pod-1", "pv-1", tmp_path / "volume")
+    status = HangingStatus()
+    job = runner(tmp_path, assignment(), status, repo)
+    results: list[AssignmentResult] = []
+    worker = threading.Thread(target=lambda: results.append(job.run()))
+    worker.start()
+    deadline = time.monotonic() + 20
+    while not (status.hung.is_set() and job.bytes_total and job.bytes_done == job.bytes_total):
+        assert time.monotonic() < deadline, "the data path stalled behind the hung status write"
+        time.sleep(0.01)
+    assert not results  # all bytes read while the API was down; the final write waits for it
+    status.release.set()
+    worker.join(30)
+    assert results[0].outcome is Outcome.COMPLETED
+    assert status.status["phase"] == "Completed"
+    assert status.status["progress"] == {"totalBytes": 3_000_000, "bytesDone": 3_000_000}
 
 
 def test_cancel_writes_canceled_and_hand_off_writes_nothing(tmp_path: Path, repo: Repository) -> None:

@@ -10,6 +10,7 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 
 from barge.errors import InvalidInput
+from barge.storage.s3 import S3Options
 from barge.velero.bsl import repository_url
 
 
@@ -48,6 +49,17 @@ def test_s3_with_every_velero_option(tmp_path: Path) -> None:
         "ca_bundle": str(tmp_path / "ca-bundle"), "credentials_file": str(tmp_path / "s3-credentials"),
     }  # fmt: skip
     assert files.written == {"ca-bundle": b"PEM", "s3-credentials": b"[team]\naws_access_key_id=a\n"}
+
+
+def test_s3_retry_timeout_reaches_the_store_options(tmp_path: Path) -> None:
+    location = bsl("aws", {"barge.io/retryTimeoutSeconds": "20"})
+    url = urlsplit(repository_url(location, "shop", None, Files(tmp_path)))
+    query = {k: v[0] for k, v in parse_qs(url.query).items()}
+    assert query["retry_timeout"] == "20"
+    assert S3Options.from_query("backups", "p", query).retry_timeout_s == 20.0
+    assert S3Options.from_query("backups", "p", {}).retry_timeout_s == 180.0
+    with pytest.raises(InvalidInput, match="retry_timeout='0': give seconds between 1 and 3600"):
+        S3Options.from_query("backups", "p", {"retry_timeout": "0"})
 
 
 def test_each_namespace_gets_its_own_repository(tmp_path: Path) -> None:

@@ -133,6 +133,10 @@ def test_new_cancel_goes_straight_to_canceled() -> None:
         (upload_cr(volume_snapshot=""), "spec.csiSnapshot.volumeSnapshot is empty"),
         (upload_cr(backup_storage_location=""), "spec.backupStorageLocation is empty"),
         (upload_cr(source_namespace=""), "spec.sourceNamespace is empty"),
+        (
+            upload_cr(data_mover_config=(("barge.io/on-unreadable", "ignore"),)),
+            "spec.dataMoverConfig barge.io/on-unreadable='ignore': use 'fail' or 'skip'",
+        ),
         (download_cr(target_pvc=""), "spec.targetVolume.pvc is empty: name the PVC to restore into"),
         (download_cr(target_namespace=""), "spec.targetVolume.namespace is empty"),
         (download_cr(snapshot_id=""), "spec.snapshotID is empty"),
@@ -606,15 +610,35 @@ def test_in_progress_agent_disconnected_within_grace_waits() -> None:
     assert decide(progress_world(agents=(gone,))) == (Requeue(timedelta(seconds=10)),)
 
 
-def test_in_progress_cordoned_node_hands_off_after_drain_grace() -> None:
-    draining = agent(cordoned=True, cordoned_since=T0 + minutes(5))
-    world = progress_world(agents=(draining, agent(OTHER_NODE)))
-    assert decide(world) == (Requeue(MAX_WAIT),)
-    actions = decide(replace(world, now=T0 + minutes(15)))
-    assert actions == (
-        CancelAssignment(NODE, 1, "node node-a is cordoned (drainGracePeriod 10m0s)", hand_off=True),
-        Requeue(MAX_WAIT),
-    )
+def rated(done: int, total: int, since_s: float, now_min: float = 10) -> AssignmentView:
+    """Running since ``since_s`` seconds before ``now_min`` with 0 bytes then and ``done`` now."""
+    since = T0 + minutes(now_min) - timedelta(seconds=since_s)
+    return running(bytes_done=done, bytes_total=total, running_since=since, bytes_at_running_since=0)
+
+
+def test_in_progress_cordoned_node_finishes_within_drain_grace() -> None:
+    draining = agent(cordoned=True, cordoned_since=T0 + minutes(9))
+    # 60 s for 800 bytes: 200 left take 15 s, well before the grace ends (9 min away).
+    world = progress_world(agents=(draining, agent(OTHER_NODE)), assignment=rated(800, 1000, 60))
+    assert decide(world) == (Requeue(timedelta(seconds=15)),)
+
+
+def test_in_progress_cordoned_node_hands_off_when_it_cannot_finish_in_grace() -> None:
+    draining = agent(cordoned=True, cordoned_since=T0 + minutes(9))
+    others = (draining, agent(OTHER_NODE))
+    slow = progress_world(agents=others, assignment=rated(10, 1000, 60))  # 99 min left
+    no_rate = progress_world(agents=others, assignment=running())  # no progress report yet
+    over = progress_world(now=T0 + minutes(19), agents=others, assignment=rated(990, 1000, 60, 19))
+    reasons = {
+        "slow": "node node-a is cordoned; at its current rate the transfer would not end within 10m0s",
+        "no_rate": "node node-a is cordoned and no data has moved yet",
+        "over": "node node-a is cordoned and drainGracePeriod (10m0s) is over",
+    }
+    for case, world in (("slow", slow), ("no_rate", no_rate), ("over", over)):
+        assert decide(world) == (
+            CancelAssignment(NODE, 1, reasons[case], hand_off=True),
+            Requeue(MAX_WAIT),
+        ), case
 
 
 def test_in_progress_handoff_unconfirmed_reexposes() -> None:
@@ -769,6 +793,7 @@ exposures = st.builds(
     pv_name=st.sampled_from(["", "pv-1"]),
     pod=pods,
     terminating=st.booleans(),
+    disruption_budget=st.booleans(),
 )
 assignments = st.none() | st.builds(
     AssignmentView,
@@ -778,6 +803,8 @@ assignments = st.none() | st.builds(
     result=st.none() | st.sampled_from(list(Outcome)).map(lambda o: finished(o).result),
     cancel_sent_at=optional_times,
     cancel_hand_off=st.booleans(),
+    running_since=optional_times,
+    bytes_at_running_since=st.integers(0, 10),
 )
 agents = st.lists(
     st.builds(

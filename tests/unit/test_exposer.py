@@ -66,11 +66,12 @@ def crd_schema(file_name: str) -> dict[str, Any]:
 
 def test_upload_clones_the_snapshot_with_retain_and_ties_everything_to_the_cr() -> None:
     rendered = manifests(plan_exposure(upload_world()))
-    content, snapshot, pvc, pod = rendered.in_creation_order()
-    assert [m["kind"] for m in (content, snapshot, pvc, pod)] == [
+    content, snapshot, pvc, budget, pod = rendered.in_creation_order()
+    assert [m["kind"] for m in (content, snapshot, pvc, budget, pod)] == [
         "VolumeSnapshotContent",
         "VolumeSnapshot",
         "PersistentVolumeClaim",
+        "PodDisruptionBudget",
         "Pod",
     ]
     assert content["spec"]["deletionPolicy"] == "Retain"
@@ -88,14 +89,14 @@ def test_upload_clones_the_snapshot_with_retain_and_ties_everything_to_the_cr() 
     }
     assert pvc["spec"]["resources"]["requests"]["storage"] == str(10 * 2**30)
     assert pvc["spec"]["storageClassName"] == "standard"
-    for manifest in (content, snapshot, pvc, pod):
+    for manifest in (content, snapshot, pvc, budget, pod):
         meta = manifest["metadata"]
         assert meta["name"] == "backup-1-abcde"
         assert meta["labels"][LABEL_MANAGED_BY] == "barge"
         assert meta["labels"][LABEL_OWNER_KIND] == "DataUpload"
         assert meta["labels"][LABEL_OWNER_NAME] == "backup-1-abcde"
         assert meta["labels"][LABEL_OWNER_UID] == "uid-upload-1"
-    for manifest in (snapshot, pvc, pod):
+    for manifest in (snapshot, pvc, budget, pod):
         assert manifest["metadata"]["namespace"] == "velero"
         (owner,) = manifest["metadata"]["ownerReferences"]
         assert owner == {
@@ -106,6 +107,18 @@ def test_upload_clones_the_snapshot_with_retain_and_ties_everything_to_the_cr() 
             "controller": True,
             "blockOwnerDeletion": False,
         }
+
+
+def test_the_pod_is_protected_from_eviction_by_a_budget_on_its_owner_labels() -> None:
+    rendered = manifests(plan_exposure(upload_world()))
+    budget, pod = rendered.disruption_budget, rendered.pod
+    assert budget["apiVersion"] == "policy/v1"
+    assert budget["spec"]["minAvailable"] == 1
+    selector = budget["spec"]["selector"]["matchLabels"]
+    assert selector.items() <= pod["metadata"]["labels"].items()  # it covers this pod ...
+    assert "barge.io/exposure-generation" not in selector  # ... and the next exposure's
+    order = [m["kind"] for m in rendered.in_creation_order()]
+    assert order.index("PodDisruptionBudget") < order.index("Pod")
 
 
 def test_snapshot_objects_use_only_fields_the_crds_declare() -> None:
@@ -174,8 +187,12 @@ def test_nodes_without_a_usable_agent_are_avoided() -> None:
     (term,) = spec["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"][
         "nodeSelectorTerms"
     ]
+    # The API server allows exactly one value per node field requirement: one NotIn each (ANDed).
     assert term == {
-        "matchFields": [{"key": "metadata.name", "operator": "NotIn", "values": [OTHER_NODE, "node-c"]}]
+        "matchFields": [
+            {"key": "metadata.name", "operator": "NotIn", "values": [OTHER_NODE]},
+            {"key": "metadata.name", "operator": "NotIn", "values": ["node-c"]},
+        ]
     }
 
 
@@ -194,7 +211,8 @@ def test_download_has_a_plain_pvc_shaped_like_the_target_and_a_pod() -> None:
     rendered = manifests(plan_exposure(observed(download_cr(), target_pvc=target)))
     assert rendered.snapshot_content is None
     assert rendered.snapshot is None
-    pvc, pod = rendered.in_creation_order()
+    pvc, budget, pod = rendered.in_creation_order()
+    assert budget["kind"] == "PodDisruptionBudget"
     assert "dataSource" not in pvc["spec"]
     assert pvc["spec"]["storageClassName"] == "fast"
     assert pvc["spec"]["accessModes"] == ["ReadWriteOncePod"]

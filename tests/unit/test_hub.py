@@ -69,6 +69,27 @@ def test_assign_progress_result_and_replays() -> None:
     assert changes.count("uid-1") == 2  # first progress, then the result
 
 
+def test_the_rate_origin_is_the_first_progress_or_the_adoption() -> None:
+    h, _, clock = hub()
+    session = Session("node-a", Hello("node-a", "1", 2))
+    h.agent_connected(session)
+    h.assign("node-a", assignment())
+    clock.advance(5)
+    started = clock.now()
+    h.agent_event(session, ProgressReport("uid-1", 1, 10, 100))
+    clock.advance(5)
+    h.agent_event(session, ProgressReport("uid-1", 1, 60, 100))
+    view = h.assignment("uid-1")
+    assert view is not None
+    assert (view.running_since, view.bytes_at_running_since, view.bytes_done) == (started, 10, 60)
+    adopter, _, clock = hub()
+    running = (RunningAssignment("uid-1", 3, 5, 50),)
+    adopter.agent_connected(Session("node-a", Hello("node-a", "1", 2, running)))
+    adopted = adopter.assignment("uid-1")
+    assert adopted is not None
+    assert (adopted.running_since, adopted.bytes_at_running_since) == (clock.now(), 5)
+
+
 def test_reports_of_a_superseded_epoch_or_another_node_are_ignored() -> None:
     h, _, _ = hub()
     a, b = Session("node-a", Hello("node-a", "1", 2)), Session("node-b", Hello("node-b", "1", 2))
@@ -126,3 +147,17 @@ def test_an_old_stream_ending_after_a_reconnect_does_not_disconnect_the_node() -
     h.agent_connected(new)
     h.agent_disconnected(old)
     assert h.connected("node-a")
+
+
+def test_a_new_leader_term_starts_from_what_agents_report() -> None:
+    h, _, _ = hub()
+    session = Session("node-a", Hello("node-a", "1", 2))
+    h.agent_connected(session)
+    h.assign("node-a", assignment())
+    h.agent_disconnected(session)  # the term ends: streams closed
+    h.reset()
+    assert h.assignment("uid-1") is None
+    h.agent_connected(Session("node-a", Hello("node-a", "1", 2, (RunningAssignment("uid-1", 1, 7, 9),))))
+    view = h.assignment("uid-1")
+    assert view is not None
+    assert (view.epoch, view.state, view.bytes_done) == (1, HubState.RUNNING, 7)

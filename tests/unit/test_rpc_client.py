@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -26,7 +27,7 @@ from barge.control.messages import (
     Welcome,
 )
 from barge.devenv.pki import ServingPki
-from barge.rpc.client import AgentClient
+from barge.rpc.client import STANDBY_RETRY_S, AgentClient
 from tests.rpcharness import RecordingHub, make_server, pki_in, wait_until
 
 pytestmark = pytest.mark.timeout(60)
@@ -198,3 +199,25 @@ def test_stop_ends_the_stream_promptly(started: tuple[RecordingHub, AgentClient]
     client.stop(timeout=5)
     assert not client.connected
     wait_until(lambda: hub.of("disconnected"), what="the server to notice")
+
+
+def test_a_standby_refusal_is_retried_soon_however_long_it_lasts(
+    pki: ServingPki, handler: RecordingHandler
+) -> None:
+    """A leaderless spell (an API server outage) must not push agents into 30 s backoffs."""
+    hub = RecordingHub()
+    server = make_server(pki, hub)
+    server.set_serving(False)
+    tokens = Tokens("token-a")
+    client = make_client(pki, server.port, handler, tokens)
+    client.start()
+    try:
+        wait_until(lambda: tokens.reads >= 5, what="five refused attempts", timeout=25)
+        assert not client.connected
+        server.set_serving(True)
+        started = time.monotonic()
+        wait_until(lambda: client.connected, what="the connection once a leader serves", timeout=10)
+        assert time.monotonic() - started <= STANDBY_RETRY_S[1] + 1.0
+    finally:
+        client.stop()
+        server.stop(0)
