@@ -6,7 +6,7 @@ from collections import Counter
 from pathlib import Path
 
 from barge.control.naming import kubelet_volume_path
-from barge.devenv.simapi import PDBS, PODS, STRATEGIC_PATCH, Obj
+from barge.devenv.simapi import NODES, PDBS, PODS, STRATEGIC_PATCH, Obj
 from barge.devenv.simrules import (
     TERMINAL_PHASES,
     claim_names,
@@ -113,8 +113,12 @@ class Kubelets:
             node = world.nodes.get(node_name)
             if self._ctx.owns_node(node):
                 self._ctx.attempt(f"kubelet pod {key(pod)}", self._sync, pod, world)
-            elif node is None and self._ctx.kubelet_root(node_name).exists():
+            elif node is None and self._ctx.kubelet_root(node_name).exists() and self._node_gone(node_name):
                 self._ctx.attempt(f"pod gc {key(pod)}", self._finish_deletion, pod)
+
+    def _node_gone(self, name: str) -> bool:
+        """Confirmed by a fresh read: the pass's listing may predate a node created since."""
+        return self._ctx.rest.get(NODES, name) is None
 
     def _sync(self, pod: Obj, world: World) -> None:
         phase = _status(pod).get("phase")
