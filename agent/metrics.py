@@ -12,6 +12,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from barge.control.messages import AssignmentKind, Outcome
 
 _DURATION_BUCKETS = (1, 5, 15, 30, 60, 120, 300, 600, 1800, 3600, 7200, 14400, 43200)
+REPOSITORY_OPERATIONS = ("open", "backup", "restore")
 _VELERO_OUTCOME = {Outcome.COMPLETED: "success", Outcome.FAILED: "failure", Outcome.CANCELED: "cancel"}
 
 
@@ -56,6 +57,14 @@ class AgentMetrics:
         self.connected = Gauge(
             "barge_agent_connected", "1 while the stream to the coordinator is up", registry=r
         )
+        self.repository_errors = Counter(
+            "barge_agent_repository_errors",
+            "Repository operations that failed, by operation (open, backup, restore)",
+            ["operation"],
+            registry=r,
+        )
+        for operation in REPOSITORY_OPERATIONS:
+            self.repository_errors.labels(operation)  # exported at 0 from the start, so rates work
         self.status_write_errors = Counter(
             "barge_agent_status_write_errors", "CR status writes that failed (retried)", registry=r
         )
@@ -68,3 +77,6 @@ class AgentMetrics:
             self.velero_counters[(kind, word)].labels(self.node).inc()
         self.bytes_done.labels(kind.value).inc(done)
         self.bytes_new.inc(new)
+
+    def repository_error(self, operation: str) -> None:
+        self.repository_errors.labels(operation).inc()

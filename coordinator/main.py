@@ -35,7 +35,7 @@ from barge.rpc.server import ControlServer, ServerTls
 from coordinator.config import CoordinatorConfig
 from coordinator.controller import Controller
 from coordinator.hub import Hub
-from coordinator.metrics import CoordinatorMetrics
+from coordinator.metrics import CR_KINDS, CoordinatorMetrics
 
 log = structlog.get_logger("barge.coordinator")
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
@@ -133,6 +133,9 @@ def run(args: argparse.Namespace) -> int:
         metrics=metrics,
         clock=clock,
         identity=identity,
+    )
+    metrics.watch_items(
+        lambda: [{**cr, "kind": kind} for kind in CR_KINDS for cr in controller.caches.items(kind)], clock.now
     )
     server = ControlServer(
         LeaderGate(hub, leading),
