@@ -3,7 +3,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-bash hack/install-tools.sh etcd kube-apiserver minio helm
+bash hack/install-tools.sh etcd kube-apiserver minio helm prometheus promtool
 bash hack/bootstrap-python.sh
 
 echo "== ruff" >&2
