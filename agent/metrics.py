@@ -64,10 +64,22 @@ class AgentMetrics:
             registry=r,
         )
         for operation in REPOSITORY_OPERATIONS:
-            self.repository_errors.labels(operation)  # exported at 0 from the start, so rates work
+            self.repository_errors.labels(operation)
         self.status_write_errors = Counter(
             "barge_agent_status_write_errors", "CR status writes that failed (retried)", registry=r
         )
+
+        self._export_zeros()
+
+    def _export_zeros(self) -> None:
+        """Every known label set starts at 0: increase() and rate() never see a series' first step,
+        so without this the first failure (or the first upload's bytes) would not show in alerts."""
+        for counter in self.velero_counters.values():
+            counter.labels(self.node)
+        for kind in AssignmentKind:
+            self.bytes_done.labels(kind.value)
+            for outcome in Outcome:
+                self.assignments.labels(kind.value, outcome.value)
 
     def finished(self, kind: AssignmentKind, outcome: Outcome, seconds: float, done: int, new: int) -> None:
         self.assignments.labels(kind.value, outcome.value).inc()

@@ -14,8 +14,9 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from barge.control.messages import AssignmentKind, Outcome
 from barge.control.naming import DATAMOVER
-from coordinator.model import parse_timestamp
+from coordinator.model import Phase, parse_timestamp
 
 ACTIVE_PHASES = ("New", "Accepted", "Prepared", "InProgress", "Canceling")
 CR_KINDS = ("DataUpload", "DataDownload")
@@ -85,6 +86,23 @@ class CoordinatorMetrics:
             buckets=_FAST_BUCKETS,
             registry=r,
         )
+
+        self._export_zeros()
+
+    def _export_zeros(self) -> None:
+        """Every known label set starts at 0: increase() and rate() never see a series' first step,
+        so without this an alert on the first failure after a restart would not fire."""
+        for kind in CR_KINDS:
+            for phase in Phase:
+                self.transitions.labels(kind, phase.value)
+                if phase.is_terminal:
+                    self.duration.labels(kind, phase.value)
+        for assignment_kind in AssignmentKind:
+            self.assignments.labels(assignment_kind.value)
+            for outcome in Outcome:
+                self.results.labels(assignment_kind.value, outcome.value)
+        for reason in ("new_epoch", "reexposed"):
+            self.reassignments.labels(reason)
 
     def watch_items(self, crs: CrSource, now: Callable[[], datetime]) -> None:
         """Export the oldest non-final item's age, read from ``crs`` (the informer caches) per scrape."""

@@ -42,3 +42,16 @@ def test_the_age_is_read_from_the_source_at_every_scrape() -> None:
     assert metrics.registry.get_sample_value(name, labels) == 120.0
     items.clear()
     assert metrics.registry.get_sample_value(name, labels) == 0.0
+
+
+def test_failure_counters_exist_at_zero_before_the_first_failure() -> None:
+    """increase() skips a series' first sample: a counter born at 1 would hide the first failure."""
+    registry = CoordinatorMetrics().registry
+    assert (
+        registry.get_sample_value(
+            "barge_coordinator_results_total", {"kind": "download", "outcome": "failed"}
+        )
+        == 0.0
+    )
+    transitions = {"kind": "DataUpload", "phase": "Failed"}
+    assert registry.get_sample_value("barge_coordinator_phase_transitions_total", transitions) == 0.0
