@@ -104,6 +104,11 @@ class CoordinatorMetrics:
         for reason in ("new_epoch", "reexposed"):
             self.reassignments.labels(reason)
 
+    def node_seen(self, node: str) -> None:
+        """A node's byte counters start at 0 when its agent connects, before its first progress."""
+        for kind in AssignmentKind:
+            self.bytes_processed.labels(kind.value, node)
+
     def watch_items(self, crs: CrSource, now: Callable[[], datetime]) -> None:
         """Export the oldest non-final item's age, read from ``crs`` (the informer caches) per scrape."""
         self.registry.register(OldestItems(crs, now))
