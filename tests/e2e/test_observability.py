@@ -282,8 +282,7 @@ def test_the_faults_fire_their_alerts_and_health_alerts_stay_quiet(
     assert "firing:DataUpload" in found["BargeDataMovementsFailing"]  # the missing VolumeSnapshot
     assert "firing:download" in found["BargeTransfersFailing"]  # the missing snapshot
     assert "firing:restore" in found["BargeRepositoryErrors"]
-    quiet = {name for name, alerts in found.items() if not alerts}
-    assert quiet >= {
+    healthy = {
         "BargeCoordinatorDown",
         "BargeNoLeader",
         "BargeNoAgentsConnected",
@@ -291,7 +290,18 @@ def test_the_faults_fire_their_alerts_and_health_alerts_stay_quiet(
         "BargeAgentDown",
         "BargeDataMovementStuck",
         "BargeThroughputCollapsed",
-    }, found
+    }
+
+    assert healthy <= set(found), healthy - set(found)
+
+    def alerting_while_healthy() -> dict[str, set[str]]:
+        now = states() or {}
+        return {name: now.get(name, set()) for name in healthy if now.get(name)}
+
+    try:  # a moment's reconnect under CI load may match for a few seconds; a wrong expression stays
+        wait_for(lambda: not alerting_while_healthy(), 30, what="the health alerts to be quiet")
+    except TemporaryError:
+        assert alerting_while_healthy() == {}, "health alerts match a healthy Barge"
 
 
 def _subject(labels: dict[str, str]) -> str:
