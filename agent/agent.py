@@ -127,6 +127,7 @@ class Agent:
             repositories=self._repositories,
             progress=self._progress_sink(),
             clock=self._clock,
+            repository_error=self._metrics.repository_error,
         )
         thread = threading.Thread(
             target=self._run,

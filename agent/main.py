@@ -138,10 +138,11 @@ def run(args: argparse.Namespace) -> int:
         server_name_override=args.server_name,
     )
     agent.send = client.send
+    # Read at every scrape: set from the probe, the gauge was stale between probes (and 0 without any).
+    metrics.connected.set_function(lambda: 1.0 if client.connected else 0.0)
 
     def ready() -> bool:
         """Ready once running: a lost coordinator shows in barge_agent_connected, not as a stalled rollout."""
-        metrics.connected.set(1 if client.connected else 0)
         return True
 
     endpoints = [ObservabilityServer(args.metrics_address, args.metrics_port, metrics.registry, ready)]

@@ -12,6 +12,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from barge.control.messages import AssignmentKind, Outcome
 
 _DURATION_BUCKETS = (1, 5, 15, 30, 60, 120, 300, 600, 1800, 3600, 7200, 14400, 43200)
+REPOSITORY_OPERATIONS = ("open", "backup", "restore")
 _VELERO_OUTCOME = {Outcome.COMPLETED: "success", Outcome.FAILED: "failure", Outcome.CANCELED: "cancel"}
 
 
@@ -56,9 +57,29 @@ class AgentMetrics:
         self.connected = Gauge(
             "barge_agent_connected", "1 while the stream to the coordinator is up", registry=r
         )
+        self.repository_errors = Counter(
+            "barge_agent_repository_errors",
+            "Repository operations that failed, by operation (open, backup, restore)",
+            ["operation"],
+            registry=r,
+        )
+        for operation in REPOSITORY_OPERATIONS:
+            self.repository_errors.labels(operation)
         self.status_write_errors = Counter(
             "barge_agent_status_write_errors", "CR status writes that failed (retried)", registry=r
         )
+
+        self._export_zeros()
+
+    def _export_zeros(self) -> None:
+        """Every known label set starts at 0: increase() and rate() never see a series' first step,
+        so without this the first failure (or the first upload's bytes) would not show in alerts."""
+        for counter in self.velero_counters.values():
+            counter.labels(self.node)
+        for kind in AssignmentKind:
+            self.bytes_done.labels(kind.value)
+            for outcome in Outcome:
+                self.assignments.labels(kind.value, outcome.value)
 
     def finished(self, kind: AssignmentKind, outcome: Outcome, seconds: float, done: int, new: int) -> None:
         self.assignments.labels(kind.value, outcome.value).inc()
@@ -68,3 +89,6 @@ class AgentMetrics:
             self.velero_counters[(kind, word)].labels(self.node).inc()
         self.bytes_done.labels(kind.value).inc(done)
         self.bytes_new.inc(new)
+
+    def repository_error(self, operation: str) -> None:
+        self.repository_errors.labels(operation).inc()

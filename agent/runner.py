@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -84,6 +85,7 @@ class AssignmentRunner:
         repositories: RepositoryOpener,
         progress: ProgressSink,
         clock: Clock,
+        repository_error: Callable[[str], None] = lambda operation: None,
     ) -> None:
         self.assignment = assignment
         self.settings = settings
@@ -92,6 +94,7 @@ class AssignmentRunner:
         self._repositories = repositories
         self._report_progress = progress
         self._clock = clock
+        self._repository_error = repository_error
         self._token = CancelToken()
         self._hand_off = False
         self._fenced: Fenced | None = None
@@ -123,10 +126,14 @@ class AssignmentRunner:
             self._write_status(self._in_progress)
             self._publishing.set()
             publisher.start()
-            repo = self._repositories.open(self.assignment)
+            with self._counting_errors("open"):
+                repo = self._repositories.open(self.assignment)
             if self.assignment.kind is AssignmentKind.UPLOAD:
-                return self._finish_upload(self._upload(repo, path), path)
-            self._download(repo, path)
+                with self._counting_errors("backup"):
+                    backed_up = self._upload(repo, path)
+                return self._finish_upload(backed_up, path)
+            with self._counting_errors("restore"):
+                self._download(repo, path)
             return self._finish_download(path)
         except Fenced as err:
             return self._fenced_result(err)
@@ -144,6 +151,17 @@ class AssignmentRunner:
     def _fenced_result(self, err: Fenced) -> AssignmentResult:
         log.warning("assignment fenced: another agent owns it now", reason=str(err))
         return self._result(Outcome.HANDED_OFF, f"fenced: {err}")
+
+    @contextmanager
+    def _counting_errors(self, operation: str) -> Iterator[None]:
+        """Count repository failures for the metrics; volume I/O errors (OSError) are not counted."""
+        try:
+            yield
+        except (Canceled, Fenced):
+            raise
+        except BargeError:
+            self._repository_error(operation)
+            raise
 
     # -- the data ---------------------------------------------------------------------------------
 

@@ -106,6 +106,7 @@ class Executor:
             case RemoveFinalizer():
                 self._metadata(cr, _without_finalizer)
                 self._hub.forget(cr.uid)
+                self._observe_duration(cr)
             case SetPhase():
                 return self._set_phase(cr, action)
             case CreateExposure():
@@ -161,11 +162,15 @@ class Executor:
         if isinstance(accepted_at, str):
             self._metadata(cr, _annotate({ACCEPTED_AT_ANNOTATION: accepted_at}))
         self._metrics.transitions.labels(cr.kind, action.phase.value).inc()
-        if action.phase.is_terminal and cr.created_at is not None:
-            seconds = (self._clock.now() - cr.created_at).total_seconds()
-            self._metrics.duration.labels(cr.kind, action.phase.value).observe(max(0.0, seconds))
         log.info("phase", phase=action.phase.value, message=action.message, previous=cr.phase.value)
         return None
+
+    def _observe_duration(self, cr: CrView) -> None:
+        """Once per CR, when it is let go: whoever wrote the final phase (an agent writes an
+        upload's Completed itself), the coordinator removes the finalizer exactly once."""
+        if cr.phase.is_terminal and cr.created_at is not None:
+            seconds = (self._clock.now() - cr.created_at).total_seconds()
+            self._metrics.duration.labels(cr.kind, cr.phase.value).observe(max(0.0, seconds))
 
     def _metadata(self, cr: CrView, mutate: Any) -> None:
         self._status.update_metadata(cr.kind, cr.namespace, cr.name, mutate)

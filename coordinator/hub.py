@@ -58,6 +58,7 @@ class Hub:
             self._disconnected_since.pop(session.node, None)
             changed = self._reconcile_running(session.node, session.hello.running, adopt=True)
             self._metrics.agents_connected.set(len(self._sessions))
+        self._metrics.node_seen(session.node)
         log.info("agent connected", node=session.node, running=len(session.hello.running))
         self._notify(changed)
 

@@ -17,6 +17,7 @@ import sys
 import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import structlog
 import yaml
@@ -35,7 +36,7 @@ from barge.rpc.server import ControlServer, ServerTls
 from coordinator.config import CoordinatorConfig
 from coordinator.controller import Controller
 from coordinator.hub import Hub
-from coordinator.metrics import CoordinatorMetrics
+from coordinator.metrics import CR_KINDS, CoordinatorMetrics
 
 log = structlog.get_logger("barge.coordinator")
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
@@ -171,6 +172,7 @@ def run(args: argparse.Namespace) -> int:
         new_elector=new_elector,
         identity=identity,
     )
+    metrics.watch_items(leadership.items, clock.now)
     # Every replica is Ready once it serves: a standby that reported not-ready would stall rollouts
     # and block drains through the PodDisruptionBudget. It refuses agent streams instead (UNAVAILABLE),
     # and agents redial until they reach the leader.
@@ -219,6 +221,14 @@ class Leadership:
         self._term = 0
         self._controller: Controller | None = None
         self._elector: LeaderElector | None = None
+
+    def items(self) -> list[dict[str, Any]]:
+        """The CRs the current term's controller caches (none while standing by), with their kind."""
+        with self._lock:
+            controller = self._controller
+        if controller is None:
+            return []
+        return [{**cr, "kind": kind} for kind in CR_KINDS for cr in controller.caches.items(kind)]
 
     def campaign(self) -> None:
         elector = self._new_elector(self._started, self._stopped)

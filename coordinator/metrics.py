@@ -5,7 +5,22 @@ Labels are bounded sets (kind, phase, reason, node); CR names never appear in la
 
 from __future__ import annotations
 
+from collections import defaultdict
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from datetime import datetime
+from typing import Any
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from barge.control.messages import AssignmentKind, Outcome
+from barge.control.naming import DATAMOVER
+from coordinator.model import Phase, parse_timestamp
+
+ACTIVE_PHASES = ("New", "Accepted", "Prepared", "InProgress", "Canceling")
+CR_KINDS = ("DataUpload", "DataDownload")
+CrSource = Callable[[], Iterable[Mapping[str, Any]]]
 
 _DURATION_BUCKETS = (5, 15, 30, 60, 120, 300, 600, 1800, 3600, 7200, 14400, 43200, 86400)
 _FAST_BUCKETS = (0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
@@ -71,3 +86,68 @@ class CoordinatorMetrics:
             buckets=_FAST_BUCKETS,
             registry=r,
         )
+
+        self._export_zeros()
+
+    def _export_zeros(self) -> None:
+        """Every known label set starts at 0: increase() and rate() never see a series' first step,
+        so without this an alert on the first failure after a restart would not fire."""
+        for kind in CR_KINDS:
+            for phase in Phase:
+                self.transitions.labels(kind, phase.value)
+                if phase.is_terminal:
+                    self.duration.labels(kind, phase.value)
+        for assignment_kind in AssignmentKind:
+            self.assignments.labels(assignment_kind.value)
+            for outcome in Outcome:
+                self.results.labels(assignment_kind.value, outcome.value)
+        for reason in ("new_epoch", "reexposed"):
+            self.reassignments.labels(reason)
+
+    def node_seen(self, node: str) -> None:
+        """A node's byte counters start at 0 when its agent connects, before its first progress."""
+        for kind in AssignmentKind:
+            self.bytes_processed.labels(kind.value, node)
+
+    def watch_items(self, crs: CrSource, now: Callable[[], datetime]) -> None:
+        """Export the oldest non-final item's age, read from ``crs`` (the informer caches) per scrape."""
+        self.registry.register(OldestItems(crs, now))
+
+
+def oldest_active_ages(crs: Iterable[Mapping[str, Any]], now: datetime) -> dict[tuple[str, str], float]:
+    """Seconds since creation of the oldest Barge item per (kind, non-final phase); 0 where none.
+
+    Creation, not the last phase change, is what Velero's operation timeout counts from, and it is
+    the only time every phase has.
+    """
+    ages: dict[tuple[str, str], float] = defaultdict(float)
+    for cr in crs:
+        if (cr.get("spec") or {}).get("datamover") != DATAMOVER:
+            continue
+        key = (str(cr.get("kind", "")), str((cr.get("status") or {}).get("phase") or "New"))
+        created = parse_timestamp((cr.get("metadata") or {}).get("creationTimestamp"))
+        if key[1] in ACTIVE_PHASES and created is not None:
+            ages[key] = max(ages[key], (now - created).total_seconds())
+    return {(kind, phase): max(0.0, ages[(kind, phase)]) for kind in CR_KINDS for phase in ACTIVE_PHASES}
+
+
+class OldestItems(Collector):
+    """``barge_coordinator_oldest_item_age_seconds{kind,phase}``: what the "stuck" alert watches.
+
+    Computed at scrape time: a gauge updated by the controller would go stale exactly when the
+    controller is stuck. Only the leader's caches hold items; a standby exports zeros.
+    """
+
+    def __init__(self, crs: CrSource, now: Callable[[], datetime]) -> None:
+        self._crs = crs
+        self._now = now
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        family = GaugeMetricFamily(
+            "barge_coordinator_oldest_item_age_seconds",
+            "Age since creation of the oldest non-final DataUpload/DataDownload, by kind and phase",
+            labels=["kind", "phase"],
+        )
+        for (kind, phase), age in sorted(oldest_active_ages(self._crs(), self._now()).items()):
+            family.add_metric([kind, phase], age)
+        yield family

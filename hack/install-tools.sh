@@ -6,8 +6,9 @@
 #   hack/install-tools.sh --print-bin-dir
 #
 # Each hack/tools/NAME/ is a Go wrapper module (go.mod + go.sum pin every version) plus tool.conf:
-# VERSION, PACKAGE (what `go build` builds), LDFLAGS, VERSION_ARGS, VERSION_EXPECT, and optionally
-# BUILDINFO_EXPECT (a line `go version -m` must show, for tools without a version flag).
+# VERSION, PACKAGE (what `go build` builds), LDFLAGS, TAGS (optional build tags), VERSION_ARGS,
+# VERSION_EXPECT, and optionally BUILDINFO_EXPECT (a line `go version -m` must show, for tools
+# without a version flag).
 # Cache: $BARGE_CACHE_DIR (default ~/.cache/barge)/tools/NAME-VERSION-HASH/NAME with a stamp `.ok`
 # holding the binary's sha256; HASH covers the wrapper module, so any pin change rebuilds.
 # bin/NAME always points at the verified build.
@@ -46,7 +47,7 @@ version_ok() {  # binary, args, expected substring, expected build-info line (op
 install_tool() {
   local name=$1 dir=$here/tools/$1
   [ -f "$dir/tool.conf" ] || die "unknown tool '$name' (no $dir/tool.conf)"
-  local VERSION PACKAGE LDFLAGS="" VERSION_ARGS VERSION_EXPECT BUILDINFO_EXPECT=
+  local VERSION PACKAGE LDFLAGS="" TAGS="" VERSION_ARGS VERSION_EXPECT BUILDINFO_EXPECT=
   # shellcheck disable=SC1091
   source "$dir/tool.conf"
   local hash
@@ -71,7 +72,7 @@ install_tool() {
   local staging
   staging=$(mktemp -d "$cache/tools/.build-$name-XXXXXX")
   local started=$SECONDS
-  if ! (cd "$dir" && CGO_ENABLED=0 go build -trimpath -mod=readonly -ldflags "$LDFLAGS" \
+  if ! (cd "$dir" && CGO_ENABLED=0 go build -trimpath -mod=readonly -tags "$TAGS" -ldflags "$LDFLAGS" \
           -o "$staging/$name" "$PACKAGE") >"$staging/build.log" 2>&1; then
     tail -20 "$staging/build.log" >&2
     rm -rf "$staging"

@@ -370,3 +370,23 @@ def test_agent_runs_assignments_once_reports_progress_and_results(tmp_path: Path
         "barge_agent_data_upload_success_total", {"node": "node-a"}
     )
     assert value == 1.0
+
+
+def test_repository_failures_are_counted_by_operation_and_volume_errors_are_not(
+    tmp_path: Path, repo: Repository
+) -> None:
+    metrics = AgentMetrics("node-a")
+    exposed_volume(tmp_path / "kubelet", "pod-1", "pv-1", tmp_path / "target")
+    (tmp_path / "target").mkdir()
+    settings = RunnerSettings(node="node-a", kubelet_root=tmp_path / "kubelet", status_interval_s=0.0)
+    download = assignment(AssignmentKind.DOWNLOAD, "ab" * 32)  # a snapshot the repository lacks
+    result = AssignmentRunner(download, settings, status=MemoryStatus(), repositories=Repos(repo),
+                              progress=lambda *_: None, clock=ManualClock(),
+                              repository_error=metrics.repository_error).run()  # fmt: skip
+    assert result.outcome is Outcome.FAILED
+    errors = "barge_agent_repository_errors_total"
+    assert metrics.registry.get_sample_value(errors, {"operation": "restore"}) == 1.0
+    assert metrics.registry.get_sample_value(errors, {"operation": "open"}) == 0.0
+    missing = runner(tmp_path / "elsewhere", assignment(), MemoryStatus(), repo).run()  # no volume
+    assert missing.outcome is Outcome.FAILED
+    assert metrics.registry.get_sample_value(errors, {"operation": "backup"}) == 0.0

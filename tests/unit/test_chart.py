@@ -15,13 +15,16 @@ import sys
 import threading
 import tomllib
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
 import yaml
 from cryptography import x509
 
+from agent.metrics import AgentMetrics
 from barge.devenv.helm import CHART_DIR, Helm, HelmFailed
+from coordinator.metrics import CoordinatorMetrics
 
 REPO = CHART_DIR.parents[1]
 RELEASE, NAMESPACE = "barge", "backup-system"
@@ -442,15 +445,35 @@ def test_monitoring_objects_use_barge_metric_names(rendered: dict[str, list[dict
         assert len(selected) == 1
         assert "metrics" in {port["name"] for port in selected[0]["spec"]["ports"]}
     rules = one(objects, "PrometheusRule")["spec"]["groups"][0]["rules"]
-    assert {rule["alert"] for rule in rules} >= {"BargeNoAgentsConnected", "BargeNoLeader"}
-    assert all(re.search(r"barge_(coordinator|agent)_|up\{", rule["expr"]) for rule in rules)
+    assert {rule["alert"] for rule in rules} >= {
+        "BargeNoAgentsConnected",
+        "BargeNoLeader",
+        "BargeDataMovementStuck",
+        "BargeThroughputCollapsed",
+        "BargeRepositoryErrors",
+    }
+    for rule in rules:
+        assert rule["labels"]["severity"] in ("warning", "critical"), rule
+        assert rule["annotations"]["runbook_url"].endswith(f"#{rule['alert'].lower()}"), rule
+    alert_metrics = {m for rule in rules for m in re.findall(r"\b([a-z_]+)\{", rule["expr"])}
+    assert alert_metrics - {"up"} <= exported_metric_names(), alert_metrics - exported_metric_names()
     dashboard_map = one(objects, "ConfigMap", "barge-dashboard")
     assert dashboard_map["metadata"]["labels"]["grafana_dashboard"] == "1"
     dashboard = json.loads(dashboard_map["data"]["barge.json"])
     exprs = [target["expr"] for panel in dashboard["panels"] for target in panel["targets"]]
     metrics = {m for expr in exprs for m in re.findall(r"\b([a-z_]+)\{", expr)}
     assert metrics
-    assert all(m.startswith(("barge_coordinator_", "barge_agent_")) for m in metrics), metrics
+    assert metrics <= exported_metric_names(), metrics - exported_metric_names()
+
+
+def exported_metric_names() -> set[str]:
+    """Every series name the coordinator and the agent export (histograms: _bucket/_sum/_count)."""
+    coordinator = CoordinatorMetrics()
+    coordinator.watch_items(list, lambda: datetime.now(UTC))
+    registries = [coordinator.registry, AgentMetrics("node-a").registry]
+    names = {f"{family.name}{suffix}" for r in registries for family in r.collect()
+             for suffix in ("", "_total", "_bucket", "_sum", "_count")}  # fmt: skip
+    return {name for name in names if name.startswith("barge_")}
 
 
 def test_network_policy_lets_only_agents_reach_grpc(rendered: dict[str, list[dict[str, Any]]]) -> None:
