@@ -142,7 +142,9 @@ def workload(
         missing_snapshot: "Failed",
         no_snapshot: "Failed",
     }
-    prometheus.wait_scraped_after(time.time(), timeout=30)  # the metrics now include all of it
+    # The metrics now include all of it: a scrape after the last write, and one more second, because
+    # the panels are read through 1 s subqueries whose last step is the whole second before now.
+    prometheus.wait_scraped_after(time.time() + 1.5, timeout=30)
     return {"app": app}
 
 
