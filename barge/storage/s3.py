@@ -93,21 +93,6 @@ class S3Options:
         )
 
 
-_MAX_RETRY_TIMEOUT_S = 3600.0  # an hour of retrying one request is the most that makes sense
-
-
-def _retry_timeout(text: str | None) -> float:
-    if text is None:
-        return S3Options.retry_timeout_s
-    try:
-        seconds = float(text)
-    except ValueError:
-        seconds = -1.0
-    if not 1 <= seconds <= _MAX_RETRY_TIMEOUT_S:
-        raise InvalidInput(f"S3 option retry_timeout={text!r}: give seconds between 1 and 3600")
-    return seconds
-
-
 def read_credentials_file(path: Path, profile: str = "default") -> tuple[str, str, str | None]:
     """Velero's cloud-credentials file: an AWS shared-credentials INI file."""
     parser = configparser.ConfigParser()
