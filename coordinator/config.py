@@ -12,7 +12,8 @@ every key Velero's node-agent config understands keeps its meaning, so an existi
 * ``restorePVC.ignoreDelayBinding``, ``podResources``, ``priorityClassName``.
 
 Barge's keys: ``prepareTimeout`` (30m), ``agentGracePeriod`` (60s), ``drainGracePeriod`` (10m),
-``maxReexposures`` (3), ``image`` (exposer pods), ``repositoryPasswordSecret`` {name, key}.
+``maxReexposures`` (3), ``image`` (exposer pods). Repository settings
+(password Secret, compression) are the agents': they open and create repositories.
 
 Unknown keys and values of the wrong type raise ``InvalidInput`` naming the key path
 (``loadConcurrency.perNodeConfig[1].number``) and the expected type. Pure: no I/O.
@@ -33,8 +34,6 @@ Pairs = tuple[tuple[str, str], ...]
 
 DEFAULT_EXPOSER_IMAGE = "busybox:1.36"
 # Names of a Secret and its key, not secrets.
-DEFAULT_PASSWORD_SECRET = "velero-repo-credentials"  # noqa: S105
-DEFAULT_PASSWORD_KEY = "repository-password"  # noqa: S105
 
 _DURATION_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|ms|s|m|h)")
 _UNIT_SECONDS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
@@ -154,12 +153,6 @@ class PodResources:
 
 
 @dataclass(frozen=True)
-class SecretKeyRef:
-    name: str = DEFAULT_PASSWORD_SECRET
-    key: str = DEFAULT_PASSWORD_KEY
-
-
-@dataclass(frozen=True)
 class CoordinatorConfig:
     load_concurrency: LoadConcurrency = field(default_factory=LoadConcurrency)
     prepare_queue_length: int | None = None  # None = unlimited
@@ -173,7 +166,6 @@ class CoordinatorConfig:
     drain_grace_period: timedelta = timedelta(minutes=10)
     max_reexposures: int = 3
     image: str = DEFAULT_EXPOSER_IMAGE
-    repository_password_secret: SecretKeyRef = field(default_factory=SecretKeyRef)
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any] | None) -> CoordinatorConfig:
@@ -291,12 +283,6 @@ def _parse_config(root: _Section) -> CoordinatorConfig:
             drain_grace_period=_duration(s, "drainGracePeriod", timedelta(minutes=10)),
             max_reexposures=_positive(s, "maxReexposures", 3, minimum=0),
             image=s.get("image", str, DEFAULT_EXPOSER_IMAGE) or DEFAULT_EXPOSER_IMAGE,
-            repository_password_secret=_parsed(
-                s.section("repositoryPasswordSecret"),
-                lambda r: SecretKeyRef(
-                    r.get("name", str, DEFAULT_PASSWORD_SECRET), r.get("key", str, DEFAULT_PASSWORD_KEY)
-                ),
-            ),
         )
 
     return _parsed(root, parse)

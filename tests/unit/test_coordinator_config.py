@@ -14,7 +14,6 @@ from coordinator.config import (
     CoordinatorConfig,
     LabelSelector,
     PodResources,
-    SecretKeyRef,
     SelectorRequirement,
     format_go_duration,
     parse_go_duration,
@@ -70,7 +69,6 @@ def test_defaults() -> None:
     assert config.agent_grace_period == timedelta(seconds=60)
     assert config.drain_grace_period == timedelta(minutes=10)
     assert config.max_reexposures == 3
-    assert config.repository_password_secret == SecretKeyRef("velero-repo-credentials", "repository-password")
     assert config.backup_pvc_for("any") == BackupPvcConfig()
     assert config.affinity_for("any") is None
 
@@ -131,7 +129,6 @@ def test_barge_keys() -> None:
             "drainGracePeriod": "1h",
             "maxReexposures": 0,
             "image": "example.org/barge:1.0",
-            "repositoryPasswordSecret": {"name": "s", "key": "k"},
         }
     )
     assert config.prepare_timeout == timedelta(minutes=5)
@@ -139,7 +136,6 @@ def test_barge_keys() -> None:
     assert config.drain_grace_period == timedelta(hours=1)
     assert config.max_reexposures == 0
     assert config.image == "example.org/barge:1.0"
-    assert config.repository_password_secret == SecretKeyRef("s", "k")
 
 
 @pytest.mark.parametrize(
@@ -193,7 +189,7 @@ def test_barge_keys() -> None:
         ({"prepareTimeout": "30 minutes"}, "prepareTimeout: '30 minutes' is not a duration"),
         ({"prepareTimeout": 30}, "prepareTimeout: expected a string, got an integer"),
         ({"maxReexposures": -1}, "maxReexposures: expected an integer >= 0, got -1"),
-        ({"repositoryPasswordSecret": {"nam": "x"}}, "repositoryPasswordSecret.nam: unknown key"),
+        ({"restorePVC": {"ignoreDelayBindin": True}}, "restorePVC.ignoreDelayBindin: unknown key"),
         ([1], "the configuration: expected a mapping, got a list"),
     ],
 )
