@@ -60,7 +60,8 @@ def env(
         assert sim.errors == []
 
 
-def big_volume(root: Path, megabytes: int = 192) -> Path:
+def big_volume(root: Path, megabytes: int = 384) -> Path:
+    """Big enough that the transfer takes seconds, so the fault lands mid-upload."""
     for index in range(megabytes // 4):
         write(root / f"d{index % 8}" / f"f{index}.bin", os.urandom(4 * MIB))
     return root
@@ -78,6 +79,10 @@ def wait_progress(env: LocalBarge, name: str, fraction: float) -> dict[str, obje
         status = env.get("DataUpload", name).get("status") or {}
         progress = status.get("progress") or {}
         total = progress.get("totalBytes") or 0
+        if status.get("phase") in ("Completed", "Failed", "Canceled"):
+            pytest.fail(
+                f"{name} ended {status['phase']} before the fault: the volume is too small for this machine"
+            )
         done = (
             status.get("phase") == "InProgress" and total and progress.get("bytesDone", 0) >= fraction * total
         )
@@ -192,7 +197,7 @@ def test_a_drain_waits_for_the_hand_off_and_the_upload_completes_on_another_node
 ) -> None:
     # drainGracePeriod 0s: cordoned work is handed off at once (unit tests cover the projection
     # that lets work finish within a longer grace); 384 MiB so that the hand-off wins the race.
-    name = start_upload(env, app_namespace, big_volume(tmp_path / "v", megabytes=384))
+    name = start_upload(env, app_namespace, big_volume(tmp_path / "v"))
     status = wait_progress(env, name, 0.1)
     drained = str(status["node"])
     budget = env.objects.get(POD_DISRUPTION_BUDGET, env.velero_namespace, name)
