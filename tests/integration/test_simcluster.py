@@ -281,10 +281,20 @@ def test_a_cordoned_or_not_ready_node_gets_no_pods(kube: client.ApiClient, sim: 
     core.create_namespaced_pod(ns, pod_body("waiting", node_selector={"pool": ns}))
 
     def unschedulable() -> client.V1PodCondition | None:
+        """The node counted: a pass whose listing predates the new node may first report 0/0."""
         conditions = core.read_namespaced_pod("waiting", ns).status.conditions or []
-        return next((c for c in conditions if c.type == "PodScheduled" and c.reason == "Unschedulable"), None)
+        return next(
+            (
+                c
+                for c in conditions
+                if c.type == "PodScheduled"
+                and c.reason == "Unschedulable"
+                and "0/1 nodes" in (c.message or "")
+            ),
+            None,
+        )
 
-    condition = wait_for(unschedulable, WAIT, what="PodScheduled=False")
+    condition = wait_for(unschedulable, WAIT, what="PodScheduled=False with 0/1 nodes available")
     assert condition.status == "False"
     assert "0/1 nodes are available" in condition.message
     pod = core.read_namespaced_pod("waiting", ns)
