@@ -20,7 +20,6 @@ from barge.devenv.localbarge import LocalBarge
 from barge.devenv.simcluster import SimCluster
 from barge.devenv.trees import capture, sample_volume
 from barge.devenv.velero import data_download, data_upload, restore_target_pvc
-from barge.devenv.waiting import wait_for
 from barge.errors import BargeError
 from barge.kube.client import api_client
 from barge.kube.crds import install_crds
@@ -108,11 +107,7 @@ def _backup_and_restore(barge: LocalBarge, objects: KubeObjects, workdir: Path, 
         return 1
 
     _step(say, "Verifying the restored volume is bit-exact")
-    pvc = wait_for(
-        lambda: _bound(objects, "shop-restored", "data-db-0"),
-        30,
-        what="the target PVC to bind to the restored PV",
-    )
+    pvc = barge.wait_pvc_bound("shop-restored", "data-db-0")
     restored = barge.sim.claim_data("shop-restored", "data-db-0")
     original, copy = capture(volume), capture(restored)
     copy.pop(b"lost+found", None)
@@ -124,15 +119,6 @@ def _backup_and_restore(barge: LocalBarge, objects: KubeObjects, workdir: Path, 
     )
     _step(say, "Done: Velero would now see both operations Completed")
     return 0
-
-
-def _bound(objects: KubeObjects, namespace: str, name: str) -> dict[str, Any] | None:
-    pvc = objects.get(PERSISTENT_VOLUME_CLAIM, namespace, name)
-    return (
-        pvc
-        if (pvc.get("spec") or {}).get("volumeName") and (pvc.get("status") or {}).get("phase") == "Bound"
-        else None
-    )
 
 
 def _follow(barge: LocalBarge, kind: str, name: str, say: Say, timeout: float = 300.0) -> dict[str, Any]:

@@ -32,6 +32,7 @@ from barge.kube.resources import (
     DATA_DOWNLOAD,
     DATA_UPLOAD,
     NAMESPACE,
+    PERSISTENT_VOLUME_CLAIM,
     POD,
     SECRET,
     SERVICE_ACCOUNT,
@@ -415,6 +416,18 @@ class LocalBarge:
             return False
 
         wait_for(gone, timeout, what=f"{kind} {name} to be deleted", interval=0.2)
+
+    def wait_pvc_bound(self, namespace: str, name: str, timeout: float = 30.0) -> Obj:
+        """The PVC once bound to a volume: where a DataDownload's restored PV ends up."""
+
+        def bound() -> Obj | None:
+            pvc = self.objects.get(PERSISTENT_VOLUME_CLAIM, namespace, name)
+            done = (pvc.get("spec") or {}).get("volumeName") and (pvc.get("status") or {}).get(
+                "phase"
+            ) == "Bound"
+            return pvc if done else None
+
+        return wait_for(bound, timeout, what=f"PVC {namespace}/{name} to bind", interval=0.2)
 
     def patch_spec(self, kind: str, name: str, spec: Obj) -> Obj:
         resource = DATA_UPLOAD if kind == "DataUpload" else DATA_DOWNLOAD

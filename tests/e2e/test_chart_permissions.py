@@ -20,7 +20,6 @@ from barge.devenv.localbarge import LocalBarge
 from barge.devenv.simcluster import SimCluster
 from barge.devenv.trees import capture
 from barge.devenv.velero import data_download, data_upload, restore_target_pvc
-from barge.devenv.waiting import wait_for
 from barge.kube.resources import NAMESPACE, PERSISTENT_VOLUME_CLAIM, SERVICE_ACCOUNT, KubeObjects
 from tests.fsbuild import write
 
@@ -109,14 +108,7 @@ def test_backup_and_restore_need_no_more_than_the_chart_grants(
     )
     done = env.wait_phase("DataDownload", env.create("DataDownload", restore)["metadata"]["name"])["status"]
     assert done["phase"] == "Completed", done.get("message")
-    wait_for(
-        lambda: (
-            (objects.get(PERSISTENT_VOLUME_CLAIM, target_ns, "data").get("status") or {}).get("phase")
-            == "Bound"
-        ),
-        30,
-        what="the target PVC to bind",
-    )
+    env.wait_pvc_bound(target_ns, "data")
     assert capture(env.sim.claim_data(target_ns, "data")) == capture(volume)
     for log in sorted(env.workdir.glob("*.log")):
         text = log.read_text(errors="replace")

@@ -105,16 +105,11 @@ def test_a_data_download_restores_bit_exact_into_the_target_pvc(
     name = barge_env.create("DataDownload", body)["metadata"]["name"]
     status = barge_env.wait_phase("DataDownload", name)["status"]
     assert status["phase"] == "Completed", status.get("message")
-    wait_for(lambda: _bound(objects, target_ns, "data"), 30, what="the target PVC to bind")
+    barge_env.wait_pvc_bound(target_ns, "data")
     restored = capture(barge_env.sim.claim_data(target_ns, "data"))
     restored.pop(b"lost+found", None)
     assert restored == capture(volume)
     assert_cleaned_up(barge_env, objects, "DataDownload", name)
-
-
-def _bound(objects: KubeObjects, namespace: str, name: str) -> dict[str, Any] | None:
-    pvc = objects.get(PERSISTENT_VOLUME_CLAIM, namespace, name)
-    return pvc if (pvc.get("status") or {}).get("phase") == "Bound" else None
 
 
 def test_many_uploads_from_two_backups_spread_over_both_nodes(
@@ -237,7 +232,7 @@ def test_a_block_volume_round_trips_bit_exact(
     )
     done = barge_env.wait_phase("DataDownload", barge_env.create("DataDownload", restore)["metadata"]["name"])
     assert done["status"]["phase"] == "Completed", done["status"].get("message")
-    wait_for(lambda: _bound(objects, target_ns, "raw"), 30, what="the target PVC to bind")
+    barge_env.wait_pvc_bound(target_ns, "raw")
     restored = barge_env.sim.claim_data(target_ns, "raw")
     assert restored.read_bytes() == image.read_bytes()
 
