@@ -23,7 +23,7 @@ from barge.control.messages import Assignment
 from barge.errors import InvalidInput, NotFound, TemporaryError
 from barge.repo.repository import Repository, RepositoryNotFound, RepositorySettings
 from barge.storage.url import open_store
-from barge.velero.bsl import repository_url
+from barge.velero.bsl import LEGACY_ROOT, repository_url
 
 log = structlog.get_logger("barge.agent")
 
@@ -85,12 +85,31 @@ class BslRepositories:
             return Repository.open(store, password, clock=self._clock)
         except RepositoryNotFound:
             pass
+        self._refuse_legacy_layout(bsl, assignment.source_namespace, credential, url)
         try:
             repo = Repository.init(store, password, self._settings, clock=self._clock)
             log.info("repository created", location=store.describe())
             return repo
         except InvalidInput:  # another agent created it a moment ago
             return Repository.open(store, password, clock=self._clock)
+
+    def _refuse_legacy_layout(
+        self, bsl: dict[str, Any], source_namespace: str, credential: bytes | None, url: str
+    ) -> None:
+        """A repository at the pre-``plugins/`` location must be moved, never forked by a new one."""
+        legacy_url = repository_url(bsl, source_namespace, credential, self._materialize, root=LEGACY_ROOT)
+        legacy = open_store(legacy_url)
+        try:
+            legacy.stat("config")
+        except NotFound:
+            return
+        name = bsl.get("metadata", {}).get("name", "?")
+        raise InvalidInput(
+            f"BackupStorageLocation {name}: the repository for namespace {source_namespace} is at the "
+            f"legacy location {legacy.describe()}, which makes Velero mark the location Unavailable; "
+            f"move it with `barge repo move --repo <legacy URL> --to <new URL>` "
+            f"(docs/operator-guide.md, 'Repositories from before the plugins/ layout'), then retry"
+        )
 
     def _bsl(self, namespace: str, name: str) -> dict[str, Any]:
         try:

@@ -7,8 +7,8 @@
 #
 # Each hack/tools/NAME/ is a Go wrapper module (go.mod + go.sum pin every version) plus tool.conf:
 # VERSION, PACKAGE (what `go build` builds), LDFLAGS, TAGS (optional build tags), VERSION_ARGS,
-# VERSION_EXPECT, and optionally BUILDINFO_EXPECT (a line `go version -m` must show, for tools
-# without a version flag).
+# VERSION_EXPECT (empty: the binary is not run, e.g. a plugin), and optionally BUILDINFO_EXPECT (a
+# line `go version -m` must show, for tools without a version flag).
 # Cache: $BARGE_CACHE_DIR (default ~/.cache/barge)/tools/NAME-VERSION-HASH/NAME with a stamp `.ok`
 # holding the binary's sha256; HASH covers the wrapper module, so any pin change rebuilds.
 # bin/NAME always points at the verified build.
@@ -32,13 +32,13 @@ go_minor=$(go env GOVERSION | sed -E 's/^go1\.([0-9]+).*/\1/')
 command -v flock >/dev/null || die "flock (util-linux) is required"
 
 mkdir -p "$cache/tools" "$bin_dir"
-exec 9>"$cache/.install-tools.lock"
-flock 9
 
-version_ok() {  # binary, args, expected substring, expected build-info line (optional)
+version_ok() {  # binary, args, expected substring (empty: not run), expected build-info line (optional)
   local out
-  out=$(timeout 30 "$1" $2 2>&1) || return 1
-  case "$out" in *"$3"*) ;; *) return 1 ;; esac
+  if [ -n "$3" ]; then
+    out=$(timeout 30 "$1" $2 2>&1) || return 1
+    case "$out" in *"$3"*) ;; *) return 1 ;; esac
+  fi
   [ -z "${4:-}" ] && return 0
   out=$(go version -m "$1" 2>&1) || return 1
   case "$out" in *"$4"*) return 0 ;; *) return 1 ;; esac
@@ -50,6 +50,10 @@ install_tool() {
   local VERSION PACKAGE LDFLAGS="" TAGS="" VERSION_ARGS VERSION_EXPECT BUILDINFO_EXPECT=
   # shellcheck disable=SC1091
   source "$dir/tool.conf"
+  # One lock per tool: parallel invocations (hack/test.sh builds several at once) never build the
+  # same tool twice, and different tools build concurrently (Go's build cache is safe for that).
+  exec 9>"$cache/tools/.$name.lock"
+  flock 9
   local hash
   hash=$(cd "$dir" && cat go.mod go.sum tool.conf $(ls ./*.go 2>/dev/null) | sha256sum | cut -c1-12)
   local target=$cache/tools/$name-$VERSION-$hash
@@ -60,6 +64,7 @@ install_tool() {
         && version_ok "$binary" "$VERSION_ARGS" "$VERSION_EXPECT" "$BUILDINFO_EXPECT"; then
       ln -sfn "$binary" "$bin_dir/$name"
       say "$name $VERSION: cached"
+      exec 9>&-
       return
     fi
     say "$name $VERSION: cache broken (checksum or version mismatch), rebuilding"
@@ -86,6 +91,7 @@ install_tool() {
   mv "$target/.ok.pending" "$target/.ok"
   ln -sfn "$binary" "$bin_dir/$name"
   say "$name $VERSION: built in $((SECONDS - started))s"
+  exec 9>&-
 }
 
 if [ "$#" -eq 0 ]; then

@@ -23,6 +23,7 @@ from barge.fs.block import backup_device, restore_device
 from barge.fs.restore import restore_tree
 from barge.repo.check import check_repository
 from barge.repo.gc import collect_garbage
+from barge.repo.relocate import move_repository
 from barge.repo.repository import Repository
 from barge.storage.url import open_store
 
@@ -242,6 +243,14 @@ def cmd_change_password(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_repo_move(args: argparse.Namespace) -> int:
+    """Needs no password: objects are copied as the sealed bytes they are."""
+    report = move_repository(open_store(_repo_url(args)), open_store(args.to))
+    print(f"moved {report.objects} objects ({report.bytes} bytes; {report.already_there} were "
+          f"already at the target) to {args.to.split('?')[0]}")  # fmt: skip
+    return EXIT_OK
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from barge.cli.demo import run_demo  # noqa: PLC0415 - pulls in the dev environment only when asked
 
@@ -266,6 +275,12 @@ def build_parser() -> argparse.ArgumentParser:
     repo_cmd = commands.add_parser("repo", help="repository administration")
     repo_sub = repo_cmd.add_subparsers(dest="repo_command", required=True, metavar="COMMAND")
     repo_sub.add_parser("init", help="create a new repository").set_defaults(handler=cmd_repo_init)
+    move = repo_sub.add_parser(
+        "move",
+        help="move the repository to another location (e.g. out of the legacy <prefix>/barge/ folder)",
+    )
+    move.add_argument("--to", required=True, metavar="URL", help="the new location (must be empty)")
+    move.set_defaults(handler=cmd_repo_move)
 
     backup = add("backup", cmd_backup, "back up a directory into a new snapshot")
     backup.add_argument("path", help="a directory, or with --block a device or image file")

@@ -1,9 +1,15 @@
 """From a Velero BackupStorageLocation to the URL of the Barge repository inside it.
 
 One repository per (BackupStorageLocation, source namespace), like Velero's own mover, at
-``<bucket>/<prefix>/barge/<source-namespace>``: namespaces never share dedup or keys, and deleting
-a namespace's backups never touches another's. Pure: secrets and CA bundles are handed to a
-``materialize`` callback that writes them somewhere private and returns the path.
+``<bucket>/<prefix>/plugins/barge/<source-namespace>``: namespaces never share dedup or keys, and
+deleting a namespace's backups never touches another's. Velero validates the top level of every
+location's prefix and marks the BSL *Unavailable* when it finds a folder other than ``backups``,
+``restores``, ``restic``, ``metadata``, ``plugins`` or ``kopia``
+(``pkg/persistence/object_store_layout.go``); ``plugins/`` is the folder it leaves to plugins.
+Barge 0.x before this layout wrote ``<prefix>/barge/<source-namespace>`` (``LEGACY_ROOT``); such a
+repository is never opened in place, only reported with the command that moves it.
+Pure: secrets and CA bundles are handed to a ``materialize`` callback that writes them somewhere
+private and returns the path.
 """
 
 from __future__ import annotations
@@ -29,6 +35,10 @@ _TRUE = ("true", "1", "yes")
 # the transfer fails; seconds, default 180.
 RETRY_TIMEOUT_KEY = "barge.io/retryTimeoutSeconds"
 _NAMESPACE = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+# Where repositories live under a BSL's prefix: a folder Velero's store validation accepts.
+REPOSITORY_ROOT = "plugins/barge"
+# Where Barge wrote them before (Velero rejects a top-level ``barge/`` folder).
+LEGACY_ROOT = "barge"
 
 
 def repository_url(
@@ -36,8 +46,11 @@ def repository_url(
     source_namespace: str,
     credential: bytes | None,
     materialize: Materialize,
+    *,
+    root: str = REPOSITORY_ROOT,
 ) -> str:
-    """The repository URL for ``source_namespace``'s volumes in this BSL (see module docstring)."""
+    """The repository URL for ``source_namespace``'s volumes in this BSL (see module docstring);
+    ``root=LEGACY_ROOT`` gives where Barge wrote it before the current layout."""
     name = bsl.get("metadata", {}).get("name", "?")
     spec = bsl.get("spec") or {}
     storage = spec.get("objectStorage") or {}
@@ -47,7 +60,7 @@ def repository_url(
     if not _NAMESPACE.match(source_namespace):
         raise InvalidInput(f"source namespace {source_namespace!r} is not a valid namespace name")
     base = str(storage.get("prefix") or "").strip("/")
-    prefix = "/".join(p for p in (base, "barge", source_namespace) if p)
+    prefix = "/".join(p for p in (base, root, source_namespace) if p)
     config: Mapping[str, str] = spec.get("config") or {}
     provider = str(spec.get("provider") or "")
     ca_cert = _ca_cert(name, storage.get("caCert"))

@@ -12,6 +12,8 @@ from agent.repositories import BslRepositories, SecretKey
 from barge.clock import ManualClock
 from barge.control.messages import Assignment, AssignmentKind, CrRef, VolumeMode
 from barge.errors import InvalidInput, NotFound
+from barge.repo.repository import Repository
+from barge.storage.local import LocalDirectoryStore
 
 
 def objects(tmp_path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -53,7 +55,17 @@ def test_first_use_creates_the_repository_then_it_is_reused(tmp_path: Path) -> N
     first = opener(tmp_path, bsls, secrets).open(assignment())
     again = opener(tmp_path, bsls, secrets).open(assignment())
     assert first.config.repository_id == again.config.repository_id
-    assert (tmp_path / "store" / "b" / "barge" / "shop" / "config").exists()
+    assert (tmp_path / "store" / "b" / "plugins" / "barge" / "shop" / "config").exists()
+
+
+def test_a_repository_at_the_legacy_location_is_reported_not_forked(tmp_path: Path) -> None:
+    """Before the plugins/ layout Barge wrote <prefix>/barge/<ns>: say how to move it, create nothing."""
+    bsls, secrets = objects(tmp_path)
+    legacy = tmp_path / "store" / "b" / "barge" / "shop"
+    Repository.init(LocalDirectoryStore(legacy), b"pw", clock=ManualClock())
+    with pytest.raises(InvalidInput, match=r"legacy location .*barge/shop.*barge repo move"):
+        opener(tmp_path, bsls, secrets).open(assignment())
+    assert not (tmp_path / "store" / "b" / "plugins" / "barge" / "shop" / "config").exists()
 
 
 def test_credentials_are_written_privately(tmp_path: Path) -> None:

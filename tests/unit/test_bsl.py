@@ -11,7 +11,7 @@ import pytest
 
 from barge.errors import InvalidInput
 from barge.storage.s3 import S3Options
-from barge.velero.bsl import repository_url
+from barge.velero.bsl import LEGACY_ROOT, repository_url
 
 
 def bsl(provider: str, config: dict[str, str] | None = None, **storage: str) -> dict[str, Any]:
@@ -42,7 +42,7 @@ def test_s3_with_every_velero_option(tmp_path: Path) -> None:
     location = bsl("velero.io/aws", config, prefix="/cluster-a/", caCert=base64.b64encode(b"PEM").decode())
     url = urlsplit(repository_url(location, "shop", b"[team]\naws_access_key_id=a\n", files))
     query = {k: v[0] for k, v in parse_qs(url.query).items()}
-    assert (url.scheme, url.netloc, url.path) == ("s3", "backups", "/cluster-a/barge/shop")
+    assert (url.scheme, url.netloc, url.path) == ("s3", "backups", "/cluster-a/plugins/barge/shop")
     assert query == {
         "region": "eu-west-1", "endpoint": "https://minio:9000", "path_style": "true",
         "insecure_skip_tls_verify": "true", "profile": "team",
@@ -67,18 +67,28 @@ def test_each_namespace_gets_its_own_repository(tmp_path: Path) -> None:
     a = repository_url(bsl("aws"), "shop", None, files)
     b = repository_url(bsl("aws"), "billing", None, files)
     assert a != b
-    assert a.startswith("s3://backups/barge/shop?")
+    assert a.startswith("s3://backups/plugins/barge/shop?")
+
+
+def test_repositories_live_in_the_folder_velero_leaves_to_plugins(tmp_path: Path) -> None:
+    """Velero marks a BSL Unavailable for any other top-level folder under its prefix."""
+    velero_allows = {"backups", "restores", "restic", "metadata", "plugins", "kopia"}
+    url = urlsplit(repository_url(bsl("aws", prefix="velero"), "shop", None, Files(tmp_path)))
+    top_level = url.path.removeprefix("/velero/").split("/")[0]
+    assert top_level in velero_allows
+    legacy = repository_url(bsl("aws", prefix="velero"), "shop", None, Files(tmp_path), root=LEGACY_ROOT)
+    assert urlsplit(legacy).path == "/velero/barge/shop"
 
 
 def test_gcs_azure_and_local(tmp_path: Path) -> None:
     files = Files(tmp_path)
     assert repository_url(bsl("gcp"), "ns", b"{}", files).startswith(
-        "gs://backups/barge/ns?credentials_file="
+        "gs://backups/plugins/barge/ns?credentials_file="
     )
     azure = repository_url(bsl("velero.io/azure", {"storageAccount": "acct"}), "ns", None, files)
-    assert azure == "azure://backups/barge/ns?account=acct"
+    assert azure == "azure://backups/plugins/barge/ns?account=acct"
     local = repository_url(bsl("barge.io/local", {"path": "/srv/repos"}), "ns", None, files)
-    assert local == "file:///srv/repos/backups/barge/ns"
+    assert local == "file:///srv/repos/backups/plugins/barge/ns"
 
 
 @pytest.mark.parametrize(
