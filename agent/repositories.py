@@ -1,9 +1,10 @@
 """Opening the repository an assignment writes to: BackupStorageLocation + Secrets -> Repository.
 
-The agent reads the BSL and its credential Secret from Velero's namespace (as Velero's node-agent
-does), writes credentials and CA bundles into private files under its cache directory, and opens
-the repository, creating it on first use. Two agents may race to create the same repository:
-creation is create-only in every backend, so the loser simply opens what the winner made.
+The agent reads the BSL and the Secrets it names (``spec.credential``,
+``spec.objectStorage.caCertRef``) from Velero's namespace (as Velero does), writes credentials and
+CA bundles into private files under its cache directory, and opens the repository, creating it on
+first use. Two agents may race to create the same repository: creation is create-only in every
+backend, so the loser simply opens what the winner made.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from barge.control.messages import Assignment
 from barge.errors import InvalidInput, NotFound, TemporaryError
 from barge.repo.repository import Repository, RepositoryNotFound, RepositorySettings
 from barge.storage.url import open_store
-from barge.velero.bsl import LEGACY_ROOT, repository_url
+from barge.velero.bsl import LEGACY_ROOT, ca_cert_ref, repository_url
 
 log = structlog.get_logger("barge.agent")
 
@@ -78,14 +79,15 @@ class BslRepositories:
         namespace = assignment.cr.namespace
         bsl = self._bsl(namespace, assignment.backup_storage_location)
         credential = self._credential(namespace, bsl)
-        url = repository_url(bsl, assignment.source_namespace, credential, self._materialize)
+        ca_cert = self._ca_cert(namespace, bsl)
+        url = repository_url(bsl, assignment.source_namespace, credential, self._materialize, ca_cert=ca_cert)
         password = secret_value(self._get_secret, namespace, self._password_secret, "repository password")
         store = open_store(url)
         try:
             return Repository.open(store, password, clock=self._clock)
         except RepositoryNotFound:
             pass
-        self._refuse_legacy_layout(bsl, assignment.source_namespace, credential, url)
+        self._refuse_legacy_layout(bsl, assignment.source_namespace, credential, ca_cert)
         try:
             repo = Repository.init(store, password, self._settings, clock=self._clock)
             log.info("repository created", location=store.describe())
@@ -94,10 +96,12 @@ class BslRepositories:
             return Repository.open(store, password, clock=self._clock)
 
     def _refuse_legacy_layout(
-        self, bsl: dict[str, Any], source_namespace: str, credential: bytes | None, url: str
+        self, bsl: dict[str, Any], source_namespace: str, credential: bytes | None, ca_cert: bytes | None
     ) -> None:
         """A repository at the pre-``plugins/`` location must be moved, never forked by a new one."""
-        legacy_url = repository_url(bsl, source_namespace, credential, self._materialize, root=LEGACY_ROOT)
+        legacy_url = repository_url(
+            bsl, source_namespace, credential, self._materialize, ca_cert=ca_cert, root=LEGACY_ROOT
+        )
         legacy = open_store(legacy_url)
         try:
             legacy.stat("config")
@@ -124,6 +128,15 @@ class BslRepositories:
         key = SecretKey(str(ref.get("name", "")), str(ref.get("key", "")))
         name = bsl.get("metadata", {}).get("name", "?")
         return secret_value(self._get_secret, namespace, key, f"BackupStorageLocation {name} credential")
+
+    def _ca_cert(self, namespace: str, bsl: dict[str, Any]) -> bytes | None:
+        """The CA bundle in the Secret ``spec.objectStorage.caCertRef`` names, if it names one."""
+        ref = ca_cert_ref(bsl)
+        if ref is None:
+            return None  # no bundle, or the deprecated inline caCert (repository_url decodes it)
+        name = bsl.get("metadata", {}).get("name", "?")
+        purpose = f"BackupStorageLocation {name} CA bundle (caCertRef)"
+        return secret_value(self._get_secret, namespace, SecretKey(*ref), purpose)
 
     def _materialize(self, purpose: str, content: bytes) -> Path:
         """A private file per distinct content: concurrent assignments never rewrite a file in use."""

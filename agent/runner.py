@@ -31,7 +31,17 @@ from barge.control.messages import (
     Outcome,
     VolumeMode,
 )
-from barge.control.naming import ON_UNREADABLE_KEY, Fence, kubelet_volume_path, unreadable_policy
+from barge.control.naming import (
+    ON_UNREADABLE_KEY,
+    PARALLEL_FILES_DOWNLOAD_KEY,
+    PARALLEL_FILES_UPLOAD_KEY,
+    Fence,
+    data_mover_config_problem,
+    kubelet_volume_path,
+    parallel_files,
+    unreadable_policy,
+    write_sparse_files,
+)
 from barge.errors import BargeError, Canceled, Fenced, InvalidInput, TemporaryError
 from barge.fs.backup import BackupOptions, BackupResult, SourceUnreadable, backup_tree
 from barge.fs.block import backup_device, restore_device
@@ -44,6 +54,9 @@ log = structlog.get_logger("barge.agent")
 Mutation = Callable[[dict[str, Any]], dict[str, Any] | None]
 TOLERATED_IN_NEW_VOLUMES = frozenset({"lost+found"})
 SKIPPED_LISTED = 10  # skipped files named in the status; the count covers the rest
+# status.nodeOS: Velero copies a DataUpload's into the DataDownload that restores it (spec.nodeOS)
+# and its own mover writes "linux" or "windows". Barge's agent runs on Linux nodes only.
+NODE_OS = "linux"
 
 
 class StatusSink(Protocol):
@@ -122,6 +135,8 @@ class AssignmentRunner:
     def _run(self) -> AssignmentResult:
         publisher = threading.Thread(target=self._publish_progress, name="progress", daemon=True)
         try:
+            if problem := data_mover_config_problem(self.assignment.data_mover_config):
+                raise InvalidInput(problem)
             path = self.volume_path()
             self._write_status(self._in_progress)
             self._publishing.set()
@@ -184,9 +199,10 @@ class AssignmentRunner:
         block = a.volume_mode is VolumeMode.BLOCK
         policy = unreadable_policy(a.data_mover_config)
         parent = repo.latest_snapshot("block" if block else "fs", tags=identity)
-        options = BackupOptions(workers=self.settings.workers, on_unreadable=policy, parent=parent, tags=tags)
+        workers = self._workers(PARALLEL_FILES_UPLOAD_KEY)
+        options = BackupOptions(workers=workers, on_unreadable=policy, parent=parent, tags=tags)
         backup = backup_device if block else backup_tree
-        log.info("backup started", path=str(path), parent=parent, on_unreadable=policy)
+        log.info("backup started", path=str(path), parent=parent, on_unreadable=policy, workers=workers)
         try:
             return backup(
                 repo, path, options=options, progress=self._on_progress, cancel=self._token, clock=self._clock
@@ -201,8 +217,12 @@ class AssignmentRunner:
         a = self.assignment
         if not a.snapshot_id:
             raise InvalidInput("the DataDownload has no spec.snapshotID; nothing to restore")
-        log.info("restore started", path=str(path), snapshot=a.snapshot_id)
+        workers = self._workers(PARALLEL_FILES_DOWNLOAD_KEY)
+        sparse = write_sparse_files(a.data_mover_config)
+        log.info("restore started", path=str(path), snapshot=a.snapshot_id, workers=workers, sparse=sparse)
         if a.volume_mode is VolumeMode.BLOCK:
+            # A provisioned device may hold an earlier tenant's bytes: the snapshot's holes are
+            # written as zeros whatever WriteSparseFiles says (on an image file they stay holes).
             restore_device(
                 repo,
                 a.snapshot_id,
@@ -210,7 +230,7 @@ class AssignmentRunner:
                 zero_fill=True,
                 progress=self._on_progress,
                 cancel=self._token,
-                workers=self.settings.workers,
+                workers=workers,
                 clock=self._clock,
             )
         else:
@@ -220,10 +240,16 @@ class AssignmentRunner:
                 path,
                 progress=self._on_progress,
                 cancel=self._token,
-                workers=self.settings.workers,
+                workers=workers,
                 clock=self._clock,
                 tolerated=TOLERATED_IN_NEW_VOLUMES,
+                sparse=sparse,
             )
+
+    def _workers(self, key: str) -> int:
+        """The agent's workers per assignment, lowered to the bound the CR's ``key`` asks for."""
+        bound = parallel_files(self.assignment.data_mover_config, key)
+        return min(self.settings.workers, bound) if bound else self.settings.workers
 
     # -- progress and status ------------------------------------------------------------------------
 
@@ -275,6 +301,7 @@ class AssignmentRunner:
             **status,
             "phase": "InProgress",
             "node": self.settings.node,
+            "nodeOS": NODE_OS,
             "startTimestamp": status.get("startTimestamp") or timestamp(self._clock.now()),
         }
 

@@ -22,8 +22,7 @@ from datetime import datetime, timedelta
 
 from barge.control import messages
 from barge.control.messages import Outcome, VolumeMode
-from barge.control.naming import DATAMOVER, unreadable_policy
-from barge.errors import InvalidInput
+from barge.control.naming import DATAMOVER, data_mover_config_problem
 from coordinator.config import format_go_duration
 from coordinator.exposer import plan_exposure
 from coordinator.model import (
@@ -36,12 +35,14 @@ from coordinator.model import (
     CancelAssignment,
     CreateExposure,
     DeleteExposure,
+    DeleteSourceSnapshot,
     HubState,
     MarkReexposure,
     Observed,
     Phase,
     PodPhase,
     RecordEvent,
+    ReleaseSourceSnapshot,
     RemoveFinalizer,
     Requeue,
     RevokeAssignment,
@@ -146,6 +147,14 @@ def _prepare_timeout_rule(o: Observed) -> Actions | None:
         return None
     waited = format_go_duration(o.config.prepare_timeout)
     return _fail(o, f"timed out after {waited} (prepareTimeout) {_waiting_for(o)}")
+
+
+def _release_source_rule(o: Observed) -> Actions | None:
+    """Uploads: once the clone holds the storage snapshot (the clone VolumeSnapshot is ready on the
+    source's handle), Velero's source VolumeSnapshot/Content are released, as Velero's exposer does.
+    Checked in every phase an exposure exists in, so a successor finishes a release cut short."""
+    release = _source_release(o)
+    return (release, _wait(o, o.now)) if release is not None else None
 
 
 def _expose_rule(o: Observed) -> Actions | None:
@@ -276,15 +285,17 @@ def _cancel_resend_rule(o: Observed) -> Actions | None:
 
 
 def _finish(o: Observed) -> Actions:
-    """Terminal: stop any leftover assignment, hand over a restored volume, clean up, let go."""
+    """Terminal: stop any leftover assignment, hand over a restored volume, clean up (the exposure
+    and, for uploads, the snapshot Velero handed over), let go."""
     actions: list[Action] = []
     active = _active(o)
     if active is not None:
         actions.append(CancelAssignment(active.node, active.epoch, f"the {o.cr.kind} is {o.cr.phase}"))
+    cleanup = _cleanup(o, f"the {o.cr.kind} is {o.cr.phase}")
     if _needs_hand_over(o):
         actions.extend((_bind(o), _wait(o, None)))
-    elif o.exposure.exists:
-        actions.extend((DeleteExposure(f"the {o.cr.kind} is {o.cr.phase}"), _wait(o, None)))
+    elif cleanup:
+        actions.extend((*cleanup, _wait(o, None)))
     elif o.cr.has_finalizer:
         actions.append(RemoveFinalizer())
     return tuple(actions)
@@ -312,9 +323,53 @@ def _settle(
     actions.append(SetPhase(phase, message, fields))
     if phase is Phase.FAILED:
         actions.append(RecordEvent("Warning", "Failed", message))
-    if o.exposure.exists and not _needs_hand_over(o):
-        actions.append(DeleteExposure(f"the {o.cr.kind} is {phase}"))
+    if not _needs_hand_over(o):
+        actions.extend(_cleanup(o, f"the {o.cr.kind} is {phase}"))
     return tuple(actions)
+
+
+def _cleanup(o: Observed, reason: str) -> list[Action]:
+    """What a finished CR leaves to delete: for an upload first the source snapshot Velero handed
+    over (released to a ready clone that holds its handle, so the clone alone deletes the storage
+    snapshot; otherwise the source VolumeSnapshot is deleted and its content follows its own
+    policy), then the whole exposure, clone snapshot included."""
+    actions: list[Action] = []
+    source = _source_cleanup(o)
+    if source is not None:
+        actions.append(source)
+    if o.exposure.exists:
+        actions.append(DeleteExposure(reason, snapshot=True))
+    return actions
+
+
+def _source_cleanup(o: Observed) -> Action | None:
+    if not o.cr.is_upload:
+        return None
+    release = _source_release(o)
+    if release is not None:
+        return release
+    if o.snapshot.state is not SnapshotState.ABSENT and not o.snapshot.deleting:
+        return DeleteSourceSnapshot(o.cr.source_namespace, o.cr.volume_snapshot)
+    return None
+
+
+def _source_release(o: Observed) -> ReleaseSourceSnapshot | None:
+    """Release the source when something of it is left and the clone holds the same storage
+    snapshot: the clone content has its handle and the clone VolumeSnapshot is ready on it (the
+    storage system accepted the clone; the snapshot controller protects the clone content)."""
+    clone, source = o.exposure, o.source_content
+    if not o.cr.is_upload or not (clone.snapshot_content and clone.snapshot_ready and clone.snapshot_handle):
+        return None
+    if source is None:
+        return None
+    if source.snapshot_handle != clone.snapshot_handle:
+        return None  # not the snapshot the clone holds: never touch it
+    snapshot_left = o.snapshot.state is not SnapshotState.ABSENT and not o.snapshot.deleting
+    if source.deleting and not snapshot_left:
+        return None  # both are on their way out
+    return ReleaseSourceSnapshot(
+        o.cr.source_namespace, o.cr.volume_snapshot, source.name, clone.snapshot_handle, o.cr.name
+    )
 
 
 def _fail(o: Observed, message: str) -> Actions:
@@ -390,9 +445,11 @@ def _complete(o: Observed, result: messages.AssignmentResult) -> Actions:
 def _spec_problem(o: Observed) -> str:
     """What is wrong with the spec itself (the first problem), or ""."""
     cr = o.cr
+    config_problem = data_mover_config_problem(cr.data_mover_config)
     checks: list[tuple[object, str]] = [
         (cr.backup_storage_location, "spec.backupStorageLocation is empty: name the BackupStorageLocation"),
         (cr.source_namespace, "spec.sourceNamespace is empty: name the namespace the volume belongs to"),
+        (not config_problem, config_problem),
     ]
     if cr.is_upload:
         checks += [
@@ -402,7 +459,6 @@ def _spec_problem(o: Observed) -> str:
                 "(snapshotType: CSI)",
             ),
             (cr.volume_snapshot, "spec.csiSnapshot.volumeSnapshot is empty: name the VolumeSnapshot"),
-            (not _config_problem(cr.data_mover_config), _config_problem(cr.data_mover_config)),
         ]
     else:
         checks += [
@@ -411,14 +467,6 @@ def _spec_problem(o: Observed) -> str:
             (cr.snapshot_id, "spec.snapshotID is empty: name the repository snapshot to restore"),
         ]
     return next((message for satisfied, message in checks if not satisfied), "")
-
-
-def _config_problem(config: tuple[tuple[str, str], ...]) -> str:
-    try:
-        unreadable_policy(config)
-    except InvalidInput as err:
-        return str(err)
-    return ""
 
 
 def _world_problem(o: Observed) -> str:
@@ -634,6 +682,7 @@ _RULES: dict[Phase, tuple[Rule, ...]] = {
     Phase.ACCEPTED: (
         _cancel_rule,
         _broken_world_rule,
+        _release_source_rule,
         _exposure_terminating_rule,
         _stale_pod_rule,
         _pod_failed_rule,
@@ -645,6 +694,7 @@ _RULES: dict[Phase, tuple[Rule, ...]] = {
         _cancel_rule,
         _result_rule,
         _start_timeout_rule,
+        _release_source_rule,
         _unusable_exposure_rule,
         _assign_rule,
     ),
@@ -652,6 +702,7 @@ _RULES: dict[Phase, tuple[Rule, ...]] = {
         _start_canceling_rule,
         _result_rule,
         _finish_timeout_rule,
+        _release_source_rule,
         _lost_worker_rule,
         _drain_rule,
         _readopt_rule,

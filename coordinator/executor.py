@@ -17,7 +17,7 @@ import structlog
 
 from barge.clock import Clock
 from barge.control.naming import ASSIGNMENT_ANNOTATION, FINALIZER, LABEL_OWNER_UID, Fence
-from barge.errors import NotFound
+from barge.errors import NotFound, TemporaryError
 from barge.kube.events import EventRecorder
 from barge.kube.resources import (
     PERSISTENT_VOLUME,
@@ -46,13 +46,16 @@ from coordinator.model import (
     CreateExposure,
     CrView,
     DeleteExposure,
+    DeleteSourceSnapshot,
     MarkReexposure,
     Phase,
     RecordEvent,
+    ReleaseSourceSnapshot,
     RemoveFinalizer,
     Requeue,
     RevokeAssignment,
     SetPhase,
+    content_handle,
     format_timestamp,
     parse_timestamp,
 )
@@ -63,6 +66,7 @@ Obj = dict[str, Any]
 ORIGINAL_RECLAIM_ANNOTATION = "barge.io/original-reclaim-policy"
 DYNAMIC_PV_RESTORE_LABEL = "velero.io/dynamic-pv-restore"
 _ASSIGN_RETRY = timedelta(seconds=2)
+_RELEASE_RETRY = timedelta(seconds=5)
 
 
 @dataclass(frozen=True)
@@ -113,7 +117,11 @@ class Executor:
                 for manifest in manifests(action.plan).in_creation_order():
                     self._objects.create(resource_for(manifest["kind"]), manifest, exist_ok=True)
             case DeleteExposure():
-                self._delete_exposure(cr)
+                self._delete_exposure(cr, action.snapshot)
+            case ReleaseSourceSnapshot():
+                return self._release_source(cr, action)
+            case DeleteSourceSnapshot():
+                self._delete_source(action)
             case Assign():
                 return self._assign(cr, action)
             case CancelAssignment():
@@ -189,16 +197,86 @@ class Executor:
 
     # -- exposure ---------------------------------------------------------------------------------
 
-    def _delete_exposure(self, cr: CrView) -> None:
+    def _delete_exposure(self, cr: CrView, snapshot: bool) -> None:
         parts: list[tuple[Resource, str | None]] = [
             (POD, cr.namespace),
             (POD_DISRUPTION_BUDGET, cr.namespace),  # after the pod: it must never be evictable
             (PERSISTENT_VOLUME_CLAIM, cr.namespace),
         ]
-        if cr.is_upload:
+        if cr.is_upload and snapshot:
+            # The clone content has deletionPolicy Delete: the storage snapshot goes with it.
             parts += [(VOLUME_SNAPSHOT, cr.namespace), (VOLUME_SNAPSHOT_CONTENT, None)]
         for resource, namespace in parts:
             self._delete_owned(resource, namespace, cr.name, cr.uid)
+
+    def _release_source(self, cr: CrView, action: ReleaseSourceSnapshot) -> timedelta | None:
+        """``ReleaseSourceSnapshot``'s steps. Nothing of the source is deleted unless, read just now,
+        this CR's clone holds the handle and the source content is Retain (or already gone)."""
+        clone = self._get(VOLUME_SNAPSHOT_CONTENT, None, action.clone_content)
+        clone_source = ((clone or {}).get("spec") or {}).get("source") or {}
+        clone_handle = str(clone_source.get("snapshotHandle") or "")
+        labels = ((clone or {}).get("metadata") or {}).get("labels") or {}
+        ours = labels.get(LABEL_OWNER_UID) == cr.uid
+        if clone_handle != action.snapshot_handle or not ours:
+            log.warning(
+                "not releasing the source snapshot: the clone does not hold its handle",
+                clone=action.clone_content,
+                handle=action.snapshot_handle,
+                clone_handle=clone_handle or None,
+            )
+            return _RELEASE_RETRY
+        content = self._get(VOLUME_SNAPSHOT_CONTENT, None, action.content)
+        if content is not None:
+            if content_handle(content) != action.snapshot_handle:
+                log.warning(
+                    "not releasing the source snapshot: its content holds another handle",
+                    content=action.content,
+                    handle=content_handle(content),
+                )
+                return _RELEASE_RETRY
+            if (content.get("spec") or {}).get("deletionPolicy") != "Retain":
+                patch = {
+                    "metadata": {"resourceVersion": content["metadata"]["resourceVersion"]},
+                    "spec": {"deletionPolicy": "Retain"},
+                }
+                content = self._objects.patch(VOLUME_SNAPSHOT_CONTENT, None, action.content, patch)
+                if (content.get("spec") or {}).get("deletionPolicy") != "Retain":
+                    raise TemporaryError(
+                        f"VolumeSnapshotContent {action.content} did not take deletionPolicy Retain"
+                    )
+        source = self._get(VOLUME_SNAPSHOT, action.namespace, action.snapshot)
+        if source is not None:
+            bound = ((source.get("status") or {}).get("boundVolumeSnapshotContentName")) or ""
+            if bound == action.content:
+                self._objects.delete(
+                    VOLUME_SNAPSHOT, action.namespace, action.snapshot, uid=source["metadata"]["uid"]
+                )
+            else:
+                log.warning(
+                    "not deleting the source VolumeSnapshot: it is bound to another content",
+                    snapshot=f"{action.namespace}/{action.snapshot}",
+                    bound=bound or None,
+                )
+        if content is not None:
+            uid = content["metadata"]["uid"]
+            self._objects.delete(VOLUME_SNAPSHOT_CONTENT, None, action.content, uid=uid)
+        log.info(
+            "source snapshot released to the clone",
+            snapshot=f"{action.namespace}/{action.snapshot}",
+            content=action.content,
+            clone=action.clone_content,
+        )
+        return None
+
+    def _delete_source(self, action: DeleteSourceSnapshot) -> None:
+        if self._objects.delete(VOLUME_SNAPSHOT, action.namespace, action.name):
+            log.info("source VolumeSnapshot deleted", snapshot=f"{action.namespace}/{action.name}")
+
+    def _get(self, resource: Resource, namespace: str | None, name: str) -> Obj | None:
+        try:
+            return self._objects.get(resource, namespace, name)
+        except NotFound:
+            return None
 
     def _delete_owned(self, resource: Resource, namespace: str | None, name: str, owner_uid: str) -> None:
         try:

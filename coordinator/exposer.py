@@ -4,8 +4,11 @@
 ``manifests(plan)`` renders it as plain dicts ready for the API. The controller creates
 ``manifests(plan).in_creation_order()`` one by one, treating AlreadyExists as success.
 
-DataUpload: clone VolumeSnapshotContent (cluster-scoped, deletionPolicy Retain, pointing at the
-source snapshot's handle) -> clone VolumeSnapshot -> PVC restored from it -> pod mounting the PVC.
+DataUpload: clone VolumeSnapshotContent (cluster-scoped, deletionPolicy Delete, pointing at the
+source snapshot's handle, annotated with the source content's name) -> clone VolumeSnapshot -> PVC
+restored from it -> pod mounting the PVC. Once the clone is ready the phase machine releases
+Velero's source VolumeSnapshot/Content (``coordinator.model.ReleaseSourceSnapshot``), so the clone
+is then the only owner of the storage snapshot, and deleting it at the end deletes the snapshot.
 DataDownload: an empty PVC shaped like the target PVC -> pod mounting it.
 Both: a PodDisruptionBudget (minAvailable 1 on the pod's owner labels), created before the pod, so
 ``kubectl drain`` cannot evict the pod while data moves; the coordinator deletes it with the pod
@@ -31,7 +34,13 @@ from barge.control.naming import (
     owned_labels,
 )
 from coordinator.config import LabelSelector, PodResources
-from coordinator.model import DATA_UPLOAD, GENERATION_LABEL, ExposurePlan, Observed
+from coordinator.model import (
+    DATA_UPLOAD,
+    GENERATION_LABEL,
+    SOURCE_CONTENT_ANNOTATION,
+    ExposurePlan,
+    Observed,
+)
 
 SNAPSHOT_API = "snapshot.storage.k8s.io/v1"
 EXPOSER_COMMAND = ("/bin/sh", "-c", "trap 'exit 0' TERM; sleep infinity & wait")
@@ -57,14 +66,18 @@ class ExposureManifests:
 
 
 def plan_exposure(observed: Observed) -> ExposurePlan:
-    """What to expose for this CR now. Uploads need a READY snapshot view; downloads a target PVC."""
+    """What to expose for this CR now. Uploads need a READY source snapshot view or the clone
+    content (after the source was released, a re-exposure has only the clone); downloads a target
+    PVC."""
     return _upload_plan(observed) if observed.cr.is_upload else _download_plan(observed)
 
 
 def _upload_plan(observed: Observed) -> ExposurePlan:
-    cr, snapshot, source = observed.cr, observed.snapshot, observed.source_pvc
+    """The clone, where it exists, is what the snapshot facts come from: it outlives the source."""
+    cr, snapshot, clone, source = observed.cr, observed.snapshot, observed.exposure, observed.source_pvc
     override = observed.config.backup_pvc_for(cr.storage_class)
-    size = str(snapshot.restore_size) if snapshot.restore_size else ""
+    restore_size = clone.restore_size or snapshot.restore_size
+    size = str(restore_size) if restore_size else ""
     plan = _plan(
         observed,
         storage_class=override.storage_class or cr.storage_class,
@@ -76,9 +89,10 @@ def _upload_plan(observed: Observed) -> ExposurePlan:
         plan,
         read_only=override.read_only,
         spc_no_relabeling=override.spc_no_relabeling,
-        snapshot_handle=snapshot.snapshot_handle,
-        driver=snapshot.driver or cr.driver,
+        snapshot_handle=clone.snapshot_handle or snapshot.snapshot_handle,
+        driver=clone.snapshot_driver or snapshot.driver or cr.driver,
         snapshot_class=cr.snapshot_class,
+        source_content=clone.source_content or snapshot.content_name,
     )
 
 
@@ -145,8 +159,10 @@ def _metadata(plan: ExposurePlan, namespaced: bool = True) -> Manifest:
 
 
 def _snapshot_content(plan: ExposurePlan) -> Manifest:
+    """Delete policy, as Velero's exposer: once the source is released this is the snapshot's only
+    owner, and deleting it after the movement deletes the storage snapshot."""
     spec: Manifest = {
-        "deletionPolicy": "Retain",
+        "deletionPolicy": "Delete",
         "driver": plan.driver,
         "source": {"snapshotHandle": plan.snapshot_handle},
         "sourceVolumeMode": plan.volume_mode.value,
@@ -159,10 +175,13 @@ def _snapshot_content(plan: ExposurePlan) -> Manifest:
     }
     if plan.snapshot_class:
         spec["volumeSnapshotClassName"] = plan.snapshot_class
+    metadata = _metadata(plan, namespaced=False)
+    if plan.source_content:
+        metadata["annotations"] = {SOURCE_CONTENT_ANNOTATION: plan.source_content}
     return {
         "apiVersion": SNAPSHOT_API,
         "kind": "VolumeSnapshotContent",
-        "metadata": _metadata(plan, namespaced=False),
+        "metadata": metadata,
         "spec": spec,
     }
 

@@ -9,11 +9,15 @@ How the controller fills ``Observed`` (one CR):
 
 * ``cr``: ``CrView.from_object(cr_dict)``.
 * ``exposure``: the objects named ``<cr-name>`` that Barge created (see ``coordinator.exposer``):
-  clone VolumeSnapshotContent/VolumeSnapshot (uploads), the PVC (and the PV it is bound to), the pod
-  (``PodView.from_object``) and its PodDisruptionBudget. ``terminating`` if any of them has a
-  deletionTimestamp.
+  clone VolumeSnapshotContent/VolumeSnapshot (uploads; with what the clone content says: its
+  handle, readiness, size and the source content it was cloned from), the PVC (and the PV it is
+  bound to), the pod (``PodView.from_object``) and its PodDisruptionBudget. ``terminating`` if any
+  of them has a deletionTimestamp.
 * ``snapshot`` (uploads): ``SnapshotView.from_objects(volume_snapshot, its_content)`` for
   ``spec.csiSnapshot.volumeSnapshot`` in ``spec.sourceNamespace`` (``None`` dicts when absent).
+* ``source_content`` (uploads): ``ContentView.from_object`` of the source VolumeSnapshotContent:
+  the one the source VolumeSnapshot is bound to or, once that snapshot is gone, the one the clone
+  content's ``SOURCE_CONTENT_ANNOTATION`` names (``None`` when absent).
 * ``source_pvc`` (uploads, for the volume mode) / ``target_pvc`` (downloads): ``PvcView.from_object``.
 * ``bsl_present``: whether BackupStorageLocation ``spec.backupStorageLocation`` exists in the CR's
   namespace.
@@ -57,6 +61,9 @@ REEXPOSED_AT_ANNOTATION = "barge.io/reexposed-at"  # when (RFC 3339): restarts t
 ACCEPTED_AT_ANNOTATION = "barge.io/accepted-at"
 # Label on exposer pods: which exposure generation (= the reexposure count) they belong to.
 GENERATION_LABEL = "barge.io/exposure-generation"
+# Annotation on the clone VolumeSnapshotContent: the source content it was cloned from, so the source
+# can still be found (and released) after the source VolumeSnapshot that named it is gone.
+SOURCE_CONTENT_ANNOTATION = "barge.io/source-volumesnapshotcontent"
 
 BACKUP_NAME_LABEL = "velero.io/backup-name"
 RESTORE_NAME_LABEL = "velero.io/restore-name"
@@ -215,6 +222,14 @@ class ExposureView:
     pod: PodView | None = None
     terminating: bool = False  # at least one of them has a deletionTimestamp
     disruption_budget: bool = False  # the PodDisruptionBudget that makes a drain wait for the hand-off
+    # What the clone content says (uploads; "" / 0 / False while it does not exist):
+    snapshot_handle: str = ""  # its spec.source.snapshotHandle: the storage snapshot it holds
+    snapshot_driver: str = ""  # its spec.driver
+    restore_size: int = 0  # its status.restoreSize (bytes), once the snapshot controller wrote it
+    # The clone VolumeSnapshot is readyToUse, bound to the clone content, and that content's
+    # status.snapshotHandle is its spec handle: the storage system accepted the clone.
+    snapshot_ready: bool = False
+    source_content: str = ""  # SOURCE_CONTENT_ANNOTATION: the source content it was cloned from
 
     @property
     def exists(self) -> bool:
@@ -244,6 +259,7 @@ class SnapshotView:
     driver: str = ""
     restore_size: int = 0  # bytes
     error: str = ""
+    deleting: bool = False  # the VolumeSnapshot has a deletionTimestamp
 
     @classmethod
     def from_objects(
@@ -253,21 +269,50 @@ class SnapshotView:
         if snapshot is None:
             return cls()
         status = snapshot.get("status") or {}
+        deleting = bool((snapshot.get("metadata") or {}).get("deletionTimestamp"))
         error = (status.get("error") or {}).get("message", "")
         content_name = str(status.get("boundVolumeSnapshotContentName") or "")
         if error:
-            return cls(SnapshotState.ERROR, content_name, error=str(error))
+            return cls(SnapshotState.ERROR, content_name, error=str(error), deleting=deleting)
         content_status = (content or {}).get("status") or {}
         handle = str(content_status.get("snapshotHandle") or "")
         if not status.get("readyToUse") or content is None or not handle:
-            return cls(SnapshotState.PENDING, content_name)
+            return cls(SnapshotState.PENDING, content_name, deleting=deleting)
         return cls(
             SnapshotState.READY,
             content_name,
             snapshot_handle=handle,
             driver=str((content.get("spec") or {}).get("driver", "")),
             restore_size=int(content_status.get("restoreSize") or 0),
+            deleting=deleting,
         )
+
+
+@dataclass(frozen=True)
+class ContentView:
+    """A VolumeSnapshotContent as the release of a DataUpload's source snapshot needs it."""
+
+    name: str
+    snapshot_handle: str = ""  # status.snapshotHandle, else spec.source.snapshotHandle
+    deletion_policy: str = "Delete"  # spec.deletionPolicy: Delete | Retain
+    deleting: bool = False  # it has a deletionTimestamp
+
+    @classmethod
+    def from_object(cls, content: Mapping[str, Any]) -> ContentView:
+        meta, spec = content.get("metadata") or {}, content.get("spec") or {}
+        return cls(
+            name=str(meta.get("name", "")),
+            snapshot_handle=content_handle(content),
+            deletion_policy=str(spec.get("deletionPolicy") or "Delete"),
+            deleting=bool(meta.get("deletionTimestamp")),
+        )
+
+
+def content_handle(content: Mapping[str, Any]) -> str:
+    """The storage snapshot a VolumeSnapshotContent stands for: ``status.snapshotHandle`` (dynamic
+    snapshots) or ``spec.source.snapshotHandle`` (pre-provisioned ones)."""
+    status, spec = content.get("status") or {}, content.get("spec") or {}
+    return str(status.get("snapshotHandle") or (spec.get("source") or {}).get("snapshotHandle") or "")
 
 
 @dataclass(frozen=True)
@@ -345,6 +390,7 @@ class Observed:
     coordinator_id: str = "barge-coordinator"
     exposure: ExposureView = field(default_factory=ExposureView)
     snapshot: SnapshotView = field(default_factory=SnapshotView)
+    source_content: ContentView | None = None
     source_pvc: PvcView | None = None
     target_pvc: PvcView | None = None
     bsl_present: bool = True
@@ -411,6 +457,7 @@ class ExposurePlan:
     snapshot_handle: str = ""  # uploads
     driver: str = ""  # uploads
     snapshot_class: str = ""  # uploads
+    source_content: str = ""  # uploads: the source VolumeSnapshotContent (SOURCE_CONTENT_ANNOTATION)
     node_selector: LabelSelector | None = None  # from config.loadAffinity
     required_node: str = ""  # downloads with WaitForFirstConsumer: the target PVC's selected node
     avoid_nodes: tuple[str, ...] = ()  # nodes whose agent is gone or that are cordoned
@@ -429,11 +476,44 @@ class CreateExposure:
 
 @dataclass(frozen=True)
 class DeleteExposure:
-    """Delete the pod, PodDisruptionBudget, PVC, VolumeSnapshot and VolumeSnapshotContent named
-    after the CR (found by the owner-uid label); NotFound is success. The clone VSC has
-    deletionPolicy Retain, so the original snapshot's storage is untouched."""
+    """Delete the pod, PodDisruptionBudget and PVC named after the CR (only those carrying its
+    owner-uid label), in that order; NotFound is success. With ``snapshot`` (terminal cleanup only)
+    also the clone VolumeSnapshot and then the clone VolumeSnapshotContent: its deletionPolicy is
+    Delete, so the storage snapshot goes with it. A re-exposure keeps the clone: once the source is
+    released it is the only thing holding the snapshot."""
 
     reason: str
+    snapshot: bool = False
+
+
+@dataclass(frozen=True)
+class ReleaseSourceSnapshot:
+    """Hand the storage snapshot from Velero's source objects to the clone (Velero's own exposer
+    does the same, ``pkg/exposer/csi_snapshot.go``). In order, each step idempotent:
+
+    1. read the clone content ``clone_content``: it must exist and hold ``snapshot_handle``
+       (otherwise stop, touching nothing);
+    2. read the source content ``content``: if it exists it must hold ``snapshot_handle``; set its
+       ``deletionPolicy`` to Retain (unless it already is) and check the API's answer says Retain;
+    3. delete the source VolumeSnapshot ``namespace/snapshot`` if it is bound to ``content``;
+    4. delete the source content (with the uid read in 2): the storage snapshot survives (Retain),
+       the clone owns it."""
+
+    namespace: str
+    snapshot: str
+    content: str
+    snapshot_handle: str
+    clone_content: str
+
+
+@dataclass(frozen=True)
+class DeleteSourceSnapshot:
+    """Delete the source VolumeSnapshot ``namespace/name`` that was never cloned (NotFound is
+    success). Its content follows its own deletionPolicy (the VolumeSnapshotClass's), as when
+    Velero's exposer cleans up a DataUpload it never exposed."""
+
+    namespace: str
+    name: str
 
 
 @dataclass(frozen=True)
@@ -509,6 +589,8 @@ Action = (
     | SetPhase
     | CreateExposure
     | DeleteExposure
+    | ReleaseSourceSnapshot
+    | DeleteSourceSnapshot
     | Assign
     | CancelAssignment
     | RevokeAssignment

@@ -15,8 +15,10 @@ from barge.control.naming import DATAMOVER, LABEL_OWNER_UID
 from coordinator.config import CoordinatorConfig
 from coordinator.model import (
     DATA_UPLOAD,
+    SOURCE_CONTENT_ANNOTATION,
     AgentView,
     AssignmentView,
+    ContentView,
     CrView,
     ExposureView,
     HubState,
@@ -90,13 +92,17 @@ def agent_views(
 
 def observe(cr_obj: Obj, caches: Caches, hub: HubView, context: Context, admitted: bool) -> Observed:
     cr = CrView.from_object(cr_obj)
+    exposure = exposure_view(caches, cr)
     snapshot = SnapshotView()
-    source_pvc = target_pvc = None
+    source_content = source_pvc = target_pvc = None
     if cr.is_upload:
         vs = caches.get(VS, cr.source_namespace, cr.volume_snapshot)
-        content_name = str(((vs or {}).get("status") or {}).get("boundVolumeSnapshotContentName") or "")
+        bound = str(((vs or {}).get("status") or {}).get("boundVolumeSnapshotContentName") or "")
+        # Once the source VolumeSnapshot is gone, the clone content still names the source content.
+        content_name = bound if vs is not None else exposure.source_content
         vsc = caches.get(VSC, None, content_name) if content_name else None
         snapshot = SnapshotView.from_objects(vs, vsc)
+        source_content = ContentView.from_object(vsc) if vsc is not None else None
         source_pvc = _pvc_view(caches, cr.source_namespace, cr.source_pvc)
     else:
         target_pvc = _pvc_view(caches, cr.target_namespace, cr.target_pvc)
@@ -105,8 +111,9 @@ def observe(cr_obj: Obj, caches: Caches, hub: HubView, context: Context, admitte
         cr=cr,
         config=context.config,
         coordinator_id=context.coordinator_id,
-        exposure=exposure_view(caches, cr),
+        exposure=exposure,
         snapshot=snapshot,
+        source_content=source_content,
         source_pvc=source_pvc,
         target_pvc=target_pvc,
         bsl_present=caches.get(BSL, cr.namespace, cr.backup_storage_location) is not None,
@@ -127,6 +134,10 @@ def exposure_view(caches: Caches, cr: CrView) -> ExposureView:
     pod = owned(caches.get(POD, cr.namespace, cr.name))
     budget = owned(caches.get(PDB, cr.namespace, cr.name))
     parts = [p for p in (vsc, vs, pvc, pod, budget) if p is not None]
+    vsc_spec, vsc_status = (vsc or {}).get("spec") or {}, (vsc or {}).get("status") or {}
+    vs_status = (vs or {}).get("status") or {}
+    handle = str((vsc_spec.get("source") or {}).get("snapshotHandle") or "")
+    vsc_annotations = ((vsc or {}).get("metadata") or {}).get("annotations") or {}
     return ExposureView(
         snapshot_content=vsc is not None,
         snapshot=vs is not None,
@@ -135,6 +146,16 @@ def exposure_view(caches: Caches, cr: CrView) -> ExposureView:
         pod=PodView.from_object(pod) if pod is not None else None,
         terminating=any((p.get("metadata") or {}).get("deletionTimestamp") for p in parts),
         disruption_budget=budget is not None,
+        snapshot_handle=handle,
+        snapshot_driver=str(vsc_spec.get("driver") or ""),
+        restore_size=int(vsc_status.get("restoreSize") or 0),
+        snapshot_ready=bool(
+            handle
+            and vs_status.get("readyToUse")
+            and vs_status.get("boundVolumeSnapshotContentName") == cr.name
+            and vsc_status.get("snapshotHandle") == handle
+        ),
+        source_content=str(vsc_annotations.get(SOURCE_CONTENT_ANNOTATION) or ""),
     )
 
 

@@ -5,6 +5,6 @@
 # Velero creates them, and a bit-exact check of the restored volume.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash hack/install-tools.sh etcd kube-apiserver
+bash hack/install-tools.sh etcd kube-apiserver minio velero velero-plugin-for-aws
 bash hack/bootstrap-python.sh
 exec .venv/bin/barge demo "$@"

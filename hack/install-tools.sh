@@ -97,6 +97,14 @@ install_tool() {
 if [ "$#" -eq 0 ]; then
   set -- $(cd "$here/tools" && ls -d */ | tr -d /)
 fi
+# Up to BARGE_TOOL_JOBS builds at once (default 3): module downloads and links overlap with
+# compiles, and a fresh machine builds everything in well under the sum of the build times.
+jobs_max=${BARGE_TOOL_JOBS:-3}
+pids=() failed=0
 for tool in "$@"; do
-  install_tool "$tool"
+  while [ "$(jobs -rp | wc -l)" -ge "$jobs_max" ]; do wait -n || failed=1; done
+  install_tool "$tool" &
+  pids+=($!)
 done
+for pid in "${pids[@]}"; do wait "$pid" || failed=1; done
+[ "$failed" -eq 0 ] || die "some tools failed to build (see above)"

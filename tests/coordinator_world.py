@@ -17,6 +17,7 @@ from coordinator.model import (
     DATA_UPLOAD,
     AgentView,
     AssignmentView,
+    ContentView,
     CrView,
     ExposureView,
     HubState,
@@ -84,6 +85,8 @@ READY_SNAPSHOT = SnapshotView(
     driver="hostpath.csi.k8s.io",
     restore_size=10 * 2**30,
 )
+# The source VolumeSnapshotContent READY_SNAPSHOT is bound to (Velero's, deletionPolicy from its class).
+SOURCE_CONTENT = ContentView("snapcontent-1", snapshot_handle="handle-1", deletion_policy="Delete")
 SOURCE_PVC = PvcView("app", "data", "standard", "10Gi", VolumeMode.FILESYSTEM)
 TARGET_PVC = PvcView("app-restored", "data", "standard", "10Gi", VolumeMode.FILESYSTEM)
 
@@ -93,7 +96,8 @@ def running_pod(node: str = NODE, generation: int = 0) -> PodView:
 
 
 def exposure(upload: bool = True, pod: PodView | None = None, pv: str = "pv-1") -> ExposureView:
-    return ExposureView(
+    """A complete exposure; for an upload its clone is ready and holds READY_SNAPSHOT's handle."""
+    view = ExposureView(
         snapshot_content=upload,
         snapshot=upload,
         pvc=True,
@@ -101,6 +105,18 @@ def exposure(upload: bool = True, pod: PodView | None = None, pv: str = "pv-1") 
         pod=pod or running_pod(),
         disruption_budget=True,
     )
+    return replace(view, **clone_fields()) if upload else view
+
+
+def clone_fields(ready: bool = True) -> dict[str, object]:
+    """What ``ExposureView`` says about a clone content made from READY_SNAPSHOT."""
+    return {
+        "snapshot_handle": READY_SNAPSHOT.snapshot_handle,
+        "snapshot_driver": READY_SNAPSHOT.driver,
+        "restore_size": READY_SNAPSHOT.restore_size if ready else 0,
+        "snapshot_ready": ready,
+        "source_content": SOURCE_CONTENT.name,
+    }
 
 
 def agent(node: str = NODE, **changes: object) -> AgentView:

@@ -1,8 +1,11 @@
-"""``barge demo``: Barge's main job end to end on one machine, with nothing but its embedded defaults.
+"""``barge demo``: Barge's main job end to end on one machine, driven by the real Velero.
 
-A real etcd + kube-apiserver, a simulated two-node cluster, the coordinator and two agents as
-processes; a DataUpload created exactly as Velero creates one, watched to Completed with live
-progress; then a DataDownload that restores it into a new PVC, verified bit-exact.
+A real etcd + kube-apiserver, a simulated two-node cluster, MinIO as the backup storage location,
+the coordinator and two agents as processes, and the unmodified ``velero`` server and CLI (all
+built from pinned Go modules). An application namespace with a filesystem and a block volume is
+backed up with ``velero backup create --snapshot-move-data --data-mover barge``, the volumes are
+deleted, ``velero restore create`` brings them back through Barge, and the restore is checked
+bit-exact. The location's folders and the VolumeSnapshots left over are shown at the end.
 """
 
 from __future__ import annotations
@@ -15,17 +18,28 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from barge.devenv.controlplane import LocalControlPlane
-from barge.devenv.localbarge import LocalBarge
-from barge.devenv.simcluster import SimCluster
+from barge.devenv.s3server import LocalS3Server
+from barge.devenv.simsnapshots import copy_volume_data
 from barge.devenv.trees import capture, sample_volume
-from barge.devenv.velero import data_download, data_upload, restore_target_pvc
+from barge.devenv.velerocluster import VeleroCluster, velero_cluster
+from barge.devenv.veleroserver import S3Location, folders
 from barge.errors import BargeError
-from barge.kube.client import api_client
-from barge.kube.crds import install_crds
-from barge.kube.resources import NAMESPACE, PERSISTENT_VOLUME_CLAIM, KubeObjects
+from barge.kube.resources import (
+    BACKUP,
+    DATA_DOWNLOAD,
+    DATA_UPLOAD,
+    NAMESPACE,
+    PERSISTENT_VOLUME_CLAIM,
+    RESTORE,
+    VOLUME_SNAPSHOT,
+    VOLUME_SNAPSHOT_CONTENT,
+    Resource,
+)
 
 Say = Callable[[str], None]
+APP = "shop"
+CLAIMS = ("data-db-0", "raw-disk")
+FINAL = ("Completed", "PartiallyFailed", "Failed", "FailedValidation", "Canceled")
 
 
 def run_demo(keep: bool = False, say: Say = print) -> int:
@@ -40,7 +54,7 @@ def run_demo(keep: bool = False, say: Say = print) -> int:
         raise BargeError(f"demo failed unexpectedly: {type(err).__name__}: {err}") from err
     finally:
         if keep:
-            say(f"\nkept everything (logs, volumes, repository) in {workdir}")
+            say(f"\nkept everything (logs, volumes, bucket) in {workdir}")
         else:
             shutil.rmtree(workdir, ignore_errors=True)
 
@@ -50,94 +64,129 @@ def _step(say: Say, text: str) -> None:
 
 
 def _demo(workdir: Path, say: Say) -> int:
-    _step(say, "Starting a local Kubernetes control plane (etcd + kube-apiserver, no kubelet)")
-    with LocalControlPlane(workdir / "control-plane") as endpoints, api_client(endpoints.kubeconfig) as api:
-        install_crds(api)
-        say(f"API server at {endpoints.url}; Velero's and the CSI snapshot CRDs installed")
-        objects = KubeObjects(api)
-        with SimCluster(api, workdir / "sim") as sim:
-            _step(say, "Starting Barge: one coordinator, one agent per simulated node")
-            with LocalBarge(endpoints, sim, objects, workdir / "barge") as barge:
-                say(f"nodes {', '.join(barge.nodes)}: agents connected to the coordinator (gRPC, TLS)")
-                return _backup_and_restore(barge, objects, workdir, say)
+    _step(say, "Starting MinIO, a local Kubernetes control plane, Barge and Velero")
+    with LocalS3Server(workdir / "minio") as s3:
+        location = S3Location(s3, bucket="velero", prefix="cluster")
+        with velero_cluster(workdir / "cluster", location) as cluster:
+            say(f"API server {cluster.endpoints.url}; MinIO {s3.url}; BackupStorageLocation "
+                f"s3://{location.bucket}/{location.prefix}")  # fmt: skip
+            say(f"Barge: a coordinator and agents on {', '.join(cluster.barge.nodes)} (gRPC, TLS)")
+            say(cluster.velero.cli("version").strip().replace("\n", " ").replace("\t", ""))
+            return _backup_and_restore(cluster, workdir, say)
 
 
-def _backup_and_restore(barge: LocalBarge, objects: KubeObjects, workdir: Path, say: Say) -> int:
-    _step(say, "An application volume and its CSI snapshot (as Velero's CSI plugin takes it)")
-    for namespace in ("shop", "shop-restored"):
-        objects.create(NAMESPACE, {"metadata": {"name": namespace}}, exist_ok=True)
-    volume = sample_volume(workdir / "app-volume")
-    vs_name, _ = barge.sim.snapshot_source("shop", "data-db-0", volume)
-    say(f"PVC shop/data-db-0: {sum(1 for _ in volume.rglob('*'))} entries; VolumeSnapshot {vs_name} ready")
+def _backup_and_restore(cluster: VeleroCluster, workdir: Path, say: Say) -> int:
+    sim, objects, velero = cluster.sim, cluster.objects, cluster.velero
+    _step(say, f"An application namespace '{APP}' with a filesystem and a block volume")
+    objects.create(NAMESPACE, {"metadata": {"name": APP}}, exist_ok=True)
+    live_fs = sim.provision_claim(APP, CLAIMS[0], sample_volume(workdir / "app-volume"))
+    image = workdir / "raw.img"
+    with image.open("wb") as out:
+        out.truncate(64 * 2**20)
+        out.seek(10 * 2**20)
+        out.write(bytes(range(256)) * 8192)
+    live_block = sim.provision_claim(APP, CLAIMS[1], image, block=True)
+    say(f"PVC {APP}/{CLAIMS[0]}: {sum(1 for _ in live_fs.rglob('*'))} entries; "
+        f"PVC {APP}/{CLAIMS[1]}: a 64 MiB block device")  # fmt: skip
+    expected_fs = capture(live_fs)
+    expected_block = live_block.read_bytes()
 
-    _step(say, "Velero creates a DataUpload with spec.datamover=barge")
-    du = barge.create(
-        "DataUpload",
-        data_upload(backup="nightly", pvc="data-db-0", source_namespace="shop", volume_snapshot=vs_name),
+    _step(say, f"velero backup create nightly --include-namespaces {APP} --snapshot-move-data "
+               "--data-mover barge")  # fmt: skip
+    velero.cli("backup", "create", "nightly", "--include-namespaces", APP,
+               "--snapshot-move-data", "--data-mover", "barge")  # fmt: skip
+    backup = _follow(
+        cluster, BACKUP, "nightly", say, movers=DATA_UPLOAD, selector="velero.io/backup-name=nightly"
     )
-    name = du["metadata"]["name"]
-    done = _follow(barge, "DataUpload", name, say)
-    status = done.get("status") or {}
-    if status.get("phase") != "Completed":
-        say(f"DataUpload {name} ended {status.get('phase')}: {status.get('message')}")
+    if backup["status"]["phase"] != "Completed":
+        say(velero.describe("backup", "nightly"))
         return 1
-    snapshot_id = status["snapshotID"]
-    total = status["progress"]["totalBytes"]
-    say(f"snapshotID {snapshot_id[:16]}..., {total:,} bytes, moved by the agent on {status.get('node')}")
+    say(_excerpt(velero.describe("backup", "nightly"), "CSI Snapshots:", 18))
 
-    _step(say, "Velero restores: a pending target PVC and a DataDownload")
-    size = str(max(1, status["progress"]["totalBytes"]))
-    objects.create(
-        PERSISTENT_VOLUME_CLAIM,
-        restore_target_pvc(restore="nightly-restore", name="data-db-0", namespace="shop-restored", size=size),
+    _step(say, f"The volumes are lost: the PVCs in '{APP}' are deleted")
+    for claim in CLAIMS:
+        objects.delete(PERSISTENT_VOLUME_CLAIM, APP, claim)
+    _wait(lambda: not objects.list(PERSISTENT_VOLUME_CLAIM, APP), 60, "the PVCs to be deleted")
+
+    _step(say, "velero restore create restore-1 --from-backup nightly")
+    velero.cli("restore", "create", "restore-1", "--from-backup", "nightly")
+    restore = _follow(
+        cluster, RESTORE, "restore-1", say, movers=DATA_DOWNLOAD, selector="velero.io/restore-name=restore-1"
     )
-    dd = barge.create(
-        "DataDownload",
-        data_download(
-            restore="nightly-restore",
-            snapshot_id=snapshot_id,
-            target_pvc="data-db-0",
-            target_namespace="shop-restored",
-            source_namespace="shop",
-        ),
-    )
-    done = _follow(barge, "DataDownload", dd["metadata"]["name"], say)
-    if (done.get("status") or {}).get("phase") != "Completed":
-        say(f"DataDownload ended {(done.get('status') or {}).get('phase')}: {done['status'].get('message')}")
+    if restore["status"]["phase"] != "Completed":
+        say(velero.describe("restore", "restore-1"))
         return 1
 
-    _step(say, "Verifying the restored volume is bit-exact")
-    pvc = barge.wait_pvc_bound("shop-restored", "data-db-0")
-    restored = barge.sim.claim_data("shop-restored", "data-db-0")
-    original, copy = capture(volume), capture(restored)
-    copy.pop(b"lost+found", None)
-    if original != copy:
-        say("the restored volume differs from the original")
+    _step(say, "Verifying the restored volumes are bit-exact")
+    for claim in CLAIMS:
+        cluster.barge.wait_pvc_bound(APP, claim)
+    restored = capture(sim.claim_data(APP, CLAIMS[0]))
+    restored.pop(b"lost+found", None)
+    if restored != expected_fs or sim.claim_data(APP, CLAIMS[1]).read_bytes() != expected_block:
+        say("the restored volumes differ from the originals")
+        copy_volume_data(sim.claim_data(APP, CLAIMS[0]), workdir / "restored-fs", False)
         return 1
-    say(
-        f"PVC shop-restored/data-db-0 bound to {pvc['spec']['volumeName']}: {len(original)} entries identical"
-    )
-    _step(say, "Done: Velero would now see both operations Completed")
+    say(f"{CLAIMS[0]}: {len(expected_fs)} entries identical (content, modes, times, links, holes); "
+        f"{CLAIMS[1]}: 64 MiB identical")  # fmt: skip
+
+    _step(say, "What is left behind")
+    status = velero.bsl_status()
+    say(f"BackupStorageLocation: {status.get('phase')} (validated {status.get('lastValidationTime')})")
+    snapshots = objects.list(VOLUME_SNAPSHOT, None)
+    contents = objects.list(VOLUME_SNAPSHOT_CONTENT, None)
+    say(f"VolumeSnapshots: {len(snapshots)}, VolumeSnapshotContents: {len(contents)}")
+    top = ", ".join(folders(cluster.velero.location, workdir))
+    repositories = ", ".join(folders(cluster.velero.location, workdir, "plugins/barge"))
+    say(f"bucket {velero.location.bucket}/{velero.location.prefix}/: {top}; Barge's repositories under "
+        f"plugins/barge/: {repositories}")  # fmt: skip
+    _step(say, "Done: Velero backed up and restored both volumes through Barge")
     return 0
 
 
-def _follow(barge: LocalBarge, kind: str, name: str, say: Say, timeout: float = 300.0) -> dict[str, Any]:
-    """Print each phase change and the progress until the CR is final."""
+def _excerpt(text: str, heading: str, lines: int) -> str:
+    found = text.split(heading, 1)
+    return heading + "\n".join(found[1].splitlines()[:lines]) if len(found) == 2 else text.strip()
+
+
+def _wait(predicate: Callable[[], bool], timeout: float, what: str) -> None:
     deadline = time.monotonic() + timeout
-    last = ""
-    while time.monotonic() < deadline:
-        obj = barge.get(kind, name)
-        status = obj.get("status") or {}
-        progress = status.get("progress") or {}
-        line = f"{kind} {name}: {status.get('phase') or 'New':11}"
-        if progress.get("totalBytes"):
-            line += f" {progress.get('bytesDone', 0) / 2**20:8.1f} / {progress['totalBytes'] / 2**20:.1f} MiB"
-        if status.get("node"):
-            line += f"  on {status['node']}"
-        if line != last:
-            say(line)
-            last = line
-        if status.get("phase") in ("Completed", "Failed", "Canceled"):
-            return obj
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise BargeError(f"timed out waiting for {what}")
         time.sleep(0.3)
-    raise BargeError(f"{kind} {name} did not finish within {timeout:.0f}s; see the logs")
+
+
+def _follow(
+    cluster: VeleroCluster, resource: Resource, name: str, say: Say, *, movers: Resource, selector: str
+) -> dict[str, Any]:
+    """Print the Velero object's phase and each data mover CR's progress until Velero is done."""
+    deadline = time.monotonic() + 600
+    printed: dict[str, str] = {}
+    while time.monotonic() < deadline:
+        obj = cluster.objects.get(resource, cluster.velero.namespace, name)
+        phase = (obj.get("status") or {}).get("phase") or "New"
+        _print_once(printed, resource.kind, f"{resource.kind} {name}: {phase}", say)
+        for cr in cluster.objects.list(movers, cluster.velero.namespace, selector):
+            _print_once(printed, cr["metadata"]["name"], _progress_line(cr), say)
+        if phase in FINAL:
+            return obj
+        time.sleep(0.5)
+    raise BargeError(f"{resource.kind} {name} did not finish within 600s; see the logs")
+
+
+def _print_once(printed: dict[str, str], key: str, line: str, say: Say) -> None:
+    if printed.get(key) != line:
+        printed[key] = line
+        say(line)
+
+
+def _progress_line(cr: dict[str, Any]) -> str:
+    status = cr.get("status") or {}
+    progress = status.get("progress") or {}
+    target = cr["spec"].get("sourcePVC") or (cr["spec"].get("targetVolume") or {}).get("pvc", "")
+    line = f"  {cr['kind']} {cr['metadata']['name']} ({target}): {status.get('phase') or 'New':10}"
+    if progress.get("totalBytes"):
+        line += f" {progress.get('bytesDone', 0) / 2**20:7.1f} / {progress['totalBytes'] / 2**20:.1f} MiB"
+    if status.get("node"):
+        line += f" on {status['node']}"
+    return line

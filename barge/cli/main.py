@@ -156,7 +156,9 @@ def cmd_restore(args: argparse.Namespace) -> int:
                 repo, args.snapshot_id, Path(args.target), zero_fill=args.zero_fill, progress=progress
             )
         else:
-            result = restore_tree(repo, args.snapshot_id, Path(args.target), progress=progress)
+            result = restore_tree(
+                repo, args.snapshot_id, Path(args.target), progress=progress, sparse=args.sparse
+            )
     finally:
         progress.close()
     if kind == "block":
@@ -296,10 +298,17 @@ def build_parser() -> argparse.ArgumentParser:
     restore = add("restore", cmd_restore, "restore a snapshot into an empty directory")
     restore.add_argument("snapshot_id")
     restore.add_argument("target", help="an empty directory, or for a block snapshot a device or file")
-    restore.add_argument(
+    fill = restore.add_mutually_exclusive_group()
+    fill.add_argument(
         "--zero-fill",
         action="store_true",
         help="block snapshots: also write zeros where the snapshot has holes",
+    )
+    fill.add_argument(
+        "--sparse",
+        action="store_true",
+        help="filesystem snapshots: also leave all-zero blocks of file data unwritten, as holes "
+        "(Velero's WriteSparseFiles); the source's own holes are always restored as holes",
     )
 
     snapshots = add("snapshots", cmd_snapshots, "list snapshots")

@@ -45,6 +45,49 @@ def unreadable_policy(data_mover_config: Iterable[tuple[str, str]]) -> Unreadabl
     raise InvalidInput(f"spec.dataMoverConfig {ON_UNREADABLE_KEY}={value!r}: use 'fail' or 'skip'")
 
 
+# spec.dataMoverConfig keys Velero itself sets (pkg/uploader/util/uploader_config.go); no others.
+# WriteSparseFiles (every DataDownload; "false" unless `velero restore create --write-sparse-files`):
+# "true" also leaves all-zero blocks of file data unwritten, as holes.
+WRITE_SPARSE_FILES_KEY = "WriteSparseFiles"
+# ParallelFilesUpload (DataUpload) / ParallelFilesDownload (DataDownload), set only when > 0: an
+# upper bound on the agent's workers for that one assignment.
+PARALLEL_FILES_UPLOAD_KEY = "ParallelFilesUpload"
+PARALLEL_FILES_DOWNLOAD_KEY = "ParallelFilesDownload"
+
+
+def write_sparse_files(data_mover_config: Iterable[tuple[str, str]]) -> bool:
+    """Whether a restore leaves all-zero file data as holes; InvalidInput names the key."""
+    value = dict(data_mover_config).get(WRITE_SPARSE_FILES_KEY, "false")
+    if value.lower() == "true":
+        return True
+    if value.lower() == "false":
+        return False
+    raise InvalidInput(f"spec.dataMoverConfig {WRITE_SPARSE_FILES_KEY}={value!r}: use 'true' or 'false'")
+
+
+def parallel_files(data_mover_config: Iterable[tuple[str, str]], key: str) -> int | None:
+    """The worker bound ``key`` asks for, or None when absent; InvalidInput names the key."""
+    value = dict(data_mover_config).get(key)
+    if value is None:
+        return None
+    if not (value.isascii() and value.isdigit() and len(value) <= 9) or int(value) < 1:
+        raise InvalidInput(f"spec.dataMoverConfig {key}={value!r}: use a positive whole number")
+    return int(value)
+
+
+def data_mover_config_problem(data_mover_config: Iterable[tuple[str, str]]) -> str:
+    """The first bad value of a dataMoverConfig key Barge reads (any CR kind), or ""."""
+    config = tuple(data_mover_config)
+    try:
+        unreadable_policy(config)
+        write_sparse_files(config)
+        parallel_files(config, PARALLEL_FILES_UPLOAD_KEY)
+        parallel_files(config, PARALLEL_FILES_DOWNLOAD_KEY)
+    except InvalidInput as err:
+        return str(err)
+    return ""
+
+
 def owned_labels(kind: str, name: str, uid: str) -> dict[str, str]:
     """Labels on every object Barge creates for the CR ``kind/name``: found again by the owner uid."""
     return {

@@ -8,7 +8,8 @@ current ``FaultPlan`` says otherwise:
 * ``reset(n)``: the next ``n`` requests have their connection reset without an answer;
 * ``fail_fraction(p)``: each request is throttled with probability ``p`` (seeded, repeatable);
 * ``fail_always()``: every request is throttled (a store that stays down);
-* ``delay(seconds)``: every request waits that long before it is forwarded;
+* ``delay(seconds, path_contains="")``: every request (whose path contains the text) waits that
+  long before it is forwarded: e.g. only Barge's repository traffic, not Velero's;
 * ``clear()``: back to a faithful proxy.
 
 ``stats()`` counts what was forwarded and what was injected, so a test can tell that its faults
@@ -56,6 +57,7 @@ class FaultPlan:
         self._fraction = 0.0
         self._always = False
         self._delay_s = 0.0
+        self._delay_path = ""
 
     def throttle(self, count: int) -> None:
         with self._lock:
@@ -73,27 +75,28 @@ class FaultPlan:
         with self._lock:
             self._always = True
 
-    def delay(self, seconds: float) -> None:
+    def delay(self, seconds: float, path_contains: str = "") -> None:
         with self._lock:
-            self._delay_s = seconds
+            self._delay_s, self._delay_path = seconds, path_contains
 
     def clear(self) -> None:
         with self._lock:
             self._throttle_next = self._reset_next = 0
-            self._fraction, self._always, self._delay_s = 0.0, False, 0.0
+            self._fraction, self._always, self._delay_s, self._delay_path = 0.0, False, 0.0, ""
 
-    def next_fault(self) -> tuple[str, float]:
+    def next_fault(self, path: str = "") -> tuple[str, float]:
         """("throttle" | "reset" | "", delay in seconds) for the request arriving now."""
         with self._lock:
+            delay_s = self._delay_s if self._delay_path in path else 0.0
             if self._reset_next:
                 self._reset_next -= 1
-                return "reset", self._delay_s
+                return "reset", delay_s
             if self._throttle_next:
                 self._throttle_next -= 1
-                return "throttle", self._delay_s
+                return "throttle", delay_s
             if self._always or (self._fraction and self._random.random() < self._fraction):
-                return "throttle", self._delay_s
-            return "", self._delay_s
+                return "throttle", delay_s
+            return "", delay_s
 
 
 class FaultProxy:
@@ -175,7 +178,7 @@ class _ProxyHandler(BaseHTTPRequestHandler):
 
     def _handle(self) -> None:
         body = self._read_body()
-        fault, delay_s = self.owner.plan.next_fault()
+        fault, delay_s = self.owner.plan.next_fault(self.path)
         if delay_s:
             time.sleep(delay_s)
         if fault == "reset":

@@ -17,6 +17,7 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote, urlsplit
 
 from barge.control.naming import PLURALS
 from barge.devenv.controlplane import ControlPlaneEndpoints
@@ -40,6 +41,7 @@ from barge.kube.resources import (
     KubeObjects,
     Resource,
 )
+from barge.velero.bsl import repository_url
 
 Obj = dict[str, Any]
 AGENT_LABELS = {"app.kubernetes.io/name": "barge-agent"}
@@ -73,9 +75,12 @@ class LocalBarge:
         coordinator_kubeconfig: Path | None = None,
         agent_kubeconfig: Path | None = None,
         agent_command_prefix: tuple[str, ...] = (),
+        bsl: Obj | None = None,
+        password: str | None = None,
     ) -> None:
         """``*_kubeconfig``: the identities the processes use (default: the admin's), e.g. the
-        chart's ServiceAccounts, to prove Barge needs no more than the chart grants."""
+        chart's ServiceAccounts, to prove Barge needs no more than the chart grants. ``bsl``: the
+        BackupStorageLocation to use (default: ``default`` on a local directory under ``workdir``)."""
         self.endpoints = endpoints
         self.sim = sim
         self.objects = objects
@@ -90,7 +95,8 @@ class LocalBarge:
         self.agent_kubeconfig = agent_kubeconfig or endpoints.kubeconfig
         self.agent_command_prefix = agent_command_prefix  # e.g. setpriv: run agents with fewer capabilities
         self.repository_root = workdir / "object-store"
-        self.password = secrets.token_urlsafe(24)
+        self.bsl = bsl or self._local_bsl()
+        self.password = password or secrets.token_urlsafe(24)
         self.processes = Processes()
         self.service: LocalService | None = None
         self._grpc_ports: dict[str, int] = {}
@@ -164,18 +170,7 @@ class LocalBarge:
                 "reclaimPolicy": "Delete",
             },
         )
-        bsl = self._ensure(
-            BACKUP_STORAGE_LOCATION,
-            {
-                "metadata": {"name": "default", "namespace": self.velero_namespace},
-                "spec": {
-                    "provider": "barge.io/local",
-                    "objectStorage": {"bucket": "backups", "prefix": "cluster"},
-                    "config": {"path": str(self.repository_root)},
-                    "default": True,
-                },
-            },
-        )
+        bsl = self.bsl = self._ensure(BACKUP_STORAGE_LOCATION, self.bsl)
         password = base64.b64encode(self.password.encode()).decode()
         secret = self._ensure(
             SECRET,
@@ -186,8 +181,20 @@ class LocalBarge:
         )
         # An earlier environment on the same API server may have created both: what the agents will
         # use is what exists, so the tests must look there (and use that password).
-        self.repository_root = Path(bsl["spec"]["config"]["path"])
+        if bsl["spec"].get("provider") == "barge.io/local":
+            self.repository_root = Path(bsl["spec"]["config"]["path"])
         self.password = base64.b64decode(secret["data"]["repository-password"]).decode()
+
+    def _local_bsl(self) -> Obj:
+        return {
+            "metadata": {"name": "default", "namespace": self.velero_namespace},
+            "spec": {
+                "provider": "barge.io/local",
+                "objectStorage": {"bucket": "backups", "prefix": "cluster"},
+                "config": {"path": str(self.repository_root)},
+                "default": True,
+            },
+        }
 
     def _ensure(self, resource: Resource, body: Obj) -> Obj:
         return self.objects.create(resource, body, exist_ok=True)
@@ -432,6 +439,15 @@ class LocalBarge:
     def patch_spec(self, kind: str, name: str, spec: Obj) -> Obj:
         resource = DATA_UPLOAD if kind == "DataUpload" else DATA_DOWNLOAD
         return self.objects.patch(resource, self.velero_namespace, name, {"spec": spec})
+
+    def repository_dir(self, source_namespace: str) -> Path:
+        """Where a local-directory BSL keeps ``source_namespace``'s repository, as the agents compute
+        it (``barge.velero.bsl``); it must exist, so a test can never measure an empty folder."""
+        url = repository_url(self.bsl, source_namespace, None, lambda purpose, content: Path("/nonexistent"))
+        path = Path(unquote(urlsplit(url).path))
+        if not (path / "config").is_file():
+            raise NotFound(f"no repository for namespace {source_namespace} at {path}")
+        return path
 
     def plural(self, kind: str) -> str:
         return PLURALS[kind]

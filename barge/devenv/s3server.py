@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import os
 import secrets
+import shutil
+import ssl
 from dataclasses import dataclass
+from pathlib import Path
 
+from barge.devenv.pki import make_serving_pki
 from barge.devenv.processes import ServerProcess, TemporaryServer, free_port, http_ok
 from barge.devenv.tools import tool_path
 
@@ -18,18 +22,27 @@ class S3Endpoint:
     access_key: str
     secret_key: str
     region: str = "us-east-1"
+    ca_cert_pem: bytes | None = None  # set when the server speaks HTTPS with a private CA
 
 
 class LocalS3Server(TemporaryServer[S3Endpoint]):
-    """Starts MinIO on a temporary directory; stops it and removes the directory."""
+    """Starts MinIO on a temporary directory; stops it and removes the directory.
+
+    ``tls=True``: HTTPS with a certificate for 127.0.0.1 from a throw-away CA (``ca_cert_pem``)."""
 
     name = "s3"
+
+    def __init__(self, workdir: Path | None = None, *, tls: bool = False) -> None:
+        super().__init__(workdir)
+        self.tls = tls
 
     def start(self) -> S3Endpoint:
         port, console_port = free_port(), free_port()
         access_key, secret_key = "barge-test", secrets.token_hex(16)
         data = self.workdir / "data"
         data.mkdir(parents=True, exist_ok=True)
+        certs = self.workdir / "certs"
+        tls_args, ca_pem, context = self._tls(certs)
         env = {
             **os.environ,
             "MINIO_ROOT_USER": access_key,
@@ -48,6 +61,7 @@ class LocalS3Server(TemporaryServer[S3Endpoint]):
                 f"127.0.0.1:{port}",
                 "--console-address",
                 f"127.0.0.1:{console_port}",
+                *tls_args,
                 str(data),
             ],
             self.workdir / "minio.log",
@@ -55,6 +69,18 @@ class LocalS3Server(TemporaryServer[S3Endpoint]):
         )
         self.process.start()
         self.process.wait_ready(
-            lambda: http_ok("127.0.0.1", port, "/minio/health/ready"), _START_TIMEOUT, "ready"
+            lambda: http_ok("127.0.0.1", port, "/minio/health/ready", context), _START_TIMEOUT, "ready"
         )
-        return S3Endpoint(f"http://127.0.0.1:{port}", access_key, secret_key)
+        scheme = "https" if self.tls else "http"
+        return S3Endpoint(f"{scheme}://127.0.0.1:{port}", access_key, secret_key, ca_cert_pem=ca_pem)
+
+    def _tls(self, certs: Path) -> tuple[list[str], bytes | None, ssl.SSLContext | None]:
+        """MinIO's ``--certs-dir`` layout (public.crt + private.key), or nothing for plain HTTP."""
+        if not self.tls:
+            return [], None, None
+        pki = make_serving_pki(self.workdir / "pki", "barge-test-s3")
+        certs.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(pki.serving.cert_path, certs / "public.crt")
+        shutil.copyfile(pki.serving.key_path, certs / "private.key")
+        context = ssl.create_default_context(cafile=str(pki.ca.cert_path))
+        return ["--certs-dir", str(certs)], pki.ca.cert_path.read_bytes(), context

@@ -50,6 +50,7 @@ from barge.devenv.simsnapshots import (
     SnapshotData,
     SnapshotRegistry,
     content_body,
+    copy_volume_data,
     format_quantity,
     tree_size,
 )
@@ -368,6 +369,34 @@ class SimCluster:
             self._snapshots.publish(vs, content, data, handle)
         return vs["metadata"]["name"], handle
 
+    def provision_claim(
+        self,
+        namespace: str,
+        pvc_name: str,
+        source: Path,
+        *,
+        block: bool = False,
+        storage_class: str = "standard",
+        size: int | None = None,
+    ) -> Path:
+        """An application's bound PVC whose volume holds a copy of ``source`` (a directory, or an
+        image file for Block): what a workload leaves for Velero to back up. Returns where the
+        volume's data lives; writing there changes the live volume (its next snapshot sees it)."""
+        source = source.resolve()
+        if block != source.is_file() or not source.exists():
+            kind = "an image file" if block else "a directory"
+            raise InvalidInput(f"volume source {source} must be {kind} (block={block})")
+        staged = self._ctx.root / "staging" / f"{namespace}-{pvc_name}-{self._suffix()}"
+        copy_volume_data(source, staged, block)
+        data = SnapshotData(staged, block, size or _default_size(source, block))
+        with self._tick:
+            pvc = self._source_claim(namespace, pvc_name, data, storage_class)
+            # the volume owns its data (no link to the source): snapshots copy it, writes change it
+            volume = self._ctx.data_path(pvc["spec"]["volumeName"], block)
+            volume.unlink()
+            staged.rename(volume)
+        return volume
+
     @staticmethod
     def _suffix() -> str:
         return "".join(secrets.choice(_SUFFIX_ALPHABET) for _ in range(5))
@@ -437,6 +466,11 @@ class SimCluster:
             except ApiException as err:
                 if err.status != HTTP_CONFLICT:
                     raise
+
+    def storage_snapshots(self) -> dict[str, SnapshotData]:
+        """The storage snapshots the simulated driver holds, by handle: a handle stays here until a
+        Delete-policy VolumeSnapshotContent naming it is deleted (a leak shows up here)."""
+        return self._registry.live()
 
     def fail_snapshot(self, namespace: str, vs_name: str, message: str) -> None:
         """The CSI driver failed to cut the snapshot: status.error set, not ready."""

@@ -2,7 +2,13 @@
 
 A handle ``sim-snap:<id>`` names a directory (Filesystem) or image file (Block) recorded in
 ``<root>/snapshots/<id>.json``; the registry lives on disk so any process sharing the root (a test,
-``barge demo``, a second simulator) resolves the same handles.
+``barge demo``, a second simulator) resolves the same handles. The registry is the storage system:
+a record is a storage snapshot, and it lives until a VolumeSnapshotContent with deletionPolicy
+Delete that names it is deleted (``SnapshotRegistry.live`` lists what is left, so tests see leaks).
+
+Like the external-snapshotter, every content of the simulated driver carries the finalizer
+``CONTENT_FINALIZER`` while it exists; when one is deleted the controller deletes the storage
+snapshot first if the policy is Delete (a Retain content just lets go), then removes the finalizer.
 """
 
 from __future__ import annotations
@@ -14,13 +20,15 @@ import uuid
 from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
+from typing import Any
 
 from kubernetes.utils import parse_quantity
 
 from barge.devenv.simapi import VOLUME_SNAPSHOT_CONTENTS, VOLUME_SNAPSHOTS, Obj
-from barge.devenv.simworld import DRIVER, SimContext, World, key
+from barge.devenv.simworld import DRIVER, SimContext, World, key, remove_path
 
 HANDLE_PREFIX = "sim-snap:"
+CONTENT_FINALIZER = "snapshot.storage.kubernetes.io/volumesnapshotcontent-bound-protection"
 _BINARY_SUFFIXES = (("Ti", 1 << 40), ("Gi", 1 << 30), ("Mi", 1 << 20), ("Ki", 1 << 10))
 
 
@@ -67,25 +75,23 @@ class SnapshotData:
 
 
 class SnapshotRegistry:
+    """The simulated storage system's snapshots: one record per handle, on disk under the root."""
+
     def __init__(self, root: Path) -> None:
         self._dir = root / "snapshots"
 
-    def register(self, data: SnapshotData) -> str:
+    def register(self, data: SnapshotData, *, copy: bool = False) -> str:
+        """Record a snapshot of ``data``; ``copy``: the data is the registry's own (``keep_copy``),
+        deleted with the record."""
         snapshot_id = uuid.uuid4().hex
         self._dir.mkdir(parents=True, exist_ok=True)
-        record = {"path": str(data.path), "block": data.block, "size": data.size}
+        record = {"path": str(data.path), "block": data.block, "size": data.size, "copy": copy}
         (self._dir / f"{snapshot_id}.json").write_text(json.dumps(record))
         return HANDLE_PREFIX + snapshot_id
 
     def resolve(self, handle: str | None) -> SnapshotData | None:
-        if not handle or not handle.startswith(HANDLE_PREFIX):
-            return None
-        snapshot_id = handle.removeprefix(HANDLE_PREFIX)
-        if not snapshot_id.isalnum():
-            return None
-        try:
-            record = json.loads((self._dir / f"{snapshot_id}.json").read_text())
-        except FileNotFoundError:
+        record = self._record(handle)
+        if record is None:
             return None
         return SnapshotData(Path(record["path"]), bool(record["block"]), int(record["size"]))
 
@@ -93,7 +99,51 @@ class SnapshotRegistry:
         """A point-in-time copy of ``source`` under the registry, registered (a dynamic snapshot)."""
         copy = self._dir / f"data-{uuid.uuid4().hex}{'.img' if block else ''}"
         copy_volume_data(source, copy, block)
-        return self.register(SnapshotData(copy, block, size))
+        return self.register(SnapshotData(copy, block, size), copy=True)
+
+    def delete(self, handle: str | None) -> bool:
+        """Delete the storage snapshot: its record and, if the registry made it, its data copy.
+        False when there was none (CSI DeleteSnapshot is idempotent, so is this)."""
+        record = self._record(handle)
+        path = self._path(handle)
+        if record is None or path is None:
+            return False
+        path.unlink(missing_ok=True)
+        if record.get("copy"):
+            remove_path(Path(record["path"]))
+        return True
+
+    def live(self) -> dict[str, SnapshotData]:
+        """Every storage snapshot that exists, by handle."""
+        snapshots = {}
+        for path in sorted(self._dir.glob("*.json")) if self._dir.is_dir() else ():
+            handle = HANDLE_PREFIX + path.stem
+            data = self.resolve(handle)
+            if data is not None:
+                snapshots[handle] = data
+        return snapshots
+
+    def _path(self, handle: str | None) -> Path | None:
+        if not handle or not handle.startswith(HANDLE_PREFIX):
+            return None
+        snapshot_id = handle.removeprefix(HANDLE_PREFIX)
+        return self._dir / f"{snapshot_id}.json" if snapshot_id.isalnum() else None
+
+    def _record(self, handle: str | None) -> dict[str, Any] | None:
+        path = self._path(handle)
+        if path is None:
+            return None
+        try:
+            record: dict[str, Any] = json.loads(path.read_text())
+        except FileNotFoundError:
+            return None
+        return record
+
+
+def content_handle(content: Obj) -> str:
+    """The storage snapshot a content stands for (dynamic: status; pre-provisioned: spec)."""
+    status, spec = content.get("status") or {}, content.get("spec") or {}
+    return str(status.get("snapshotHandle") or (spec.get("source") or {}).get("snapshotHandle") or "")
 
 
 def content_body(vs: Obj, name: str, source: Obj, snapshot_class: str | None, deletion_policy: str) -> Obj:
@@ -101,7 +151,7 @@ def content_body(vs: Obj, name: str, source: Obj, snapshot_class: str | None, de
     return {
         "apiVersion": "snapshot.storage.k8s.io/v1",
         "kind": "VolumeSnapshotContent",
-        "metadata": {"name": name},
+        "metadata": {"name": name, "finalizers": [CONTENT_FINALIZER]},
         "spec": {
             "deletionPolicy": deletion_policy,
             "driver": DRIVER,
@@ -119,7 +169,8 @@ def content_body(vs: Obj, name: str, source: Obj, snapshot_class: str | None, de
 
 
 class SnapshotController:
-    """Makes VolumeSnapshots ready the way the snapshot-controller and the CSI sidecar would."""
+    """Makes VolumeSnapshots ready the way the snapshot-controller and the CSI sidecar would, and
+    deletes storage snapshots when a Delete-policy content of the simulated driver is deleted."""
 
     def __init__(self, ctx: SimContext, registry: SnapshotRegistry) -> None:
         self._ctx = ctx
@@ -136,7 +187,40 @@ class SnapshotController:
             elif source.get("persistentVolumeClaimName"):
                 self._ctx.attempt(f"take snapshot {key(vs)}", self._take_dynamic, vs, world)
         for content in world.contents.values():
+            if not self._ours(content):
+                continue
+            if content["metadata"].get("deletionTimestamp"):
+                self._ctx.attempt(f"finalize content {key(content)[1]}", self._finalize, content)
+                continue
+            self._ctx.attempt(f"protect content {key(content)[1]}", self._protect, content)
             self._ctx.attempt(f"delete content {key(content)}", self._delete_if_orphaned, content, world)
+
+    def _ours(self, content: Obj) -> bool:
+        """A content of the simulated driver bound (or to be bound) to a snapshot in scope."""
+        spec = content.get("spec") or {}
+        ref = spec.get("volumeSnapshotRef") or {}
+        return spec.get("driver") == DRIVER and self._ctx.in_scope(ref.get("namespace"))
+
+    def _protect(self, content: Obj) -> None:
+        """The snapshot-controller's finalizer on every live content (upstream: needToAddContentFinalizer)."""
+        metadata = content["metadata"]
+        finalizers = list(metadata.get("finalizers") or [])
+        if CONTENT_FINALIZER not in finalizers:
+            patch = {
+                "metadata": {
+                    "finalizers": [*finalizers, CONTENT_FINALIZER],
+                    "resourceVersion": metadata["resourceVersion"],
+                }
+            }
+            self._ctx.rest.patch(VOLUME_SNAPSHOT_CONTENTS, metadata["name"], patch)
+
+    def _finalize(self, content: Obj) -> None:
+        """A deleted content: Delete policy deletes the storage snapshot, then the finalizer goes."""
+        if CONTENT_FINALIZER not in (content["metadata"].get("finalizers") or []):
+            return
+        if (content.get("spec") or {}).get("deletionPolicy") == "Delete":
+            self._registry.delete(content_handle(content))
+        self._ctx.remove_finalizer(VOLUME_SNAPSHOT_CONTENTS, content, CONTENT_FINALIZER)
 
     def publish(self, vs: Obj, content: Obj, data: SnapshotData, handle: str) -> None:
         """Write the ready statuses of a VolumeSnapshotContent and its VolumeSnapshot."""
@@ -182,9 +266,17 @@ class SnapshotController:
                 namespace, name, f"snapshot handle {handle!r} does not exist in the simulated CSI driver"
             )
             return
-        if ref.get("uid") != vs["metadata"]["uid"]:
-            ref_patch = {"spec": {"volumeSnapshotRef": {**ref, "uid": vs["metadata"]["uid"]}}}
-            self._ctx.rest.patch(VOLUME_SNAPSHOT_CONTENTS, content["metadata"]["name"], ref_patch)
+        finalizers = list(content["metadata"].get("finalizers") or [])
+        if ref.get("uid") != vs["metadata"]["uid"] or CONTENT_FINALIZER not in finalizers:
+            # Bound and protected in one write: a ready snapshot's content always has the finalizer.
+            bind = {
+                "metadata": {
+                    "finalizers": sorted({*finalizers, CONTENT_FINALIZER}),
+                    "resourceVersion": content["metadata"]["resourceVersion"],
+                },
+                "spec": {"volumeSnapshotRef": {**ref, "uid": vs["metadata"]["uid"]}},
+            }
+            self._ctx.rest.patch(VOLUME_SNAPSHOT_CONTENTS, content["metadata"]["name"], bind)
         self.publish(vs, content, data, str(handle))
 
     def _take_dynamic(self, vs: Obj, world: World) -> None:
@@ -211,9 +303,7 @@ class SnapshotController:
         """A Delete-policy content whose snapshot (by uid) is gone goes too; Retain keeps it."""
         spec = content.get("spec") or {}
         ref = spec.get("volumeSnapshotRef") or {}
-        if spec.get("deletionPolicy") != "Delete" or spec.get("driver") != DRIVER or not ref.get("uid"):
-            return
-        if not self._ctx.in_scope(ref.get("namespace")) or content["metadata"].get("deletionTimestamp"):
+        if spec.get("deletionPolicy") != "Delete" or not ref.get("uid"):
             return
         vs = world.snapshots.get((ref.get("namespace", ""), ref.get("name", "")))
         if vs is not None and vs["metadata"]["uid"] == ref["uid"]:

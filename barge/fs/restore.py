@@ -4,6 +4,11 @@ Every name comes from the repository and is treated as hostile: a name with ``/`
 NUL or nothing at all is refused, and every file is created relative to a directory file
 descriptor we created ourselves, with ``O_NOFOLLOW | O_EXCL``, so neither a crafted name nor a
 symlink in the snapshot can make the restore write outside the target.
+
+File contents are written where the snapshot has data; where it has holes (the source's holes,
+found with ``SEEK_DATA``/``SEEK_HOLE`` at backup time) nothing is written, so every restored file
+is allocated exactly like its source. With ``sparse`` (Velero's ``WriteSparseFiles: "true"``),
+filesystem blocks of file data that are all zeros are left unwritten as well and become holes.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ from typing import Any
 from barge.clock import Clock, SystemClock
 from barge.errors import CorruptionDetected, InvalidInput
 from barge.fs.progress import CancelToken, Progress, ProgressCallback
+from barge.fs.sparse import nonzero_runs, sparse_block
 from barge.repo.repository import Repository
 from barge.repo.session import Session
 from barge.repo.tree import Node, decode_tree
@@ -71,6 +77,7 @@ class _TreeRestore:
         self.open_fds: set[int] = set()  # files handed to the pool; closed even if canceled
         self.files = self.dirs = self.bytes_written = 0
         self.warnings: list[str] = []
+        self.sparse_block = 0  # > 0: leave all-zero blocks of this size (file-aligned) unwritten
 
     def warn(self, message: str) -> None:
         with self.lock:
@@ -140,9 +147,13 @@ class _TreeRestore:
                         raise CorruptionDetected(
                             f"chunk {blob_id.hex()[:16]} has {len(data)} bytes, expected {length}"
                         )
-                    os.pwrite(fd, data, offset)
+                    if self.sparse_block:
+                        written = self.write_nonzero(fd, data, offset)
+                    else:
+                        os.pwrite(fd, data, offset)
+                        written = length
                     with self.lock:
-                        self.bytes_written += length
+                        self.bytes_written += written
                 offset += length
                 self.progress.add(length)
             os.ftruncate(fd, node.size)  # trailing holes stay holes
@@ -151,6 +162,15 @@ class _TreeRestore:
                 self.files += 1
         finally:
             self.close_file(fd)
+
+    def write_nonzero(self, fd: int, data: bytes, offset: int) -> int:
+        """Write ``data`` at ``offset`` but for its all-zero blocks, which stay holes."""
+        view = memoryview(data)
+        written = 0
+        for start, end in nonzero_runs(data, offset, self.sparse_block):
+            os.pwrite(fd, view[start:end], offset + start)
+            written += end - start
+        return written
 
     def close_file(self, fd: int) -> None:
         with self.lock:
@@ -223,10 +243,13 @@ def restore_tree(
     workers: int = 4,
     clock: Clock | None = None,
     tolerated: frozenset[str] = frozenset(),
+    sparse: bool = False,
 ) -> RestoreResult:
     """Restore into ``target``, which must be empty but for names in ``tolerated``.
 
     A freshly formatted volume holds ``lost+found``; the agent tolerates it, the CLI does not.
+    The source's holes are always restored as holes; ``sparse`` also leaves all-zero filesystem
+    blocks of file data unwritten (holes), as Velero's ``WriteSparseFiles`` asks.
     """
     manifest: dict[str, Any] = repo.load_snapshot(snapshot_id)
     if manifest.get("kind") != "fs":
@@ -243,6 +266,8 @@ def restore_tree(
         meter = Progress(int(manifest["summary"]["bytes_total"]), progress, clock)
         job = _TreeRestore(repo, target, meter, cancel or CancelToken(), workers)
         job.tolerated = tolerated
+        if sparse:
+            job.sparse_block = sparse_block(os.stat(target).st_blksize)
         return _restore_under_lease(repo, manifest, target, job)
     finally:
         session.end()

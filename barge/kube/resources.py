@@ -85,6 +85,14 @@ STORAGE_CLASS = Resource("StorageClass", "storage.k8s.io", "v1", "storageclasses
 NAMESPACE = Resource("Namespace", "", "v1", "namespaces", False)
 SERVICE_ACCOUNT = Resource("ServiceAccount", "", "v1", "serviceaccounts", True)
 DAEMON_SET = Resource("DaemonSet", "apps", "v1", "daemonsets", True)
+DEPLOYMENT = Resource("Deployment", "apps", "v1", "deployments", True)
+VOLUME_SNAPSHOT_CLASS = Resource(
+    "VolumeSnapshotClass", "snapshot.storage.k8s.io", "v1", "volumesnapshotclasses", False
+)
+# Velero's own objects: the Velero tier and the demo drive and read them.
+BACKUP = Resource("Backup", "velero.io", "v1", "backups", True)
+RESTORE = Resource("Restore", "velero.io", "v1", "restores", True)
+DELETE_BACKUP_REQUEST = Resource("DeleteBackupRequest", "velero.io", "v1", "deletebackuprequests", True)
 
 BY_KIND: dict[str, Resource] = {
     r.kind: r
@@ -107,6 +115,11 @@ BY_KIND: dict[str, Resource] = {
         NAMESPACE,
         SERVICE_ACCOUNT,
         DAEMON_SET,
+        DEPLOYMENT,
+        VOLUME_SNAPSHOT_CLASS,
+        BACKUP,
+        RESTORE,
+        DELETE_BACKUP_REQUEST,
     )
 }
 

@@ -9,7 +9,8 @@ location's prefix and marks the BSL *Unavailable* when it finds a folder other t
 Barge 0.x before this layout wrote ``<prefix>/barge/<source-namespace>`` (``LEGACY_ROOT``); such a
 repository is never opened in place, only reported with the command that moves it.
 Pure: secrets and CA bundles are handed to a ``materialize`` callback that writes them somewhere
-private and returns the path.
+private and returns the path; the caller reads the Secrets a location names (``spec.credential``,
+``spec.objectStorage.caCertRef``, see ``ca_cert_ref``) from the location's namespace.
 """
 
 from __future__ import annotations
@@ -31,8 +32,12 @@ _GCS_PROVIDERS = ("gcp", "velero.io/gcp")
 _AZURE_PROVIDERS = ("azure", "velero.io/azure")
 _LOCAL_PROVIDERS = ("barge.io/local",)
 _TRUE = ("true", "1", "yes")
-# Barge's own BSL config key (S3): how long one request is retried (throttling, resets, 5xx) before
-# the transfer fails; seconds, default 180.
+# How long one object-store request is retried (throttling, resets, 5xx) before the transfer
+# fails; seconds, default 180. An annotation on the BSL, which Velero and its plugins ignore...
+RETRY_TIMEOUT_ANNOTATION = "barge.io/retry-timeout-seconds"
+# ...rather than this config key, read for compatibility (S3 only, where it was documented): Velero
+# hands `config` to the object-store plugin, and velero-plugin-for-aws refuses unknown keys
+# ("config has invalid keys"), so Velero marks such a BSL Unavailable. The annotation wins.
 RETRY_TIMEOUT_KEY = "barge.io/retryTimeoutSeconds"
 _NAMESPACE = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 # Where repositories live under a BSL's prefix: a folder Velero's store validation accepts.
@@ -47,10 +52,13 @@ def repository_url(
     credential: bytes | None,
     materialize: Materialize,
     *,
+    ca_cert: bytes | None = None,
     root: str = REPOSITORY_ROOT,
 ) -> str:
     """The repository URL for ``source_namespace``'s volumes in this BSL (see module docstring);
-    ``root=LEGACY_ROOT`` gives where Barge wrote it before the current layout."""
+    ``root=LEGACY_ROOT`` gives where Barge wrote it before the current layout. ``credential`` is the
+    value of the ``spec.credential`` Secret key, ``ca_cert`` that of ``spec.objectStorage.caCertRef``
+    (required when the location has one)."""
     name = bsl.get("metadata", {}).get("name", "?")
     spec = bsl.get("spec") or {}
     storage = spec.get("objectStorage") or {}
@@ -63,17 +71,23 @@ def repository_url(
     prefix = "/".join(p for p in (base, root, source_namespace) if p)
     config: Mapping[str, str] = spec.get("config") or {}
     provider = str(spec.get("provider") or "")
-    ca_cert = _ca_cert(name, storage.get("caCert"))
+    bundle = _ca_bundle(bsl, ca_cert)
+    retry: dict[str, str] = {}
+    annotations: Mapping[str, str] = bsl.get("metadata", {}).get("annotations") or {}
+    if timeout := annotations.get(RETRY_TIMEOUT_ANNOTATION):
+        retry["retry_timeout"] = str(timeout)
     if provider in _S3_PROVIDERS:
-        return _url("s3", bucket, prefix, _s3_query(config, credential, ca_cert, materialize))
+        if config.get(RETRY_TIMEOUT_KEY):
+            retry.setdefault("retry_timeout", str(config[RETRY_TIMEOUT_KEY]))
+        return _url("s3", bucket, prefix, _s3_query(config, credential, bundle, materialize) | retry)
     if provider in _GCS_PROVIDERS:
         query = {"credentials_file": str(materialize("gcs-credentials", credential))} if credential else {}
-        return _url("gs", bucket, prefix, query)
+        return _url("gs", bucket, prefix, query | retry)
     if provider in _AZURE_PROVIDERS:
         query = {"account": config.get("storageAccount", "")}
         if credential:
             query["credentials_file"] = str(materialize("azure-credentials", credential))
-        return _url("azure", bucket, prefix, query)
+        return _url("azure", bucket, prefix, query | retry)
     if provider in _LOCAL_PROVIDERS:
         return _local_url(name, bucket, prefix, config)
     known = ", ".join(_S3_PROVIDERS + _GCS_PROVIDERS + _AZURE_PROVIDERS + _LOCAL_PROVIDERS)
@@ -95,8 +109,6 @@ def _s3_query(
         query["insecure_skip_tls_verify"] = "true"
     if config.get("profile"):
         query["profile"] = config["profile"]
-    if config.get(RETRY_TIMEOUT_KEY):
-        query["retry_timeout"] = str(config[RETRY_TIMEOUT_KEY])
     if ca_cert:
         query["ca_bundle"] = str(materialize("ca-bundle", ca_cert))
     if credential:
@@ -118,8 +130,42 @@ def _url(scheme: str, bucket: str, prefix: str, query: Mapping[str, str]) -> str
     return f"{scheme}://{quote(bucket)}/{quote(prefix)}" + (f"?{urlencode(query)}" if query else "")
 
 
-def _ca_cert(name: str, value: object) -> bytes | None:
-    """``objectStorage.caCert`` is base64 of a PEM bundle in Velero's API."""
+def ca_cert_ref(bsl: Mapping[str, Any]) -> tuple[str, str] | None:
+    """``spec.objectStorage.caCertRef`` (Velero 1.18's way to give a CA bundle) as the Secret's
+    ``(name, key)`` in the location's namespace, or None. Velero refuses a location that also has
+    the deprecated inline ``caCert``, and so does Barge."""
+    name = bsl.get("metadata", {}).get("name", "?")
+    storage = (bsl.get("spec") or {}).get("objectStorage") or {}
+    ref = storage.get("caCertRef")
+    if ref is None:
+        return None
+    if storage.get("caCert"):
+        raise InvalidInput(
+            f"BackupStorageLocation {name}: spec.objectStorage has both caCert and caCertRef; "
+            "keep only caCertRef (caCert is deprecated, and Velero rejects the location too)"
+        )
+    selector: Mapping[str, Any] = ref if isinstance(ref, Mapping) else {}
+    secret, key = str(selector.get("name") or ""), str(selector.get("key") or "")
+    if not secret or not key:
+        raise InvalidInput(
+            f"BackupStorageLocation {name}: spec.objectStorage.caCertRef needs the name and key "
+            "of a Secret in Velero's namespace"
+        )
+    return secret, key
+
+
+def _ca_bundle(bsl: Mapping[str, Any], from_ref: bytes | None) -> bytes | None:
+    """The PEM bundle: the caCertRef Secret's value, else the inline (base64) ``caCert``."""
+    ref = ca_cert_ref(bsl)
+    name = bsl.get("metadata", {}).get("name", "?")
+    if ref is not None:
+        if not from_ref:
+            raise InvalidInput(
+                f"BackupStorageLocation {name}: spec.objectStorage.caCertRef names Secret {ref[0]} "
+                f"key {ref[1]}, which is empty"
+            )
+        return from_ref
+    value = ((bsl.get("spec") or {}).get("objectStorage") or {}).get("caCert")
     if not value:
         return None
     try:

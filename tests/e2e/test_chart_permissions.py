@@ -20,7 +20,15 @@ from barge.devenv.localbarge import LocalBarge
 from barge.devenv.simcluster import SimCluster
 from barge.devenv.trees import capture
 from barge.devenv.velero import data_download, data_upload, restore_target_pvc
-from barge.kube.resources import NAMESPACE, PERSISTENT_VOLUME_CLAIM, SERVICE_ACCOUNT, KubeObjects
+from barge.devenv.waiting import wait_for
+from barge.errors import NotFound
+from barge.kube.resources import (
+    NAMESPACE,
+    PERSISTENT_VOLUME_CLAIM,
+    SERVICE_ACCOUNT,
+    VOLUME_SNAPSHOT,
+    KubeObjects,
+)
 from tests.fsbuild import write
 
 pytestmark = pytest.mark.integration
@@ -83,7 +91,7 @@ def test_backup_and_restore_need_no_more_than_the_chart_grants(
     volume = tmp_path / "volume"
     for index in range(6):
         write(volume / f"f{index}.bin", os.urandom(100_000))
-    vs_name, _ = env.sim.snapshot_source(app_namespace, "data", volume)
+    vs_name, handle = env.sim.snapshot_source(app_namespace, "data", volume)
     body = data_upload(
         backup="rbac",
         pvc="data",
@@ -93,6 +101,16 @@ def test_backup_and_restore_need_no_more_than_the_chart_grants(
     )
     uploaded = env.wait_phase("DataUpload", env.create("DataUpload", body)["metadata"]["name"])["status"]
     assert uploaded["phase"] == "Completed", uploaded.get("message")
+
+    def snapshot_disposed() -> bool:
+        """Source released to the clone (patch, deletes in the app namespace), clone deleted."""
+        try:
+            objects.get(VOLUME_SNAPSHOT, app_namespace, vs_name)
+        except NotFound:
+            return handle not in env.sim.storage_snapshots()
+        return False
+
+    wait_for(snapshot_disposed, 60, what="the snapshot Velero left to be deleted", interval=0.3)
     target_ns = f"{app_namespace}-restored"
     objects.create(
         PERSISTENT_VOLUME_CLAIM,

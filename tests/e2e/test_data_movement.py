@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import os
 import socket
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +16,7 @@ from barge.devenv.localbarge import LocalBarge
 from barge.devenv.trees import capture
 from barge.devenv.velero import data_download, data_upload, restore_target_pvc
 from barge.devenv.waiting import wait_for
+from barge.errors import NotFound
 from barge.kube.resources import (
     BACKUP_STORAGE_LOCATION,
     DATA_UPLOAD,
@@ -24,6 +26,7 @@ from barge.kube.resources import (
     VOLUME_SNAPSHOT,
     VOLUME_SNAPSHOT_CONTENT,
     KubeObjects,
+    Resource,
 )
 from tests.fsbuild import write
 
@@ -37,17 +40,57 @@ def make_volume(root: Path, files: int = 20, size: int = 50_000) -> Path:
     return root
 
 
+@dataclass(frozen=True)
+class SourceSnapshot:
+    """What Velero's CSI plugin left for one DataUpload: its VolumeSnapshot, content and handle."""
+
+    namespace: str
+    snapshot: str
+    content: str
+    handle: str
+
+
+SOURCES: dict[str, SourceSnapshot] = {}  # DataUpload name -> its source snapshot
+
+
+def snapshot_source(
+    env: LocalBarge, namespace: str, pvc: str, volume: Path, **options: Any
+) -> SourceSnapshot:
+    vs_name, handle = env.sim.snapshot_source(namespace, pvc, volume, **options)
+    content = env.objects.get(VOLUME_SNAPSHOT, namespace, vs_name)["status"]["boundVolumeSnapshotContentName"]
+    return SourceSnapshot(namespace, vs_name, content, handle)
+
+
+def create_upload(
+    env: LocalBarge, source: SourceSnapshot, pvc: str, backup: str = "nightly", **spec: Any
+) -> str:
+    body = data_upload(
+        backup=backup, pvc=pvc, source_namespace=source.namespace, volume_snapshot=source.snapshot
+    )
+    body["spec"].update(spec)
+    name = str(env.create("DataUpload", body)["metadata"]["name"])
+    SOURCES[name] = source
+    return name
+
+
 def upload(
     env: LocalBarge, namespace: str, volume: Path, backup: str = "nightly", pvc: str = "data", **spec: Any
 ) -> str:
-    vs_name, _ = env.sim.snapshot_source(namespace, pvc, volume)
-    body = data_upload(backup=backup, pvc=pvc, source_namespace=namespace, volume_snapshot=vs_name)
-    body["spec"].update(spec)
-    return str(env.create("DataUpload", body)["metadata"]["name"])
+    return create_upload(env, snapshot_source(env, namespace, pvc, volume), pvc, backup, **spec)
 
 
 def assert_cleaned_up(env: LocalBarge, objects: KubeObjects, kind: str, name: str) -> None:
+    """Nothing Barge created is left, and for a DataUpload nothing of the snapshot Velero handed it
+    either: the source VolumeSnapshot and content are gone, and so is the storage snapshot."""
     uid = env.get(kind, name)["metadata"]["uid"]
+    source = SOURCES.get(name) if kind == "DataUpload" else None
+
+    def gone(resource: Resource, namespace: str | None, object_name: str) -> bool:
+        try:
+            objects.get(resource, namespace, object_name)
+        except NotFound:
+            return True
+        return False
 
     def nothing_left() -> bool:
         selector = f"{LABEL_OWNER_UID}={uid}"
@@ -58,6 +101,12 @@ def assert_cleaned_up(env: LocalBarge, objects: KubeObjects, kind: str, name: st
             *objects.list(VOLUME_SNAPSHOT_CONTENT, None, selector),
         ]
         finalizers = env.get(kind, name)["metadata"].get("finalizers") or []
+        if source is not None and not (
+            gone(VOLUME_SNAPSHOT, source.namespace, source.snapshot)
+            and gone(VOLUME_SNAPSHOT_CONTENT, None, source.content)
+            and source.handle not in env.sim.storage_snapshots()
+        ):
+            return False
         return not leftovers and FINALIZER not in finalizers
 
     wait_for(nothing_left, 60, what=f"everything Barge created for {kind} {name} to be removed", interval=0.3)
@@ -88,8 +137,11 @@ def test_a_data_download_restores_bit_exact_into_the_target_pvc(
 ) -> None:
     volume = make_volume(tmp_path / "volume", files=8)
     os.symlink("dir0", volume / "link")
-    uploaded = barge_env.wait_phase("DataUpload", upload(barge_env, app_namespace, volume))["status"]
+    upload_name = upload(barge_env, app_namespace, volume)
+    uploaded = barge_env.wait_phase("DataUpload", upload_name)["status"]
     assert uploaded["phase"] == "Completed", uploaded.get("message")
+    # The snapshot is gone from the cluster and the storage: the data lives in the repository only.
+    assert_cleaned_up(barge_env, objects, "DataUpload", upload_name)
     target_ns = f"{app_namespace}-restored"
     objects.create(
         PERSISTENT_VOLUME_CLAIM,
@@ -182,6 +234,19 @@ def test_deleting_a_data_upload_cleans_everything_up(
     barge_env.wait_gone("DataUpload", name)
     leftovers = objects.list(POD, "velero", f"{LABEL_OWNER_UID}={uid}")
     assert leftovers == []
+    assert objects.list(VOLUME_SNAPSHOT_CONTENT, None, f"{LABEL_OWNER_UID}={uid}") == []
+    source = SOURCES[name]
+
+    def snapshot_gone() -> bool:
+        try:
+            objects.get(VOLUME_SNAPSHOT, source.namespace, source.snapshot)
+        except NotFound:
+            return source.handle not in barge_env.sim.storage_snapshots()
+        return False
+
+    wait_for(
+        snapshot_gone, 30, what="the source snapshot and its storage snapshot to be deleted", interval=0.3
+    )
 
 
 def test_metrics_show_the_work(barge_env: LocalBarge, app_namespace: str, tmp_path: Path) -> None:
@@ -212,12 +277,13 @@ def test_a_block_volume_round_trips_bit_exact(
         out.write(os.urandom(3 * 2**20))
         out.seek(50 * 2**20)
         out.write(b"tail of the device")
-    vs_name, _ = barge_env.sim.snapshot_source(app_namespace, "raw", image, block=True)
-    body = data_upload(backup="blocks", pvc="raw", source_namespace=app_namespace, volume_snapshot=vs_name)
-    uploaded = barge_env.wait_phase("DataUpload", barge_env.create("DataUpload", body)["metadata"]["name"])
+    source = snapshot_source(barge_env, app_namespace, "raw", image, block=True)
+    upload_name = create_upload(barge_env, source, "raw", backup="blocks")
+    uploaded = barge_env.wait_phase("DataUpload", upload_name)
     status = uploaded["status"]
     assert status["phase"] == "Completed", status.get("message")
     assert status["progress"]["totalBytes"] == 64 * 2**20
+    assert_cleaned_up(barge_env, objects, "DataUpload", upload_name)
     target_ns = f"{app_namespace}-restored"
     objects.create(
         PERSISTENT_VOLUME_CLAIM,
@@ -241,10 +307,9 @@ def test_a_snapshot_that_failed_fails_the_upload_with_its_error(
     barge_env: LocalBarge, objects: KubeObjects, app_namespace: str, tmp_path: Path
 ) -> None:
     volume = make_volume(tmp_path / "v", files=1)
-    vs_name, _ = barge_env.sim.snapshot_source(app_namespace, "data", volume)
-    barge_env.sim.fail_snapshot(app_namespace, vs_name, "the storage backend refused the snapshot")
-    body = data_upload(backup="nightly", pvc="data", source_namespace=app_namespace, volume_snapshot=vs_name)
-    name = barge_env.create("DataUpload", body)["metadata"]["name"]
+    source = snapshot_source(barge_env, app_namespace, "data", volume)
+    barge_env.sim.fail_snapshot(app_namespace, source.snapshot, "the storage backend refused the snapshot")
+    name = create_upload(barge_env, source, "data")
     status = barge_env.wait_phase("DataUpload", name)["status"]
     assert status["phase"] == "Failed"
     assert "the storage backend refused the snapshot" in status["message"]

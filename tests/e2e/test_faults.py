@@ -67,11 +67,36 @@ def big_volume(root: Path, megabytes: int = 384) -> Path:
     return root
 
 
+# DataUpload name -> (namespace, VolumeSnapshot, VolumeSnapshotContent, handle) Velero left for it.
+SOURCES: dict[str, tuple[str, str, str, str]] = {}
+
+
 def start_upload(env: LocalBarge, namespace: str, volume: Path) -> str:
-    vs_name, _ = env.sim.snapshot_source(namespace, "data", volume)
+    vs_name, handle = env.sim.snapshot_source(namespace, "data", volume)
+    content = env.objects.get(VOLUME_SNAPSHOT, namespace, vs_name)["status"]["boundVolumeSnapshotContentName"]
     body = data_upload(backup="faulty", pvc="data", source_namespace=namespace, volume_snapshot=vs_name)
     body["spec"]["operationTimeout"] = "5m"
-    return str(env.create("DataUpload", body)["metadata"]["name"])
+    name = str(env.create("DataUpload", body)["metadata"]["name"])
+    SOURCES[name] = (namespace, vs_name, content, handle)
+    return name
+
+
+def assert_source_released(env: LocalBarge, name: str) -> None:
+    """The source VolumeSnapshot/Content are gone, the clone holds the storage snapshot alone
+    (unless the upload has finished meanwhile and the clone went too)."""
+    namespace, vs_name, content, handle = SOURCES[name]
+    for resource, scope, object_name in (
+        (VOLUME_SNAPSHOT, namespace, vs_name),
+        (VOLUME_SNAPSHOT_CONTENT, None, content),
+    ):
+        with pytest.raises(NotFound):
+            env.objects.get(resource, scope, object_name)
+    try:
+        clone = env.objects.get(VOLUME_SNAPSHOT_CONTENT, None, name)
+    except NotFound:
+        assert env.get("DataUpload", name)["status"]["phase"] in ("Completed", "Failed", "Canceled")
+        return
+    assert (clone["spec"]["deletionPolicy"], clone["spec"]["source"]["snapshotHandle"]) == ("Delete", handle)
 
 
 def wait_progress(env: LocalBarge, name: str, fraction: float) -> dict[str, object]:
@@ -92,7 +117,8 @@ def wait_progress(env: LocalBarge, name: str, fraction: float) -> dict[str, obje
 
 
 def assert_nothing_left(env: LocalBarge, name: str, timeout: float = 60.0) -> None:
-    """After the fault: every exposure object is deleted and the finalizer released (no leak)."""
+    """After the fault: every exposure object, the source snapshot Velero left and the storage
+    snapshot are deleted, and the finalizer released (no leak)."""
     parts = (
         (POD, env.velero_namespace),
         (POD_DISRUPTION_BUDGET, env.velero_namespace),
@@ -101,16 +127,21 @@ def assert_nothing_left(env: LocalBarge, name: str, timeout: float = 60.0) -> No
         (VOLUME_SNAPSHOT_CONTENT, None),
     )
 
+    source_namespace, vs_name, content, handle = SOURCES[name]
+    sources = ((VOLUME_SNAPSHOT, source_namespace, vs_name), (VOLUME_SNAPSHOT_CONTENT, None, content))
+
     def left() -> list[str]:
         found = []
-        for resource, namespace in parts:
+        for resource, namespace, object_name in (*((r, n, name) for r, n in parts), *sources):
             try:
-                env.objects.get(resource, namespace, name)
-                found.append(resource.kind)
+                env.objects.get(resource, namespace, object_name)
+                found.append(f"{resource.kind} {object_name}")
             except NotFound:
                 pass
         if env.get("DataUpload", name)["metadata"].get("finalizers"):
             found.append("finalizer")
+        if handle in env.sim.storage_snapshots():
+            found.append(f"storage snapshot {handle}")
         return found
 
     wait_for(lambda: not left(), timeout, what=f"the exposure of {name} to be cleaned up", interval=0.2)
@@ -122,6 +153,7 @@ def test_an_agent_killed_mid_upload_is_replaced_and_the_upload_completes(
     name = start_upload(env, app_namespace, big_volume(tmp_path / "v"))
     status = wait_progress(env, name, 0.4)
     victim = str(status["node"])
+    assert_source_released(env, name)  # long before the data moves
     os.kill(env.processes.agents[victim].pid, signal.SIGKILL)
     killed = time.monotonic()
     try:
@@ -179,7 +211,7 @@ def test_the_leader_killed_mid_upload_hands_over_without_restarting_the_transfer
 def uploaded_twice(env: LocalBarge, namespace: str, total: int) -> int:
     """Bytes in the namespace's repository beyond one copy of the (incompressible) volume: what was
     uploaded again after the fault. The issue's bound: at most one pack per worker."""
-    root = env.repository_root / "backups" / "cluster" / "barge" / namespace
+    root = env.repository_dir(namespace)
     return sum(p.stat().st_size for p in root.rglob("*") if p.is_file()) - total
 
 
@@ -207,6 +239,7 @@ def test_a_drain_waits_for_the_hand_off_and_the_upload_completes_on_another_node
         left = env.sim.drain(drained, timeout=90)
         drain_s = time.monotonic() - started
         when_drained = env.get("DataUpload", name)
+        assert_source_released(env, name)  # the re-exposure kept the clone: it is all there is
         done = env.wait_phase("DataUpload", name, timeout=180)
         complete_s = time.monotonic() - started
     finally:

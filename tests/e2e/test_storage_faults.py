@@ -31,6 +31,7 @@ from barge.fs.restore import restore_tree
 from barge.kube.resources import BACKUP_STORAGE_LOCATION, NAMESPACE, SECRET, KubeObjects
 from barge.repo.repository import Repository
 from barge.storage.s3 import S3Options, S3Store
+from barge.velero.bsl import REPOSITORY_ROOT, RETRY_TIMEOUT_ANNOTATION
 from tests.fsbuild import MIB, write
 from tests.integration.test_s3_store import make_bucket
 
@@ -95,16 +96,16 @@ def s3(s3_server: S3Endpoint, proxy: FaultProxy, env: LocalBarge) -> FaultyS3:
     env.objects.create(
         BACKUP_STORAGE_LOCATION,
         {
-            "metadata": {"name": S3_BSL, "namespace": env.velero_namespace},
+            "metadata": {
+                "name": S3_BSL,
+                "namespace": env.velero_namespace,
+                # an annotation, not a config key: Velero's AWS plugin rejects unknown config keys
+                "annotations": {RETRY_TIMEOUT_ANNOTATION: str(RETRY_TIMEOUT_S)},
+            },
             "spec": {
                 "provider": "aws",
                 "objectStorage": {"bucket": bucket, "prefix": "cluster"},
-                "config": {
-                    "region": s3_server.region,
-                    "s3Url": proxy.url,
-                    "s3ForcePathStyle": "true",
-                    "barge.io/retryTimeoutSeconds": str(RETRY_TIMEOUT_S),
-                },
+                "config": {"region": s3_server.region, "s3Url": proxy.url, "s3ForcePathStyle": "true"},
                 "credential": {"name": f"{S3_BSL}-credentials", "key": "cloud"},
             },
         },
@@ -145,7 +146,7 @@ def restored_from_s3(env: LocalBarge, s3: FaultyS3, *, namespace: str, snapshot:
     store = S3Store(
         S3Options(
             bucket=s3.bucket,
-            prefix=f"cluster/barge/{namespace}",
+            prefix=f"cluster/{REPOSITORY_ROOT}/{namespace}",
             endpoint=server.url,
             region=server.region,
             path_style=True,
@@ -210,7 +211,7 @@ def test_a_store_that_keeps_failing_fails_the_upload_with_a_clear_message_in_bou
     assert "503" in final["message"] or "SlowDown" in final["message"], final["message"]
     assert RETRY_TIMEOUT_S <= took <= RETRY_TIMEOUT_S + 60  # retried for the configured time, no longer
     print(
-        f"S3 down for good (retryTimeoutSeconds {RETRY_TIMEOUT_S}): Failed after {took:.1f}s with: "
+        f"S3 down for good ({RETRY_TIMEOUT_ANNOTATION} {RETRY_TIMEOUT_S}): Failed after {took:.1f}s with: "
         f"{final['message']}"
     )
 

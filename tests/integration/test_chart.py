@@ -136,9 +136,10 @@ def coordinator_needs(r: Release) -> list[Access]:
         for v in ("get", "list", "watch", "create", "delete", "patch")
     ]
     needs += [Access(v, "persistentvolumes") for v in ("get", "list", "watch", "update", "patch")]
+    # Read the source snapshots, and delete them once released to the clone (or never cloned).
     needs += [
         Access(v, "volumesnapshots", r.app_namespace, "snapshot.storage.k8s.io")
-        for v in ("get", "list", "watch")
+        for v in ("get", "list", "watch", "delete")
     ]
     needs += [Access(v, "volumesnapshots", velero, "snapshot.storage.k8s.io") for v in ("create", "delete")]
     needs += [
@@ -178,7 +179,9 @@ def coordinator_must_not(r: Release) -> list[Access]:
         Access("delete", "persistentvolumeclaims", r.app_namespace),
         Access("create", "pods", r.velero_namespace, subresource="exec"),
         Access("create", "volumesnapshots", r.app_namespace, "snapshot.storage.k8s.io"),
-        Access("delete", "volumesnapshots", r.app_namespace, "snapshot.storage.k8s.io"),
+        Access("update", "volumesnapshots", r.app_namespace, "snapshot.storage.k8s.io"),
+        Access("patch", "volumesnapshots", r.app_namespace, "snapshot.storage.k8s.io"),
+        Access("deletecollection", "volumesnapshots", r.app_namespace, "snapshot.storage.k8s.io"),
         Access("create", "datauploads", r.velero_namespace, "velero.io"),
         Access("delete", "datauploads", r.velero_namespace, "velero.io"),
         Access("get", "datauploads", r.app_namespace, "velero.io"),

@@ -17,6 +17,7 @@ from kubernetes.client.exceptions import ApiException
 
 from barge.control.naming import kubelet_volume_path
 from barge.devenv.simcluster import DRIVER, SimCluster
+from barge.devenv.simsnapshots import CONTENT_FINALIZER
 from barge.devenv.waiting import wait_for
 from barge.errors import InvalidInput
 from tests.integration.objects import data_upload
@@ -460,8 +461,11 @@ class TestSnapshots:
             content = crs.get_cluster_custom_object(*SNAP, "volumesnapshotcontents", content_name)
             assert content["status"]["snapshotHandle"] == handle
             assert content["status"]["restoreSize"] == 3 << 30
+            assert content["metadata"]["finalizers"] == [CONTENT_FINALIZER]
         finally:
             crs.delete_cluster_custom_object(*SNAP, "volumesnapshotcontents", content_name)
+        wait_gone(crs.get_cluster_custom_object, *SNAP, "volumesnapshotcontents", content_name)
+        assert handle in sim.storage_snapshots()  # Retain: the storage snapshot outlives its content
 
     def test_an_unknown_handle_and_fail_snapshot_set_an_error(
         self, kube: client.ApiClient, sim: SimCluster, ns: str, tmp_path: Path
@@ -502,6 +506,7 @@ class TestSnapshots:
             assert "does not exist" in wait_for(error, WAIT, what="snapshot error")
         finally:
             crs.delete_cluster_custom_object(*SNAP, "volumesnapshotcontents", content_name)
+        wait_gone(crs.get_cluster_custom_object, *SNAP, "volumesnapshotcontents", content_name)
 
         vs_name, _ = sim.snapshot_source(ns, "other", write_tree(tmp_path / "other"))
         sim.fail_snapshot(ns, vs_name, "disk on fire")
@@ -542,6 +547,69 @@ class TestSnapshots:
     def test_a_bad_source_is_refused_with_a_message(self, sim: SimCluster, ns: str, tmp_path: Path) -> None:
         with pytest.raises(InvalidInput, match="must be an image file"):
             sim.snapshot_source(ns, "x", tmp_path, block=True)
+
+    def test_a_deleted_delete_policy_content_deletes_its_storage_snapshot_first(
+        self, kube: client.ApiClient, sim: SimCluster, ns: str
+    ) -> None:
+        """The external-snapshotter's contract: the finalizer holds the content until the storage
+        snapshot (record and the registry's data copy) is gone."""
+        crs = client.CustomObjectsApi(kube)
+        handle, content_name, copy = take_snapshot(kube, sim, ns, "cut")
+        content = crs.get_cluster_custom_object(*SNAP, "volumesnapshotcontents", content_name)
+        assert content["spec"]["deletionPolicy"] == "Delete"
+        assert content["metadata"]["finalizers"] == [CONTENT_FINALIZER]
+        assert copy.is_dir()
+
+        crs.delete_namespaced_custom_object(*SNAP, ns, "volumesnapshots", "cut")
+        wait_gone(crs.get_cluster_custom_object, *SNAP, "volumesnapshotcontents", content_name)
+        assert handle not in sim.storage_snapshots()
+        assert not copy.exists()
+
+    def test_a_retained_content_lets_go_and_keeps_its_storage_snapshot(
+        self, kube: client.ApiClient, sim: SimCluster, ns: str
+    ) -> None:
+        crs = client.CustomObjectsApi(kube)
+        handle, content_name, copy = take_snapshot(kube, sim, ns, "kept")
+        crs.patch_cluster_custom_object(
+            *SNAP, "volumesnapshotcontents", content_name, {"spec": {"deletionPolicy": "Retain"}}
+        )
+        crs.delete_namespaced_custom_object(*SNAP, ns, "volumesnapshots", "kept")
+        for _ in range(3):
+            sim.reconcile_once()
+        assert crs.get_cluster_custom_object(*SNAP, "volumesnapshotcontents", content_name)  # Retain: kept
+        crs.delete_cluster_custom_object(*SNAP, "volumesnapshotcontents", content_name)
+        wait_gone(crs.get_cluster_custom_object, *SNAP, "volumesnapshotcontents", content_name)
+        assert sim.storage_snapshots()[handle].path == copy
+        assert copy.is_dir()
+
+
+def take_snapshot(kube: client.ApiClient, sim: SimCluster, ns: str, name: str) -> tuple[str, str, Path]:
+    """A dynamic snapshot of a fresh claim: (handle, content name, the registry's data copy)."""
+    core, crs = client.CoreV1Api(kube), client.CustomObjectsApi(kube)
+    core.create_namespaced_persistent_volume_claim(ns, pvc_body(f"{name}-src"))
+    (sim.root / "volumes" / bound_pv(core, ns, f"{name}-src") / "f.txt").write_text(name)
+    crs.create_namespaced_custom_object(
+        *SNAP,
+        ns,
+        "volumesnapshots",
+        {
+            **VS_TYPE,
+            "metadata": {"name": name},
+            "spec": {"source": {"persistentVolumeClaimName": f"{name}-src"}},
+        },
+    )
+
+    def ready() -> dict[str, Any] | None:
+        status = crs.get_namespaced_custom_object(*SNAP, ns, "volumesnapshots", name).get("status") or {}
+        return status if status.get("readyToUse") else None
+
+    content_name = wait_for(ready, WAIT, what=f"snapshot {name} ready")["boundVolumeSnapshotContentName"]
+    handle = crs.get_cluster_custom_object(*SNAP, "volumesnapshotcontents", content_name)["status"][
+        "snapshotHandle"
+    ]
+    data = sim.storage_snapshots()[handle]
+    assert (data.path / "f.txt").read_text() == name
+    return handle, content_name, data.path
 
 
 def pdb(name: str, selector: dict[str, str], min_available: int) -> dict[str, Any]:
@@ -684,7 +752,8 @@ def test_orphans_are_garbage_collected_and_owned_objects_kept(
 def test_the_coordinators_backup_exposure_runs_and_is_collected_with_its_data_upload(
     kube: client.ApiClient, tmp_path: Path
 ) -> None:
-    """docs/control-plane.md "Exposure", step by step, then the DataUpload goes and takes it all along."""
+    """docs/control-plane.md "Exposure", step by step (the clone takes the storage snapshot over from
+    Velero's source objects), then the DataUpload goes and takes it all along, storage snapshot too."""
     core, crs = client.CoreV1Api(kube), client.CustomObjectsApi(kube)
     app_ns, cr_ns = f"app-{uuid.uuid4().hex[:6]}", f"velero-{uuid.uuid4().hex[:6]}"
     for namespace in (app_ns, cr_ns):
@@ -695,10 +764,11 @@ def test_the_coordinators_backup_exposure_runs_and_is_collected_with_its_data_up
         source = write_tree(tmp_path / "app-data")
         vs_name, handle = sim.snapshot_source(app_ns, "data-db-0", source)
         original = crs.get_namespaced_custom_object(*SNAP, app_ns, "volumesnapshots", vs_name)
-        original_content = crs.get_cluster_custom_object(
-            *SNAP, "volumesnapshotcontents", original["status"]["boundVolumeSnapshotContentName"]
-        )
+        original_name = original["status"]["boundVolumeSnapshotContentName"]
+        original_content = crs.get_cluster_custom_object(*SNAP, "volumesnapshotcontents", original_name)
         assert original_content["status"]["snapshotHandle"] == handle
+        assert original_content["spec"]["deletionPolicy"] == "Delete"
+        assert original_content["metadata"]["finalizers"] == [CONTENT_FINALIZER]
 
         upload = data_upload(pvc="data-db-0", source_ns=app_ns)
         upload["metadata"]["namespace"] = cr_ns
@@ -722,48 +792,62 @@ def test_the_coordinators_backup_exposure_runs_and_is_collected_with_its_data_up
                 "kind": "VolumeSnapshotContent",
                 "metadata": {"name": name},
                 "spec": {
-                    "deletionPolicy": "Retain",
+                    "deletionPolicy": "Delete",
                     "driver": original_content["spec"]["driver"],
                     "source": {"snapshotHandle": handle},
                     "volumeSnapshotRef": {"namespace": cr_ns, "name": name},
                 },
             },
         )
-        try:
-            crs.create_namespaced_custom_object(
-                *SNAP,
-                cr_ns,
-                "volumesnapshots",
-                {
-                    **VS_TYPE,
-                    "metadata": {"name": name, "ownerReferences": owner},
-                    "spec": {"source": {"volumeSnapshotContentName": name}},
-                },
-            )
-            claim = pvc_body(name, snapshot=name, size=str(original["status"]["restoreSize"]))
-            claim["metadata"]["ownerReferences"] = owner
-            core.create_namespaced_persistent_volume_claim(cr_ns, claim)
-            exposer = pod_body(name, name)
-            exposer["metadata"]["ownerReferences"] = owner
-            core.create_namespaced_pod(cr_ns, exposer)
+        crs.create_namespaced_custom_object(
+            *SNAP,
+            cr_ns,
+            "volumesnapshots",
+            {
+                **VS_TYPE,
+                "metadata": {"name": name, "ownerReferences": owner},
+                "spec": {"source": {"volumeSnapshotContentName": name}},
+            },
+        )
+        wait_for(
+            lambda: (
+                crs.get_namespaced_custom_object(*SNAP, cr_ns, "volumesnapshots", name).get("status") or {}
+            ).get("readyToUse"),
+            WAIT,
+            what="clone ready",
+        )
+        # The release: the source content goes Retain, then the source snapshot and content go.
+        crs.patch_cluster_custom_object(
+            *SNAP, "volumesnapshotcontents", original_name, {"spec": {"deletionPolicy": "Retain"}}
+        )
+        crs.delete_namespaced_custom_object(*SNAP, app_ns, "volumesnapshots", vs_name)
+        crs.delete_cluster_custom_object(*SNAP, "volumesnapshotcontents", original_name)
+        wait_gone(crs.get_cluster_custom_object, *SNAP, "volumesnapshotcontents", original_name)
+        assert handle in sim.storage_snapshots()  # the clone holds it now
 
-            pod = wait_running(core, cr_ns, name)
-            pv_name = bound_pv(core, cr_ns, name)
-            mount = volume_path(sim, pod, pv_name, block=False)
-            assert tree(mount.resolve()) == tree(source)
-            data_dir = mount.resolve()
+        claim = pvc_body(name, snapshot=name, size=str(original["status"]["restoreSize"]))
+        claim["metadata"]["ownerReferences"] = owner
+        core.create_namespaced_persistent_volume_claim(cr_ns, claim)
+        exposer = pod_body(name, name)
+        exposer["metadata"]["ownerReferences"] = owner
+        core.create_namespaced_pod(cr_ns, exposer)
 
-            crs.delete_namespaced_custom_object("velero.io", "v2alpha1", cr_ns, "datauploads", name)
-            wait_gone(core.read_namespaced_pod, name, cr_ns)
-            wait_gone(core.read_namespaced_persistent_volume_claim, name, cr_ns)
-            wait_gone(crs.get_namespaced_custom_object, *SNAP, cr_ns, "volumesnapshots", name)
-            wait_gone(core.read_persistent_volume, pv_name)
-            assert not data_dir.exists()
-            assert tree(source)  # the application's data is untouched
-            retained = crs.get_cluster_custom_object(*SNAP, "volumesnapshotcontents", name)
-            assert retained["spec"]["deletionPolicy"] == "Retain"
-        finally:
-            crs.delete_cluster_custom_object(*SNAP, "volumesnapshotcontents", name)
+        pod = wait_running(core, cr_ns, name)
+        pv_name = bound_pv(core, cr_ns, name)
+        mount = volume_path(sim, pod, pv_name, block=False)
+        assert tree(mount.resolve()) == tree(source)
+        data_dir = mount.resolve()
+
+        crs.delete_namespaced_custom_object("velero.io", "v2alpha1", cr_ns, "datauploads", name)
+        wait_gone(core.read_namespaced_pod, name, cr_ns)
+        wait_gone(core.read_namespaced_persistent_volume_claim, name, cr_ns)
+        wait_gone(crs.get_namespaced_custom_object, *SNAP, cr_ns, "volumesnapshots", name)
+        wait_gone(core.read_persistent_volume, pv_name)
+        # The clone content (Delete) followed its snapshot, and took the storage snapshot with it.
+        wait_gone(crs.get_cluster_custom_object, *SNAP, "volumesnapshotcontents", name)
+        assert handle not in sim.storage_snapshots()
+        assert not data_dir.exists()
+        assert tree(source)  # the application's data is untouched
     assert sim.errors == []
 
 

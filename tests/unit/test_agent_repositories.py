@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
@@ -77,6 +78,30 @@ def test_credentials_are_written_privately(tmp_path: Path) -> None:
     assert repos._materialize("s3-credentials", b"[default]\n") == path
 
 
+def test_the_ca_bundle_comes_from_the_secret_ca_cert_ref_names(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The Secret is read from Velero's namespace, like the credential, and written privately."""
+    bsls, secrets = objects(tmp_path)
+    bsls["default"]["spec"] = {
+        "provider": "aws",
+        "objectStorage": {"bucket": "b", "caCertRef": {"name": "store-ca", "key": "ca.crt"}},
+        "config": {"s3Url": "https://minio.example:9000"},
+    }
+    secrets["store-ca"] = {"data": {"ca.crt": base64.b64encode(b"-----BEGIN CERTIFICATE-----").decode()}}
+    urls: list[str] = []
+
+    def open_store(url: str) -> LocalDirectoryStore:  # the S3 store, kept on disk here
+        urls.append(url)
+        return LocalDirectoryStore(tmp_path / "store" / str(len(urls)))
+
+    monkeypatch.setattr("agent.repositories.open_store", open_store)
+    opener(tmp_path, bsls, secrets).open(assignment())
+    (bundle,) = {parse_qs(urlsplit(url).query)["ca_bundle"][0] for url in urls}
+    assert Path(bundle).read_bytes() == b"-----BEGIN CERTIFICATE-----"
+    assert Path(bundle).stat().st_mode & 0o777 == 0o600
+
+
 @pytest.mark.parametrize(
     ("change", "error", "message"),
     [
@@ -88,6 +113,9 @@ def test_credentials_are_written_privately(tmp_path: Path) -> None:
         ),
         ("wrong-key", InvalidInput, "has no key 'repository-password'"),
         ("no-credential-secret", NotFound, "BackupStorageLocation default credential: Secret velero/creds"),
+        ("no-ca-secret", NotFound, r"BackupStorageLocation default CA bundle \(caCertRef\): Secret velero/"),
+        ("ca-secret-without-key", InvalidInput, r"CA bundle \(caCertRef\): .* has no key 'ca.crt'"),
+        ("both-ca-forms", InvalidInput, "has both caCert and caCertRef; keep only caCertRef"),
     ],
 )
 def test_missing_pieces_say_which(tmp_path: Path, change: str, error: type[Exception], message: str) -> None:
@@ -99,7 +127,14 @@ def test_missing_pieces_say_which(tmp_path: Path, change: str, error: type[Excep
         secrets.clear()
     elif change == "wrong-key":
         secrets["velero-repo-credentials"] = {"data": {"other": ""}}
-    else:
+    elif change == "no-credential-secret":
         bsls["default"]["spec"]["credential"] = {"name": "creds", "key": "cloud"}
+    else:
+        storage = bsls["default"]["spec"]["objectStorage"]
+        storage["caCertRef"] = {"name": "ca", "key": "ca.crt"}
+        if change == "ca-secret-without-key":
+            secrets["ca"] = {"data": {"tls.crt": ""}}
+        elif change == "both-ca-forms":
+            storage["caCert"] = base64.b64encode(b"PEM").decode()
     with pytest.raises(error, match=message):
         opener(tmp_path, bsls, secrets).open(assignment(name))

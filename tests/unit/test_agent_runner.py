@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 
+from agent import runner as runner_module
 from agent.agent import Agent
 from agent.metrics import AgentMetrics
 from agent.runner import AssignmentRunner, Mutation, RunnerSettings
@@ -32,6 +33,7 @@ from barge.control.messages import (
 from barge.control.naming import Fence, kubelet_volume_path
 from barge.devenv.trees import capture
 from barge.errors import Fenced, TemporaryError
+from barge.fs.backup import BackupOptions
 from barge.fs.restore import restore_tree
 from barge.repo.crypto import KdfParams
 from barge.repo.repository import Repository
@@ -112,6 +114,7 @@ def test_upload_completes_with_what_velero_reads(tmp_path: Path, repo: Repositor
     assert final["progress"] == {"totalBytes": 200_005, "bytesDone": 200_005}
     assert final["path"] == str(data)
     assert final["node"] == "node-a"
+    assert final["nodeOS"] == "linux"  # Velero copies it into the restore's DataDownload spec.nodeOS
     assert final["startTimestamp"]
     assert final["completionTimestamp"]
     assert final["dataMoverResult"]["barge.io/files"] == "2"
@@ -157,10 +160,101 @@ def test_download_restores_into_a_fresh_volume_and_leaves_completion_to_the_coor
                               progress=lambda *_: None, clock=ManualClock()).run()  # fmt: skip
     assert result.outcome is Outcome.COMPLETED
     assert status.status["phase"] == "InProgress"
+    assert status.writes[0]["nodeOS"] == "linux"
     assert status.status["progress"] == {"totalBytes": 50_000, "bytesDone": 50_000}
     restored = capture(target)
     del restored[b"lost+found"]
     assert restored == capture(source)
+
+
+def restore_through_runner(
+    tmp_path: Path, repo: Repository, source: Path, config: tuple[tuple[str, str], ...]
+) -> tuple[AssignmentResult, MemoryStatus, Path]:
+    """Back ``source`` up and restore it into a fresh volume with this dataMoverConfig."""
+    exposed_volume(tmp_path / "kubelet", "pod-1", "pv-1", source)
+    uploaded = runner(tmp_path, assignment(), MemoryStatus(), repo).run()
+    target = tmp_path / "new-volume"
+    target.mkdir()
+    exposed_volume(tmp_path / "kubelet2", "pod-1", "pv-1", target)
+    status = MemoryStatus()
+    settings = RunnerSettings(node="node-a", kubelet_root=tmp_path / "kubelet2", status_interval_s=0.0)
+    download = replace(assignment(AssignmentKind.DOWNLOAD, uploaded.snapshot_id), data_mover_config=config)
+    result = AssignmentRunner(download, settings, status=status, repositories=Repos(repo),
+                              progress=lambda *_: None, clock=ManualClock()).run()  # fmt: skip
+    return result, status, target
+
+
+@pytest.mark.parametrize(("value", "max_allocated"), [("false", None), ("True", 320 * 1024)])
+def test_write_sparse_files_decides_whether_zero_data_is_restored_as_holes(
+    tmp_path: Path, repo: Repository, value: str, max_allocated: int | None
+) -> None:
+    """Velero sets WriteSparseFiles on every DataDownload ("false" unless the restore asks)."""
+    data = os.urandom(256 * 1024) + bytes(2 * 1024 * 1024)
+    source = tmp_path / "volume"
+    write(source / "zeros.bin", data)
+    result, _, target = restore_through_runner(tmp_path, repo, source, (("WriteSparseFiles", value),))
+    assert result.outcome is Outcome.COMPLETED
+    restored = target / "zeros.bin"
+    assert restored.read_bytes() == data
+    allocated = restored.stat().st_blocks * 512
+    if max_allocated is None:
+        assert allocated >= len(data)  # the zeros were data in the source: they stay data
+    else:
+        assert allocated < max_allocated
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "message"),
+    [
+        ("WriteSparseFiles", "yes", "spec.dataMoverConfig WriteSparseFiles='yes': use 'true' or 'false'"),
+        ("ParallelFilesDownload", "0", "ParallelFilesDownload='0': use a positive whole number"),
+        ("ParallelFilesDownload", "two", "ParallelFilesDownload='two': use a positive whole number"),
+    ],
+)
+def test_a_bad_restore_setting_fails_the_download_naming_the_key(
+    tmp_path: Path, repo: Repository, key: str, value: str, message: str
+) -> None:
+    write(tmp_path / "volume" / "f", b"x")
+    result, status, target = restore_through_runner(tmp_path, repo, tmp_path / "volume", ((key, value),))
+    assert result.outcome is Outcome.FAILED
+    assert status.status["phase"] == "Failed"
+    assert status.status["message"].startswith("restore failed on node node-a: ")
+    assert status.status["message"].endswith(message)
+    assert list(target.iterdir()) == []  # nothing was written
+
+
+def test_parallel_files_bound_the_workers_of_one_assignment(
+    tmp_path: Path, repo: Repository, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """ParallelFilesUpload/-Download lower the agent's workers (4 here) for that assignment only."""
+    seen: dict[str, int] = {}
+    real_backup, real_restore = runner_module.backup_tree, runner_module.restore_tree
+
+    def backup(*args: Any, options: BackupOptions, **kwargs: Any) -> Any:
+        seen["upload"] = options.workers
+        return real_backup(*args, options=options, **kwargs)
+
+    def restore(*args: Any, workers: int, **kwargs: Any) -> Any:
+        seen["download"] = workers
+        return real_restore(*args, workers=workers, **kwargs)
+
+    monkeypatch.setattr(runner_module, "backup_tree", backup)
+    monkeypatch.setattr(runner_module, "restore_tree", restore)
+    write(tmp_path / "volume" / "f", os.urandom(1000))
+    exposed_volume(tmp_path / "kubelet", "pod-1", "pv-1", tmp_path / "volume")
+    for bound, upload_workers in (("2", 2), ("64", 4)):
+        upload = replace(assignment(), data_mover_config=(("ParallelFilesUpload", bound),))
+        assert runner(tmp_path, upload, MemoryStatus(), repo).run().outcome is Outcome.COMPLETED
+        assert seen["upload"] == upload_workers  # never above the agent's own setting
+    bad = replace(assignment(), data_mover_config=(("ParallelFilesUpload", "-1"),))
+    status = MemoryStatus()
+    assert runner(tmp_path, bad, status, repo).run().outcome is Outcome.FAILED
+    assert status.status["message"].endswith("ParallelFilesUpload='-1': use a positive whole number")
+    result, _, _ = restore_through_runner(
+        tmp_path / "restore", repo, tmp_path / "volume", (("ParallelFilesDownload", "1"),)
+    )
+    assert result.outcome is Outcome.COMPLETED
+    assert seen["download"] == 1
 
 
 def test_missing_volume_fails_with_the_path(tmp_path: Path, repo: Repository) -> None:

@@ -11,7 +11,7 @@ import pytest
 
 from barge.errors import InvalidInput
 from barge.storage.s3 import S3Options
-from barge.velero.bsl import LEGACY_ROOT, repository_url
+from barge.velero.bsl import LEGACY_ROOT, ca_cert_ref, repository_url
 
 
 def bsl(provider: str, config: dict[str, str] | None = None, **storage: str) -> dict[str, Any]:
@@ -60,6 +60,63 @@ def test_s3_retry_timeout_reaches_the_store_options(tmp_path: Path) -> None:
     assert S3Options.from_query("backups", "p", {}).retry_timeout_s == 180.0
     with pytest.raises(InvalidInput, match="retry_timeout='0': give seconds between 1 and 3600"):
         S3Options.from_query("backups", "p", {"retry_timeout": "0"})
+
+
+def test_retry_timeout_as_an_annotation_velero_plugins_ignore(tmp_path: Path) -> None:
+    """velero-plugin-for-aws refuses unknown config keys (the BSL turns Unavailable): the annotation
+    is the way to set it; the config key is still read, and the annotation wins over it."""
+    files = Files(tmp_path)
+
+    def retry(location: dict[str, Any]) -> str | None:
+        query = parse_qs(urlsplit(repository_url(location, "shop", None, files)).query)
+        return query["retry_timeout"][0] if "retry_timeout" in query else None
+
+    annotated = bsl("aws")
+    annotated["metadata"]["annotations"] = {"barge.io/retry-timeout-seconds": "45"}
+    assert retry(annotated) == "45"
+    both = bsl("aws", {"barge.io/retryTimeoutSeconds": "20"})
+    both["metadata"]["annotations"] = {"barge.io/retry-timeout-seconds": "45"}
+    assert retry(both) == "45"
+    assert retry(bsl("aws", {"barge.io/retryTimeoutSeconds": "20"})) == "20"
+    assert retry(bsl("aws")) is None
+    for provider in ("gcp", "velero.io/azure"):  # the annotation works for every cloud provider
+        location = bsl(provider, {"storageAccount": "acct"} if "azure" in provider else {})
+        location["metadata"]["annotations"] = {"barge.io/retry-timeout-seconds": "30"}
+        assert retry(location) == "30"
+
+
+def test_ca_bundle_from_the_secret_named_by_ca_cert_ref(tmp_path: Path) -> None:
+    """Velero 1.18 prefers objectStorage.caCertRef (a Secret key) to the deprecated inline caCert."""
+    files = Files(tmp_path)
+    location = bsl("aws")
+    location["spec"]["objectStorage"]["caCertRef"] = {"name": "minio-ca", "key": "ca.crt"}
+    assert ca_cert_ref(location) == ("minio-ca", "ca.crt")
+    url = urlsplit(repository_url(location, "shop", None, files, ca_cert=b"PEM FROM SECRET"))
+    assert parse_qs(url.query)["ca_bundle"] == [str(tmp_path / "ca-bundle")]
+    assert files.written == {"ca-bundle": b"PEM FROM SECRET"}
+    with pytest.raises(InvalidInput, match=r"caCertRef names Secret minio-ca key ca\.crt, which is empty"):
+        repository_url(location, "shop", None, files)
+    assert ca_cert_ref(bsl("aws", caCert=base64.b64encode(b"PEM").decode())) is None
+
+
+@pytest.mark.parametrize(
+    ("storage", "message"),
+    [
+        (
+            {"caCert": base64.b64encode(b"PEM").decode(), "caCertRef": {"name": "ca", "key": "ca.crt"}},
+            "has both caCert and caCertRef; keep only caCertRef",
+        ),
+        ({"caCertRef": {"name": "ca"}}, "caCertRef needs the name and key of a Secret"),
+        ({"caCertRef": {"key": "ca.crt"}}, "caCertRef needs the name and key of a Secret"),
+    ],
+)
+def test_bad_ca_cert_refs_say_what_to_fix(tmp_path: Path, storage: dict[str, Any], message: str) -> None:
+    location = bsl("aws")
+    location["spec"]["objectStorage"].update(storage)
+    with pytest.raises(InvalidInput, match=message):
+        ca_cert_ref(location)
+    with pytest.raises(InvalidInput, match=message):
+        repository_url(location, "shop", None, Files(tmp_path), ca_cert=b"PEM")
 
 
 def test_each_namespace_gets_its_own_repository(tmp_path: Path) -> None:

@@ -566,6 +566,28 @@ def test_agent_has_no_cluster_wide_permission(rendered: dict[str, list[dict[str,
     ]
 
 
+def test_coordinator_snapshot_permissions_are_what_the_exposer_does(
+    rendered: dict[str, list[dict[str, Any]]],
+) -> None:
+    """Snapshots: read and delete VolumeSnapshots anywhere (Velero leaves the source in the app's
+    namespace to the mover), create them only in Velero's namespace (the clone), and on the
+    cluster-scoped contents create (clone), patch (source to Retain) and delete."""
+    objects = rendered["tuned"]
+    granted = sorted(
+        (obj["kind"], obj["metadata"].get("namespace", ""), resource, tuple(rule["verbs"]))
+        for obj in objects
+        if obj["kind"] in RBAC_KINDS and obj["metadata"]["name"] == COORDINATOR
+        for rule in obj["rules"]
+        if "snapshot.storage.k8s.io" in rule["apiGroups"]
+        for resource in rule["resources"]
+    )
+    assert granted == [
+        ("ClusterRole", "", "volumesnapshotcontents", ("get", "list", "watch", "create", "delete", "patch")),
+        ("ClusterRole", "", "volumesnapshots", ("get", "list", "watch", "delete")),
+        ("Role", "velero-prod", "volumesnapshots", ("create",)),
+    ]
+
+
 def test_secrets_are_readable_only_in_velero_namespace(rendered: dict[str, list[dict[str, Any]]]) -> None:
     objects = rendered["tuned"]
     for obj in objects:

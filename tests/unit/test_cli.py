@@ -48,6 +48,23 @@ def test_backup_json_then_restore_round_trips(
     assert [row["id"] for row in listed] == [first["snapshot_id"], second["snapshot_id"]]
 
 
+def test_restore_sparse_leaves_zero_blocks_as_holes(
+    repo_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data = os.urandom(64 * 1024) + bytes(1024 * 1024)
+    (tmp_path / "src").mkdir()
+    (tmp_path / "src" / "zeros.bin").write_bytes(data)
+    snapshot = str(backup_json(repo_url, tmp_path / "src", capsys)["snapshot_id"])
+    for flag, out in (([], "dense"), (["--sparse"], "sparse")):
+        assert main(["--repo", repo_url, "restore", snapshot, str(tmp_path / out), *flag]) == EXIT_OK
+        assert (tmp_path / out / "zeros.bin").read_bytes() == data
+    assert (tmp_path / "dense" / "zeros.bin").stat().st_blocks * 512 >= len(data)
+    assert (tmp_path / "sparse" / "zeros.bin").stat().st_blocks * 512 < 128 * 1024
+    both = ["--repo", repo_url, "restore", snapshot, str(tmp_path / "x"), "--sparse", "--zero-fill"]
+    assert main(both) == EXIT_USAGE
+    assert "not allowed with argument" in capsys.readouterr().err
+
+
 def test_password_is_never_printed(repo_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     source = awkward_tree(tmp_path / "src")
     backup_json(repo_url, source, capsys)

@@ -25,9 +25,11 @@ from coordinator.model import (
     AssignmentView,
     BindRestoredVolume,
     CancelAssignment,
+    ContentView,
     CreateExposure,
     CrView,
     DeleteExposure,
+    DeleteSourceSnapshot,
     ExposureView,
     HubState,
     MarkReexposure,
@@ -36,6 +38,7 @@ from coordinator.model import (
     PodPhase,
     PodView,
     RecordEvent,
+    ReleaseSourceSnapshot,
     RemoveFinalizer,
     Requeue,
     RevokeAssignment,
@@ -46,10 +49,13 @@ from coordinator.model import (
 from tests.coordinator_world import (
     NODE,
     OTHER_NODE,
+    READY_SNAPSHOT,
+    SOURCE_CONTENT,
     T0,
     TARGET_PVC,
     accepted,
     agent,
+    clone_fields,
     download_cr,
     exposure,
     finished,
@@ -89,7 +95,8 @@ def assert_reexposed(actions: tuple[Action, ...], count: int = 1) -> None:
     assert step is not None
     assert step.phase is Phase.ACCEPTED
     assert ("node", "") in step.fields
-    assert of_type(actions, DeleteExposure)
+    # The pod, budget and PVC go; the clone snapshot stays (after the release it alone holds the data).
+    assert [delete.snapshot for delete in of_type(actions, DeleteExposure)] == [False]  # type: ignore[attr-defined]
     assert [mark.count for mark in of_type(actions, MarkReexposure)] == [count]  # type: ignore[attr-defined]
 
 
@@ -121,6 +128,8 @@ def test_new_cancel_goes_straight_to_canceled() -> None:
     assert step.message == "canceled by spec.cancel in phase New"
     assert ("completionTimestamp", "2026-03-01T12:00:00Z") in step.fields
     assert not of_type(actions, AddFinalizer)
+    # Nothing cloned it: the source VolumeSnapshot goes, its content following its own policy.
+    assert actions[-1] == DeleteSourceSnapshot("app", "velero-data-abc")
 
 
 @pytest.mark.parametrize(
@@ -278,7 +287,9 @@ def test_accepted_deletes_stale_exposure() -> None:
     cr = replace(accepted(upload_cr()), reexposures=1, reexposed_at=T0 + minutes(2))
     actions = decide(observed(cr, now=T0 + minutes(2), exposure=exposure(pod=running_pod(generation=0))))
     assert phase_after(actions) is None
-    assert of_type(actions, DeleteExposure)
+    assert of_type(actions, DeleteExposure) == [
+        DeleteExposure("pod velero/backup-1-abcde belongs to an earlier exposure", snapshot=False)
+    ]
     assert not of_type(actions, CreateExposure)
 
 
@@ -476,8 +487,13 @@ def test_prepared_waits_when_not_admitted() -> None:
 
 
 def progress_world(cr: CrView | None = None, **changes: object) -> Observed:
+    """Data is moving: for an upload the source snapshot was released to the clone long ago."""
     base = observed(
-        cr or in_progress(upload_cr()), now=T0 + minutes(10), exposure=exposure(), assignment=running()
+        cr or in_progress(upload_cr()),
+        now=T0 + minutes(10),
+        exposure=exposure(),
+        assignment=running(),
+        snapshot=SnapshotView(),
     )
     return replace(base, **changes)  # type: ignore[arg-type]
 
@@ -515,7 +531,7 @@ def test_in_progress_upload_completed_records_result() -> None:
                 ("completionTimestamp", "2026-03-01T12:10:00Z"),
             ),
         ),
-        DeleteExposure("the DataUpload is Completed"),
+        DeleteExposure("the DataUpload is Completed", snapshot=True),
     )
     patch = actions[0].status_patch()  # type: ignore[union-attr]
     assert patch["status"]["progress"] == {"totalBytes": 100, "bytesDone": 100}
@@ -752,7 +768,7 @@ def test_terminal_cancels_leftover_assignment(phase: Phase) -> None:
 def test_terminal_deletes_exposure(phase: Phase) -> None:
     cr = replace(in_progress(upload_cr()), phase=phase)
     actions = decide(progress_world(cr, assignment=None))
-    assert actions == (DeleteExposure(f"the DataUpload is {phase}"), Requeue(MAX_WAIT))
+    assert actions == (DeleteExposure(f"the DataUpload is {phase}", snapshot=True), Requeue(MAX_WAIT))
 
 
 def test_terminal_download_completed_hands_over_volume_first() -> None:
@@ -765,12 +781,111 @@ def test_terminal_download_completed_hands_over_volume_first() -> None:
 
 def test_terminal_removes_finalizer_when_clean() -> None:
     cr = replace(upload_cr(), phase=Phase.FAILED)
-    assert decide(observed(cr)) == (RemoveFinalizer(),)
+    assert decide(observed(cr, snapshot=SnapshotView())) == (RemoveFinalizer(),)
+    going = replace(READY_SNAPSHOT, deleting=True)  # the snapshot controller finishes that
+    assert decide(observed(cr, snapshot=going)) == (RemoveFinalizer(),)
 
 
 def test_terminal_clean_without_finalizer_does_nothing() -> None:
     cr = replace(upload_cr(), phase=Phase.COMPLETED, has_finalizer=False)
-    assert decide(observed(cr)) == ()
+    assert decide(observed(cr, snapshot=SnapshotView())) == ()
+
+
+# ------------------------------------------------------------------------- the source snapshot
+
+RELEASE = ReleaseSourceSnapshot("app", "velero-data-abc", "snapcontent-1", "handle-1", "backup-1-abcde")
+
+
+def test_accepted_releases_the_source_once_the_clone_is_ready() -> None:
+    """Velero's exposer sequence: clone (Delete) first, then the source goes Retain and is deleted."""
+    just_exposed = observed(accepted(upload_cr()), exposure=exposure(pod=PodView("p", PodPhase.PENDING)))
+    world = replace(just_exposed, source_content=SOURCE_CONTENT)
+    assert decide(world) == (RELEASE, Requeue(timedelta(seconds=1)))
+    # A crash after the source VolumeSnapshot went: the clone's annotation still finds the content.
+    half_done = replace(
+        world, snapshot=SnapshotView(), source_content=replace(SOURCE_CONTENT, deletion_policy="Retain")
+    )
+    assert decide(half_done)[0] == RELEASE
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {"exposure": replace(exposure(), **clone_fields(ready=False))},  # the clone is not ready yet
+        {"exposure": replace(exposure(), snapshot_handle="another-handle")},  # not the same snapshot
+        {"exposure": ExposureView()},  # nothing cloned
+        {"source_content": None},  # the source content is gone already
+        {"source_content": replace(SOURCE_CONTENT, snapshot_handle="another-handle")},
+        {  # both on their way out
+            "source_content": replace(SOURCE_CONTENT, deleting=True),
+            "snapshot": replace(READY_SNAPSHOT, deleting=True),
+        },
+    ],
+)
+def test_accepted_release_waits_for_the_clone_and_never_touches_another_snapshot(
+    changes: dict[str, object],
+) -> None:
+    world = observed(accepted(upload_cr()), **{"source_content": SOURCE_CONTENT, **changes})
+    actions = decide(world)
+    assert not of_type(actions, ReleaseSourceSnapshot)
+    assert not of_type(actions, DeleteSourceSnapshot)
+
+
+@pytest.mark.parametrize("phase", [Phase.PREPARED, Phase.IN_PROGRESS])
+def test_live_upload_finishes_a_release_cut_short(phase: Phase) -> None:
+    """A coordinator died between exposing and releasing; its successor releases before moving on."""
+    cr = replace(in_progress(upload_cr()), phase=phase)
+    world = progress_world(cr, snapshot=READY_SNAPSHOT, source_content=SOURCE_CONTENT)
+    assert decide(world) == (RELEASE, Requeue(timedelta(seconds=1)))
+    assert not of_type(
+        decide(replace(world, snapshot=SnapshotView(), source_content=None)), ReleaseSourceSnapshot
+    )
+
+
+def test_accepted_reexposes_from_the_clone_after_the_release() -> None:
+    """After a drain the source is gone: the new pod's PVC comes from the clone, which is kept."""
+    kept = ExposureView(snapshot_content=True, snapshot=True, **clone_fields())  # type: ignore[arg-type]
+    cr = replace(accepted(upload_cr()), reexposures=1, reexposed_at=T0 + minutes(3))
+    world = observed(cr, now=T0 + minutes(3), exposure=kept, snapshot=SnapshotView())
+    actions = decide(world)
+    (create,) = of_type(actions, CreateExposure)
+    plan = create.plan  # type: ignore[attr-defined]
+    assert (plan.snapshot_handle, plan.size, plan.generation) == ("handle-1", str(10 * 2**30), 1)
+    assert plan.source_content == "snapcontent-1"
+    assert not of_type(actions, SetPhase)  # the missing source is not a problem while the clone exists
+    gone = replace(world, exposure=ExposureView(), now=T0 + minutes(3))
+    assert phase_after(decide(gone)) is Phase.FAILED  # neither source nor clone: nothing to back up
+
+
+@pytest.mark.parametrize("phase", [Phase.COMPLETED, Phase.FAILED, Phase.CANCELED])
+def test_terminal_releases_the_source_before_deleting_the_clone(phase: Phase) -> None:
+    """Cloned but not released yet (a crash, or a cancel right after the clone became ready): the
+    source is released to the clone first, so the storage snapshot is deleted once, by the clone."""
+    cr = replace(in_progress(upload_cr()), phase=phase)
+    world = progress_world(cr, assignment=None, snapshot=READY_SNAPSHOT, source_content=SOURCE_CONTENT)
+    reason = f"the DataUpload is {phase}"
+    assert decide(world) == (RELEASE, DeleteExposure(reason, snapshot=True), Requeue(MAX_WAIT))
+    # A clone that never became ready is not trusted with the snapshot: the source goes its own way.
+    not_ready = replace(world, exposure=replace(exposure(), **clone_fields(ready=False)))
+    assert decide(not_ready) == (
+        DeleteSourceSnapshot("app", "velero-data-abc"),
+        DeleteExposure(reason, snapshot=True),
+        Requeue(MAX_WAIT),
+    )
+
+
+def test_terminal_deletes_a_source_that_was_never_cloned() -> None:
+    for phase in (Phase.COMPLETED, Phase.FAILED, Phase.CANCELED):
+        cr = replace(accepted(upload_cr()), phase=phase)
+        assert decide(observed(cr)) == (DeleteSourceSnapshot("app", "velero-data-abc"), Requeue(MAX_WAIT))
+    failed = SnapshotView(SnapshotState.ERROR, error="no space")
+    cr = replace(accepted(upload_cr()), phase=Phase.FAILED)
+    assert decide(observed(cr, snapshot=failed))[0] == DeleteSourceSnapshot("app", "velero-data-abc")
+    settled = decide(observed(accepted(upload_cr()), snapshot=failed))  # Accepted -> Failed
+    assert phase_after(settled) is Phase.FAILED
+    assert of_type(settled, DeleteSourceSnapshot) == [DeleteSourceSnapshot("app", "velero-data-abc")]
+    download = replace(accepted(download_cr()), phase=Phase.CANCELED)
+    assert decide(observed(download)) == (RemoveFinalizer(),)
 
 
 # -------------------------------------------------------------------------------------- properties
@@ -794,6 +909,16 @@ exposures = st.builds(
     pod=pods,
     terminating=st.booleans(),
     disruption_budget=st.booleans(),
+    snapshot_handle=st.sampled_from(["", "handle-1", "handle-2"]),
+    snapshot_ready=st.booleans(),
+    source_content=st.sampled_from(["", "snapcontent-1"]),
+)
+source_contents = st.none() | st.builds(
+    ContentView,
+    name=st.just("snapcontent-1"),
+    snapshot_handle=st.sampled_from(["", "handle-1", "handle-2"]),
+    deletion_policy=st.sampled_from(["Delete", "Retain"]),
+    deleting=st.booleans(),
 )
 assignments = st.none() | st.builds(
     AssignmentView,
@@ -839,7 +964,16 @@ def observations(draw: st.DrawFn) -> Observed:
         cr,
         now=draw(times),
         exposure=draw(exposures),
-        snapshot=draw(st.builds(SnapshotView, st.sampled_from(list(SnapshotState)), restore_size=st.just(1))),
+        snapshot=draw(
+            st.builds(
+                SnapshotView,
+                st.sampled_from(list(SnapshotState)),
+                snapshot_handle=st.just("handle-1"),
+                restore_size=st.just(1),
+                deleting=st.booleans(),
+            )
+        ),
+        source_content=draw(source_contents),
         target_pvc=draw(st.none() | st.just(TARGET_PVC)),
         bsl_present=draw(st.booleans()),
         agents=draw(agents),
@@ -860,6 +994,26 @@ def test_properties_of_every_decision(world: Observed) -> None:
     if of_type(actions, RemoveFinalizer):
         assert not world.exposure.exists  # never let go while something of ours is left
         assert world.cr.phase.is_terminal
+        if world.cr.is_upload:  # nor while Velero's source snapshot is left
+            assert world.snapshot.state is SnapshotState.ABSENT or world.snapshot.deleting
+    finishing = world.cr.phase.is_terminal or any(step.phase.is_terminal for step in steps)  # type: ignore[attr-defined]
+    clone = world.exposure
+    for release in of_type(actions, ReleaseSourceSnapshot):
+        # Never delete the source unless the clone holds its snapshot (and, while live, is ready).
+        assert world.cr.is_upload
+        assert clone.snapshot_content
+        assert clone.snapshot_handle
+        assert world.source_content is not None
+        assert release.snapshot_handle == clone.snapshot_handle == world.source_content.snapshot_handle  # type: ignore[attr-defined]
+        assert clone.snapshot_ready
+    if of_type(actions, DeleteSourceSnapshot):
+        assert finishing  # a live upload keeps its source until the clone takes it over
+        assert not of_type(actions, ReleaseSourceSnapshot)
+    deletes = of_type(actions, DeleteExposure)
+    if any(d.snapshot for d in deletes):  # type: ignore[attr-defined]
+        assert finishing  # the clone goes only with the CR: re-exposures keep it
+        releases = [i for i, a in enumerate(actions) if isinstance(a, ReleaseSourceSnapshot)]
+        assert all(i < actions.index(deletes[0]) for i in releases)  # released before the clone goes
     if of_type(actions, AddFinalizer):
         assert phase_after(actions) is Phase.ACCEPTED
     latest = max(

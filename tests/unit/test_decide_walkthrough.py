@@ -12,6 +12,7 @@ from barge.control.naming import Fence
 from coordinator.decide import decide
 from coordinator.exposer import manifests
 from coordinator.model import (
+    Action,
     AddFinalizer,
     Assign,
     AssignmentView,
@@ -19,6 +20,7 @@ from coordinator.model import (
     CancelAssignment,
     CreateExposure,
     DeleteExposure,
+    DeleteSourceSnapshot,
     ExposureView,
     HubState,
     MarkReexposure,
@@ -27,17 +29,21 @@ from coordinator.model import (
     PodPhase,
     PodView,
     RecordEvent,
+    ReleaseSourceSnapshot,
     RemoveFinalizer,
     Requeue,
     RevokeAssignment,
     SetPhase,
+    SnapshotView,
     parse_timestamp,
 )
 from tests.coordinator_world import (
     NODE,
     OTHER_NODE,
+    SOURCE_CONTENT,
     TARGET_PVC,
     agent,
+    clone_fields,
     download_cr,
     finished,
     observed,
@@ -59,13 +65,6 @@ def execute(world: Observed, log: list[str]) -> Observed:
             cr = replace(cr, phase=action.phase, node=str(fields.get("node", cr.node)))
             if "acceptedTimestamp" in fields:
                 cr = replace(cr, accepted_at=parse_timestamp(str(fields["acceptedTimestamp"])))
-        elif isinstance(action, CreateExposure):
-            created = manifests(action.plan)
-            assert created.pod["metadata"]["name"] == cr.name
-            pod = PodView("pod-1", PodPhase.PENDING, generation=action.plan.generation)
-            world = replace(world, exposure=ExposureView(cr.is_upload, cr.is_upload, True, "", pod))
-        elif isinstance(action, DeleteExposure):
-            world = replace(world, exposure=ExposureView())
         elif isinstance(action, Assign):
             cr = replace(cr, fence=Fence(action.epoch, action.node))
             world = replace(world, assignment=AssignmentView(action.epoch, action.node, HubState.SENT))
@@ -74,14 +73,41 @@ def execute(world: Observed, log: list[str]) -> Observed:
         elif isinstance(action, MarkReexposure):
             cr = replace(cr, reexposures=action.count, reexposed_at=action.at)
         else:
-            assert isinstance(action, (Requeue, RecordEvent, CancelAssignment, BindRestoredVolume))
-            if isinstance(action, BindRestoredVolume):
-                world = replace(
-                    world,
-                    target_pvc=replace(TARGET_PVC, volume_name=action.pv_name),
-                    exposure=ExposureView(),
-                )
+            world = apply_to_volumes(replace(world, cr=cr), action)
     return replace(world, cr=cr, now=world.now + timedelta(seconds=5))
+
+
+def apply_to_volumes(world: Observed, action: Action) -> Observed:
+    """The actions on exposure objects and snapshots (the rest only talk to agents or log)."""
+    cr = world.cr
+    if isinstance(action, CreateExposure):
+        created = manifests(action.plan)
+        assert created.pod["metadata"]["name"] == cr.name
+        pod = PodView("pod-1", PodPhase.PENDING, generation=action.plan.generation)
+        exposed = replace(world.exposure, pvc=True, pv_name="", pod=pod, disruption_budget=True)
+        if cr.is_upload and not world.exposure.snapshot_content:  # a new clone, not ready yet
+            exposed = replace(exposed, snapshot_content=True, snapshot=True, **clone_fields(ready=False))  # type: ignore[arg-type]
+        return replace(world, exposure=exposed)
+    if isinstance(action, DeleteExposure):
+        kept = ExposureView()
+        if not action.snapshot:  # a re-exposure keeps the clone
+            kept = replace(world.exposure, pvc=False, pv_name="", pod=None, disruption_budget=False)
+        return replace(world, exposure=kept)
+    if isinstance(action, ReleaseSourceSnapshot):
+        assert world.exposure.snapshot_handle == action.snapshot_handle  # the clone holds it
+        return replace(world, snapshot=SnapshotView(), source_content=None)
+    if isinstance(action, DeleteSourceSnapshot):
+        return replace(world, snapshot=SnapshotView(), source_content=None)
+    assert isinstance(action, (Requeue, RecordEvent, CancelAssignment, BindRestoredVolume))
+    if isinstance(action, BindRestoredVolume):
+        return replace(
+            world, target_pvc=replace(TARGET_PVC, volume_name=action.pv_name), exposure=ExposureView()
+        )
+    return world
+
+
+def snapshot_controller_readies_clone(world: Observed) -> Observed:
+    return replace(world, exposure=replace(world.exposure, **clone_fields(ready=True)))  # type: ignore[arg-type]
 
 
 def kubelet_runs_pod(world: Observed, node: str) -> Observed:
@@ -100,10 +126,14 @@ def agent_starts_and_finishes(world: Observed, outcome: Outcome = Outcome.COMPLE
 
 def test_an_upload_goes_from_new_to_completed_and_lets_go() -> None:
     log: list[str] = []
-    world = observed(upload_cr(has_finalizer=False))
+    world = observed(upload_cr(has_finalizer=False), source_content=SOURCE_CONTENT)
     world = execute(world, log)  # New -> Accepted
     assert (world.cr.phase, world.cr.has_finalizer) == (Phase.ACCEPTED, True)
     world = execute(world, log)  # exposure created
+    world = execute(world, log)  # the clone is not ready yet: the source stays
+    assert world.source_content == SOURCE_CONTENT
+    world = execute(snapshot_controller_readies_clone(world), log)  # source released to the clone
+    assert world.source_content is None
     world = execute(kubelet_runs_pod(world, NODE), log)  # -> Prepared
     assert (world.cr.phase, world.cr.node) == (Phase.PREPARED, NODE)
     world = execute(world, log)  # assigned
@@ -112,11 +142,15 @@ def test_an_upload_goes_from_new_to_completed_and_lets_go() -> None:
     assert world.cr.phase is Phase.COMPLETED
     world = execute(world, log)
     assert world.cr.has_finalizer is False
+    assert world.exposure == ExposureView()  # the clone, and with it the storage snapshot, is gone
     assert decide(world) == ()
     assert log == [
         "AddFinalizer",
         "SetPhase",
         "CreateExposure",
+        "Requeue",
+        "Requeue",
+        "ReleaseSourceSnapshot",
         "Requeue",
         "SetPhase",
         "Assign",
@@ -128,9 +162,10 @@ def test_an_upload_goes_from_new_to_completed_and_lets_go() -> None:
 
 def test_a_lost_agent_moves_the_upload_to_another_node() -> None:
     log: list[str] = []
-    world = observed(upload_cr())
+    world = observed(upload_cr(), source_content=SOURCE_CONTENT)
     for _ in range(2):
         world = execute(world, log)
+    world = execute(snapshot_controller_readies_clone(world), log)  # released
     world = execute(kubelet_runs_pod(world, NODE), log)
     world = execute(world, log)  # assigned epoch 1 on NODE
     gone = agent(NODE, connected=False, disconnected_since=world.now)
@@ -139,7 +174,10 @@ def test_a_lost_agent_moves_the_upload_to_another_node() -> None:
     assert world.cr.phase is Phase.IN_PROGRESS
     world = execute(replace(world, now=world.now + timedelta(minutes=2)), log)  # re-expose
     assert (world.cr.phase, world.cr.reexposures, world.cr.fence) == (Phase.ACCEPTED, 1, Fence(2, "-"))
-    world = execute(world, log)  # new exposure, avoiding NODE
+    assert world.exposure.snapshot_ready  # the clone survives: the source is gone, it is all there is
+    assert world.snapshot == SnapshotView()
+    world = execute(world, log)  # new exposure from the clone, avoiding NODE
+    assert log[-2] == "CreateExposure"
     world = execute(kubelet_runs_pod(world, OTHER_NODE), log)
     world = execute(world, log)
     assert world.cr.fence == Fence(3, OTHER_NODE)

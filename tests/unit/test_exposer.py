@@ -19,12 +19,19 @@ from barge.control.naming import (
 from barge.kube.crds import load_crd
 from coordinator.config import CoordinatorConfig
 from coordinator.exposer import EXPOSER_COMMAND, manifests, plan_exposure
-from coordinator.model import GENERATION_LABEL, Observed
+from coordinator.model import (
+    GENERATION_LABEL,
+    SOURCE_CONTENT_ANNOTATION,
+    ExposureView,
+    Observed,
+    SnapshotView,
+)
 from tests.coordinator_world import (
     OTHER_NODE,
     SOURCE_PVC,
     TARGET_PVC,
     agent,
+    clone_fields,
     download_cr,
     observed,
     upload_cr,
@@ -64,7 +71,9 @@ def crd_schema(file_name: str) -> dict[str, Any]:
     return next(v for v in versions if v["name"] == "v1")["schema"]["openAPIV3Schema"]
 
 
-def test_upload_clones_the_snapshot_with_retain_and_ties_everything_to_the_cr() -> None:
+def test_upload_clones_the_snapshot_with_delete_and_ties_everything_to_the_cr() -> None:
+    """Velero's exposer: the clone content is Delete (after the release it alone owns the storage
+    snapshot) and remembers the source content it came from."""
     rendered = manifests(plan_exposure(upload_world()))
     content, snapshot, pvc, budget, pod = rendered.in_creation_order()
     assert [m["kind"] for m in (content, snapshot, pvc, budget, pod)] == [
@@ -74,7 +83,8 @@ def test_upload_clones_the_snapshot_with_retain_and_ties_everything_to_the_cr() 
         "PodDisruptionBudget",
         "Pod",
     ]
-    assert content["spec"]["deletionPolicy"] == "Retain"
+    assert content["spec"]["deletionPolicy"] == "Delete"
+    assert content["metadata"]["annotations"] == {SOURCE_CONTENT_ANNOTATION: "snapcontent-1"}
     assert content["spec"]["source"] == {"snapshotHandle": "handle-1"}
     assert content["spec"]["driver"] == "hostpath.csi.k8s.io"
     assert content["spec"]["volumeSnapshotRef"]["name"] == "backup-1-abcde"
@@ -203,6 +213,24 @@ def test_no_constraints_means_no_affinity() -> None:
 def test_size_falls_back_to_the_source_pvc_when_the_snapshot_has_no_restore_size() -> None:
     world = upload_world()
     world = replace(world, snapshot=replace(world.snapshot, restore_size=0))
+    assert manifests(plan_exposure(world)).pvc["spec"]["resources"]["requests"]["storage"] == "10Gi"
+
+
+def test_a_re_exposure_after_the_release_takes_the_snapshot_facts_from_the_clone() -> None:
+    """The source VolumeSnapshot/Content are gone: handle, driver, size and the source content's
+    name come from the clone content (whose own manifest then already exists)."""
+    clone = ExposureView(snapshot_content=True, snapshot=True, **clone_fields())  # type: ignore[arg-type]
+    clone = replace(clone, snapshot_handle="handle-9", snapshot_driver="clone.csi", restore_size=3 << 30)
+    rendered = manifests(plan_exposure(upload_world(snapshot=SnapshotView(), exposure=clone)))
+    assert rendered.snapshot_content is not None
+    assert rendered.snapshot_content["spec"]["source"] == {"snapshotHandle": "handle-9"}
+    assert rendered.snapshot_content["spec"]["driver"] == "clone.csi"
+    assert rendered.snapshot_content["metadata"]["annotations"] == {
+        SOURCE_CONTENT_ANNOTATION: "snapcontent-1"
+    }
+    assert rendered.pvc["spec"]["resources"]["requests"]["storage"] == str(3 << 30)
+    not_ready = replace(clone, restore_size=0)  # no size on the clone yet: the source PVC's
+    world = upload_world(snapshot=SnapshotView(), exposure=not_ready)
     assert manifests(plan_exposure(world)).pvc["spec"]["resources"]["requests"]["storage"] == "10Gi"
 
 

@@ -9,7 +9,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from barge.devenv.faultproxy import SLOW_DOWN_BODY, FaultProxy
+from barge.devenv.faultproxy import SLOW_DOWN_BODY, FaultPlan, FaultProxy
 
 
 class Echo(BaseHTTPRequestHandler):
@@ -68,3 +68,13 @@ def test_forwards_unchanged_then_throttles_resets_and_recovers(proxy: FaultProxy
 def test_refuses_anything_but_a_loopback_http_upstream() -> None:
     with pytest.raises(ValueError, match=r"http://127\.0\.0\.1:PORT only"):
         FaultProxy("http://10.0.0.1:9000")
+
+
+def test_a_delay_can_be_limited_to_paths_containing_a_text() -> None:
+    """The Velero tier slows Barge's repository traffic only, not Velero's own."""
+    plan = FaultPlan()
+    plan.delay(2.5, path_contains="/plugins/barge/")
+    assert plan.next_fault("/bucket/prefix/plugins/barge/shop/config") == ("", 2.5)
+    assert plan.next_fault("/bucket/prefix/backups/nightly/velero-backup.json") == ("", 0.0)
+    plan.clear()
+    assert plan.next_fault("/bucket/prefix/plugins/barge/shop/config") == ("", 0.0)

@@ -14,13 +14,14 @@ from barge.errors import Canceled, InvalidInput
 from barge.fs.backup import BackupOptions, SourceUnreadable, backup_tree
 from barge.fs.progress import CancelToken
 from barge.fs.restore import UnsafeName, restore_tree
+from barge.fs.sparse import nonzero_runs
 from barge.repo.crypto import KdfParams
 from barge.repo.pack import BlobType
 from barge.repo.repository import Repository, RepositorySettings
 from barge.repo.tree import Node, encode_tree
 from barge.storage.local import LocalDirectoryStore
 from tests import fsgen
-from tests.fsbuild import MIB, awkward_tree, write
+from tests.fsbuild import MIB, awkward_tree, sparse_file, write
 from tests.roundtrip import assert_generated_tree_round_trips
 
 PASSWORD = b"pw"
@@ -43,6 +44,51 @@ def test_awkward_tree_round_trips_bit_exact(repo: Repository, tmp_path: Path) ->
     assert os.stat(restored / "hard" / "a").st_ino == os.stat(restored / "other-hardlink").st_ino
     assert outcome.warnings == ()
     assert result.bytes_read < 3 * MIB  # holes were never read
+
+
+def allocated(path: Path) -> int:
+    return path.stat().st_blocks * 512
+
+
+KIB = 1024
+
+
+def zeros_and_holes(path: Path) -> Path:
+    """256 KiB data, 2 MiB of zeros written as data, 256 KiB data, a 4 MiB hole, 64 KiB data."""
+    head, middle, tail = os.urandom(256 * KIB), os.urandom(256 * KIB), os.urandom(64 * KIB)
+    hole_end = len(head) + 2 * MIB + len(middle) + 4 * MIB
+    return sparse_file(path, hole_end + len(tail), {0: head + bytes(2 * MIB) + middle, hole_end: tail})
+
+
+@pytest.mark.parametrize("sparse", [False, True])
+def test_restores_keep_the_source_holes_and_sparse_ones_also_drop_zero_blocks(
+    repo: Repository, tmp_path: Path, sparse: bool
+) -> None:
+    """WriteSparseFiles "false" (Velero's default) restores the source's allocation exactly: its
+    holes stay holes, its zeros stay data. "true" also leaves the all-zero blocks unwritten."""
+    source = zeros_and_holes(tmp_path / "src" / "disk.img")
+    assert 2560 * KIB <= allocated(source) < 3 * MIB  # the zeros are allocated, the hole is not
+    snapshot = backup_tree(repo, source.parent).snapshot_id
+    outcome = restore_tree(repo, snapshot, tmp_path / "out", sparse=sparse)
+    restored = tmp_path / "out" / "disk.img"
+    assert restored.read_bytes() == source.read_bytes()
+    if sparse:
+        assert 576 * KIB <= allocated(restored) < 640 * KIB  # only the non-zero data
+        assert outcome.bytes_written < 640 * KIB
+    else:
+        assert abs(allocated(restored) - allocated(source)) <= 64 * KIB
+        assert outcome.bytes_written == 2560 * KIB + 64 * KIB
+
+
+def test_nonzero_runs_drop_only_file_aligned_all_zero_blocks() -> None:
+    block = 4096
+    data = b"x" * 100 + bytes(3 * block) + b"y" * 10
+    assert nonzero_runs(data, 0, block) == [(0, block), (3 * block, len(data))]
+    # 4000 bytes into a block: pieces end where the file's blocks end, not where data's would
+    assert nonzero_runs(data, 4000, block) == [(0, 96 + block), (96 + 3 * block, len(data))]
+    assert nonzero_runs(bytes(3 * MIB + 5), 123, block) == []
+    assert nonzero_runs(memoryview(b"abc" * 5000), 7, block) == [(0, 15000)]
+    assert nonzero_runs(b"", 0, block) == []
 
 
 def test_progress_is_monotonic_and_ends_at_the_known_total(repo: Repository, tmp_path: Path) -> None:

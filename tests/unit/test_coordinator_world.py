@@ -1,0 +1,130 @@
+"""``coordinator.world.observe``: what the coordinator sees of a DataUpload's source snapshot and of
+its clone, from plain informer-cache dicts."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from datetime import datetime
+from typing import Any
+
+from barge.control.naming import LABEL_OWNER_UID
+from coordinator.config import CoordinatorConfig
+from coordinator.model import (
+    SOURCE_CONTENT_ANNOTATION,
+    AssignmentView,
+    ContentView,
+    SnapshotState,
+)
+from coordinator.world import Context, observe
+from tests.coordinator_world import T0
+
+Obj = Mapping[str, Any]
+UPLOAD = {
+    "kind": "DataUpload",
+    "metadata": {"namespace": "velero", "name": "b1-x", "uid": "u1"},
+    "spec": {
+        "datamover": "barge",
+        "snapshotType": "CSI",
+        "sourceNamespace": "app",
+        "backupStorageLocation": "default",
+        "csiSnapshot": {"volumeSnapshot": "velero-data-abcde"},
+    },
+    "status": {"phase": "Accepted"},
+}
+
+
+class Caches:
+    def __init__(self, *objects: Obj) -> None:
+        self._objects = {
+            (o["kind"], o["metadata"].get("namespace"), o["metadata"]["name"]): o for o in objects
+        }
+
+    def get(self, kind: str, namespace: str | None, name: str) -> Obj | None:
+        return self._objects.get((kind, namespace, name))
+
+    def items(self, kind: str) -> Iterable[Obj]:
+        return [o for (k, _, _), o in self._objects.items() if k == kind]
+
+
+class Hub:
+    def assignment(self, assignment_id: str) -> AssignmentView | None:
+        return None
+
+    def connected(self, node: str) -> bool:
+        return False
+
+    def disconnected_since(self, node: str) -> datetime | None:
+        return None
+
+
+def source_snapshot(**metadata: Any) -> Obj:
+    return {
+        "kind": "VolumeSnapshot",
+        "metadata": {"namespace": "app", "name": "velero-data-abcde", **metadata},
+        "status": {"readyToUse": True, "boundVolumeSnapshotContentName": "snapcontent-1"},
+    }
+
+
+def source_content(policy: str = "Delete") -> Obj:
+    return {
+        "kind": "VolumeSnapshotContent",
+        "metadata": {"name": "snapcontent-1"},
+        "spec": {"deletionPolicy": policy, "driver": "d", "source": {"volumeHandle": "pv-1"}},
+        "status": {"snapshotHandle": "h-1", "restoreSize": 2048},
+    }
+
+
+def clone_content(ready: bool = True) -> Obj:
+    return {
+        "kind": "VolumeSnapshotContent",
+        "metadata": {
+            "name": "b1-x",
+            "labels": {LABEL_OWNER_UID: "u1"},
+            "annotations": {SOURCE_CONTENT_ANNOTATION: "snapcontent-1"},
+        },
+        "spec": {"deletionPolicy": "Delete", "driver": "d", "source": {"snapshotHandle": "h-1"}},
+        "status": {"snapshotHandle": "h-1", "restoreSize": 2048} if ready else {},
+    }
+
+
+def clone_snapshot(ready: bool = True) -> Obj:
+    return {
+        "kind": "VolumeSnapshot",
+        "metadata": {"namespace": "velero", "name": "b1-x", "labels": {LABEL_OWNER_UID: "u1"}},
+        "status": {"readyToUse": True, "boundVolumeSnapshotContentName": "b1-x"} if ready else {},
+    }
+
+
+def look(*objects: Obj) -> Any:
+    context = Context(T0, CoordinatorConfig(), "c", ())
+    return observe(UPLOAD, Caches(*objects), Hub(), context, admitted=True)
+
+
+def test_before_exposure_the_source_and_its_content_are_seen() -> None:
+    seen = look(source_snapshot(), source_content())
+    assert seen.snapshot.state is SnapshotState.READY
+    assert seen.source_content == ContentView("snapcontent-1", "h-1", "Delete")
+    assert not seen.exposure.exists
+
+
+def test_the_clone_says_what_it_holds_and_when_it_is_ready() -> None:
+    seen = look(source_snapshot(), source_content(), clone_content(ready=False), clone_snapshot(ready=False))
+    clone = seen.exposure
+    assert (clone.snapshot_content, clone.snapshot_handle, clone.snapshot_driver) == (True, "h-1", "d")
+    assert (clone.snapshot_ready, clone.restore_size, clone.source_content) == (False, 0, "snapcontent-1")
+    ready = look(source_snapshot(), source_content(), clone_content(), clone_snapshot()).exposure
+    assert (ready.snapshot_ready, ready.restore_size) == (True, 2048)
+
+
+def test_after_the_source_snapshot_went_its_content_is_found_through_the_clone() -> None:
+    """A release cut short between deleting the VolumeSnapshot and its content."""
+    seen = look(source_content("Retain"), clone_content(), clone_snapshot())
+    assert seen.snapshot.state is SnapshotState.ABSENT
+    assert seen.source_content == ContentView("snapcontent-1", "h-1", "Retain")
+    released = look(clone_content(), clone_snapshot())
+    assert released.source_content is None
+
+
+def test_a_terminating_source_snapshot_is_marked() -> None:
+    seen = look(source_snapshot(deletionTimestamp="2026-03-01T12:00:00Z"), source_content())
+    assert seen.snapshot.deleting
