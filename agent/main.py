@@ -46,7 +46,7 @@ class KubeStatusSink:
     def update(self, assignment: Assignment, fence: Fence, mutate: Mutation) -> None:
         cr = assignment.cr
         try:
-            self._writer.update_status(cr.kind, cr.namespace, cr.name, mutate, fence)
+            self._writer.update_status(cr.kind, cr.namespace, cr.name, mutate, fence=fence)
         except BargeError:
             self._metrics.status_write_errors.inc()
             raise

@@ -155,7 +155,7 @@ class PodResources:
 @dataclass(frozen=True)
 class CoordinatorConfig:
     load_concurrency: LoadConcurrency = field(default_factory=LoadConcurrency)
-    prepare_queue_length: int | None = None  # None = unlimited
+    prepare_queue_length: int | None = None  # None: twice the transfer slots (scheduler.prepare_queue_limit)
     load_affinity: tuple[LoadAffinity, ...] = ()
     backup_pvc: tuple[tuple[str, BackupPvcConfig], ...] = ()  # source storage class -> override
     restore_pvc: RestorePvcConfig = field(default_factory=RestorePvcConfig)

@@ -42,7 +42,8 @@ from coordinator.decide import decide
 from coordinator.executor import Executor
 from coordinator.hub import Hub
 from coordinator.metrics import CoordinatorMetrics
-from coordinator.model import CrView
+from coordinator.model import AgentView, CrView
+from coordinator.routing import Changes, References, keys_for_event
 from coordinator.scheduler import ItemKey, admit
 from coordinator.workqueue import WorkQueue
 from coordinator.world import Context, agent_views, is_ours, node_states, observe, work_items
@@ -52,7 +53,8 @@ log = structlog.get_logger("barge.coordinator")
 Obj = Mapping[str, Any]
 _CR_KINDS = ("DataUpload", "DataDownload")
 _ERROR_BACKOFF_MAX_S = 60.0
-_ADMISSION_TTL_S = 0.25
+_ADMISSION_INTERVAL_S = 0.25
+_ADMISSION_REFRESH_S = 2.0
 
 
 class InformerCaches:
@@ -98,7 +100,11 @@ class Controller:
         self._failures: Counter[ItemKey] = Counter()
         self._cordoned_since: dict[str, datetime] = {}
         self._drained: set[str] = set()
-        self._admissions: tuple[float, frozenset[ItemKey]] = (float("-inf"), frozenset())
+        self._admissions: frozenset[ItemKey] = frozenset()
+        self._agents: tuple[AgentView, ...] = ()
+        self._admission_dirty = threading.Event()
+        self._references = References()
+        self._changes = Changes()
         self._lock = threading.Lock()
         self._informers = self._make_informers(api)
         self.caches = InformerCaches(self._informers)
@@ -110,6 +116,7 @@ class Controller:
             recorder=recorder,
             metrics=metrics,
             clock=clock,
+            cached=lambda resource, namespace, name: self.caches.get(resource.kind, namespace, name),
         )
         hub.on_change = self._on_hub_change
 
@@ -121,7 +128,9 @@ class Controller:
         for kind, informer in self._informers.items():
             if not informer.wait_synced(sync_timeout):
                 raise TemporaryError(f"the {kind} cache did not sync within {sync_timeout:.0f}s")
+        self.recompute_admissions()
         self._enqueue_all()
+        self._spawn(self._admission_loop, "admission")
         for index in range(self._workers):
             self._spawn(self._work, f"reconcile-{index}")
         self._spawn(self._tick, "resync")
@@ -171,45 +180,44 @@ class Controller:
         }
 
     def _handler(self, kind: str) -> Any:
+        """Route an event to the CRs it concerns (``coordinator.routing``), never to all of them."""
+
         def on_event(event_type: str, obj: dict[str, Any]) -> None:
             if self._stopping.is_set():
                 return
+            meta = obj.get("metadata") or {}
             if kind in _CR_KINDS:
-                self._invalidate_admissions()  # a phase changed: capacity may have moved
-                meta = obj.get("metadata") or {}
-                self._queue.add(ItemKey(kind, meta.get("namespace", ""), meta.get("name", "")))
+                key = ItemKey(kind, meta.get("namespace", ""), meta.get("name", ""))
+                self._references.update(key, None if event_type == "DELETED" else obj)
+                if event_type != "SYNC":
+                    self._admission_dirty.set()  # a phase may have changed: capacity may have moved
+                self._queue.add(key)
                 return
-            labels = (obj.get("metadata") or {}).get("labels") or {}
-            if labels.get(LABEL_OWNER_KIND) in _CR_KINDS and labels.get(LABEL_OWNER_NAME):
-                self._queue.add(ItemKey(labels[LABEL_OWNER_KIND], self.namespace, labels[LABEL_OWNER_NAME]))
-            if (
-                kind
-                in (
-                    "Node",
-                    "PersistentVolume",
-                    "VolumeSnapshot",
-                    "VolumeSnapshotContent",
-                    "BackupStorageLocation",
-                    "PersistentVolumeClaim",
-                )
-                and event_type != "SYNC"
-            ):
-                self._enqueue_all(active_only=True)
+            if kind in ("Node", "BackupStorageLocation"):
+                if event_type == "SYNC" or not self._changes.changed(kind, event_type, obj):
+                    return
+                self._admission_dirty.set()
+                if kind == "Node":
+                    self._enqueue_on_node(str(meta.get("name", "")))
+            for key in keys_for_event(kind, obj, self._references, self.namespace):
+                self._queue.add(key)
 
         return on_event
 
-    def _invalidate_admissions(self) -> None:
-        with self._lock:
-            self._admissions = (float("-inf"), frozenset())
+    def _enqueue_on_node(self, node: str) -> None:
+        """The CRs exposed on ``node`` (a cordon or relabel changes what they may do)."""
+        for pod in self.caches.items("Pod"):
+            if (pod.get("spec") or {}).get("nodeName") == node:
+                labels = (pod.get("metadata") or {}).get("labels") or {}
+                kind, name = labels.get(LABEL_OWNER_KIND), labels.get(LABEL_OWNER_NAME)
+                if kind in _CR_KINDS and name:
+                    self._queue.add(ItemKey(kind, self.namespace, name))
 
     def _on_hub_change(self, assignment_id: str) -> None:
-        self._invalidate_admissions()
-        for kind in _CR_KINDS:
-            for obj in self.caches.items(kind):
-                meta = obj.get("metadata") or {}
-                if meta.get("uid") == assignment_id:
-                    self._queue.add(ItemKey(kind, meta.get("namespace", ""), meta.get("name", "")))
-                    return
+        self._admission_dirty.set()
+        key = self._references.by_uid(assignment_id)
+        if key is not None:
+            self._queue.add(key)
 
     def _enqueue_all(self, active_only: bool = False) -> None:
         for kind in _CR_KINDS:
@@ -283,23 +291,35 @@ class Controller:
             return self._executor.execute(cr_obj, cr, actions).requeue_after
 
     def _context(self) -> Context:
-        agents = agent_views(self.caches, self._hub, dict(self._cordoned_since))
+        with self._lock:
+            agents = self._agents
         return Context(self._clock.now(), self.config, self._identity, agents)
 
     def _admitted(self, key: ItemKey) -> bool:
-        """Whether the scheduler's pass over every item admits ``key``. One pass serves all
-        reconciles for ``_ADMISSION_TTL_S``: computing it per item would be quadratic."""
-        now = self._clock.monotonic()
         with self._lock:
-            computed_at, admitted = self._admissions
-        if now - computed_at > _ADMISSION_TTL_S:
-            crs = [{**obj, "kind": kind} for kind in _CR_KINDS for obj in self.caches.items(kind)]
-            agents = agent_views(self.caches, self._hub, dict(self._cordoned_since))
-            items = work_items(crs, self.caches, self._hub, self._clock.now())
-            admitted = frozenset(a.key for a in admit(items, node_states(agents), self.config))
-            with self._lock:
-                self._admissions = (now, admitted)
-        return key in admitted
+            return key in self._admissions
+
+    def _admission_loop(self) -> None:
+        """One scheduler pass over every item whenever something changed (at most every
+        ``_ADMISSION_INTERVAL_S``) and at least every ``_ADMISSION_REFRESH_S`` (agents connect and
+        disconnect); items it newly admits are queued. A reconcile only looks the answer up:
+        recomputing it per reconcile made a burst quadratic."""
+        while not self._stopping.is_set():
+            self._admission_dirty.wait(timeout=_ADMISSION_REFRESH_S)
+            self._admission_dirty.clear()
+            self.recompute_admissions()
+            self._stopping.wait(_ADMISSION_INTERVAL_S)
+
+    def recompute_admissions(self) -> None:
+        crs = [{**obj, "kind": kind} for kind in _CR_KINDS for obj in self.caches.items(kind)]
+        agents = agent_views(self.caches, self._hub, dict(self._cordoned_since))
+        items = work_items(crs, self.caches, self._hub, self._clock.now())
+        admitted = frozenset(a.key for a in admit(items, node_states(agents), self.config))
+        with self._lock:
+            newly = admitted - self._admissions
+            self._admissions, self._agents = admitted, agents
+        for key in newly:
+            self._queue.add(key)
 
     # -- nodes, drains and gauges -------------------------------------------------------------------
 
@@ -322,8 +342,9 @@ class Controller:
         for node in sorted(new_drains):
             log.info("node cordoned: draining its agent", node=node, grace_s=grace)
             self._hub.drain(node, grace, "node cordoned")
+            self._enqueue_on_node(node)
         if new_drains:
-            self._enqueue_all(active_only=True)
+            self._admission_dirty.set()
 
     def _update_gauges(self) -> None:
         crs = [{**obj, "kind": kind} for kind in _CR_KINDS for obj in self.caches.items(kind)]

@@ -192,7 +192,7 @@ def _start_canceling_rule(o: Observed) -> Actions | None:
 
 def _finish_timeout_rule(o: Observed) -> Actions | None:
     node = _current_node(o)
-    return _operation_timeout(o, f"for the agent on node {node} to finish moving data{_progress(o)}")
+    return _operation_timeout(o, f"for the agent on node {node} to move more data{_progress(o)}")
 
 
 def _lost_worker_rule(o: Observed) -> Actions | None:
@@ -640,8 +640,19 @@ def _prepare_deadline(o: Observed) -> datetime | None:
 
 
 def _operation_deadline(o: Observed) -> datetime | None:
-    accepted = o.cr.accepted_at
-    return accepted + o.cr.operation_timeout if accepted else None
+    """When ``spec.operationTimeout`` runs out: that long after the agent last showed life for the
+    current assignment (sent or adopted, bytes moved, result reported; for a cancel, since it was
+    sent). Velero's own mover uses operationTimeout only to bound waits on one step, and Velero
+    sets it to the CSI snapshot timeout (10m by default): counting the queue for a transfer slot or
+    a long transfer that keeps moving would fail large backups. Nothing assigned: no deadline (the
+    work is queued; prepareTimeout bounds the exposure, Velero's itemOperationTimeout the whole)."""
+    view = _current_assignment(o)
+    if view is None or view.progressed_at is None:
+        return None
+    since = view.progressed_at
+    if o.cr.phase is Phase.CANCELING and view.cancel_sent_at is not None:
+        since = view.cancel_sent_at
+    return since + o.cr.operation_timeout
 
 
 def _operation_timeout(o: Observed, waiting_for: str) -> Actions | None:

@@ -8,7 +8,8 @@ a stale cache can never overwrite what an agent wrote meanwhile.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import threading
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -63,6 +64,7 @@ from coordinator.model import (
 log = structlog.get_logger("barge.coordinator")
 
 Obj = dict[str, Any]
+CachedLookup = Callable[[Resource, str | None, str], Mapping[str, Any] | None]
 ORIGINAL_RECLAIM_ANNOTATION = "barge.io/original-reclaim-policy"
 DYNAMIC_PV_RESTORE_LABEL = "velero.io/dynamic-pv-restore"
 _ASSIGN_RETRY = timedelta(seconds=2)
@@ -84,16 +86,25 @@ class Executor:
         recorder: EventRecorder,
         metrics: CoordinatorMetrics,
         clock: Clock,
+        cached: CachedLookup | None = None,
     ) -> None:
+        """``cached``: the informers' view of an object (``None`` when absent), so deleting what is
+        already gone costs no request; without it every delete is preceded by a GET."""
+        self._cached = cached
         self._objects = objects
         self._status = status
         self._hub = hub
         self._recorder = recorder
         self._metrics = metrics
         self._clock = clock
+        self._local = threading.local()  # the CR as last read or written by this worker's execute
 
     def execute(self, cr_obj: Mapping[str, Any], cr: CrView, actions: tuple[Action, ...]) -> Outcome:
-        """Run ``actions`` in order; stop at the first that cannot proceed (the next pass re-decides)."""
+        """Run ``actions`` in order; stop at the first that cannot proceed (the next pass re-decides).
+
+        The CR's writes start from ``cr_obj`` (the informer's copy) and then from what each write
+        returned, instead of a GET before every write; a stale copy costs one 409 and a re-read."""
+        self._local.current = dict(cr_obj)
         requeue: timedelta | None = None
         for action in actions:
             later = self._one(cr_obj, cr, action)
@@ -163,7 +174,9 @@ class Executor:
             wrote = True
             return _merge(status, patch)
 
-        self._status.update_status(cr.kind, cr.namespace, cr.name, mutate)
+        self._local.current = self._status.update_status(
+            cr.kind, cr.namespace, cr.name, mutate, current=self._current()
+        )
         if not wrote:
             return timedelta(0)
         accepted_at = dict(action.fields).get("acceptedTimestamp")
@@ -181,7 +194,13 @@ class Executor:
             self._metrics.duration.labels(cr.kind, cr.phase.value).observe(max(0.0, seconds))
 
     def _metadata(self, cr: CrView, mutate: Any) -> None:
-        self._status.update_metadata(cr.kind, cr.namespace, cr.name, mutate)
+        self._local.current = self._status.update_metadata(
+            cr.kind, cr.namespace, cr.name, mutate, current=self._current()
+        )
+
+    def _current(self) -> Obj | None:
+        current: Obj | None = getattr(self._local, "current", None)
+        return current
 
     def _assign(self, cr: CrView, action: Assign) -> timedelta | None:
         if not self._hub.connected(action.node):
@@ -279,10 +298,20 @@ class Executor:
             return None
 
     def _delete_owned(self, resource: Resource, namespace: str | None, name: str, owner_uid: str) -> None:
-        try:
-            obj = self._objects.get(resource, namespace, name)
-        except NotFound:
-            return
+        """Delete ``name`` if it is this owner's (by uid, so never a newer object of the same name).
+        Read from the cache when there is one: an object it does not show yet (just created) is
+        deleted by the reconcile its ADDED event triggers, or with its owner by the garbage collector.
+        A VolumeSnapshotContent has no owner reference (it is cluster-scoped) and holds a storage
+        snapshot: it is always read fresh."""
+        if self._cached is not None and resource != VOLUME_SNAPSHOT_CONTENT:
+            obj = self._cached(resource, namespace, name)
+            if obj is None:
+                return
+        else:
+            try:
+                obj = self._objects.get(resource, namespace, name)
+            except NotFound:
+                return
         if (obj["metadata"].get("labels") or {}).get(LABEL_OWNER_UID) != owner_uid:
             return  # same name, not ours: never touch it
         self._objects.delete(resource, namespace, name, uid=obj["metadata"]["uid"])

@@ -112,7 +112,9 @@ class Hub:
             current = self._records.get(assignment.assignment_id)
             if current and current.view.epoch == assignment.epoch and current.view.node == node:
                 return True  # already sent: replays are for agents, not for the coordinator
-            view = AssignmentView(epoch=assignment.epoch, node=node, state=HubState.SENT)
+            view = AssignmentView(
+                epoch=assignment.epoch, node=node, state=HubState.SENT, progressed_at=self._clock.now()
+            )
             self._records[assignment.assignment_id] = _Record(view, assignment.kind.value)
         session.send(assignment)
         self._metrics.assignments.labels(assignment.kind.value).inc()
@@ -158,6 +160,8 @@ class Hub:
         view = replace(
             view, state=HubState.RUNNING, bytes_done=event.bytes_done, bytes_total=event.bytes_total
         )
+        if delta or first:
+            view = replace(view, progressed_at=self._clock.now())
         self._records[event.assignment_id] = replace(record, view=view)
         return [event.assignment_id] if first else []
 
@@ -173,6 +177,7 @@ class Hub:
             state=HubState.FINISHED,
             result=event,
             bytes_done=event.bytes_done or record.view.bytes_done,
+            progressed_at=self._clock.now(),
         )
         self._records[event.assignment_id] = replace(record, view=view)
         self._metrics.results.labels(record.kind or "unknown", event.outcome.value).inc()
@@ -195,16 +200,19 @@ class Hub:
                     bytes_total=item.bytes_total,
                     running_since=self._clock.now(),
                     bytes_at_running_since=item.bytes_done,
+                    progressed_at=self._clock.now(),
                 )
                 self._records[item.assignment_id] = _Record(view)
                 changed.append(item.assignment_id)
             elif record is not None and record.view.epoch == item.epoch and record.view.node == node:
                 state = HubState.RUNNING if record.view.state is HubState.SENT else record.view.state
+                moved = item.bytes_done > record.view.bytes_done
                 view = replace(
                     self._started(record.view, item.bytes_done),
                     state=state,
                     bytes_done=item.bytes_done,
                     bytes_total=item.bytes_total,
+                    progressed_at=self._clock.now() if moved else record.view.progressed_at,
                 )
                 self._records[item.assignment_id] = replace(record, view=view)
         for assignment_id, record in list(self._records.items()):

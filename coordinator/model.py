@@ -378,6 +378,9 @@ class AssignmentView:
     # new leader adopted it) and bytes_done then. None until the agent reports progress.
     running_since: datetime | None = None
     bytes_at_running_since: int = 0
+    # When the agent last showed life for this work: the assignment sent or adopted, or bytes_done
+    # grew. operationTimeout bounds the time since then (a stall), never the queue or a long transfer.
+    progressed_at: datetime | None = None
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,7 @@ key is in the result.
 from __future__ import annotations
 
 from collections import Counter, defaultdict
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from enum import Enum
@@ -78,19 +78,33 @@ def admit(
     items: Iterable[WorkItem], nodes: Iterable[NodeState], config: CoordinatorConfig
 ) -> tuple[Admission, ...]:
     """The admissions for this pass, in the order they should be acted on."""
-    all_items = tuple(items)
-    return _assignments(all_items, tuple(nodes), config) + _acceptances(all_items, config)
+    all_items, all_nodes = tuple(items), tuple(nodes)
+    return _assignments(all_items, all_nodes, config) + _acceptances(all_items, all_nodes, config)
 
 
-def _acceptances(items: tuple[WorkItem, ...], config: CoordinatorConfig) -> tuple[Admission, ...]:
+def prepare_queue_limit(nodes: tuple[NodeState, ...], config: CoordinatorConfig) -> int:
+    """How many items may be exposed but not yet running. Configured, or by default four times the
+    transfer slots of the usable nodes (at least 8): enough exposures in flight to cover the time a
+    snapshot takes to restore while short transfers end, while a burst of thousands never becomes
+    thousands of PVCs and pods at once (a node runs at most ~110 pods)."""
+    if config.prepare_queue_length is not None:
+        return config.prepare_queue_length
+    slots = sum(
+        config.load_concurrency.for_node(dict(node.labels))
+        for node in nodes
+        if node.agent_connected and not node.cordoned
+    )
+    return max(8, 4 * slots)
+
+
+def _acceptances(
+    items: tuple[WorkItem, ...], nodes: tuple[NodeState, ...], config: CoordinatorConfig
+) -> tuple[Admission, ...]:
     waiting = [item for item in items if item.stage is Stage.WAITING]
-    limit = config.prepare_queue_length
-    if limit is None:
-        free = len(waiting)
-    else:
-        held = sum(1 for item in items if item.stage in (Stage.PREPARING, Stage.PREPARED))
-        free = max(0, limit - held)
-    chosen = fair_order(waiting)[:free]
+    held = sum(1 for item in items if item.stage in (Stage.PREPARING, Stage.PREPARED))
+    free = max(0, prepare_queue_limit(nodes, config) - held)
+    exposed = _held_by_group(items, (Stage.PREPARING, Stage.PREPARED, Stage.RUNNING))
+    chosen = fair_order(waiting, exposed)[:free]
     return tuple(Admission(item.key, Step.ACCEPT) for item in chosen)
 
 
@@ -100,7 +114,8 @@ def _assignments(
     by_name = {node.name: node for node in nodes}
     running = Counter(item.node for item in items if item.stage is Stage.RUNNING)
     admissions: list[Admission] = []
-    for item in fair_order([item for item in items if item.stage is Stage.PREPARED]):
+    running_by_group = _held_by_group(items, (Stage.RUNNING,))
+    for item in fair_order([item for item in items if item.stage is Stage.PREPARED], running_by_group):
         node = by_name.get(item.node)
         if node is None or node.cordoned or not node.agent_connected:
             continue
@@ -111,16 +126,32 @@ def _assignments(
     return tuple(admissions)
 
 
-def fair_order(items: Iterable[WorkItem]) -> list[WorkItem]:
-    """Round-robin across groups (oldest group first), oldest item first within a group."""
+def fair_order(items: Iterable[WorkItem], active: Mapping[str, int] | None = None) -> list[WorkItem]:
+    """Round-robin across groups, counting what each group already holds.
+
+    ``active``: items per group already past this step (exposed, or running). The next slot goes to
+    the group holding the fewest, so a small backup created after a big one gets every other slot
+    at once instead of waiting for the big one's head start to drain; ties go to the oldest group,
+    and within a group the oldest item goes first.
+    """
+    held = active or {}
     groups: dict[str, list[WorkItem]] = defaultdict(list)
     for item in sorted(items, key=_age):
-        groups[item.group or f"\0{item.key}"].append(item)
-    queues = sorted(groups.values(), key=lambda queue: _age(queue[0]))
-    ordered: list[WorkItem] = []
-    for rank in range(max((len(queue) for queue in queues), default=0)):
-        ordered.extend(queue[rank] for queue in queues if rank < len(queue))
-    return ordered
+        groups[_group(item)].append(item)
+    ranked = [
+        (held.get(name, 0) + rank, _age(queue[0]), _age(item), item)
+        for name, queue in groups.items()
+        for rank, item in enumerate(queue)
+    ]
+    return [entry[-1] for entry in sorted(ranked, key=lambda entry: entry[:3])]
+
+
+def _group(item: WorkItem) -> str:
+    return item.group or f"\0{item.key}"
+
+
+def _held_by_group(items: Iterable[WorkItem], stages: tuple[Stage, ...]) -> Counter[str]:
+    return Counter(_group(item) for item in items if item.stage in stages)
 
 
 def _age(item: WorkItem) -> tuple[datetime, str, str, str]:

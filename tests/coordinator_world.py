@@ -153,7 +153,9 @@ def in_progress(cr: CrView, node: str = NODE, epoch: int = 1) -> CrView:
 
 
 def running(node: str = NODE, epoch: int = 1, **changes: object) -> AssignmentView:
-    view = AssignmentView(epoch=epoch, node=node, state=HubState.RUNNING, bytes_done=5, bytes_total=10)
+    view = AssignmentView(
+        epoch=epoch, node=node, state=HubState.RUNNING, bytes_done=5, bytes_total=10, progressed_at=T0
+    )
     return replace(view, **changes)  # type: ignore[arg-type]
 
 

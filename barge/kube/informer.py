@@ -1,6 +1,9 @@
 """An informer: a local, always-current cache of one resource, fed by list + watch.
 
-Controllers read the cache instead of polling the API and react to ``on_event``. The cache is
+Controllers read the cache instead of polling the API and react to ``on_event``. Cached objects
+are shared, not copied: every watch event *replaces* an entry and nothing mutates one, so readers
+get them for free and must treat them as read-only (copy before changing). A copy per read made
+every pass over the cache cost a deep copy of all of it. The cache is
 rebuilt by a fresh list whenever the watch's resourceVersion has expired (410 Gone), and every cached
 object is re-delivered as ``SYNC`` every ``resync_s`` so a handler that missed or dropped work gets
 another chance (level-triggered, as in client-go).
@@ -9,7 +12,6 @@ another chance (level-triggered, as in client-go).
 from __future__ import annotations
 
 import contextlib
-import copy
 import logging
 import threading
 from collections.abc import Callable
@@ -66,15 +68,14 @@ class Informer:
     # -- reading the cache ------------------------------------------------------------------------
 
     def get(self, namespace: str | None, name: str) -> Obj | None:
-        """A copy of the cached object, or None; ``namespace`` is None for cluster-scoped kinds."""
+        """The cached object (read-only), or None; ``namespace`` is None for cluster-scoped kinds."""
         with self._lock:
-            found = self._cache.get((namespace or "", name))
-            return copy.deepcopy(found) if found is not None else None
+            return self._cache.get((namespace or "", name))
 
     def items(self) -> list[Obj]:
-        """Copies of every cached object."""
+        """Every cached object (read-only)."""
         with self._lock:
-            return copy.deepcopy(list(self._cache.values()))
+            return list(self._cache.values())
 
     # -- lifecycle --------------------------------------------------------------------------------
 
@@ -188,11 +189,12 @@ class Informer:
             self._deliver("SYNC", obj)
 
     def _deliver(self, kind: str, obj: Obj) -> None:
-        """Hand a copy to the handler; a failing handler is logged, never allowed to stop the informer."""
+        """Hand the (read-only) object to the handler; a failing handler is logged, never allowed to
+        stop the informer."""
         if self._on_event is None:
             return
         try:
-            self._on_event(kind, copy.deepcopy(obj))
+            self._on_event(kind, obj)
         except Exception:
             log.exception("event handler failed on %s %s/%s", kind, *object_key(obj))
 

@@ -117,9 +117,6 @@ BY_KIND: dict[str, Resource] = {
         DAEMON_SET,
         DEPLOYMENT,
         VOLUME_SNAPSHOT_CLASS,
-        BACKUP,
-        RESTORE,
-        DELETE_BACKUP_REQUEST,
     )
 }
 

@@ -42,16 +42,22 @@ class StatusWriter:
         namespace: str,
         name: str,
         mutate: StatusMutation,
+        *,
         fence: Fence | None = None,
+        current: Obj | None = None,
     ) -> Obj:
         """Write ``mutate(copy of status)``; None from ``mutate`` writes nothing. Returns the object.
 
-        Raises Fenced when ``fence`` no longer matches the CR (or it is gone or final), Conflict when
-        every attempt raced another writer.
+        ``current``: a recent read (an informer's copy) to compute the first attempt from instead of
+        a GET; a stale one only costs a 409 and a fresh read. Raises Fenced when ``fence`` no longer
+        matches the CR (or it is gone or final), Conflict when every attempt raced another writer.
         """
         resource = resource_for(kind)
-        for _ in range(self._max_attempts):
-            current = self._read(resource, namespace, name, fence)
+        for attempt in range(self._max_attempts):
+            if attempt or current is None:
+                current = self._read(resource, namespace, name, fence)
+            elif fence is not None:
+                _check_fence(resource, current, fence)
             status = mutate(copy.deepcopy(current.get("status") or {}))
             if status is None:
                 return current
@@ -62,12 +68,20 @@ class StatusWriter:
         raise self._exhausted(resource, namespace, name)
 
     def update_metadata(
-        self, kind: Resource | str, namespace: str, name: str, mutate_meta: MetadataMutation
+        self,
+        kind: Resource | str,
+        namespace: str,
+        name: str,
+        mutate_meta: MetadataMutation,
+        *,
+        current: Obj | None = None,
     ) -> Obj:
-        """Write ``mutate_meta(copy of metadata)`` (finalizers, annotations, labels); None writes nothing."""
+        """Write ``mutate_meta(copy of metadata)`` (finalizers, annotations, labels); None writes
+        nothing. ``current``: as for ``update_status``."""
         resource = resource_for(kind)
-        for _ in range(self._max_attempts):
-            current = self._objects.get(resource, namespace, name)
+        for attempt in range(self._max_attempts):
+            if attempt or current is None:
+                current = self._objects.get(resource, namespace, name)
             metadata = mutate_meta(copy.deepcopy(current["metadata"]))
             if metadata is None:
                 return current

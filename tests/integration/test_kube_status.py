@@ -213,3 +213,24 @@ def test_metadata_updates_add_finalizers_and_annotations_under_concurrency(
 
     writer.update_metadata(kind, namespace, name, lambda meta: {**meta, "finalizers": []})
     assert "finalizers" not in objects.get(kind, namespace, name)["metadata"]
+
+
+def test_a_write_from_a_given_copy_needs_no_read_and_a_stale_copy_costs_a_retry(
+    writer: StatusWriter, objects: KubeObjects, kind: Resource, namespace: str
+) -> None:
+    """The coordinator writes from its informer's copy: no GET first; a stale copy gets a 409 and
+    the write is recomputed from a fresh read, never applied over the newer state."""
+    created = create_upload(objects, kind, namespace)
+    name = created["metadata"]["name"]
+    first = writer.update_status(kind, namespace, name, accept, current=created)
+    assert first["status"]["phase"] == "Accepted"
+    seen: list[object] = []
+
+    def prepared(status: dict[str, Any]) -> dict[str, Any]:
+        seen.append(status.get("phase"))
+        return {**status, "phase": "Prepared"}
+
+    second = writer.update_status(kind, namespace, name, prepared, current=created)  # stale by now
+    assert second["status"]["phase"] == "Prepared"
+    assert seen == [None, "Accepted"]  # recomputed from the fresh read after the 409
+    assert objects.get(kind, namespace, name)["status"]["progress"] == {"totalBytes": 100, "bytesDone": 0}

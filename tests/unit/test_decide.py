@@ -387,7 +387,10 @@ def test_prepared_agent_failure_fails() -> None:
 
 
 def test_prepared_operation_timeout_fails() -> None:
-    world = observed(prepared(upload_cr()), now=T0 + timedelta(hours=4), exposure=exposure(), admitted=False)
+    """Assigned, and the agent shows no sign of life for operationTimeout since the assignment."""
+    sent = AssignmentView(epoch=1, node=NODE, state=HubState.SENT, progressed_at=T0)
+    cr = replace(prepared(upload_cr()), fence=Fence(1, NODE))
+    world = observed(cr, now=T0 + timedelta(hours=4), exposure=exposure(), assignment=sent)
     step = set_phase(decide(world))
     assert step is not None
     assert step.phase is Phase.FAILED
@@ -396,6 +399,12 @@ def test_prepared_operation_timeout_fails() -> None:
         == "timed out after 4h0m0s (operationTimeout) waiting for the agent on node node-a to start "
         "moving data"
     )
+
+
+def test_prepared_waiting_for_a_transfer_slot_never_times_out() -> None:
+    """Queue time is not operation time: Velero bounds the whole with its itemOperationTimeout."""
+    world = observed(prepared(upload_cr()), now=T0 + timedelta(days=3), exposure=exposure(), admitted=False)
+    assert set_phase(decide(world)) is None
 
 
 @pytest.mark.parametrize(
@@ -584,7 +593,7 @@ def test_in_progress_operation_timeout_fails() -> None:
     assert step is not None
     assert step.phase is Phase.FAILED
     assert step.message == (
-        "timed out after 4h0m0s (operationTimeout) waiting for the agent on node node-a to finish moving "
+        "timed out after 4h0m0s (operationTimeout) waiting for the agent on node node-a to move more "
         "data (5 of 10 bytes done)"
     )
     assert CancelAssignment(NODE, 1, step.message) in actions
@@ -693,6 +702,12 @@ def test_in_progress_reexposure_limit_fails() -> None:
     )
 
 
+def test_a_transfer_that_keeps_moving_never_times_out() -> None:
+    """A long transfer is not a stall: the deadline runs from the last progress."""
+    moving = running(progressed_at=T0 + timedelta(hours=9), bytes_done=9)
+    assert set_phase(decide(progress_world(now=T0 + timedelta(hours=10), assignment=moving))) is None
+
+
 def test_in_progress_waits_while_running() -> None:
     assert decide(progress_world()) == (Requeue(MAX_WAIT),)
     near = progress_world(now=T0 + timedelta(hours=4) - timedelta(seconds=5))
@@ -721,7 +736,9 @@ def test_canceling_agent_gone_canceled() -> None:
 
 
 def test_canceling_timeout_canceled() -> None:
-    step = set_phase(decide(canceling_world(now=T0 + timedelta(hours=4))))
+    """operationTimeout after the cancel was sent (at T0 + 10m) with no confirmation."""
+    assert set_phase(decide(canceling_world(now=T0 + timedelta(hours=4)))) is None
+    step = set_phase(decide(canceling_world(now=T0 + minutes(10) + timedelta(hours=4))))
     assert step is not None
     assert step.phase is Phase.CANCELED
     assert "operationTimeout" in step.message

@@ -20,6 +20,7 @@ from coordinator.scheduler import (
     WorkItem,
     admit,
     fair_order,
+    prepare_queue_limit,
     work_item,
 )
 from tests.coordinator_world import T0, upload_cr
@@ -37,9 +38,15 @@ def names(admissions: tuple[Admission, ...], step: Step) -> list[str]:
     return [a.key.name for a in admissions if a.step is step]
 
 
-def test_everything_waiting_is_accepted_without_a_prepare_queue_limit() -> None:
-    items = [item(f"u{i}", Stage.WAITING, age=i) for i in range(5)]
-    assert names(admit(items, [], CoordinatorConfig()), Step.ACCEPT) == ["u0", "u1", "u2", "u3", "u4"]
+def test_by_default_the_prepare_queue_holds_four_times_the_transfer_slots() -> None:
+    """Three usable nodes, one transfer each: twelve exposed at a time, not the whole burst of 500."""
+    items = [item(f"u{i}", Stage.WAITING, age=i) for i in range(500)]
+    usable = [node("n1"), node("n2"), node("n3")]
+    unusable = [replace(node("n4"), cordoned=True), replace(node("n5"), agent_connected=False)]
+    accepted = names(admit(items, usable + unusable, CoordinatorConfig()), Step.ACCEPT)
+    assert accepted == [f"u{i}" for i in range(12)]
+    assert prepare_queue_limit((), CoordinatorConfig()) == 8  # no usable node yet: still some progress
+    assert prepare_queue_limit((), CoordinatorConfig(prepare_queue_length=1000)) == 1000
 
 
 def test_prepare_queue_counts_items_holding_an_exposure_without_moving_data() -> None:
@@ -181,3 +188,20 @@ def test_work_item_maps_phases_to_stages() -> None:
     assert work_item(replace(cr, phase=Phase.CANCELING), T0).stage is Stage.RUNNING
     assert work_item(replace(cr, phase=Phase.FAILED), T0).stage is Stage.DONE
     assert work_item(replace(cr, deleting=True), T0).stage is Stage.DONE
+
+
+def test_a_small_backup_created_after_a_big_one_gets_every_other_slot() -> None:
+    """What each backup already holds counts: one free slot at a time, the small backup catches up
+    with the big one's head start, then they alternate; it never waits for all of the big one."""
+    big = [item(f"big{i}", Stage.WAITING, group="big", age=i) for i in range(100)]
+    small = [item(f"small{i}", Stage.WAITING, group="small", age=200 + i) for i in range(10)]
+    running = [item(f"run{i}", Stage.RUNNING, group="big", node="n1") for i in range(2)]
+    state = [*big, *small, *running]
+    accepted: list[str] = []
+    for limit in range(1, 9):  # the queue grows by one slot at a time; the accepted stay exposed
+        (chosen,) = [a.key.name for a in admit(state, [], CoordinatorConfig(prepare_queue_length=limit))
+                     if a.step is Step.ACCEPT]  # fmt: skip
+        accepted.append(chosen)
+        group = "big" if chosen.startswith("big") else "small"
+        state = [i for i in state if i.key.name != chosen] + [item(chosen, Stage.PREPARING, group=group)]
+    assert accepted == ["small0", "small1", "big0", "small2", "big1", "small3", "big2", "small4"]
