@@ -1,4 +1,4 @@
-.PHONY: demo test bench bench-s3 tools lint chart help
+.PHONY: demo test bench bench-s3 bench-scale tools lint chart help
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*##/\t/'
 
@@ -13,6 +13,9 @@ bench:  ## Barge vs restic vs kopia on the same data (medians of 3; BENCH_ARGS="
 
 bench-s3:  ## obstore vs boto3 as the S3 client, against the real MinIO (puts/gets of packs and small objects)
 	bash hack/bootstrap-python.sh && bash hack/install-tools.sh minio && .venv/bin/python -m bench.s3_clients
+
+bench-scale:  ## the coordinator at cluster scale: 200 nodes, 2,000 DataUploads then DataDownloads (SCALE_ARGS="--nodes 10 --uploads 50" for a quick look; --sweep, --failover, --json FILE)
+	bash hack/bootstrap-python.sh && bash hack/install-tools.sh etcd kube-apiserver && .venv/bin/python -m bench.scale $(SCALE_ARGS)
 
 tools:  ## build the pinned upstream binaries (etcd, kube-apiserver, minio, ...) and Azurite into ~/.cache/barge
 	bash hack/install-tools.sh && bash hack/install-azurite.sh

@@ -15,6 +15,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 
 import yaml
 
@@ -34,6 +35,7 @@ class ControlPlaneEndpoints:
     kubeconfig: Path
     pki: ControlPlanePki
     etcd_url: str
+    audit_log: Path | None = None  # JSON lines, when the control plane was started with an audit policy
 
 
 def write_kubeconfig(path: Path, url: str, ca: Path, user: dict[str, str], name: str) -> Path:
@@ -54,10 +56,21 @@ def write_kubeconfig(path: Path, url: str, ca: Path, user: dict[str, str], name:
 class LocalControlPlane:
     """Starts etcd and kube-apiserver in a temporary directory; stops both and removes it."""
 
-    def __init__(self, workdir: Path | None = None, keep_workdir: bool = False) -> None:
+    def __init__(
+        self,
+        workdir: Path | None = None,
+        keep_workdir: bool = False,
+        *,
+        audit_policy: dict[str, Any] | None = None,
+    ) -> None:
+        """``audit_policy``: an ``audit.k8s.io/v1`` Policy; when given, the API server writes its audit
+        events as JSON lines to ``<workdir>/audit.log`` (``ControlPlaneEndpoints.audit_log``). None
+        (the default): no auditing."""
         self._own_workdir = workdir is None
         self.workdir = workdir or Path(tempfile.mkdtemp(prefix="barge-controlplane-"))
         self._keep = keep_workdir
+        self._audit_policy = audit_policy
+        self.audit_log: Path | None = None
         self.etcd: ServerProcess | None = None
         self.apiserver: ServerProcess | None = None
         self.endpoints: ControlPlaneEndpoints | None = None
@@ -88,7 +101,7 @@ class LocalControlPlane:
             {"client-certificate": str(pki.admin.cert_path), "client-key": str(pki.admin.key_path)},
             "barge-admin",
         )
-        self.endpoints = ControlPlaneEndpoints(url, kubeconfig, pki, etcd_url)
+        self.endpoints = ControlPlaneEndpoints(url, kubeconfig, pki, etcd_url, self.audit_log)
         return self.endpoints
 
     def _start_etcd(self) -> str:
@@ -115,6 +128,19 @@ class LocalControlPlane:
         self.etcd.wait_ready(lambda: http_ok("127.0.0.1", client_port, "/health"), _START_TIMEOUT, "healthy")
         return client_url
 
+    def _audit_flags(self) -> list[str]:
+        if self._audit_policy is None:
+            return []
+        policy = self.workdir / "audit-policy.yaml"
+        policy.write_text(yaml.safe_dump(self._audit_policy))
+        self.audit_log = self.workdir / "audit.log"
+        return [
+            f"--audit-policy-file={policy}",
+            f"--audit-log-path={self.audit_log}",
+            "--audit-log-format=json",
+            "--audit-log-maxsize=0",
+        ]
+
     def _start_apiserver(self, pki: ControlPlanePki, etcd_url: str) -> str:
         port = free_port()
         self.apiserver = ServerProcess(
@@ -138,6 +164,7 @@ class LocalControlPlane:
                 "--disable-admission-plugins=ServiceAccount",
                 "--enable-priority-and-fairness=false",
                 "--v=0",
+                *self._audit_flags(),
             ],
             self.workdir / "kube-apiserver.log",
         )

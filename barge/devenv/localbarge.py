@@ -77,10 +77,13 @@ class LocalBarge:
         agent_command_prefix: tuple[str, ...] = (),
         bsl: Obj | None = None,
         password: str | None = None,
+        extra_coordinator_args: tuple[str, ...] = (),
     ) -> None:
         """``*_kubeconfig``: the identities the processes use (default: the admin's), e.g. the
         chart's ServiceAccounts, to prove Barge needs no more than the chart grants. ``bsl``: the
-        BackupStorageLocation to use (default: ``default`` on a local directory under ``workdir``)."""
+        BackupStorageLocation to use (default: ``default`` on a local directory under ``workdir``).
+        ``extra_coordinator_args``: appended to every coordinator's command line (a repeated flag
+        overrides the test defaults above it, e.g. ``--heartbeat-interval 5``)."""
         self.endpoints = endpoints
         self.sim = sim
         self.objects = objects
@@ -91,6 +94,7 @@ class LocalBarge:
         self.barge_namespace = barge_namespace
         self.coordinator_config = coordinator_config
         self.extra_agent_args = extra_agent_args
+        self.extra_coordinator_args = extra_coordinator_args
         self.coordinator_kubeconfig = coordinator_kubeconfig or endpoints.kubeconfig
         self.agent_kubeconfig = agent_kubeconfig or endpoints.kubeconfig
         self.agent_command_prefix = agent_command_prefix  # e.g. setpriv: run agents with fewer capabilities
@@ -240,6 +244,7 @@ class LocalBarge:
             "5",
             "--log-format",
             "console",
+            *self.extra_coordinator_args,
         ]
         process = ServerProcess(name, argv, self.workdir / f"{name}.log", env=self._env(name))
         process.start()
