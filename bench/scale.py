@@ -457,6 +457,7 @@ class Run:
         self.upload_volumes: dict[str, PlannedVolume] = {}
         self.children: dict[str, ServerProcess] = {}
         self.stopped_early = ""
+        self.interrupted = False
 
     # -- setup ------------------------------------------------------------------------------------
 
@@ -516,16 +517,36 @@ class Run:
             observer.start()
             stack.callback(observer.stop)
 
-            self.deadline = time.monotonic() + o.timeout_s
-            timed_out = self._uploads(objects, observer, plan, sources, barge)
-            if not timed_out:
-                timed_out = self._downloads(objects, observer, plan)
-            else:
-                log("uploads did not finish in time: downloads not run")
+            timed_out = self._measure(objects, observer, plan, sources, barge)
             coordinators = {n: p for n, p in self.meter.read().items() if n.startswith("coordinator-")}
             fleet.stop(grace=30)  # first: its summary is written on SIGTERM
         # Everything stopped (the API server too: the audit log is complete).
         return self._report(workdir, observer, coordinators, timed_out)
+
+    def _measure(
+        self,
+        objects: KubeObjects,
+        observer: Observer,
+        plan: list[PlannedVolume],
+        sources: dict[str, str],
+        barge: BenchBarge,
+    ) -> bool:
+        """The upload burst, then the download burst; True when they did not finish."""
+        self.deadline = time.monotonic() + self.o.timeout_s
+        try:
+            if self._uploads(objects, observer, plan, sources, barge):
+                log("uploads did not finish: downloads not run")
+                return True
+            return self._downloads(objects, observer, plan)
+        except KeyboardInterrupt as err:  # SIGINT/SIGTERM: still report what was measured
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)  # let the report be written; SIGKILL still works
+            self.interrupted = True
+            self.stopped_early = f"interrupted ({err or 'SIGINT'})"
+            log(f"{self.stopped_early}: stopping, then reporting what was measured")
+            for phase in self.phases.values():
+                if not phase.end:
+                    phase.finish(self.meter)
+            return True
 
     def _start_simulator(self, kubeconfig: Path, sim_root: Path, workdir: Path) -> ServerProcess:
         args = ["--kubeconfig", str(kubeconfig), "--root", str(sim_root), "--mode", self.o.sim_mode]
@@ -847,6 +868,7 @@ class Run:
             "coordinator_source": coordinator_source(),
             "timed_out": timed_out,
             "stopped_early": self.stopped_early,
+            "interrupted": self.interrupted,
             "phases": {
                 k: asdict(v) | {"cpu_before": None, "cpu_after": None} for k, v in self.phases.items()
             },
@@ -1030,6 +1052,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.json:  # after every run: a later one may not finish
             payload: Obj = reports[0] if len(sizes) == 1 else {"runs": reports}
             args.json.write_text(json.dumps(payload, indent=1))
+        if report.get("interrupted"):
+            break
     if len(reports) > 1:
         print(render_sweep(reports), flush=True)
     log(f"done in {time.monotonic() - started:.0f} s")
