@@ -314,7 +314,9 @@ class Controller:
         crs = [{**obj, "kind": kind} for kind in _CR_KINDS for obj in self.caches.items(kind)]
         agents = agent_views(self.caches, self._hub, dict(self._cordoned_since))
         items = work_items(crs, self.caches, self._hub, self._clock.now())
-        admitted = frozenset(a.key for a in admit(items, node_states(agents), self.config))
+        with self._lock:
+            previous = self._admissions
+        admitted = frozenset(a.key for a in admit(items, node_states(agents), self.config, previous))
         with self._lock:
             newly = admitted - self._admissions
             self._admissions, self._agents = admitted, agents

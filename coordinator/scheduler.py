@@ -75,11 +75,20 @@ class Admission:
 
 
 def admit(
-    items: Iterable[WorkItem], nodes: Iterable[NodeState], config: CoordinatorConfig
+    items: Iterable[WorkItem],
+    nodes: Iterable[NodeState],
+    config: CoordinatorConfig,
+    previous: frozenset[ItemKey] = frozenset(),
 ) -> tuple[Admission, ...]:
-    """The admissions for this pass, in the order they should be acted on."""
+    """The admissions for this pass, in the order they should be acted on.
+
+    ``previous``: what the last pass admitted. Those still at the same step keep their place ahead
+    of the fair order: one may be mid-way through its accept or assign write (the pass does not
+    see it yet), and giving its slot to another item would run two where one is allowed."""
     all_items, all_nodes = tuple(items), tuple(nodes)
-    return _assignments(all_items, all_nodes, config) + _acceptances(all_items, all_nodes, config)
+    return _assignments(all_items, all_nodes, config, previous) + _acceptances(
+        all_items, all_nodes, config, previous
+    )
 
 
 def prepare_queue_limit(nodes: tuple[NodeState, ...], config: CoordinatorConfig) -> int:
@@ -98,24 +107,31 @@ def prepare_queue_limit(nodes: tuple[NodeState, ...], config: CoordinatorConfig)
 
 
 def _acceptances(
-    items: tuple[WorkItem, ...], nodes: tuple[NodeState, ...], config: CoordinatorConfig
+    items: tuple[WorkItem, ...],
+    nodes: tuple[NodeState, ...],
+    config: CoordinatorConfig,
+    previous: frozenset[ItemKey],
 ) -> tuple[Admission, ...]:
     waiting = [item for item in items if item.stage is Stage.WAITING]
     held = sum(1 for item in items if item.stage in (Stage.PREPARING, Stage.PREPARED))
     free = max(0, prepare_queue_limit(nodes, config) - held)
     exposed = _held_by_group(items, (Stage.PREPARING, Stage.PREPARED, Stage.RUNNING))
-    chosen = fair_order(waiting, exposed)[:free]
+    chosen = _previous_first(fair_order(waiting, exposed), previous)[:free]
     return tuple(Admission(item.key, Step.ACCEPT) for item in chosen)
 
 
 def _assignments(
-    items: tuple[WorkItem, ...], nodes: tuple[NodeState, ...], config: CoordinatorConfig
+    items: tuple[WorkItem, ...],
+    nodes: tuple[NodeState, ...],
+    config: CoordinatorConfig,
+    previous: frozenset[ItemKey],
 ) -> tuple[Admission, ...]:
     by_name = {node.name: node for node in nodes}
     running = Counter(item.node for item in items if item.stage is Stage.RUNNING)
     admissions: list[Admission] = []
     running_by_group = _held_by_group(items, (Stage.RUNNING,))
-    for item in fair_order([item for item in items if item.stage is Stage.PREPARED], running_by_group):
+    prepared = fair_order([item for item in items if item.stage is Stage.PREPARED], running_by_group)
+    for item in _previous_first(prepared, previous):
         node = by_name.get(item.node)
         if node is None or node.cordoned or not node.agent_connected:
             continue
@@ -144,6 +160,11 @@ def fair_order(items: Iterable[WorkItem], active: Mapping[str, int] | None = Non
         for rank, item in enumerate(queue)
     ]
     return [entry[-1] for entry in sorted(ranked, key=lambda entry: entry[:3])]
+
+
+def _previous_first(ordered: list[WorkItem], previous: frozenset[ItemKey]) -> list[WorkItem]:
+    """``ordered`` with the items the last pass admitted first (each part keeps its order)."""
+    return [i for i in ordered if i.key in previous] + [i for i in ordered if i.key not in previous]
 
 
 def _group(item: WorkItem) -> str:

@@ -205,3 +205,19 @@ def test_a_small_backup_created_after_a_big_one_gets_every_other_slot() -> None:
         group = "big" if chosen.startswith("big") else "small"
         state = [i for i in state if i.key.name != chosen] + [item(chosen, Stage.PREPARING, group=group)]
     assert accepted == ["small0", "small1", "big0", "small2", "big1", "small3", "big2", "small4"]
+
+
+def test_an_item_the_last_pass_admitted_keeps_its_slot_when_the_fair_order_changes() -> None:
+    """The bench-scale run found two transfers on a node with loadConcurrency 1: the last pass gave
+    the slot to one backup's item, whose assign write was still under way, and the next pass (the
+    backups' counts had changed) gave the same slot to another backup's item."""
+    n1 = node("n1")
+    small = item("small-a", Stage.PREPARED, group="small", age=5, node="n1")
+    mid = item("mid-a", Stage.PREPARED, group="mid", age=1, node="n1")
+    elsewhere = [item(f"mid-run{i}", Stage.RUNNING, group="mid", node="n2") for i in range(2)]
+    first = admit([small, mid, *elsewhere], [n1], CoordinatorConfig())
+    assert names(first, Step.ASSIGN) == ["small-a"]  # mid already holds two running slots
+    # mid's transfers elsewhere end: by the fair order alone, mid-a would now take n1's slot
+    assert names(admit([small, mid], [n1], CoordinatorConfig()), Step.ASSIGN) == ["mid-a"]
+    previous = frozenset(a.key for a in first)
+    assert names(admit([small, mid], [n1], CoordinatorConfig(), previous), Step.ASSIGN) == ["small-a"]
