@@ -16,7 +16,7 @@ from typing import Any
 import structlog
 
 from barge.clock import Clock
-from barge.control.naming import LABEL_MANAGED_BY, LABEL_OWNER_KIND, LABEL_OWNER_NAME, MANAGED_BY
+from barge.control.naming import LABEL_MANAGED_BY, MANAGED_BY
 from barge.errors import BargeError, TemporaryError
 from barge.kube.client import ApiClient
 from barge.kube.events import EventRecorder
@@ -43,7 +43,7 @@ from coordinator.executor import Executor
 from coordinator.hub import Hub
 from coordinator.metrics import CoordinatorMetrics
 from coordinator.model import AgentView, CrView
-from coordinator.routing import Changes, References, keys_for_event
+from coordinator.routing import Changes, References, keys_for_event, owner_key
 from coordinator.scheduler import ItemKey, admit
 from coordinator.workqueue import WorkQueue
 from coordinator.world import Context, agent_views, is_ours, node_states, observe, work_items
@@ -207,11 +207,9 @@ class Controller:
     def _enqueue_on_node(self, node: str) -> None:
         """The CRs exposed on ``node`` (a cordon or relabel changes what they may do)."""
         for pod in self.caches.items("Pod"):
-            if (pod.get("spec") or {}).get("nodeName") == node:
-                labels = (pod.get("metadata") or {}).get("labels") or {}
-                kind, name = labels.get(LABEL_OWNER_KIND), labels.get(LABEL_OWNER_NAME)
-                if kind in _CR_KINDS and name:
-                    self._queue.add(ItemKey(kind, self.namespace, name))
+            owner = owner_key(pod, self.namespace)
+            if owner is not None and (pod.get("spec") or {}).get("nodeName") == node:
+                self._queue.add(owner)
 
     def _on_hub_change(self, assignment_id: str) -> None:
         self._admission_dirty.set()

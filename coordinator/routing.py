@@ -86,13 +86,18 @@ class References:
             return self._by_uid.get(uid)
 
 
+def owner_key(obj: Obj, own_namespace: str) -> ItemKey | None:
+    """The CR an object Barge created for it belongs to (its owner labels), or None."""
+    labels = _meta(obj).get("labels") or {}
+    kind, name = labels.get(LABEL_OWNER_KIND), labels.get(LABEL_OWNER_NAME)
+    return ItemKey(str(kind), own_namespace, str(name)) if kind in CR_KINDS and name else None
+
+
 def keys_for_event(kind: str, obj: Obj, refs: References, own_namespace: str) -> set[ItemKey]:
     """The CRs an event on a non-CR object concerns (a BSL event counts only if ``Changes`` says so)."""
     meta, spec = _meta(obj), obj.get("spec") or {}
-    keys: set[ItemKey] = set()
-    labels = meta.get("labels") or {}
-    if labels.get(LABEL_OWNER_KIND) in CR_KINDS and labels.get(LABEL_OWNER_NAME):
-        keys.add(ItemKey(str(labels[LABEL_OWNER_KIND]), own_namespace, str(labels[LABEL_OWNER_NAME])))
+    owner = owner_key(obj, own_namespace)
+    keys: set[ItemKey] = {owner} if owner is not None else set()
     namespace, name = str(meta.get("namespace", "")), str(meta.get("name", ""))
     if kind in ("VolumeSnapshot", "PersistentVolumeClaim", "BackupStorageLocation"):
         keys |= refs.naming(kind, namespace, name)

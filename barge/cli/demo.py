@@ -23,6 +23,7 @@ from barge.devenv.simsnapshots import copy_volume_data
 from barge.devenv.trees import capture, sample_volume
 from barge.devenv.velerocluster import VeleroCluster, velero_cluster
 from barge.devenv.veleroserver import S3Location, folders
+from barge.devenv.waiting import wait_for
 from barge.errors import BargeError
 from barge.kube.resources import (
     BACKUP,
@@ -106,7 +107,7 @@ def _backup_and_restore(cluster: VeleroCluster, workdir: Path, say: Say) -> int:
     _step(say, f"The volumes are lost: the PVCs in '{APP}' are deleted")
     for claim in CLAIMS:
         objects.delete(PERSISTENT_VOLUME_CLAIM, APP, claim)
-    _wait(lambda: not objects.list(PERSISTENT_VOLUME_CLAIM, APP), 60, "the PVCs to be deleted")
+    wait_for(lambda: not objects.list(PERSISTENT_VOLUME_CLAIM, APP), 60, what="the PVCs to be deleted")
 
     _step(say, "velero restore create restore-1 --from-backup nightly")
     velero.cli("restore", "create", "restore-1", "--from-backup", "nightly")
@@ -146,14 +147,6 @@ def _backup_and_restore(cluster: VeleroCluster, workdir: Path, say: Say) -> int:
 def _excerpt(text: str, heading: str, lines: int) -> str:
     found = text.split(heading, 1)
     return heading + "\n".join(found[1].splitlines()[:lines]) if len(found) == 2 else text.strip()
-
-
-def _wait(predicate: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise BargeError(f"timed out waiting for {what}")
-        time.sleep(0.3)
 
 
 def _follow(
