@@ -25,7 +25,7 @@ from barge.devenv.pki import make_serving_pki
 from barge.devenv.processes import ServerProcess, free_port
 from barge.devenv.service import Backend, LocalService
 from barge.devenv.simcluster import SimCluster
-from barge.devenv.waiting import wait_for
+from barge.devenv.waiting import wait_for, wait_for_deletion, wait_for_phase
 from barge.errors import BargeError, Conflict, NotFound
 from barge.kube.resources import (
     BACKUP_STORAGE_LOCATION,
@@ -413,21 +413,10 @@ class LocalBarge:
     def wait_phase(
         self, kind: str, name: str, phases: tuple[str, ...] = FINAL_PHASES, timeout: float = 120.0
     ) -> Obj:
-        def reached() -> Obj | None:
-            obj = self.get(kind, name)
-            return obj if (obj.get("status") or {}).get("phase") in phases else None
-
-        return wait_for(reached, timeout, what=f"{kind} {name} to reach {'/'.join(phases)}", interval=0.2)
+        return dict(wait_for_phase(lambda: self.get(kind, name), phases, timeout, what=f"{kind} {name}"))
 
     def wait_gone(self, kind: str, name: str, timeout: float = 60.0) -> None:
-        def gone() -> bool:
-            try:
-                self.get(kind, name)
-            except NotFound:
-                return True
-            return False
-
-        wait_for(gone, timeout, what=f"{kind} {name} to be deleted", interval=0.2)
+        wait_for_deletion(lambda: self.get(kind, name), timeout, what=f"{kind} {name}")
 
     def wait_pvc_bound(self, namespace: str, name: str, timeout: float = 30.0) -> Obj:
         """The PVC once bound to a volume: where a DataDownload's restored PV ends up."""

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import base64
 import contextlib
-import json
 import os
 import socket
 import subprocess
@@ -31,7 +30,7 @@ from barge.devenv.controlplane import ControlPlaneEndpoints
 from barge.devenv.processes import ServerProcess, free_port, http_ok
 from barge.devenv.s3server import S3Endpoint
 from barge.devenv.tools import tool_path
-from barge.devenv.waiting import wait_for
+from barge.devenv.waiting import wait_for_deletion, wait_for_phase
 from barge.errors import InvalidInput, NotFound, TemporaryError
 from barge.kube.client import api_client
 from barge.kube.crds import apply_crd
@@ -312,24 +311,18 @@ class LocalVelero:
         return self.objects.get(resource, self.namespace, name)
 
     def wait_phase(self, resource: Resource, name: str, phases: tuple[str, ...], timeout: float) -> Obj:
-        def reached() -> Obj | None:
+        def read() -> Obj | None:
             try:
-                obj = self.get(resource, name)
+                return self.get(resource, name)
             except NotFound:
-                return None
-            return obj if (obj.get("status") or {}).get("phase") in phases else None
+                return None  # Velero may not have created it yet
 
-        return wait_for(reached, timeout, what=f"{resource.kind} {name} to reach {'/'.join(phases)}")
+        return dict(wait_for_phase(read, phases, timeout, what=f"{resource.kind} {name}", interval=0.05))
 
     def wait_gone(self, resource: Resource, name: str, timeout: float) -> None:
-        def gone() -> bool:
-            try:
-                self.get(resource, name)
-            except NotFound:
-                return True
-            return False
-
-        wait_for(gone, timeout, what=f"{resource.kind} {name} to be deleted")
+        wait_for_deletion(
+            lambda: self.get(resource, name), timeout, what=f"{resource.kind} {name}", interval=0.05
+        )
 
     def bsl_status(self, name: str = "default") -> Obj:
         """A BackupStorageLocation's status as Velero's validation last set it."""
@@ -338,10 +331,6 @@ class LocalVelero:
 
     def describe(self, kind: str, name: str) -> str:
         return self.cli(kind, "describe", name, "--details", "--colorized=false")
-
-    def backup_json(self, name: str) -> Obj:
-        data: Obj = json.loads(self.cli("backup", "get", name, "-o", "json"))
-        return data
 
 
 def _require_free_port(port: int) -> None:

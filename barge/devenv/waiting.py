@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import TypeVar
+from collections.abc import Callable, Mapping
+from typing import Any, TypeVar
 
 from barge.clock import Clock, SystemClock
-from barge.errors import TemporaryError
+from barge.errors import NotFound, TemporaryError
 
 T = TypeVar("T")
 
@@ -34,3 +34,36 @@ def wait_for(
         if expired:
             raise TemporaryError(f"timed out after {timeout:g}s waiting for {what}")
         clock.sleep(min(interval, max(0.0, deadline - clock.monotonic())))
+
+
+def wait_for_phase(
+    read: Callable[[], Mapping[str, Any] | None],
+    phases: tuple[str, ...],
+    timeout: float,
+    *,
+    what: str,
+    interval: float = 0.2,
+) -> Mapping[str, Any]:
+    """The object ``read`` returns once its ``status.phase`` is one of ``phases`` (``read`` may
+    return None while the object does not exist yet)."""
+
+    def reached() -> Mapping[str, Any] | None:
+        obj = read()
+        return obj if obj is not None and (obj.get("status") or {}).get("phase") in phases else None
+
+    return wait_for(reached, timeout, what=f"{what} to reach {'/'.join(phases)}", interval=interval)
+
+
+def wait_for_deletion(
+    read: Callable[[], object], timeout: float, *, what: str, interval: float = 0.2
+) -> None:
+    """Until ``read`` raises NotFound."""
+
+    def gone() -> bool:
+        try:
+            read()
+        except NotFound:
+            return True
+        return False
+
+    wait_for(gone, timeout, what=f"{what} to be deleted", interval=interval)
