@@ -551,14 +551,7 @@ class Run:
     def _start_simulator(self, kubeconfig: Path, sim_root: Path, workdir: Path) -> ServerProcess:
         args = ["--kubeconfig", str(kubeconfig), "--root", str(sim_root), "--mode", self.o.sim_mode]
         args += ["--ready-file", str(workdir / "sim.ready"), "--stats-file", str(workdir / "sim-stats.json")]
-        sim = child("simulator", "bench.scale_sim", args, workdir)
-        try:
-            wait_file(sim, workdir / "sim.ready", 120)
-        except BaseException:
-            sim.stop()
-            raise
-        self.meter.add("simulator", sim.pid)
-        return sim
+        return self._start_measured("simulator", "bench.scale_sim", args, workdir / "sim.ready")
 
     def _start_fleet(
         self, barge: BenchBarge, tokens: Path, kubeconfig: Path, sim_root: Path, workdir: Path
@@ -576,14 +569,18 @@ class Run:
         ]
         for backend in barge.backends():
             args += ["--backend", backend]
-        fleet = child("agent-fleet", "bench.scale_fleet", args, workdir)
+        return self._start_measured("agent fleet", "bench.scale_fleet", args, workdir / "fleet.ready")
+
+    def _start_measured(self, label: str, module: str, args: list[str], ready: Path) -> ServerProcess:
+        """A helper process of the benchmark, once it wrote ``ready``; its CPU and RSS are metered."""
+        process = child(label.replace(" ", "-"), module, args, ready.parent)
         try:
-            wait_file(fleet, workdir / "fleet.ready", 120)
+            wait_file(process, ready, 120)
         except BaseException:
-            fleet.stop()
+            process.stop()
             raise
-        self.meter.add("agent fleet", fleet.pid)
-        return fleet
+        self.meter.add(label, process.pid)
+        return process
 
     @staticmethod
     def _fleet_seconds(workdir: Path) -> float:

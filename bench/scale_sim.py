@@ -46,10 +46,10 @@ from typing import Any, Protocol
 from kubernetes import client
 
 from barge.devenv import simstorage
-from barge.devenv.simapi import PODS, Rest
+from barge.devenv.simapi import Rest
 from barge.devenv.simcluster import SimCluster
 from barge.devenv.simgc import GarbageCollector
-from barge.devenv.simpods import Scheduler, claims_problem
+from barge.devenv.simpods import Scheduler, bind_pod, claims_problem
 from barge.devenv.simrules import pick_node
 from barge.devenv.simsnapshots import CONTENT_FINALIZER, copy_volume_data, quantity_bytes
 from barge.devenv.simstorage import StorageController, claim_ref_admits, static_volume_fits
@@ -247,17 +247,7 @@ class PatientScheduler(Scheduler):
             super()._schedule(pod, world, nodes, load)  # marks it Unschedulable, as upstream
             return
         load[node] += 1
-        self._post(f"schedule pod {key(pod)}", self._bind, pod, node)
-
-    def _bind(self, pod: Obj, node: str) -> None:
-        namespace, name = key(pod)
-        binding = {
-            "apiVersion": "v1",
-            "kind": "Binding",
-            "metadata": {"name": name, "uid": pod["metadata"]["uid"]},
-            "target": {"apiVersion": "v1", "kind": "Node", "name": node},
-        }
-        self._ctx.rest.post(PODS, name, "binding", binding, namespace)
+        self._post(f"schedule pod {key(pod)}", bind_pod, self._ctx.rest, pod, node)
 
 
 def copy_in_process(source: Path, target: Path, block: bool) -> None:

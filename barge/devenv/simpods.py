@@ -6,7 +6,7 @@ from collections import Counter
 from pathlib import Path
 
 from barge.control.naming import kubelet_volume_path
-from barge.devenv.simapi import NODES, PDBS, PODS, STRATEGIC_PATCH, Obj
+from barge.devenv.simapi import NODES, PDBS, PODS, STRATEGIC_PATCH, Obj, Rest
 from barge.devenv.simrules import (
     TERMINAL_PHASES,
     claim_names,
@@ -40,6 +40,18 @@ def claims_problem(pod: Obj, world: World) -> str | None:
     return None
 
 
+def bind_pod(rest: Rest, pod: Obj, node: str) -> None:
+    """What the scheduler writes to place a pod: a Binding (``pods/binding``)."""
+    namespace, name = key(pod)
+    binding = {
+        "apiVersion": "v1",
+        "kind": "Binding",
+        "metadata": {"name": name, "uid": pod["metadata"]["uid"]},
+        "target": {"apiVersion": "v1", "kind": "Node", "name": node},
+    }
+    rest.post(PODS, name, "binding", binding, namespace)
+
+
 class Scheduler:
     """Binds unscheduled pods to the least-loaded fitting node this simulator runs."""
 
@@ -65,14 +77,7 @@ class Scheduler:
         if node is None:
             self._mark_unschedulable(pod, problem or self._no_node_message(len(nodes)))
             return
-        namespace, name = key(pod)
-        binding = {
-            "apiVersion": "v1",
-            "kind": "Binding",
-            "metadata": {"name": name, "uid": pod["metadata"]["uid"]},
-            "target": {"apiVersion": "v1", "kind": "Node", "name": node},
-        }
-        self._ctx.rest.post(PODS, name, "binding", binding, namespace)
+        bind_pod(self._ctx.rest, pod, node)
         load[node] += 1
 
     @staticmethod
