@@ -15,7 +15,7 @@ bench-s3:  ## obstore vs boto3 as the S3 client, against the real MinIO (puts/ge
 	bash hack/bootstrap-python.sh && bash hack/install-tools.sh minio && .venv/bin/python -m bench.s3_clients
 
 bench-scale:  ## the coordinator at cluster scale: 200 nodes, 2,000 DataUploads then DataDownloads (SCALE_ARGS="--nodes 10 --uploads 50" for a quick look; --sweep, --failover, --json FILE)
-	bash hack/bootstrap-python.sh && bash hack/install-tools.sh etcd kube-apiserver && .venv/bin/python -m bench.scale $(SCALE_ARGS)
+	bash hack/bootstrap-python.sh && bash hack/install-tools.sh etcd kube-apiserver velero && .venv/bin/python -m bench.scale $(SCALE_ARGS)
 
 tools:  ## build the pinned upstream binaries (etcd, kube-apiserver, minio, ...) and Azurite into ~/.cache/barge
 	bash hack/install-tools.sh && bash hack/install-azurite.sh

@@ -60,7 +60,8 @@ from barge.devenv.pki import CertificateAuthority, KeyPair, make_serving_pki
 from barge.devenv.processes import ServerProcess, free_port
 from barge.devenv.simcluster import SimCluster
 from barge.devenv.velero import data_download, data_upload, restore_target_pvc
-from barge.kube.crds import install_crds
+from barge.devenv.veleroserver import velero_crds
+from barge.kube.crds import DEFAULT_CRD_FILES, SNAPSHOT_CRDS, apply_crd, install_crds
 from barge.kube.resources import (
     DAEMON_SET,
     DATA_DOWNLOAD,
@@ -97,7 +98,12 @@ AUDIT_POLICY: Obj = {
     "rules": [{"level": "Metadata", "users": [COORDINATOR_USER, AGENTS_USER]}, {"level": "None"}],
 }
 # The coordinator's own defaults (coordinator/main.py), not the tests' quick ones.
-COORDINATOR_TIMINGS = ("--heartbeat-interval", "5", "--agent-timeout", "20", "--lease-duration", "15")
+# The coordinator's own defaults: its timings, and JSON logs (the test environment's console logs
+# cost more to render than a production coordinator pays).
+COORDINATOR_DEFAULTS = (
+    *("--heartbeat-interval", "5", "--agent-timeout", "20", "--lease-duration", "15"),
+    *("--log-format", "json"),
+)
 # Backups of unequal size, created biggest first: a fair coordinator finishes the small ones early.
 BACKUP_SHARES = (
     ("backup-big", 0.5),
@@ -409,6 +415,7 @@ class Options:
     failover: bool
     sim_mode: str
     operation_timeout: str
+    crds: str
     keep: bool
     workdir: Path | None
 
@@ -471,7 +478,9 @@ class Run:
             self.meter.add("etcd", plane.etcd.pid)
             self.meter.add("bench (observer)", os.getpid())
             api = stack.enter_context(bench_api_client(endpoints.kubeconfig))
-            install_crds(api)
+            install_crds(api, SNAPSHOT_CRDS if o.crds == "velero" else DEFAULT_CRD_FILES)
+            for crd in velero_crds() if o.crds == "velero" else ():
+                apply_crd(api, crd)
             objects = KubeObjects(api)
             identities = workdir / "identities"
             coordinator_kubeconfig = client_kubeconfig(endpoints, identities, COORDINATOR_USER)
@@ -492,7 +501,7 @@ class Run:
                 velero_namespace=VELERO_NAMESPACE,
                 coordinator_config=yaml.safe_dump(config),
                 coordinator_kubeconfig=coordinator_kubeconfig,
-                extra_coordinator_args=COORDINATOR_TIMINGS,
+                extra_coordinator_args=COORDINATOR_DEFAULTS,
             )
             started = time.monotonic()
             tokens = workdir / "tokens"
@@ -980,6 +989,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--failover", action="store_true", help="two replicas; kill the leader mid-burst")
     p.add_argument("--sim-mode", choices=("watch", "poll"), default="watch")
+    p.add_argument(
+        "--crds",
+        choices=("velero", "barge"),
+        default="velero",
+        help="DataUpload/DataDownload CRDs: Velero's own (what users have; status through the main "
+        "resource) or Barge's test copies (with a status subresource)",
+    )
     p.add_argument("--json", type=Path, help="write the full report (every item's timeline too) here")
     p.add_argument("--workdir", type=Path, help="keep everything here (default: a temporary directory)")
     p.add_argument("--keep", action="store_true", help="keep the temporary directory (logs, audit log)")
@@ -1037,6 +1053,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             failover=args.failover,
             sim_mode=args.sim_mode,
             operation_timeout=args.operation_timeout,
+            crds=args.crds,
             keep=args.keep,
             workdir=workdir,
         )

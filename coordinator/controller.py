@@ -42,11 +42,11 @@ from coordinator.decide import decide
 from coordinator.executor import Executor
 from coordinator.hub import Hub
 from coordinator.metrics import CoordinatorMetrics
-from coordinator.model import AgentView, CrView
+from coordinator.model import AgentView
 from coordinator.routing import Changes, References, keys_for_event, owner_key
-from coordinator.scheduler import ItemKey, admit
+from coordinator.scheduler import ItemKey, WorkItem, admit
 from coordinator.workqueue import WorkQueue
-from coordinator.world import Context, agent_views, is_ours, node_states, observe, work_items
+from coordinator.world import Context, CrViews, agent_views, is_ours, node_states, observe, work_items
 
 log = structlog.get_logger("barge.coordinator")
 
@@ -103,6 +103,7 @@ class Controller:
         self._admissions: frozenset[ItemKey] = frozenset()
         self._agents: tuple[AgentView, ...] = ()
         self._admission_dirty = threading.Event()
+        self._views = CrViews()
         self._references = References()
         self._changes = Changes()
         self._lock = threading.Lock()
@@ -280,9 +281,9 @@ class Controller:
         if cr_obj is None or not is_ours(cr_obj):
             return None
         cr_obj = {**cr_obj, "kind": key.kind}
-        cr = CrView.from_object(cr_obj)
+        cr = self._views.view(key.kind, cr_obj)
         with structlog.contextvars.bound_contextvars(namespace=key.namespace, name=key.name, kind=key.kind):
-            observed = observe(cr_obj, self.caches, self._hub, self._context(), self._admitted(key))
+            observed = observe(cr_obj, self.caches, self._hub, self._context(), self._admitted(key), cr=cr)
             actions = decide(observed)
             if actions:
                 log.debug("decided", actions=[type(a).__name__ for a in actions])
@@ -309,9 +310,8 @@ class Controller:
             self._stopping.wait(_ADMISSION_INTERVAL_S)
 
     def recompute_admissions(self) -> None:
-        crs = [{**obj, "kind": kind} for kind in _CR_KINDS for obj in self.caches.items(kind)]
         agents = agent_views(self.caches, self._hub, dict(self._cordoned_since))
-        items = work_items(crs, self.caches, self._hub, self._clock.now())
+        items = self._work_items()
         with self._lock:
             previous = self._admissions
         admitted = frozenset(a.key for a in admit(items, node_states(agents), self.config, previous))
@@ -320,6 +320,10 @@ class Controller:
             self._admissions, self._agents = admitted, agents
         for key in newly:
             self._queue.add(key)
+
+    def _work_items(self) -> tuple[WorkItem, ...]:
+        crs = ((kind, obj) for kind in _CR_KINDS for obj in self.caches.items(kind))
+        return work_items(crs, self.caches, self._hub, self._clock.now(), self._views)
 
     # -- nodes, drains and gauges -------------------------------------------------------------------
 
@@ -347,9 +351,11 @@ class Controller:
             self._admission_dirty.set()
 
     def _update_gauges(self) -> None:
-        crs = [{**obj, "kind": kind} for kind in _CR_KINDS for obj in self.caches.items(kind)]
         phases = Counter(
-            (str(o["kind"]), str((o.get("status") or {}).get("phase") or "New")) for o in crs if is_ours(o)
+            (kind, str((obj.get("status") or {}).get("phase") or "New"))
+            for kind in _CR_KINDS
+            for obj in self.caches.items(kind)
+            if is_ours(obj)
         )
         for kind in _CR_KINDS:
             for phase in (
@@ -363,7 +369,7 @@ class Controller:
                 "Failed",
             ):
                 self._metrics.items.labels(kind, phase).set(phases.get((kind, phase), 0))
-        items = work_items(crs, self.caches, self._hub, self._clock.now())
+        items = self._work_items()
         stages = Counter(item.stage.value for item in items)
         for stage in ("waiting", "preparing", "prepared", "running"):
             self._metrics.queue.labels(stage).set(stages.get(stage, 0))

@@ -22,13 +22,13 @@ from datetime import datetime, timedelta
 
 from barge.control import messages
 from barge.control.messages import Outcome, VolumeMode
-from barge.control.naming import DATAMOVER, data_mover_config_problem
+from barge.control.naming import ASSIGNMENT_ANNOTATION, DATAMOVER, Fence, data_mover_config_problem
 from coordinator.config import format_go_duration
 from coordinator.exposer import plan_exposure
 from coordinator.model import (
+    ACCEPTED_AT_ANNOTATION,
     REVOKED_NODE,
     Action,
-    AddFinalizer,
     Assign,
     AssignmentView,
     BindRestoredVolume,
@@ -39,6 +39,7 @@ from coordinator.model import (
     HubState,
     MarkReexposure,
     Observed,
+    Pairs,
     Phase,
     PodPhase,
     RecordEvent,
@@ -105,12 +106,16 @@ def _broken_world_rule(o: Observed) -> Actions | None:
 def _accept_rule(o: Observed) -> Actions | None:
     if not o.admitted:
         return (Requeue(MAX_WAIT),)
+    accepted_at = format_timestamp(o.now)
     fields: tuple[tuple[str, StatusValue], ...] = (
         ("acceptedByNode", o.coordinator_id),
-        ("acceptedTimestamp", format_timestamp(o.now)),
+        ("acceptedTimestamp", accepted_at),
     )
-    actions: list[Action] = [] if o.cr.has_finalizer else [AddFinalizer()]
-    actions.append(SetPhase(Phase.ACCEPTED, "", fields))
+    # The annotation keeps the time where a CRD prunes status.acceptedTimestamp (Velero 1.18's).
+    annotations = ((ACCEPTED_AT_ANNOTATION, accepted_at),)
+    actions: list[Action] = [
+        SetPhase(Phase.ACCEPTED, "", fields, add_finalizer=not o.cr.has_finalizer, annotations=annotations)
+    ]
     if o.cr.operation_timeout_problem:
         actions.append(RecordEvent("Warning", "InvalidOperationTimeout", o.cr.operation_timeout_problem))
     return tuple(actions)
@@ -138,7 +143,17 @@ def _exposed_rule(o: Observed) -> Actions | None:
     pod = o.exposure.pod
     if pod is None or pod.phase is not PodPhase.RUNNING or not pod.node or not o.exposure.pv_name:
         return None
-    return (SetPhase(Phase.PREPARED, "", (("node", pod.node),)),)
+    return (SetPhase(Phase.PREPARED, "", (("node", pod.node),), annotations=_reserve_epoch(o, pod.node)),)
+
+
+def _reserve_epoch(o: Observed, node: str) -> Pairs:
+    """The fence of the coming assignment, written with Prepared (the same write on Velero's CRDs)
+    so that assigning costs no write of its own. Only while nothing of an earlier epoch may run:
+    the fence names who may write, and the reserved epoch is sent to ``node`` alone, once admitted."""
+    earlier = o.assignment
+    if earlier is not None and earlier.state is not HubState.FINISHED and earlier.cancel_sent_at is None:
+        return ()
+    return ((ASSIGNMENT_ANNOTATION, Fence(_latest_epoch(o) + 1, node).render()),)
 
 
 def _prepare_timeout_rule(o: Observed) -> Actions | None:
@@ -177,7 +192,7 @@ def _assign_rule(o: Observed) -> Actions | None:
     usable = agent is not None and agent.connected and not agent.cordoned
     if _active(o) is not None or not o.admitted or not usable:
         return (_wait(o, _operation_deadline(o)),)
-    return (_assign(o, o.cr.node),)
+    return (_assign(o, o.cr.node, reserved=_reserved_epoch(o)),)
 
 
 def _start_canceling_rule(o: Observed) -> Actions | None:
@@ -596,8 +611,18 @@ def _current_node(o: Observed) -> str:
     return o.cr.fence.node if o.cr.fence else o.cr.node
 
 
-def _assign(o: Observed, node: str) -> Assign:
-    epoch = _latest_epoch(o) + 1
+def _reserved_epoch(o: Observed) -> int | None:
+    """The epoch ``_reserve_epoch`` wrote for this exposure's node, if the hub never sent it."""
+    latest, fence = _latest_epoch(o), o.cr.fence
+    sent = o.assignment.epoch if o.assignment else 0
+    if fence is None or fence != Fence(latest, o.cr.node) or sent >= latest:
+        return None
+    return latest
+
+
+def _assign(o: Observed, node: str, reserved: int | None = None) -> Assign:
+    """Assign the next epoch, or the one reserved with Prepared (its fence is already written)."""
+    epoch = reserved or _latest_epoch(o) + 1
     return Assign(node, epoch, _assignment_message(o, epoch))
 
 

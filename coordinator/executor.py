@@ -36,11 +36,9 @@ from coordinator.exposer import manifests
 from coordinator.hub import Hub
 from coordinator.metrics import CoordinatorMetrics
 from coordinator.model import (
-    ACCEPTED_AT_ANNOTATION,
     REEXPOSED_AT_ANNOTATION,
     REEXPOSURES_ANNOTATION,
     Action,
-    AddFinalizer,
     Assign,
     BindRestoredVolume,
     CancelAssignment,
@@ -116,8 +114,6 @@ class Executor:
 
     def _one(self, cr_obj: Mapping[str, Any], cr: CrView, action: Action) -> timedelta | None:  # noqa: PLR0912 - one arm per action
         match action:
-            case AddFinalizer():
-                self._metadata(cr, _with_finalizer)
             case RemoveFinalizer():
                 self._metadata(cr, _without_finalizer)
                 self._hub.forget(cr.uid)
@@ -125,8 +121,7 @@ class Executor:
             case SetPhase():
                 return self._set_phase(cr, action)
             case CreateExposure():
-                for manifest in manifests(action.plan).in_creation_order():
-                    self._objects.create(resource_for(manifest["kind"]), manifest, exist_ok=True)
+                self._create_exposure(action)
             case DeleteExposure():
                 self._delete_exposure(cr, action.snapshot)
             case ReleaseSourceSnapshot():
@@ -175,13 +170,10 @@ class Executor:
             return _merge(status, patch)
 
         self._local.current = self._status.update_status(
-            cr.kind, cr.namespace, cr.name, mutate, current=self._current()
+            cr.kind, cr.namespace, cr.name, mutate, current=self._current(), metadata=_metadata_of(action)
         )
         if not wrote:
             return timedelta(0)
-        accepted_at = dict(action.fields).get("acceptedTimestamp")
-        if isinstance(accepted_at, str):
-            self._metadata(cr, _annotate({ACCEPTED_AT_ANNOTATION: accepted_at}))
         self._metrics.transitions.labels(cr.kind, action.phase.value).inc()
         log.info("phase", phase=action.phase.value, message=action.message, previous=cr.phase.value)
         return None
@@ -215,6 +207,15 @@ class Executor:
         return None
 
     # -- exposure ---------------------------------------------------------------------------------
+
+    def _create_exposure(self, action: CreateExposure) -> None:
+        """Create the parts the cache does not show (a part created meanwhile is AlreadyExists: fine)."""
+        for manifest in manifests(action.plan).in_creation_order():
+            resource = resource_for(manifest["kind"])
+            meta = manifest["metadata"]
+            if self._cached is not None and self._cached(resource, meta.get("namespace"), meta["name"]):
+                continue
+            self._objects.create(resource, manifest, exist_ok=True)
 
     def _delete_exposure(self, cr: CrView, snapshot: bool) -> None:
         parts: list[tuple[Resource, str | None]] = [
@@ -314,6 +315,8 @@ class Executor:
                 return
         if (obj["metadata"].get("labels") or {}).get(LABEL_OWNER_UID) != owner_uid:
             return  # same name, not ours: never touch it
+        if obj["metadata"].get("deletionTimestamp"):
+            return  # already going (a pod's grace period, a claim's protection): asking again adds nothing
         self._objects.delete(resource, namespace, name, uid=obj["metadata"]["uid"])
 
     def _bind_restored_volume(self, cr: CrView, action: BindRestoredVolume) -> None:
@@ -373,11 +376,22 @@ def _merge(status: Obj, patch: Mapping[str, Any]) -> Obj:
     return merged
 
 
-def _with_finalizer(meta: Obj) -> Obj | None:
-    finalizers = list(meta.get("finalizers") or [])
-    if FINALIZER in finalizers:
+def _metadata_of(action: SetPhase) -> Any:
+    """The metadata change that goes with ``action``'s phase (None: none)."""
+    if not action.add_finalizer and not action.annotations:
         return None
-    return {**meta, "finalizers": [*finalizers, FINALIZER]}
+    annotate = _annotate(dict(action.annotations))
+
+    def mutate(meta: Obj) -> Obj | None:
+        finalizers = list(meta.get("finalizers") or [])
+        add = action.add_finalizer and FINALIZER not in finalizers
+        annotated = annotate(meta)
+        if not add and annotated is None:
+            return None
+        changed = annotated or dict(meta)
+        return {**changed, "finalizers": [*finalizers, FINALIZER]} if add else changed
+
+    return mutate
 
 
 def _without_finalizer(meta: Obj) -> Obj | None:

@@ -10,11 +10,14 @@ restored from it -> pod mounting the PVC. Once the clone is ready the phase mach
 Velero's source VolumeSnapshot/Content (``coordinator.model.ReleaseSourceSnapshot``), so the clone
 is then the only owner of the storage snapshot, and deleting it at the end deletes the snapshot.
 DataDownload: an empty PVC shaped like the target PVC -> pod mounting it.
-Both: a PodDisruptionBudget (minAvailable 1 on the pod's owner labels), created before the pod, so
-``kubectl drain`` cannot evict the pod while data moves; the coordinator deletes it with the pod
-once the work has been handed off (or drainGracePeriod is over), which is what lets the drain end.
+Both: the namespace's one PodDisruptionBudget for exposer pods (``EXPOSER_BUDGET``,
+maxUnavailable 0 over the pods labelled ``EXPOSER_ROLE``), made before the first pod, so
+``kubectl drain`` cannot evict an exposer pod while data moves; the coordinator deletes the pod
+itself once the work has been handed off (or drainGracePeriod is over), which is what lets the drain
+end. One budget for all, not one per exposure: a burst of thousands costs no budget writes, and the
+disruption controller tracks one object instead of thousands.
 
-Everything is named after the CR, lives in the CR's namespace, carries
+Everything else is named after the CR, lives in the CR's namespace, carries
 ``barge.control.naming.owned_labels`` and (namespaced objects) a controller ownerReference to the CR.
 The pod only holds the volume (it sleeps): the agent on its node reads or writes the volume through
 the kubelet's path, so the pod runs non-root with no privileges, for Block volumes too.
@@ -29,7 +32,11 @@ from barge.control.messages import VolumeMode
 from barge.control.naming import (
     BLOCK_DEVICE_PATH,
     DATA_MOVER_VERSION,
+    EXPOSER_BUDGET,
+    EXPOSER_POD_LABELS,
     FILESYSTEM_MOUNT_PATH,
+    LABEL_MANAGED_BY,
+    MANAGED_BY,
     VELERO_GROUP,
     owned_labels,
 )
@@ -60,7 +67,7 @@ class ExposureManifests:
 
     def in_creation_order(self) -> tuple[Manifest, ...]:
         """Dependencies first: the PVC needs the snapshot, the pod needs the PVC; the budget comes
-        before the pod so the pod is never evictable."""
+        before the pod so the pod is never evictable. Parts that exist are left as they are."""
         parts = (self.snapshot_content, self.snapshot, self.pvc, self.disruption_budget, self.pod)
         return tuple(part for part in parts if part is not None)
 
@@ -136,7 +143,7 @@ def manifests(plan: ExposurePlan) -> ExposureManifests:
         snapshot_content=_snapshot_content(plan) if upload else None,
         snapshot=_snapshot(plan) if upload else None,
         pvc=_pvc(plan, from_snapshot=upload),
-        disruption_budget=_disruption_budget(plan),
+        disruption_budget=exposer_budget(plan.namespace),
         pod=_pod(plan),
     )
 
@@ -210,22 +217,25 @@ def _pvc(plan: ExposurePlan, from_snapshot: bool) -> Manifest:
     return {"apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": _metadata(plan), "spec": spec}
 
 
-def _disruption_budget(plan: ExposurePlan) -> Manifest:
-    """Evictions of the exposer pod (any generation) are refused while it is the only one."""
+def exposer_budget(namespace: str) -> Manifest:
+    """The budget that refuses every eviction of an exposer pod in ``namespace``. It belongs to no
+    CR (the exposures come and go; it stays), so it carries only the managed-by label."""
     return {
         "apiVersion": "policy/v1",
         "kind": "PodDisruptionBudget",
-        "metadata": _metadata(plan),
-        "spec": {
-            "minAvailable": 1,
-            "selector": {"matchLabels": owned_labels(plan.kind, plan.name, plan.uid)},
+        "metadata": {
+            "name": EXPOSER_BUDGET,
+            "namespace": namespace,
+            "labels": {LABEL_MANAGED_BY: MANAGED_BY},
         },
+        "spec": {"maxUnavailable": 0, "selector": {"matchLabels": dict(EXPOSER_POD_LABELS)}},
     }
 
 
 def _pod(plan: ExposurePlan) -> Manifest:
     meta = _metadata(plan)
     meta["labels"][GENERATION_LABEL] = str(plan.generation)
+    meta["labels"].update(EXPOSER_POD_LABELS)
     spec: Manifest = {
         "restartPolicy": "Never",
         "automountServiceAccountToken": False,

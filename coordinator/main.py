@@ -85,6 +85,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lease-duration", type=float, default=15.0, help="seconds")
     p.add_argument("--heartbeat-interval", type=float, default=5.0, help="seconds between agent heartbeats")
     p.add_argument("--agent-timeout", type=float, default=20.0, help="drop a silent agent after (s)")
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=16,
+        help="CRs reconciled at once (each waits on API requests, so more workers than cores pay off)",
+    )
     p.add_argument("--log-level", default="info")
     p.add_argument("--log-format", choices=("json", "console"), default="json")
     return p
@@ -122,7 +128,8 @@ def run(args: argparse.Namespace) -> int:
     config = load_config(args.config)
     clock = SystemClock()
     identity = os.environ.get("POD_NAME") or f"{socket.gethostname()}-{os.getpid()}"
-    api = api_client(Path(args.kubeconfig) if args.kubeconfig else None)
+    # Each informer holds one connection for its watch; every worker may hold one more.
+    api = api_client(Path(args.kubeconfig) if args.kubeconfig else None, connections=args.workers + 24)
     metrics = CoordinatorMetrics()
     hub = Hub(clock, metrics)
     leading = threading.Event()
@@ -147,6 +154,7 @@ def run(args: argparse.Namespace) -> int:
             metrics=metrics,
             clock=clock,
             identity=identity,
+            workers=args.workers,
         )
 
     def new_elector(on_started: Callable[[], None], on_stopped: Callable[[], None]) -> LeaderElector:

@@ -221,7 +221,10 @@ class ExposureView:
     pv_name: str = ""  # the PV the PVC is bound to ("" = not bound yet)
     pod: PodView | None = None
     terminating: bool = False  # at least one of them has a deletionTimestamp
-    disruption_budget: bool = False  # the PodDisruptionBudget that makes a drain wait for the hand-off
+    # The namespace's budget over exposer pods (exposer.EXPOSER_BUDGET) is in place: a drain waits
+    # for the hand-off. Shared by every exposure, so not one of this CR's own objects.
+    disruption_budget: bool = False
+    own_budget: bool = False  # a budget of this CR's own, as earlier versions made per exposure
     # What the clone content says (uploads; "" / 0 / False while it does not exist):
     snapshot_handle: str = ""  # its spec.source.snapshotHandle: the storage snapshot it holds
     snapshot_driver: str = ""  # its spec.driver
@@ -233,7 +236,7 @@ class ExposureView:
 
     @property
     def exists(self) -> bool:
-        parts = (self.snapshot_content, self.snapshot, self.pvc, self.disruption_budget)
+        parts = (self.snapshot_content, self.snapshot, self.pvc, self.own_budget)
         return any(parts) or self.pod is not None
 
     def complete(self, upload: bool) -> bool:
@@ -410,11 +413,6 @@ class Observed:
 
 
 @dataclass(frozen=True)
-class AddFinalizer:
-    """Add ``barge.control.naming.FINALIZER`` to the CR's metadata.finalizers."""
-
-
-@dataclass(frozen=True)
 class RemoveFinalizer:
     """Remove ``barge.control.naming.FINALIZER``; decide emits it only once no exposure is left."""
 
@@ -425,11 +423,18 @@ StatusValue = str | int | Pairs | None  # None: remove the field
 @dataclass(frozen=True)
 class SetPhase:
     """Write status.phase, status.message and ``fields`` (dotted status paths, e.g.
-    ``progress.bytesDone``). ``status_patch()`` renders the JSON merge patch body."""
+    ``progress.bytesDone``). ``status_patch()`` renders the JSON merge patch body.
+
+    ``add_finalizer`` and ``annotations`` change the CR's metadata with the phase: in the same
+    write where status is written through the main resource (Velero's CRDs), just before it where
+    the CRD has a status subresource. The finalizer is never written without the phase's guard
+    holding, and always before anything the finalizer protects is created."""
 
     phase: Phase
     message: str = ""
     fields: tuple[tuple[str, StatusValue], ...] = ()
+    add_finalizer: bool = False
+    annotations: Pairs = ()
 
     def status_patch(self) -> dict[str, Any]:
         status: dict[str, Any] = {"phase": str(self.phase), "message": self.message}
@@ -587,8 +592,7 @@ class MarkReexposure:
 
 
 Action = (
-    AddFinalizer
-    | RemoveFinalizer
+    RemoveFinalizer
     | SetPhase
     | CreateExposure
     | DeleteExposure

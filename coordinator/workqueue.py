@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import heapq
 import threading
+from collections import deque
 from collections.abc import Hashable
 from typing import Generic, TypeVar
 
@@ -20,7 +21,7 @@ class WorkQueue(Generic[K]):
     def __init__(self, clock: Clock) -> None:
         self._clock = clock
         self._cond = threading.Condition()
-        self._ready: list[K] = []
+        self._ready: deque[K] = deque()
         self._queued: set[K] = set()
         self._processing: set[K] = set()
         self._dirty: set[K] = set()  # added while processing
@@ -53,7 +54,7 @@ class WorkQueue(Generic[K]):
             while not self._closed:
                 self._promote_due()
                 if self._ready:
-                    key = self._ready.pop(0)
+                    key = self._ready.popleft()
                     self._queued.discard(key)
                     self._processing.add(key)
                     return key

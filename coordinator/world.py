@@ -6,12 +6,13 @@ code serves the controller and the unit tests.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol
 
-from barge.control.naming import DATAMOVER, LABEL_OWNER_UID
+from barge.control.naming import DATAMOVER, EXPOSER_BUDGET, LABEL_OWNER_UID
 from coordinator.config import CoordinatorConfig
 from coordinator.model import (
     DATA_UPLOAD,
@@ -90,8 +91,11 @@ def agent_views(
     return tuple(sorted(views, key=lambda a: a.node))
 
 
-def observe(cr_obj: Obj, caches: Caches, hub: HubView, context: Context, admitted: bool) -> Observed:
-    cr = CrView.from_object(cr_obj)
+def observe(
+    cr_obj: Obj, caches: Caches, hub: HubView, context: Context, admitted: bool, *, cr: CrView | None = None
+) -> Observed:
+    """``cr``: ``cr_obj``'s view when the caller has it (parsed again otherwise)."""
+    cr = cr or CrView.from_object(cr_obj)
     exposure = exposure_view(caches, cr)
     snapshot = SnapshotView()
     source_content = source_pvc = target_pvc = None
@@ -125,15 +129,14 @@ def observe(cr_obj: Obj, caches: Caches, hub: HubView, context: Context, admitte
 
 def exposure_view(caches: Caches, cr: CrView) -> ExposureView:
     def owned(obj: Obj | None) -> Obj | None:
-        labels = ((obj or {}).get("metadata") or {}).get("labels") or {}
-        return obj if obj is not None and labels.get(LABEL_OWNER_UID) == cr.uid else None
+        return obj if _owned_by(obj, cr) else None
 
     vsc = owned(caches.get(VSC, None, cr.name)) if cr.is_upload else None
     vs = owned(caches.get(VS, cr.namespace, cr.name)) if cr.is_upload else None
     pvc = owned(caches.get(PVC, cr.namespace, cr.name))
     pod = owned(caches.get(POD, cr.namespace, cr.name))
-    budget = owned(caches.get(PDB, cr.namespace, cr.name))
-    parts = [p for p in (vsc, vs, pvc, pod, budget) if p is not None]
+    own_budget = owned(caches.get(PDB, cr.namespace, cr.name))
+    parts = [p for p in (vsc, vs, pvc, pod, own_budget) if p is not None]
     vsc_spec, vsc_status = (vsc or {}).get("spec") or {}, (vsc or {}).get("status") or {}
     vs_status = (vs or {}).get("status") or {}
     handle = str((vsc_spec.get("source") or {}).get("snapshotHandle") or "")
@@ -145,7 +148,8 @@ def exposure_view(caches: Caches, cr: CrView) -> ExposureView:
         pv_name=str(((pvc or {}).get("spec") or {}).get("volumeName") or ""),
         pod=PodView.from_object(pod) if pod is not None else None,
         terminating=any((p.get("metadata") or {}).get("deletionTimestamp") for p in parts),
-        disruption_budget=budget is not None,
+        disruption_budget=caches.get(PDB, cr.namespace, EXPOSER_BUDGET) is not None,
+        own_budget=own_budget is not None,
         snapshot_handle=handle,
         snapshot_driver=str(vsc_spec.get("driver") or ""),
         restore_size=int(vsc_status.get("restoreSize") or 0),
@@ -174,22 +178,78 @@ def _pvc_view(caches: Caches, namespace: str, name: str) -> PvcView | None:
 # -- the scheduler's view of all items ----------------------------------------------------------
 
 
-def work_items(crs: Iterable[Obj], caches: Caches, hub: HubView, now: datetime) -> tuple[WorkItem, ...]:
-    """The scheduler's view of every CR Barge serves (``crs`` carry their ``kind``)."""
+class CrViews:
+    """``CrView``s by CR, built again only when the CR's resourceVersion changes.
+
+    The admission pass reads every live CR several times a second; parsing each one afresh
+    (timestamps, durations, labels) was most of its cost in a burst of thousands."""
+
+    def __init__(self) -> None:
+        self._views: dict[ItemKey, tuple[str, CrView]] = {}
+        self._lock = threading.Lock()
+
+    def view(self, kind: str, obj: Obj) -> CrView:
+        meta = obj.get("metadata") or {}
+        key = ItemKey(kind, str(meta.get("namespace", "")), str(meta.get("name", "")))
+        version = str(meta.get("resourceVersion") or "")
+        with self._lock:
+            known = self._views.get(key)
+        if known is not None and version and known[0] == version:
+            return known[1]
+        view = CrView.from_object(obj, kind)
+        with self._lock:
+            self._views[key] = (version, view)
+        return view
+
+    def keep_only(self, keys: set[ItemKey]) -> None:
+        """Forget the views of CRs not in ``keys`` (deleted, or final)."""
+        with self._lock:
+            for key in [k for k in self._views if k not in keys]:
+                del self._views[key]
+
+
+def work_items(
+    crs: Iterable[tuple[str, Obj]], caches: Caches, hub: HubView, now: datetime, views: CrViews
+) -> tuple[WorkItem, ...]:
+    """The scheduler's view of every live CR Barge serves (``crs``: (kind, object) pairs).
+
+    Final or deleted CRs hold nothing and wait for nothing, so they are left out before any
+    parsing: after a burst they are most of the cache."""
     items = []
-    for obj in crs:
-        if not is_ours(obj):
+    live: set[ItemKey] = set()
+    for kind, obj in crs:
+        if not is_ours(obj) or _finished(obj):
             continue
-        cr = CrView.from_object(obj)
-        pod = exposure_view(caches, cr).pod
-        live = hub.assignment(cr.uid)
-        assigned = live is not None and live.state is not HubState.FINISHED and live.cancel_sent_at is None
-        items.append(work_item(cr, now, pod.node if pod else "", assigned))
+        cr = views.view(kind, obj)
+        live.add(ItemKey(kind, cr.namespace, cr.name))
+        pod = caches.get(POD, cr.namespace, cr.name)
+        pod_node = str(((pod or {}).get("spec") or {}).get("nodeName") or "") if _owned_by(pod, cr) else ""
+        live_assignment = hub.assignment(cr.uid)
+        assigned = (
+            live_assignment is not None
+            and live_assignment.state is not HubState.FINISHED
+            and live_assignment.cancel_sent_at is None
+        )
+        items.append(work_item(cr, now, pod_node, assigned))
+    views.keep_only(live)
     return tuple(items)
+
+
+def _finished(obj: Obj) -> bool:
+    """Final or being deleted: ``scheduler.Stage.DONE``, which the scheduler never looks at."""
+    phase = (obj.get("status") or {}).get("phase")
+    return phase in ("Completed", "Failed", "Canceled") or bool(
+        (obj.get("metadata") or {}).get("deletionTimestamp")
+    )
+
+
+def _owned_by(obj: Obj | None, cr: CrView) -> bool:
+    labels = ((obj or {}).get("metadata") or {}).get("labels") or {}
+    return obj is not None and labels.get(LABEL_OWNER_UID) == cr.uid
 
 
 def node_states(agents: Iterable[AgentView]) -> tuple[NodeState, ...]:
     return tuple(NodeState(a.node, a.labels, a.cordoned, a.connected) for a in agents)
 
 
-__all__ = ["DATA_UPLOAD", "Caches", "Context", "HubView", "agent_views", "observe", "work_items"]
+__all__ = ["DATA_UPLOAD", "Caches", "Context", "CrViews", "HubView", "agent_views", "observe", "work_items"]

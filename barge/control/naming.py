@@ -20,6 +20,9 @@ LABEL_OWNER_KIND = "barge.io/owner-kind"
 LABEL_OWNER_NAME = "barge.io/owner-name"
 LABEL_OWNER_UID = "barge.io/owner-uid"
 MANAGED_BY = "barge"
+EXPOSER_ROLE_LABEL = "barge.io/role"
+EXPOSER_POD_LABELS = ((LABEL_MANAGED_BY, MANAGED_BY), (EXPOSER_ROLE_LABEL, "exposer"))
+EXPOSER_BUDGET = "barge-exposers"  # the PodDisruptionBudget over every exposer pod of a namespace
 
 VELERO_GROUP = "velero.io"
 DATA_MOVER_VERSION = "v2alpha1"

@@ -17,14 +17,8 @@ from barge.devenv.localbarge import LocalBarge
 from barge.devenv.simcluster import SimCluster
 from barge.devenv.veleroserver import LocalVelero, S3Location, create_bucket
 from barge.kube.client import api_client
-from barge.kube.crds import install_crds
+from barge.kube.crds import SNAPSHOT_CRDS, install_crds
 from barge.kube.resources import KubeObjects
-
-SNAPSHOT_CRDS = (
-    "snapshot.storage.k8s.io_volumesnapshots.yaml",
-    "snapshot.storage.k8s.io_volumesnapshotcontents.yaml",
-    "snapshot.storage.k8s.io_volumesnapshotclasses.yaml",
-)
 
 
 @dataclass

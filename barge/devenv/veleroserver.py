@@ -20,6 +20,7 @@ import contextlib
 import os
 import socket
 import subprocess
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -98,6 +99,25 @@ def _s3_client(location: S3Location, workdir: Path) -> Any:
     )
 
 
+def velero_crds() -> list[Obj]:
+    """Velero's own CRDs (no cluster, no Velero server needed): what a user's cluster has, so a
+    benchmark measures Barge against the CRDs it meets there (no status subresource)."""
+    with tempfile.TemporaryDirectory(prefix="barge-velero-crds-") as home:
+        argv = [str(tool_path("velero")), "install", "--crds-only", "--dry-run", "-o", "yaml"]
+        env = {**os.environ, "HOME": home, "TMPDIR": home}
+        done = subprocess.run(
+            argv, capture_output=True, text=True, timeout=_CLI_TIMEOUT_S, env=env, check=False
+        )
+    if done.returncode != 0:
+        raise InvalidInput(f"`velero install --crds-only` exited {done.returncode}: {done.stderr.strip()}")
+    documents = [doc for doc in yaml.safe_load_all(done.stdout) if doc]
+    items = [item for doc in documents for item in (doc.get("items") or [doc])]
+    crds = [item for item in items if item.get("kind") == "CustomResourceDefinition"]
+    if not crds:
+        raise TemporaryError("`velero install --crds-only --dry-run -o yaml` printed no CRDs")
+    return crds
+
+
 class LocalVelero:
     """Velero's server as a process plus its CLI, against a local control plane."""
 
@@ -153,13 +173,7 @@ class LocalVelero:
 
     def crds(self) -> list[Obj]:
         """Velero's own CRDs, exactly as `velero install --crds-only` would apply them."""
-        out = self._run_cli("install", "--crds-only", "--dry-run", "-o", "yaml", kube=False)
-        documents = [doc for doc in yaml.safe_load_all(out) if doc]
-        items = [item for doc in documents for item in (doc.get("items") or [doc])]
-        crds = [item for item in items if item.get("kind") == "CustomResourceDefinition"]
-        if not crds:
-            raise TemporaryError("`velero install --crds-only --dry-run -o yaml` printed no CRDs")
-        return crds
+        return velero_crds()
 
     def bsl(self, name: str = "default", location: S3Location | None = None) -> Obj:
         """The BackupStorageLocation for ``location`` (default: this Velero's)."""

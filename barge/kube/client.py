@@ -9,10 +9,17 @@ from kubernetes import client, config
 ApiClient = client.ApiClient  # re-exported so that modules outside barge.kube never import kubernetes
 
 
-def api_client(kubeconfig: Path | None = None) -> client.ApiClient:
-    """A client for ``kubeconfig``, or for the in-cluster ServiceAccount when none is given."""
-    if kubeconfig is not None:
-        return config.new_client_from_config(config_file=str(kubeconfig))
+def api_client(kubeconfig: Path | None = None, connections: int | None = None) -> client.ApiClient:
+    """A client for ``kubeconfig``, or for the in-cluster ServiceAccount when none is given.
+
+    ``connections``: how many connections to keep open to the API server. The library's default
+    (5 per CPU) is too few for a process whose watches each hold one: requests beyond the pool open
+    a new TLS connection each and drop it afterwards."""
     configuration = client.Configuration()
-    config.load_incluster_config(client_configuration=configuration)
+    if kubeconfig is not None:
+        config.load_kube_config(config_file=str(kubeconfig), client_configuration=configuration)
+    else:
+        config.load_incluster_config(client_configuration=configuration)
+    if connections is not None:
+        configuration.connection_pool_maxsize = connections
     return client.ApiClient(configuration)

@@ -13,13 +13,16 @@ from kubernetes.client.exceptions import ApiException
 from barge.errors import TemporaryError
 
 HTTP_CONFLICT = 409
+SNAPSHOT_CRDS = (  # the CSI snapshot CRDs, which Velero does not install
+    "snapshot.storage.k8s.io_volumesnapshots.yaml",
+    "snapshot.storage.k8s.io_volumesnapshotcontents.yaml",
+    "snapshot.storage.k8s.io_volumesnapshotclasses.yaml",
+)
 DEFAULT_CRD_FILES = (
     "velero.io_datauploads.yaml",
     "velero.io_datadownloads.yaml",
     "velero.io_backupstoragelocations.yaml",
-    "snapshot.storage.k8s.io_volumesnapshots.yaml",
-    "snapshot.storage.k8s.io_volumesnapshotcontents.yaml",
-    "snapshot.storage.k8s.io_volumesnapshotclasses.yaml",
+    *SNAPSHOT_CRDS,
 )
 
 

@@ -45,12 +45,17 @@ class StatusWriter:
         *,
         fence: Fence | None = None,
         current: Obj | None = None,
+        metadata: MetadataMutation | None = None,
     ) -> Obj:
         """Write ``mutate(copy of status)``; None from ``mutate`` writes nothing. Returns the object.
 
         ``current``: a recent read (an informer's copy) to compute the first attempt from instead of
         a GET; a stale one only costs a 409 and a fresh read. Raises Fenced when ``fence`` no longer
         matches the CR (or it is gone or final), Conflict when every attempt raced another writer.
+
+        ``metadata``: a change of metadata that goes with this status (finalizer, annotations),
+        made only when ``mutate`` writes: in the same request where status is written through the
+        main resource, in a request just before the status one where the CRD has a subresource.
         """
         resource = resource_for(kind)
         for attempt in range(self._max_attempts):
@@ -62,10 +67,23 @@ class StatusWriter:
             if status is None:
                 return current
             try:
+                if metadata is not None:
+                    current = self._with_metadata(resource, current, metadata)
                 return self._write_status(resource, {**current, "status": status})
             except Conflict:
                 continue
         raise self._exhausted(resource, namespace, name)
+
+    def _with_metadata(self, resource: Resource, current: Obj, mutate_meta: MetadataMutation) -> Obj:
+        """``current`` with ``mutate_meta`` applied: written now if status has its own subresource
+        (a status write would drop it), else only in the object for the status write to carry."""
+        changed = mutate_meta(copy.deepcopy(current["metadata"]))
+        if changed is None:
+            return current
+        fenced_meta = {**changed, "resourceVersion": current["metadata"]["resourceVersion"]}
+        if self.has_status_subresource(resource):
+            return self._objects.replace(resource, {**current, "metadata": fenced_meta})
+        return {**current, "metadata": fenced_meta}
 
     def update_metadata(
         self,

@@ -234,3 +234,38 @@ def test_a_write_from_a_given_copy_needs_no_read_and_a_stale_copy_costs_a_retry(
     assert second["status"]["phase"] == "Prepared"
     assert seen == [None, "Accepted"]  # recomputed from the fresh read after the 409
     assert objects.get(kind, namespace, name)["status"]["progress"] == {"totalBytes": 100, "bytesDone": 0}
+
+
+def test_metadata_that_goes_with_a_status_is_written_with_it(
+    writer: StatusWriter,
+    objects: KubeObjects,
+    kind: Resource,
+    namespace: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Velero's CRDs (no subresource): finalizer, annotation and phase in one request; with a
+    subresource, the metadata request first. A guard that refuses writes neither."""
+    created = create_upload(objects, kind, namespace)
+    name = created["metadata"]["name"]
+    requests: list[str | None] = []
+    replace = writer._objects.replace
+
+    def counting(resource: Resource, body: dict[str, Any], subresource: str | None = None) -> dict[str, Any]:
+        requests.append(subresource)
+        return replace(resource, body, subresource=subresource)
+
+    monkeypatch.setattr(writer._objects, "replace", counting)
+
+    def finalize(meta: dict[str, Any]) -> dict[str, Any]:
+        return {**meta, "finalizers": [FINALIZER], "annotations": {"barge.io/accepted-at": "now"}}
+
+    writer.update_status(kind, namespace, name, lambda status: None, current=created, metadata=finalize)
+    assert requests == []
+    assert "finalizers" not in objects.get(kind, namespace, name)["metadata"]
+
+    writer.update_status(kind, namespace, name, accept, current=created, metadata=finalize)
+    assert requests == ([None, "status"] if kind == DATA_UPLOAD else [None])
+    stored = objects.get(kind, namespace, name)
+    assert stored["metadata"]["finalizers"] == [FINALIZER]
+    assert stored["metadata"]["annotations"]["barge.io/accepted-at"] == "now"
+    assert stored["status"]["phase"] == "Accepted"

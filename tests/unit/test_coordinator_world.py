@@ -13,9 +13,11 @@ from coordinator.model import (
     SOURCE_CONTENT_ANNOTATION,
     AssignmentView,
     ContentView,
+    Phase,
     SnapshotState,
 )
-from coordinator.world import Context, observe
+from coordinator.scheduler import Stage
+from coordinator.world import Context, CrViews, observe, work_items
 from tests.coordinator_world import T0
 
 Obj = Mapping[str, Any]
@@ -128,3 +130,47 @@ def test_after_the_source_snapshot_went_its_content_is_found_through_the_clone()
 def test_a_terminating_source_snapshot_is_marked() -> None:
     seen = look(source_snapshot(deletionTimestamp="2026-03-01T12:00:00Z"), source_content())
     assert seen.snapshot.deleting
+
+
+def upload(name: str, phase: str | None, version: str = "1", **metadata: Any) -> Obj:
+    status = {"phase": phase} if phase else {}
+    meta = {"namespace": "velero", "name": name, "uid": f"uid-{name}", "resourceVersion": version}
+    return {**UPLOAD, "metadata": {**meta, **metadata}, "status": status}
+
+
+def exposer_pod(name: str, node: str) -> Obj:
+    labels = {LABEL_OWNER_UID: f"uid-{name}"}
+    return {
+        "kind": "Pod",
+        "metadata": {"namespace": "velero", "name": name, "labels": labels},
+        "spec": {"nodeName": node},
+    }
+
+
+def test_work_items_leave_out_final_and_deleted_crs_and_see_where_exposer_pods_run() -> None:
+    crs = [
+        upload("new", None),
+        upload("accepted", "Accepted"),
+        upload("done", "Completed"),
+        upload("failed", "Failed"),
+        upload("going", "InProgress", deletionTimestamp="2026-03-01T12:00:00Z"),
+    ]
+    caches = Caches(
+        exposer_pod("accepted", "node-a"),
+        {**exposer_pod("new", "node-b"), "metadata": {"namespace": "velero", "name": "new"}},
+    )
+    items = work_items([("DataUpload", cr) for cr in crs], caches, Hub(), T0, CrViews())
+    assert {(i.key.name, i.stage, i.node) for i in items} == {
+        ("new", Stage.WAITING, ""),  # a pod of that name not labelled as its own is not its pod
+        ("accepted", Stage.PREPARING, "node-a"),
+    }
+
+
+def test_a_cr_is_parsed_again_only_when_its_resource_version_changes() -> None:
+    views = CrViews()
+    first = views.view("DataUpload", upload("a", "Accepted", version="7"))
+    assert views.view("DataUpload", upload("a", "Prepared", version="7")) is first  # same version
+    changed = views.view("DataUpload", upload("a", "Prepared", version="8"))
+    assert changed.phase is Phase.PREPARED
+    views.keep_only(set())
+    assert views.view("DataUpload", upload("a", "InProgress", version="8")).phase is Phase.IN_PROGRESS

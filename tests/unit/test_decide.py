@@ -14,13 +14,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from barge.control.messages import AssignmentKind, Outcome, VolumeMode
-from barge.control.naming import Fence
+from barge.control.naming import ASSIGNMENT_ANNOTATION, Fence
 from coordinator.config import CoordinatorConfig
 from coordinator.decide import MAX_WAIT, decide
 from coordinator.exposer import plan_exposure
 from coordinator.model import (
+    ACCEPTED_AT_ANNOTATION,
     Action,
-    AddFinalizer,
     Assign,
     AssignmentView,
     BindRestoredVolume,
@@ -95,7 +95,7 @@ def assert_reexposed(actions: tuple[Action, ...], count: int = 1) -> None:
     assert step is not None
     assert step.phase is Phase.ACCEPTED
     assert ("node", "") in step.fields
-    # The pod, budget and PVC go; the clone snapshot stays (after the release it alone holds the data).
+    # The pod and PVC go; the clone snapshot stays (after the release it alone holds the data).
     assert [delete.snapshot for delete in of_type(actions, DeleteExposure)] == [False]  # type: ignore[attr-defined]
     assert [mark.count for mark in of_type(actions, MarkReexposure)] == [count]  # type: ignore[attr-defined]
 
@@ -127,7 +127,7 @@ def test_new_cancel_goes_straight_to_canceled() -> None:
     assert step.phase is Phase.CANCELED
     assert step.message == "canceled by spec.cancel in phase New"
     assert ("completionTimestamp", "2026-03-01T12:00:00Z") in step.fields
-    assert not of_type(actions, AddFinalizer)
+    assert not step.add_finalizer
     # Nothing cloned it: the source VolumeSnapshot goes, its content following its own policy.
     assert actions[-1] == DeleteSourceSnapshot("app", "velero-data-abc")
 
@@ -196,14 +196,17 @@ def test_new_not_admitted_waits() -> None:
 def test_new_admitted_adds_finalizer_and_accepts() -> None:
     actions = decide(observed(upload_cr(has_finalizer=False), coordinator_id="barge-coordinator-0"))
     assert actions == (
-        AddFinalizer(),
         SetPhase(
             Phase.ACCEPTED,
             "",
             (("acceptedByNode", "barge-coordinator-0"), ("acceptedTimestamp", "2026-03-01T12:00:00Z")),
+            add_finalizer=True,
+            annotations=((ACCEPTED_AT_ANNOTATION, "2026-03-01T12:00:00Z"),),
         ),
     )
-    assert not of_type(decide(observed(upload_cr(has_finalizer=True))), AddFinalizer)
+    (again,) = decide(observed(upload_cr(has_finalizer=True)))
+    assert isinstance(again, SetPhase)
+    assert not again.add_finalizer
 
 
 def test_new_bad_operation_timeout_is_reported_and_defaulted() -> None:
@@ -308,9 +311,19 @@ def test_accepted_pod_failed_reexposes() -> None:
     assert "Evicted: low on memory" in (set_phase(actions) or SetPhase(Phase.NEW)).message
 
 
-def test_accepted_pod_running_prepares() -> None:
+def test_accepted_pod_running_prepares_and_reserves_the_first_epoch_for_its_node() -> None:
     actions = decide(observed(accepted(upload_cr()), exposure=exposure()))
-    assert actions == (SetPhase(Phase.PREPARED, "", (("node", NODE),)),)
+    fence = ((ASSIGNMENT_ANNOTATION, f"1:{NODE}"),)
+    assert actions == (SetPhase(Phase.PREPARED, "", (("node", NODE),), annotations=fence),)
+    handed_off = AssignmentView(epoch=3, node=OTHER_NODE, state=HubState.RUNNING, cancel_sent_at=T0)
+    again = observed(accepted(upload_cr()), exposure=exposure(), assignment=handed_off)
+    assert set_phase(decide(again)) == SetPhase(
+        Phase.PREPARED, "", (("node", NODE),), annotations=((ASSIGNMENT_ANNOTATION, f"4:{NODE}"),)
+    )
+    # An earlier epoch that may still run keeps its fence: nothing is reserved over it.
+    live = replace(handed_off, cancel_sent_at=None)
+    live_world = observed(accepted(upload_cr()), exposure=exposure(), assignment=live)
+    assert set_phase(decide(live_world)) == SetPhase(Phase.PREPARED, "", (("node", NODE),))
     unbound = exposure(pv="")
     assert phase_after(decide(observed(accepted(upload_cr()), exposure=unbound))) is None
 
@@ -472,6 +485,21 @@ def test_prepared_assigns_to_connected_agent() -> None:
     (again,) = decide(reassigned)
     assert isinstance(again, Assign)
     assert again.epoch == 5
+
+
+def test_prepared_sends_the_epoch_reserved_with_prepared_and_never_reuses_a_sent_one() -> None:
+    world = observed(replace(prepared(upload_cr()), fence=Fence(4, NODE)), exposure=exposure())
+    (assign,) = decide(world)
+    assert isinstance(assign, Assign)
+    assert (assign.node, assign.epoch) == (NODE, 4)  # its fence is written: the send costs no write
+    finished = AssignmentView(epoch=4, node=NODE, state=HubState.FINISHED)
+    (after_sent,) = decide(replace(world, assignment=finished))
+    assert isinstance(after_sent, Assign)
+    assert after_sent.epoch == 5
+    elsewhere = replace(world, cr=replace(world.cr, fence=Fence(4, OTHER_NODE)))
+    (moved,) = decide(elsewhere)
+    assert isinstance(moved, Assign)
+    assert moved.epoch == 5
 
 
 def test_prepared_download_assignment_names_the_snapshot() -> None:
@@ -1031,10 +1059,21 @@ def test_properties_of_every_decision(world: Observed) -> None:
         assert finishing  # the clone goes only with the CR: re-exposures keep it
         releases = [i for i, a in enumerate(actions) if isinstance(a, ReleaseSourceSnapshot)]
         assert all(i < actions.index(deletes[0]) for i in releases)  # released before the clone goes
-    if of_type(actions, AddFinalizer):
+    if any(isinstance(a, SetPhase) and a.add_finalizer for a in actions):
         assert phase_after(actions) is Phase.ACCEPTED
     latest = max(
         world.cr.fence.epoch if world.cr.fence else 0, world.assignment.epoch if world.assignment else 0
     )
+    sent = world.assignment.epoch if world.assignment else 0
     for fenced in (*of_type(actions, Assign), *of_type(actions, RevokeAssignment)):
-        assert fenced.epoch > latest  # type: ignore[attr-defined]  # epochs only move forward
+        epoch: int = fenced.epoch  # type: ignore[attr-defined]
+        # Epochs only move forward; the one exception is sending the epoch reserved with Prepared,
+        # which the fence names for that very node and the hub never sent.
+        reserved = (
+            isinstance(fenced, Assign) and world.cr.fence == Fence(latest, fenced.node) and sent < latest
+        )
+        assert epoch > latest or (reserved and epoch == latest)
+    for step in of_type(actions, SetPhase):
+        for key, value in step.annotations:  # type: ignore[attr-defined]
+            if key == ASSIGNMENT_ANNOTATION:
+                assert Fence.parse(value).epoch > latest  # a reservation is a new epoch

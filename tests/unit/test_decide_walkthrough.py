@@ -13,7 +13,6 @@ from coordinator.decide import decide
 from coordinator.exposer import manifests
 from coordinator.model import (
     Action,
-    AddFinalizer,
     Assign,
     AssignmentView,
     BindRestoredVolume,
@@ -56,13 +55,12 @@ def execute(world: Observed, log: list[str]) -> Observed:
     cr = world.cr
     for action in decide(world):
         log.append(type(action).__name__)
-        if isinstance(action, AddFinalizer):
-            cr = replace(cr, has_finalizer=True)
-        elif isinstance(action, RemoveFinalizer):
+        if isinstance(action, RemoveFinalizer):
             cr = replace(cr, has_finalizer=False)
         elif isinstance(action, SetPhase):
             fields = dict(action.fields)
             cr = replace(cr, phase=action.phase, node=str(fields.get("node", cr.node)))
+            cr = replace(cr, has_finalizer=cr.has_finalizer or action.add_finalizer)
             if "acceptedTimestamp" in fields:
                 cr = replace(cr, accepted_at=parse_timestamp(str(fields["acceptedTimestamp"])))
         elif isinstance(action, Assign):
@@ -145,7 +143,6 @@ def test_an_upload_goes_from_new_to_completed_and_lets_go() -> None:
     assert world.exposure == ExposureView()  # the clone, and with it the storage snapshot, is gone
     assert decide(world) == ()
     assert log == [
-        "AddFinalizer",
         "SetPhase",
         "CreateExposure",
         "Requeue",

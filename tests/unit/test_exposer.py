@@ -99,14 +99,14 @@ def test_upload_clones_the_snapshot_with_delete_and_ties_everything_to_the_cr() 
     }
     assert pvc["spec"]["resources"]["requests"]["storage"] == str(10 * 2**30)
     assert pvc["spec"]["storageClassName"] == "standard"
-    for manifest in (content, snapshot, pvc, budget, pod):
+    for manifest in (content, snapshot, pvc, pod):
         meta = manifest["metadata"]
         assert meta["name"] == "backup-1-abcde"
         assert meta["labels"][LABEL_MANAGED_BY] == "barge"
         assert meta["labels"][LABEL_OWNER_KIND] == "DataUpload"
         assert meta["labels"][LABEL_OWNER_NAME] == "backup-1-abcde"
         assert meta["labels"][LABEL_OWNER_UID] == "uid-upload-1"
-    for manifest in (snapshot, pvc, budget, pod):
+    for manifest in (snapshot, pvc, pod):
         assert manifest["metadata"]["namespace"] == "velero"
         (owner,) = manifest["metadata"]["ownerReferences"]
         assert owner == {
@@ -119,14 +119,22 @@ def test_upload_clones_the_snapshot_with_delete_and_ties_everything_to_the_cr() 
         }
 
 
-def test_the_pod_is_protected_from_eviction_by_a_budget_on_its_owner_labels() -> None:
+def test_the_pod_is_protected_from_eviction_by_the_namespace_budget_for_exposer_pods() -> None:
     rendered = manifests(plan_exposure(upload_world()))
     budget, pod = rendered.disruption_budget, rendered.pod
     assert budget["apiVersion"] == "policy/v1"
-    assert budget["spec"]["minAvailable"] == 1
+    assert budget["metadata"] == {
+        "name": "barge-exposers",
+        "namespace": "velero",
+        "labels": {LABEL_MANAGED_BY: "barge"},  # no owner: it outlives every exposure
+    }
+    assert budget["spec"]["maxUnavailable"] == 0
     selector = budget["spec"]["selector"]["matchLabels"]
     assert selector.items() <= pod["metadata"]["labels"].items()  # it covers this pod ...
     assert "barge.io/exposure-generation" not in selector  # ... and the next exposure's
+    assert LABEL_OWNER_UID not in selector  # ... and every other CR's
+    other = manifests(plan_exposure(observed(download_cr())))
+    assert other.disruption_budget == budget
     order = [m["kind"] for m in rendered.in_creation_order()]
     assert order.index("PodDisruptionBudget") < order.index("Pod")
 
