@@ -57,6 +57,7 @@ from coordinator.model import (
 MISSING_OBJECT_GRACE = timedelta(seconds=30)
 # Longest sleep between reconciles while waiting (deadlines are re-checked at least this often).
 MAX_WAIT = timedelta(seconds=30)
+CONTENT_FOLLOW_GRACE = timedelta(seconds=30)
 MIN_WAIT = timedelta(seconds=1)
 
 Actions = tuple[Action, ...]
@@ -353,8 +354,20 @@ def _cleanup(o: Observed, reason: str) -> list[Action]:
     if source is not None:
         actions.append(source)
     if o.exposure.exists:
-        actions.append(DeleteExposure(reason, snapshot=True))
+        left = _content_left_behind(o)
+        actions.append(DeleteExposure(reason, snapshot=True, snapshot_content=left))
     return actions
+
+
+def _content_left_behind(o: Observed) -> bool:
+    """The clone content outlived its VolumeSnapshot by ``CONTENT_FOLLOW_GRACE`` after the CR
+    finished, and nothing is deleting it: the snapshot controller, which deletes the Delete-policy
+    content of a deleted snapshot, did not (the snapshot never bound it, or no controller runs)."""
+    clone = o.exposure
+    if not clone.snapshot_content or clone.snapshot or clone.snapshot_content_deleting:
+        return False
+    finished = o.cr.completed_at or o.cr.created_at or o.now
+    return o.now >= finished + CONTENT_FOLLOW_GRACE
 
 
 def _source_cleanup(o: Observed) -> Action | None:

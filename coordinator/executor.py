@@ -123,7 +123,7 @@ class Executor:
             case CreateExposure():
                 self._create_exposure(action)
             case DeleteExposure():
-                self._delete_exposure(cr, action.snapshot)
+                self._delete_exposure(cr, action)
             case ReleaseSourceSnapshot():
                 return self._release_source(cr, action)
             case DeleteSourceSnapshot():
@@ -217,15 +217,16 @@ class Executor:
                 continue
             self._objects.create(resource, manifest, exist_ok=True)
 
-    def _delete_exposure(self, cr: CrView, snapshot: bool) -> None:
+    def _delete_exposure(self, cr: CrView, action: DeleteExposure) -> None:
         parts: list[tuple[Resource, str | None]] = [
             (POD, cr.namespace),
             (POD_DISRUPTION_BUDGET, cr.namespace),  # after the pod: it must never be evictable
             (PERSISTENT_VOLUME_CLAIM, cr.namespace),
         ]
-        if cr.is_upload and snapshot:
-            # The clone content has deletionPolicy Delete: the storage snapshot goes with it.
-            parts += [(VOLUME_SNAPSHOT, cr.namespace), (VOLUME_SNAPSHOT_CONTENT, None)]
+        if cr.is_upload and action.snapshot:
+            parts.append((VOLUME_SNAPSHOT, cr.namespace))  # its Delete-policy content follows
+        if cr.is_upload and action.snapshot_content:
+            parts.append((VOLUME_SNAPSHOT_CONTENT, None))
         for resource, namespace in parts:
             self._delete_owned(resource, namespace, cr.name, cr.uid)
 

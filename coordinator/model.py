@@ -119,6 +119,7 @@ class CrView:
     operation_timeout_problem: str = ""  # why spec.operationTimeout was replaced by the default
     accepted_at: datetime | None = None
     started_at: datetime | None = None
+    completed_at: datetime | None = None  # status.completionTimestamp
     node: str = ""  # status.node
     fence: Fence | None = None
     reexposures: int = 0
@@ -221,6 +222,7 @@ class ExposureView:
     pv_name: str = ""  # the PV the PVC is bound to ("" = not bound yet)
     pod: PodView | None = None
     terminating: bool = False  # at least one of them has a deletionTimestamp
+    snapshot_content_deleting: bool = False  # the clone content has a deletionTimestamp
     # The namespace's budget over exposer pods (exposer.EXPOSER_BUDGET) is in place: a drain waits
     # for the hand-off. Shared by every exposure, so not one of this CR's own objects.
     disruption_budget: bool = False
@@ -484,14 +486,17 @@ class CreateExposure:
 
 @dataclass(frozen=True)
 class DeleteExposure:
-    """Delete the pod, PodDisruptionBudget and PVC named after the CR (only those carrying its
-    owner-uid label), in that order; NotFound is success. With ``snapshot`` (terminal cleanup only)
-    also the clone VolumeSnapshot and then the clone VolumeSnapshotContent: its deletionPolicy is
-    Delete, so the storage snapshot goes with it. A re-exposure keeps the clone: once the source is
-    released it is the only thing holding the snapshot."""
+    """Delete the pod and PVC named after the CR (only those carrying its owner-uid label; a budget
+    of its own, as earlier versions made, too); NotFound is success. With ``snapshot`` (terminal
+    cleanup only) also the clone VolumeSnapshot: its content's deletionPolicy is Delete, so the
+    snapshot controller deletes the content, and the storage snapshot with it, as it does for every
+    bound snapshot. ``snapshot_content``: delete the clone content as well, for when that did not
+    happen (the snapshot never bound it, or no controller acted in time). A re-exposure keeps the
+    clone: once the source is released it is the only thing holding the snapshot."""
 
     reason: str
     snapshot: bool = False
+    snapshot_content: bool = False
 
 
 @dataclass(frozen=True)
@@ -675,6 +680,7 @@ def _cr_view(obj: Mapping[str, Any], kind: str) -> CrView:
             status.get("acceptedTimestamp") or annotations.get(ACCEPTED_AT_ANNOTATION)
         ),
         started_at=parse_timestamp(status.get("startTimestamp")),
+        completed_at=parse_timestamp(status.get("completionTimestamp")),
         node=str(status.get("node") or ""),
         fence=_fence(annotations),
         reexposures=_count(annotations.get(REEXPOSURES_ANNOTATION)),

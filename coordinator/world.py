@@ -148,6 +148,7 @@ def exposure_view(caches: Caches, cr: CrView) -> ExposureView:
         pv_name=str(((pvc or {}).get("spec") or {}).get("volumeName") or ""),
         pod=PodView.from_object(pod) if pod is not None else None,
         terminating=any((p.get("metadata") or {}).get("deletionTimestamp") for p in parts),
+        snapshot_content_deleting=bool(((vsc or {}).get("metadata") or {}).get("deletionTimestamp")),
         disruption_budget=caches.get(PDB, cr.namespace, EXPOSER_BUDGET) is not None,
         own_budget=own_budget is not None,
         snapshot_handle=handle,

@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from barge.control.messages import AssignmentKind, Outcome, VolumeMode
 from barge.control.naming import ASSIGNMENT_ANNOTATION, Fence
 from coordinator.config import CoordinatorConfig
-from coordinator.decide import MAX_WAIT, decide
+from coordinator.decide import CONTENT_FOLLOW_GRACE, MAX_WAIT, decide
 from coordinator.exposer import plan_exposure
 from coordinator.model import (
     ACCEPTED_AT_ANNOTATION,
@@ -814,6 +814,21 @@ def test_terminal_deletes_exposure(phase: Phase) -> None:
     cr = replace(in_progress(upload_cr()), phase=phase)
     actions = decide(progress_world(cr, assignment=None))
     assert actions == (DeleteExposure(f"the DataUpload is {phase}", snapshot=True), Requeue(MAX_WAIT))
+
+
+def test_terminal_leaves_the_clone_content_to_the_snapshot_controller_for_a_while() -> None:
+    """Deleting the clone VolumeSnapshot is enough: the snapshot controller deletes its Delete-policy
+    content. Only a content nobody deletes CONTENT_FOLLOW_GRACE after the end is deleted by Barge."""
+    done_at = T0 + minutes(5)
+    cr = replace(in_progress(upload_cr()), phase=Phase.COMPLETED, completed_at=done_at)
+    only_content = ExposureView(snapshot_content=True, snapshot_handle="snap-1")
+    world = progress_world(cr, exposure=only_content, assignment=None, now=done_at + timedelta(seconds=29))
+    reason = "the DataUpload is Completed"
+    assert decide(world) == (DeleteExposure(reason, snapshot=True), Requeue(MAX_WAIT))
+    late = replace(world, now=done_at + CONTENT_FOLLOW_GRACE)
+    assert decide(late) == (DeleteExposure(reason, snapshot=True, snapshot_content=True), Requeue(MAX_WAIT))
+    going = replace(late, exposure=replace(only_content, snapshot_content_deleting=True))
+    assert decide(going) == (DeleteExposure(reason, snapshot=True), Requeue(MAX_WAIT))
 
 
 def test_terminal_download_completed_hands_over_volume_first() -> None:
