@@ -1,4 +1,4 @@
-.PHONY: demo test bench bench-s3 bench-scale tools lint chart help
+.PHONY: demo test test-unit bench bench-s3 bench-scale tools lint chart help
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*##/\t/'
 
@@ -7,6 +7,9 @@ demo:  ## Barge's main job on its embedded defaults: local Kubernetes, coordinat
 
 test:  ## everything CI runs: tool builds (cached), lint, mypy, layer contracts, all tests
 	bash hack/test.sh
+
+test-unit:  ## the unit tier only (pure, in-process, no servers): the quick loop while coding
+	bash hack/bootstrap-python.sh && .venv/bin/pytest -q -m unit
 
 bench:  ## Barge vs restic vs kopia on the same data (medians of 3; BENCH_ARGS="--scale 0.25" for a quick look)
 	bash hack/bootstrap-python.sh && bash hack/install-bench-deps.sh && .venv/bin/python -m bench.run $(BENCH_ARGS)

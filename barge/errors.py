@@ -50,10 +50,6 @@ class Fenced(PermanentError):
     """A write was refused because the writer no longer holds the assignment (or the CR is final)."""
 
 
-class ToolMissing(PermanentError):
-    """A program Barge's development environment needs is not installed."""
-
-
 class CorruptionDetected(PermanentError):
     """Stored data failed an integrity check; never silently ignored."""
 

@@ -23,7 +23,7 @@ import obstore
 from botocore.config import Config
 from obstore.store import S3Store
 
-from barge.devenv.s3server import LocalS3Server, S3Endpoint
+from devenv.s3server import LocalS3Server, S3Endpoint
 
 MIB = 1024 * 1024
 

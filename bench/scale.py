@@ -54,14 +54,6 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from barge.control.naming import FINALIZER, LABEL_MANAGED_BY, LABEL_OWNER_KIND, LABEL_OWNER_NAME, MANAGED_BY
-from barge.devenv.controlplane import ControlPlaneEndpoints, LocalControlPlane, write_kubeconfig
-from barge.devenv.localbarge import LocalBarge
-from barge.devenv.pki import CertificateAuthority, KeyPair, make_serving_pki
-from barge.devenv.processes import ServerProcess, free_port
-from barge.devenv.simcluster import SimCluster
-from barge.devenv.velero import data_download, data_upload, restore_target_pvc
-from barge.devenv.veleroserver import velero_crds
-from barge.kube.crds import DEFAULT_CRD_FILES, SNAPSHOT_CRDS, apply_crd, install_crds
 from barge.kube.resources import (
     DAEMON_SET,
     DATA_DOWNLOAD,
@@ -87,6 +79,14 @@ from bench.scale_report import (
     targets_of,
 )
 from bench.scale_watch import Watcher, bench_api_client
+from devenv.controlplane import ControlPlaneEndpoints, LocalControlPlane, write_kubeconfig
+from devenv.crds import DEFAULT_CRD_FILES, SNAPSHOT_CRDS, apply_crd, install_crds
+from devenv.localbarge import LocalBarge
+from devenv.pki import CertificateAuthority, KeyPair, make_serving_pki
+from devenv.processes import ServerProcess, free_port
+from devenv.simcluster import SimCluster
+from devenv.velero import data_download, data_upload, restore_target_pvc
+from devenv.veleroserver import velero_crds
 
 Obj = dict[str, Any]
 ROOT = Path(__file__).resolve().parent.parent

@@ -55,11 +55,11 @@ from barge.control.messages import (
     Welcome,
 )
 from barge.control.naming import Fence, data_mover_config_problem, kubelet_volume_path
-from barge.devenv.service import Backend, LocalService
 from barge.errors import BargeError, Fenced, TemporaryError
 from barge.kube.status import StatusWriter
 from barge.rpc.client import AgentClient
 from bench.scale_watch import bench_api_client
+from devenv.service import Backend, LocalService
 
 Obj = dict[str, Any]
 NODE_OS = "linux"

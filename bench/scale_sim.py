@@ -1,7 +1,7 @@
 """The simulated cluster of ``make bench-scale``, in its own process so its CPU is not the coordinator's.
 
 ``python -m bench.scale_sim --kubeconfig K --root R --ready-file F --stats-file S`` runs
-``barge.devenv.simcluster.SimCluster``'s controllers (scheduler, kubelets, CSI provisioner and
+``devenv.simcluster.SimCluster``'s controllers (scheduler, kubelets, CSI provisioner and
 snapshotter, PV binder, garbage collector) until SIGTERM. Two modes:
 
 * ``--mode poll``: SimCluster exactly as the tests run it: every pass lists pods, PVCs, PVs,
@@ -45,15 +45,6 @@ from typing import Any, Protocol
 
 from kubernetes import client
 
-from barge.devenv import simstorage
-from barge.devenv.simapi import Rest
-from barge.devenv.simcluster import SimCluster
-from barge.devenv.simgc import GarbageCollector
-from barge.devenv.simpods import Scheduler, bind_pod, claims_problem
-from barge.devenv.simrules import pick_node
-from barge.devenv.simsnapshots import CONTENT_FINALIZER, copy_volume_data, quantity_bytes
-from barge.devenv.simstorage import StorageController, claim_ref_admits, static_volume_fits
-from barge.devenv.simworld import SimContext, World, key, remove_path
 from barge.kube.resources import (
     NODE,
     PERSISTENT_VOLUME,
@@ -66,6 +57,15 @@ from barge.kube.resources import (
 )
 from bench.scale_stats import summarize
 from bench.scale_watch import Watcher, bench_api_client
+from devenv import simstorage
+from devenv.simapi import Rest
+from devenv.simcluster import SimCluster
+from devenv.simgc import GarbageCollector
+from devenv.simpods import Scheduler, bind_pod, claims_problem
+from devenv.simrules import pick_node
+from devenv.simsnapshots import CONTENT_FINALIZER, copy_volume_data, quantity_bytes
+from devenv.simstorage import StorageController, claim_ref_admits, static_volume_fits
+from devenv.simworld import SimContext, World, key, remove_path
 
 Obj = dict[str, Any]
 CACHED: tuple[Resource, ...] = (

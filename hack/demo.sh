@@ -7,4 +7,4 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash hack/install-tools.sh etcd kube-apiserver minio velero velero-plugin-for-aws
 bash hack/bootstrap-python.sh
-exec .venv/bin/barge demo "$@"
+exec .venv/bin/python -m devenv.demo "$@"

@@ -11,12 +11,22 @@ from collections.abc import Iterator
 import pytest
 from kubernetes import client
 
-from barge.devenv.azureserver import AzureEndpoint, LocalAzureServer
-from barge.devenv.controlplane import ControlPlaneEndpoints, LocalControlPlane
-from barge.devenv.gcsserver import GCSEndpoint, LocalGCSServer
-from barge.devenv.s3server import LocalS3Server, S3Endpoint
 from barge.kube.client import api_client
-from barge.kube.crds import install_crds
+from devenv.azureserver import AzureEndpoint, LocalAzureServer
+from devenv.controlplane import ControlPlaneEndpoints, LocalControlPlane
+from devenv.crds import install_crds
+from devenv.gcsserver import GCSEndpoint, LocalGCSServer
+from devenv.s3server import LocalS3Server, S3Endpoint
+
+TIERS = ("unit", "integration", "e2e", "velero")  # folders of tests/, and the markers they get
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark every test with its tier, the folder it lives in (``make test-unit``: ``-m unit``)."""
+    for item in items:
+        folder = item.path.parent.name
+        if folder in TIERS:
+            item.add_marker(folder)
 
 
 @pytest.fixture(scope="session")

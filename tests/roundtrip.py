@@ -5,13 +5,13 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from barge.devenv.trees import capture
 from barge.fs.backup import backup_tree
 from barge.fs.restore import restore_tree
 from barge.repo.check import check_repository
 from barge.repo.crypto import KdfParams
 from barge.repo.repository import Repository, RepositorySettings
 from barge.storage import ObjectStore
+from devenv.trees import capture
 from tests import fsgen
 from tests.fsbuild import MIB, awkward_tree
 

@@ -16,12 +16,12 @@ import grpc
 from barge.clock import SystemClock
 from barge.control.messages import AgentEvent, CoordinatorCommand, Hello
 from barge.control.ports import AgentSession
-from barge.devenv.pki import ServingPki, make_serving_pki
 from barge.errors import PermissionDenied, Unauthenticated
 from barge.rpc.convert import event_to_pb
 from barge.rpc.generated import control_pb2 as pb
 from barge.rpc.generated import control_pb2_grpc as pb_grpc
 from barge.rpc.server import ControlServer, ServerTls
+from devenv.pki import ServingPki, make_serving_pki
 
 WAIT_S = 10.0  # upper bound of every wait in these tests; normally they take milliseconds
 T = TypeVar("T")

@@ -253,12 +253,6 @@ def cmd_repo_move(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def cmd_demo(args: argparse.Namespace) -> int:
-    from barge.cli.demo import run_demo  # noqa: PLC0415 - pulls in the dev environment only when asked
-
-    return run_demo(keep=args.keep)
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="barge", description="Barge backup repository tool")
     parser.add_argument("--version", action="version", version=f"barge {__version__}")
@@ -321,13 +315,6 @@ def build_parser() -> argparse.ArgumentParser:
     forget.add_argument("snapshot_id")
 
     add("gc", cmd_gc, "delete data no snapshot needs; safe while backups run (two runs reclaim it)")
-
-    demo = add(
-        "demo", cmd_demo, "run Barge end to end on this machine: local Kubernetes, coordinator, agents"
-    )
-    demo.add_argument(
-        "--keep", action="store_true", help="keep the work directory (logs, volumes, repository)"
-    )
 
     key_cmd = commands.add_parser("key", help="repository password")
     key_sub = key_cmd.add_subparsers(dest="key_command", required=True, metavar="COMMAND")

@@ -14,10 +14,10 @@ from pathlib import Path
 import pytest
 from kubernetes import client
 
-from barge.devenv.controlplane import ControlPlaneEndpoints
-from barge.devenv.localbarge import LocalBarge
-from barge.devenv.simcluster import SimCluster
 from barge.kube.resources import NAMESPACE, KubeObjects
+from devenv.controlplane import ControlPlaneEndpoints
+from devenv.localbarge import LocalBarge
+from devenv.simcluster import SimCluster
 
 
 @pytest.fixture(scope="module")

@@ -15,13 +15,13 @@ from pathlib import Path
 
 import pytest
 
-from barge.devenv.controlplane import LocalControlPlane
-from barge.devenv.localbarge import LocalBarge
-from barge.devenv.simcluster import SimCluster
-from barge.devenv.waiting import wait_for
 from barge.kube.client import api_client
-from barge.kube.crds import install_crds
 from barge.kube.resources import NAMESPACE, KubeObjects
+from devenv.controlplane import LocalControlPlane
+from devenv.crds import install_crds
+from devenv.localbarge import LocalBarge
+from devenv.simcluster import SimCluster
+from devenv.waiting import wait_for
 from tests.e2e.test_faults import MIB, big_volume, start_upload, wait_progress
 
 pytestmark = pytest.mark.integration

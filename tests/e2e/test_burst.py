@@ -15,11 +15,11 @@ from pathlib import Path
 import pytest
 from kubernetes import client
 
-from barge.devenv.controlplane import ControlPlaneEndpoints
-from barge.devenv.localbarge import LocalBarge
-from barge.devenv.simcluster import SimCluster
-from barge.devenv.velero import data_upload
 from barge.kube.resources import DATA_UPLOAD, NAMESPACE, KubeObjects
+from devenv.controlplane import ControlPlaneEndpoints
+from devenv.localbarge import LocalBarge
+from devenv.simcluster import SimCluster
+from devenv.velero import data_upload
 from tests.fsbuild import write
 
 pytestmark = pytest.mark.integration

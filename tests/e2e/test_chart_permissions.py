@@ -14,13 +14,6 @@ from pathlib import Path
 import pytest
 from kubernetes import client
 
-from barge.devenv.controlplane import ControlPlaneEndpoints, write_kubeconfig
-from barge.devenv.helm import CHART_DIR, Helm
-from barge.devenv.localbarge import LocalBarge
-from barge.devenv.simcluster import SimCluster
-from barge.devenv.trees import capture
-from barge.devenv.velero import data_download, data_upload, restore_target_pvc
-from barge.devenv.waiting import wait_for
 from barge.errors import NotFound
 from barge.kube.resources import (
     NAMESPACE,
@@ -29,6 +22,13 @@ from barge.kube.resources import (
     VOLUME_SNAPSHOT,
     KubeObjects,
 )
+from devenv.controlplane import ControlPlaneEndpoints, write_kubeconfig
+from devenv.helm import CHART_DIR, Helm
+from devenv.localbarge import LocalBarge
+from devenv.simcluster import SimCluster
+from devenv.trees import capture
+from devenv.velero import data_download, data_upload, restore_target_pvc
+from devenv.waiting import wait_for
 from tests.fsbuild import write
 
 pytestmark = pytest.mark.integration

@@ -12,10 +12,6 @@ from typing import Any
 import pytest
 
 from barge.control.naming import FINALIZER, LABEL_OWNER_UID
-from barge.devenv.localbarge import LocalBarge
-from barge.devenv.trees import capture
-from barge.devenv.velero import data_download, data_upload, restore_target_pvc
-from barge.devenv.waiting import wait_for
 from barge.errors import NotFound
 from barge.kube.resources import (
     BACKUP_STORAGE_LOCATION,
@@ -28,6 +24,10 @@ from barge.kube.resources import (
     KubeObjects,
     Resource,
 )
+from devenv.localbarge import LocalBarge
+from devenv.trees import capture
+from devenv.velero import data_download, data_upload, restore_target_pvc
+from devenv.waiting import wait_for
 from tests.fsbuild import write
 
 pytestmark = pytest.mark.integration

@@ -18,11 +18,6 @@ import pytest
 from kubernetes import client
 
 from barge.control.naming import ASSIGNMENT_ANNOTATION, EXPOSER_BUDGET
-from barge.devenv.controlplane import ControlPlaneEndpoints
-from barge.devenv.localbarge import LocalBarge
-from barge.devenv.simcluster import SimCluster
-from barge.devenv.velero import data_upload
-from barge.devenv.waiting import wait_for
 from barge.errors import NotFound
 from barge.kube.resources import (
     EVENT,
@@ -34,6 +29,11 @@ from barge.kube.resources import (
     KubeObjects,
 )
 from coordinator.model import REEXPOSURES_ANNOTATION
+from devenv.controlplane import ControlPlaneEndpoints
+from devenv.localbarge import LocalBarge
+from devenv.simcluster import SimCluster
+from devenv.velero import data_upload
+from devenv.waiting import wait_for
 from tests.fsbuild import write
 
 pytestmark = pytest.mark.integration

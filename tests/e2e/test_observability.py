@@ -22,15 +22,15 @@ from typing import Any
 import pytest
 from kubernetes import client
 
-from barge.devenv.controlplane import ControlPlaneEndpoints
-from barge.devenv.helm import CHART_DIR, Helm
-from barge.devenv.localbarge import LocalBarge
-from barge.devenv.prometheus import LocalPrometheus, ScrapeTarget, check_rules
-from barge.devenv.simcluster import SimCluster
-from barge.devenv.velero import data_download, data_upload, restore_target_pvc
-from barge.devenv.waiting import wait_for
 from barge.errors import TemporaryError
 from barge.kube.resources import NAMESPACE, PERSISTENT_VOLUME_CLAIM, KubeObjects
+from devenv.controlplane import ControlPlaneEndpoints
+from devenv.helm import CHART_DIR, Helm
+from devenv.localbarge import LocalBarge
+from devenv.prometheus import LocalPrometheus, ScrapeTarget, check_rules
+from devenv.simcluster import SimCluster
+from devenv.velero import data_download, data_upload, restore_target_pvc
+from devenv.waiting import wait_for
 from tests.fsbuild import write
 
 pytestmark = pytest.mark.integration

@@ -20,18 +20,18 @@ from pathlib import Path
 import pytest
 from kubernetes import client
 
-from barge.devenv.controlplane import ControlPlaneEndpoints
-from barge.devenv.faultproxy import FaultProxy
-from barge.devenv.localbarge import LocalBarge
-from barge.devenv.s3server import S3Endpoint
-from barge.devenv.simcluster import SimCluster
-from barge.devenv.trees import capture
-from barge.devenv.velero import data_upload
 from barge.fs.restore import restore_tree
 from barge.kube.resources import BACKUP_STORAGE_LOCATION, NAMESPACE, SECRET, KubeObjects
 from barge.repo.repository import Repository
 from barge.storage.s3 import S3Options, S3Store
 from barge.velero.bsl import REPOSITORY_ROOT, RETRY_TIMEOUT_ANNOTATION
+from devenv.controlplane import ControlPlaneEndpoints
+from devenv.faultproxy import FaultProxy
+from devenv.localbarge import LocalBarge
+from devenv.s3server import S3Endpoint
+from devenv.simcluster import SimCluster
+from devenv.trees import capture
+from devenv.velero import data_upload
 from tests.fsbuild import MIB, write
 from tests.integration.test_s3_store import make_bucket
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from barge.devenv.velero import data_upload as velero_data_upload
+from devenv.velero import data_upload as velero_data_upload
 
 VELERO_NS = "velero"
 

@@ -11,12 +11,12 @@ from typing import Any
 
 import pytest
 
-from barge.devenv.azureserver import AzureEndpoint
-from barge.devenv.processes import free_port
 from barge.errors import PermanentError, TemporaryError
 from barge.storage.azure import AzureBlobStore, AzureOptions
 from barge.storage.cloud import Transport
 from barge.storage.url import open_store
+from devenv.azureserver import AzureEndpoint
+from devenv.processes import free_port
 from tests.roundtrip import assert_repository_round_trip
 from tests.storage_conformance import ObjectStoreConformance
 

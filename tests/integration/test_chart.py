@@ -18,8 +18,8 @@ from kubernetes import client, dynamic
 from kubernetes.client.exceptions import ApiException
 from kubernetes.dynamic.exceptions import NotFoundError
 
-from barge.devenv.controlplane import ControlPlaneEndpoints
-from barge.devenv.helm import CHART_DIR, Helm
+from devenv.controlplane import ControlPlaneEndpoints
+from devenv.helm import CHART_DIR, Helm
 
 pytestmark = pytest.mark.integration
 

@@ -12,9 +12,9 @@ import pytest
 from kubernetes import client, watch
 from kubernetes.client.exceptions import ApiException
 
-from barge.devenv.controlplane import ControlPlaneEndpoints, write_kubeconfig
 from barge.kube.client import api_client
-from barge.kube.crds import apply_crd, load_crd
+from devenv.controlplane import ControlPlaneEndpoints, write_kubeconfig
+from devenv.crds import apply_crd, load_crd
 from tests.integration.objects import VELERO_NS, data_upload
 
 pytestmark = pytest.mark.integration

@@ -11,12 +11,12 @@ from typing import Any
 
 import pytest
 
-from barge.devenv.gcsserver import GCSEndpoint
-from barge.devenv.processes import free_port
 from barge.errors import PermanentError, TemporaryError
 from barge.storage.cloud import Transport
 from barge.storage.gcs import GCSOptions, GCSStore, read_service_account_key
 from barge.storage.url import open_store
+from devenv.gcsserver import GCSEndpoint
+from devenv.processes import free_port
 from tests.roundtrip import assert_repository_round_trip
 from tests.storage_conformance import ObjectStoreConformance
 

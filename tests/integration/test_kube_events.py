@@ -10,10 +10,10 @@ import pytest
 from kubernetes import client
 
 from barge.clock import ManualClock
-from barge.devenv.controlplane import ControlPlaneEndpoints
 from barge.kube.client import api_client
 from barge.kube.events import EventRecorder
 from barge.kube.resources import DATA_UPLOAD, EVENT, NODE, KubeObjects
+from devenv.controlplane import ControlPlaneEndpoints
 from tests.integration.kubetest import fresh_namespace, unique
 from tests.integration.objects import data_upload
 

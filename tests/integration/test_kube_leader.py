@@ -12,11 +12,11 @@ import pytest
 from kubernetes import client
 
 from barge.clock import SystemClock
-from barge.devenv.controlplane import ControlPlaneEndpoints
 from barge.errors import InvalidInput
 from barge.kube.client import api_client
 from barge.kube.leader import LeaderElector
 from barge.kube.resources import LEASE, KubeObjects
+from devenv.controlplane import ControlPlaneEndpoints
 from tests.integration.kubetest import eventually, fresh_namespace, unique
 
 pytestmark = pytest.mark.integration

@@ -16,9 +16,9 @@ from kubernetes import client
 
 from barge.control.naming import ASSIGNMENT_ANNOTATION, FINALIZER, Fence
 from barge.errors import Conflict, Fenced, NotFound
-from barge.kube.crds import apply_crd, load_crd
 from barge.kube.resources import DATA_UPLOAD, KubeObjects, Resource
 from barge.kube.status import StatusWriter
+from devenv.crds import apply_crd, load_crd
 from tests.integration.kubetest import fresh_namespace
 from tests.integration.objects import data_upload
 

@@ -6,11 +6,11 @@ import hashlib
 
 import pytest
 
-from barge.devenv.azureserver import AzureEndpoint
-from barge.devenv.gcsserver import GCSEndpoint
-from barge.devenv.s3server import S3Endpoint
 from barge.errors import TemporaryError
 from barge.storage.cloud import CloudObjectStore
+from devenv.azureserver import AzureEndpoint
+from devenv.gcsserver import GCSEndpoint
+from devenv.s3server import S3Endpoint
 from tests.integration import test_azure_store, test_gcs_store, test_s3_store
 
 pytestmark = pytest.mark.integration

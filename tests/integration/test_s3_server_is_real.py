@@ -12,7 +12,7 @@ import pytest
 from botocore.config import Config
 from botocore.exceptions import ClientError
 
-from barge.devenv.s3server import S3Endpoint
+from devenv.s3server import S3Endpoint
 
 pytestmark = pytest.mark.integration
 

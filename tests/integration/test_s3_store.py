@@ -12,12 +12,12 @@ import pytest
 from botocore.config import Config
 from hypothesis import HealthCheck, given, settings
 
-from barge.devenv.s3server import S3Endpoint
 from barge.errors import PermanentError, TemporaryError
 from barge.repo.crypto import KdfParams
 from barge.repo.repository import Repository
 from barge.storage.s3 import S3Options, S3Store
 from barge.storage.url import open_store
+from devenv.s3server import S3Endpoint
 from tests import fsgen
 from tests.roundtrip import SMALL_PACKS, assert_generated_tree_round_trips, assert_repository_round_trip
 from tests.storage_conformance import ObjectStoreConformance
@@ -87,7 +87,7 @@ def test_wrong_credentials_are_a_permanent_error_naming_the_cause(s3_server: S3E
 
 
 def test_an_unreachable_endpoint_is_a_temporary_error_not_a_hang(s3_server: S3Endpoint) -> None:
-    from barge.devenv.processes import free_port
+    from devenv.processes import free_port
 
     store = store_for(
         s3_server, "nobucket", endpoint=f"http://127.0.0.1:{free_port()}", max_retries=2, retry_timeout_s=5.0

@@ -16,10 +16,10 @@ from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
 from barge.control.naming import kubelet_volume_path
-from barge.devenv.simcluster import DRIVER, SimCluster
-from barge.devenv.simsnapshots import CONTENT_FINALIZER
-from barge.devenv.waiting import wait_for
 from barge.errors import InvalidInput
+from devenv.simcluster import DRIVER, SimCluster
+from devenv.simsnapshots import CONTENT_FINALIZER
+from devenv.waiting import wait_for
 from tests.integration.objects import data_upload
 
 pytestmark = pytest.mark.integration

@@ -31,13 +31,13 @@ from barge.control.messages import (
     VolumeMode,
 )
 from barge.control.naming import Fence, kubelet_volume_path
-from barge.devenv.trees import capture
 from barge.errors import Fenced, TemporaryError
 from barge.fs.backup import BackupOptions
 from barge.fs.restore import restore_tree
 from barge.repo.crypto import KdfParams
 from barge.repo.repository import Repository
 from barge.storage.local import LocalDirectoryStore
+from devenv.trees import capture
 from tests.capabilities import unreadable_file, without_file_read_override
 from tests.fsbuild import write
 

@@ -8,11 +8,11 @@ import math
 
 import pytest
 
-from barge.devenv.simworld import World
 from bench import scale_stats as st
 from bench.scale import backup_of_namespaces, plan_workload
 from bench.scale_report import failover_figures, grpc_figures, merge_fleet_records, render, render_sweep
 from bench.scale_sim import steady
+from devenv.simworld import World
 
 # -- percentiles ----------------------------------------------------------------------------------
 

@@ -23,8 +23,8 @@ import yaml
 from cryptography import x509
 
 from agent.metrics import AgentMetrics
-from barge.devenv.helm import CHART_DIR, Helm, HelmFailed
 from coordinator.metrics import CoordinatorMetrics
+from devenv.helm import CHART_DIR, Helm, HelmFailed
 
 REPO = CHART_DIR.parents[1]
 RELEASE, NAMESPACE = "barge", "backup-system"

@@ -5,8 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 from agent.main import build_parser as agent_parser
-from barge.devenv.helm import Helm
 from coordinator.main import build_parser as coordinator_parser
+from devenv.helm import Helm
 
 
 def container(kind: str, values: dict[str, Any] | None = None) -> dict[str, Any]:

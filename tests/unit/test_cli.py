@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from barge.cli.main import EXIT_DAMAGED, EXIT_FAILED, EXIT_OK, EXIT_USAGE, main
-from barge.devenv.trees import capture
+from devenv.trees import capture
 from tests.fsbuild import awkward_tree
 
 

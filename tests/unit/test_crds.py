@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from barge.kube.crds import DEFAULT_CRD_FILES, load_crd
+from devenv.crds import DEFAULT_CRD_FILES, load_crd
 
 SEED = Path(__file__).parent.parent / "data" / "dataupload-v2alpha1.txt"
 TYPES = ("string", "boolean", "object", "integer")

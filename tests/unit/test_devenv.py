@@ -11,11 +11,11 @@ import pytest
 from cryptography import x509
 
 from barge.clock import ManualClock
-from barge.devenv.azureserver import LocalAzureServer
-from barge.devenv.pki import make_control_plane_pki
-from barge.devenv.processes import ServerProcess, free_port
-from barge.devenv.tools import tool_path
-from barge.errors import PermanentError, TemporaryError, ToolMissing
+from barge.errors import PermanentError, TemporaryError
+from devenv.azureserver import LocalAzureServer
+from devenv.pki import make_control_plane_pki
+from devenv.processes import ServerProcess, free_port
+from devenv.tools import ToolMissing, tool_path
 
 
 def test_missing_tool_says_how_to_install_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -16,7 +16,6 @@ from barge.control.naming import (
     LABEL_OWNER_NAME,
     LABEL_OWNER_UID,
 )
-from barge.kube.crds import load_crd
 from coordinator.config import CoordinatorConfig
 from coordinator.exposer import EXPOSER_COMMAND, manifests, plan_exposure
 from coordinator.model import (
@@ -26,6 +25,7 @@ from coordinator.model import (
     Observed,
     SnapshotView,
 )
+from devenv.crds import load_crd
 from tests.coordinator_world import (
     OTHER_NODE,
     SOURCE_PVC,

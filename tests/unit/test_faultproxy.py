@@ -9,7 +9,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from barge.devenv.faultproxy import SLOW_DOWN_BODY, FaultPlan, FaultProxy
+from devenv.faultproxy import SLOW_DOWN_BODY, FaultPlan, FaultProxy
 
 
 class Echo(BaseHTTPRequestHandler):

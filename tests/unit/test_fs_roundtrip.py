@@ -9,7 +9,6 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, given, settings
 
-from barge.devenv.trees import capture
 from barge.errors import Canceled, InvalidInput
 from barge.fs.backup import BackupOptions, SourceUnreadable, backup_tree
 from barge.fs.progress import CancelToken
@@ -20,6 +19,7 @@ from barge.repo.pack import BlobType
 from barge.repo.repository import Repository, RepositorySettings
 from barge.repo.tree import Node, encode_tree
 from barge.storage.local import LocalDirectoryStore
+from devenv.trees import capture
 from tests import fsgen
 from tests.fsbuild import MIB, awkward_tree, sparse_file, write
 from tests.roundtrip import assert_generated_tree_round_trips

@@ -9,7 +9,6 @@ from pathlib import Path
 import pytest
 
 from barge.clock import ManualClock
-from barge.devenv.trees import capture
 from barge.errors import TemporaryError
 from barge.fs.backup import BackupOptions, backup_tree
 from barge.fs.restore import restore_tree
@@ -19,6 +18,7 @@ from barge.repo.gc import LOCK_KEY, GcPolicy, collect_garbage
 from barge.repo.repository import Repository, RepositorySettings
 from barge.repo.session import Session
 from barge.storage.local import LocalDirectoryStore
+from devenv.trees import capture
 from tests.fsbuild import MIB, write
 
 PASSWORD = b"pw"

@@ -26,8 +26,8 @@ from barge.control.messages import (
     VolumeMode,
     Welcome,
 )
-from barge.devenv.pki import ServingPki
 from barge.rpc.client import STANDBY_RETRY_S, AgentClient
+from devenv.pki import ServingPki
 from tests.rpcharness import RecordingHub, make_server, pki_in, wait_until
 
 pytestmark = pytest.mark.timeout(60)

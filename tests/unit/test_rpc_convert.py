@@ -33,7 +33,6 @@ from barge.errors import (
     PermanentError,
     PermissionDenied,
     TemporaryError,
-    ToolMissing,
     Unauthenticated,
 )
 from barge.rpc.convert import command_from_pb, command_to_pb, event_from_pb, event_to_pb
@@ -128,7 +127,6 @@ def test_an_unset_enum_names_the_field() -> None:
         (Unauthenticated("x"), grpc.StatusCode.UNAUTHENTICATED),
         (PermissionDenied("x"), grpc.StatusCode.PERMISSION_DENIED),
         (CorruptionDetected("x"), grpc.StatusCode.FAILED_PRECONDITION),
-        (ToolMissing("x"), grpc.StatusCode.FAILED_PRECONDITION),
         (PermanentError("x"), grpc.StatusCode.FAILED_PRECONDITION),
         (Canceled("x"), grpc.StatusCode.CANCELLED),
         (BargeError("x"), grpc.StatusCode.INTERNAL),

@@ -22,11 +22,11 @@ from barge.control.messages import (
     VolumeMode,
     Welcome,
 )
-from barge.devenv.pki import ServingPki
 from barge.errors import InvalidInput, NotFound
 from barge.rpc.convert import command_from_pb
 from barge.rpc.generated import control_pb2 as pb
 from barge.rpc.server import SERVICE_NAME, ControlServer, ServerTls
+from devenv.pki import ServingPki
 from tests.rpcharness import (
     TOKENS,
     RawAgent,

@@ -8,10 +8,10 @@ from typing import Any
 import pytest
 
 from barge.clock import ManualClock
-from barge.devenv.simrules import node_fits_pod, pdb_status, pick_node, selector_matches
-from barge.devenv.simsnapshots import format_quantity, quantity_bytes
-from barge.devenv.waiting import wait_for
 from barge.errors import TemporaryError
+from devenv.simrules import node_fits_pod, pdb_status, pick_node, selector_matches
+from devenv.simsnapshots import format_quantity, quantity_bytes
+from devenv.waiting import wait_for
 
 NOW = datetime(2026, 1, 1, tzinfo=UTC)
 

@@ -1,6 +1,6 @@
 """The Velero tier: the unmodified Velero server and CLI drive Barge, as in a user's cluster.
 
-Each module gets its own cluster (``barge.devenv.velerocluster``): a control plane with Velero's own
+Each module gets its own cluster (``devenv.velerocluster``): a control plane with Velero's own
 CRDs, a simulated cluster, Barge, and ``velero server`` with the AWS plugin, all on one
 BackupStorageLocation in the session's MinIO. Tests drive only the ``velero`` CLI, as a user would,
 and check what Velero, Barge and the bucket hold afterwards.
@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from barge.devenv.s3server import S3Endpoint
-from barge.devenv.velerocluster import VeleroCluster, velero_cluster
-from barge.devenv.veleroserver import S3Location
+from devenv.s3server import S3Endpoint
+from devenv.velerocluster import VeleroCluster, velero_cluster
+from devenv.veleroserver import S3Location
 
 
 def print_logs(workdir: Path) -> None:

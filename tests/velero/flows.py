@@ -6,10 +6,10 @@ import os
 from pathlib import Path
 from typing import Any
 
-from barge.devenv.simsnapshots import copy_volume_data
-from barge.devenv.velerocluster import VeleroCluster
-from barge.devenv.waiting import wait_for
 from barge.kube.resources import BACKUP, DATA_UPLOAD, PERSISTENT_VOLUME_CLAIM, RESTORE
+from devenv.simsnapshots import copy_volume_data
+from devenv.velerocluster import VeleroCluster
+from devenv.waiting import wait_for
 from tests.fsbuild import MIB, sparse_file
 
 APP = "shop"

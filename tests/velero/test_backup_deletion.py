@@ -15,11 +15,6 @@ from urllib.parse import urlencode
 import pytest
 
 from barge.control.naming import LABEL_MANAGED_BY, MANAGED_BY
-from barge.devenv.faultproxy import FaultProxy
-from barge.devenv.s3server import S3Endpoint
-from barge.devenv.velerocluster import VeleroCluster
-from barge.devenv.veleroserver import S3Location, folders
-from barge.devenv.waiting import wait_for
 from barge.kube.resources import (
     BACKUP,
     DATA_UPLOAD,
@@ -32,6 +27,11 @@ from barge.kube.resources import (
 )
 from barge.repo.repository import Repository, RepositoryNotFound
 from barge.storage.url import open_store
+from devenv.faultproxy import FaultProxy
+from devenv.s3server import S3Endpoint
+from devenv.velerocluster import VeleroCluster
+from devenv.veleroserver import S3Location, folders
+from devenv.waiting import wait_for
 from tests.fsbuild import write
 
 pytestmark = pytest.mark.integration

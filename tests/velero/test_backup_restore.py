@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from barge.devenv.trees import capture
-from barge.devenv.velerocluster import VeleroCluster
-from barge.devenv.waiting import wait_for
 from barge.kube.resources import DATA_DOWNLOAD, NAMESPACE, VOLUME_SNAPSHOT, VOLUME_SNAPSHOT_CONTENT
+from devenv.trees import capture
+from devenv.velerocluster import VeleroCluster
+from devenv.waiting import wait_for
 from tests.fsbuild import MIB, awkward_tree
 from tests.velero.flows import APP, backup, block_image, delete_claims, restore, snapshot_of, uploads
 

@@ -12,12 +12,12 @@ from pathlib import Path
 
 import pytest
 
-from barge.devenv.s3server import S3Endpoint
-from barge.devenv.trees import capture
-from barge.devenv.velerocluster import velero_cluster
-from barge.devenv.veleroserver import S3Location
-from barge.devenv.waiting import wait_for
 from barge.kube.resources import BACKUP, NAMESPACE
+from devenv.s3server import S3Endpoint
+from devenv.trees import capture
+from devenv.velerocluster import velero_cluster
+from devenv.veleroserver import S3Location
+from devenv.waiting import wait_for
 from tests.fsbuild import awkward_tree
 from tests.velero.conftest import print_logs
 from tests.velero.flows import backup, block_image, restore

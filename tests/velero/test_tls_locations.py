@@ -10,11 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from barge.devenv.s3server import LocalS3Server, S3Endpoint
-from barge.devenv.velerocluster import VeleroCluster
-from barge.devenv.veleroserver import S3Location
-from barge.devenv.waiting import wait_for
 from barge.kube.resources import BACKUP_STORAGE_LOCATION, NAMESPACE
+from devenv.s3server import LocalS3Server, S3Endpoint
+from devenv.velerocluster import VeleroCluster
+from devenv.veleroserver import S3Location
+from devenv.waiting import wait_for
 from tests.fsbuild import awkward_tree
 from tests.velero.flows import backup, uploads
 

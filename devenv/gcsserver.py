@@ -15,9 +15,9 @@ from pathlib import Path
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from barge.devenv.processes import ServerProcess, TemporaryServer, free_port, http_ok
-from barge.devenv.tools import tool_path
 from barge.errors import TemporaryError
+from devenv.processes import ServerProcess, TemporaryServer, free_port, http_ok
+from devenv.tools import tool_path
 
 _START_TIMEOUT = 60.0
 

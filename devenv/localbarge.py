@@ -1,6 +1,6 @@
 """Barge running for real on one machine: coordinator and agent processes, a simulated cluster.
 
-Shared by the end-to-end tests and ``barge demo``. Against a local control plane (real etcd +
+Shared by the end-to-end tests and the demo (``make demo``). Against a local control plane (real etcd +
 kube-apiserver) and ``SimCluster`` (which plays the kubelet, scheduler and CSI driver), it creates
 what the Helm chart would (namespaces, the agents' ServiceAccount and pods, a BackupStorageLocation
 with a local-directory repository, the repository password Secret), starts coordinator replicas
@@ -20,12 +20,6 @@ from typing import Any
 from urllib.parse import unquote, urlsplit
 
 from barge.control.naming import PLURALS
-from barge.devenv.controlplane import ControlPlaneEndpoints
-from barge.devenv.pki import make_serving_pki
-from barge.devenv.processes import ServerProcess, free_port
-from barge.devenv.service import Backend, LocalService
-from barge.devenv.simcluster import SimCluster
-from barge.devenv.waiting import wait_for, wait_for_deletion, wait_for_phase
 from barge.errors import BargeError, Conflict, NotFound
 from barge.kube.resources import (
     BACKUP_STORAGE_LOCATION,
@@ -42,6 +36,12 @@ from barge.kube.resources import (
     Resource,
 )
 from barge.velero.bsl import repository_url
+from devenv.controlplane import ControlPlaneEndpoints
+from devenv.pki import make_serving_pki
+from devenv.processes import ServerProcess, free_port
+from devenv.service import Backend, LocalService
+from devenv.simcluster import SimCluster
+from devenv.waiting import wait_for, wait_for_deletion, wait_for_phase
 
 Obj = dict[str, Any]
 AGENT_LABELS = {"app.kubernetes.io/name": "barge-agent"}

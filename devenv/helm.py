@@ -16,8 +16,8 @@ from typing import Any
 
 import yaml
 
-from barge.devenv.tools import tool_path
 from barge.errors import PermanentError
+from devenv.tools import tool_path
 
 CHART_DIR = Path(__file__).resolve().parents[2] / "charts" / "barge"
 _TIMEOUT = 300.0

@@ -13,7 +13,7 @@ import socket
 import threading
 from dataclasses import dataclass
 
-from barge.devenv.processes import free_port, http_ok
+from devenv.processes import free_port, http_ok
 
 
 @dataclass(frozen=True)

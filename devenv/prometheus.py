@@ -20,10 +20,10 @@ from typing import Any
 
 import yaml
 
-from barge.devenv.processes import ServerProcess, free_port, http_ok
-from barge.devenv.tools import tool_path
-from barge.devenv.waiting import wait_for
 from barge.errors import InvalidInput, PermanentError
+from devenv.processes import ServerProcess, free_port, http_ok
+from devenv.tools import tool_path
+from devenv.waiting import wait_for
 
 _START_TIMEOUT = 60.0
 Obj = dict[str, Any]

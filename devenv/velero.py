@@ -1,6 +1,6 @@
 """The objects Velero creates for data movement, shaped exactly as it creates them.
 
-Used by the end-to-end tests and ``barge demo`` to play Velero's part: its CSI plugin creates a
+Used by the end-to-end tests and the demo (``make demo``) to play Velero's part: its CSI plugin creates a
 DataUpload per volume of a backup; its restore creates the target PVC (pending, with a selector on
 ``velero.io/dynamic-pv-restore``) and a DataDownload.
 """

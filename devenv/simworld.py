@@ -14,7 +14,7 @@ from typing import Any
 from kubernetes.client.exceptions import ApiException
 
 from barge.clock import Clock
-from barge.devenv.simapi import (
+from devenv.simapi import (
     HTTP_CONFLICT,
     HTTP_NOT_FOUND,
     NODES,
@@ -35,7 +35,7 @@ PVC_PROTECTION = "kubernetes.io/pvc-protection"
 PV_PROTECTION = "kubernetes.io/pv-protection"
 _MAX_ERRORS = 200
 
-log = logging.getLogger("barge.devenv.sim")
+log = logging.getLogger("devenv.sim")
 
 
 def key(obj: Obj) -> tuple[str, str]:

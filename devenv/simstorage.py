@@ -5,10 +5,10 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from barge.devenv.simapi import PVCS, PVS, STORAGE_CLASSES, Obj
-from barge.devenv.simrules import claim_names, pod_is_active, selector_matches
-from barge.devenv.simsnapshots import SnapshotData, SnapshotRegistry, copy_volume_data, quantity_bytes
-from barge.devenv.simworld import DRIVER, PV_PROTECTION, PVC_PROTECTION, SimContext, World, key, remove_path
+from devenv.simapi import PVCS, PVS, STORAGE_CLASSES, Obj
+from devenv.simrules import claim_names, pod_is_active, selector_matches
+from devenv.simsnapshots import SnapshotData, SnapshotRegistry, copy_volume_data, quantity_bytes
+from devenv.simworld import DRIVER, PV_PROTECTION, PVC_PROTECTION, SimContext, World, key, remove_path
 
 SNAPSHOT_GROUP = "snapshot.storage.k8s.io"
 _UNCLAIMED = (None, "Pending", "Available")

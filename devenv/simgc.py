@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from barge.devenv.simapi import PODS, PVCS, VOLUME_SNAPSHOTS, Obj, Resource
-from barge.devenv.simworld import SimContext, World, key
+from devenv.simapi import PODS, PVCS, VOLUME_SNAPSHOTS, Obj, Resource
+from devenv.simworld import SimContext, World, key
 
 FOREGROUND = "foregroundDeletion"
 

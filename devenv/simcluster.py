@@ -1,6 +1,6 @@
 """A simulated kubelet, scheduler, CSI driver and controllers around a real kube-apiserver.
 
-The test control plane (and ``barge demo``) runs only etcd + kube-apiserver. ``SimCluster`` plays
+The test control plane (and the demo (``make demo``)) runs only etcd + kube-apiserver. ``SimCluster`` plays
 every missing component by writing objects through the real API, as envtest users do, so Barge's
 coordinator and agents run unmodified: pods get scheduled and Running, PVCs get provisioned (from
 CSI snapshots too) and bound, volumes appear at the kubelet's paths on the node's filesystem,
@@ -26,7 +26,8 @@ from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
 from barge.clock import Clock, SystemClock
-from barge.devenv.simapi import (
+from barge.errors import InvalidInput, NotFound
+from devenv.simapi import (
     HTTP_CONFLICT,
     HTTP_NOT_FOUND,
     HTTP_TOO_MANY_REQUESTS,
@@ -43,9 +44,9 @@ from barge.devenv.simapi import (
     Resource,
     Rest,
 )
-from barge.devenv.simgc import GarbageCollector
-from barge.devenv.simpods import DisruptionController, Kubelets, Scheduler
-from barge.devenv.simsnapshots import (
+from devenv.simgc import GarbageCollector
+from devenv.simpods import DisruptionController, Kubelets, Scheduler
+from devenv.simsnapshots import (
     SnapshotController,
     SnapshotData,
     SnapshotRegistry,
@@ -54,9 +55,8 @@ from barge.devenv.simsnapshots import (
     format_quantity,
     tree_size,
 )
-from barge.devenv.simstorage import StorageController
-from barge.devenv.simworld import DRIVER, ROOT_ANNOTATION, SimContext, World, key, remove_path
-from barge.errors import InvalidInput, NotFound
+from devenv.simstorage import StorageController
+from devenv.simworld import DRIVER, ROOT_ANNOTATION, SimContext, World, key, remove_path
 
 __all__ = ["DRIVER", "SimCluster"]
 

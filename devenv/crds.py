@@ -27,10 +27,10 @@ DEFAULT_CRD_FILES = (
 
 
 def load_crd(file_name: str) -> dict[str, Any]:
-    text = resources.files("barge").joinpath("crds", file_name).read_text()
+    text = resources.files("devenv").joinpath("crds", file_name).read_text()
     document = yaml.safe_load(text)
     if not isinstance(document, dict) or document.get("kind") != "CustomResourceDefinition":
-        raise ValueError(f"barge/crds/{file_name} is not a CustomResourceDefinition")
+        raise ValueError(f"devenv/crds/{file_name} is not a CustomResourceDefinition")
     return document
 
 

@@ -19,9 +19,9 @@ from typing import Any
 
 import yaml
 
-from barge.devenv.pki import ControlPlanePki, make_control_plane_pki
-from barge.devenv.processes import ServerProcess, free_port, http_ok
-from barge.devenv.tools import tool_path
+from devenv.pki import ControlPlanePki, make_control_plane_pki
+from devenv.processes import ServerProcess, free_port, http_ok
+from devenv.tools import tool_path
 
 SERVICE_ACCOUNT_ISSUER = "https://kubernetes.default.svc.cluster.local"
 _START_TIMEOUT = 90.0

@@ -2,7 +2,7 @@
 
 A handle ``sim-snap:<id>`` names a directory (Filesystem) or image file (Block) recorded in
 ``<root>/snapshots/<id>.json``; the registry lives on disk so any process sharing the root (a test,
-``barge demo``, a second simulator) resolves the same handles. The registry is the storage system:
+the demo (``make demo``), a second simulator) resolves the same handles. The registry is the storage system:
 a record is a storage snapshot, and it lives until a VolumeSnapshotContent with deletionPolicy
 Delete that names it is deleted (``SnapshotRegistry.live`` lists what is left, so tests see leaks).
 
@@ -24,8 +24,8 @@ from typing import Any
 
 from kubernetes.utils import parse_quantity
 
-from barge.devenv.simapi import VOLUME_SNAPSHOT_CONTENTS, VOLUME_SNAPSHOTS, Obj
-from barge.devenv.simworld import DRIVER, SimContext, World, key, remove_path
+from devenv.simapi import VOLUME_SNAPSHOT_CONTENTS, VOLUME_SNAPSHOTS, Obj
+from devenv.simworld import DRIVER, SimContext, World, key, remove_path
 
 HANDLE_PREFIX = "sim-snap:"
 CONTENT_FINALIZER = "snapshot.storage.kubernetes.io/volumesnapshotcontent-bound-protection"

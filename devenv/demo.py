@@ -1,4 +1,4 @@
-"""``barge demo``: Barge's main job end to end on one machine, driven by the real Velero.
+"""The demo (``make demo``): Barge's main job end to end on one machine, driven by the real Velero.
 
 A real etcd + kube-apiserver, a simulated two-node cluster, MinIO as the backup storage location,
 the coordinator and two agents as processes, and the unmodified ``velero`` server and CLI (all
@@ -10,6 +10,7 @@ bit-exact. The location's folders and the VolumeSnapshots left over are shown at
 
 from __future__ import annotations
 
+import argparse
 import shutil
 import sys
 import tempfile
@@ -18,12 +19,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from barge.devenv.s3server import LocalS3Server
-from barge.devenv.simsnapshots import copy_volume_data
-from barge.devenv.trees import capture, sample_volume
-from barge.devenv.velerocluster import VeleroCluster, velero_cluster
-from barge.devenv.veleroserver import S3Location, folders
-from barge.devenv.waiting import wait_for
 from barge.errors import BargeError
 from barge.kube.resources import (
     BACKUP,
@@ -36,6 +31,12 @@ from barge.kube.resources import (
     VOLUME_SNAPSHOT_CONTENT,
     Resource,
 )
+from devenv.s3server import LocalS3Server
+from devenv.simsnapshots import copy_volume_data
+from devenv.trees import capture, sample_volume
+from devenv.velerocluster import VeleroCluster, velero_cluster
+from devenv.veleroserver import S3Location, folders
+from devenv.waiting import wait_for
 
 Say = Callable[[str], None]
 APP = "shop"
@@ -183,3 +184,15 @@ def _progress_line(cr: dict[str, Any]) -> str:
     if status.get("node"):
         line += f" on {status['node']}"
     return line
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m devenv.demo", description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--keep", action="store_true", help="keep the work directory (logs, volumes, repository)"
+    )
+    return run_demo(keep=parser.parse_args(argv).keep)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

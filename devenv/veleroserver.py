@@ -27,14 +27,8 @@ from typing import Any
 
 import yaml
 
-from barge.devenv.controlplane import ControlPlaneEndpoints
-from barge.devenv.processes import ServerProcess, free_port, http_ok
-from barge.devenv.s3server import S3Endpoint
-from barge.devenv.tools import tool_path
-from barge.devenv.waiting import wait_for_deletion, wait_for_phase
 from barge.errors import InvalidInput, NotFound, TemporaryError
 from barge.kube.client import api_client
-from barge.kube.crds import apply_crd
 from barge.kube.resources import (
     BACKUP_STORAGE_LOCATION,
     DEPLOYMENT,
@@ -44,6 +38,12 @@ from barge.kube.resources import (
     KubeObjects,
     Resource,
 )
+from devenv.controlplane import ControlPlaneEndpoints
+from devenv.crds import apply_crd
+from devenv.processes import ServerProcess, free_port, http_ok
+from devenv.s3server import S3Endpoint
+from devenv.tools import tool_path
+from devenv.waiting import wait_for_deletion, wait_for_phase
 
 Obj = dict[str, Any]
 CREDENTIALS_SECRET = "cloud-credentials"  # noqa: S105 - a Secret's name, as `velero install` names it

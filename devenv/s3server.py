@@ -1,4 +1,4 @@
-"""A real S3 server (MinIO, built from pinned Go modules) on loopback, for tests and ``barge demo``."""
+"""A real S3 server (MinIO, built from pinned Go modules) on loopback, for tests and the demo."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ import ssl
 from dataclasses import dataclass
 from pathlib import Path
 
-from barge.devenv.pki import make_serving_pki
-from barge.devenv.processes import ServerProcess, TemporaryServer, free_port, http_ok
-from barge.devenv.tools import tool_path
+from devenv.pki import make_serving_pki
+from devenv.processes import ServerProcess, TemporaryServer, free_port, http_ok
+from devenv.tools import tool_path
 
 _START_TIMEOUT = 60.0
 

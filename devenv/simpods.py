@@ -6,17 +6,17 @@ from collections import Counter
 from pathlib import Path
 
 from barge.control.naming import kubelet_volume_path
-from barge.devenv.simapi import NODES, PDBS, PODS, STRATEGIC_PATCH, Obj, Rest
-from barge.devenv.simrules import (
+from devenv.simapi import NODES, PDBS, PODS, STRATEGIC_PATCH, Obj, Rest
+from devenv.simrules import (
     TERMINAL_PHASES,
     claim_names,
     pdb_status,
     pick_node,
     pod_is_active,
 )
-from barge.devenv.simsnapshots import quantity_bytes
-from barge.devenv.simstorage import prepare_empty
-from barge.devenv.simworld import SimContext, World, key, remove_path
+from devenv.simsnapshots import quantity_bytes
+from devenv.simstorage import prepare_empty
+from devenv.simworld import SimContext, World, key, remove_path
 
 DEFAULT_SCHEDULER = "default-scheduler"
 

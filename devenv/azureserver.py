@@ -13,9 +13,9 @@ import secrets
 from dataclasses import dataclass
 from email.utils import formatdate
 
-from barge.devenv.processes import ServerProcess, TemporaryServer, free_port, http_answers
-from barge.devenv.tools import tool_path
 from barge.errors import TemporaryError
+from devenv.processes import ServerProcess, TemporaryServer, free_port, http_answers
+from devenv.tools import tool_path
 
 _START_TIMEOUT = 60.0
 _API_VERSION = "2021-08-06"

@@ -10,7 +10,11 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from barge.errors import ToolMissing
+from barge.errors import PermanentError
+
+
+class ToolMissing(PermanentError):
+    """A program the development environment needs is not installed (says how to install it)."""
 
 
 def cache_dir() -> Path:

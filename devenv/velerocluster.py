@@ -12,13 +12,13 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from barge.devenv.controlplane import ControlPlaneEndpoints, LocalControlPlane
-from barge.devenv.localbarge import LocalBarge
-from barge.devenv.simcluster import SimCluster
-from barge.devenv.veleroserver import LocalVelero, S3Location, create_bucket
 from barge.kube.client import api_client
-from barge.kube.crds import SNAPSHOT_CRDS, install_crds
 from barge.kube.resources import KubeObjects
+from devenv.controlplane import ControlPlaneEndpoints, LocalControlPlane
+from devenv.crds import SNAPSHOT_CRDS, install_crds
+from devenv.localbarge import LocalBarge
+from devenv.simcluster import SimCluster
+from devenv.veleroserver import LocalVelero, S3Location, create_bucket
 
 
 @dataclass
