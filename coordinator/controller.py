@@ -37,6 +37,7 @@ from barge.kube.resources import (
     Resource,
 )
 from barge.kube.status import StatusWriter
+from barge.retry import Backoff
 from coordinator.config import CoordinatorConfig
 from coordinator.decide import decide
 from coordinator.executor import Executor
@@ -52,7 +53,7 @@ log = structlog.get_logger("barge.coordinator")
 
 Obj = Mapping[str, Any]
 _CR_KINDS = ("DataUpload", "DataDownload")
-_ERROR_BACKOFF_MAX_S = 60.0
+_ERROR_BACKOFF = Backoff(first_s=0.5, max_s=60.0)
 _ADMISSION_INTERVAL_S = 0.25
 _ADMISSION_REFRESH_S = 2.0
 
@@ -262,7 +263,7 @@ class Controller:
             self._failures.pop(key, None)
         except BargeError as err:
             self._failures[key] += 1
-            delay = min(0.5 * 2 ** (self._failures[key] - 1), _ERROR_BACKOFF_MAX_S)
+            delay = _ERROR_BACKOFF.delay(self._failures[key])
             self._metrics.api_errors.labels(type(err).__name__).inc()
             log.warning(
                 "reconcile failed; retrying",

@@ -21,14 +21,14 @@ from kubernetes import client
 from barge.clock import Clock, SystemClock
 from barge.errors import BargeError, Expired, InvalidInput
 from barge.kube.resources import KubeObjects, Listing, Obj, Resource, WatchStream, object_key
+from barge.retry import Backoff
 
 log = logging.getLogger(__name__)
 
 EventHandler = Callable[[str, Obj], None]
 Key = tuple[str, str]
 
-_BACKOFF_FIRST_S = 0.5
-_BACKOFF_MAX_S = 30.0
+_RELIST_BACKOFF = Backoff(first_s=0.5, max_s=30.0)
 _MAX_WATCH_S = 300
 
 
@@ -117,7 +117,7 @@ class Informer:
                 if self._stopping.is_set():
                     break
                 failures += 1
-                delay = min(_BACKOFF_FIRST_S * 2 ** (failures - 1), _BACKOFF_MAX_S)
+                delay = _RELIST_BACKOFF.delay(failures)
                 log.warning("informer for %s: %s; retrying in %.1fs", self.resource.plural, err, delay)
                 self._stopping.wait(delay)
             if self._clock.monotonic() >= next_resync and not self._stopping.is_set():

@@ -31,6 +31,7 @@ from barge.control.messages import (
 )
 from barge.control.ports import CommandHandler
 from barge.errors import BargeError, InvalidInput
+from barge.retry import Backoff
 from barge.rpc.convert import command_from_pb, event_from_pb, event_to_pb
 from barge.rpc.generated import control_pb2 as pb
 from barge.rpc.generated import control_pb2_grpc as pb_grpc
@@ -38,8 +39,7 @@ from barge.rpc.status import STANDBY_REFUSAL
 
 log = logging.getLogger(__name__)
 
-BACKOFF_MIN_S = 0.5
-BACKOFF_MAX_S = 30.0
+RECONNECT_BACKOFF = Backoff(first_s=0.5, max_s=30.0)
 # A standby's refusal is not an overload: the Service sends the next connection to another replica,
 # so retry soon (a leader may be elected any moment, e.g. when the API server answers again).
 STANDBY_RETRY_S = (0.5, 3.0)
@@ -58,12 +58,6 @@ CLIENT_OPTIONS: tuple[tuple[str, int], ...] = (
 def standby_retry_delay(rng: random.Random) -> float:
     """Seconds to wait after a standby refused the stream: short, jittered, not growing."""
     return rng.uniform(*STANDBY_RETRY_S)
-
-
-def backoff_delay(attempt: int, rng: random.Random) -> float:
-    """Seconds to wait before reconnect ``attempt`` (0 = first retry): doubling, jittered, 0.5..30 s."""
-    ceiling = min(BACKOFF_MAX_S, BACKOFF_MIN_S * 2.0 ** min(attempt, 16))
-    return max(BACKOFF_MIN_S, ceiling * rng.uniform(0.5, 1.0))
 
 
 class Outbox:
@@ -247,7 +241,7 @@ class AgentClient:
                 self._stopping.wait(standby_retry_delay(self._rng))
                 continue
             attempt = 0 if welcomed else attempt + 1
-            self._stopping.wait(backoff_delay(attempt, self._rng))
+            self._stopping.wait(RECONNECT_BACKOFF.delay(attempt + 1, self._rng))
 
     # --- one connection -------------------------------------------------------------------------------
 

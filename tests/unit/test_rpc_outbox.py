@@ -6,7 +6,7 @@ import random
 
 from barge.clock import ManualClock
 from barge.control.messages import AssignmentResult, Heartbeat, Hello, Outcome, ProgressReport
-from barge.rpc.client import BACKOFF_MAX_S, BACKOFF_MIN_S, RESULT_RETENTION_S, Outbox, backoff_delay
+from barge.rpc.client import RECONNECT_BACKOFF, RESULT_RETENTION_S, Outbox
 from barge.rpc.convert import event_from_pb
 
 RESULT = AssignmentResult("a", 1, Outcome.FAILED, message="disk full")
@@ -62,13 +62,22 @@ def test_take_returns_nothing_for_a_closed_stream() -> None:
     assert outbox.waiting() == [RESULT]  # still waiting for the next stream
 
 
-def test_backoff_doubles_with_jitter_between_half_a_second_and_thirty_seconds() -> None:
+def test_reconnects_back_off_doubling_with_jitter_between_half_a_second_and_thirty_seconds() -> None:
     rng = random.Random(7)
-    delays = [[backoff_delay(attempt, rng) for _ in range(50)] for attempt in range(12)]
-    assert all(BACKOFF_MIN_S <= d <= BACKOFF_MAX_S for row in delays for d in row)
-    assert max(delays[0]) == BACKOFF_MIN_S
+    first, most = RECONNECT_BACKOFF.first_s, RECONNECT_BACKOFF.max_s
+    assert (first, most) == (0.5, 30.0)
+    delays = [[RECONNECT_BACKOFF.delay(failures, rng) for _ in range(50)] for failures in range(1, 13)]
+    assert all(first <= d <= most for row in delays for d in row)
+    assert max(delays[0]) == first
     assert min(delays[3]) >= 2.0
     assert max(delays[3]) <= 4.0
-    assert min(delays[11]) >= BACKOFF_MAX_S / 2
+    assert min(delays[11]) >= most / 2
     assert len(set(delays[11])) > 1  # jittered, so agents do not reconnect in lockstep
-    assert backoff_delay(10_000, rng) <= BACKOFF_MAX_S
+    assert RECONNECT_BACKOFF.delay(10_000, rng) <= most
+    assert [RECONNECT_BACKOFF.delay(n) for n in (1, 2, 3, 7, 8)] == [
+        0.5,
+        1.0,
+        2.0,
+        30.0,
+        30.0,
+    ]  # no rng: exact
