@@ -32,7 +32,6 @@ from coordinator.model import (
     Assign,
     AssignmentView,
     BindRestoredVolume,
-    CancelAssignment,
     CreateExposure,
     DeleteExposure,
     DeleteSourceSnapshot,
@@ -50,6 +49,7 @@ from coordinator.model import (
     SetPhase,
     SnapshotState,
     StatusValue,
+    StopAssignment,
     format_timestamp,
 )
 
@@ -202,7 +202,7 @@ def _start_canceling_rule(o: Observed) -> Actions | None:
     active = _active(o)
     actions: list[Action] = [SetPhase(Phase.CANCELING, "canceling: waiting for the agent to stop")]
     if active is not None:
-        actions.append(CancelAssignment(active.node, active.epoch, "canceled by spec.cancel"))
+        actions.append(StopAssignment(active.node, active.epoch, "canceled by spec.cancel"))
     return (*actions, _wait(o, None))
 
 
@@ -244,7 +244,7 @@ def _drain_rule(o: Observed) -> Actions | None:
         reason = f"node {node} is cordoned; at its current rate the transfer would not end within {grace}"
     else:
         return (_wait(o, finish),)
-    return (CancelAssignment(active.node, active.epoch, reason, hand_off=True), _wait(o, None))
+    return (StopAssignment(active.node, active.epoch, reason, hand_off=True), _wait(o, None))
 
 
 def _projected_finish(o: Observed, view: AssignmentView) -> datetime | None:
@@ -297,7 +297,7 @@ def _cancel_resend_rule(o: Observed) -> Actions | None:
     wait = _wait(o, _operation_deadline(o))
     if active is None:
         return (wait,)
-    return (CancelAssignment(active.node, active.epoch, "canceled by spec.cancel"), wait)
+    return (StopAssignment(active.node, active.epoch, "canceled by spec.cancel"), wait)
 
 
 def _finish(o: Observed) -> Actions:
@@ -306,7 +306,7 @@ def _finish(o: Observed) -> Actions:
     actions: list[Action] = []
     active = _active(o)
     if active is not None:
-        actions.append(CancelAssignment(active.node, active.epoch, f"the {o.cr.kind} is {o.cr.phase}"))
+        actions.append(StopAssignment(active.node, active.epoch, f"the {o.cr.kind} is {o.cr.phase}"))
     cleanup = _cleanup(o, f"the {o.cr.kind} is {o.cr.phase}")
     if _needs_hand_over(o):
         actions.extend((_bind(o), _wait(o, None)))
@@ -334,7 +334,7 @@ def _settle(
     actions: list[Action] = []
     active = _active(o)
     if active is not None:
-        actions += [CancelAssignment(active.node, active.epoch, message), RevokeAssignment(active.epoch + 1)]
+        actions += [StopAssignment(active.node, active.epoch, message), RevokeAssignment(active.epoch + 1)]
     fields = (*extra, ("completionTimestamp", format_timestamp(o.now)))
     actions.append(SetPhase(phase, message, fields))
     if phase is Phase.FAILED:
@@ -417,7 +417,7 @@ def _reexpose(o: Observed, reason: str) -> Actions:
     actions: list[Action] = []
     active = _active(o)
     if active is not None:
-        actions.append(CancelAssignment(active.node, active.epoch, reason, hand_off=True))
+        actions.append(StopAssignment(active.node, active.epoch, reason, hand_off=True))
     if _latest_epoch(o) and not _revoked(o):
         actions.append(RevokeAssignment(_latest_epoch(o) + 1))
     actions += [

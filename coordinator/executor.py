@@ -41,7 +41,6 @@ from coordinator.model import (
     Action,
     Assign,
     BindRestoredVolume,
-    CancelAssignment,
     CreateExposure,
     CrView,
     DeleteExposure,
@@ -54,6 +53,7 @@ from coordinator.model import (
     Requeue,
     RevokeAssignment,
     SetPhase,
+    StopAssignment,
     content_handle,
     format_timestamp,
     parse_timestamp,
@@ -70,7 +70,10 @@ _RELEASE_RETRY = timedelta(seconds=5)
 
 
 @dataclass(frozen=True)
-class Outcome:
+class Executed:
+    """What carrying out one reconcile's actions asks of the work queue (not to be confused with
+    ``messages.Outcome``, how an agent's assignment ended)."""
+
     requeue_after: timedelta | None
 
 
@@ -97,7 +100,7 @@ class Executor:
         self._clock = clock
         self._local = threading.local()  # the CR as last read or written by this worker's execute
 
-    def execute(self, cr_obj: Mapping[str, Any], cr: CrView, actions: tuple[Action, ...]) -> Outcome:
+    def execute(self, cr_obj: Mapping[str, Any], cr: CrView, actions: tuple[Action, ...]) -> Executed:
         """Run ``actions`` in order; stop at the first that cannot proceed (the next pass re-decides).
 
         The CR's writes start from ``cr_obj`` (the informer's copy) and then from what each write
@@ -110,7 +113,7 @@ class Executor:
                 requeue = later if requeue is None else min(requeue, later)
                 if not isinstance(action, Requeue):
                     break
-        return Outcome(requeue)
+        return Executed(requeue)
 
     def _one(self, cr_obj: Mapping[str, Any], cr: CrView, action: Action) -> timedelta | None:  # noqa: PLR0912 - one arm per action
         match action:
@@ -130,7 +133,7 @@ class Executor:
                 self._delete_source(action)
             case Assign():
                 return self._assign(cr, action)
-            case CancelAssignment():
+            case StopAssignment():
                 self._hub.cancel(cr.uid, action.node, action.epoch, action.reason, action.hand_off)
             case RecordEvent():
                 if action.type == "Warning":
@@ -412,4 +415,4 @@ def _annotate(values: Mapping[str, str]) -> Any:
     return mutate
 
 
-__all__ = ["Executor", "Outcome", "Phase", "parse_timestamp"]
+__all__ = ["Executed", "Executor", "Phase", "parse_timestamp"]

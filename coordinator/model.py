@@ -540,7 +540,7 @@ class Assign:
 
 
 @dataclass(frozen=True)
-class CancelAssignment:
+class StopAssignment:
     """Send ``barge.control.messages.CancelAssignment`` to the agent on ``node`` (if connected)
     and record ``cancel_sent_at`` in the hub."""
 
@@ -604,7 +604,7 @@ Action = (
     | ReleaseSourceSnapshot
     | DeleteSourceSnapshot
     | Assign
-    | CancelAssignment
+    | StopAssignment
     | RevokeAssignment
     | RecordEvent
     | Requeue

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from importlib import resources
+from pathlib import Path
 from typing import Any
 
 import yaml
@@ -11,6 +11,7 @@ from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
 from barge.errors import TemporaryError
+from devenv.helm import CHART_DIR
 
 HTTP_CONFLICT = 409
 SNAPSHOT_CRDS = (  # the CSI snapshot CRDs, which Velero does not install
@@ -26,11 +27,19 @@ DEFAULT_CRD_FILES = (
 )
 
 
+CRD_DIRS = (
+    CHART_DIR / "files" / "crds",  # what the chart installs (crds.install): one copy, shipped there
+    Path(__file__).resolve().parent / "crds",  # test-only variants (an older Velero's DataUpload)
+)
+
+
 def load_crd(file_name: str) -> dict[str, Any]:
-    text = resources.files("devenv").joinpath("crds", file_name).read_text()
-    document = yaml.safe_load(text)
+    path = next((folder / file_name for folder in CRD_DIRS if (folder / file_name).is_file()), None)
+    if path is None:
+        raise ValueError(f"no CRD file {file_name} in {', '.join(str(d) for d in CRD_DIRS)}")
+    document = yaml.safe_load(path.read_text())
     if not isinstance(document, dict) or document.get("kind") != "CustomResourceDefinition":
-        raise ValueError(f"devenv/crds/{file_name} is not a CustomResourceDefinition")
+        raise ValueError(f"{path} is not a CustomResourceDefinition")
     return document
 
 

@@ -19,7 +19,7 @@ import yaml
 from barge.errors import PermanentError
 from devenv.tools import tool_path
 
-CHART_DIR = Path(__file__).resolve().parents[2] / "charts" / "barge"
+CHART_DIR = Path(__file__).resolve().parents[1] / "charts" / "barge"
 _TIMEOUT = 300.0
 
 

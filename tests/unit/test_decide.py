@@ -24,7 +24,6 @@ from coordinator.model import (
     Assign,
     AssignmentView,
     BindRestoredVolume,
-    CancelAssignment,
     ContentView,
     CreateExposure,
     CrView,
@@ -45,6 +44,7 @@ from coordinator.model import (
     SetPhase,
     SnapshotState,
     SnapshotView,
+    StopAssignment,
 )
 from tests.coordinator_world import (
     NODE,
@@ -384,8 +384,8 @@ def test_prepared_cancel_cleans_up() -> None:
     cr = replace(prepared(upload_cr(cancel=True)), fence=Fence(1, NODE))
     actions = decide(observed(cr, exposure=exposure(), assignment=sent))
     assert phase_after(actions) is Phase.CANCELED
-    assert of_type(actions, CancelAssignment) == [
-        CancelAssignment(NODE, 1, "canceled by spec.cancel in phase Prepared")
+    assert of_type(actions, StopAssignment) == [
+        StopAssignment(NODE, 1, "canceled by spec.cancel in phase Prepared")
     ]
     assert_cleaned_up(actions)
 
@@ -538,7 +538,7 @@ def progress_world(cr: CrView | None = None, **changes: object) -> Observed:
 def test_in_progress_cancel_starts_canceling() -> None:
     actions = decide(progress_world(replace(in_progress(upload_cr()), cancel=True)))
     assert phase_after(actions) is Phase.CANCELING
-    assert of_type(actions, CancelAssignment) == [CancelAssignment(NODE, 1, "canceled by spec.cancel")]
+    assert of_type(actions, StopAssignment) == [StopAssignment(NODE, 1, "canceled by spec.cancel")]
     assert not of_type(actions, DeleteExposure)
 
 
@@ -606,13 +606,13 @@ def test_in_progress_agent_failed_fails() -> None:
     assert step.phase is Phase.FAILED
     assert step.message == "the agent on node node-a failed: disk read error"
     assert_cleaned_up(actions)
-    assert not of_type(actions, CancelAssignment)  # it already stopped
+    assert not of_type(actions, StopAssignment)  # it already stopped
 
 
 def test_in_progress_handed_off_reexposes() -> None:
     actions = decide(progress_world(assignment=finished(Outcome.HANDED_OFF, message="drained")))
     assert_reexposed(actions)
-    assert not of_type(actions, CancelAssignment)
+    assert not of_type(actions, StopAssignment)
 
 
 def test_in_progress_operation_timeout_fails() -> None:
@@ -624,7 +624,7 @@ def test_in_progress_operation_timeout_fails() -> None:
         "timed out after 4h0m0s (operationTimeout) waiting for the agent on node node-a to move more "
         "data (5 of 10 bytes done)"
     )
-    assert CancelAssignment(NODE, 1, step.message) in actions
+    assert StopAssignment(NODE, 1, step.message) in actions
     assert RevokeAssignment(2) in actions
     assert_cleaned_up(actions)
     custom = replace(in_progress(upload_cr()), operation_timeout=timedelta(minutes=10))
@@ -642,7 +642,7 @@ def test_in_progress_operation_timeout_fails() -> None:
 def test_in_progress_pod_lost_reexposes(pod: PodView | None) -> None:
     actions = decide(progress_world(exposure=replace(exposure(), pod=pod)))
     assert_reexposed(actions)
-    (cancel,) = of_type(actions, CancelAssignment)
+    (cancel,) = of_type(actions, StopAssignment)
     assert cancel.hand_off  # type: ignore[attr-defined]
     assert (cancel.node, cancel.epoch) == (NODE, 1)  # type: ignore[attr-defined]
     assert of_type(actions, RevokeAssignment) == [RevokeAssignment(2)]
@@ -689,7 +689,7 @@ def test_in_progress_cordoned_node_hands_off_when_it_cannot_finish_in_grace() ->
     }
     for case, world in (("slow", slow), ("no_rate", no_rate), ("over", over)):
         assert decide(world) == (
-            CancelAssignment(NODE, 1, reasons[case], hand_off=True),
+            StopAssignment(NODE, 1, reasons[case], hand_off=True),
             Requeue(MAX_WAIT),
         ), case
 
@@ -701,7 +701,7 @@ def test_in_progress_handoff_unconfirmed_reexposes() -> None:
     assert decide(world) == (Requeue(timedelta(seconds=30)),)
     actions = decide(replace(world, now=T0 + minutes(11)))
     assert_reexposed(actions)
-    assert not of_type(actions, CancelAssignment)  # already asked
+    assert not of_type(actions, StopAssignment)  # already asked
 
 
 def test_in_progress_restarted_agent_is_reassigned() -> None:
@@ -775,7 +775,7 @@ def test_canceling_timeout_canceled() -> None:
 def test_canceling_resends_cancel() -> None:
     assert only_waits(decide(canceling_world()))
     not_sent = decide(canceling_world(assignment=running()))
-    assert of_type(not_sent, CancelAssignment) == [CancelAssignment(NODE, 1, "canceled by spec.cancel")]
+    assert of_type(not_sent, StopAssignment) == [StopAssignment(NODE, 1, "canceled by spec.cancel")]
 
 
 # -------------------------------------------------------------------------------- deletion, terminal
@@ -791,7 +791,7 @@ def test_deleting_non_final_cancels_and_cleans_up(phase: Phase) -> None:
     assert step is not None
     assert step.phase is Phase.CANCELED
     assert step.message == "the DataUpload was deleted before it finished"
-    assert CancelAssignment(NODE, 1, step.message) in actions
+    assert StopAssignment(NODE, 1, step.message) in actions
     assert_cleaned_up(actions)
     assert not of_type(actions, RemoveFinalizer)
 
@@ -805,7 +805,7 @@ def test_deleting_without_finalizer_or_exposure_does_nothing() -> None:
 def test_terminal_cancels_leftover_assignment(phase: Phase) -> None:
     cr = replace(in_progress(upload_cr()), phase=phase)
     actions = decide(progress_world(cr, exposure=ExposureView()))
-    assert of_type(actions, CancelAssignment) == [CancelAssignment(NODE, 1, f"the DataUpload is {phase}")]
+    assert of_type(actions, StopAssignment) == [StopAssignment(NODE, 1, f"the DataUpload is {phase}")]
     assert phase_after(actions) is None
 
 

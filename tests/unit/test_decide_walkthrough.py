@@ -16,7 +16,6 @@ from coordinator.model import (
     Assign,
     AssignmentView,
     BindRestoredVolume,
-    CancelAssignment,
     CreateExposure,
     DeleteExposure,
     DeleteSourceSnapshot,
@@ -34,6 +33,7 @@ from coordinator.model import (
     RevokeAssignment,
     SetPhase,
     SnapshotView,
+    StopAssignment,
     parse_timestamp,
 )
 from tests.coordinator_world import (
@@ -96,7 +96,7 @@ def apply_to_volumes(world: Observed, action: Action) -> Observed:
         return replace(world, snapshot=SnapshotView(), source_content=None)
     if isinstance(action, DeleteSourceSnapshot):
         return replace(world, snapshot=SnapshotView(), source_content=None)
-    assert isinstance(action, (Requeue, RecordEvent, CancelAssignment, BindRestoredVolume))
+    assert isinstance(action, (Requeue, RecordEvent, StopAssignment, BindRestoredVolume))
     if isinstance(action, BindRestoredVolume):
         return replace(
             world, target_pvc=replace(TARGET_PVC, volume_name=action.pv_name), exposure=ExposureView()
