@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 from typing import Any
 
@@ -10,8 +9,8 @@ import yaml
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
-from barge.errors import TemporaryError
 from devenv.helm import CHART_DIR
+from devenv.waiting import wait_for
 
 HTTP_CONFLICT = 409
 SNAPSHOT_CRDS = (  # the CSI snapshot CRDs, which Velero does not install
@@ -62,13 +61,11 @@ def apply_crd(api: client.ApiClient, crd: dict[str, Any], timeout: float = 30.0)
 
 
 def _wait_established(extensions: client.ApiextensionsV1Api, name: str, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+    def established() -> bool:
         conditions = extensions.read_custom_resource_definition(name).status.conditions or []
-        if any(c.type == "Established" and c.status == "True" for c in conditions):
-            return
-        time.sleep(0.1)
-    raise TemporaryError(f"CRD {name} not Established after {timeout:.0f}s")
+        return any(c.type == "Established" and c.status == "True" for c in conditions)
+
+    wait_for(established, timeout, what=f"CRD {name} to be Established", interval=0.1)
 
 
 def install_crds(api: client.ApiClient, files: tuple[str, ...] = DEFAULT_CRD_FILES) -> None:

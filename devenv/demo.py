@@ -14,7 +14,6 @@ import argparse
 import shutil
 import sys
 import tempfile
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -154,18 +153,17 @@ def _follow(
     cluster: VeleroCluster, resource: Resource, name: str, say: Say, *, movers: Resource, selector: str
 ) -> dict[str, Any]:
     """Print the Velero object's phase and each data mover CR's progress until Velero is done."""
-    deadline = time.monotonic() + 600
     printed: dict[str, str] = {}
-    while time.monotonic() < deadline:
+
+    def finished() -> dict[str, Any] | None:
         obj = cluster.objects.get(resource, cluster.velero.namespace, name)
         phase = (obj.get("status") or {}).get("phase") or "New"
         _print_once(printed, resource.kind, f"{resource.kind} {name}: {phase}", say)
         for cr in cluster.objects.list(movers, cluster.velero.namespace, selector):
             _print_once(printed, cr["metadata"]["name"], _progress_line(cr), say)
-        if phase in FINAL:
-            return obj
-        time.sleep(0.5)
-    raise BargeError(f"{resource.kind} {name} did not finish within 600s; see the logs")
+        return obj if phase in FINAL else None
+
+    return wait_for(finished, 600, what=f"{resource.kind} {name} to finish (see the logs)", interval=0.5)
 
 
 def _print_once(printed: dict[str, str], key: str, line: str, say: Say) -> None:

@@ -16,13 +16,13 @@ import socket
 import ssl
 import subprocess
 import tempfile
-import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Generic, TypeVar
 
 from barge.errors import TemporaryError
+from devenv.waiting import wait_for
 
 _PR_SET_PDEATHSIG = 1
 
@@ -88,8 +88,8 @@ class ServerProcess:
 
     def wait_ready(self, probe: Callable[[], bool], timeout: float, what: str) -> None:
         """Poll ``probe`` until it is true; fail fast if the process exits, with its log tail."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
+
+        def ready() -> bool:
             code = self.exit_code()
             if code is not None:
                 raise TemporaryError(
@@ -97,12 +97,16 @@ class ServerProcess:
                     f"{self.log_tail()}"
                 )
             with contextlib.suppress(OSError):
-                if probe():
-                    return
-            time.sleep(0.1)
-        raise TemporaryError(
-            f"{self.name} not {what} after {timeout:.0f}s; log {self.log_path}:\n{self.log_tail()}"
-        )
+                return bool(probe())
+            return False
+
+        try:
+            wait_for(ready, timeout, what=f"{self.name} {what}", interval=0.1)
+        except TemporaryError:
+            if self.exit_code() is not None:
+                raise  # it says so, with the log tail
+            log = f"log {self.log_path}:\n{self.log_tail()}"
+            raise TemporaryError(f"{self.name} not {what} after {timeout:.0f}s; {log}") from None
 
     def pause(self) -> None:
         """SIGSTOP: the process keeps its sockets but answers nothing (an unresponsive server)."""

@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-import time
 import uuid
 from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
 from kubernetes import client
 
+from barge.errors import TemporaryError
 from barge.kube.resources import KubeObjects, Resource
+from devenv.waiting import wait_for
 from tests.integration.objects import data_upload
 
 T = TypeVar("T")
@@ -39,12 +40,8 @@ def named_upload(namespace: str, name: str) -> dict[str, Any]:
 
 
 def eventually(probe: Callable[[], T | None], timeout: float = 10.0, interval: float = 0.05) -> T:
-    """Poll ``probe`` until it returns something truthy; fail with the last value otherwise."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = probe()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met within {timeout}s (last value {value!r})")
-        time.sleep(interval)
+    """``devenv.waiting.wait_for`` for a test: its timeout fails the test as an assertion."""
+    try:
+        return wait_for(probe, timeout, what="the test's condition", interval=interval)
+    except TemporaryError as err:
+        raise AssertionError(str(err)) from None
