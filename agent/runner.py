@@ -48,6 +48,7 @@ from barge.fs.block import backup_device, restore_device
 from barge.fs.progress import CancelToken
 from barge.fs.restore import restore_tree
 from barge.repo.repository import Repository
+from barge.repo.snapshot import SnapshotKind
 
 log = structlog.get_logger("barge.agent")
 
@@ -198,7 +199,7 @@ class AssignmentRunner:
         tags = dict(a.tags) | identity
         block = a.volume_mode is VolumeMode.BLOCK
         policy = unreadable_policy(a.data_mover_config)
-        parent = repo.latest_snapshot("block" if block else "fs", tags=identity)
+        parent = repo.latest_snapshot(SnapshotKind.BLOCK if block else SnapshotKind.FILESYSTEM, tags=identity)
         workers = self._workers(PARALLEL_FILES_UPLOAD_KEY)
         options = BackupOptions(workers=workers, on_unreadable=policy, parent=parent, tags=tags)
         backup = backup_device if block else backup_tree

@@ -25,6 +25,7 @@ from barge.repo.check import check_repository
 from barge.repo.gc import collect_garbage
 from barge.repo.relocate import move_repository
 from barge.repo.repository import Repository
+from barge.repo.snapshot import SnapshotKind
 from barge.storage.url import open_store
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_DAMAGED, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
@@ -98,7 +99,7 @@ def cmd_backup(args: argparse.Namespace) -> int:
     repo = _open(args)
     source = Path(args.path).resolve()
     block = args.block or _is_block_device(source)
-    kind = "block" if block else "fs"
+    kind = SnapshotKind.BLOCK if block else SnapshotKind.FILESYSTEM
     parent = (
         None if args.no_parent else (args.parent or repo.latest_snapshot(kind, paths=[os.fsdecode(source)]))
     )
@@ -148,10 +149,10 @@ def _parse_tag(text: str) -> tuple[str, str]:
 
 def cmd_restore(args: argparse.Namespace) -> int:
     repo = _open(args)
-    kind = repo.load_snapshot(args.snapshot_id).get("kind")
+    kind = repo.load_snapshot(args.snapshot_id).kind
     progress = _ProgressLine("restore")
     try:
-        if kind == "block":
+        if kind is SnapshotKind.BLOCK:
             device = restore_device(
                 repo, args.snapshot_id, Path(args.target), zero_fill=args.zero_fill, progress=progress
             )
@@ -161,7 +162,7 @@ def cmd_restore(args: argparse.Namespace) -> int:
             )
     finally:
         progress.close()
-    if kind == "block":
+    if kind is SnapshotKind.BLOCK:
         print(
             f"restored {device.bytes_total:,} bytes to {args.target}: {device.bytes_written:,} written, "
             f"{device.zeroed:,} zero-filled, the rest left as holes"
@@ -179,9 +180,9 @@ def cmd_snapshots(args: argparse.Namespace) -> int:
     repo = _open(args)
     rows = []
     for snapshot_id in repo.snapshot_ids():
-        manifest = repo.load_snapshot(snapshot_id)
-        row = {k: manifest.get(k) for k in ("time", "kind", "hostname", "paths", "tags")}
-        rows.append({"id": snapshot_id, **row, "bytes_total": manifest.get("summary", {}).get("bytes_total")})
+        snapshot = repo.load_snapshot(snapshot_id).to_json()
+        row = {k: snapshot[k] for k in ("time", "kind", "hostname", "paths", "tags")}
+        rows.append({"id": snapshot_id, **row, "bytes_total": snapshot["summary"]["bytes_total"]})
     rows.sort(key=lambda row: str(row["time"]))
     if args.json:
         print(json.dumps(rows))

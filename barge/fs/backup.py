@@ -16,7 +16,7 @@ from collections.abc import Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 from pyfastcdc import FastCDC
 
@@ -26,6 +26,7 @@ from barge.fs.content import make_chunker, store_content
 from barge.fs.progress import CancelToken, Progress, ProgressCallback
 from barge.repo.pack import BlobType
 from barge.repo.repository import Repository, RepositoryWriter
+from barge.repo.snapshot import RootMetadata, Snapshot, SnapshotKind, SnapshotSummary
 from barge.repo.tree import Extent, Node, decode_tree, encode_tree
 
 ErrorPolicy = Literal["fail", "skip"]
@@ -271,8 +272,8 @@ def backup_tree(
         raise InvalidInput(f"cannot back up {source}: not a directory")
     parent_root: Node | None = None
     if options.parent:
-        parent_manifest = repo.load_snapshot(options.parent)
-        parent_root = Node(name=b"", kind="dir", subtree=bytes.fromhex(parent_manifest["tree"]))
+        parent = repo.load_snapshot(options.parent)
+        parent_root = Node(name=b"", kind="dir", subtree=parent.tree)
 
     started = clock.monotonic()
     meter = Progress(scan_total_bytes(source), progress, clock)
@@ -290,29 +291,28 @@ def backup_tree(
         raise
     walk.pool.shutdown(wait=True)
     writer.close()
-    summary: dict[str, Any] = {
-        "files": walk.files,
-        "dirs": walk.dirs,
-        "bytes_total": meter.total,
-        "bytes_read": walk.bytes_read,
-        "bytes_new": writer.stats.bytes_new,
-        "bytes_stored": writer.stats.bytes_stored,
-        "files_unchanged": walk.unchanged,
-        "skipped": len(walk.skipped),
-    }
-    manifest = {
-        "version": 1,
-        "kind": "fs",
-        "time": clock.now().isoformat(),
-        "hostname": socket.gethostname(),
-        "paths": [os.fsdecode(source)],
-        "tags": dict(options.tags),
-        "parent": options.parent,
-        "tree": root.subtree.hex() if root.subtree else None,
-        "root": {"mode": root.mode, "uid": root.uid, "gid": root.gid, "mtime_ns": root.mtime_ns},
-        "summary": summary,
-    }
-    snapshot_id = repo.save_snapshot(manifest)
+    summary = SnapshotSummary(
+        files=walk.files,
+        dirs=walk.dirs,
+        bytes_total=meter.total,
+        bytes_read=walk.bytes_read,
+        bytes_new=writer.stats.bytes_new,
+        bytes_stored=writer.stats.bytes_stored,
+        files_unchanged=walk.unchanged,
+        skipped=len(walk.skipped),
+    )
+    snapshot = Snapshot(
+        kind=SnapshotKind.FILESYSTEM,
+        time=clock.now().isoformat(),
+        hostname=socket.gethostname(),
+        paths=(os.fsdecode(source),),
+        tree=root.subtree or None,
+        summary=summary,
+        tags=dict(options.tags),
+        parent=options.parent,
+        root=RootMetadata(mode=root.mode, uid=root.uid, gid=root.gid, mtime_ns=root.mtime_ns),
+    )
+    snapshot_id = repo.save_snapshot(snapshot)
     meter.finish()
     return BackupResult(
         snapshot_id=snapshot_id,

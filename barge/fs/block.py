@@ -14,7 +14,6 @@ import stat
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from barge.clock import Clock, SystemClock
 from barge.errors import CorruptionDetected, InvalidInput
@@ -24,6 +23,7 @@ from barge.fs.progress import CancelToken, Progress, ProgressCallback
 from barge.repo.pack import BlobType
 from barge.repo.repository import Repository
 from barge.repo.session import Session
+from barge.repo.snapshot import Snapshot, SnapshotKind, SnapshotSummary
 from barge.repo.tree import Node, decode_tree, encode_tree
 
 DEVICE_NODE = b"device"
@@ -81,28 +81,24 @@ def backup_device(
     finally:
         os.close(fd)
     writer.close()
-    summary: dict[str, Any] = {
-        "files": 1,
-        "dirs": 0,
-        "bytes_total": size,
-        "bytes_read": stored.bytes_read,
-        "bytes_new": writer.stats.bytes_new,
-        "bytes_stored": writer.stats.bytes_stored,
-        "files_unchanged": 0,
-        "skipped": 0,
-    }
-    manifest = {
-        "version": 1,
-        "kind": "block",
-        "time": clock.now().isoformat(),
-        "hostname": socket.gethostname(),
-        "paths": [os.fsdecode(device)],
-        "tags": dict(options.tags),
-        "parent": options.parent,
-        "tree": tree_id.hex(),
-        "summary": summary,
-    }
-    snapshot_id = repo.save_snapshot(manifest)
+    summary = SnapshotSummary(
+        files=1,
+        bytes_total=size,
+        bytes_read=stored.bytes_read,
+        bytes_new=writer.stats.bytes_new,
+        bytes_stored=writer.stats.bytes_stored,
+    )
+    snapshot = Snapshot(
+        kind=SnapshotKind.BLOCK,
+        time=clock.now().isoformat(),
+        hostname=socket.gethostname(),
+        paths=(os.fsdecode(device),),
+        tree=tree_id,
+        summary=summary,
+        tags=dict(options.tags),
+        parent=options.parent,
+    )
+    snapshot_id = repo.save_snapshot(snapshot)
     meter.finish()
     return BackupResult(
         snapshot_id=snapshot_id,
@@ -124,12 +120,12 @@ class DeviceRestoreResult:
     zeroed: int
 
 
-def _device_node(repo: Repository, manifest: dict[str, Any], snapshot_id: str) -> Node:
-    if manifest.get("kind") != "block":
-        raise InvalidInput(
-            f"snapshot {snapshot_id[:16]} is a {manifest.get('kind')} snapshot, not a block one"
-        )
-    nodes = decode_tree(repo.read_blob(bytes.fromhex(manifest["tree"])))
+def _device_node(repo: Repository, snapshot: Snapshot, snapshot_id: str) -> Node:
+    if snapshot.kind is not SnapshotKind.BLOCK:
+        raise InvalidInput(f"snapshot {snapshot_id[:16]} is a {snapshot.kind} snapshot, not a block one")
+    if snapshot.tree is None:
+        raise CorruptionDetected(f"block snapshot {snapshot_id[:16]} names no tree")
+    nodes = decode_tree(repo.read_blob(snapshot.tree))
     if len(nodes) != 1 or nodes[0].name != DEVICE_NODE:
         raise CorruptionDetected(f"block snapshot {snapshot_id[:16]} does not describe one device")
     return nodes[0]
@@ -174,11 +170,11 @@ def restore_device(
     """
     clock = clock or SystemClock()
     cancel = cancel or CancelToken()
-    manifest = repo.load_snapshot(snapshot_id)
+    snapshot = repo.load_snapshot(snapshot_id)
     session = Session(repo.store, clock, "restore")
     try:
         repo.load_index()
-        node = _device_node(repo, manifest, snapshot_id)
+        node = _device_node(repo, snapshot, snapshot_id)
         fd, zeroed_already = _open_target(target, node.size)
         meter = Progress(node.size, progress, clock)
         try:

@@ -20,7 +20,6 @@ import threading
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from barge.clock import Clock, SystemClock
 from barge.errors import CorruptionDetected, InvalidInput
@@ -28,6 +27,7 @@ from barge.fs.progress import CancelToken, Progress, ProgressCallback
 from barge.fs.sparse import nonzero_runs, sparse_block
 from barge.repo.repository import Repository
 from barge.repo.session import Session
+from barge.repo.snapshot import Snapshot, SnapshotKind
 from barge.repo.tree import Node, decode_tree
 
 
@@ -251,11 +251,11 @@ def restore_tree(
     The source's holes are always restored as holes; ``sparse`` also leaves all-zero filesystem
     blocks of file data unwritten (holes), as Velero's ``WriteSparseFiles`` asks.
     """
-    manifest: dict[str, Any] = repo.load_snapshot(snapshot_id)
-    if manifest.get("kind") != "fs":
-        raise InvalidInput(
-            f"snapshot {snapshot_id[:16]} is a {manifest.get('kind')} snapshot, not a filesystem one"
-        )
+    snapshot = repo.load_snapshot(snapshot_id)
+    if snapshot.kind is not SnapshotKind.FILESYSTEM:
+        raise InvalidInput(f"snapshot {snapshot_id[:16]} is a {snapshot.kind} snapshot, not a filesystem one")
+    if snapshot.root is None:
+        raise CorruptionDetected(f"filesystem snapshot {snapshot_id[:16]} records no root directory")
     _prepare_target(target, tolerated)
     clock = clock or SystemClock()
     # Hold a lease for the whole restore and load the index under it, so garbage collection
@@ -263,32 +263,33 @@ def restore_tree(
     session = Session(repo.store, clock, "restore")
     try:
         repo.load_index()
-        meter = Progress(int(manifest["summary"]["bytes_total"]), progress, clock)
+        meter = Progress(snapshot.summary.bytes_total, progress, clock)
         job = _TreeRestore(repo, target, meter, cancel or CancelToken(), workers)
         job.tolerated = tolerated
         if sparse:
             job.sparse_block = sparse_block(os.stat(target).st_blksize)
-        return _restore_under_lease(repo, manifest, target, job)
+        return _restore_under_lease(repo, snapshot, target, job)
     finally:
         session.end()
 
 
 def _restore_under_lease(
-    repo: Repository, manifest: dict[str, Any], target: Path, job: _TreeRestore
+    repo: Repository, snapshot: Snapshot, target: Path, job: _TreeRestore
 ) -> RestoreResult:
     root_fd = os.open(target, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
     pending: list[Future[None]] = []
     try:
-        tree_id = bytes.fromhex(manifest["tree"])
-        job.restore_dir(root_fd, b"", tree_id, pending)
-        for future in pending:
-            future.result()
-        _dir_metadata_pass(repo, root_fd, tree_id, job.as_root)
-        root = manifest["root"]
+        if snapshot.tree is not None:
+            job.restore_dir(root_fd, b"", snapshot.tree, pending)
+            for future in pending:
+                future.result()
+            _dir_metadata_pass(repo, root_fd, snapshot.tree, job.as_root)
+        root = snapshot.root
+        assert root is not None  # checked before the lease
         if job.as_root:
-            os.fchown(root_fd, root["uid"], root["gid"])
-        os.fchmod(root_fd, root["mode"])
-        os.utime(root_fd, ns=(root["mtime_ns"], root["mtime_ns"]))
+            os.fchown(root_fd, root.uid, root.gid)
+        os.fchmod(root_fd, root.mode)
+        os.utime(root_fd, ns=(root.mtime_ns, root.mtime_ns))
     finally:
         job.pool.shutdown(wait=True, cancel_futures=True)
         for fd in list(job.open_fds):

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from barge.errors import CorruptionDetected, NotFound
 from barge.repo.pack import BlobLocation, BlobType, open_blob, pack_key, parse_pack_header
 from barge.repo.repository import Repository
+from barge.repo.snapshot import SnapshotKind
 from barge.repo.tree import decode_tree
 from barge.storage import ObjectNotFound
 
@@ -87,12 +88,12 @@ def _check_snapshots(repo: Repository, report: CheckReport) -> None:
     for snapshot_id in repo.snapshot_ids():
         report.snapshots += 1
         try:
-            manifest = repo.load_snapshot(snapshot_id)
+            snapshot = repo.load_snapshot(snapshot_id)
         except (CorruptionDetected, NotFound) as err:
             report.problems.append(str(err))
             continue
-        if manifest.get("kind") == "fs" and manifest.get("tree"):
-            _check_tree(repo, bytes.fromhex(manifest["tree"]), snapshot_id, seen_trees, report)
+        if snapshot.kind is SnapshotKind.FILESYSTEM and snapshot.tree is not None:
+            _check_tree(repo, snapshot.tree, snapshot_id, seen_trees, report)
 
 
 def _check_tree(

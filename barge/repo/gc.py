@@ -64,8 +64,8 @@ def referenced_blobs(repo: Repository) -> set[bytes]:
     """Every blob reachable from any snapshot (trees and data)."""
     live: set[bytes] = set()
     for snapshot_id in repo.snapshot_ids():
-        manifest = repo.load_snapshot(snapshot_id)
-        stack = [bytes.fromhex(manifest["tree"])] if manifest.get("tree") else []
+        tree = repo.load_snapshot(snapshot_id).tree
+        stack = [tree] if tree is not None else []
         while stack:
             tree_id = stack.pop()
             if tree_id in live:

@@ -35,6 +35,7 @@ from barge.repo.pack import (
     sealed_header_length,
 )
 from barge.repo.session import Session, condemned_packs
+from barge.repo.snapshot import Snapshot, SnapshotKind
 from barge.storage import ObjectExists, ObjectNotFound, ObjectStore
 
 FORMAT_VERSION = 1
@@ -223,13 +224,13 @@ class Repository:
 
     # -- snapshots -------------------------------------------------------------------------------
 
-    def save_snapshot(self, manifest: dict[str, Any]) -> str:
-        sealed = self.keys.seal(json.dumps(manifest, sort_keys=True).encode(), _SNAPSHOT_AAD)
+    def save_snapshot(self, snapshot: Snapshot) -> str:
+        sealed = self.keys.seal(json.dumps(snapshot.to_json(), sort_keys=True).encode(), _SNAPSHOT_AAD)
         snapshot_id = hashlib.sha256(sealed).hexdigest()
         self.store.put(_snapshot_key(snapshot_id), sealed)
         return snapshot_id
 
-    def load_snapshot(self, snapshot_id: str) -> dict[str, Any]:
+    def load_snapshot(self, snapshot_id: str) -> Snapshot:
         key = _snapshot_key(_validate_snapshot_id(snapshot_id))
         try:
             sealed = self.store.get(key)
@@ -237,16 +238,18 @@ class Repository:
             raise NotFound(f"snapshot {snapshot_id} does not exist in {self.store.describe()}") from None
         if hashlib.sha256(sealed).hexdigest() != snapshot_id:
             raise CorruptionDetected(f"snapshot {snapshot_id[:16]}: content does not match its ID")
-        manifest: dict[str, Any] = json.loads(
-            self.keys.open(sealed, _SNAPSHOT_AAD, f"snapshot {snapshot_id[:16]}")
-        )
-        return manifest
+        what = f"snapshot {snapshot_id[:16]}"
+        try:
+            document = json.loads(self.keys.open(sealed, _SNAPSHOT_AAD, what))
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            raise CorruptionDetected(f"{what}: the manifest is not JSON") from None
+        return Snapshot.from_json(document, what)
 
     def snapshot_ids(self) -> list[str]:
         return [info.key.removeprefix("snapshots/") for info in self.store.list("snapshots/")]
 
     def latest_snapshot(
-        self, kind: str, *, paths: list[str] | None = None, tags: Mapping[str, str] | None = None
+        self, kind: SnapshotKind, *, paths: list[str] | None = None, tags: Mapping[str, str] | None = None
     ) -> str | None:
         """The newest snapshot of ``kind`` whose paths equal ``paths`` and whose tags include ``tags``.
 
@@ -254,14 +257,13 @@ class Repository:
         """
         best: tuple[str, str] | None = None
         for snapshot_id in self.snapshot_ids():
-            manifest = self.load_snapshot(snapshot_id)
-            if manifest.get("kind") != kind or (paths is not None and manifest.get("paths") != paths):
+            snapshot = self.load_snapshot(snapshot_id)
+            if snapshot.kind is not kind or (paths is not None and list(snapshot.paths) != paths):
                 continue
-            have = manifest.get("tags") or {}
-            if tags and any(have.get(k) != v for k, v in tags.items()):
+            if tags and any(snapshot.tags.get(k) != v for k, v in tags.items()):
                 continue
-            if best is None or manifest["time"] > best[0]:
-                best = (manifest["time"], snapshot_id)
+            if best is None or snapshot.time > best[0]:
+                best = (snapshot.time, snapshot_id)
         return best[1] if best else None
 
     def forget_snapshot(self, snapshot_id: str) -> None:

@@ -119,8 +119,7 @@ def test_upload_completes_with_what_velero_reads(tmp_path: Path, repo: Repositor
     assert final["completionTimestamp"]
     assert final["dataMoverResult"]["barge.io/files"] == "2"
     assert status.writes[0]["phase"] == "InProgress"
-    manifest = repo.load_snapshot(result.snapshot_id)
-    assert manifest["tags"]["barge.io/source-pvc"] == "data-0"
+    assert repo.load_snapshot(result.snapshot_id).tags["barge.io/source-pvc"] == "data-0"
 
 
 def test_second_upload_uses_the_previous_snapshot_as_parent(tmp_path: Path, repo: Repository) -> None:
@@ -130,7 +129,7 @@ def test_second_upload_uses_the_previous_snapshot_as_parent(tmp_path: Path, repo
     first = runner(tmp_path, assignment(), MemoryStatus(), repo).run()
     status = MemoryStatus()
     second = runner(tmp_path, assignment(), status, repo).run()
-    assert repo.load_snapshot(second.snapshot_id)["parent"] == first.snapshot_id
+    assert repo.load_snapshot(second.snapshot_id).parent == first.snapshot_id
     assert status.status["dataMoverResult"]["barge.io/files-unchanged"] == "1"
     assert second.bytes_new == 0
 

@@ -17,6 +17,7 @@ from barge.fs.sparse import nonzero_runs
 from barge.repo.crypto import KdfParams
 from barge.repo.pack import BlobType
 from barge.repo.repository import Repository, RepositorySettings
+from barge.repo.snapshot import RootMetadata, Snapshot, SnapshotKind, SnapshotSummary
 from barge.repo.tree import Node, encode_tree
 from barge.storage.local import LocalDirectoryStore
 from devenv.trees import capture
@@ -201,15 +202,7 @@ def test_restore_refuses_names_that_escape_the_target(repo: Repository, tmp_path
         tree = writer.add_blob(
             BlobType.TREE, encode_tree([Node(name=name, kind="file", size=5, content=((blob, 5),))])
         )
-    snapshot = repo.save_snapshot(
-        {
-            "version": 1,
-            "kind": "fs",
-            "tree": tree.hex(),
-            "root": {"mode": 0o755, "uid": 0, "gid": 0, "mtime_ns": 0},
-            "summary": {"bytes_total": 5},
-        }
-    )
+    snapshot = repo.save_snapshot(crafted_snapshot(tree, bytes_total=5))
     with pytest.raises(UnsafeName):
         restore_tree(repo, snapshot, tmp_path / "target" / "inner")
     assert not (tmp_path / "target" / "escape").exists()
@@ -232,15 +225,7 @@ def test_restore_does_not_follow_a_symlink_planted_by_the_snapshot(repo: Reposit
         with pytest.raises(ValueError, match="duplicate name"):
             encode_tree([Node(name=b"d", kind="symlink", target=b"/"), Node(name=b"d", kind="file")])
     del blob
-    snapshot = repo.save_snapshot(
-        {
-            "version": 1,
-            "kind": "fs",
-            "tree": tree.hex(),
-            "root": {"mode": 0o755, "uid": 0, "gid": 0, "mtime_ns": 0},
-            "summary": {"bytes_total": 0},
-        }
-    )
+    snapshot = repo.save_snapshot(crafted_snapshot(tree))
     restore_tree(repo, snapshot, tmp_path / "target")
     assert os.readlink(tmp_path / "target" / "d") == str(outside)
     assert list(outside.iterdir()) == []
@@ -254,3 +239,16 @@ def test_generated_trees_round_trip_bit_exact(tmp_path: Path, tree: fsgen.Dir) -
     case.mkdir()
     repo = Repository.init(LocalDirectoryStore(case / "repo"), PASSWORD, SETTINGS, KdfParams.for_tests())
     assert_generated_tree_round_trips(repo, case, tree)
+
+
+def crafted_snapshot(tree: bytes, bytes_total: int = 0) -> Snapshot:
+    """A manifest for a tree the test wrote by hand (as a hostile repository could hold)."""
+    return Snapshot(
+        kind=SnapshotKind.FILESYSTEM,
+        time="2026-03-01T12:00:00+00:00",
+        hostname="crafted",
+        paths=("/x",),
+        tree=tree,
+        summary=SnapshotSummary(bytes_total=bytes_total),
+        root=RootMetadata(mode=0o755, uid=0, gid=0, mtime_ns=0),
+    )

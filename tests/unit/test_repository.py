@@ -11,6 +11,7 @@ from barge.errors import CorruptionDetected, InvalidInput, NotFound
 from barge.repo.crypto import KdfParams, WrongPassword
 from barge.repo.pack import BlobType, pack_key
 from barge.repo.repository import Repository, RepositoryNotFound, RepositorySettings
+from barge.repo.snapshot import Snapshot, SnapshotKind, SnapshotSummary
 from barge.storage.local import LocalDirectoryStore
 
 PASSWORD = b"correct horse battery staple"
@@ -91,9 +92,19 @@ def test_password_change_keeps_the_data(tmp_path: Path) -> None:
 
 def test_snapshot_manifests_round_trip_and_forget(tmp_path: Path) -> None:
     repo = new_repo(tmp_path)
-    snapshot_id = repo.save_snapshot({"kind": "fs", "tree": "00" * 32})
+    snapshot = Snapshot(
+        kind=SnapshotKind.BLOCK,
+        time="2026-03-01T12:00:00+00:00",
+        hostname="h",
+        paths=("/dev/x",),
+        tree=bytes(32),
+        summary=SnapshotSummary(files=1, bytes_total=10),
+        tags={"k": "v"},
+        parent="ab" * 32,
+    )
+    snapshot_id = repo.save_snapshot(snapshot)
     assert repo.snapshot_ids() == [snapshot_id]
-    assert repo.load_snapshot(snapshot_id)["kind"] == "fs"
+    assert repo.load_snapshot(snapshot_id) == snapshot
     repo.forget_snapshot(snapshot_id)
     assert repo.snapshot_ids() == []
     with pytest.raises(NotFound):
