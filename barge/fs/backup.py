@@ -290,7 +290,6 @@ def backup_tree(
         writer.abort()
         raise
     walk.pool.shutdown(wait=True)
-    writer.close()
     summary = SnapshotSummary(
         files=walk.files,
         dirs=walk.dirs,
@@ -312,7 +311,7 @@ def backup_tree(
         parent=options.parent,
         root=RootMetadata(mode=root.mode, uid=root.uid, gid=root.gid, mtime_ns=root.mtime_ns),
     )
-    snapshot_id = repo.save_snapshot(snapshot)
+    snapshot_id = writer.commit(snapshot)
     meter.finish()
     return BackupResult(
         snapshot_id=snapshot_id,

@@ -80,7 +80,6 @@ def backup_device(
         raise
     finally:
         os.close(fd)
-    writer.close()
     summary = SnapshotSummary(
         files=1,
         bytes_total=size,
@@ -98,7 +97,7 @@ def backup_device(
         tags=dict(options.tags),
         parent=options.parent,
     )
-    snapshot_id = repo.save_snapshot(snapshot)
+    snapshot_id = writer.commit(snapshot)
     meter.finish()
     return BackupResult(
         snapshot_id=snapshot_id,

@@ -436,6 +436,20 @@ class RepositoryWriter:
             self._write_index()
         return adopted
 
+    def commit(self, snapshot: Snapshot) -> str:
+        """Flush, write ``snapshot``'s manifest, then end the session; returns the snapshot ID.
+
+        The manifest is written while this session's lease still holds: garbage collection sweeps
+        only once every session older than its mark has ended, so a manifest written after the
+        session ended could name packs a concurrent sweep had just deleted. A writer whose lease
+        lapsed (frozen, partitioned) refuses to commit."""
+        try:
+            self.flush()
+            self.session.ensure_valid()
+            return self.repo.save_snapshot(snapshot)
+        finally:
+            self.close()
+
     def close(self) -> None:
         """Flush, then end the session. Idempotent. Errors from uploads surface here."""
         if self._closed:
