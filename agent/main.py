@@ -28,7 +28,7 @@ from barge.kube.client import api_client
 from barge.kube.resources import BACKUP_STORAGE_LOCATION, SECRET, KubeObjects
 from barge.kube.status import StatusWriter
 from barge.logs import configure_logging
-from barge.observe import ObservabilityServer, stop_on_signals
+from barge.probes import ObservabilityServer, stop_on_signals
 from barge.repo.repository import RepositorySettings
 from barge.rpc.client import AgentClient
 

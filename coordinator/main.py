@@ -31,7 +31,7 @@ from barge.kube.client import api_client
 from barge.kube.leader import LeaderElector
 from barge.kube.tokenreview import KubeAuthenticator
 from barge.logs import configure_logging
-from barge.observe import ObservabilityServer, stop_on_signals
+from barge.probes import ObservabilityServer, stop_on_signals
 from barge.rpc.server import ControlServer, ServerTls
 from coordinator.config import CoordinatorConfig
 from coordinator.controller import Controller

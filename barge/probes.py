@@ -1,5 +1,7 @@
-"""Process plumbing shared by the coordinator and the agent: the HTTP endpoint for ``/metrics``
-(Prometheus), ``/healthz`` (alive) and ``/readyz``, and SIGTERM/SIGINT as a stop event.
+"""What Kubernetes probes and Prometheus scrapes, shared by the coordinator and the agent: one
+HTTP endpoint for ``/metrics``, ``/healthz`` (alive) and ``/readyz``, and SIGTERM/SIGINT as a stop
+event. (Named for what it serves, apart from the coordinator's ``world.observe``, which reads the
+caches.)
 
 ``/readyz`` answers 200 only while ``ready()`` is true.
 """
