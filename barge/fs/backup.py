@@ -58,6 +58,50 @@ class BackupResult:
     skipped: tuple[str, ...] = ()
 
 
+@dataclass(frozen=True)
+class Backed:
+    """What a backup of either kind hands to ``finish_backup``: the part that differs."""
+
+    kind: SnapshotKind
+    source: Path
+    tree: bytes | None
+    counts: SnapshotSummary  # files, dirs, bytes_total, bytes_read, files_unchanged, skipped
+    root: RootMetadata | None = None
+    skipped: tuple[str, ...] = ()
+
+
+def finish_backup(
+    writer: RepositoryWriter, backed: Backed, options: BackupOptions, clock: Clock, started: float
+) -> BackupResult:
+    """The end every backup shares: complete the summary with what the writer stored, commit the
+    manifest (``RepositoryWriter.commit``: before the session ends) and report."""
+    summary = replace(backed.counts, bytes_new=writer.stats.bytes_new, bytes_stored=writer.stats.bytes_stored)
+    snapshot = Snapshot(
+        kind=backed.kind,
+        time=clock.now().isoformat(),
+        hostname=socket.gethostname(),
+        paths=(os.fsdecode(backed.source),),
+        tree=backed.tree,
+        summary=summary,
+        tags=dict(options.tags),
+        parent=options.parent,
+        root=backed.root,
+    )
+    snapshot_id = writer.commit(snapshot)
+    return BackupResult(
+        snapshot_id=snapshot_id,
+        files=summary.files,
+        dirs=summary.dirs,
+        bytes_total=summary.bytes_total,
+        bytes_read=summary.bytes_read,
+        bytes_new=summary.bytes_new,
+        bytes_stored=summary.bytes_stored,
+        files_unchanged=summary.files_unchanged,
+        duration_s=clock.monotonic() - started,
+        skipped=backed.skipped,
+    )
+
+
 def scan_total_bytes(source: Path) -> int:
     """The apparent size of every regular file below ``source``: the progress total, known up front."""
     total = 0
@@ -263,18 +307,8 @@ def backup_tree(
     options = options or BackupOptions()
     clock = clock or SystemClock()
     cancel = cancel or CancelToken()
-    source_bytes = os.fsencode(source)
-    try:
-        root_stat = os.stat(source_bytes)
-    except OSError as err:
-        raise InvalidInput(f"cannot back up {source}: {err.strerror}") from err
-    if not stat.S_ISDIR(root_stat.st_mode):
-        raise InvalidInput(f"cannot back up {source}: not a directory")
-    parent_root: Node | None = None
-    if options.parent:
-        parent = repo.load_snapshot(options.parent)
-        parent_root = Node(name=b"", kind="dir", subtree=parent.tree)
-
+    source_bytes, root_stat = _source_directory(source)
+    parent_root = _parent_root(repo, options.parent)
     started = clock.monotonic()
     meter = Progress(scan_total_bytes(source), progress, clock)
     writer = repo.writer()
@@ -290,38 +324,35 @@ def backup_tree(
         writer.abort()
         raise
     walk.pool.shutdown(wait=True)
-    summary = SnapshotSummary(
+    counts = SnapshotSummary(
         files=walk.files,
         dirs=walk.dirs,
         bytes_total=meter.total,
         bytes_read=walk.bytes_read,
-        bytes_new=writer.stats.bytes_new,
-        bytes_stored=writer.stats.bytes_stored,
         files_unchanged=walk.unchanged,
         skipped=len(walk.skipped),
     )
-    snapshot = Snapshot(
-        kind=SnapshotKind.FILESYSTEM,
-        time=clock.now().isoformat(),
-        hostname=socket.gethostname(),
-        paths=(os.fsdecode(source),),
-        tree=root.subtree or None,
-        summary=summary,
-        tags=dict(options.tags),
-        parent=options.parent,
-        root=RootMetadata(mode=root.mode, uid=root.uid, gid=root.gid, mtime_ns=root.mtime_ns),
-    )
-    snapshot_id = writer.commit(snapshot)
+    root_meta = RootMetadata(mode=root.mode, uid=root.uid, gid=root.gid, mtime_ns=root.mtime_ns)
+    tree = root.subtree or None
+    backed = Backed(SnapshotKind.FILESYSTEM, source, tree, counts, root_meta, tuple(walk.skipped))
+    result = finish_backup(writer, backed, options, clock, started)
     meter.finish()
-    return BackupResult(
-        snapshot_id=snapshot_id,
-        files=walk.files,
-        dirs=walk.dirs,
-        bytes_total=meter.total,
-        bytes_read=walk.bytes_read,
-        bytes_new=writer.stats.bytes_new,
-        bytes_stored=writer.stats.bytes_stored,
-        files_unchanged=walk.unchanged,
-        duration_s=clock.monotonic() - started,
-        skipped=tuple(walk.skipped),
-    )
+    return result
+
+
+def _source_directory(source: Path) -> tuple[bytes, os.stat_result]:
+    source_bytes = os.fsencode(source)
+    try:
+        root_stat = os.stat(source_bytes)
+    except OSError as err:
+        raise InvalidInput(f"cannot back up {source}: {err.strerror}") from err
+    if not stat.S_ISDIR(root_stat.st_mode):
+        raise InvalidInput(f"cannot back up {source}: not a directory")
+    return source_bytes, root_stat
+
+
+def _parent_root(repo: Repository, parent_id: str | None) -> Node | None:
+    """The parent snapshot's root, whose unchanged files are reused without reading."""
+    if not parent_id:
+        return None
+    return Node(name=b"", kind="dir", subtree=repo.load_snapshot(parent_id).tree)

@@ -9,7 +9,6 @@ write only the data extents; holes are left alone on a fresh file (it reads back
 from __future__ import annotations
 
 import os
-import socket
 import stat
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -17,7 +16,7 @@ from pathlib import Path
 
 from barge.clock import Clock, SystemClock
 from barge.errors import CorruptionDetected, InvalidInput
-from barge.fs.backup import BackupOptions, BackupResult
+from barge.fs.backup import Backed, BackupOptions, BackupResult, finish_backup
 from barge.fs.content import device_size, make_chunker, store_content
 from barge.fs.progress import CancelToken, Progress, ProgressCallback
 from barge.repo.pack import BlobType
@@ -80,36 +79,12 @@ def backup_device(
         raise
     finally:
         os.close(fd)
-    summary = SnapshotSummary(
-        files=1,
-        bytes_total=size,
-        bytes_read=stored.bytes_read,
-        bytes_new=writer.stats.bytes_new,
-        bytes_stored=writer.stats.bytes_stored,
+    counts = SnapshotSummary(files=1, bytes_total=size, bytes_read=stored.bytes_read)
+    result = finish_backup(
+        writer, Backed(SnapshotKind.BLOCK, device, tree_id, counts), options, clock, started
     )
-    snapshot = Snapshot(
-        kind=SnapshotKind.BLOCK,
-        time=clock.now().isoformat(),
-        hostname=socket.gethostname(),
-        paths=(os.fsdecode(device),),
-        tree=tree_id,
-        summary=summary,
-        tags=dict(options.tags),
-        parent=options.parent,
-    )
-    snapshot_id = writer.commit(snapshot)
     meter.finish()
-    return BackupResult(
-        snapshot_id=snapshot_id,
-        files=1,
-        dirs=0,
-        bytes_total=size,
-        bytes_read=stored.bytes_read,
-        bytes_new=writer.stats.bytes_new,
-        bytes_stored=writer.stats.bytes_stored,
-        files_unchanged=0,
-        duration_s=clock.monotonic() - started,
-    )
+    return result
 
 
 @dataclass(frozen=True)
