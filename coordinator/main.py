@@ -27,7 +27,7 @@ from barge.clock import SystemClock
 from barge.control.messages import AgentEvent
 from barge.control.ports import AgentSession
 from barge.errors import BargeError, InvalidInput, TemporaryError
-from barge.kube.client import api_client
+from barge.kube.client import ApiClient, api_client
 from barge.kube.leader import LeaderElector
 from barge.kube.tokenreview import KubeAuthenticator
 from barge.logs import configure_logging
@@ -133,16 +133,7 @@ def run(args: argparse.Namespace) -> int:
     metrics = CoordinatorMetrics()
     hub = Hub(clock, metrics)
     leading = threading.Event()
-    server = ControlServer(
-        LeaderGate(hub, leading),
-        KubeAuthenticator(api, args.agent_service_account, (args.token_audience,)),
-        address=f"{args.grpc_address}:{args.grpc_port}",
-        tls=ServerTls(Path(args.tls_cert_file), Path(args.tls_key_file)),
-        clock=clock,
-        heartbeat_interval_s=args.heartbeat_interval,
-        agent_timeout_s=args.agent_timeout,
-        coordinator_id=identity,
-    )
+    server = _control_server(args, api, LeaderGate(hub, leading), clock, identity)
 
     def new_controller() -> Controller:
         """Fresh informer caches every leader term: nothing from an earlier term is trusted."""
@@ -158,18 +149,7 @@ def run(args: argparse.Namespace) -> int:
         )
 
     def new_elector(on_started: Callable[[], None], on_stopped: Callable[[], None]) -> LeaderElector:
-        return LeaderElector(
-            api,
-            args.leader_election_namespace,
-            args.leader_election_id,
-            identity,
-            clock=clock,
-            on_started=on_started,
-            on_stopped=on_stopped,
-            lease_duration_s=args.lease_duration,
-            renew_deadline_s=args.lease_duration * 2 / 3,
-            retry_period_s=max(0.5, args.lease_duration / 7.5),
-        )
+        return _elector(args, api, identity, clock, on_started=on_started, on_stopped=on_stopped)
 
     leadership = Leadership(
         hub=hub,
@@ -181,24 +161,69 @@ def run(args: argparse.Namespace) -> int:
         identity=identity,
     )
     metrics.watch_items(leadership.items, clock.now)
+    return _serve(args, server, leadership, metrics)
+
+
+def _control_server(
+    args: argparse.Namespace, api: ApiClient, gate: LeaderGate, clock: SystemClock, identity: str
+) -> ControlServer:
+    return ControlServer(
+        gate,
+        KubeAuthenticator(api, args.agent_service_account, (args.token_audience,)),
+        address=f"{args.grpc_address}:{args.grpc_port}",
+        tls=ServerTls(Path(args.tls_cert_file), Path(args.tls_key_file)),
+        clock=clock,
+        heartbeat_interval_s=args.heartbeat_interval,
+        agent_timeout_s=args.agent_timeout,
+        coordinator_id=identity,
+    )
+
+
+def _elector(
+    args: argparse.Namespace,
+    api: ApiClient,
+    identity: str,
+    clock: SystemClock,
+    *,
+    on_started: Callable[[], None],
+    on_stopped: Callable[[], None],
+) -> LeaderElector:
+    return LeaderElector(
+        api,
+        args.leader_election_namespace,
+        args.leader_election_id,
+        identity,
+        clock=clock,
+        on_started=on_started,
+        on_stopped=on_stopped,
+        lease_duration_s=args.lease_duration,
+        renew_deadline_s=args.lease_duration * 2 / 3,
+        retry_period_s=max(0.5, args.lease_duration / 7.5),
+    )
+
+
+def _serve(
+    args: argparse.Namespace, server: ControlServer, leadership: Leadership, metrics: CoordinatorMetrics
+) -> int:
+    """Serve until SIGTERM: gRPC (refusing agents until this replica leads), probes and metrics."""
     # Every replica is Ready once it serves: a standby that reported not-ready would stall rollouts
     # and block drains through the PodDisruptionBudget. It refuses agent streams instead (UNAVAILABLE),
     # and agents redial until they reach the leader.
-    observability = [ObservabilityServer(args.metrics_address, args.metrics_port, metrics.registry)]
+    probes = [ObservabilityServer(args.metrics_address, args.metrics_port, metrics.registry)]
     if args.health_port:
-        observability.append(ObservabilityServer(args.metrics_address, args.health_port, metrics.registry))
+        probes.append(ObservabilityServer(args.metrics_address, args.health_port, metrics.registry))
     stop_on_signals(leadership.stop)
     server.start()
     server.set_serving(False)
-    for endpoint in observability:
+    for endpoint in probes:
         endpoint.start()
-    log.info("coordinator started", version=__version__, identity=identity, grpc_port=server.port)
+    log.info("coordinator started", version=__version__, identity=leadership.identity, grpc_port=server.port)
     leadership.campaign()
     leadership.stop.wait()
     log.info("shutting down")
     leadership.shut_down()
     server.stop(grace=5)
-    for endpoint in observability:
+    for endpoint in probes:
         endpoint.stop()
     return EXIT_FAILED if leadership.failed.is_set() else EXIT_OK
 
@@ -222,7 +247,7 @@ class Leadership:
         self._hub, self._metrics, self._server = hub, metrics, server
         self._leading = leading
         self._new_controller, self._new_elector = new_controller, new_elector
-        self._identity = identity
+        self.identity = identity
         self.stop = threading.Event()
         self.failed = threading.Event()
         self._lock = threading.Lock()
@@ -277,7 +302,7 @@ class Leadership:
         self._leading.set()
         self._metrics.is_leader.set(1)
         self._server.set_serving(True)
-        log.info("leading: serving DataUploads and DataDownloads", identity=self._identity)
+        log.info("leading: serving DataUploads and DataDownloads", identity=self.identity)
 
     def _stopped(self) -> None:
         self._leading.clear()
