@@ -102,16 +102,7 @@ def run(args: argparse.Namespace) -> int:
     structlog.contextvars.bind_contextvars(node=args.node_name)
     clock = SystemClock()
     api = api_client(Path(args.kubeconfig) if args.kubeconfig else None)
-    objects = KubeObjects(api)
     metrics = AgentMetrics(args.node_name)
-    repositories = BslRepositories(
-        get_bsl=lambda ns, name: objects.get(BACKUP_STORAGE_LOCATION, ns, name),
-        get_secret=lambda ns, name: objects.get(SECRET, ns, name),
-        password_secret=SecretKey.parse(args.repository_password_secret),
-        cache_dir=Path(args.cache_dir),
-        clock=clock,
-        settings=RepositorySettings(compression_level=0 if args.compression == "none" else 3),
-    )
     settings = RunnerSettings(
         node=args.node_name,
         kubelet_root=Path(args.kubelet_root),
@@ -121,13 +112,32 @@ def run(args: argparse.Namespace) -> int:
     agent = Agent(
         settings,
         status=KubeStatusSink(StatusWriter(api), metrics),
-        repositories=repositories,
+        repositories=_repositories(args, KubeObjects(api), clock),
         clock=clock,
         metrics=metrics,
         max_concurrent=args.max_concurrent,
     )
+    client = _client(args, agent, clock)
+    agent.send = client.send
+    # Read at every scrape: set from the probe, the gauge was stale between probes (and 0 without any).
+    metrics.connected.set_function(lambda: 1.0 if client.connected else 0.0)
+    return _serve(args, agent, client, metrics)
+
+
+def _repositories(args: argparse.Namespace, objects: KubeObjects, clock: SystemClock) -> BslRepositories:
+    return BslRepositories(
+        get_bsl=lambda ns, name: objects.get(BACKUP_STORAGE_LOCATION, ns, name),
+        get_secret=lambda ns, name: objects.get(SECRET, ns, name),
+        password_secret=SecretKey.parse(args.repository_password_secret),
+        cache_dir=Path(args.cache_dir),
+        clock=clock,
+        settings=RepositorySettings(compression_level=0 if args.compression == "none" else 3),
+    )
+
+
+def _client(args: argparse.Namespace, agent: Agent, clock: SystemClock) -> AgentClient:
     token_file = Path(args.token_file)
-    client = AgentClient(
+    return AgentClient(
         args.coordinator,
         ca_file=Path(args.ca_file),
         token_source=lambda: _read_token(token_file),
@@ -137,9 +147,10 @@ def run(args: argparse.Namespace) -> int:
         clock=clock,
         server_name_override=args.server_name,
     )
-    agent.send = client.send
-    # Read at every scrape: set from the probe, the gauge was stale between probes (and 0 without any).
-    metrics.connected.set_function(lambda: 1.0 if client.connected else 0.0)
+
+
+def _serve(args: argparse.Namespace, agent: Agent, client: AgentClient, metrics: AgentMetrics) -> int:
+    """Serve until SIGTERM, then hand running work back to the coordinator."""
 
     def ready() -> bool:
         """Ready once running: a lost coordinator shows in barge_agent_connected, not as a stalled rollout."""
