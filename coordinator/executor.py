@@ -9,7 +9,7 @@ a stale cache can never overwrite what an agent wrote meanwhile.
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -19,7 +19,6 @@ import structlog
 from barge.clock import Clock
 from barge.control.naming import ASSIGNMENT_ANNOTATION, FINALIZER, LABEL_OWNER_UID, Fence
 from barge.errors import NotFound, TemporaryError
-from barge.kube.events import EventRecorder
 from barge.kube.resources import (
     PERSISTENT_VOLUME,
     PERSISTENT_VOLUME_CLAIM,
@@ -27,13 +26,10 @@ from barge.kube.resources import (
     POD_DISRUPTION_BUDGET,
     VOLUME_SNAPSHOT,
     VOLUME_SNAPSHOT_CONTENT,
-    KubeObjects,
     Resource,
     resource_for,
 )
-from barge.kube.status import StatusWriter
 from coordinator.exposer import manifests
-from coordinator.hub import Hub
 from coordinator.metrics import CoordinatorMetrics
 from coordinator.model import (
     REEXPOSED_AT_ANNOTATION,
@@ -58,11 +54,11 @@ from coordinator.model import (
     format_timestamp,
     parse_timestamp,
 )
+from coordinator.ports import AgentCommands, CachedLookup, ClusterObjects, CrWrites, EventSink
 
 log = structlog.get_logger("barge.coordinator")
 
 Obj = dict[str, Any]
-CachedLookup = Callable[[Resource, str | None, str], Mapping[str, Any] | None]
 ORIGINAL_RECLAIM_ANNOTATION = "barge.io/original-reclaim-policy"
 DYNAMIC_PV_RESTORE_LABEL = "velero.io/dynamic-pv-restore"
 _ASSIGN_RETRY = timedelta(seconds=2)
@@ -81,10 +77,10 @@ class Executor:
     def __init__(
         self,
         *,
-        objects: KubeObjects,
-        status: StatusWriter,
-        hub: Hub,
-        recorder: EventRecorder,
+        objects: ClusterObjects,
+        status: CrWrites,
+        hub: AgentCommands,
+        recorder: EventSink,
         metrics: CoordinatorMetrics,
         clock: Clock,
         cached: CachedLookup | None = None,

@@ -1,0 +1,201 @@
+"""The executor's writes for the exposure and the restored volume's hand-over, against in-memory
+ports (``coordinator.ports``): which requests each action makes, in which order, and what it
+must leave alone."""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Mapping
+from typing import Any
+
+from barge.control.naming import EXPOSER_BUDGET, LABEL_OWNER_UID
+from barge.errors import NotFound
+from barge.kube.resources import Resource
+from coordinator.executor import ORIGINAL_RECLAIM_ANNOTATION, Executor
+from coordinator.exposer import plan_exposure
+from coordinator.model import BindRestoredVolume, CreateExposure, DeleteExposure
+from tests.coordinator_world import download_cr, observed, upload_cr
+
+Obj = dict[str, Any]
+Key = tuple[str, str | None, str]
+
+
+class FakeObjects:
+    """The ClusterObjects port over a dict: JSON merge patches, uid preconditions, a write log."""
+
+    def __init__(self, *objects: Obj) -> None:
+        self.store: dict[Key, Obj] = {}
+        self.writes: list[str] = []
+        for obj in objects:
+            self.put(obj)
+
+    def put(self, obj: Obj) -> None:
+        meta = obj["metadata"]
+        meta.setdefault("uid", f"uid-{meta['name']}")
+        self.store[(obj["kind"], meta.get("namespace"), meta["name"])] = obj
+
+    def get(self, resource: Resource, namespace: str | None, name: str) -> Obj:
+        try:
+            return copy.deepcopy(self.store[(resource.kind, namespace, name)])
+        except KeyError:
+            raise NotFound(f"{resource.kind} {name}") from None
+
+    def create(self, resource: Resource, body: Obj, exist_ok: bool = False) -> Obj:
+        self.writes.append(f"create {resource.kind} {body['metadata']['name']}")
+        self.put(copy.deepcopy({**body, "kind": resource.kind}))
+        return body
+
+    def patch(
+        self, resource: Resource, namespace: str | None, name: str, patch: Obj, subresource: str = ""
+    ) -> Obj:
+        obj = self.store[(resource.kind, namespace, name)]
+        merge(obj, patch)
+        self.writes.append(f"patch {resource.kind} {name}")
+        return copy.deepcopy(obj)
+
+    def delete(self, resource: Resource, namespace: str | None, name: str, uid: str | None = None) -> bool:
+        obj = self.store.get((resource.kind, namespace, name))
+        if obj is None or (uid is not None and obj["metadata"]["uid"] != uid):
+            return False
+        del self.store[(resource.kind, namespace, name)]
+        self.writes.append(f"delete {resource.kind} {name}")
+        return True
+
+    def cached(self, resource: Resource, namespace: str | None, name: str) -> Mapping[str, Any] | None:
+        return self.store.get((resource.kind, namespace, name))
+
+
+def merge(target: Obj, patch: Mapping[str, Any]) -> None:
+    for key, value in patch.items():
+        if value is None:
+            target.pop(key, None)
+        elif isinstance(value, Mapping) and isinstance(target.get(key), dict):
+            merge(target[key], value)
+        else:
+            target[key] = copy.deepcopy(value)
+
+
+def executor(objects: FakeObjects) -> Executor:
+    unused: Any = None  # ports these actions never touch
+    return Executor(
+        objects=objects,
+        status=unused,
+        hub=unused,
+        recorder=unused,
+        metrics=unused,
+        clock=unused,
+        cached=objects.cached,
+    )
+
+
+def owned(kind: str, name: str, owner_uid: str, namespace: str | None = "velero", **fields: Any) -> Obj:
+    meta: Obj = {"name": name, "labels": {LABEL_OWNER_UID: owner_uid}}
+    if namespace is not None:
+        meta["namespace"] = namespace
+    return {"kind": kind, "metadata": meta, **fields}
+
+
+def test_the_restored_volume_is_handed_to_the_target_claim_keeping_it_safe_throughout() -> None:
+    cr = download_cr()
+    pv = {
+        "kind": "PersistentVolume",
+        "metadata": {"name": "pv-1"},
+        "spec": {"persistentVolumeReclaimPolicy": "Delete", "claimRef": {"name": cr.name}},
+    }
+    target = {
+        "kind": "PersistentVolumeClaim",
+        "metadata": {"namespace": "app-restored", "name": "data", "uid": "uid-target"},
+        "spec": {"selector": {"matchLabels": {"velero.io/dynamic-pv-restore": "app.data.abc"}}},
+    }
+    objects = FakeObjects(
+        pv, target, owned("Pod", cr.name, cr.uid), owned("PersistentVolumeClaim", cr.name, cr.uid)
+    )
+    executor(objects).execute({}, cr, (BindRestoredVolume("pv-1", "app-restored", "data"),))
+    # Retain before the temporary claim goes (or the volume would be deleted with it), then the
+    # hand-over restores the original policy in the same write that points it at the target.
+    assert objects.writes == [
+        "patch PersistentVolume pv-1",
+        "delete Pod restore-1-xyz",
+        "delete PersistentVolumeClaim restore-1-xyz",
+        "patch PersistentVolume pv-1",
+    ]
+    handed = objects.store[("PersistentVolume", None, "pv-1")]
+    assert handed["spec"]["persistentVolumeReclaimPolicy"] == "Delete"
+    assert handed["spec"]["claimRef"] == {
+        "apiVersion": "v1",
+        "kind": "PersistentVolumeClaim",
+        "namespace": "app-restored",
+        "name": "data",
+        "uid": "uid-target",
+    }
+    assert handed["metadata"]["labels"] == {"velero.io/dynamic-pv-restore": "app.data.abc"}
+    assert ORIGINAL_RECLAIM_ANNOTATION not in handed["metadata"].get("annotations", {})
+
+
+def test_a_hand_over_cut_short_keeps_the_policy_it_remembered() -> None:
+    """A predecessor set Retain and remembered Delete, then died: the original is not lost."""
+    cr = download_cr()
+    pv = {
+        "kind": "PersistentVolume",
+        "metadata": {"name": "pv-1", "annotations": {ORIGINAL_RECLAIM_ANNOTATION: "Delete"}},
+        "spec": {"persistentVolumeReclaimPolicy": "Retain"},
+    }
+    target = {"kind": "PersistentVolumeClaim", "metadata": {"namespace": "app-restored", "name": "data"}}
+    objects = FakeObjects(pv, target)
+    executor(objects).execute({}, cr, (BindRestoredVolume("pv-1", "app-restored", "data"),))
+    assert objects.writes == ["patch PersistentVolume pv-1"]  # the claim and pod were already gone
+    assert (
+        objects.store[("PersistentVolume", None, "pv-1")]["spec"]["persistentVolumeReclaimPolicy"] == "Delete"
+    )
+
+
+def test_an_exposure_creates_only_what_the_cache_does_not_show_and_the_budget_before_the_pod() -> None:
+    cr = upload_cr()
+    plan = plan_exposure(observed(cr))
+    objects = FakeObjects(owned("PersistentVolumeClaim", cr.name, cr.uid))
+    executor(objects).execute({}, cr, (CreateExposure(plan),))
+    assert objects.writes == [
+        f"create VolumeSnapshotContent {cr.name}",
+        f"create VolumeSnapshot {cr.name}",
+        f"create PodDisruptionBudget {EXPOSER_BUDGET}",
+        f"create Pod {cr.name}",
+    ]
+    objects.writes.clear()
+    executor(objects).execute({}, cr, (CreateExposure(plan),))
+    assert objects.writes == []  # all there: no request at all
+
+
+def test_cleanup_deletes_only_this_crs_objects_once_and_leaves_the_content_to_the_snapshot_controller() -> (
+    None
+):
+    cr = upload_cr()
+    terminating = owned("Pod", cr.name, cr.uid)
+    terminating["metadata"]["deletionTimestamp"] = "2026-03-01T12:00:00Z"
+    objects = FakeObjects(
+        terminating,  # already going: asking again adds nothing
+        owned("PersistentVolumeClaim", cr.name, "uid-another-cr"),  # same name, not ours
+        owned("VolumeSnapshot", cr.name, cr.uid),
+        owned("VolumeSnapshotContent", cr.name, cr.uid, namespace=None),
+    )
+    executor(objects).execute({}, cr, (DeleteExposure("done", snapshot=True),))
+    assert objects.writes == [f"delete VolumeSnapshot {cr.name}"]
+    executor(objects).execute({}, cr, (DeleteExposure("done", snapshot=True, snapshot_content=True),))
+    assert objects.writes == [f"delete VolumeSnapshot {cr.name}", f"delete VolumeSnapshotContent {cr.name}"]
+    assert ("PersistentVolumeClaim", "velero", cr.name) in objects.store
+
+
+def test_a_reexposure_keeps_the_clone_snapshot() -> None:
+    cr = upload_cr()
+    objects = FakeObjects(
+        owned("Pod", cr.name, cr.uid),
+        owned("PersistentVolumeClaim", cr.name, cr.uid),
+        owned("PodDisruptionBudget", cr.name, cr.uid),  # an earlier version's own budget goes too
+        owned("VolumeSnapshot", cr.name, cr.uid),
+        owned("VolumeSnapshotContent", cr.name, cr.uid, namespace=None),
+    )
+    executor(objects).execute({}, cr, (DeleteExposure("node drained"),))
+    assert objects.writes == [
+        f"delete Pod {cr.name}",
+        f"delete PodDisruptionBudget {cr.name}",
+        f"delete PersistentVolumeClaim {cr.name}",
+    ]
