@@ -44,6 +44,7 @@ from coordinator.executor import Executor
 from coordinator.hub import Hub
 from coordinator.metrics import CoordinatorMetrics
 from coordinator.model import AgentView
+from coordinator.ports import CacheFeed, ControllerAdapters, EventHandler, FeedFactory
 from coordinator.routing import Changes, References, keys_for_event, owner_key
 from coordinator.scheduler import ItemKey, WorkItem, admit
 from coordinator.workqueue import WorkQueue
@@ -58,10 +59,27 @@ _ADMISSION_INTERVAL_S = 0.25
 _ADMISSION_REFRESH_S = 2.0
 
 
+def kubernetes_adapters(api: ApiClient, clock: Clock, identity: str) -> ControllerAdapters:
+    """The controller's adapters on a real API server: informers, objects, guarded CR writes,
+    Events."""
+
+    def feed(
+        resource: Resource, namespace: str | None, selector: str | None, handler: EventHandler
+    ) -> CacheFeed:
+        return Informer(api, resource, namespace, selector, resync_s=300.0, on_event=handler, clock=clock)
+
+    return ControllerAdapters(
+        feeds=feed,
+        objects=KubeObjects(api),
+        status=StatusWriter(api),
+        events=EventRecorder(api, "barge-coordinator", clock, identity),
+    )
+
+
 class InformerCaches:
     """``coordinator.world.Caches`` over the informers, by kind name."""
 
-    def __init__(self, informers: Mapping[str, Informer]) -> None:
+    def __init__(self, informers: Mapping[str, CacheFeed]) -> None:
         self._informers = informers
 
     def get(self, kind: str, namespace: str | None, name: str) -> Obj | None:
@@ -76,7 +94,7 @@ class InformerCaches:
 class Controller:
     def __init__(
         self,
-        api: ApiClient,
+        adapters: ControllerAdapters,
         *,
         namespace: str,
         config: CoordinatorConfig,
@@ -108,14 +126,13 @@ class Controller:
         self._references = References()
         self._changes = Changes()
         self._lock = threading.Lock()
-        self._informers = self._make_informers(api)
+        self._informers = self._make_informers(adapters.feeds)
         self.caches = InformerCaches(self._informers)
-        recorder = EventRecorder(api, "barge-coordinator", clock, identity)
         self._executor = Executor(
-            objects=KubeObjects(api),
-            status=StatusWriter(api),
+            objects=adapters.objects,
+            status=adapters.status,
             hub=hub,
-            recorder=recorder,
+            recorder=adapters.events,
             metrics=metrics,
             clock=clock,
             cached=lambda resource, namespace, name: self.caches.get(resource.kind, namespace, name),
@@ -153,7 +170,7 @@ class Controller:
 
     # -- informers and what they wake up ------------------------------------------------------------
 
-    def _make_informers(self, api: ApiClient) -> dict[str, Informer]:
+    def _make_informers(self, feeds: FeedFactory) -> dict[str, CacheFeed]:
         managed = f"{LABEL_MANAGED_BY}={MANAGED_BY}"
         specs: list[tuple[Resource, str | None, str | None]] = [
             (DATA_UPLOAD, self.namespace, None),
@@ -169,15 +186,7 @@ class Controller:
             (STORAGE_CLASS, None, None),
         ]
         return {
-            resource.kind: Informer(
-                api,
-                resource,
-                namespace,
-                selector,
-                resync_s=300.0,
-                on_event=self._handler(resource.kind),
-                clock=self._clock,
-            )
+            resource.kind: feeds(resource, namespace, selector, self._handler(resource.kind))
             for resource, namespace, selector in specs
         }
 

@@ -34,7 +34,7 @@ from barge.logs import configure_logging
 from barge.probes import ObservabilityServer, stop_on_signals
 from barge.rpc.server import ControlServer, ServerTls
 from coordinator.config import CoordinatorConfig
-from coordinator.controller import Controller
+from coordinator.controller import Controller, kubernetes_adapters
 from coordinator.hub import Hub
 from coordinator.metrics import CR_KINDS, CoordinatorMetrics
 
@@ -138,7 +138,7 @@ def run(args: argparse.Namespace) -> int:
     def new_controller() -> Controller:
         """Fresh informer caches every leader term: nothing from an earlier term is trusted."""
         return Controller(
-            api,
+            kubernetes_adapters(api, clock, identity),
             namespace=args.watch_namespace,
             config=config,
             hub=hub,

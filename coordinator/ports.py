@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 from barge.control.messages import Assignment
@@ -74,3 +75,35 @@ class AgentCommands(Protocol):
 
 
 CachedLookup = Callable[[Resource, str | None, str], Mapping[str, Any] | None]
+
+EventHandler = Callable[[str, Obj], None]  # (event type: ADDED/MODIFIED/DELETED/SYNC, object)
+
+
+class CacheFeed(Protocol):
+    """One kind's informer: a cache kept current by list + watch, calling back on every change
+    (``barge.kube.informer.Informer``)."""
+
+    def start(self) -> None: ...
+
+    def stop(self, timeout: float = 2.0) -> None: ...
+
+    def wait_synced(self, timeout: float) -> bool: ...
+
+    def get(self, namespace: str | None, name: str) -> Obj | None: ...
+
+    def items(self) -> list[Obj]: ...
+
+
+# (resource, namespace or None for all, label selector or None, handler) -> a started-later feed
+FeedFactory = Callable[[Resource, str | None, str | None, EventHandler], CacheFeed]
+
+
+@dataclass(frozen=True)
+class ControllerAdapters:
+    """Everything the controller reads and writes through: the Kubernetes adapter in production
+    (``coordinator.controller.kubernetes_adapters``), in-memory fakes in unit tests."""
+
+    feeds: FeedFactory
+    objects: ClusterObjects
+    status: CrWrites
+    events: EventSink

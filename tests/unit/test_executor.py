@@ -4,75 +4,17 @@ must leave alone."""
 
 from __future__ import annotations
 
-import copy
-from collections.abc import Mapping
 from typing import Any
 
 from barge.control.naming import EXPOSER_BUDGET, LABEL_OWNER_UID
-from barge.errors import NotFound
-from barge.kube.resources import Resource
 from coordinator.executor import ORIGINAL_RECLAIM_ANNOTATION, Executor
 from coordinator.exposer import plan_exposure
 from coordinator.model import BindRestoredVolume, CreateExposure, DeleteExposure
 from tests.coordinator_world import download_cr, observed, upload_cr
+from tests.fakecluster import FakeObjects
 
 Obj = dict[str, Any]
 Key = tuple[str, str | None, str]
-
-
-class FakeObjects:
-    """The ClusterObjects port over a dict: JSON merge patches, uid preconditions, a write log."""
-
-    def __init__(self, *objects: Obj) -> None:
-        self.store: dict[Key, Obj] = {}
-        self.writes: list[str] = []
-        for obj in objects:
-            self.put(obj)
-
-    def put(self, obj: Obj) -> None:
-        meta = obj["metadata"]
-        meta.setdefault("uid", f"uid-{meta['name']}")
-        self.store[(obj["kind"], meta.get("namespace"), meta["name"])] = obj
-
-    def get(self, resource: Resource, namespace: str | None, name: str) -> Obj:
-        try:
-            return copy.deepcopy(self.store[(resource.kind, namespace, name)])
-        except KeyError:
-            raise NotFound(f"{resource.kind} {name}") from None
-
-    def create(self, resource: Resource, body: Obj, exist_ok: bool = False) -> Obj:
-        self.writes.append(f"create {resource.kind} {body['metadata']['name']}")
-        self.put(copy.deepcopy({**body, "kind": resource.kind}))
-        return body
-
-    def patch(
-        self, resource: Resource, namespace: str | None, name: str, patch: Obj, subresource: str = ""
-    ) -> Obj:
-        obj = self.store[(resource.kind, namespace, name)]
-        merge(obj, patch)
-        self.writes.append(f"patch {resource.kind} {name}")
-        return copy.deepcopy(obj)
-
-    def delete(self, resource: Resource, namespace: str | None, name: str, uid: str | None = None) -> bool:
-        obj = self.store.get((resource.kind, namespace, name))
-        if obj is None or (uid is not None and obj["metadata"]["uid"] != uid):
-            return False
-        del self.store[(resource.kind, namespace, name)]
-        self.writes.append(f"delete {resource.kind} {name}")
-        return True
-
-    def cached(self, resource: Resource, namespace: str | None, name: str) -> Mapping[str, Any] | None:
-        return self.store.get((resource.kind, namespace, name))
-
-
-def merge(target: Obj, patch: Mapping[str, Any]) -> None:
-    for key, value in patch.items():
-        if value is None:
-            target.pop(key, None)
-        elif isinstance(value, Mapping) and isinstance(target.get(key), dict):
-            merge(target[key], value)
-        else:
-            target[key] = copy.deepcopy(value)
 
 
 def executor(objects: FakeObjects) -> Executor:
