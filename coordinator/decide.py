@@ -581,11 +581,14 @@ def _agent_gone(o: Observed, node: str) -> str:
 
 
 def _needs_hand_over(o: Observed) -> bool:
-    """A completed DataDownload whose restored PV is not yet bound to the target PVC."""
+    """A completed DataDownload whose restored PV is neither bound to the target PVC nor already
+    pointed at it (then only the binder is left to act: binding again would only repeat writes)."""
     if o.cr.is_upload or o.cr.phase is not Phase.COMPLETED:
         return False
     target = o.target_pvc
-    return bool(o.exposure.pv_name) and target is not None and not target.volume_name
+    if not o.exposure.pv_name or target is None or target.volume_name:
+        return False
+    return o.exposure.pv_claim != f"{target.namespace}/{target.name}"
 
 
 # ---------------------------------------------------------------------------------------------

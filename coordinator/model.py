@@ -220,6 +220,7 @@ class ExposureView:
     snapshot: bool = False  # the cloned VolumeSnapshot (uploads)
     pvc: bool = False
     pv_name: str = ""  # the PV the PVC is bound to ("" = not bound yet)
+    pv_claim: str = ""  # that PV's spec.claimRef as "namespace/name" ("" = none or PV not seen)
     pod: PodView | None = None
     terminating: bool = False  # at least one of them has a deletionTimestamp
     snapshot_content_deleting: bool = False  # the clone content has a deletionTimestamp

@@ -137,6 +137,7 @@ def exposure_view(caches: Caches, cr: CrView) -> ExposureView:
     pod = owned(caches.get(POD, cr.namespace, cr.name))
     own_budget = owned(caches.get(PDB, cr.namespace, cr.name))
     parts = [p for p in (vsc, vs, pvc, pod, own_budget) if p is not None]
+    pv_name = str(((pvc or {}).get("spec") or {}).get("volumeName") or "")
     vsc_spec, vsc_status = (vsc or {}).get("spec") or {}, (vsc or {}).get("status") or {}
     vs_status = (vs or {}).get("status") or {}
     handle = str((vsc_spec.get("source") or {}).get("snapshotHandle") or "")
@@ -145,7 +146,8 @@ def exposure_view(caches: Caches, cr: CrView) -> ExposureView:
         snapshot_content=vsc is not None,
         snapshot=vs is not None,
         pvc=pvc is not None,
-        pv_name=str(((pvc or {}).get("spec") or {}).get("volumeName") or ""),
+        pv_name=pv_name,
+        pv_claim=_claim_of(caches.get(PV, None, pv_name) if pv_name else None),
         pod=PodView.from_object(pod) if pod is not None else None,
         terminating=any((p.get("metadata") or {}).get("deletionTimestamp") for p in parts),
         snapshot_content_deleting=bool(((vsc or {}).get("metadata") or {}).get("deletionTimestamp")),
@@ -162,6 +164,11 @@ def exposure_view(caches: Caches, cr: CrView) -> ExposureView:
         ),
         source_content=str(vsc_annotations.get(SOURCE_CONTENT_ANNOTATION) or ""),
     )
+
+
+def _claim_of(pv: Obj | None) -> str:
+    claim = ((pv or {}).get("spec") or {}).get("claimRef") or {}
+    return f"{claim.get('namespace', '')}/{claim.get('name', '')}" if claim else ""
 
 
 def _pvc_view(caches: Caches, namespace: str, name: str) -> PvcView | None:

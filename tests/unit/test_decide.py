@@ -837,6 +837,12 @@ def test_terminal_download_completed_hands_over_volume_first() -> None:
     assert decide(world) == (BindRestoredVolume("pv-1", "app-restored", "data"), Requeue(MAX_WAIT))
     bound = replace(world, target_pvc=replace(TARGET_PVC, volume_name="pv-1"))
     assert of_type(decide(bound), DeleteExposure)
+    # Already pointed at the target, waiting for the binder: no second hand-over, only cleanup.
+    handed = replace(
+        world, exposure=replace(world.exposure, pv_claim=f"{TARGET_PVC.namespace}/{TARGET_PVC.name}")
+    )
+    assert not of_type(decide(handed), BindRestoredVolume)
+    assert of_type(decide(handed), DeleteExposure)
 
 
 def test_terminal_removes_finalizer_when_clean() -> None:
