@@ -464,7 +464,7 @@ def _complete(o: Observed, result: messages.AssignmentResult) -> Actions:
         return _fail(o, f"the target PVC {_target(o)} disappeared; the restored volume has nowhere to go")
     if target.volume_name:
         return _settle(o, Phase.COMPLETED, "", tuple(fields))
-    if o.exposure.pv_name:
+    if o.exposure.pv_name and not _pointed_at_target(o):
         return (_bind(o), _wait(o, _operation_deadline(o)))
     timeout = _operation_timeout(o, f"for the restored volume to bind to PVC {_target(o)}")
     return timeout or (_wait(o, _operation_deadline(o)),)
@@ -588,7 +588,14 @@ def _needs_hand_over(o: Observed) -> bool:
     target = o.target_pvc
     if not o.exposure.pv_name or target is None or target.volume_name:
         return False
-    return o.exposure.pv_claim != f"{target.namespace}/{target.name}"
+    return not _pointed_at_target(o)
+
+
+def _pointed_at_target(o: Observed) -> bool:
+    """The restored PV's claimRef already names the target PVC: the hand-over is done and only the
+    binder is left to act (handing over again would only repeat the writes)."""
+    target = o.target_pvc
+    return target is not None and o.exposure.pv_claim == f"{target.namespace}/{target.name}"
 
 
 # ---------------------------------------------------------------------------------------------

@@ -581,6 +581,9 @@ def test_in_progress_download_completed_binds_then_completes() -> None:
     actions = decide(world)
     assert actions[0] == BindRestoredVolume("pv-1", "app-restored", "data")
     assert phase_after(actions) is None
+    # The PV already names the target (the cache shows the first hand-over): wait for the binder.
+    pointed = replace(world, exposure=replace(world.exposure, pv_claim="app-restored/data"))
+    assert only_waits(decide(pointed))
     bound = replace(world, target_pvc=replace(TARGET_PVC, volume_name="pv-1"))
     actions = decide(bound)
     assert phase_after(actions) is Phase.COMPLETED
