@@ -8,8 +8,8 @@ demo:  ## Barge's main job on its embedded defaults: local Kubernetes, coordinat
 test:  ## everything CI runs: tool builds (cached), lint, mypy, layer contracts, all tests
 	bash hack/test.sh
 
-test-unit:  ## the unit tier only (pure, in-process, no servers): the quick loop while coding
-	bash hack/bootstrap-python.sh && .venv/bin/pytest -q -m unit
+test-unit:  ## the unit tier only (pure, in-process, no servers), on every core: the quick loop while coding
+	bash hack/bootstrap-python.sh && .venv/bin/pytest -q -m unit -n auto
 
 bench:  ## Barge vs restic vs kopia on the same data (medians of 3; BENCH_ARGS="--scale 0.25" for a quick look)
 	bash hack/bootstrap-python.sh && bash hack/install-bench-deps.sh && .venv/bin/python -m bench.run $(BENCH_ARGS)
