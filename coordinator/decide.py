@@ -58,6 +58,7 @@ MISSING_OBJECT_GRACE = timedelta(seconds=30)
 # Longest sleep between reconciles while waiting (deadlines are re-checked at least this often).
 MAX_WAIT = timedelta(seconds=30)
 CONTENT_FOLLOW_GRACE = timedelta(seconds=30)
+READOPT_GRACE = timedelta(seconds=10)
 MIN_WAIT = timedelta(seconds=1)
 
 Actions = tuple[Action, ...]
@@ -261,11 +262,16 @@ def _projected_finish(o: Observed, view: AssignmentView) -> datetime | None:
 
 def _readopt_rule(o: Observed) -> Actions | None:
     """InProgress, the agent is connected but does not run the current epoch (it restarted): the
-    exposure is still good, so assign again on the same node with a new epoch."""
+    exposure is still good, so assign again on the same node with a new epoch. Not in the first
+    READOPT_GRACE of its stream: an agent re-sends the results it kept right after its Hello (a
+    new leader knows nothing of them yet), and work it already finished must not be sent again."""
     node = _current_node(o)
     agent = o.agent(node)
     if _current_assignment(o) is not None or agent is None or not agent.connected:
         return None
+    since = agent.connected_since
+    if since is not None and o.now < since + READOPT_GRACE:
+        return (_wait(o, since + READOPT_GRACE),)
     return (_assign(o, node), RecordEvent("Normal", "Reassigned", f"the agent on {node} lost the work"))
 
 

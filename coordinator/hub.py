@@ -48,6 +48,7 @@ class Hub:
         self._lock = threading.Lock()
         self._sessions: dict[str, AgentSession] = {}
         self._disconnected_since: dict[str, datetime] = {}
+        self._connected_since: dict[str, datetime] = {}
         self._records: dict[str, _Record] = {}
 
     # -- AgentHub -------------------------------------------------------------------------------
@@ -56,6 +57,7 @@ class Hub:
         with self._lock:
             self._sessions[session.node] = session
             self._disconnected_since.pop(session.node, None)
+            self._connected_since[session.node] = self._clock.now()
             changed = self._reconcile_running(session.node, session.hello.running, adopt=True)
             self._metrics.agents_connected.set(len(self._sessions))
         self._metrics.node_seen(session.node)
@@ -78,6 +80,7 @@ class Hub:
             if self._sessions.get(session.node) is not session:
                 return  # an older stream of a node that has already reconnected
             del self._sessions[session.node]
+            self._connected_since.pop(session.node, None)
             self._disconnected_since[session.node] = self._clock.now()
             changed = [i for i, r in self._records.items() if r.view.node == session.node]
             self._metrics.agents_connected.set(len(self._sessions))
@@ -93,6 +96,10 @@ class Hub:
     def disconnected_since(self, node: str) -> datetime | None:
         with self._lock:
             return self._disconnected_since.get(node)
+
+    def connected_since(self, node: str) -> datetime | None:
+        with self._lock:
+            return self._connected_since.get(node)
 
     def nodes(self) -> set[str]:
         with self._lock:

@@ -357,6 +357,7 @@ class AgentView:
     node: str
     connected: bool  # the hub accepted its Hello, so ``Observed.assignment`` reflects what it runs
     disconnected_since: datetime | None = None  # None while connected (or never seen)
+    connected_since: datetime | None = None  # when its current stream began (None: not connected)
     cordoned: bool = False  # node.spec.unschedulable
     cordoned_since: datetime | None = None
     labels: Pairs = ()  # the node's labels (scheduler)

@@ -51,6 +51,8 @@ class HubView(Protocol):
 
     def disconnected_since(self, node: str) -> datetime | None: ...
 
+    def connected_since(self, node: str) -> datetime | None: ...
+
 
 @dataclass(frozen=True)
 class Context:
@@ -83,6 +85,7 @@ def agent_views(
                 node=name,
                 connected=hub.connected(name),
                 disconnected_since=hub.disconnected_since(name),
+                connected_since=hub.connected_since(name),
                 cordoned=cordoned,
                 cordoned_since=cordoned_since.get(name) if cordoned else None,
                 labels=tuple(sorted((node["metadata"].get("labels") or {}).items())),

@@ -58,6 +58,9 @@ class Hub:
     def disconnected_since(self, node: str) -> datetime | None:
         return None
 
+    def connected_since(self, node: str) -> datetime | None:
+        return None
+
 
 def source_snapshot(**metadata: Any) -> Obj:
     return {

@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from barge.control.messages import AssignmentKind, Outcome, VolumeMode
 from barge.control.naming import ASSIGNMENT_ANNOTATION, Fence
 from coordinator.config import CoordinatorConfig
-from coordinator.decide import CONTENT_FOLLOW_GRACE, MAX_WAIT, decide
+from coordinator.decide import CONTENT_FOLLOW_GRACE, MAX_WAIT, READOPT_GRACE, decide
 from coordinator.exposer import plan_exposure
 from coordinator.model import (
     ACCEPTED_AT_ANNOTATION,
@@ -720,6 +720,19 @@ def test_in_progress_restarted_agent_is_reassigned() -> None:
         )
     )
     assert only_waits(absent)
+
+
+def test_a_just_reconnected_agent_gets_a_moment_to_resend_its_results_before_work_is_reassigned() -> None:
+    """A new leader knows nothing of results an agent kept while it was away; they come right after
+    its Hello. Reassigning at once would send finished work again (seen in a 2,000-item failover)."""
+    world = progress_world(
+        assignment=None, agents=(agent(connected_since=T0 + minutes(10) - READOPT_GRACE / 2),)
+    )
+    actions = decide(world)
+    assert only_waits(actions)
+    assert actions == (Requeue(READOPT_GRACE / 2),)
+    later = replace(world, now=world.now + READOPT_GRACE / 2)
+    assert of_type(decide(later), Assign)
 
 
 def test_in_progress_reexposure_limit_fails() -> None:

@@ -161,3 +161,16 @@ def test_a_new_leader_term_starts_from_what_agents_report() -> None:
     view = h.assignment("uid-1")
     assert view is not None
     assert (view.epoch, view.state, view.bytes_done) == (1, HubState.RUNNING, 7)
+
+
+def test_the_hub_knows_since_when_each_agent_is_connected() -> None:
+    h, _, clock = hub()
+    session = Session("node-a", Hello("node-a", "1", 2, ()))
+    assert h.connected_since("node-a") is None
+    h.agent_connected(session)
+    connected_at = clock.now()
+    clock.advance(7)
+    assert h.connected_since("node-a") == connected_at
+    h.agent_disconnected(session)
+    assert h.connected_since("node-a") is None
+    assert h.disconnected_since("node-a") == clock.now()
