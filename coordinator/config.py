@@ -6,7 +6,8 @@ every key Velero's node-agent config understands keeps its meaning, so an existi
 
 * ``loadConcurrency``: ``globalConfig`` (per-node default, 1) and ``perNodeConfig`` rules; a node
   matching several rules gets the smallest number, as in Velero.
-* ``prepareQueueLength``: how many items may hold an exposure without moving data (unlimited if unset).
+* ``prepareQueueLength``: how many items may hold an exposure without moving data (0 or unset: four
+  times the transfer slots of the usable nodes, at least 8; ``scheduler.prepare_queue_limit``).
 * ``loadAffinity``: node selectors for exposer pods, optionally per storage class.
 * ``backupPVC``: per source storage class, the storage class / readOnly of the backup PVC.
 * ``restorePVC.ignoreDelayBinding``, ``podResources``, ``priorityClassName``.
@@ -155,7 +156,7 @@ class PodResources:
 @dataclass(frozen=True)
 class CoordinatorConfig:
     load_concurrency: LoadConcurrency = field(default_factory=LoadConcurrency)
-    prepare_queue_length: int | None = None  # None: twice the transfer slots (scheduler.prepare_queue_limit)
+    prepare_queue_length: int | None = None  # None: 4x the transfer slots (scheduler.prepare_queue_limit)
     load_affinity: tuple[LoadAffinity, ...] = ()
     backup_pvc: tuple[tuple[str, BackupPvcConfig], ...] = ()  # source storage class -> override
     restore_pvc: RestorePvcConfig = field(default_factory=RestorePvcConfig)
