@@ -327,9 +327,15 @@ class Controller:
         admitted = frozenset(a.key for a in admit(items, node_states(agents), self.config, previous))
         with self._lock:
             newly = admitted - self._admissions
+            before = {agent.node: agent.cordoned for agent in self._agents}
             self._admissions, self._agents = admitted, agents
         for key in newly:
             self._queue.add(key)
+        # A reconcile woken by the Node event itself may have run on the agent views of the pass
+        # before: the CRs on a node whose cordon just changed are reconciled again on these.
+        for agent in agents:
+            if before.get(agent.node, agent.cordoned) != agent.cordoned:
+                self._enqueue_on_node(agent.node)
 
     def _work_items(self) -> tuple[WorkItem, ...]:
         crs = ((kind, obj) for kind in _CR_KINDS for obj in self.caches.items(kind))
