@@ -43,7 +43,7 @@ from coordinator.decide import decide
 from coordinator.executor import Executor
 from coordinator.hub import Hub
 from coordinator.metrics import CoordinatorMetrics
-from coordinator.model import AgentView
+from coordinator.model import TERMINAL_PHASES, AgentView
 from coordinator.ports import CacheFeed, ControllerAdapters, EventHandler, FeedFactory
 from coordinator.routing import Changes, References, keys_for_event, owner_key
 from coordinator.scheduler import ItemKey, WorkItem, admit
@@ -236,7 +236,7 @@ class Controller:
                 phase = (obj.get("status") or {}).get("phase") or "New"
                 if (
                     active_only
-                    and phase in ("Completed", "Failed", "Canceled")
+                    and phase in TERMINAL_PHASES
                     and not (obj.get("metadata") or {}).get("finalizers")
                 ):
                     continue

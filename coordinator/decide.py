@@ -35,7 +35,6 @@ from coordinator.model import (
     CreateExposure,
     DeleteExposure,
     DeleteSourceSnapshot,
-    HubState,
     MarkReexposure,
     Observed,
     Pairs,
@@ -152,8 +151,7 @@ def _reserve_epoch(o: Observed, node: str) -> Pairs:
     """The fence of the coming assignment, written with Prepared (the same write on Velero's CRDs)
     so that assigning costs no write of its own. Only while nothing of an earlier epoch may run:
     the fence names who may write, and the reserved epoch is sent to ``node`` alone, once admitted."""
-    earlier = o.assignment
-    if earlier is not None and earlier.state is not HubState.FINISHED and earlier.cancel_sent_at is None:
+    if o.assignment is not None and o.assignment.may_run:
         return ()
     return ((ASSIGNMENT_ANNOTATION, Fence(_latest_epoch(o) + 1, node).render()),)
 
@@ -628,7 +626,7 @@ def _current_assignment(o: Observed) -> AssignmentView | None:
 def _active(o: Observed) -> AssignmentView | None:
     """The current assignment if an agent may still be working on it and was not told to stop."""
     view = _current_assignment(o)
-    if view is None or view.state is HubState.FINISHED or view.cancel_sent_at is not None:
+    if view is None or not view.may_run:
         return None
     return view
 

@@ -86,6 +86,9 @@ class Phase(StrEnum):
         return self in (Phase.COMPLETED, Phase.FAILED, Phase.CANCELED)
 
 
+TERMINAL_PHASES = frozenset(str(phase) for phase in Phase if phase.is_terminal)  # as status.phase says
+
+
 def format_timestamp(moment: datetime) -> str:
     """RFC 3339 in UTC with second precision, as Kubernetes writes ``metav1.Time``."""
     return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
@@ -388,6 +391,11 @@ class AssignmentView:
     # When the agent last showed life for this work: the assignment sent or adopted, or bytes_done
     # grew. operationTimeout bounds the time since then (a stall), never the queue or a long transfer.
     progressed_at: datetime | None = None
+
+    @property
+    def may_run(self) -> bool:
+        """An agent may still be working on it and was not told to stop."""
+        return self.state is not HubState.FINISHED and self.cancel_sent_at is None
 
 
 @dataclass(frozen=True)

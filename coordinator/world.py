@@ -17,12 +17,12 @@ from coordinator.config import CoordinatorConfig
 from coordinator.model import (
     DATA_UPLOAD,
     SOURCE_CONTENT_ANNOTATION,
+    TERMINAL_PHASES,
     AgentView,
     AssignmentView,
     ContentView,
     CrView,
     ExposureView,
-    HubState,
     Observed,
     PodView,
     PvcView,
@@ -235,13 +235,8 @@ def work_items(
         live.add(ItemKey(kind, cr.namespace, cr.name))
         pod = caches.get(POD, cr.namespace, cr.name)
         pod_node = str(((pod or {}).get("spec") or {}).get("nodeName") or "") if _owned_by(pod, cr) else ""
-        live_assignment = hub.assignment(cr.uid)
-        assigned = (
-            live_assignment is not None
-            and live_assignment.state is not HubState.FINISHED
-            and live_assignment.cancel_sent_at is None
-        )
-        items.append(work_item(cr, now, pod_node, assigned))
+        latest = hub.assignment(cr.uid)
+        items.append(work_item(cr, now, pod_node, latest is not None and latest.may_run))
     views.keep_only(live)
     return tuple(items)
 
@@ -249,9 +244,7 @@ def work_items(
 def _finished(obj: Obj) -> bool:
     """Final or being deleted: ``scheduler.Stage.DONE``, which the scheduler never looks at."""
     phase = (obj.get("status") or {}).get("phase")
-    return phase in ("Completed", "Failed", "Canceled") or bool(
-        (obj.get("metadata") or {}).get("deletionTimestamp")
-    )
+    return phase in TERMINAL_PHASES or bool((obj.get("metadata") or {}).get("deletionTimestamp"))
 
 
 def _owned_by(obj: Obj | None, cr: CrView) -> bool:
