@@ -68,22 +68,20 @@ class StatusWriter:
                 return current
             try:
                 if metadata is not None:
-                    current = self._with_metadata(resource, current, metadata)
+                    current = self._apply_metadata(resource, current, metadata)
                 return self._write_status(resource, {**current, "status": status})
             except Conflict:
                 continue
         raise self._exhausted(resource, namespace, name)
 
-    def _with_metadata(self, resource: Resource, current: Obj, mutate_meta: MetadataMutation) -> Obj:
+    def _apply_metadata(self, resource: Resource, current: Obj, mutate_meta: MetadataMutation) -> Obj:
         """``current`` with ``mutate_meta`` applied: written now if status has its own subresource
         (a status write would drop it), else only in the object for the status write to carry."""
         changed = mutate_meta(copy.deepcopy(current["metadata"]))
         if changed is None:
             return current
-        fenced_meta = {**changed, "resourceVersion": current["metadata"]["resourceVersion"]}
-        if self.has_status_subresource(resource):
-            return self._objects.replace(resource, {**current, "metadata": fenced_meta})
-        return {**current, "metadata": fenced_meta}
+        fenced = _fenced(current, changed)
+        return self._objects.replace(resource, fenced) if self.has_status_subresource(resource) else fenced
 
     def update_metadata(
         self,
@@ -103,9 +101,8 @@ class StatusWriter:
             metadata = mutate_meta(copy.deepcopy(current["metadata"]))
             if metadata is None:
                 return current
-            fenced_meta = {**metadata, "resourceVersion": current["metadata"]["resourceVersion"]}
             try:
-                return self._objects.replace(resource, {**current, "metadata": fenced_meta})
+                return self._objects.replace(resource, _fenced(current, metadata))
             except Conflict:
                 continue
         raise self._exhausted(resource, namespace, name)
@@ -150,6 +147,12 @@ class StatusWriter:
         return Conflict(
             f"{resource.describe(namespace, name)} kept changing under {self._max_attempts} write attempts"
         )
+
+
+def _fenced(current: Obj, metadata: Obj) -> Obj:
+    """``current`` with ``metadata``, still carrying the resourceVersion it was read at: the write
+    conflicts (409) instead of overwriting a change made since."""
+    return {**current, "metadata": {**metadata, "resourceVersion": current["metadata"]["resourceVersion"]}}
 
 
 def _check_fence(resource: Resource, current: Obj, fence: Fence) -> None:

@@ -9,47 +9,39 @@ from typing import Any, cast
 import pytest
 
 from barge.control.naming import LABEL_OWNER_UID
-from barge.errors import NotFound
 from barge.kube.resources import KubeObjects, Resource
 from coordinator.executor import Executor
 from coordinator.model import CrView, DeleteSourceSnapshot, ReleaseSourceSnapshot
+from tests import fakecluster
 from tests.coordinator_world import upload_cr
 
 Obj = dict[str, Any]
 RELEASE = ReleaseSourceSnapshot("app", "velero-data-abc", "snapcontent-1", "handle-1", "backup-1-abcde")
 
 
-class FakeObjects:
-    """get/patch/delete over a dict, recording every write in order."""
+class FakeObjects(fakecluster.FakeObjects):
+    """The shared fake, stricter where these tests look: a patch must carry the resourceVersion it
+    was computed from, its write names the spec it set, and deleting a Delete-policy content shows
+    the storage snapshot going with it."""
 
-    def __init__(self, *objects: Obj) -> None:
-        self.store: dict[tuple[str, str | None, str], Obj] = {}
-        self.writes: list[str] = []
-        for obj in objects:
-            meta = obj["metadata"]
-            self.store[(obj["kind"], meta.get("namespace"), meta["name"])] = obj
-
-    def get(self, resource: Resource, namespace: str | None, name: str) -> Obj:
-        try:
-            return copy.deepcopy(self.store[(resource.kind, namespace, name)])
-        except KeyError:
-            raise NotFound(f"{resource.kind} {name}") from None
-
-    def patch(self, resource: Resource, namespace: str | None, name: str, patch: Obj) -> Obj:
-        obj = self.store[(resource.kind, namespace, name)]
-        assert patch["metadata"]["resourceVersion"] == obj["metadata"]["resourceVersion"]
-        obj["spec"].update(patch["spec"])
-        self.writes.append(f"patch {resource.kind} {name} {patch['spec']}")
-        return copy.deepcopy(obj)
+    def patch(
+        self, resource: Resource, namespace: str | None, name: str, patch: Obj, subresource: str = ""
+    ) -> Obj:
+        assert (
+            patch["metadata"]["resourceVersion"]
+            == self.store[(resource.kind, namespace, name)]["metadata"]["resourceVersion"]
+        )
+        patched = super().patch(resource, namespace, name, patch, subresource)
+        self.writes[-1] += f" {patch['spec']}"
+        return patched
 
     def delete(self, resource: Resource, namespace: str | None, name: str, uid: str | None = None) -> bool:
         obj = self.store.get((resource.kind, namespace, name))
-        if obj is None or (uid is not None and obj["metadata"]["uid"] != uid):
+        if not super().delete(resource, namespace, name, uid):
             return False
+        assert obj is not None
         if resource.kind == "VolumeSnapshotContent" and obj["spec"].get("deletionPolicy") == "Delete":
-            self.writes.append(f"storage snapshot {obj['status']['snapshotHandle']} deleted")
-        del self.store[(resource.kind, namespace, name)]
-        self.writes.append(f"delete {resource.kind} {name}")
+            self.writes.insert(-1, f"storage snapshot {obj['status']['snapshotHandle']} deleted")
         return True
 
 
