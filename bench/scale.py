@@ -80,13 +80,13 @@ from bench.scale_report import (
 )
 from bench.scale_watch import Watcher, bench_api_client
 from devenv.controlplane import ControlPlaneEndpoints, LocalControlPlane, write_kubeconfig
-from devenv.crds import DEFAULT_CRD_FILES, SNAPSHOT_CRDS, apply_crd, install_crds
+from devenv.crds import install_crds
 from devenv.localbarge import LocalBarge
 from devenv.pki import CertificateAuthority, KeyPair, make_serving_pki
 from devenv.processes import ServerProcess, free_port
 from devenv.simcluster import SimCluster
 from devenv.velero import data_download, data_upload, restore_target_pvc
-from devenv.veleroserver import velero_crds
+from devenv.veleroserver import install_velero_crds
 
 Obj = dict[str, Any]
 ROOT = Path(__file__).resolve().parent.parent
@@ -478,9 +478,10 @@ class Run:
             self.meter.add("etcd", plane.etcd.pid)
             self.meter.add("bench (observer)", os.getpid())
             api = stack.enter_context(bench_api_client(endpoints.kubeconfig))
-            install_crds(api, SNAPSHOT_CRDS if o.crds == "velero" else DEFAULT_CRD_FILES)
-            for crd in velero_crds() if o.crds == "velero" else ():
-                apply_crd(api, crd)
+            if o.crds == "velero":
+                install_velero_crds(api)
+            else:
+                install_crds(api)
             objects = KubeObjects(api)
             identities = workdir / "identities"
             coordinator_kubeconfig = client_kubeconfig(endpoints, identities, COORDINATOR_USER)

@@ -15,7 +15,6 @@ from pathlib import Path
 from barge.kube.client import api_client
 from barge.kube.resources import KubeObjects
 from devenv.controlplane import ControlPlaneEndpoints, LocalControlPlane
-from devenv.crds import SNAPSHOT_CRDS, install_crds
 from devenv.localbarge import LocalBarge
 from devenv.simcluster import SimCluster
 from devenv.veleroserver import LocalVelero, S3Location, create_bucket
@@ -49,7 +48,6 @@ def velero_cluster(
     with contextlib.ExitStack() as stack:
         endpoints = stack.enter_context(LocalControlPlane(workdir / "control-plane"))
         api = stack.enter_context(api_client(endpoints.kubeconfig))
-        install_crds(api, SNAPSHOT_CRDS)
         objects = KubeObjects(api)
         velero = LocalVelero(endpoints, objects, workdir / "velero", location).install()
         sim = stack.enter_context(SimCluster(api, workdir / "sim"))

@@ -28,7 +28,7 @@ from typing import Any
 import yaml
 
 from barge.errors import InvalidInput, NotFound, TemporaryError
-from barge.kube.client import api_client
+from barge.kube.client import ApiClient, api_client
 from barge.kube.resources import (
     BACKUP_STORAGE_LOCATION,
     DEPLOYMENT,
@@ -39,7 +39,7 @@ from barge.kube.resources import (
     Resource,
 )
 from devenv.controlplane import ControlPlaneEndpoints
-from devenv.crds import apply_crd
+from devenv.crds import SNAPSHOT_CRDS, apply_crd, install_crds
 from devenv.processes import ServerProcess, free_port, http_ok
 from devenv.s3server import S3Endpoint
 from devenv.tools import tool_path
@@ -118,6 +118,14 @@ def velero_crds() -> list[Obj]:
     return crds
 
 
+def install_velero_crds(api: ApiClient) -> None:
+    """What a user's cluster has for Barge to serve: Velero's own CRDs (``velero_crds``) and the
+    CSI snapshot CRDs, which Velero does not install."""
+    install_crds(api, SNAPSHOT_CRDS)
+    for crd in velero_crds():
+        apply_crd(api, crd)
+
+
 class LocalVelero:
     """Velero's server as a process plus its CLI, against a local control plane."""
 
@@ -150,8 +158,7 @@ class LocalVelero:
         """CRDs, namespace, credentials, the BSL, the `velero` Deployment, the snapshot class."""
         self.workdir.mkdir(parents=True, exist_ok=True)
         with api_client(self.endpoints.kubeconfig) as api:
-            for crd in self.crds():
-                apply_crd(api, crd)
+            install_velero_crds(api)
         self.objects.create(NAMESPACE, {"metadata": {"name": self.namespace}}, exist_ok=True)
         endpoint = self.location.endpoint
         credentials = (
@@ -170,10 +177,6 @@ class LocalVelero:
         self.objects.create(DEPLOYMENT, self._deployment(), exist_ok=True)
         self.objects.create(VOLUME_SNAPSHOT_CLASS, self._snapshot_class(), exist_ok=True)
         return self
-
-    def crds(self) -> list[Obj]:
-        """Velero's own CRDs, exactly as `velero install --crds-only` would apply them."""
-        return velero_crds()
 
     def bsl(self, name: str = "default", location: S3Location | None = None) -> Obj:
         """The BackupStorageLocation for ``location`` (default: this Velero's)."""
