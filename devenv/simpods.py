@@ -6,7 +6,7 @@ from collections import Counter
 from pathlib import Path
 
 from barge.control.naming import kubelet_volume_path
-from devenv.simapi import NODES, PDBS, PODS, STRATEGIC_PATCH, Obj, Rest
+from barge.kube.resources import NODE, POD, POD_DISRUPTION_BUDGET, KubeObjects, Obj
 from devenv.simrules import (
     TERMINAL_PHASES,
     claim_names,
@@ -40,7 +40,7 @@ def claims_problem(pod: Obj, world: World) -> str | None:
     return None
 
 
-def bind_pod(rest: Rest, pod: Obj, node: str) -> None:
+def bind_pod(objects: KubeObjects, pod: Obj, node: str) -> None:
     """What the scheduler writes to place a pod: a Binding (``pods/binding``)."""
     namespace, name = key(pod)
     binding = {
@@ -49,7 +49,7 @@ def bind_pod(rest: Rest, pod: Obj, node: str) -> None:
         "metadata": {"name": name, "uid": pod["metadata"]["uid"]},
         "target": {"apiVersion": "v1", "kind": "Node", "name": node},
     }
-    rest.post(PODS, name, "binding", binding, namespace)
+    objects.create_subresource(POD, namespace, name, "binding", binding)
 
 
 class Scheduler:
@@ -77,7 +77,7 @@ class Scheduler:
         if node is None:
             self._mark_unschedulable(pod, problem or self._no_node_message(len(nodes)))
             return
-        bind_pod(self._ctx.rest, pod, node)
+        bind_pod(self._ctx.objects, pod, node)
         load[node] += 1
 
     @staticmethod
@@ -100,7 +100,7 @@ class Scheduler:
         }
         namespace, name = key(pod)
         patch = {"status": {"phase": "Pending", "conditions": [condition]}}
-        self._ctx.rest.patch(PODS, name, patch, namespace, sub="status", content_type=STRATEGIC_PATCH)
+        self._ctx.objects.patch(POD, namespace, name, patch, "status", strategic=True)
 
 
 class Kubelets:
@@ -123,7 +123,7 @@ class Kubelets:
 
     def _node_gone(self, name: str) -> bool:
         """Confirmed by a fresh read: the pass's listing may predate a node created since."""
-        return self._ctx.rest.get(NODES, name) is None
+        return self._ctx.objects.find(NODE, None, name) is None
 
     def _sync(self, pod: Obj, world: World) -> None:
         phase = _status(pod).get("phase")
@@ -143,7 +143,7 @@ class Kubelets:
     def _finish_deletion(self, pod: Obj) -> None:
         self._unmount(pod)
         namespace, name = key(pod)
-        self._ctx.rest.delete(PODS, name, namespace, uid=pod["metadata"]["uid"], grace_seconds=0)
+        self._ctx.objects.delete(POD, namespace, name, uid=pod["metadata"]["uid"], grace_seconds=0)
 
     def _start(self, pod: Obj, world: World) -> None:
         volumes = self._volumes(pod, world)
@@ -206,13 +206,11 @@ class Kubelets:
             "containerStatuses": containers,
         }
         namespace, name = key(pod)
-        self._ctx.rest.patch(
-            PODS, name, {"status": status}, namespace, sub="status", content_type=STRATEGIC_PATCH
-        )
+        self._ctx.objects.patch(POD, namespace, name, {"status": status}, "status", strategic=True)
 
     def fail(self, namespace: str, name: str, reason: str) -> None:
         """The pod's containers crashed: phase Failed, not ready, containers terminated."""
-        pod = self._ctx.rest.get(PODS, name, namespace)
+        pod = self._ctx.objects.find(POD, namespace, name)
         if pod is None:
             raise KeyError(f"pod {namespace}/{name} does not exist")
         now = self._ctx.now_text()
@@ -239,9 +237,7 @@ class Kubelets:
             "conditions": conditions,
             "containerStatuses": containers,
         }
-        self._ctx.rest.patch(
-            PODS, name, {"status": status}, namespace, sub="status", content_type=STRATEGIC_PATCH
-        )
+        self._ctx.objects.patch(POD, namespace, name, {"status": status}, "status", strategic=True)
 
 
 class DisruptionController:
@@ -275,5 +271,4 @@ class DisruptionController:
             "lastTransitionTime": self._ctx.now_text(),
         }
         body = {**pdb, "status": {**current, **wanted, "conditions": [condition]}}
-        namespace, name = key(pdb)
-        self._ctx.rest.request("PUT", PDBS.path(namespace, name, "status"), body)
+        self._ctx.objects.replace(POD_DISRUPTION_BUDGET, body, "status")
