@@ -247,13 +247,19 @@ class Controller:
 
     def _work(self) -> None:
         while not self._stopping.is_set():
-            key = self._queue.get(timeout=1.0)
-            if key is None:
-                continue
-            try:
-                self._reconcile_safely(key)
-            finally:
-                self._queue.done(key)
+            self.process_next(timeout=1.0)
+
+    def process_next(self, timeout: float) -> ItemKey | None:
+        """Reconcile the next queued CR, as each worker thread does in a loop; None when nothing was
+        due within ``timeout``. A failed reconcile is queued again after a backoff, never dropped."""
+        key = self._queue.get(timeout=timeout)
+        if key is None:
+            return None
+        try:
+            self._reconcile_safely(key)
+        finally:
+            self._queue.done(key)
+        return key
 
     def _tick(self) -> None:
         """Cordon tracking and gauges every few seconds; a full pass over live items every resync."""
