@@ -22,19 +22,15 @@ from barge.rpc.generated import control_pb2 as pb
 from barge.rpc.generated import control_pb2_grpc as pb_grpc
 from barge.rpc.server import ControlServer, ServerTls
 from devenv.pki import ServingPki, make_serving_pki
+from devenv.waiting import wait_for
 
 WAIT_S = 10.0  # upper bound of every wait in these tests; normally they take milliseconds
 T = TypeVar("T")
 
 
-def wait_until(condition: Callable[[], T], timeout: float = WAIT_S, what: str = "condition") -> T:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.01)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+def wait_until(condition: Callable[[], T | None], timeout: float = WAIT_S, what: str = "condition") -> T:
+    """``devenv.waiting.wait_for`` at this harness's pace (these waits normally take milliseconds)."""
+    return wait_for(condition, timeout, what=what, interval=0.01)
 
 
 @dataclass
