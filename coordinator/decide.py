@@ -466,8 +466,8 @@ def _complete(o: Observed, result: messages.AssignmentResult) -> Actions:
     target = o.target_pvc
     if target is None:
         return _fail(o, f"the target PVC {_target(o)} disappeared; the restored volume has nowhere to go")
-    if target.volume_name:
-        return _settle(o, Phase.COMPLETED, "", tuple(fields))
+    if target.volume_name:  # the agent's message: what the restore withheld, if anything
+        return _settle(o, Phase.COMPLETED, result.message, tuple(fields))
     if o.exposure.pv_name and not _pointed_at_target(o):
         return (_bind(o), _wait(o, _operation_deadline(o)))
     timeout = _operation_timeout(o, f"for the restored volume to bind to PVC {_target(o)}")

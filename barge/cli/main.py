@@ -148,21 +148,31 @@ def _parse_tag(text: str) -> tuple[str, str]:
 
 
 def cmd_restore(args: argparse.Namespace) -> int:
+    """The mode is the caller's (``--block``, or a block device as the target), not the snapshot's."""
+    target = Path(args.target)
+    block = args.block or _is_block_device_itself(target)
+    if args.force and not block:
+        raise UsageError("--force is for block restores; a filesystem restore needs an empty directory")
     repo = _open(args)
-    kind = repo.load_snapshot(args.snapshot_id).kind
+    _require_snapshot_kind(repo, args.snapshot_id, block)
     progress = _ProgressLine("restore")
     try:
-        if kind is SnapshotKind.BLOCK:
+        if block:
             device = restore_device(
-                repo, args.snapshot_id, Path(args.target), zero_fill=args.zero_fill, progress=progress
+                repo, args.snapshot_id, target, zero_fill=args.zero_fill, force=args.force, progress=progress
             )
         else:
             result = restore_tree(
-                repo, args.snapshot_id, Path(args.target), progress=progress, sparse=args.sparse
+                repo,
+                args.snapshot_id,
+                target,
+                progress=progress,
+                sparse=args.sparse,
+                restore_privileged=args.restore_privileged,
             )
     finally:
         progress.close()
-    if kind is SnapshotKind.BLOCK:
+    if block:
         print(
             f"restored {device.bytes_total:,} bytes to {args.target}: {device.bytes_written:,} written, "
             f"{device.zeroed:,} zero-filled, the rest left as holes"
@@ -173,7 +183,33 @@ def cmd_restore(args: argparse.Namespace) -> int:
     )
     for warning in result.warnings:
         print(f"warning: {warning}", file=sys.stderr)
+    if result.withheld:
+        print(f"warning: {result.withheld.summary()}; pass --restore-privileged to restore them as "
+              "the snapshot records them", file=sys.stderr)  # fmt: skip
     return EXIT_OK
+
+
+def _is_block_device_itself(path: Path) -> bool:
+    """A block device named directly; a symlink to one is not followed (block restores refuse it)."""
+    try:
+        return stat.S_ISBLK(path.lstat().st_mode)
+    except OSError:
+        return False
+
+
+def _require_snapshot_kind(repo: Repository, snapshot_id: str, block: bool) -> None:
+    """A snapshot of the other kind fails before anything is written."""
+    kind = repo.load_snapshot(snapshot_id).kind
+    if block and kind is not SnapshotKind.BLOCK:
+        raise UsageError(
+            f"snapshot {snapshot_id[:16]} is a filesystem snapshot, not a device image: restore it without "
+            "--block into an empty directory"
+        )
+    if not block and kind is SnapshotKind.BLOCK:
+        raise UsageError(
+            f"snapshot {snapshot_id[:16]} is a device image: restore it with --block onto a blank "
+            "block device or a new image file"
+        )
 
 
 def cmd_snapshots(args: argparse.Namespace) -> int:
@@ -290,9 +326,25 @@ def build_parser() -> argparse.ArgumentParser:
     backup.add_argument("--on-unreadable", choices=("fail", "skip"), default="fail",
                         help="what to do with a file that cannot be read (default: fail)")  # fmt: skip
 
-    restore = add("restore", cmd_restore, "restore a snapshot into an empty directory")
+    restore = add("restore", cmd_restore, "restore a snapshot into an empty directory, or with --block "
+                  "onto a device or image file")  # fmt: skip
     restore.add_argument("snapshot_id")
-    restore.add_argument("target", help="an empty directory, or for a block snapshot a device or file")
+    restore.add_argument("target", help="an empty directory, or with --block a blank device or a new file")
+    restore.add_argument("--block", action="store_true", help="restore a block snapshot onto TARGET, a "
+                         "device or image file (automatic when TARGET is a block device)")  # fmt: skip
+    restore.add_argument(
+        "--force",
+        action="store_true",
+        help="block restores: overwrite a target that is not blank (a non-empty file, a device with "
+        "data in its first or last MiB)",
+    )
+    restore.add_argument(
+        "--restore-privileged",
+        action="store_true",
+        help="filesystem restores: also recreate device nodes, setuid/setgid bits and security.*/"
+        "trusted.* extended attributes as the snapshot records them (by default they are withheld, "
+        "with a warning)",
+    )
     fill = restore.add_mutually_exclusive_group()
     fill.add_argument(
         "--zero-fill",

@@ -48,6 +48,17 @@ def unreadable_policy(data_mover_config: Iterable[tuple[str, str]]) -> Unreadabl
     raise InvalidInput(f"spec.dataMoverConfig {ON_UNREADABLE_KEY}={value!r}: use 'fail' or 'skip'")
 
 
+# spec.dataMoverConfig key of a DataDownload: "true" recreates what the snapshot records that grants
+# privilege (device nodes, setuid/setgid bits, security.*/trusted.* xattrs); "false" (default)
+# withholds it and says so (barge.fs.privileged). Barge's own key: Velero never sets it.
+RESTORE_PRIVILEGED_KEY = "barge.io/restore-privileged"
+
+
+def restore_privileged(data_mover_config: Iterable[tuple[str, str]]) -> bool:
+    """Whether a restore recreates privileged entries; InvalidInput names the key."""
+    return _boolean(data_mover_config, RESTORE_PRIVILEGED_KEY)
+
+
 # spec.dataMoverConfig keys Velero itself sets (pkg/uploader/util/uploader_config.go); no others.
 # WriteSparseFiles (every DataDownload; "false" unless `velero restore create --write-sparse-files`):
 # "true" also leaves all-zero blocks of file data unwritten, as holes.
@@ -60,12 +71,17 @@ PARALLEL_FILES_DOWNLOAD_KEY = "ParallelFilesDownload"
 
 def write_sparse_files(data_mover_config: Iterable[tuple[str, str]]) -> bool:
     """Whether a restore leaves all-zero file data as holes; InvalidInput names the key."""
-    value = dict(data_mover_config).get(WRITE_SPARSE_FILES_KEY, "false")
+    return _boolean(data_mover_config, WRITE_SPARSE_FILES_KEY)
+
+
+def _boolean(data_mover_config: Iterable[tuple[str, str]], key: str) -> bool:
+    """``true``/``false`` in any case; false when absent."""
+    value = dict(data_mover_config).get(key, "false")
     if value.lower() == "true":
         return True
     if value.lower() == "false":
         return False
-    raise InvalidInput(f"spec.dataMoverConfig {WRITE_SPARSE_FILES_KEY}={value!r}: use 'true' or 'false'")
+    raise InvalidInput(f"spec.dataMoverConfig {key}={value!r}: use 'true' or 'false'")
 
 
 def parallel_files(data_mover_config: Iterable[tuple[str, str]], key: str) -> int | None:
@@ -84,6 +100,7 @@ def data_mover_config_problem(data_mover_config: Iterable[tuple[str, str]]) -> s
     try:
         unreadable_policy(config)
         write_sparse_files(config)
+        restore_privileged(config)
         parallel_files(config, PARALLEL_FILES_UPLOAD_KEY)
         parallel_files(config, PARALLEL_FILES_DOWNLOAD_KEY)
     except InvalidInput as err:

@@ -9,6 +9,9 @@ File contents are written where the snapshot has data; where it has holes (the s
 found with ``SEEK_DATA``/``SEEK_HOLE`` at backup time) nothing is written, so every restored file
 is allocated exactly like its source. With ``sparse`` (Velero's ``WriteSparseFiles: "true"``),
 filesystem blocks of file data that are all zeros are left unwritten as well and become holes.
+
+Device nodes, setuid/setgid bits and ``security.*``/``trusted.*`` attributes are recreated only
+when asked (``restore_privileged``); ``barge.fs.privileged`` decides, entry by entry.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from pathlib import Path
 
 from barge.clock import Clock, SystemClock
 from barge.errors import CorruptionDetected, InvalidInput
+from barge.fs.privileged import PrivilegePolicy, Withheld
 from barge.fs.progress import CancelToken, Progress, ProgressCallback
 from barge.fs.sparse import nonzero_runs, sparse_block
 from barge.repo.repository import Repository
@@ -41,6 +45,7 @@ class RestoreResult:
     dirs: int
     bytes_written: int
     warnings: tuple[str, ...]
+    withheld: Withheld  # privileges the snapshot records that were not recreated
 
 
 def check_name(name: bytes) -> bytes:
@@ -78,6 +83,7 @@ class _TreeRestore:
         self.files = self.dirs = self.bytes_written = 0
         self.warnings: list[str] = []
         self.sparse_block = 0  # > 0: leave all-zero blocks of this size (file-aligned) unwritten
+        self.policy = PrivilegePolicy(restore_privileged=False, warn=self.warn)
 
     def warn(self, message: str) -> None:
         with self.lock:
@@ -86,9 +92,12 @@ class _TreeRestore:
     def restore_dir(self, dir_fd: int, rel: bytes, tree_id: bytes, pending: list[Future[None]]) -> None:
         """Create the entries of one directory; file contents go to the pool (``pending``)."""
         self.cancel.check()
-        for node in decode_tree(self.repo.read_blob(tree_id)):
-            name = check_name(node.name)
+        for entry in decode_tree(self.repo.read_blob(tree_id)):
+            name = check_name(entry.name)
             child_rel = rel + b"/" + name if rel else name
+            node = self.policy.admit(entry, child_rel)
+            if node is None:
+                continue
             if node.kind == "dir":
                 if node.subtree is None:
                     raise CorruptionDetected(f"directory {child_rel!r} has no tree")
@@ -214,19 +223,22 @@ class _TreeRestore:
             self.warn(f"{os.fsdecode(rel)}: {node.kind} not restored ({err.strerror})")
 
 
-def _dir_metadata_pass(repo: Repository, dir_fd: int, tree_id: bytes, as_root: bool) -> None:
+def _dir_metadata_pass(
+    repo: Repository, dir_fd: int, tree_id: bytes, as_root: bool, policy: PrivilegePolicy
+) -> None:
     """Set directories' metadata bottom-up, after all their children exist (so mtimes stick)."""
     for node in decode_tree(repo.read_blob(tree_id)):
         if node.kind != "dir" or node.subtree is None:
             continue
         fd = os.open(node.name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=dir_fd)
         try:
-            _dir_metadata_pass(repo, fd, node.subtree, as_root)
+            _dir_metadata_pass(repo, fd, node.subtree, as_root, policy)
             if as_root:
                 os.fchown(fd, node.uid, node.gid)
             with contextlib.suppress(OSError):
                 for key, value in node.xattrs:
-                    os.setxattr(fd, key, value)
+                    if policy.keeps_xattr(key):
+                        os.setxattr(fd, key, value)
             os.fchmod(fd, node.mode)
             os.utime(fd, ns=(node.mtime_ns, node.mtime_ns))
         finally:
@@ -244,12 +256,15 @@ def restore_tree(
     clock: Clock | None = None,
     tolerated: frozenset[str] = frozenset(),
     sparse: bool = False,
+    restore_privileged: bool = False,
 ) -> RestoreResult:
     """Restore into ``target``, which must be empty but for names in ``tolerated``.
 
     A freshly formatted volume holds ``lost+found``; the agent tolerates it, the CLI does not.
     The source's holes are always restored as holes; ``sparse`` also leaves all-zero filesystem
     blocks of file data unwritten (holes), as Velero's ``WriteSparseFiles`` asks.
+    ``restore_privileged`` recreates device nodes, setuid/setgid bits and security/trusted
+    attributes as recorded; otherwise they are withheld and counted (``RestoreResult.withheld``).
     """
     snapshot = repo.load_snapshot(snapshot_id)
     if snapshot.kind is not SnapshotKind.FILESYSTEM:
@@ -266,6 +281,7 @@ def restore_tree(
         meter = Progress(snapshot.summary.bytes_total, progress, clock)
         job = _TreeRestore(repo, target, meter, cancel or CancelToken(), workers)
         job.tolerated = tolerated
+        job.policy = PrivilegePolicy(restore_privileged, warn=job.warn)
         if sparse:
             job.sparse_block = sparse_block(os.stat(target).st_blksize)
         return _restore_under_lease(repo, snapshot, target, job)
@@ -283,7 +299,7 @@ def _restore_under_lease(
             job.restore_dir(root_fd, b"", snapshot.tree, pending)
             for future in pending:
                 future.result()
-            _dir_metadata_pass(repo, root_fd, snapshot.tree, job.as_root)
+            _dir_metadata_pass(repo, root_fd, snapshot.tree, job.as_root, job.policy)
         root = snapshot.root
         assert root is not None  # checked before the lease
         if job.as_root:
@@ -296,4 +312,6 @@ def _restore_under_lease(
             job.close_file(fd)
         os.close(root_fd)
     job.progress.finish()
-    return RestoreResult(job.files, job.dirs, job.bytes_written, tuple(job.warnings))
+    return RestoreResult(
+        job.files, job.dirs, job.bytes_written, tuple(job.warnings), job.policy.withheld()
+    )

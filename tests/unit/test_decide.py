@@ -591,6 +591,16 @@ def test_in_progress_download_completed_binds_then_completes() -> None:
     assert phase_after(decide(handed_over)) is Phase.COMPLETED
 
 
+def test_a_completed_download_keeps_the_agents_message() -> None:
+    """What the restore withheld (device nodes, setuid bits...) reaches the DataDownload's status."""
+    result = finished(Outcome.COMPLETED, message="restored without the privileges the snapshot records")
+    world = progress_world(in_progress(download_cr()), exposure=exposure(upload=False), assignment=result)
+    step = set_phase(decide(replace(world, target_pvc=replace(TARGET_PVC, volume_name="pv-1"))))
+    assert step is not None
+    assert step.phase is Phase.COMPLETED
+    assert step.message == "restored without the privileges the snapshot records"
+
+
 def test_in_progress_download_target_gone_fails() -> None:
     result = finished(Outcome.COMPLETED)
     world = progress_world(in_progress(download_cr()), exposure=exposure(upload=False), assignment=result)
