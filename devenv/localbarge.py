@@ -437,7 +437,7 @@ class LocalBarge:
     def repository_dir(self, source_namespace: str) -> Path:
         """Where a local-directory BSL keeps ``source_namespace``'s repository, as the agents compute
         it (``barge.velero.bsl``); it must exist, so a test can never measure an empty folder."""
-        url = repository_url(self.bsl, source_namespace, None, lambda purpose, content: Path("/nonexistent"))
+        url = repository_url(self.bsl, source_namespace)
         path = Path(unquote(urlsplit(url).path))
         if not (path / "config").is_file():
             raise NotFound(f"no repository for namespace {source_namespace} at {path}")
