@@ -10,6 +10,7 @@ status, Event or log, or a credential left on the node's cache directory.
 
 from __future__ import annotations
 
+import base64
 import os
 import uuid
 from collections.abc import Iterator
@@ -30,6 +31,7 @@ from barge.kube.resources import (
     VOLUME_SNAPSHOT,
     KubeObjects,
 )
+from barge.velero.password import VELERO_DEFAULT_PASSWORD
 from devenv.controlplane import ControlPlaneEndpoints, write_kubeconfig
 from devenv.helm import CHART_DIR, Helm
 from devenv.localbarge import LocalBarge
@@ -207,3 +209,25 @@ def test_no_secret_reaches_a_status_an_event_a_log_or_the_node(
     caches = [env.workdir / "agents" / node / "cache" for node in env.nodes]
     stored = file_contents(*caches)
     assert leaks(stored, (*secrets, "aws_secret_access_key")) == []
+
+
+def test_veleros_published_default_password_fails_the_upload_saying_what_to_do(
+    env: LocalBarge, objects: KubeObjects, app_namespace: str, tmp_path: Path
+) -> None:
+    """An operator who points Barge at Velero's default password (e.g. Velero's own Secret) gets a
+    Failed DataUpload that says why and how to fix it, and nothing is written with it."""
+    saved = objects.get(SECRET, VELERO_NS, "barge-repository-password")["data"]
+    default = {"repository-password": base64.b64encode(VELERO_DEFAULT_PASSWORD).decode()}
+    objects.patch(SECRET, VELERO_NS, "barge-repository-password", {"data": default})
+    try:
+        volume = tmp_path / "volume"
+        write(volume / "f.bin", os.urandom(10_000))
+        vs_name, _ = env.sim.snapshot_source(app_namespace, "weak", volume)
+        body = data_upload(backup="weak", pvc="weak", source_namespace=app_namespace,
+                           volume_snapshot=vs_name, namespace=VELERO_NS)  # fmt: skip
+        failed = env.wait_phase("DataUpload", env.create("DataUpload", body)["metadata"]["name"])["status"]
+    finally:
+        objects.patch(SECRET, VELERO_NS, "barge-repository-password", {"data": saved})
+    assert failed["phase"] == "Failed"
+    assert "is Velero's published default" in failed["message"]
+    assert "config.repositoryPasswordSecret" in failed["message"]
