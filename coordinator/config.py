@@ -14,7 +14,8 @@ every key Velero's node-agent config understands keeps its meaning, so an existi
 
 Barge's keys: ``prepareTimeout`` (30m), ``agentGracePeriod`` (60s), ``drainGracePeriod`` (10m),
 ``maxReexposures`` (3), ``image`` (exposer pods). Repository settings
-(password Secret, compression) are the agents': they open and create repositories.
+(password Secret, compression) are the agents' flags: they open and create repositories (the
+coordinator only creates the password Secret when missing: ``--generate-repository-password``).
 
 Unknown keys and values of the wrong type raise ``InvalidInput`` naming the key path
 (``loadConcurrency.perNodeConfig[1].number``) and the expected type. Pure: no I/O.
@@ -34,7 +35,6 @@ T = TypeVar("T")
 Pairs = tuple[tuple[str, str], ...]
 
 DEFAULT_EXPOSER_IMAGE = "busybox:1.36"
-# Names of a Secret and its key, not secrets.
 
 _DURATION_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|ms|s|m|h)")
 _UNIT_SECONDS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}

@@ -29,14 +29,17 @@ from barge.control.ports import AgentSession
 from barge.errors import BargeError, InvalidInput, TemporaryError
 from barge.kube.client import ApiClient, api_client
 from barge.kube.leader import LeaderElector
+from barge.kube.resources import SECRET, KubeObjects
 from barge.kube.tokenreview import KubeAuthenticator
 from barge.logs import configure_logging
 from barge.probes import ObservabilityServer, stop_on_signals
 from barge.rpc.server import ControlServer, ServerTls
+from barge.velero.password import DEFAULT_PASSWORD_SECRET, SecretKey
 from coordinator.config import CoordinatorConfig
 from coordinator.controller import Controller, kubernetes_adapters
 from coordinator.hub import Hub
 from coordinator.metrics import CR_KINDS, CoordinatorMetrics
+from coordinator.repository_password import ensure_repository_password
 
 log = structlog.get_logger("barge.coordinator")
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
@@ -91,6 +94,16 @@ def build_parser() -> argparse.ArgumentParser:
         default=16,
         help="CRs reconciled at once (each waits on API requests, so more workers than cores pay off)",
     )
+    p.add_argument(
+        "--repository-password-secret",
+        default=f"{DEFAULT_PASSWORD_SECRET.name}/{DEFAULT_PASSWORD_SECRET.key}",
+        help="NAME/KEY of the Secret (in Velero's namespace) with the repository password",
+    )
+    p.add_argument(
+        "--generate-repository-password",
+        action="store_true",
+        help="create that Secret with a random password at start when it does not exist",
+    )
     p.add_argument("--log-level", default="info")
     p.add_argument("--log-format", choices=("json", "console"), default="json")
     return p
@@ -130,6 +143,10 @@ def run(args: argparse.Namespace) -> int:
     identity = os.environ.get("POD_NAME") or f"{socket.gethostname()}-{os.getpid()}"
     # Each informer holds one connection for its watch; every worker may hold one more.
     api = api_client(Path(args.kubeconfig) if args.kubeconfig else None, connections=args.workers + 24)
+    if args.generate_repository_password:
+        secret = SecretKey.parse(args.repository_password_secret)
+        objects = KubeObjects(api)
+        ensure_repository_password(lambda body: objects.create(SECRET, body), args.watch_namespace, secret)
     metrics = CoordinatorMetrics()
     hub = Hub(clock, metrics)
     leading = threading.Event()

@@ -267,18 +267,35 @@ def cmd_gc(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def cmd_change_password(args: argparse.Namespace) -> int:
-    repo = _open(args)
+def _new_password(args: argparse.Namespace) -> bytes:
     if args.new_password_file or os.environ.get("BARGE_NEW_PASSWORD"):
-        new = _password(args, env="BARGE_NEW_PASSWORD", file_attr="new_password_file")
-    elif sys.stdin.isatty():
+        return _password(args, env="BARGE_NEW_PASSWORD", file_attr="new_password_file")
+    if sys.stdin.isatty():
         new = getpass.getpass("new password: ").encode()
         if getpass.getpass("new password again: ").encode() != new:
             raise UsageError("the two new passwords differ")
-    else:
-        raise UsageError("no new password: set BARGE_NEW_PASSWORD or pass --new-password-file FILE")
-    repo.change_password(new)
+        return new
+    raise UsageError("no new password: set BARGE_NEW_PASSWORD or pass --new-password-file FILE")
+
+
+def cmd_change_password(args: argparse.Namespace) -> int:
+    repo = _open(args)
+    repo.change_password(_new_password(args))
     print("password changed")
+    return EXIT_OK
+
+
+def cmd_key_add(args: argparse.Namespace) -> int:
+    repo = _open(args)
+    repo.add_password(_new_password(args))
+    print("password added; the repository opens with either password")
+    return EXIT_OK
+
+
+def cmd_key_remove(args: argparse.Namespace) -> int:
+    repo = _open(args)
+    repo.remove_password()
+    print("password removed; the repository no longer opens with it")
     return EXIT_OK
 
 
@@ -374,6 +391,12 @@ def build_parser() -> argparse.ArgumentParser:
     change = key_sub.add_parser("change-password", help="re-wrap the master keys under a new password")
     change.add_argument("--new-password-file")
     change.set_defaults(handler=cmd_change_password)
+    add_key = key_sub.add_parser("add", help="add another password; the current one keeps working")
+    add_key.add_argument("--new-password-file")
+    add_key.set_defaults(handler=cmd_key_add)
+    key_sub.add_parser(
+        "remove", help="remove the password given ($BARGE_PASSWORD or --password-file), never the last"
+    ).set_defaults(handler=cmd_key_remove)
     return parser
 
 

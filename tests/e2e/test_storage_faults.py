@@ -314,16 +314,13 @@ def fill(path: Path) -> None:
         write_until_full()
 
 
-def test_a_full_agent_cache_dir_fails_the_upload_naming_it(
+def test_a_full_agent_cache_dir_does_not_matter_credentials_stay_in_memory(
     env: LocalBarge, s3: FaultyS3, namespace: str, full_cache_dirs: list[Path], tmp_path: Path
 ) -> None:
-    """The cache dir holds the BSL's credential files (the agent keeps no data cache)."""
-    started = time.monotonic()
+    """The agent keeps no data cache, and the BSL's credentials go to the store in memory (they
+    used to be written there, so a full cache dir failed every S3 upload): nothing to write."""
     name = upload(env, namespace, random_volume(tmp_path / "v", files=1, size=MIB), bsl=S3_BSL)
     final = env.wait_phase("DataUpload", name, timeout=120)["status"]
-    took = time.monotonic() - started
-    assert final["phase"] == "Failed"
-    assert "No space left on device" in final["message"], final["message"]
-    assert "the agent's --cache-dir" in final["message"]
-    assert all(process.exit_code() is None for process in env.processes.agents.values())
-    print(f"agent cache dir full: Failed after {took:.1f}s with: {final['message']}")
+    assert final["phase"] == "Completed", final.get("message")
+    for cache in full_cache_dirs:
+        assert sorted(path.name for path in cache.iterdir()) == ["filler"]

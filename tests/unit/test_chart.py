@@ -99,10 +99,11 @@ def container(workload: dict[str, Any]) -> dict[str, Any]:
 
 
 def flags(workload: dict[str, Any]) -> dict[str, str]:
-    """The container's ``--name=value`` arguments as a dict (each flag given exactly once)."""
+    """The container's ``--name=value`` arguments as a dict (each flag given exactly once; a bare
+    switch ``--name`` has the value "")."""
     args = container(workload)["args"]
-    pairs = [arg.removeprefix("--").split("=", 1) for arg in args]
-    assert all(arg.startswith("--") and len(pair) == 2 for arg, pair in zip(args, pairs, strict=True))
+    pairs = [[*arg.removeprefix("--").split("=", 1), ""][:2] for arg in args]
+    assert all(arg.startswith("--") for arg in args)
     result = dict(pairs)
     assert len(result) == len(args), f"a flag is repeated in {args}"
     return result
@@ -200,6 +201,8 @@ def test_coordinator_follows_the_command_line_contract(rendered: dict[str, list[
         "config": "/etc/barge/config.yaml",
         "leader-election-namespace": NAMESPACE,
         "leader-election-id": "barge-coordinator",
+        "repository-password-secret": "barge-repository-password/repository-password",
+        "generate-repository-password": "",
         "log-level": "info",
         "log-format": "json",
     }
@@ -296,7 +299,7 @@ def test_agent_follows_the_command_line_contract(rendered: dict[str, list[dict[s
         "health-port": "8081",
         "max-concurrent": "4",
         "cache-dir": "/var/cache/barge",
-        "repository-password-secret": "velero-repo-credentials/repository-password",
+        "repository-password-secret": "barge-repository-password/repository-password",
         "compression": "zstd",
         "log-level": "debug",
         "log-format": "console",
@@ -590,14 +593,53 @@ def test_coordinator_snapshot_permissions_are_what_the_exposer_does(
     ]
 
 
-def test_secrets_are_readable_only_in_velero_namespace(rendered: dict[str, list[dict[str, Any]]]) -> None:
-    objects = rendered["tuned"]
+def secret_rules(objects: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
+    """The rules on Secrets, by "Kind/namespace/name" of the role granting them."""
+    found: dict[str, list[dict[str, Any]]] = {}
     for obj in objects:
-        if obj["kind"] in RBAC_KINDS and any("secrets" in rule["resources"] for rule in obj["rules"]):
-            assert obj["kind"] == "Role", obj["metadata"]
-            assert obj["metadata"]["namespace"] == "velero-prod", obj["metadata"]
-            secret_rules = [rule for rule in obj["rules"] if "secrets" in rule["resources"]]
-            assert [rule["verbs"] for rule in secret_rules] == [["get"]]
+        if obj["kind"] in RBAC_KINDS:
+            meta = obj["metadata"]
+            role = f"{obj['kind']}/{meta.get('namespace', '')}/{meta['name']}"
+            for rule in obj["rules"]:
+                if "secrets" in rule["resources"]:
+                    found.setdefault(role, []).append(rule)
+    return found
+
+
+def test_the_agents_read_only_the_secrets_they_need_and_the_coordinator_none(helm: Helm) -> None:
+    """The agents: the repository password's Secret and the BSLs' (rbac.agentSecrets), by name, in
+    Velero's namespace. The coordinator: create only, for generating the password Secret."""
+    grants = secret_rules(helm.template({"veleroNamespace": "velero-prod"}, RELEASE, NAMESPACE))
+    assert grants == {
+        f"Role/velero-prod/{AGENT}": [
+            {"apiGroups": [""], "resources": ["secrets"], "verbs": ["get"],
+             "resourceNames": ["barge-repository-password", "cloud-credentials"]}
+        ],
+        f"Role/velero-prod/{COORDINATOR}": [
+            {"apiGroups": [""], "resources": ["secrets"], "verbs": ["create"]}
+        ],
+    }  # fmt: skip
+    own = {
+        "rbac": {"agentSecrets": ["minio-creds", "minio-ca", "team-pw"]},
+        "config": {"repositoryPasswordSecret": {"name": "team-pw", "key": "pw", "generate": False}},
+    }
+    grants = secret_rules(helm.template(own, RELEASE, NAMESPACE))
+    assert grants == {
+        f"Role/velero/{AGENT}": [
+            {"apiGroups": [""], "resources": ["secrets"], "verbs": ["get"],
+             "resourceNames": ["team-pw", "minio-creds", "minio-ca"]}
+        ],
+    }  # fmt: skip
+
+
+def test_repository_password_switches_reach_both_binaries(helm: Helm) -> None:
+    values = {"config": {"repositoryPasswordSecret": {"name": "pw", "key": "k", "generate": False,
+                                                      "allowVeleroDefault": True}}}  # fmt: skip
+    objects = helm.template(values, RELEASE, NAMESPACE)
+    coordinator, agent = flags(one(objects, "Deployment")), flags(one(objects, "DaemonSet"))
+    assert coordinator["repository-password-secret"] == agent["repository-password-secret"] == "pw/k"
+    assert "generate-repository-password" not in coordinator
+    assert agent["allow-velero-default-password"] == ""
 
 
 @pytest.mark.parametrize(

@@ -88,6 +88,25 @@ def test_password_file_and_change_password(
     assert main(["--repo", repo_url, "--password-file", str(tmp_path / "new"), "snapshots"]) == EXIT_OK
 
 
+def test_moving_off_a_password_while_writers_still_use_it(
+    repo_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The migration off Velero's default: add the new password (both open the repository while
+    the agents switch Secrets), then remove the old one; the last password is never removed."""
+    (tmp_path / "new").write_text("strong and new\n")
+    new = ["--repo", repo_url, "--password-file", str(tmp_path / "new")]
+    assert main(["--repo", repo_url, "key", "add", "--new-password-file", str(tmp_path / "new")]) == EXIT_OK
+    assert main(["--repo", repo_url, "snapshots"]) == EXIT_OK  # the old one still works
+    assert main([*new, "snapshots"]) == EXIT_OK
+    assert main(["--repo", repo_url, "key", "remove"]) == EXIT_OK
+    capsys.readouterr()
+    assert main(["--repo", repo_url, "snapshots"]) == EXIT_FAILED
+    assert "wrong password" in capsys.readouterr().err
+    assert main([*new, "key", "remove"]) == EXIT_USAGE
+    assert "only password of the repository" in capsys.readouterr().err
+    assert main([*new, "snapshots"]) == EXIT_OK
+
+
 def test_check_read_data_finds_a_flipped_byte_with_exit_3(
     repo_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
