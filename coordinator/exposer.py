@@ -144,7 +144,7 @@ def _plan(
         read_only=False,
         image=config.image,
         node_selector=config.affinity_for(storage_class),
-        avoid_nodes=tuple(sorted(a.node for a in observed.agents if not a.connected or a.cordoned)),
+        avoid_nodes=tuple(sorted(a.node for a in observed.agents if a.unusable(observed.now))),
         resources=config.pod_resources,
         priority_class_name=config.priority_class_name,
     )

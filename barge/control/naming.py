@@ -37,6 +37,11 @@ VOUCH_TTL_S = 10  # a vouch outlives its last renewal by this much: a dead agent
 READINESS_PERIOD_S = 3  # the exposer pod's readiness probe: every 3 s ...
 READINESS_FAILURES = 2  # ... and not Ready after 2 failures in a row
 COORDINATOR_LOSS_S = 30  # the agent's gRPC keepalive notices a silently vanished coordinator
+# An agent that lost its coordinator retries at least this often (its backoff's ceiling), so a
+# leader that has just started gives every agent it has not seen yet until AGENT_RECONNECT_WINDOW_S
+# (a retry, TLS, the TokenReview and Hello) before it judges that agent gone or places work around it.
+AGENT_RECONNECT_MAX_S = 30.0
+AGENT_RECONNECT_WINDOW_S = AGENT_RECONNECT_MAX_S + 10.0
 # The longest a drain waits on Barge for an exposer pod that nobody can hand off (the kubelet's
 # status write and the drain's own retry interval come on top): a coordinator that vanished
 # without closing the stream, noticed by the keepalive, then one renewal and the probe's failures.

@@ -36,10 +36,12 @@ from devenv.crds import load_crd
 from tests.coordinator_world import (
     OTHER_NODE,
     SOURCE_PVC,
+    T0,
     TARGET_PVC,
     agent,
     clone_fields,
     download_cr,
+    minutes,
     observed,
     upload_cr,
 )
@@ -224,6 +226,15 @@ def test_nodes_without_a_usable_agent_are_avoided() -> None:
             {"key": "metadata.name", "operator": "NotIn", "values": ["node-c"]},
         ]
     }
+
+
+def test_a_node_whose_agent_may_still_be_reconnecting_to_a_new_leader_is_not_avoided() -> None:
+    """A just-started leader has not seen any agent yet: placing around all of them would leave
+    the pod unschedulable for good (its affinity never changes)."""
+    reconnecting = agent(OTHER_NODE, connected=False, reconnect_by=T0 + minutes(1))
+    assert "affinity" not in manifests(plan_exposure(upload_world(agents=(reconnecting,)))).pod["spec"]
+    late = upload_world(agents=(reconnecting,), now=T0 + minutes(1))
+    assert "affinity" in manifests(plan_exposure(late)).pod["spec"]  # past it: gone, avoided
 
 
 def test_no_constraints_means_no_affinity() -> None:
