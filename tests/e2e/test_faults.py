@@ -312,8 +312,9 @@ def test_with_every_coordinator_stopped_a_drain_ends_within_the_bound_and_the_up
     """Nobody can hand the work off, so the exposer pod must not hold the drain: its agent stops
     vouching for it, the pod turns unready and the budget (AlwaysAllow) lets the drain evict it. The
     agent lets go of the volume; the next coordinator re-exposes it on another node. The pack
-    uploads are held back meanwhile, so the transfer cannot simply finish before the drain."""
-    volume = big_volume(tmp_path / "v", megabytes=96)
+    uploads are held back meanwhile: with 3 packs in flight, reading stops at about 128 of the
+    384 MiB, so the agent cannot simply finish the transfer before the drain."""
+    volume = big_volume(tmp_path / "v")
     drained, stopped = "", list[str]()
     slow_s3.proxy.plan.delay(PACK_DELAY_S, path_contains="/data/")
     try:
