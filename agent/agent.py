@@ -44,6 +44,7 @@ class _Job:
     thread: threading.Thread
     started: float
     vouch: Vouch | None  # None: its exposer pod has no status volume (made by an earlier version)
+    vouch_failing: bool = False  # a renewal failed: logged once, not every second
     done: threading.Event = field(default_factory=threading.Event)
 
 
@@ -193,9 +194,12 @@ class Agent:
             with self._vouching:  # never renewed after _withdraw
                 try:
                     self._renew(job, until, connected)
+                    job.vouch_failing = False
                 except OSError as err:  # the kubelet removing the volume meanwhile: seen next round
-                    pod_uid = job.runner.assignment.pod_uid
-                    log.warning("exposer pod's vouch not renewed", pod_uid=pod_uid, error=str(err))
+                    if not job.vouch_failing:
+                        pod_uid = job.runner.assignment.pod_uid
+                        log.warning("exposer pod's vouch not renewed", pod_uid=pod_uid, error=str(err))
+                    job.vouch_failing = True
 
     @staticmethod
     def _renew(job: _Job, until: int, connected: bool) -> None:

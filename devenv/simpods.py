@@ -271,7 +271,7 @@ class Kubelets:
         ]
         conditions = [
             {"type": kind, "status": "False", "reason": reason, "lastTransitionTime": now}
-            for kind in ("ContainersReady", "Ready")
+            for kind in READY_CONDITIONS
         ]
         status = {
             "phase": "Failed",
