@@ -3,6 +3,9 @@
 One ``AssignmentRunner`` thread per assignment, keyed by assignment id; a command for an
 ``(id, epoch)`` already known is a replay and is ignored. A newer epoch for a running id means the
 coordinator moved the work: the old runner is stopped (it would be fenced anyway).
+
+``renew_vouches`` keeps each running assignment's exposer pod Ready while a coordinator is on the
+stream, and hands the work back when the kubelet tears the pod down (``agent.vouch``).
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import structlog
 
 from agent.metrics import AgentMetrics
 from agent.runner import AssignmentRunner, ProgressSink, RepositoryOpener, RunnerSettings, StatusSink
+from agent.vouch import Vouch
 from barge import __version__
 from barge.clock import Clock
 from barge.control.messages import (
@@ -29,6 +33,7 @@ from barge.control.messages import (
     ProgressReport,
     RunningAssignment,
 )
+from barge.control.naming import VOUCH_TTL_S
 
 log = structlog.get_logger("barge.agent")
 
@@ -38,6 +43,8 @@ class _Job:
     runner: AssignmentRunner
     thread: threading.Thread
     started: float
+    vouch: Vouch | None  # None: its exposer pod has no status volume (made by an earlier version)
+    vouch_failing: bool = False  # a renewal failed: logged once, not every second
     done: threading.Event = field(default_factory=threading.Event)
 
 
@@ -59,6 +66,7 @@ class Agent:
         self.max_concurrent = max_concurrent
         self.draining = False
         self.send: Callable[[AgentEvent], None] = lambda event: None
+        self.coordinator_connected: Callable[[], bool] = lambda: False  # wired to the client too
         self._status = status
         self._repositories = repositories
         self._clock = clock
@@ -67,6 +75,7 @@ class Agent:
         self._last_progress: dict[str, float] = {}
         self._jobs: dict[str, _Job] = {}
         self._lock = threading.Lock()
+        self._vouching = threading.Lock()  # vouch files: a renewal never follows the withdrawal
 
     # -- what the client asks ---------------------------------------------------------------------
 
@@ -135,15 +144,19 @@ class Agent:
             daemon=True,
             name=f"assignment-{assignment.cr.name}",
         )
+        vouch = Vouch(self.settings.kubelet_root, assignment.pod_uid)
+        job = _Job(runner, thread, self._clock.monotonic(), vouch if vouch.pod_has_it() else None)
         with self._lock:
-            self._jobs[assignment.assignment_id] = _Job(runner, thread, self._clock.monotonic())
+            self._jobs[assignment.assignment_id] = job
             self._metrics.running.set(sum(1 for j in self._jobs.values() if not j.done.is_set()))
         thread.start()
+        self.renew_vouches()  # Ready at the probe's next look, not a renewal later
 
     def _run(self, assignment_id: str) -> None:
         with self._lock:
             job = self._jobs[assignment_id]
         result = job.runner.run()
+        self._withdraw(job)
         a = job.runner.assignment
         self._metrics.finished(
             a.kind, result.outcome, self._clock.monotonic() - job.started, result.bytes_done, result.bytes_new
@@ -166,6 +179,56 @@ class Agent:
                 hand_off=command.hand_off,
             )
             job.runner.cancel(hand_off=command.hand_off)
+
+    # -- the exposer pods' readiness ------------------------------------------------------------------
+
+    def renew_vouches(self) -> None:
+        """Every VOUCH_REFRESH_S (and when work starts): vouch for the exposer pod of every running
+        assignment while a coordinator is on the stream, withdraw otherwise (nobody could hand the
+        work off, so a drain must not wait for it); hand back work whose pod is being torn down."""
+        with self._lock:
+            jobs = [j for j in self._jobs.values() if j.vouch is not None]
+        until = int(self._clock.now().timestamp()) + VOUCH_TTL_S
+        connected = self.coordinator_connected()
+        for job in jobs:
+            with self._vouching:  # never renewed after _withdraw
+                try:
+                    self._renew(job, until, connected)
+                    job.vouch_failing = False
+                except OSError as err:  # the kubelet removing the volume meanwhile: seen next round
+                    if not job.vouch_failing:
+                        pod_uid = job.runner.assignment.pod_uid
+                        log.warning("exposer pod's vouch not renewed", pod_uid=pod_uid, error=str(err))
+                    job.vouch_failing = True
+
+    @staticmethod
+    def _renew(job: _Job, until: int, connected: bool) -> None:
+        vouch, runner = job.vouch, job.runner
+        if vouch is None:
+            return  # the work ended meanwhile
+        if not vouch.pod_has_it():
+            if not runner.stopping:
+                log.warning(
+                    "exposer pod torn down (evicted or deleted): handing the work back",
+                    name=runner.assignment.cr.name,
+                    pod_uid=runner.assignment.pod_uid,
+                )
+                runner.cancel(hand_off=True)
+            return
+        if connected and not runner.stopping:
+            vouch.give(until)
+        else:
+            vouch.withdraw()
+
+    def _withdraw(self, job: _Job) -> None:
+        """The work ended: the pod is unready from the probe's next look, not when the vouch expires."""
+        with self._vouching:
+            vouch, job.vouch = job.vouch, None
+            if vouch is not None:
+                try:
+                    vouch.withdraw()
+                except OSError as err:
+                    log.warning("exposer pod's vouch not withdrawn; it expires", error=str(err))
 
     def _progress_sink(self) -> ProgressSink:
         def report(assignment: Assignment, done: int, total: int) -> None:

@@ -22,7 +22,7 @@ from agent.runner import Mutation, RunnerSettings
 from barge import __version__
 from barge.clock import SystemClock
 from barge.control.messages import Assignment
-from barge.control.naming import Fence
+from barge.control.naming import VOUCH_REFRESH_S, Fence
 from barge.errors import BargeError, InvalidInput
 from barge.kube.client import api_client
 from barge.kube.resources import BACKUP_STORAGE_LOCATION, SECRET, KubeObjects
@@ -132,6 +132,7 @@ def run(args: argparse.Namespace) -> int:
     )
     client = _client(args, agent, clock)
     agent.send = client.send
+    agent.coordinator_connected = lambda: client.connected
     # Read at every scrape: set from the probe, the gauge was stale between probes (and 0 without any).
     metrics.connected.set_function(lambda: 1.0 if client.connected else 0.0)
     return _serve(args, agent, client, metrics)
@@ -177,6 +178,8 @@ def _serve(args: argparse.Namespace, agent: Agent, client: AgentClient, metrics:
     for endpoint in endpoints:
         endpoint.start()
     client.start()
+    vouching = threading.Thread(target=_renew_vouches, args=(agent, stop), name="vouches", daemon=True)
+    vouching.start()
     log.info("agent started", version=__version__, coordinator=args.coordinator)
     stop.wait()
     log.info("stopping: handing running work back to the coordinator")
@@ -185,6 +188,15 @@ def _serve(args: argparse.Namespace, agent: Agent, client: AgentClient, metrics:
     for endpoint in endpoints:
         endpoint.stop()
     return EXIT_OK
+
+
+def _renew_vouches(agent: Agent, stop: threading.Event) -> None:
+    """Until stop: a round that fails is logged, and its vouches expire (the pods turn unready)."""
+    while not stop.wait(VOUCH_REFRESH_S):
+        try:
+            agent.renew_vouches()
+        except Exception:
+            log.exception("renewing the exposer pods' vouches failed")
 
 
 def _read_token(path: Path) -> str:

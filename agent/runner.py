@@ -125,6 +125,11 @@ class AssignmentRunner:
         self._hand_off = hand_off
         self._token.cancel()
 
+    @property
+    def stopping(self) -> bool:
+        """Asked to stop (or fenced): the data no longer moves for long."""
+        return self._token.canceled
+
     def run(self) -> AssignmentResult:
         assignment = self.assignment
         with structlog.contextvars.bound_contextvars(

@@ -118,6 +118,7 @@ class Controller:
         self._threads: list[threading.Thread] = []
         self._failures: Counter[ItemKey] = Counter()
         self._cordoned_since: dict[str, datetime] = {}
+        self._leading_since: datetime | None = None  # this controller runs for one leader term
         self._drained: set[str] = set()
         self._admissions: frozenset[ItemKey] = frozenset()
         self._agents: tuple[AgentView, ...] = ()
@@ -142,6 +143,7 @@ class Controller:
     # -- lifecycle --------------------------------------------------------------------------------
 
     def start(self, sync_timeout: float = 60.0) -> None:
+        self._leading_since = self._clock.now()
         for informer in self._informers.values():
             informer.start()
         for kind, informer in self._informers.items():
@@ -326,7 +328,7 @@ class Controller:
             self._stopping.wait(_ADMISSION_INTERVAL_S)
 
     def recompute_admissions(self) -> None:
-        agents = agent_views(self.caches, self._hub, dict(self._cordoned_since))
+        agents = agent_views(self.caches, self._hub, dict(self._cordoned_since), self._leading_since)
         items = self._work_items()
         with self._lock:
             previous = self._admissions

@@ -573,7 +573,8 @@ def _agent_grace_end(o: Observed, node: str) -> datetime | None:
         return None
     since = agent.disconnected_since if agent is not None else None
     since = since or o.cr.started_at or o.cr.accepted_at
-    return since + o.config.agent_grace_period if since else None
+    ends = [since + o.config.agent_grace_period if since else None, agent.reconnect_by if agent else None]
+    return max((end for end in ends if end is not None), default=None)
 
 
 def _agent_gone(o: Observed, node: str) -> str:

@@ -144,9 +144,11 @@ class Hub:
             session.send(Drain(grace_seconds, reason))
 
     def reset(self) -> None:
-        """A leader term ended: its records may be stale; the next term rebuilds them from Hellos."""
+        """A leader term ended: its records may be stale; the next term rebuilds them from Hellos,
+        and knows nothing of the disconnections this one saw (its agents went with its streams)."""
         with self._lock:
             self._records.clear()
+            self._disconnected_since.clear()
 
     def forget(self, assignment_id: str) -> None:
         """The CR is final and cleaned up: nothing more to remember."""

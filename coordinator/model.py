@@ -364,6 +364,16 @@ class AgentView:
     cordoned: bool = False  # node.spec.unschedulable
     cordoned_since: datetime | None = None
     labels: Pairs = ()  # the node's labels (scheduler)
+    # Not connected and not seen since this leader started: it is given until then to reconnect
+    # (AGENT_RECONNECT_WINDOW_S after the start) before it is judged gone or avoided. None otherwise.
+    reconnect_by: datetime | None = None
+
+    def unusable(self, now: datetime) -> bool:
+        """No place for new work: cordoned, or its agent is gone (not merely reconnecting to a
+        leader that has just started)."""
+        if self.cordoned:
+            return True
+        return not self.connected and (self.reconnect_by is None or now >= self.reconnect_by)
 
 
 class HubState(Enum):

@@ -270,7 +270,8 @@ class SimCluster:
         return True
 
     def drain(self, node: str, timeout: float = 60.0) -> list[str]:
-        """``kubectl drain --ignore-daemonsets``: cordon, evict every pod, retry PDB refusals.
+        """``kubectl drain --ignore-daemonsets --delete-emptydir-data``: cordon, evict every pod,
+        retry PDB refusals.
 
         Returns ``namespace/name`` of the pods still on the node at the deadline (empty: drained).
         """

@@ -29,6 +29,7 @@ from barge.control.messages import (
     RunningAssignment,
     Welcome,
 )
+from barge.control.naming import AGENT_RECONNECT_MAX_S
 from barge.control.ports import CommandHandler
 from barge.errors import BargeError, InvalidInput
 from barge.retry import Backoff
@@ -39,7 +40,7 @@ from barge.rpc.status import STANDBY_REFUSAL
 
 log = logging.getLogger(__name__)
 
-RECONNECT_BACKOFF = Backoff(first_s=0.5, max_s=30.0)
+RECONNECT_BACKOFF = Backoff(first_s=0.5, max_s=AGENT_RECONNECT_MAX_S)
 # A standby's refusal is not an overload: the Service sends the next connection to another replica,
 # so retry soon (a leader may be elected any moment, e.g. when the API server answers again).
 STANDBY_RETRY_S = (0.5, 3.0)

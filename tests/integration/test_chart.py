@@ -161,7 +161,7 @@ def coordinator_needs(r: Release) -> list[Access]:
     needs += [Access(v, "events", velero) for v in ("create", "patch")]
     needs += [
         Access(v, "poddisruptionbudgets", velero, "policy")
-        for v in ("get", "list", "watch", "create", "delete")
+        for v in ("get", "list", "watch", "create", "delete", "patch")  # patch: an earlier version's
     ]
     return needs
 

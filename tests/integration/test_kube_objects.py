@@ -8,6 +8,7 @@ from collections.abc import Iterator
 import pytest
 from kubernetes import client
 
+from barge.control.naming import EXPOSER_BUDGET
 from barge.errors import Conflict, InvalidInput, NotFound
 from barge.kube.resources import (
     BY_KIND,
@@ -15,10 +16,12 @@ from barge.kube.resources import (
     LEASE,
     NODE,
     POD,
+    POD_DISRUPTION_BUDGET,
     SECRET,
     KubeObjects,
     resource_for,
 )
+from coordinator.exposer import budget_outdated, exposer_budget
 from tests.integration.kubetest import fresh_namespace, named_upload, unique
 
 pytestmark = pytest.mark.integration
@@ -203,3 +206,19 @@ def test_resource_of_discovers_kinds_named_at_run_time(objects: KubeObjects) -> 
     assert objects.resource_of("velero.io/v2alpha1", "DataUpload") == DATA_UPLOAD
     assert objects.resource_of("velero.io/v2alpha1", "NoSuchKind") is None
     assert objects.resource_of("nowhere.example.com/v1", "Thing") is None
+
+
+def test_an_earlier_versions_exposer_budget_takes_the_executors_patch_in_place(
+    objects: KubeObjects, namespace: str
+) -> None:
+    """What ``Executor._create_exposure`` sends for an outdated budget: a merge patch of the spec,
+    accepted by the API server (a budget's spec is mutable), same object, no moment without it."""
+    earlier = exposer_budget(namespace)
+    del earlier["spec"]["unhealthyPodEvictionPolicy"]
+    created = objects.create(POD_DISRUPTION_BUDGET, earlier)
+    assert budget_outdated(created)
+    wanted = exposer_budget(namespace)
+    patched = objects.patch(POD_DISRUPTION_BUDGET, namespace, EXPOSER_BUDGET, {"spec": wanted["spec"]})
+    assert patched["metadata"]["uid"] == created["metadata"]["uid"]
+    assert patched["spec"]["unhealthyPodEvictionPolicy"] == "AlwaysAllow"
+    assert not budget_outdated(patched)

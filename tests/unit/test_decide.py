@@ -459,6 +459,15 @@ def test_prepared_agent_missing_past_grace_reexposes() -> None:
     assert_reexposed(decide(never_seen))
 
 
+def test_a_new_leader_gives_an_agent_it_has_not_seen_until_reconnect_by_before_judging_it_gone() -> None:
+    """After an outage the agents retry on a backoff of up to 30 s: an agent a just-started leader
+    has not seen yet is not gone merely because agentGracePeriod has passed since the CR started."""
+    reconnecting = agent(connected=False, reconnect_by=T0 + minutes(3))
+    world = observed(prepared(upload_cr()), now=T0 + minutes(2), exposure=exposure(), agents=(reconnecting,))
+    assert only_waits(decide(world))
+    assert_reexposed(decide(replace(world, now=T0 + minutes(3))))
+
+
 def test_prepared_assigns_to_connected_agent() -> None:
     cr = replace(prepared(upload_cr()), data_mover_config=(("k", "v"),))
     world = observed(cr, exposure=exposure())

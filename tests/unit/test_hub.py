@@ -157,6 +157,7 @@ def test_a_new_leader_term_starts_from_what_agents_report() -> None:
     h.agent_disconnected(session)  # the term ends: streams closed
     h.reset()
     assert h.assignment("uid-1") is None
+    assert h.disconnected_since("node-a") is None  # the next term has not seen it go
     h.agent_connected(Session("node-a", Hello("node-a", "1", 2, (RunningAssignment("uid-1", 1, 7, 9),))))
     view = h.assignment("uid-1")
     assert view is not None
