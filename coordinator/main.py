@@ -198,7 +198,7 @@ def _control_server(
 ) -> ControlServer:
     return ControlServer(
         gate,
-        KubeAuthenticator(api, args.agent_service_account, (args.token_audience,)),
+        KubeAuthenticator(api, args.agent_service_account, (args.token_audience,), clock=clock),
         address=f"{args.grpc_address}:{args.grpc_port}",
         tls=ServerTls(Path(args.tls_cert_file), Path(args.tls_key_file)),
         clock=clock,
