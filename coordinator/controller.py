@@ -16,6 +16,7 @@ from typing import Any
 import structlog
 
 from barge.clock import Clock
+from barge.control.messages import RunningAssignment
 from barge.control.naming import LABEL_MANAGED_BY, MANAGED_BY
 from barge.errors import BargeError, TemporaryError
 from barge.kube.client import ApiClient
@@ -39,7 +40,7 @@ from barge.kube.resources import (
 from barge.kube.status import StatusWriter
 from barge.retry import Backoff
 from coordinator.config import CoordinatorConfig
-from coordinator.decide import decide
+from coordinator.decide import claim_problem, decide
 from coordinator.executor import Executor
 from coordinator.hub import Hub
 from coordinator.metrics import CoordinatorMetrics
@@ -138,6 +139,7 @@ class Controller:
             cached=lambda resource, namespace, name: self.caches.get(resource.kind, namespace, name),
         )
         hub.on_change = self._on_hub_change
+        hub.claim_problem = self._claim_problem
 
     # -- lifecycle --------------------------------------------------------------------------------
 
@@ -227,6 +229,19 @@ class Controller:
         key = self._references.by_uid(assignment_id)
         if key is not None:
             self._queue.add(key)
+
+    def _claim_problem(self, node: str, claim: RunningAssignment) -> str:
+        """What is wrong with an agent's claim to run ``claim`` (``decide.claim_problem``), checked
+        against the CR in the cache: a new leader adopts only what the CR's fence names."""
+        key = self._references.by_uid(claim.assignment_id)
+        obj = self.caches.get(key.kind, key.namespace, key.name) if key is not None else None
+        if key is None or obj is None:
+            return claim_problem(None, node, claim)
+        try:
+            cr = self._views.view(key.kind, obj)
+        except BargeError as err:
+            return f"{key.kind} {key.namespace}/{key.name} cannot be read: {err}"
+        return claim_problem(cr, node, claim)
 
     def _enqueue_all(self, active_only: bool = False) -> None:
         for kind in _CR_KINDS:

@@ -13,10 +13,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from barge.control.messages import AssignmentKind, Outcome, VolumeMode
+from barge.control.messages import AssignmentKind, Outcome, RunningAssignment, VolumeMode
 from barge.control.naming import ASSIGNMENT_ANNOTATION, Fence
 from coordinator.config import CoordinatorConfig
-from coordinator.decide import CONTENT_FOLLOW_GRACE, MAX_WAIT, READOPT_GRACE, decide
+from coordinator.decide import CONTENT_FOLLOW_GRACE, MAX_WAIT, READOPT_GRACE, claim_problem, decide
 from coordinator.exposer import plan_exposure
 from coordinator.model import (
     ACCEPTED_AT_ANNOTATION,
@@ -1124,3 +1124,63 @@ def test_properties_of_every_decision(world: Observed) -> None:
         for key, value in step.annotations:  # type: ignore[attr-defined]
             if key == ASSIGNMENT_ANNOTATION:
                 assert Fence.parse(value).epoch > latest  # a reservation is a new epoch
+
+
+# ------------------------------------------------------------------ adopting agents' claims after a failover
+
+
+FENCED = in_progress(upload_cr(), epoch=3)  # the fence names epoch 3 on NODE
+
+
+def claim(epoch: int = 3) -> RunningAssignment:
+    return RunningAssignment(upload_cr().uid, epoch, 5, 50)
+
+
+@pytest.mark.parametrize(
+    "cr",
+    [
+        FENCED,
+        replace(prepared(upload_cr()), fence=Fence(3, NODE)),  # the fence reserved with Prepared
+        replace(FENCED, phase=Phase.CANCELING),
+    ],
+    ids=["in-progress", "prepared", "canceling"],
+)
+def test_a_claim_that_matches_the_fence_of_a_runnable_cr_is_adopted(cr: CrView) -> None:
+    assert claim_problem(cr, NODE, claim(3)) == ""
+
+
+@pytest.mark.parametrize(
+    ("cr", "node", "epoch", "problem"),
+    [
+        (FENCED, NODE, 2, "is fenced to 3:node-a, not 2:node-a"),
+        (FENCED, NODE, 4, "is fenced to 3:node-a, not 4:node-a"),
+        (FENCED, OTHER_NODE, 3, "is fenced to 3:node-a, not 3:node-b"),
+        (replace(FENCED, fence=Fence(4, "-")), NODE, 3, "fenced to 4:-"),
+        (replace(prepared(upload_cr()), fence=None), NODE, 3, "is fenced to no assignment, not 3:node-a"),
+        (replace(FENCED, phase=Phase.COMPLETED), NODE, 3, "is Completed"),
+        (replace(FENCED, phase=Phase.FAILED), NODE, 3, "is Failed"),
+        (replace(FENCED, phase=Phase.ACCEPTED), NODE, 3, "is Accepted"),
+        (replace(FENCED, deleting=True), NODE, 3, "is being deleted"),
+        (replace(FENCED, datamover="velero"), NODE, 3, "is not served by Barge"),
+        (replace(FENCED, uid="recreated"), NODE, 3, "no DataUpload or DataDownload"),
+        (None, NODE, 3, "no DataUpload or DataDownload has uid uid-upload-1"),
+    ],
+    ids=[
+        "older-epoch",
+        "forged-newer-epoch",
+        "other-node",
+        "revoked",
+        "no-fence",
+        "completed",
+        "failed",
+        "re-exposing",
+        "deleted",
+        "other-mover",
+        "recreated",
+        "unknown",
+    ],
+)
+def test_a_claim_the_fence_does_not_name_is_not_adopted(
+    cr: CrView | None, node: str, epoch: int, problem: str
+) -> None:
+    assert problem in claim_problem(cr, node, claim(epoch))
