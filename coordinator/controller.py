@@ -123,6 +123,7 @@ class Controller:
         self._admissions: frozenset[ItemKey] = frozenset()
         self._agents: tuple[AgentView, ...] = ()
         self._admission_dirty = threading.Event()
+        self._leading_since: datetime | None = None
         self._views = CrViews()
         self._references = References()
         self._changes = Changes()
@@ -149,6 +150,7 @@ class Controller:
         for kind, informer in self._informers.items():
             if not informer.wait_synced(sync_timeout):
                 raise TemporaryError(f"the {kind} cache did not sync within {sync_timeout:.0f}s")
+        self._leading_since = self._clock.now()  # agents can find this leader from about now
         self.recompute_admissions()
         self._enqueue_all()
         self._spawn(self._admission_loop, "admission")
@@ -323,7 +325,7 @@ class Controller:
     def _context(self) -> Context:
         with self._lock:
             agents = self._agents
-        return Context(self._clock.now(), self.config, self._identity, agents)
+        return Context(self._clock.now(), self.config, self._identity, agents, self._leading_since)
 
     def _admitted(self, key: ItemKey) -> bool:
         with self._lock:

@@ -676,6 +676,17 @@ def test_in_progress_agent_disconnected_within_grace_waits() -> None:
     assert decide(progress_world(agents=(gone,))) == (Requeue(timedelta(seconds=10)),)
 
 
+def test_in_progress_agent_not_back_after_a_failover_waits() -> None:
+    """A new leader has seen no agent yet: an agent it never saw gets agentGracePeriod from when
+    this leader began (40 s ago), not from when the work started (9 min ago), to reconnect and
+    report what it runs."""
+    unseen = agent(connected=False)
+    began = T0 + minutes(10) - timedelta(seconds=40)
+    world = progress_world(agents=(unseen, agent(OTHER_NODE)), assignment=None, leading_since=began)
+    assert decide(world) == (Requeue(timedelta(seconds=20)),)
+    assert_reexposed(decide(replace(world, now=began + minutes(1))))
+
+
 def rated(done: int, total: int, since_s: float, now_min: float = 10) -> AssignmentView:
     """Running since ``since_s`` seconds before ``now_min`` with 0 bytes then and ``done`` now."""
     since = T0 + minutes(now_min) - timedelta(seconds=since_s)
