@@ -11,6 +11,7 @@ import logging
 import queue
 import socket
 import threading
+import urllib.parse
 import uuid
 from collections import OrderedDict
 from collections.abc import Iterator, Sequence
@@ -158,6 +159,7 @@ class _Handshake:
     peer: str
     mailbox: queue.Queue[_Item]
     authenticating: bool = False  # its Hello arrived: no longer evicted in favour of a newer stream
+    evicted: str = ""  # why it was closed to make room ("" while it holds its slot)
 
 
 class _Handshakes:
@@ -192,10 +194,14 @@ class _Handshakes:
         if idle is None:
             raise _StreamEnd(grpc.StatusCode.RESOURCE_EXHAUSTED, f"{why}, all authenticating; retry")
         self._pending.remove(idle)
-        idle.mailbox.put(_Close(f"{why}: the oldest without a Hello is closed"))
+        idle.evicted = f"{why}: the oldest without a Hello is closed"
+        idle.mailbox.put(_Close(idle.evicted))
 
     def hello(self, handshake: _Handshake) -> None:
+        """Its Hello arrived: it keeps its slot while it authenticates, unless it was just evicted."""
         with self._lock:
+            if handshake.evicted:
+                raise _StreamEnd(grpc.StatusCode.RESOURCE_EXHAUSTED, handshake.evicted)
             handshake.authenticating = True
 
     def leave(self, handshake: _Handshake) -> None:
@@ -206,8 +212,10 @@ class _Handshakes:
 
 def peer_address(peer: str) -> str:
     """The remote address of a gRPC peer string without its port: ``ipv4:10.0.0.7:51234`` ->
-    ``10.0.0.7``, ``ipv6:[fd00::7]:51234`` -> ``fd00::7``; anything else unchanged."""
+    ``10.0.0.7``, ``ipv6:%5Bfd00::7%5D:51234`` (gRPC escapes the brackets) -> ``fd00::7``;
+    anything else unchanged."""
     kind, _, rest = peer.partition(":")
+    rest = urllib.parse.unquote(rest)
     if kind == "ipv6" and rest.startswith("["):
         return rest[1:].partition("]")[0]
     if kind == "ipv4":

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -257,6 +258,14 @@ def health_status(channel: grpc.Channel) -> int:
     return health_pb2_grpc.HealthStub(channel).Check(request, timeout=WAIT_S).status  # type: ignore[no-any-return]
 
 
+def ended(streams: list[RawAgent], count: int) -> list[tuple[grpc.StatusCode, str]]:
+    """How the first ``count`` of ``streams`` to end ended; the others are still open."""
+    wait_until(lambda: sum(not s.responses.empty() for s in streams) >= count, what=f"{count} streams to end")
+    endings = [stream.ended_with() for stream in streams if not stream.responses.empty()]
+    assert len(endings) == count
+    return endings
+
+
 def test_idle_streams_keep_neither_an_agent_nor_the_health_check_out(
     pki: ServingPki, hub: RecordingHub
 ) -> None:
@@ -271,10 +280,9 @@ def test_idle_streams_keep_neither_an_agent_nor_the_health_check_out(
             assert isinstance(command_from_pb(agent.next()), Welcome)
             assert hub.of("connected") == [HELLO_A]
             # Each idle stream beyond 4 from this address closed the oldest; the agent closed one more.
-            evicted = [stream.ended_with() for stream in idle[:13]]
+            evicted = ended(idle, 13)
             assert {code for code, _ in evicted} == {grpc.StatusCode.RESOURCE_EXHAUSTED}
             assert all("unauthenticated streams from 127.0.0.1" in details for _, details in evicted)
-            assert all(stream.responses.empty() for stream in idle[13:])
             agent.close()
     finally:
         server.stop(0)
@@ -292,19 +300,22 @@ def test_a_stream_without_hello_is_closed_at_the_hello_deadline(pki: ServingPki,
 
 
 def test_one_address_cannot_take_the_handshake_slots_of_another(tmp_path: Path, hub: RecordingHub) -> None:
-    """Streams from ::1 wait for their Hello while 127.0.0.1 opens many more than the slots: only
-    127.0.0.1's own oldest streams are closed, and ::1's still get in."""
+    """Streams from 127.0.0.1 wait for their Hello while ::1 opens many more than the slots, over
+    several connections: only ::1's own oldest streams are closed, and 127.0.0.1's still get in."""
     pki = make_serving_pki(tmp_path / "pki", ip_addresses=("127.0.0.1", "::1"))
     server = make_server(
         pki, hub, host="[::]", hello_timeout_s=60, max_handshakes=4, max_handshakes_per_peer=2
     )
     try:
-        with channel_to(pki, server.port, "::1") as own, channel_to(pki, server.port) as flood:
+        with contextlib.ExitStack() as stack:
+            own = stack.enter_context(channel_to(pki, server.port))
             waiting = [RawAgent(own, "token-a") for _ in range(2)]
             assert health_status(own) == health_pb2.HealthCheckResponse.SERVING  # both streams arrived
-            flooding = [RawAgent(flood, "token-b") for _ in range(10)]
-            for stream in flooding[:8]:
-                assert stream.ended_with()[0] is grpc.StatusCode.RESOURCE_EXHAUSTED
+            floods = [stack.enter_context(channel_to(pki, server.port, "::1")) for _ in range(5)]
+            flooding = [RawAgent(flood, "token-b") for flood in floods for _ in range(2)]
+            evicted = ended(flooding, 8)
+            assert {code for code, _ in evicted} == {grpc.StatusCode.RESOURCE_EXHAUSTED}
+            assert all("unauthenticated streams from ::1" in details for _, details in evicted)
             waiting[0].send(HELLO_A)
             assert isinstance(command_from_pb(waiting[0].next()), Welcome)
             assert waiting[1].responses.empty()
@@ -331,6 +342,7 @@ def test_agents_beyond_the_limit_are_refused_but_a_known_node_may_reconnect(
     ("peer", "address"),
     [
         ("ipv4:10.0.0.7:51234", "10.0.0.7"),
+        ("ipv6:%5Bfd00::7%5D:51234", "fd00::7"),
         ("ipv6:[fd00::7]:51234", "fd00::7"),
         ("unix:/run/barge.sock", "unix:/run/barge.sock"),
     ],
