@@ -568,16 +568,17 @@ def _unusable_node(o: Observed, node: str) -> str:
 
 
 def _agent_grace_end(o: Observed, node: str) -> datetime | None:
-    """When a missing agent's work on ``node`` may be moved (None: the agent is connected). An agent
-    this leader never saw connected is missing since the work started, but no earlier than this
-    leader began: after a failover every agent needs a moment to find the new leader."""
+    """When a missing agent's work on ``node`` may be moved (None: the agent is connected): the
+    grace counts from when it was last seen (or the work started), but no earlier than this leader's
+    term began, since no agent can reach a coordinator that does not lead: after a failover or a
+    re-election every agent needs a moment to find the leader and report what it runs."""
     agent = o.agent(node)
     if agent is not None and agent.connected:
         return None
     since = agent.disconnected_since if agent is not None else None
-    if since is None:
-        moments = [m for m in (o.cr.started_at or o.cr.accepted_at, o.leading_since) if m is not None]
-        since = max(moments, default=None)
+    since = since or o.cr.started_at or o.cr.accepted_at
+    if since is not None and o.leading_since is not None:
+        since = max(since, o.leading_since)
     return since + o.config.agent_grace_period if since else None
 
 

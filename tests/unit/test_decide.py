@@ -21,6 +21,7 @@ from coordinator.exposer import plan_exposure
 from coordinator.model import (
     ACCEPTED_AT_ANNOTATION,
     Action,
+    AgentView,
     Assign,
     AssignmentView,
     BindRestoredVolume,
@@ -676,13 +677,17 @@ def test_in_progress_agent_disconnected_within_grace_waits() -> None:
     assert decide(progress_world(agents=(gone,))) == (Requeue(timedelta(seconds=10)),)
 
 
-def test_in_progress_agent_not_back_after_a_failover_waits() -> None:
-    """A new leader has seen no agent yet: an agent it never saw gets agentGracePeriod from when
-    this leader began (40 s ago), not from when the work started (9 min ago), to reconnect and
-    report what it runs."""
-    unseen = agent(connected=False)
+@pytest.mark.parametrize(
+    "missing",
+    [agent(connected=False), agent(connected=False, disconnected_since=T0 + minutes(2))],
+    ids=["never-seen-by-a-new-leader", "gone-before-a-re-election"],
+)
+def test_in_progress_agent_not_back_after_a_failover_waits(missing: AgentView) -> None:
+    """This leader began 40 s ago: an agent missing since the work started (9 min ago) or since
+    before the term gets agentGracePeriod from the term's start to find the leader and report what
+    it runs."""
     began = T0 + minutes(10) - timedelta(seconds=40)
-    world = progress_world(agents=(unseen, agent(OTHER_NODE)), assignment=None, leading_since=began)
+    world = progress_world(agents=(missing, agent(OTHER_NODE)), assignment=None, leading_since=began)
     assert decide(world) == (Requeue(timedelta(seconds=20)),)
     assert_reexposed(decide(replace(world, now=began + minutes(1))))
 
