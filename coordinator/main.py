@@ -94,11 +94,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--max-handshakes",
         type=int,
-        default=64,
+        default=256,
         help="streams not yet authenticated, in all (apart from the agents' own slots)",
     )
     p.add_argument(
-        "--max-handshakes-per-peer", type=int, default=8, help="streams not yet authenticated, per address"
+        "--max-handshakes-per-peer",
+        type=int,
+        default=8,
+        help="streams not yet authenticated, per remote address (raise it when agents share one, e.g. a NAT)",
     )
     p.add_argument(
         "--workers",

@@ -297,7 +297,7 @@ class ControlServer:
         coordinator_id: str | None = None,
         max_agents: int = 1024,
         hello_timeout_s: float = 5.0,
-        max_handshakes: int = 64,
+        max_handshakes: int = 256,
         max_handshakes_per_peer: int = 8,
     ) -> None:
         if agent_timeout_s <= heartbeat_interval_s:
