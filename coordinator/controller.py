@@ -16,6 +16,7 @@ from typing import Any
 import structlog
 
 from barge.clock import Clock
+from barge.control.messages import RunningAssignment
 from barge.control.naming import LABEL_MANAGED_BY, MANAGED_BY
 from barge.errors import BargeError, TemporaryError
 from barge.kube.client import ApiClient
@@ -39,7 +40,7 @@ from barge.kube.resources import (
 from barge.kube.status import StatusWriter
 from barge.retry import Backoff
 from coordinator.config import CoordinatorConfig
-from coordinator.decide import decide
+from coordinator.decide import claim_problem, decide
 from coordinator.executor import Executor
 from coordinator.hub import Hub
 from coordinator.metrics import CoordinatorMetrics
@@ -139,16 +140,17 @@ class Controller:
             cached=lambda resource, namespace, name: self.caches.get(resource.kind, namespace, name),
         )
         hub.on_change = self._on_hub_change
+        hub.claim_problem = self._claim_problem
 
     # -- lifecycle --------------------------------------------------------------------------------
 
     def start(self, sync_timeout: float = 60.0) -> None:
-        self._leading_since = self._clock.now()
         for informer in self._informers.values():
             informer.start()
         for kind, informer in self._informers.items():
             if not informer.wait_synced(sync_timeout):
                 raise TemporaryError(f"the {kind} cache did not sync within {sync_timeout:.0f}s")
+        self._leading_since = self._clock.now()  # agents can find this leader from about now
         self.recompute_admissions()
         self._enqueue_all()
         self._spawn(self._admission_loop, "admission")
@@ -230,6 +232,19 @@ class Controller:
         if key is not None:
             self._queue.add(key)
 
+    def _claim_problem(self, node: str, claim: RunningAssignment) -> str:
+        """What is wrong with an agent's claim to run ``claim`` (``decide.claim_problem``), checked
+        against the CR in the cache: a new leader adopts only what the CR's fence names."""
+        key = self._references.by_uid(claim.assignment_id)
+        obj = self.caches.get(key.kind, key.namespace, key.name) if key is not None else None
+        if key is None or obj is None:
+            return claim_problem(None, node, claim)
+        try:
+            cr = self._views.view(key.kind, obj)
+        except BargeError as err:
+            return f"{key.kind} {key.namespace}/{key.name} cannot be read: {err}"
+        return claim_problem(cr, node, claim)
+
     def _enqueue_all(self, active_only: bool = False) -> None:
         for kind in _CR_KINDS:
             for obj in self.caches.items(kind):
@@ -310,7 +325,7 @@ class Controller:
     def _context(self) -> Context:
         with self._lock:
             agents = self._agents
-        return Context(self._clock.now(), self.config, self._identity, agents)
+        return Context(self._clock.now(), self.config, self._identity, agents, self._leading_since)
 
     def _admitted(self, key: ItemKey) -> bool:
         with self._lock:

@@ -1,7 +1,9 @@
 """The coordinator's record of agents and of the assignments they run (implements ``AgentHub``).
 
 Only memory: after a failover the new leader rebuilds it from the agents' Hello messages (each lists
-what it runs) and from the CRs in the API server. Every change that could alter a decision calls
+what it runs) and from the CRs in the API server: a claim is adopted only where ``claim_problem``
+(the controller's check against the CR's fence, ``decide.claim_problem``) finds nothing wrong, and
+the agent is told to stop any other. Every change that could alter a decision calls
 ``on_change(assignment_id)`` so the controller reconciles that CR promptly.
 """
 
@@ -31,6 +33,13 @@ from coordinator.model import AssignmentView, HubState
 
 log = structlog.get_logger("barge.coordinator")
 
+# (node, claim) -> why the claim must not be adopted, "" to adopt it (see decide.claim_problem).
+ClaimCheck = Callable[[str, RunningAssignment], str]
+
+
+def _no_controller(node: str, claim: RunningAssignment) -> str:
+    return "no controller runs to check it against its DataUpload or DataDownload"
+
 
 @dataclass(frozen=True)
 class _Record:
@@ -40,11 +49,16 @@ class _Record:
 
 class Hub:
     def __init__(
-        self, clock: Clock, metrics: CoordinatorMetrics, on_change: Callable[[str], None] = lambda _id: None
+        self,
+        clock: Clock,
+        metrics: CoordinatorMetrics,
+        on_change: Callable[[str], None] = lambda _id: None,
+        claim_problem: ClaimCheck = _no_controller,
     ) -> None:
         self._clock = clock
         self._metrics = metrics
         self.on_change = on_change
+        self.claim_problem = claim_problem
         self._lock = threading.Lock()
         self._sessions: dict[str, AgentSession] = {}
         self._disconnected_since: dict[str, datetime] = {}
@@ -54,14 +68,26 @@ class Hub:
     # -- AgentHub -------------------------------------------------------------------------------
 
     def agent_connected(self, session: AgentSession) -> None:
+        running = session.hello.running
+        problems = {claim: self.claim_problem(session.node, claim) for claim in running}  # reads caches
         with self._lock:
             self._sessions[session.node] = session
             self._disconnected_since.pop(session.node, None)
             self._connected_since[session.node] = self._clock.now()
-            changed = self._reconcile_running(session.node, session.hello.running, adopt=True)
+            changed, refused = self._adopt(session.node, running, problems)
+            changed += self._reconcile_running(session.node, running)
             self._metrics.agents_connected.set(len(self._sessions))
         self._metrics.node_seen(session.node)
-        log.info("agent connected", node=session.node, running=len(session.hello.running))
+        log.info("agent connected", node=session.node, running=len(running))
+        for claim, problem in refused:
+            log.warning(
+                "stopping work the agent claims but may not run",
+                node=session.node,
+                assignment=claim.assignment_id,
+                epoch=claim.epoch,
+                reason=problem,
+            )
+            session.send(CancelAssignment(claim.assignment_id, claim.epoch, f"not adopted: {problem}", True))
         self._notify(changed)
 
     def agent_event(self, session: AgentSession, event: AgentEvent) -> None:
@@ -72,7 +98,7 @@ class Hub:
             elif isinstance(event, AssignmentResult):
                 changed = self._result(session.node, event)
             elif isinstance(event, Heartbeat):
-                changed = self._reconcile_running(session.node, event.running, adopt=False)
+                changed = self._reconcile_running(session.node, event.running)
         self._notify(changed)
 
     def agent_disconnected(self, session: AgentSession) -> None:
@@ -192,28 +218,45 @@ class Hub:
         self._metrics.results.labels(record.kind or "unknown", event.outcome.value).inc()
         return [event.assignment_id]
 
-    def _reconcile_running(
-        self, node: str, running: tuple[RunningAssignment, ...], *, adopt: bool
-    ) -> list[str]:
-        """Align records with what the agent says it runs: adopt its work (new leader) or drop ours."""
+    def _adopt(
+        self, node: str, running: tuple[RunningAssignment, ...], problems: dict[RunningAssignment, str]
+    ) -> tuple[list[str], list[tuple[RunningAssignment, str]]]:
+        """The claims of a connecting agent that no record of ours matches: adopted where nothing is
+        wrong with them (a new leader learns what runs), refused (to be stopped) otherwise."""
+        adopted: list[str] = []
+        refused: list[tuple[RunningAssignment, str]] = []
+        for item in running:
+            record = self._records.get(item.assignment_id)
+            if record is not None:
+                if (record.view.epoch, record.view.node) != (item.epoch, node):
+                    current = f"epoch {record.view.epoch} on node {record.view.node}"
+                    refused.append((item, f"the assignment is {current}"))
+                continue
+            if problems[item]:
+                refused.append((item, problems[item]))
+                continue
+            now = self._clock.now()
+            view = AssignmentView(
+                epoch=item.epoch,
+                node=node,
+                state=HubState.RUNNING,
+                bytes_done=item.bytes_done,
+                bytes_total=item.bytes_total,
+                running_since=now,
+                bytes_at_running_since=item.bytes_done,
+                progressed_at=now,
+            )
+            self._records[item.assignment_id] = _Record(view)
+            adopted.append(item.assignment_id)
+        return adopted, refused
+
+    def _reconcile_running(self, node: str, running: tuple[RunningAssignment, ...]) -> list[str]:
+        """Align our records with what the agent says it runs: update those it runs, drop those it lost."""
         reported = {r.assignment_id: r for r in running}
         changed: list[str] = []
         for item in running:
             record = self._records.get(item.assignment_id)
-            if record is None and adopt:
-                view = AssignmentView(
-                    epoch=item.epoch,
-                    node=node,
-                    state=HubState.RUNNING,
-                    bytes_done=item.bytes_done,
-                    bytes_total=item.bytes_total,
-                    running_since=self._clock.now(),
-                    bytes_at_running_since=item.bytes_done,
-                    progressed_at=self._clock.now(),
-                )
-                self._records[item.assignment_id] = _Record(view)
-                changed.append(item.assignment_id)
-            elif record is not None and record.view.epoch == item.epoch and record.view.node == node:
+            if record is not None and record.view.epoch == item.epoch and record.view.node == node:
                 state = HubState.RUNNING if record.view.state is HubState.SENT else record.view.state
                 moved = item.bytes_done > record.view.bytes_done
                 view = replace(

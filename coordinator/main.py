@@ -89,6 +89,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--heartbeat-interval", type=float, default=5.0, help="seconds between agent heartbeats")
     p.add_argument("--agent-timeout", type=float, default=20.0, help="drop a silent agent after (s)")
     p.add_argument(
+        "--hello-timeout", type=float, default=5.0, help="close a stream that sends no Hello within (s)"
+    )
+    p.add_argument(
+        "--max-handshakes",
+        type=int,
+        default=256,
+        help="streams not yet authenticated, in all (apart from the agents' own slots)",
+    )
+    p.add_argument(
+        "--max-handshakes-per-peer",
+        type=int,
+        default=8,
+        help="streams not yet authenticated, per remote address (raise it when agents share one, e.g. a NAT)",
+    )
+    p.add_argument(
         "--workers",
         type=int,
         default=16,
@@ -186,13 +201,16 @@ def _control_server(
 ) -> ControlServer:
     return ControlServer(
         gate,
-        KubeAuthenticator(api, args.agent_service_account, (args.token_audience,)),
+        KubeAuthenticator(api, args.agent_service_account, (args.token_audience,), clock=clock),
         address=f"{args.grpc_address}:{args.grpc_port}",
         tls=ServerTls(Path(args.tls_cert_file), Path(args.tls_key_file)),
         clock=clock,
         heartbeat_interval_s=args.heartbeat_interval,
         agent_timeout_s=args.agent_timeout,
         coordinator_id=identity,
+        hello_timeout_s=args.hello_timeout,
+        max_handshakes=args.max_handshakes,
+        max_handshakes_per_peer=args.max_handshakes_per_peer,
     )
 
 

@@ -62,6 +62,7 @@ class Context:
     config: CoordinatorConfig
     coordinator_id: str
     agents: tuple[AgentView, ...]
+    leading_since: datetime | None = None  # when this leader term's controller started
 
 
 def is_ours(cr: Obj) -> bool:
@@ -135,6 +136,7 @@ def observe(
         agents=context.agents,
         assignment=hub.assignment(cr.uid),
         admitted=admitted,
+        leading_since=context.leading_since,
     )
 
 

@@ -247,6 +247,7 @@ def test_every_rendered_object_is_accepted(helm: Helm, kube: client.ApiClient, r
         "Role",
         "RoleBinding",
         "ServiceAccount",
+        "NetworkPolicy",  # on by default: only agents reach the coordinator's gRPC port
     } <= kinds
     for obj in objects:
         stored = fetch(kube, obj)
@@ -331,10 +332,7 @@ def test_other_values_install_and_uninstall_removes_every_object(helm: Helm, kub
     create_namespace(kube, f"velero-{suffix}")
     values = {
         "veleroNamespace": f"velero-{suffix}",
-        "networkPolicy": {
-            "enabled": True,
-            "metricsFrom": [{"namespaceSelector": {"matchLabels": {"a": "b"}}}],
-        },
+        "networkPolicy": {"metricsFrom": [{"namespaceSelector": {"matchLabels": {"a": "b"}}}]},
         "agent": {"privileged": True, "priorityClassName": "system-node-critical", "maxUnavailable": "10%"},
         "coordinator": {"replicas": 3, "affinity": {"podAntiAffinity": {}}},
         "tls": {"mode": "existingSecret", "existingSecret": "byo-tls"},

@@ -46,10 +46,7 @@ VALUE_SETS: dict[str, dict[str, Any]] = {
         }
     },
     "network-policy": {
-        "networkPolicy": {
-            "enabled": True,
-            "metricsFrom": [{"namespaceSelector": {"matchLabels": {"name": "monitoring"}}}],
-        }
+        "networkPolicy": {"metricsFrom": [{"namespaceSelector": {"matchLabels": {"name": "monitoring"}}}]}
     },
     "block-volumes": {"agent": {"privileged": True}, "coordinator": {"replicas": 1}},
     "tuned": {
@@ -181,6 +178,8 @@ def test_defaults_render_the_expected_objects(rendered: dict[str, list[dict[str,
             ("Deployment", COORDINATOR),
             ("DaemonSet", AGENT),
             ("PodDisruptionBudget", COORDINATOR),
+            ("NetworkPolicy", COORDINATOR),
+            ("NetworkPolicy", AGENT),
             ("Pod", "barge-test-agents-connected"),
         ]
     )
@@ -481,16 +480,56 @@ def exported_metric_names() -> set[str]:
     return {name for name in names if name.startswith("barge_")}
 
 
-def test_network_policy_lets_only_agents_reach_grpc(rendered: dict[str, list[dict[str, Any]]]) -> None:
-    objects = rendered["network-policy"]
-    policy = one(objects, "NetworkPolicy", COORDINATOR)
-    grpc_rule = next(r for r in policy["spec"]["ingress"] if r["ports"][0]["port"] == "grpc")
+def ingress_by_port(policy: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    rules = policy["spec"]["ingress"]
+    assert all(len(rule["ports"]) == 1 and rule["ports"][0]["protocol"] == "TCP" for rule in rules)
+    return {rule["ports"][0]["port"]: rule for rule in rules}
+
+
+@pytest.mark.parametrize("values_set", ["defaults", "network-policy"])
+def test_network_policy_lets_only_agents_reach_grpc(
+    rendered: dict[str, list[dict[str, Any]]], values_set: str
+) -> None:
+    """On by default: the coordinator's gRPC port admits agent pods alone, an agent admits nothing
+    but metrics scrapes (probes come from the pod's own node, which a policy never isolates)."""
+    objects = rendered[values_set]
+    coordinator = one(objects, "NetworkPolicy", COORDINATOR)
+    agent = one(objects, "NetworkPolicy", AGENT)
+    assert coordinator["spec"]["podSelector"]["matchLabels"] == selector_of(one(objects, "Deployment"))
+    assert agent["spec"]["podSelector"]["matchLabels"] == selector_of(one(objects, "DaemonSet"))
+    assert (coordinator["spec"]["policyTypes"], agent["spec"]["policyTypes"]) == (["Ingress"], ["Ingress"])
+    rules = ingress_by_port(coordinator)
+    assert set(rules) == {"grpc", "metrics"}
     agent_labels = one(objects, "DaemonSet")["spec"]["template"]["metadata"]["labels"]
-    assert grpc_rule["from"] == [{"podSelector": {"matchLabels": agent_labels}}]
-    metrics_rule = next(r for r in policy["spec"]["ingress"] if r["ports"][0]["port"] == "metrics")
-    assert {"namespaceSelector": {"matchLabels": {"name": "monitoring"}}} in metrics_rule["from"]
-    agent_policy = one(objects, "NetworkPolicy", AGENT)
-    assert [r["ports"] for r in agent_policy["spec"]["ingress"]] == [[{"port": "metrics", "protocol": "TCP"}]]
+    assert rules["grpc"]["from"] == [{"podSelector": {"matchLabels": agent_labels}}]
+    assert set(ingress_by_port(agent)) == {"metrics"}
+
+
+def test_metrics_are_open_to_any_scraper_until_metrics_from_names_them(
+    rendered: dict[str, list[dict[str, Any]]],
+) -> None:
+    for name in (COORDINATOR, AGENT):
+        assert "from" not in ingress_by_port(one(rendered["defaults"], "NetworkPolicy", name))["metrics"]
+    monitoring = {"namespaceSelector": {"matchLabels": {"name": "monitoring"}}}
+    objects = rendered["network-policy"]
+    test_pod = {"podSelector": {"matchLabels": selector_of(one(objects, "Pod"))}}
+    coordinator_metrics = ingress_by_port(one(objects, "NetworkPolicy", COORDINATOR))["metrics"]
+    assert coordinator_metrics["from"] == [test_pod, monitoring]  # `helm test` reads the coordinator's
+    assert ingress_by_port(one(objects, "NetworkPolicy", AGENT))["metrics"]["from"] == [monitoring]
+
+
+def test_network_policy_can_be_turned_off(helm: Helm) -> None:
+    objects = helm.template({"networkPolicy": {"enabled": False}}, RELEASE, NAMESPACE)
+    assert by_kind(objects, "NetworkPolicy") == []
+
+
+def selector_of(workload: dict[str, Any]) -> dict[str, str]:
+    """The labels that select a workload's pods (a bare Pod: its component's selector labels)."""
+    if workload["kind"] == "Pod":
+        labels = workload["metadata"]["labels"]
+        keys = ("app.kubernetes.io/name", "app.kubernetes.io/instance", "app.kubernetes.io/component")
+        return {key: labels[key] for key in keys}
+    return dict(workload["spec"]["selector"]["matchLabels"])
 
 
 def test_test_hook_checks_connected_agents(rendered: dict[str, list[dict[str, Any]]]) -> None:

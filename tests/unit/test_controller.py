@@ -3,12 +3,14 @@ the admission pass, decide and the executor's writes, as one reconcile does them
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
 
 from barge.clock import ManualClock
-from barge.control.naming import FINALIZER, LABEL_OWNER_KIND, LABEL_OWNER_NAME
+from barge.control.messages import CancelAssignment, CoordinatorCommand, Hello, RunningAssignment
+from barge.control.naming import ASSIGNMENT_ANNOTATION, FINALIZER, LABEL_OWNER_KIND, LABEL_OWNER_NAME
 from barge.errors import TemporaryError
 from coordinator.config import CoordinatorConfig
 from coordinator.controller import Controller
@@ -197,3 +199,59 @@ def test_a_cr_event_queues_the_cr_once_however_often_it_comes(event: str) -> Non
     for _ in range(3):
         objects.announce(event, upload)
     assert reconciled(loop) == ["backup-0"]
+
+
+@dataclass
+class RecordingSession:
+    node: str
+    hello: Hello
+    sent: list[CoordinatorCommand] = field(default_factory=list)
+
+    def send(self, command: CoordinatorCommand) -> None:
+        self.sent.append(command)
+
+    def close(self, reason: str) -> None:
+        pass
+
+
+def stops(session: RecordingSession) -> list[tuple[str, int, str]]:
+    return [(c.assignment_id, c.epoch, c.reason) for c in session.sent if isinstance(c, CancelAssignment)]
+
+
+def test_a_new_leader_adopts_only_claims_the_cached_fence_names_and_stops_the_others() -> None:
+    """The hub asks the controller about each claim of a connecting agent, and the controller asks
+    the DataUpload in its informer cache (found by uid through the index its events keep): three
+    are fenced to epoch 3 on node-a, one of them Completed."""
+    objects = world(3)
+    clock, metrics = ManualClock(), CoordinatorMetrics()
+    hub = Hub(clock, metrics)
+    adapters = ControllerAdapters(feeds_over(objects), objects, FakeCrWrites(objects), FakeEvents())
+    Controller(adapters, namespace="velero", config=CoordinatorConfig(), hub=hub, metrics=metrics,
+               clock=clock, identity="barge-coordinator-1")  # fmt: skip
+    for n in range(3):  # what the informer delivers from its first list
+        cr = objects.store[("DataUpload", "velero", f"backup-{n}")]
+        cr["metadata"]["annotations"] = {ASSIGNMENT_ANNOTATION: "3:node-a"}
+        cr["status"] = {"phase": "Completed" if n == 1 else "InProgress", "node": "node-a"}
+        objects.announce("ADDED", cr)
+    claims = (
+        RunningAssignment("uid-0", 3, 5, 50),  # what the fence names
+        RunningAssignment("uid-1", 3, 5, 50),  # a finished DataUpload
+        RunningAssignment("uid-2", 2, 5, 50),  # an older epoch
+        RunningAssignment("uid-9", 1, 0, 10),  # no such DataUpload
+    )
+    a = RecordingSession("node-a", Hello("node-a", "1", 4, claims))
+    hub.agent_connected(a)
+    b = RecordingSession("node-b", Hello("node-b", "1", 1, (RunningAssignment("uid-2", 3),)))
+    hub.agent_connected(b)  # another node's epoch
+    adopted = hub.assignment("uid-0")
+    assert adopted is not None
+    assert (adopted.epoch, adopted.node) == (3, "node-a")
+    assert [hub.assignment(uid) for uid in ("uid-1", "uid-2", "uid-9")] == [None, None, None]
+    assert stops(a) == [
+        ("uid-1", 3, "not adopted: DataUpload velero/backup-1 is Completed"),
+        ("uid-2", 2, "not adopted: DataUpload velero/backup-2 is fenced to 3:node-a, not 2:node-a"),
+        ("uid-9", 1, "not adopted: no DataUpload or DataDownload has uid uid-9"),
+    ]
+    assert stops(b) == [
+        ("uid-2", 3, "not adopted: DataUpload velero/backup-2 is fenced to 3:node-a, not 3:node-b")
+    ]
