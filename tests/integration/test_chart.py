@@ -148,7 +148,7 @@ def coordinator_needs(r: Release) -> list[Access]:
     ]
     needs += [Access(v, "nodes") for v in ("get", "list", "watch")]
     needs += [Access(v, "backupstoragelocations", velero, "velero.io") for v in ("get", "list", "watch")]
-    needs += [Access("get", "secrets", velero)]
+    needs += [Access("create", "secrets", velero)]  # the repository password, generated once
     needs += [Access("create", "leases", r.namespace, "coordination.k8s.io")]
     needs += [
         Access(v, "leases", r.namespace, "coordination.k8s.io", name="barge-coordinator")
@@ -168,6 +168,9 @@ def coordinator_needs(r: Release) -> list[Access]:
 
 def coordinator_must_not(r: Release) -> list[Access]:
     return [
+        Access("get", "secrets", r.velero_namespace, name="barge-repository-password"),
+        Access("get", "secrets", r.velero_namespace, name="cloud-credentials"),
+        Access("update", "secrets", r.velero_namespace, name="barge-repository-password"),
         Access("get", "secrets", r.namespace),
         Access("get", "secrets", r.app_namespace),
         Access("get", "secrets", "kube-system"),
@@ -208,7 +211,9 @@ def agent_needs(r: Release) -> list[Access]:
         for p in ("datauploads", "datadownloads")
         for v in ("update", "patch")
     ]
-    needs += [Access("get", "backupstoragelocations", velero, "velero.io"), Access("get", "secrets", velero)]
+    needs += [Access("get", "backupstoragelocations", velero, "velero.io")]
+    readable = ("barge-repository-password", "cloud-credentials")  # by name only: rbac.agentSecrets
+    needs += [Access("get", "secrets", velero, name=secret) for secret in readable]
     return needs
 
 
@@ -217,6 +222,9 @@ def agent_must_not(r: Release) -> list[Access]:
         Access("delete", "pods", r.velero_namespace),
         Access("delete", "pods", r.namespace),
         Access("get", "pods", r.velero_namespace),
+        Access("get", "secrets", r.velero_namespace, name="velero-repo-credentials"),
+        Access("get", "secrets", r.velero_namespace, name="another-tenants-secret"),
+        Access("create", "secrets", r.velero_namespace),
         Access("get", "secrets", r.namespace),
         Access("get", "secrets", r.app_namespace),
         Access("get", "secrets", "kube-system"),
