@@ -18,6 +18,7 @@ import structlog
 
 from agent.metrics import AgentMetrics
 from agent.runner import AssignmentRunner, ProgressSink, RepositoryOpener, RunnerSettings, StatusSink
+from agent.sweeper import LocationOpener, run_sweep
 from agent.vouch import Vouch
 from barge import __version__
 from barge.clock import Clock
@@ -32,6 +33,8 @@ from barge.control.messages import (
     Outcome,
     ProgressReport,
     RunningAssignment,
+    Sweep,
+    SweepResult,
 )
 from barge.control.naming import VOUCH_TTL_S
 
@@ -61,6 +64,7 @@ class Agent:
         metrics: AgentMetrics,
         max_concurrent: int = 2,
         progress_interval_s: float = 1.0,
+        locations: LocationOpener | None = None,
     ) -> None:
         self.settings = settings
         self.max_concurrent = max_concurrent
@@ -76,6 +80,8 @@ class Agent:
         self._jobs: dict[str, _Job] = {}
         self._lock = threading.Lock()
         self._vouching = threading.Lock()  # vouch files: a renewal never follows the withdrawal
+        self._locations = locations
+        self._sweeping = threading.Lock()  # one sweep at a time: they are background work
 
     # -- what the client asks ---------------------------------------------------------------------
 
@@ -101,6 +107,8 @@ class Agent:
             self._assign(command)
         elif isinstance(command, CancelAssignment):
             self._cancel(command)
+        elif isinstance(command, Sweep):
+            threading.Thread(target=self._sweep, args=(command,), daemon=True, name="sweep").start()
         elif isinstance(command, Drain):
             self.draining = True
             log.info("node draining: no new work accepted here", grace_s=command.grace_seconds)
@@ -229,6 +237,16 @@ class Agent:
                     vouch.withdraw()
                 except OSError as err:
                     log.warning("exposer pod's vouch not withdrawn; it expires", error=str(err))
+
+    # -- location sweeps -----------------------------------------------------------------------------
+
+    def _sweep(self, sweep: Sweep) -> None:
+        """A location sweep, beside the assignments (it moves no volume data)."""
+        if self._locations is None:
+            self.send(SweepResult(sweep.sweep_id, message=f"the agent on {self.settings.node} cannot sweep"))
+            return
+        with self._sweeping:
+            self.send(run_sweep(sweep, self._locations))
 
     def _progress_sink(self) -> ProgressSink:
         def report(assignment: Assignment, done: int, total: int) -> None:

@@ -122,13 +122,15 @@ def run(args: argparse.Namespace) -> int:
         status_interval_s=args.status_interval,
         workers=args.workers,
     )
+    repositories = _repositories(args, KubeObjects(api), clock)
     agent = Agent(
         settings,
         status=KubeStatusSink(StatusWriter(api), metrics),
-        repositories=_repositories(args, KubeObjects(api), clock),
+        repositories=repositories,
         clock=clock,
         metrics=metrics,
         max_concurrent=args.max_concurrent,
+        locations=repositories,
     )
     client = _client(args, agent, clock)
     agent.send = client.send

@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import shutil
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +25,7 @@ from barge.repo.crypto import WrongPassword
 from barge.repo.repository import Repository, RepositoryNotFound, RepositorySettings
 from barge.storage import Credentials, ObjectStore
 from barge.storage.url import open_store
-from barge.velero.bsl import LEGACY_ROOT, ca_bundle, ca_cert_ref, repository_url
+from barge.velero.bsl import LEGACY_ROOT, ca_bundle, ca_cert_ref, location_url, repository_url
 from barge.velero.password import SecretKey, check_repository_password
 
 log = structlog.get_logger("barge.agent")
@@ -55,6 +56,15 @@ def secret_value(get_secret: ObjectGetter, namespace: str, ref: SecretKey, purpo
     if ref.key not in data:
         raise InvalidInput(f"{purpose}: Secret {namespace}/{ref.name} has no key {ref.key!r}")
     return base64.b64decode(data[ref.key])
+
+
+@dataclass(frozen=True)
+class Location:
+    """A BackupStorageLocation opened for maintenance of its snapshot manifests."""
+
+    store: ObjectStore  # the location's prefix: Velero's backups/ and Barge's plugins/barge/
+    # A source namespace's repository, unlocked without reading its index; None if there is none.
+    repository: Callable[[str], Repository | None]
 
 
 class BslRepositories:
@@ -102,6 +112,23 @@ class BslRepositories:
             return repo
         except InvalidInput:  # another agent created it a moment ago
             return self._unlock(store, password, namespace)
+
+    def location(self, namespace: str, bsl_name: str) -> Location:
+        """The location's stores: its own prefix (Velero's ``backups/``) and each repository's."""
+        bsl = self._bsl(namespace, bsl_name)
+        credentials = self._credentials(namespace, bsl)
+        bundle = ca_bundle(bsl, self._ca_cert(namespace, bsl))
+        password = self._password(namespace)
+
+        def repository(source_namespace: str) -> Repository | None:
+            url = repository_url(bsl, source_namespace)
+            store = open_store(url, credentials=credentials, ca_bundle=bundle)
+            try:
+                return Repository.open(store, password, clock=self._clock, with_index=False)
+            except RepositoryNotFound:
+                return None
+
+        return Location(open_store(location_url(bsl), credentials=credentials, ca_bundle=bundle), repository)
 
     def _password(self, namespace: str) -> bytes:
         ref = self._password_secret

@@ -48,6 +48,7 @@ from coordinator.model import TERMINAL_PHASES, AgentView
 from coordinator.ports import CacheFeed, ControllerAdapters, EventHandler, FeedFactory
 from coordinator.routing import Changes, References, keys_for_event, owner_key
 from coordinator.scheduler import ItemKey, WorkItem, admit
+from coordinator.sweeper import Sweeper
 from coordinator.workqueue import WorkQueue
 from coordinator.world import Context, CrViews, agent_views, is_ours, node_states, observe, work_items
 
@@ -105,6 +106,7 @@ class Controller:
         identity: str,
         workers: int = 2,
         resync_s: float = 30.0,
+        sweeper: Sweeper | None = None,
     ) -> None:
         self.namespace = namespace
         self.config = config
@@ -114,6 +116,7 @@ class Controller:
         self._identity = identity
         self._workers = workers
         self._resync_s = resync_s
+        self._sweeper = sweeper
         self._queue: WorkQueue[ItemKey] = WorkQueue(clock)
         self._stopping = threading.Event()
         self._threads: list[threading.Thread] = []
@@ -157,10 +160,14 @@ class Controller:
         for index in range(self._workers):
             self._spawn(self._work, f"reconcile-{index}")
         self._spawn(self._tick, "resync")
+        if self._sweeper is not None:
+            self._sweeper.start()
         log.info("controller started", namespace=self.namespace, workers=self._workers)
 
     def stop(self) -> None:
         self._stopping.set()
+        if self._sweeper is not None:
+            self._sweeper.stop()
         self._queue.close()
         for informer in self._informers.values():
             informer.stop()

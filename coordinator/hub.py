@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
+from concurrent.futures import Future
 from dataclasses import dataclass, replace
 from datetime import datetime
 
@@ -26,6 +27,8 @@ from barge.control.messages import (
     Heartbeat,
     ProgressReport,
     RunningAssignment,
+    Sweep,
+    SweepResult,
 )
 from barge.control.ports import AgentSession
 from coordinator.metrics import CoordinatorMetrics
@@ -64,6 +67,7 @@ class Hub:
         self._disconnected_since: dict[str, datetime] = {}
         self._connected_since: dict[str, datetime] = {}
         self._records: dict[str, _Record] = {}
+        self._sweeps: dict[str, tuple[str, Future[SweepResult]]] = {}  # sweep id -> (node, answer)
 
     # -- AgentHub -------------------------------------------------------------------------------
 
@@ -99,6 +103,8 @@ class Hub:
                 changed = self._result(session.node, event)
             elif isinstance(event, Heartbeat):
                 changed = self._reconcile_running(session.node, event.running)
+            elif isinstance(event, SweepResult):
+                self._sweep_answered(session.node, event)
         self._notify(changed)
 
     def agent_disconnected(self, session: AgentSession) -> None:
@@ -135,6 +141,26 @@ class Hub:
         with self._lock:
             record = self._records.get(assignment_id)
             return record.view if record else None
+
+    def connected_nodes(self) -> list[str]:
+        with self._lock:
+            return sorted(self._sessions)
+
+    def sweep(self, node: str, sweep: Sweep) -> Future[SweepResult] | None:
+        """Ask ``node``'s agent to sweep a location; the future holds its answer (None: not connected).
+        The caller bounds the wait and calls ``sweep_done`` when it gives up or has the answer."""
+        with self._lock:
+            session = self._sessions.get(node)
+            if session is None:
+                return None
+            answer: Future[SweepResult] = Future()
+            self._sweeps[sweep.sweep_id] = (node, answer)
+        session.send(sweep)
+        return answer
+
+    def sweep_done(self, sweep_id: str) -> None:
+        with self._lock:
+            self._sweeps.pop(sweep_id, None)
 
     def assign(self, node: str, assignment: Assignment) -> bool:
         """Send ``assignment`` to ``node``'s agent; False when that agent is not connected."""
@@ -273,6 +299,14 @@ class Hub:
                 del self._records[assignment_id]  # the agent restarted without it: decide reassigns
                 changed.append(assignment_id)
         return changed
+
+    def _sweep_answered(self, node: str, result: SweepResult) -> None:
+        waiting = self._sweeps.get(result.sweep_id)
+        if waiting is None or waiting[0] != node:
+            log.info("ignoring the answer to a sweep nobody on this node was asked", node=node)
+            return
+        del self._sweeps[result.sweep_id]
+        waiting[1].set_result(result)
 
     def _started(self, view: AssignmentView, bytes_done: int) -> AssignmentView:
         """Remember when data started to move (the origin of the rate ``decide`` projects)."""

@@ -40,6 +40,7 @@ from coordinator.controller import Controller, kubernetes_adapters
 from coordinator.hub import Hub
 from coordinator.metrics import CR_KINDS, CoordinatorMetrics
 from coordinator.repository_password import ensure_repository_password
+from coordinator.sweeper import Sweeper
 
 log = structlog.get_logger("barge.coordinator")
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
@@ -169,8 +170,19 @@ def run(args: argparse.Namespace) -> int:
 
     def new_controller() -> Controller:
         """Fresh informer caches every leader term: nothing from an earlier term is trusted."""
+        adapters = kubernetes_adapters(api, clock, identity)
+        sweeper = Sweeper(
+            objects=KubeObjects(api),
+            events=adapters.events,
+            hub=hub,
+            metrics=metrics,
+            clock=clock,
+            namespace=args.watch_namespace,
+            config=config.deleted_backups,
+        )
         return Controller(
-            kubernetes_adapters(api, clock, identity),
+            adapters,
+            sweeper=sweeper,
             namespace=args.watch_namespace,
             config=config,
             hub=hub,

@@ -78,6 +78,7 @@ PERSISTENT_VOLUME_CLAIM = Resource("PersistentVolumeClaim", "", "v1", "persisten
 PERSISTENT_VOLUME = Resource("PersistentVolume", "", "v1", "persistentvolumes", False)
 NODE = Resource("Node", "", "v1", "nodes", False)
 SECRET = Resource("Secret", "", "v1", "secrets", True)
+CONFIG_MAP = Resource("ConfigMap", "", "v1", "configmaps", True)
 EVENT = Resource("Event", "", "v1", "events", True)
 LEASE = Resource("Lease", "coordination.k8s.io", "v1", "leases", True)
 POD_DISRUPTION_BUDGET = Resource("PodDisruptionBudget", "policy", "v1", "poddisruptionbudgets", True)

@@ -126,7 +126,11 @@ class Repository:
         return cls(store, keys, config, key_name, clock or SystemClock())
 
     @classmethod
-    def open(cls, store: ObjectStore, password: bytes, clock: Clock | None = None) -> Repository:
+    def open(
+        cls, store: ObjectStore, password: bytes, clock: Clock | None = None, *, with_index: bool = True
+    ) -> Repository:
+        """Unlock the repository; ``with_index=False`` skips reading the index, for work on snapshot
+        manifests only (listing, forgetting)."""
         try:
             sealed_config = store.get("config")
         except ObjectNotFound:
@@ -141,7 +145,8 @@ class Repository:
             raise CorruptionDetected("repository format version is not supported by this Barge")
         config = RepositoryConfig(FORMAT_VERSION, doc.pop("id"), RepositorySettings(**doc))
         repo = cls(store, keys, config, key_name, clock or SystemClock())
-        repo.load_index()
+        if with_index:
+            repo.load_index()
         return repo
 
     @staticmethod

@@ -27,6 +27,7 @@ from barge.control.messages import (
     Hello,
     ProgressReport,
     RunningAssignment,
+    SweepResult,
     Welcome,
 )
 from barge.control.naming import AGENT_RECONNECT_MAX_S
@@ -89,6 +90,8 @@ class Outbox:
                     self._pending[key] = message
                 case AssignmentResult():
                     self._pending[f"result/{message.message_id}"] = message
+                case SweepResult():  # sent once: a leader that missed it sweeps again
+                    self._pending[f"other/{message.message_id}"] = message
                 case Hello() | Heartbeat():
                     if not self._stream:
                         return  # made afresh on the next stream

@@ -46,16 +46,22 @@ LEGACY_ROOT = "barge"
 def repository_url(bsl: Mapping[str, Any], source_namespace: str, *, root: str = REPOSITORY_ROOT) -> str:
     """The repository URL for ``source_namespace``'s volumes in this BSL (see module docstring);
     ``root=LEGACY_ROOT`` gives where Barge wrote it before the current layout."""
+    if not _NAMESPACE.match(source_namespace):
+        raise InvalidInput(f"source namespace {source_namespace!r} is not a valid namespace name")
+    return location_url(bsl, path=f"{root}/{source_namespace}")
+
+
+def location_url(bsl: Mapping[str, Any], *, path: str = "") -> str:
+    """The URL of ``path`` under the location's prefix (the prefix itself by default: where
+    Velero keeps ``backups/``)."""
     name = bsl.get("metadata", {}).get("name", "?")
     spec = bsl.get("spec") or {}
     storage = spec.get("objectStorage") or {}
     bucket = storage.get("bucket")
     if not bucket:
         raise InvalidInput(f"BackupStorageLocation {name}: spec.objectStorage.bucket is empty")
-    if not _NAMESPACE.match(source_namespace):
-        raise InvalidInput(f"source namespace {source_namespace!r} is not a valid namespace name")
     base = str(storage.get("prefix") or "").strip("/")
-    prefix = "/".join(p for p in (base, root, source_namespace) if p)
+    prefix = "/".join(p for p in (base, path.strip("/")) if p)
     config: Mapping[str, str] = spec.get("config") or {}
     provider = str(spec.get("provider") or "")
     retry: dict[str, str] = {}

@@ -17,6 +17,8 @@ from barge.control.messages import (
     Outcome,
     ProgressReport,
     RunningAssignment,
+    Sweep,
+    SweepResult,
     VolumeMode,
 )
 from coordinator.hub import ClaimCheck, Hub
@@ -228,3 +230,21 @@ def test_the_hub_knows_since_when_each_agent_is_connected() -> None:
     h.agent_disconnected(session)
     assert h.connected_since("node-a") is None
     assert h.disconnected_since("node-a") == clock.now()
+
+
+def test_a_sweep_is_answered_only_by_the_agent_asked() -> None:
+    h, _, _ = hub()
+    asked, other = Session("node-a", Hello("node-a", "1", 2)), Session("node-b", Hello("node-b", "1", 2))
+    h.agent_connected(asked)
+    h.agent_connected(other)
+    assert h.connected_nodes() == ["node-a", "node-b"]
+    sweep = Sweep("s1", "velero", "default")
+    answer = h.sweep("node-a", sweep)
+    assert answer is not None
+    assert asked.sent == [sweep]
+    h.agent_event(other, SweepResult("s1", backups_in_location=("forged",)))
+    assert not answer.done()
+    h.agent_event(asked, SweepResult("s1", backups_in_location=("nightly",)))
+    assert answer.result(timeout=0).backups_in_location == ("nightly",)
+    h.agent_event(asked, SweepResult("s1"))  # a duplicate changes nothing
+    assert h.sweep("node-c", sweep) is None

@@ -1,0 +1,125 @@
+"""Sweeps of a location for the leader's handling of deleted Velero backups.
+
+The leader decides which snapshots of deleted backups to forget (``coordinator.lifecycle``); it
+holds no repository credentials, so an agent, which does, lists what the location holds and
+forgets what the leader names. The agent checks again before forgetting: it never forgets a
+snapshot whose backup's ``velero-backup.json`` is in the location, nor one whose tags name
+another backup, whatever the leader asked. Forgetting removes only the snapshot's manifest
+(``Repository.forget_snapshot``); garbage collection reclaims its data later.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+import structlog
+
+from agent.repositories import Location
+from barge.control.messages import BackupSnapshot, ForgetBackup, Sweep, SweepResult
+from barge.errors import BargeError, CorruptionDetected, InvalidInput, NotFound
+from barge.repo.repository import Repository
+from barge.storage import ObjectStore
+from barge.velero.backups import (
+    BACKUP_NAME_LABEL,
+    BACKUP_UID_LABEL,
+    BACKUPS_FOLDER,
+    backups_in_location,
+    label_value,
+)
+from barge.velero.bsl import REPOSITORY_ROOT
+
+log = structlog.get_logger("barge.agent")
+
+
+class LocationOpener(Protocol):
+    def location(self, namespace: str, bsl_name: str) -> Location:
+        """The BackupStorageLocation ``namespace/bsl_name``, opened with its credentials."""
+
+
+def run_sweep(sweep: Sweep, locations: LocationOpener) -> SweepResult:
+    """Forget what ``sweep`` names (where still allowed), then list the location; never raises for
+    what the location or the repositories hold: a failure is the result's message."""
+    with structlog.contextvars.bound_contextvars(location=sweep.backup_storage_location):
+        try:
+            return _sweep(sweep, locations.location(sweep.velero_namespace, sweep.backup_storage_location))
+        except BargeError as err:
+            log.warning("sweep failed", error=str(err))
+            return SweepResult(sweep.sweep_id, message=f"sweep of {sweep.backup_storage_location}: {err}")
+
+
+def _sweep(sweep: Sweep, location: Location) -> SweepResult:
+    present = frozenset(
+        label_value(name) for name in backups_in_location(i.key for i in location.store.list(BACKUPS_FOLDER))
+    )
+    forgotten: list[str] = []
+    kept: list[str] = []
+    for item in sweep.forget:
+        if item.backup_name in present:
+            log.warning(
+                "not forgetting: the backup is in the location", backup=item.backup_name, uid=item.backup_uid
+            )
+            kept.extend(item.snapshot_ids)
+            continue
+        repo = location.repository(item.source_namespace)
+        if repo is not None:
+            forgotten.extend(s for s in item.snapshot_ids if _forget(repo, s, item))
+    return SweepResult(
+        sweep.sweep_id,
+        backups_in_location=tuple(sorted(present)),
+        snapshots=tuple(_backup_snapshots(location)),
+        forgotten=tuple(forgotten),
+        kept=tuple(kept),
+    )
+
+
+def _forget(repo: Repository, snapshot_id: str, item: ForgetBackup) -> bool:
+    """Forget one snapshot of ``item``'s backup; False when it is already gone or is not that
+    backup's (a damaged manifest is never forgotten here: ``barge check`` reports it)."""
+    try:
+        tags = repo.load_snapshot(snapshot_id).tags
+    except (NotFound, InvalidInput, CorruptionDetected) as err:
+        log.info("not forgetting", snapshot=snapshot_id[:16], reason=str(err))
+        return False
+    if tags.get(BACKUP_NAME_LABEL) != item.backup_name or tags.get(BACKUP_UID_LABEL) != item.backup_uid:
+        log.warning("not forgetting: the snapshot belongs to another backup", snapshot=snapshot_id[:16])
+        return False
+    repo.forget_snapshot(snapshot_id)
+    log.info(
+        "snapshot of a deleted backup forgotten",
+        snapshot=snapshot_id,
+        namespace=item.source_namespace,
+        backup=item.backup_name,
+        uid=item.backup_uid,
+    )
+    return True
+
+
+def _backup_snapshots(location: Location) -> list[BackupSnapshot]:
+    """Every snapshot in the location's repositories that names the Velero backup it belongs to."""
+    found = []
+    for namespace in repository_namespaces(location.store):
+        repo = location.repository(namespace)
+        if repo is None:
+            continue
+        for snapshot_id in repo.snapshot_ids():
+            try:
+                snapshot = repo.load_snapshot(snapshot_id)
+            except CorruptionDetected as err:
+                log.warning("unreadable snapshot manifest skipped", snapshot=snapshot_id[:16], error=str(err))
+                continue
+            name = snapshot.tags.get(BACKUP_NAME_LABEL)
+            if name:
+                uid = snapshot.tags.get(BACKUP_UID_LABEL, "")
+                found.append(BackupSnapshot(namespace, snapshot_id, name, uid, snapshot.time))
+    return found
+
+
+def repository_namespaces(store: ObjectStore) -> list[str]:
+    """The source namespaces with a repository (``plugins/barge/<namespace>/config``)."""
+    root = f"{REPOSITORY_ROOT}/"
+    namespaces = []
+    for info in store.list(root):
+        namespace, _, rest = info.key.removeprefix(root).partition("/")
+        if rest == "config":
+            namespaces.append(namespace)
+    return namespaces
