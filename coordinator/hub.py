@@ -142,9 +142,14 @@ class Hub:
             record = self._records.get(assignment_id)
             return record.view if record else None
 
-    def connected_nodes(self) -> list[str]:
+    def connected_nodes(self, agent_version: str | None = None) -> list[str]:
+        """Nodes with a connected agent (of ``agent_version`` only, when given)."""
         with self._lock:
-            return sorted(self._sessions)
+            return sorted(
+                node
+                for node, session in self._sessions.items()
+                if agent_version is None or session.hello.agent_version == agent_version
+            )
 
     def sweep(self, node: str, sweep: Sweep) -> Future[SweepResult] | None:
         """Ask ``node``'s agent to sweep a location; the future holds its answer (None: not connected).

@@ -21,6 +21,7 @@ from typing import Any, Protocol
 
 import structlog
 
+from barge import __version__
 from barge.clock import Clock
 from barge.control.messages import Sweep, SweepResult
 from barge.errors import BargeError, NotFound, TemporaryError
@@ -104,7 +105,9 @@ class Sweeper:
 
     def sweep(self, bsl: Obj) -> None:
         location = _name(bsl)
-        nodes = self._hub.connected_nodes()
+        # An agent of an earlier version (during an upgrade) does not know Sweep: it would drop
+        # its stream on the unknown command. Only agents of this coordinator's version sweep.
+        nodes = self._hub.connected_nodes(__version__)
         if not nodes:
             self._metrics.location_sweeps.labels("no_agent").inc()
             return

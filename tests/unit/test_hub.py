@@ -238,6 +238,8 @@ def test_a_sweep_is_answered_only_by_the_agent_asked() -> None:
     h.agent_connected(asked)
     h.agent_connected(other)
     assert h.connected_nodes() == ["node-a", "node-b"]
+    h.agent_connected(Session("node-old", Hello("node-old", "0.9", 2)))
+    assert h.connected_nodes("1") == ["node-a", "node-b"]  # an earlier agent does not know Sweep
     sweep = Sweep("s1", "velero", "default")
     answer = h.sweep("node-a", sweep)
     assert answer is not None
