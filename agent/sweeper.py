@@ -114,12 +114,7 @@ def _backup_snapshots(location: Location) -> list[BackupSnapshot]:
     return found
 
 
-def repository_namespaces(store: ObjectStore) -> list[str]:
-    """The source namespaces with a repository (``plugins/barge/<namespace>/config``)."""
-    root = f"{REPOSITORY_ROOT}/"
-    namespaces = []
-    for info in store.list(root):
-        namespace, _, rest = info.key.removeprefix(root).partition("/")
-        if rest == "config":
-            namespaces.append(namespace)
-    return namespaces
+def repository_namespaces(store: ObjectStore) -> tuple[str, ...]:
+    """The source namespaces with a folder under ``plugins/barge/`` (a delimiter listing: the
+    repositories' packs are not listed); one without a repository config is skipped when opened."""
+    return store.folders(f"{REPOSITORY_ROOT}/")

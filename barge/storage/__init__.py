@@ -65,6 +65,12 @@ class ObjectStore(Protocol):
         """Every object whose key starts with ``prefix``, in lexicographic key order."""
         ...
 
+    def folders(self, prefix: str) -> tuple[str, ...]:
+        """The folders directly below the folder ``prefix`` ("" or ending in "/"): the next path
+        segment of every key below it that has one more "/", sorted. One listing request per
+        thousand folders (a delimiter listing), however many objects lie below them."""
+        ...
+
     def delete(self, key: str) -> None:
         """Remove ``key``; deleting an absent key is not an error (deletes are retried)."""
         ...

@@ -313,6 +313,15 @@ class CloudObjectStore:
             raise self._no_bucket_if_not_found(self._translate(err, f"list {prefix}")) from self._cause(err)
         yield from sorted(found, key=lambda info: info.key)
 
+    def folders(self, prefix: str) -> tuple[str, ...]:
+        directory = prefix.rstrip("/")
+        try:
+            found = obstore.list_with_delimiter(self._store, prefix=directory or None)
+        except Exception as err:
+            raise self._no_bucket_if_not_found(self._translate(err, f"list {prefix}")) from err
+        base = f"{directory}/" if directory else ""
+        return tuple(sorted(p.removeprefix(base) for p in found["common_prefixes"]))
+
     def delete(self, key: str) -> None:
         try:
             obstore.delete(self._store, key)
