@@ -13,6 +13,7 @@ import os
 import stat
 import sys
 from collections.abc import Callable, Sequence
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -21,10 +22,12 @@ from barge.errors import BargeError, Canceled, CorruptionDetected, InvalidInput
 from barge.fs.backup import BackupOptions, backup_tree
 from barge.fs.block import backup_device, restore_device
 from barge.fs.restore import restore_tree
+from barge.repo import retention
 from barge.repo.check import check_repository
-from barge.repo.gc import collect_garbage
+from barge.repo.gc import GcReport, collect_garbage
 from barge.repo.relocate import move_repository
 from barge.repo.repository import Repository
+from barge.repo.retention import RetentionPolicy
 from barge.repo.snapshot import SnapshotKind
 from barge.storage.url import open_store
 
@@ -245,15 +248,62 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 
 def cmd_forget(args: argparse.Namespace) -> int:
+    policy = _retention_policy(args)
+    if bool(args.snapshot_ids) == (policy is not None):
+        raise UsageError("give snapshot IDs or a policy (--keep-last/-daily/-weekly): one of the two")
     repo = _open(args)
-    repo.forget_snapshot(args.snapshot_id)
-    print(f"forgot snapshot {args.snapshot_id}; run `barge gc` to reclaim its space")
+    doomed = args.snapshot_ids if policy is None else _outside_policy(repo, policy)
+    for snapshot_id in doomed:
+        if args.dry_run:
+            print(f"would forget snapshot {snapshot_id}")
+        else:
+            repo.forget_snapshot(snapshot_id)
+            print(f"forgot snapshot {snapshot_id}")
+    if args.prune and not args.dry_run:
+        return _prune(repo)
+    if doomed and not args.dry_run:
+        print("run `barge gc` to reclaim their space (or pass --prune)")
     return EXIT_OK
+
+
+def _retention_policy(args: argparse.Namespace) -> RetentionPolicy | None:
+    if not (args.keep_last or args.keep_daily or args.keep_weekly):
+        return None
+    return RetentionPolicy(last=args.keep_last, daily=args.keep_daily, weekly=args.keep_weekly)
+
+
+def _outside_policy(repo: Repository, policy: RetentionPolicy) -> list[str]:
+    """The snapshots ``policy`` does not keep; one whose time cannot be read is always kept."""
+    entries = []
+    for snapshot_id in repo.snapshot_ids():
+        snapshot = repo.load_snapshot(snapshot_id)
+        try:
+            finished = datetime.fromisoformat(snapshot.time)
+        except ValueError:
+            continue
+        if finished.tzinfo is None:
+            continue
+        group = retention.group_of(snapshot.hostname, snapshot.paths, snapshot.tags)
+        entries.append(retention.SnapshotEntry(snapshot_id, finished, group))
+    kept = retention.keep(entries, policy)
+    return sorted(e.snapshot_id for e in entries if e.snapshot_id not in kept)
+
+
+def _prune(repo: Repository) -> int:
+    """Garbage collection right after forgetting: a mark, then (when no older backup or restore
+    runs) the sweep that deletes, as two `barge gc` runs would."""
+    report = collect_garbage(repo, log=lambda line: print(line, file=sys.stderr))
+    if report.phase == "mark":
+        report = collect_garbage(repo, log=lambda line: print(line, file=sys.stderr))
+    return _print_gc(report)
 
 
 def cmd_gc(args: argparse.Namespace) -> int:
     repo = _open(args)
-    report = collect_garbage(repo, log=lambda line: print(line, file=sys.stderr))
+    return _print_gc(collect_garbage(repo, log=lambda line: print(line, file=sys.stderr)))
+
+
+def _print_gc(report: GcReport) -> int:
     if report.phase == "waiting":
         print(
             f"{report.condemned_packs} packs await deletion until {report.waiting_for_sessions} older "
@@ -305,6 +355,17 @@ def cmd_repo_move(args: argparse.Namespace) -> int:
     print(f"moved {report.objects} objects ({report.bytes} bytes; {report.already_there} were "
           f"already at the target) to {args.to.split('?')[0]}")  # fmt: skip
     return EXIT_OK
+
+
+def _forget_arguments(forget: argparse.ArgumentParser) -> None:
+    forget.add_argument("snapshot_ids", nargs="*", metavar="SNAPSHOT_ID")
+    forget.add_argument("--keep-last", type=int, default=0, metavar="N", help="keep the newest N")
+    forget.add_argument("--keep-daily", type=int, default=0, metavar="N",
+                        help="keep the newest of each of the last N days that have one (UTC)")  # fmt: skip
+    forget.add_argument("--keep-weekly", type=int, default=0, metavar="N",
+                        help="keep the newest of each of the last N ISO weeks that have one")  # fmt: skip
+    forget.add_argument("--dry-run", action="store_true", help="print what would go; forget nothing")
+    forget.add_argument("--prune", action="store_true", help="run garbage collection afterwards")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -381,8 +442,10 @@ def build_parser() -> argparse.ArgumentParser:
     check = add("check", cmd_check, "verify the repository's structure (and with --read-data, every byte)")
     check.add_argument("--read-data", action="store_true")
 
-    forget = add("forget", cmd_forget, "remove a snapshot (space is reclaimed by gc)")
-    forget.add_argument("snapshot_id")
+    forget_help = ("remove snapshots by ID or by a retention policy (space is reclaimed by gc); a policy "
+                   "applies to each source (a Velero volume, or a host and its paths) on its own and keeps "
+                   "a snapshot when any --keep rule does")  # fmt: skip
+    _forget_arguments(add("forget", cmd_forget, forget_help))
 
     add("gc", cmd_gc, "delete data no snapshot needs; safe while backups run (two runs reclaim it)")
 
