@@ -31,6 +31,7 @@ from barge.control.messages import (
     SweepResult,
 )
 from barge.control.ports import AgentSession
+from barge.errors import TemporaryError
 from coordinator.metrics import CoordinatorMetrics
 from coordinator.model import AssignmentView, HubState
 
@@ -116,6 +117,7 @@ class Hub:
             self._disconnected_since[session.node] = self._clock.now()
             changed = [i for i, r in self._records.items() if r.view.node == session.node]
             self._metrics.agents_connected.set(len(self._sessions))
+            self._fail_sweeps(session.node)
         log.warning("agent disconnected", node=session.node)
         self._notify(changed)
 
@@ -206,6 +208,7 @@ class Hub:
         with self._lock:
             self._records.clear()
             self._disconnected_since.clear()
+            self._fail_sweeps(None)
 
     def forget(self, assignment_id: str) -> None:
         """The CR is final and cleaned up: nothing more to remember."""
@@ -304,6 +307,13 @@ class Hub:
                 del self._records[assignment_id]  # the agent restarted without it: decide reassigns
                 changed.append(assignment_id)
         return changed
+
+    def _fail_sweeps(self, node: str | None) -> None:
+        """The sweeps ``node``'s agent (None: any agent) can no longer answer end at once."""
+        for sweep_id, (asked, answer) in list(self._sweeps.items()):
+            if node is None or asked == node:
+                del self._sweeps[sweep_id]
+                answer.set_exception(TemporaryError(f"the agent on {asked} disconnected during the sweep"))
 
     def _sweep_answered(self, node: str, result: SweepResult) -> None:
         waiting = self._sweeps.get(result.sweep_id)

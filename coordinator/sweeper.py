@@ -139,6 +139,8 @@ class Sweeper:
                 log.info(
                     "deleted backup done", location=location, backup=action.backup.name, reason=action.reason
                 )
+        if self._stopping.is_set():
+            return  # the leader term ended during the survey: the next leader decides afresh
         if forgets:
             answer = self._ask(nodes[0], location, tuple(r for f in forgets for r in f.repositories))
             self._report(bsl, forgets, answer)

@@ -21,6 +21,7 @@ from barge.control.messages import (
     SweepResult,
     VolumeMode,
 )
+from barge.errors import TemporaryError
 from coordinator.hub import ClaimCheck, Hub
 from coordinator.metrics import CoordinatorMetrics
 from coordinator.model import HubState
@@ -250,3 +251,18 @@ def test_a_sweep_is_answered_only_by_the_agent_asked() -> None:
     assert answer.result(timeout=0).backups_in_location == ("nightly",)
     h.agent_event(asked, SweepResult("s1"))  # a duplicate changes nothing
     assert h.sweep("node-c", sweep) is None
+
+
+def test_a_sweep_ends_when_its_agent_disconnects_or_the_term_ends() -> None:
+    h, _, _ = hub()
+    a, b = Session("node-a", Hello("node-a", "1", 2)), Session("node-b", Hello("node-b", "1", 2))
+    h.agent_connected(a)
+    h.agent_connected(b)
+    on_a, on_b = h.sweep("node-a", Sweep("s1", "velero", "default")), h.sweep("node-b", Sweep("s2", "v", "d"))
+    assert on_a is not None
+    assert on_b is not None
+    h.agent_disconnected(a)
+    assert isinstance(on_a.exception(timeout=0), TemporaryError)
+    assert not on_b.done()
+    h.reset()
+    assert isinstance(on_b.exception(timeout=0), TemporaryError)

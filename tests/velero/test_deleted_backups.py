@@ -27,7 +27,7 @@ from devenv.veleroserver import S3Location
 from devenv.waiting import wait_for
 from tests.fsbuild import write
 from tests.velero.conftest import print_logs
-from tests.velero.flows import backup, delete_claims, restore, snapshot_of
+from tests.velero.flows import BACKUP_FINAL, backup, delete_claims, restore, snapshot_of
 
 pytestmark = pytest.mark.integration
 
@@ -174,3 +174,20 @@ def test_a_backup_deleted_from_the_cluster_only_keeps_its_snapshots(
     wait_for(six_more_sweeps, 120, what="six more sweeps of the location")
     assert repo.snapshot_ids() == [snapshot_id]
     assert not [r for r in grace_records if "object-only" in r], grace_records
+
+
+def test_a_backup_past_its_ttl_is_deleted_by_velero_and_its_snapshots_forgotten(
+    cluster: VeleroCluster, location: S3Location, tmp_path: Path
+) -> None:
+    """Velero's garbage collection (every 5 s here) deletes an expired backup through a
+    DeleteBackupRequest, exactly as `velero backup delete` does."""
+    velero = cluster.velero
+    app(cluster, "short-lived", tmp_path, 1)
+    velero.cli("backup", "create", "expires", "--include-namespaces", "short-lived", "--ttl", "45s",
+               "--snapshot-move-data", "--data-mover", "barge")  # fmt: skip
+    done = velero.wait_phase(BACKUP, "expires", BACKUP_FINAL, timeout=300)
+    assert done["status"]["phase"] == "Completed", velero.describe("backup", "expires")
+    repo = repository(cluster, location, "short-lived")
+    assert len(repo.snapshot_ids()) == 1
+    velero.wait_gone(BACKUP, "expires", timeout=180)
+    wait_for(lambda: not repo.snapshot_ids(), 90, what="the expired backup's snapshot to be forgotten")
