@@ -18,7 +18,7 @@ import structlog
 
 from agent.metrics import AgentMetrics
 from agent.runner import AssignmentRunner, ProgressSink, RepositoryOpener, RunnerSettings, StatusSink
-from agent.sweeper import LocationOpener, run_sweep
+from agent.sweeper import LocationOpener, ManifestCache, run_sweep
 from agent.vouch import Vouch
 from barge import __version__
 from barge.clock import Clock
@@ -82,6 +82,7 @@ class Agent:
         self._vouching = threading.Lock()  # vouch files: a renewal never follows the withdrawal
         self._locations = locations
         self._sweeping = threading.Lock()  # one sweep at a time: they are background work
+        self._manifests = ManifestCache()
 
     # -- what the client asks ---------------------------------------------------------------------
 
@@ -246,7 +247,7 @@ class Agent:
             self.send(SweepResult(sweep.sweep_id, message=f"the agent on {self.settings.node} cannot sweep"))
             return
         with self._sweeping:
-            self.send(run_sweep(sweep, self._locations))
+            self.send(run_sweep(sweep, self._locations, self._manifests))
 
     def _progress_sink(self) -> ProgressSink:
         def report(assignment: Assignment, done: int, total: int) -> None:

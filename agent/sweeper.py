@@ -36,18 +36,45 @@ class LocationOpener(Protocol):
         """The BackupStorageLocation ``namespace/bsl_name``, opened with its credentials."""
 
 
-def run_sweep(sweep: Sweep, locations: LocationOpener) -> SweepResult:
+class ManifestCache:
+    """What sweeps read from snapshot manifests, by repository and snapshot ID. A manifest never
+    changes (its ID is the hash of its sealed bytes), so each is read once per agent rather than at
+    every sweep; entries of snapshots no longer listed are dropped, so memory follows the snapshots."""
+
+    def __init__(self) -> None:
+        self._entries: dict[tuple[str, str, str], BackupSnapshot | None] = {}
+
+    def backup_snapshot(
+        self, repo: Repository, where: tuple[str, str], snapshot_id: str
+    ) -> BackupSnapshot | None:
+        """The snapshot as a sweep reports it; None when it names no Velero backup."""
+        key = (*where, snapshot_id)
+        if key not in self._entries:
+            snapshot = repo.load_snapshot(snapshot_id)
+            name, uid = snapshot.tags.get(BACKUP_NAME_LABEL), snapshot.tags.get(BACKUP_UID_LABEL, "")
+            self._entries[key] = (
+                BackupSnapshot(where[1], snapshot_id, name, uid, snapshot.time) if name else None
+            )
+        return self._entries[key]
+
+    def keep_only(self, location: str, listed: set[tuple[str, str, str]]) -> None:
+        for key in [k for k in self._entries if k[0] == location and k not in listed]:
+            del self._entries[key]
+
+
+def run_sweep(sweep: Sweep, locations: LocationOpener, cache: ManifestCache | None = None) -> SweepResult:
     """Forget what ``sweep`` names (where still allowed), then list the location; never raises for
     what the location or the repositories hold: a failure is the result's message."""
     with structlog.contextvars.bound_contextvars(location=sweep.backup_storage_location):
         try:
-            return _sweep(sweep, locations.location(sweep.velero_namespace, sweep.backup_storage_location))
+            location = locations.location(sweep.velero_namespace, sweep.backup_storage_location)
+            return _sweep(sweep, location, cache or ManifestCache())
         except BargeError as err:
             log.warning("sweep failed", error=str(err))
             return SweepResult(sweep.sweep_id, message=f"sweep of {sweep.backup_storage_location}: {err}")
 
 
-def _sweep(sweep: Sweep, location: Location) -> SweepResult:
+def _sweep(sweep: Sweep, location: Location, cache: ManifestCache) -> SweepResult:
     present = frozenset(
         label_value(name) for name in backups_in_location(i.key for i in location.store.list(BACKUPS_FOLDER))
     )
@@ -66,7 +93,9 @@ def _sweep(sweep: Sweep, location: Location) -> SweepResult:
     return SweepResult(
         sweep.sweep_id,
         backups_in_location=tuple(sorted(present)),
-        snapshots=tuple(_backup_snapshots(location)),
+        snapshots=tuple(
+            _backup_snapshots(location, f"{sweep.velero_namespace}/{sweep.backup_storage_location}", cache)
+        ),
         forgotten=tuple(forgotten),
         kept=tuple(kept),
     )
@@ -94,23 +123,24 @@ def _forget(repo: Repository, snapshot_id: str, item: ForgetBackup) -> bool:
     return True
 
 
-def _backup_snapshots(location: Location) -> list[BackupSnapshot]:
+def _backup_snapshots(location: Location, name: str, cache: ManifestCache) -> list[BackupSnapshot]:
     """Every snapshot in the location's repositories that names the Velero backup it belongs to."""
     found = []
+    listed: set[tuple[str, str, str]] = set()
     for namespace in repository_namespaces(location.store):
         repo = location.repository(namespace)
         if repo is None:
             continue
         for snapshot_id in repo.snapshot_ids():
+            listed.add((name, namespace, snapshot_id))
             try:
-                snapshot = repo.load_snapshot(snapshot_id)
+                entry = cache.backup_snapshot(repo, (name, namespace), snapshot_id)
             except CorruptionDetected as err:
                 log.warning("unreadable snapshot manifest skipped", snapshot=snapshot_id[:16], error=str(err))
                 continue
-            name = snapshot.tags.get(BACKUP_NAME_LABEL)
-            if name:
-                uid = snapshot.tags.get(BACKUP_UID_LABEL, "")
-                found.append(BackupSnapshot(namespace, snapshot_id, name, uid, snapshot.time))
+            if entry is not None:
+                found.append(entry)
+    cache.keep_only(name, listed)
     return found
 
 

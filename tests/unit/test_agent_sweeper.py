@@ -5,8 +5,10 @@ from __future__ import annotations
 import base64
 from pathlib import Path
 
+import pytest
+
 from agent.repositories import BslRepositories
-from agent.sweeper import run_sweep
+from agent.sweeper import ManifestCache, run_sweep
 from barge.clock import ManualClock
 from barge.control.messages import BackupSnapshot, ForgetBackup, Sweep
 from barge.errors import NotFound
@@ -110,3 +112,27 @@ def test_a_long_backup_name_is_compared_as_velero_labels_spell_it(tmp_path: Path
 def test_a_location_that_cannot_be_opened_is_a_failed_sweep_not_an_exception(tmp_path: Path) -> None:
     result = run_sweep(Sweep("s1", "velero", "missing"), opener(tmp_path))
     assert "BackupStorageLocation velero/missing does not exist" in result.message
+
+
+def test_each_manifest_is_read_once_per_agent_and_forgotten_ones_leave_the_cache(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ids = repo_with(tmp_path, "shop", {"a": ("nightly", "u1"), "b": ("weekly", "u2")})
+    reads: list[str] = []
+    load = Repository.load_snapshot
+
+    def counting(repo: Repository, snapshot_id: str) -> Snapshot:
+        reads.append(snapshot_id)
+        return load(repo, snapshot_id)
+
+    monkeypatch.setattr(Repository, "load_snapshot", counting)
+    cache, locations = ManifestCache(), opener(tmp_path)
+    first = run_sweep(Sweep("s1", "velero", "default"), locations, cache)
+    assert sorted(reads) == sorted(ids.values())
+    reads.clear()
+    assert run_sweep(Sweep("s2", "velero", "default"), locations, cache).snapshots == first.snapshots
+    assert reads == []
+    asked = ForgetBackup("shop", "nightly", "u1", (ids["a"],))
+    after = run_sweep(Sweep("s3", "velero", "default", (asked,)), locations, cache)
+    assert set(reads) == {ids["a"]}  # only the forget reads, afresh; "b" comes from the cache
+    assert [s.snapshot_id for s in after.snapshots] == [ids["b"]]
