@@ -1,10 +1,13 @@
-"""A real node: etcd and the kube-apiserver, containerd with runc, and the kubelet, on this machine.
+"""A real node: etcd, the kube-apiserver, kube-scheduler and kube-controller-manager, containerd
+with runc, and the kubelet, on this machine.
 
 Everything runs inside the node's namespaces (``namespace.NodeNamespace``): the control plane
 listens on the node's veth address, which its serving certificate names, so the host reaches it
 and so do the pods; the kubelet registers the node with that address, so the apiserver reaches the
 kubelet for pod logs (TLS both ways, the kubelet authorizing through the apiserver). Pods get
-addresses from the CNI bridge plugin. No registry: images are loaded with ``ctr images import``
+addresses from the CNI bridge plugin, and real projected ServiceAccount tokens (the ServiceAccount
+admission is on; the controller-manager creates the ``default`` ServiceAccounts). No kube-proxy:
+Service addresses do not route. No registry: images are loaded with ``ctr images import``
 (``import_image``); the pod sandbox image is busybox sleeping.
 
 Everything the node writes is in its work directory, in the tmpfs only it sees (the host paths the
@@ -14,10 +17,12 @@ kubelet and containerd hard-code: ``/var/lib``, ``/var/log``, ``/run``), or in i
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import shutil
 import socket
+import ssl
 import subprocess
 import tempfile
 from dataclasses import dataclass
@@ -32,7 +37,7 @@ from barge.kube.client import api_client
 from barge.kube.resources import NODE, KubeObjects
 from devenv.controlplane import ControlPlaneEndpoints, LocalControlPlane, write_kubeconfig
 from devenv.pki import CertificateAuthority
-from devenv.processes import ServerProcess
+from devenv.processes import ServerProcess, http_ok
 from devenv.realnode.image import ImageRef, busybox_layer, oci_archive
 from devenv.realnode.namespace import NodeNamespace
 from devenv.tools import cache_dir, tool_path
@@ -46,8 +51,10 @@ KUBELET_PORT = 10250
 NODE_TMPFS = ("/run", "/var/lib", "/var/log")
 _START_TIMEOUT = 120.0
 _HOST_PROGRAMS = ("unshare", "nsenter", "mount", "ip")
-_TOOLS = ("etcd", "kube-apiserver", "kubelet", "containerd", "containerd-shim-runc-v2", "ctr", "runc",
-          "cni", "busybox")
+_TOOLS = (
+    "etcd", "kube-apiserver", "kubelet", "kube-scheduler", "kube-controller-manager",
+    "containerd", "containerd-shim-runc-v2", "ctr", "runc", "cni", "busybox",
+)
 
 
 @dataclass(frozen=True)
@@ -72,6 +79,7 @@ class RealNode:
         self.control_plane: LocalControlPlane | None = None
         self.containerd: ServerProcess | None = None
         self.kubelet: ServerProcess | None = None
+        self.controllers: list[ServerProcess] = []
         self.endpoints: NodeEndpoints | None = None
 
     def __enter__(self) -> NodeEndpoints:
@@ -103,6 +111,7 @@ class RealNode:
         oci_archive(pause, PAUSE_IMAGE, [busybox_layer()], entrypoint=["/bin/sleep", "2147483647"])
         self.import_image(pause)
         self._start_kubelet(plane)
+        self._start_controllers(plane)
         self.endpoints = NodeEndpoints(plane, NODE_NAME, self.namespace.address, self.workdir)
         return self.endpoints
 
@@ -134,6 +143,9 @@ class RealNode:
                 "--kubelet-client-key": str(pki / "admin.key"),
                 "--kubelet-certificate-authority": str(pki / "ca.crt"),
                 "--kubelet-preferred-address-types": "InternalIP",
+                # The controller-manager creates every namespace's ``default`` ServiceAccount: pods
+                # get real projected tokens, which the kubelet requests and refreshes.
+                "--disable-admission-plugins": "",
             },
         )
         return self.control_plane.start()
@@ -228,21 +240,28 @@ disabled_plugins = [
   max_conf_num = 1
 """
 
-    def _start_kubelet(self, plane: ControlPlaneEndpoints) -> None:
-        directory = self.workdir / "kubelet"
-        directory.mkdir()
+    def _client_kubeconfig(
+        self, plane: ControlPlaneEndpoints, directory: Path, user: str, group: str | None = None
+    ) -> Path:
+        """A kubeconfig with a client certificate for ``user`` (the identities RBAC's bootstrap
+        policy knows: ``system:kube-scheduler``...)."""
         ca = CertificateAuthority.load(plane.pki.ca)
-        address = self.namespace.address
-        client = ca.issue(directory, "client", f"system:node:{NODE_NAME}", organization="system:nodes")
-        serving = ca.issue(
-            directory, "serving", NODE_NAME, dns_names=(NODE_NAME,), ip_addresses=(address,), server=True
-        )
-        kubeconfig = write_kubeconfig(
-            directory / "kubelet.kubeconfig",
+        client = ca.issue(directory, "client", user, organization=group)
+        return write_kubeconfig(
+            directory / "client.kubeconfig",
             plane.url,
             plane.pki.ca.cert_path,
             {"client-certificate": str(client.cert_path), "client-key": str(client.key_path)},
-            f"system:node:{NODE_NAME}",
+            user,
+        )
+
+    def _start_kubelet(self, plane: ControlPlaneEndpoints) -> None:
+        directory = self.workdir / "kubelet"
+        directory.mkdir()
+        address = self.namespace.address
+        kubeconfig = self._client_kubeconfig(plane, directory, f"system:node:{NODE_NAME}", "system:nodes")
+        serving = CertificateAuthority.load(plane.pki.ca).issue(
+            directory, "serving", NODE_NAME, dns_names=(NODE_NAME,), ip_addresses=(address,), server=True
         )
         config = directory / "config.yaml"
         config.write_text(yaml.safe_dump(self._kubelet_config(plane, serving.cert_path, serving.key_path)))
@@ -264,6 +283,43 @@ disabled_plugins = [
         with api_client(plane.kubeconfig) as api:
             objects = KubeObjects(api)
             self.kubelet.wait_ready(lambda: _node_ready(objects), _START_TIMEOUT, f"Node {NODE_NAME} Ready")
+
+    def _start_controllers(self, plane: ControlPlaneEndpoints) -> None:
+        """kube-scheduler and kube-controller-manager (one replica each: no leader election), each
+        with its own identity; ready when their health endpoints answer."""
+        ports = {"kube-scheduler": 10259, "kube-controller-manager": 10257}
+        for name, port in ports.items():
+            directory = self.workdir / name
+            directory.mkdir()
+            kubeconfig = self._client_kubeconfig(plane, directory, f"system:{name}")
+            flags = [
+                f"--kubeconfig={kubeconfig}",
+                f"--authentication-kubeconfig={kubeconfig}",
+                f"--authorization-kubeconfig={kubeconfig}",
+                f"--bind-address={self.namespace.address}",
+                f"--secure-port={port}",
+                f"--cert-dir={directory / 'serving'}",
+                "--leader-elect=false",
+            ]
+            if name == "kube-controller-manager":
+                flags += [
+                    "--use-service-account-credentials=true",
+                    f"--root-ca-file={plane.pki.ca.cert_path}",
+                ]
+            process = ServerProcess(
+                name, [*self.namespace.enter(), str(tool_path(name)), *flags], self.workdir / f"{name}.log"
+            )
+            self.controllers.append(process)
+            process.start()
+        insecure = ssl.create_default_context()
+        insecure.check_hostname = False
+        insecure.verify_mode = ssl.CERT_NONE  # their self-signed serving certificates; only /healthz is read
+        for process, port in zip(self.controllers, ports.values(), strict=True):
+            process.wait_ready(
+                functools.partial(http_ok, self.namespace.address, port, "/healthz", insecure),
+                _START_TIMEOUT,
+                "healthy (/healthz)",
+            )
 
     def _kubelet_config(self, plane: ControlPlaneEndpoints, cert: Path, key: Path) -> dict[str, Any]:
         """cgroup v1 with cgroupfs under the node's own cgroup root; webhook authentication and
@@ -307,7 +363,7 @@ disabled_plugins = [
     def stop(self) -> None:
         """Stop the kubelet and containerd, the control plane, then every process left in the
         node's namespaces; remove the cgroups and the work directory."""
-        for process in (self.kubelet, self.containerd):
+        for process in (*self.controllers, self.kubelet, self.containerd):
             if process is not None:
                 process.stop()
         if self.control_plane is not None:

@@ -4,11 +4,11 @@ hard-coded host path of the node survives, and its work directory is gone."""
 from __future__ import annotations
 
 from barge.kube.client import api_client
-from barge.kube.resources import NAMESPACE, POD, KubeObjects
+from barge.kube.resources import POD, KubeObjects
 from devenv.realnode.namespace import HostFootprint
 from devenv.realnode.node import RealNode
 from tests.integration.kubetest import eventually
-from tests.realnode.pods import POD_TIMEOUT, condition, load_busybox, web_pod
+from tests.realnode.pods import POD_TIMEOUT, fresh_namespace, load_busybox, ready, web_pod_spec
 
 
 def test_stopping_the_node_leaves_nothing_on_the_host() -> None:
@@ -21,9 +21,10 @@ def test_stopping_the_node_leaves_nothing_on_the_host() -> None:
         (data_dir / "ready.txt").write_text("ready\n")
         with api_client(endpoints.control_plane.kubeconfig) as api:
             objects = KubeObjects(api)
-            objects.create(NAMESPACE, {"metadata": {"name": "teardown"}})
-            objects.create(POD, web_pod("teardown", "web", data_dir))
-            eventually(lambda: condition(objects.get(POD, "teardown", "web"), "Ready") == "True", POD_TIMEOUT)
+            namespace = fresh_namespace(objects, "teardown")
+            pod = {"metadata": {"name": "web", "namespace": namespace}, "spec": web_pod_spec(data_dir)}
+            objects.create(POD, pod)
+            eventually(lambda: ready(objects, namespace, "web"), POD_TIMEOUT)
         ids = node.namespace.ids
         assert ids is not None
         during = HostFootprint.capture().added_since(before)
