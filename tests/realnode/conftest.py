@@ -1,8 +1,9 @@
 """The real-node tier: pods run on a real kubelet, containerd and runc (devenv.realnode).
 
-One node per module: starting it (control plane, containerd, kubelet, Node Ready) is most of the
-tier's time. Images come from no registry: busybox is assembled from Debian's static busybox and
-loaded into the node (``pods.load_busybox``).
+One node for the session: starting it (control plane, containerd, kubelet, Node Ready) is most of
+the tier's time; tests keep to namespaces of their own. ``test_teardown`` starts a second one.
+Images come from no registry: busybox is assembled from Debian's static busybox and loaded into
+the node (``pods.load_busybox``).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from devenv.realnode.node import NodeEndpoints, RealNode
 from tests.realnode.pods import load_busybox
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def real_node() -> Iterator[RealNode]:
     node = RealNode()
     with node:
@@ -26,18 +27,18 @@ def real_node() -> Iterator[RealNode]:
         yield node
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def node_endpoints(real_node: RealNode) -> NodeEndpoints:
     assert real_node.endpoints is not None
     return real_node.endpoints
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def node_api(node_endpoints: NodeEndpoints) -> Iterator[client.ApiClient]:
     with api_client(node_endpoints.control_plane.kubeconfig) as api:
         yield api
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def node_objects(node_api: client.ApiClient) -> KubeObjects:
     return KubeObjects(node_api)

@@ -1,0 +1,54 @@
+"""The Barge image, built here from Debian packages and Barge's wheel, runs on the real node as
+non-root: the coordinator's and the agent's programs start from it."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from barge.kube.resources import POD, KubeObjects
+from devenv.realnode.bargeimage import BARGE_IMAGE, build_barge_image
+from devenv.realnode.node import NODE_NAME, RealNode
+from tests.integration.kubetest import eventually
+from tests.realnode.pods import POD_TIMEOUT, fresh_namespace
+
+
+def program(name: str) -> dict[str, Any]:
+    return {
+        "name": name,
+        "image": str(BARGE_IMAGE),
+        "imagePullPolicy": "Never",
+        "command": [f"barge-{name}", "--help"],
+    }
+
+
+def test_the_barge_image_runs_the_coordinator_and_the_agent_as_non_root(
+    real_node: RealNode, node_objects: KubeObjects
+) -> None:
+    image = build_barge_image(real_node.workdir / "images" / "barge.tar")
+    real_node.import_image(image.archive)
+    print(f"Barge image: {image.size / 1e6:.1f} MB uncompressed (layers {image.layer_bytes})")
+    namespace = fresh_namespace(node_objects, "image")
+    pod = {
+        "metadata": {"name": "barge", "namespace": namespace},
+        "spec": {
+            "nodeName": NODE_NAME,
+            "restartPolicy": "Never",
+            # No runAsUser: the kubelet checks the image's own numeric user is not root.
+            "securityContext": {"runAsNonRoot": True},
+            "containers": [program("coordinator"), program("agent")],
+        },
+    }
+    node_objects.create(POD, pod)
+
+    def finished() -> dict[str, Any] | None:
+        found = node_objects.get(POD, namespace, "barge")
+        return found if found.get("status", {}).get("phase") in ("Succeeded", "Failed") else None
+
+    done = eventually(finished, POD_TIMEOUT)
+    logs = {
+        name: node_objects.read_text(POD, namespace, "barge", "log", [("container", name)])
+        for name in ("coordinator", "agent")
+    }
+    assert done["status"]["phase"] == "Succeeded", (done["status"], logs)
+    assert "usage: barge-coordinator" in logs["coordinator"]
+    assert "usage: barge-agent" in logs["agent"]
