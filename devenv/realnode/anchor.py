@@ -25,7 +25,8 @@ from pathlib import Path
 
 
 def _mount(*args: str) -> None:
-    subprocess.run(["mount", *args], check=True, stdin=subprocess.DEVNULL)
+    # -n: no utab entries (libmount would record them under the host's /run before its tmpfs)
+    subprocess.run(["mount", "-n", *args], check=True, stdin=subprocess.DEVNULL)
 
 
 def prepare(tmpfs: list[str], binds: list[str]) -> None:
