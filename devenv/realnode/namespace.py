@@ -25,6 +25,7 @@ from barge.errors import TemporaryError
 from devenv.processes import ServerProcess
 from devenv.waiting import wait_for
 
+CGROUP_PREFIX = "barge-realnode-"  # then the PID of the process that owns the node
 _SUBNET_PREFIX = "10.99"  # the node gets 10.99.N.2/24, the host 10.99.N.1/24, N unused on the host
 _READY_TIMEOUT = 60.0
 _CGROUP_TIMEOUT = 30.0
@@ -158,7 +159,7 @@ class NodeNamespace:
     def __init__(self, workdir: Path, tmpfs: Iterable[str]) -> None:
         self.workdir = workdir
         self._tmpfs = list(tmpfs)
-        self.cgroup_root = f"/barge-realnode-{uuid.uuid4().hex[:8]}"
+        self.cgroup_root = f"/{CGROUP_PREFIX}{os.getpid()}-{uuid.uuid4().hex[:8]}"
         self.anchor: ServerProcess | None = None
         self.pid = 0  # the anchor's PID on the host
         self.ids: NamespaceIds | None = None
@@ -168,6 +169,7 @@ class NodeNamespace:
         self._cgroups_made: list[Path] = []
 
     def start(self) -> None:
+        remove_stale_cgroup_roots()
         self._make_cgroup_root()
         self._start_anchor()
         self._connect()
@@ -267,6 +269,19 @@ class NodeNamespace:
         for path in self._cgroups_made:
             _remove_cgroup_tree(path)
         self._cgroups_made.clear()
+
+
+def remove_stale_cgroup_roots() -> list[Path]:
+    """Remove the cgroup roots of nodes whose owning process is gone (a test run killed with -9
+    cannot clean up; its processes died with it, its empty cgroups stay). Returns what it removed."""
+    removed = []
+    for mount in cgroup_mounts():
+        for root in mount.glob(f"{CGROUP_PREFIX}*"):
+            owner = root.name.removeprefix(CGROUP_PREFIX).split("-")[0]
+            if owner.isdigit() and not Path(f"/proc/{owner}").exists():
+                _remove_cgroup_tree(root)
+                removed.append(root)
+    return removed
 
 
 def _remove_cgroup_tree(root: Path) -> None:
