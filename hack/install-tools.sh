@@ -56,9 +56,11 @@ version_ok() {  # binary, args, expected substring (empty: not run), expected bu
   case "$out" in *"$4"*) return 0 ;; *) return 1 ;; esac
 }
 
-tree_sum() {  # one sha256 over every file of an unpacked package (names and contents)
-  (cd "$1" && find . -path ./.ok -prune -o \( -type f -o -type l \) -print0 | LC_ALL=C sort -z \
-    | xargs -0 sha256sum 2>/dev/null | sha256sum | cut -d' ' -f1)
+tree_sum() {  # one sha256 over an unpacked package: every name, link target and file content
+  (cd "$1" \
+    && find . -path ./.ok -prune -o -printf '%y %p %l\n' | LC_ALL=C sort \
+    && find . -path ./.ok -prune -o -type f -print0 | LC_ALL=C sort -z | xargs -0 -r sha256sum) \
+    | sha256sum | cut -d' ' -f1
 }
 
 link_tool() {  # target dir: bin/ links to what the tool provides
