@@ -31,6 +31,8 @@ DEBIAN_TOOLS = {
     "runc": "runc",
     "cni": "cni-plugins",
     "busybox": "busybox",
+    "xtables-nft-multi": "iptables",
+    "mmdebstrap": "mmdebstrap",
 }
 
 

@@ -14,7 +14,8 @@
 # holding the binary's sha256; HASH covers the wrapper module, so any pin change rebuilds.
 # bin/NAME always points at the verified build.
 #
-# A hack/tools/NAME/ with only a tool.conf that sets DEB_PACKAGE is a Debian package instead:
+# A hack/tools/NAME/ with only a tool.conf that sets DEB_PACKAGE is a Debian package instead
+# (then, optionally, the libraries it needs that a host may lack, unpacked alongside):
 # `apt-get download` fetches the distribution's candidate (the host's apt lists), its upstream
 # version must start with VERSION, and `dpkg-deb -x` unpacks it into the cache: nothing is
 # installed on the system. LINKS (paths inside the package) get a bin/ link each, by base name;
@@ -83,22 +84,26 @@ build_go_tool() {  # staging dir
 unpack_deb_tool() {  # staging dir
   command -v apt-get >/dev/null && command -v dpkg-deb >/dev/null \
     || { say "$name: apt-get and dpkg-deb are required (a Debian or Ubuntu host)"; return 1; }
-  local downloads=$1/.download deb version
+  local downloads=$1/.download deb version main=${DEB_PACKAGE%% *}
   mkdir "$downloads"
-  if ! (cd "$downloads" && apt-get download -q -o APT::Sandbox::User=root "$DEB_PACKAGE") \
+  # shellcheck disable=SC2086  # DEB_PACKAGE: the package, then the libraries it needs that a host may lack
+  if ! (cd "$downloads" && apt-get download -q -o APT::Sandbox::User=root $DEB_PACKAGE) \
       >"$1/download.log" 2>&1; then
     tail -5 "$1/download.log" >&2
     say "$name: apt-get download $DEB_PACKAGE failed (no apt lists? run apt-get update)"
     return 1
   fi
-  deb=$(ls "$downloads"/*.deb)
-  version=$(dpkg-deb -f "$deb" Version)
-  case "${version#*:}" in
-    "$VERSION"*) ;;
-    *) say "$name: Debian offers $DEB_PACKAGE $version, tool.conf pins upstream $VERSION"; return 1 ;;
-  esac
-  dpkg-deb -x "$deb" "$1"
-  echo "$DEB_PACKAGE $version" >"$1/.deb-version"
+  for deb in "$downloads"/*.deb; do
+    version=$(dpkg-deb -f "$deb" Version)
+    if [ "$(dpkg-deb -f "$deb" Package)" = "$main" ]; then
+      case "${version#*:}" in
+        "$VERSION"*) ;;
+        *) say "$name: Debian offers $main $version, tool.conf pins upstream $VERSION"; return 1 ;;
+      esac
+    fi
+    dpkg-deb -x "$deb" "$1"
+    echo "$(dpkg-deb -f "$deb" Package) $version" >>"$1/.deb-version"
+  done
   rm -rf "$downloads" "$1/download.log"
 }
 
@@ -123,7 +128,7 @@ install_tool() {
   local binary=$target/$name
   [ -z "$DEB_PACKAGE" ] || binary=$target/${LINKS%% *}
   local origin="from Go modules (the first time takes minutes)"
-  [ -z "$DEB_PACKAGE" ] || origin="from Debian's $DEB_PACKAGE package"
+  [ -z "$DEB_PACKAGE" ] || origin="from Debian's ${DEB_PACKAGE// /, } package(s)"
 
   if [ -f "$target/.ok" ] && [ -x "$binary" ]; then
     local sum

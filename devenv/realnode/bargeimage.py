@@ -124,7 +124,7 @@ def _base_layer() -> bytes:
 
 def _build_base(rootfs: Path) -> bytes:
     env = {**os.environ, "PATH": f"{cache_dir() / 'bin'}:{os.environ.get('PATH', '/usr/bin:/bin')}"}
-    _run([str(tool_path("mmdebstrap", "bash hack/install-tools.sh mmdebstrap")), "--mode=root",
+    _run([str(tool_path("mmdebstrap")), "--mode=root",
           "--variant=extract", f"--include={','.join(DEBIAN_PACKAGES)}", "bookworm", str(rootfs)], env=env)
     for pruned in _PRUNED:
         shutil.rmtree(rootfs / pruned, ignore_errors=True)

@@ -1,14 +1,14 @@
 """A real node: etcd, the kube-apiserver, kube-scheduler and kube-controller-manager, containerd
-with runc, and the kubelet, on this machine.
+with runc, the kubelet and kube-proxy, on this machine.
 
 Everything runs inside the node's namespaces (``namespace.NodeNamespace``): the control plane
 listens on the node's veth address, which its serving certificate names, so the host reaches it
 and so do the pods; the kubelet registers the node with that address, so the apiserver reaches the
 kubelet for pod logs (TLS both ways, the kubelet authorizing through the apiserver). Pods get
 addresses from the CNI bridge plugin, and real projected ServiceAccount tokens (the ServiceAccount
-admission is on; the controller-manager creates the ``default`` ServiceAccounts). No kube-proxy:
-Service addresses do not route. No registry: images are loaded with ``ctr images import``
-(``import_image``); the pod sandbox image is busybox sleeping.
+admission is on; the controller-manager creates the ``default`` ServiceAccounts); kube-proxy routes
+ClusterIP Services (the ``kubernetes`` one to the apiserver). No registry: images are loaded with
+``ctr images import`` (``import_image``); the pod sandbox image is busybox sleeping.
 
 Everything the node writes is in its work directory, in the tmpfs only it sees (the host paths the
 kubelet and containerd hard-code: ``/var/lib``, ``/var/log``, ``/run``), or in its cgroup root;
@@ -46,13 +46,18 @@ NODE_NAME = "barge-node"
 POD_SUBNET = "10.244.0.0/24"  # inside the node's network namespace only
 PAUSE_IMAGE = ImageRef("pause", "busybox")
 KUBELET_PORT = 10250
+KUBE_PROXY_HEALTH_PORT = 10256
+_IPTABLES_COMMANDS = (
+    "iptables", "iptables-save", "iptables-restore", "ip6tables", "ip6tables-save", "ip6tables-restore",
+)
 # Hidden behind tmpfs inside the node: the host paths the kubelet and containerd hard-code
 # (/var/lib/kubelet, /var/log/pods, /run/containerd/s, /var/run/netns, /var/lib/cni...).
 NODE_TMPFS = ("/run", "/var/lib", "/var/log")
 _START_TIMEOUT = 120.0
 _HOST_PROGRAMS = ("unshare", "nsenter", "mount", "ip")
 _TOOLS = (
-    "etcd", "kube-apiserver", "kubelet", "kube-scheduler", "kube-controller-manager",
+    "etcd", "kube-apiserver", "kubelet", "kube-scheduler", "kube-controller-manager", "kube-proxy",
+    "xtables-nft-multi",
     "containerd", "containerd-shim-runc-v2", "ctr", "runc", "cni", "busybox",
 )
 
@@ -112,6 +117,7 @@ class RealNode:
         self.import_image(pause)
         self._start_kubelet(plane)
         self._start_controllers(plane)
+        self._start_kube_proxy(plane)
         self.endpoints = NodeEndpoints(plane, NODE_NAME, self.namespace.address, self.workdir)
         return self.endpoints
 
@@ -320,6 +326,51 @@ disabled_plugins = [
                 _START_TIMEOUT,
                 "healthy (/healthz)",
             )
+
+    def _start_kube_proxy(self, plane: ControlPlaneEndpoints) -> None:
+        """kube-proxy in iptables mode (Debian's iptables on nf_tables, from the cache). It
+        masquerades all Service traffic: without br_netfilter, a reply from a pod on the same bridge
+        would otherwise bypass the node and miss the reverse translation. It leaves the host-wide
+        conntrack table size alone."""
+        directory = self.workdir / "kube-proxy"
+        (directory / "bin").mkdir(parents=True)
+        multi = tool_path("xtables-nft-multi").resolve()
+        for name in _IPTABLES_COMMANDS:
+            (directory / "bin" / name).symlink_to(multi)  # it answers to the name it is called by
+        (libraries,) = (multi.parents[1] / "lib").glob("*-linux-gnu")
+        kubeconfig = self._client_kubeconfig(plane, directory, "system:kube-proxy")
+        config = directory / "config.yaml"
+        config.write_text(yaml.safe_dump({
+            "apiVersion": "kubeproxy.config.k8s.io/v1alpha1",
+            "kind": "KubeProxyConfiguration",
+            "clientConnection": {"kubeconfig": str(kubeconfig)},
+            "hostnameOverride": NODE_NAME,
+            "mode": "iptables",
+            "clusterCIDR": POD_SUBNET,
+            "iptables": {"masqueradeAll": True},
+            "conntrack": {"maxPerCore": 0},
+            "healthzBindAddress": f"{self.namespace.address}:{KUBE_PROXY_HEALTH_PORT}",
+            "metricsBindAddress": "127.0.0.1:10249",
+        }))
+        env = self._node_env()
+        env.update(
+            PATH=f"{directory / 'bin'}:{env['PATH']}",
+            LD_LIBRARY_PATH=str(libraries),
+            XTABLES_LIBDIR=str(libraries / "xtables"),
+        )
+        process = ServerProcess(
+            "kube-proxy",
+            [*self.namespace.enter(), str(tool_path("kube-proxy")), f"--config={config}"],
+            self.workdir / "kube-proxy.log",
+            env=env,
+        )
+        self.controllers.append(process)
+        process.start()
+        process.wait_ready(
+            functools.partial(http_ok, self.namespace.address, KUBE_PROXY_HEALTH_PORT, "/healthz"),
+            _START_TIMEOUT,
+            "healthy (/healthz)",
+        )
 
     def _kubelet_config(self, plane: ControlPlaneEndpoints, cert: Path, key: Path) -> dict[str, Any]:
         """cgroup v1 with cgroupfs under the node's own cgroup root; webhook authentication and

@@ -7,7 +7,7 @@ import ipaddress
 from typing import Any
 from urllib.parse import urlsplit
 
-from barge.kube.resources import DEPLOYMENT, POD, TOKEN_REVIEW, KubeObjects
+from barge.kube.resources import DEPLOYMENT, POD, TOKEN_REVIEW, KubeObjects, Resource
 from devenv.realnode.node import NODE_NAME, POD_SUBNET, NodeEndpoints
 from tests.integration.kubetest import eventually, unique
 from tests.realnode.pods import (
@@ -91,3 +91,58 @@ def test_a_deployment_is_scheduled_and_its_pod_has_a_projected_token_and_reaches
     assert status["user"]["username"] == f"system:serviceaccount:{namespace}:default"
     # Bound to this pod: the kubelet requested it with TokenRequest for the pod's projected volume.
     assert status["user"]["extra"]["authentication.kubernetes.io/pod-name"] == [pod["metadata"]["name"]]
+
+
+SERVICE = Resource("Service", "", "v1", "services", True)
+
+
+def test_a_pod_reaches_another_through_its_service_and_the_apiserver_through_kubernetes_default(
+    node_endpoints: NodeEndpoints, node_objects: KubeObjects
+) -> None:
+    """kube-proxy's iptables rules: a ClusterIP Service, and the ``kubernetes`` Service in-cluster
+    clients use (10.0.0.1:443, to the apiserver on the node's address)."""
+    namespace = fresh_namespace(node_objects, "service")
+    data_dir = node_endpoints.workdir / unique("hostpath")
+    data_dir.mkdir()
+    (data_dir / "ready.txt").write_text("ready\n")
+    web = {"metadata": {"name": "web", "namespace": namespace, "labels": {"app": "web"}},
+           "spec": web_pod_spec(data_dir, NODE_NAME)}
+    node_objects.create(POD, web)
+    service = node_objects.create(
+        SERVICE,
+        {
+            "metadata": {"name": "web", "namespace": namespace},
+            "spec": {"selector": {"app": "web"}, "ports": [{"port": 80, "targetPort": 8080}]},
+        },
+    )
+    cluster_ip = service["spec"]["clusterIP"]
+    # Until kube-proxy has the Service's endpoints, the address answers nothing: retry for a while.
+    script = (
+        f"for i in $(seq 60); do wget -q -O /data/via-service.txt http://{cluster_ip}/ready.txt && break; "
+        "sleep 1; done; "
+        "nc -w 5 10.0.0.1 443 </dev/null && echo connected > /data/kubernetes-service.txt"
+    )
+    client = {
+        "metadata": {"name": "client", "namespace": namespace},
+        "spec": {
+            "nodeName": NODE_NAME,
+            "restartPolicy": "Never",
+            "containers": [{
+                "name": "client",
+                "image": str(BUSYBOX),
+                "imagePullPolicy": "Never",
+                "command": ["sh", "-c", script],
+                "volumeMounts": [{"name": "data", "mountPath": "/data"}],
+            }],
+            "volumes": [{"name": "data", "hostPath": {"path": str(data_dir), "type": "Directory"}}],
+        },
+    }
+    node_objects.create(POD, client)
+
+    def finished() -> dict[str, Any] | None:
+        pod = node_objects.get(POD, namespace, "client")
+        return pod if pod.get("status", {}).get("phase") in ("Succeeded", "Failed") else None
+
+    eventually(finished, POD_TIMEOUT)
+    assert (data_dir / "via-service.txt").read_text() == "ready\n"
+    assert (data_dir / "kubernetes-service.txt").read_text() == "connected\n"
