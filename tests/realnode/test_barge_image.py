@@ -1,5 +1,6 @@
 """The Barge image, built here from Debian packages and Barge's wheel, runs on the real node as
-non-root: the coordinator's and the agent's programs start from it."""
+non-root: the coordinator's and the agent's programs start from it, and Barge's Kubernetes adapter
+in it reaches the apiserver as the pod's ServiceAccount, the way both components do in a cluster."""
 
 from __future__ import annotations
 
@@ -11,14 +12,16 @@ from devenv.realnode.node import NODE_NAME, RealNode
 from tests.integration.kubetest import eventually
 from tests.realnode.pods import POD_TIMEOUT, fresh_namespace
 
+# In-cluster configuration (the kubernetes Service, the projected token and CA), then discovery
+# through KubeObjects: the request path every read and write of Barge takes.
+IN_CLUSTER = (
+    "from barge.kube.client import api_client; from barge.kube.resources import KubeObjects; "
+    "print('core/v1 serves', len(KubeObjects(api_client()).api_resources('', 'v1')), 'resources')"
+)
 
-def program(name: str) -> dict[str, Any]:
-    return {
-        "name": name,
-        "image": str(BARGE_IMAGE),
-        "imagePullPolicy": "Never",
-        "command": [f"barge-{name}", "--help"],
-    }
+
+def program(name: str, command: list[str]) -> dict[str, Any]:
+    return {"name": name, "image": str(BARGE_IMAGE), "imagePullPolicy": "Never", "command": command}
 
 
 def test_the_barge_image_runs_the_coordinator_and_the_agent_as_non_root(
@@ -35,7 +38,11 @@ def test_the_barge_image_runs_the_coordinator_and_the_agent_as_non_root(
             "restartPolicy": "Never",
             # No runAsUser: the kubelet checks the image's own numeric user is not root.
             "securityContext": {"runAsNonRoot": True},
-            "containers": [program("coordinator"), program("agent")],
+            "containers": [
+                program("coordinator", ["barge-coordinator", "--help"]),
+                program("agent", ["barge-agent", "--help"]),
+                program("in-cluster", ["python3.11", "-c", IN_CLUSTER]),
+            ],
         },
     }
     node_objects.create(POD, pod)
@@ -47,8 +54,9 @@ def test_the_barge_image_runs_the_coordinator_and_the_agent_as_non_root(
     done = eventually(finished, POD_TIMEOUT)
     logs = {
         name: node_objects.read_text(POD, namespace, "barge", "log", [("container", name)])
-        for name in ("coordinator", "agent")
+        for name in ("coordinator", "agent", "in-cluster")
     }
     assert done["status"]["phase"] == "Succeeded", (done["status"], logs)
     assert "usage: barge-coordinator" in logs["coordinator"]
     assert "usage: barge-agent" in logs["agent"]
+    assert "core/v1 serves" in logs["in-cluster"]
