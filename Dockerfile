@@ -7,6 +7,8 @@
 # Stage 1 builds wheels (Barge's and any dependency without a binary wheel for this platform);
 # stage 2 installs them from those wheels only (no index, no compiler) and runs as a non-root user.
 # The agent DaemonSet overrides the user with root plus a few file capabilities (see the chart).
+# Without a container engine, devenv/realnode/bargeimage.py builds the equivalent image from Debian
+# bookworm packages (mmdebstrap) and the same wheel; the realnode test tier runs it on a real node.
 
 ARG PYTHON_IMAGE=python:3.11-slim-trixie
 

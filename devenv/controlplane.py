@@ -12,6 +12,7 @@ from __future__ import annotations
 import shutil
 import ssl
 import tempfile
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -62,14 +63,25 @@ class LocalControlPlane:
         keep_workdir: bool = False,
         *,
         audit_policy: dict[str, Any] | None = None,
+        address: str = "127.0.0.1",
+        command_prefix: Sequence[str] = (),
+        apiserver_flags: Mapping[str, str] | None = None,
     ) -> None:
         """``audit_policy``: an ``audit.k8s.io/v1`` Policy; when given, the API server writes its audit
         events as JSON lines to ``<workdir>/audit.log`` (``ControlPlaneEndpoints.audit_log``). None
-        (the default): no auditing."""
+        (the default): no auditing.
+
+        A real node (devenv.realnode) runs the control plane in its network namespace: etcd and
+        the apiserver listen on ``address`` (which the serving certificate names), both start through
+        ``command_prefix`` (``nsenter ...``), and ``apiserver_flags`` (``--flag``: value) replace or
+        add to the defaults (the Node authorizer, the kubelet's client certificate)."""
         self._own_workdir = workdir is None
         self.workdir = workdir or Path(tempfile.mkdtemp(prefix="barge-controlplane-"))
         self._keep = keep_workdir
         self._audit_policy = audit_policy
+        self._address = address
+        self._prefix = list(command_prefix)
+        self._apiserver_flags = dict(apiserver_flags or {})
         self.audit_log: Path | None = None
         self.etcd: ServerProcess | None = None
         self.apiserver: ServerProcess | None = None
@@ -91,7 +103,8 @@ class LocalControlPlane:
         self.stop()
 
     def start(self) -> ControlPlaneEndpoints:
-        pki = make_control_plane_pki(self.workdir / "pki")
+        serving_ips = () if self._address == "127.0.0.1" else (self._address,)
+        pki = make_control_plane_pki(self.workdir / "pki", serving_ips)
         etcd_url = self._start_etcd()
         url = self._start_apiserver(pki, etcd_url)
         kubeconfig = write_kubeconfig(
@@ -106,11 +119,12 @@ class LocalControlPlane:
 
     def _start_etcd(self) -> str:
         client_port, peer_port = free_port(), free_port()
-        client_url = f"http://127.0.0.1:{client_port}"
-        peer_url = f"http://127.0.0.1:{peer_port}"
+        client_url = f"http://{self._address}:{client_port}"
+        peer_url = f"http://{self._address}:{peer_port}"
         self.etcd = ServerProcess(
             "etcd",
             [
+                *self._prefix,
                 str(tool_path("etcd")),
                 "--name=default",
                 f"--data-dir={self.workdir / 'etcd'}",
@@ -125,7 +139,9 @@ class LocalControlPlane:
             self.workdir / "etcd.log",
         )
         self.etcd.start()
-        self.etcd.wait_ready(lambda: http_ok("127.0.0.1", client_port, "/health"), _START_TIMEOUT, "healthy")
+        self.etcd.wait_ready(
+            lambda: http_ok(self._address, client_port, "/health"), _START_TIMEOUT, "healthy"
+        )
         return client_url
 
     def _audit_flags(self) -> list[str]:
@@ -143,27 +159,32 @@ class LocalControlPlane:
 
     def _start_apiserver(self, pki: ControlPlanePki, etcd_url: str) -> str:
         port = free_port()
+        flags = {
+            "--etcd-servers": etcd_url,
+            "--bind-address": self._address,
+            "--advertise-address": self._address,
+            "--secure-port": str(port),
+            "--cert-dir": str(self.workdir / "apiserver-certs"),
+            "--tls-cert-file": str(pki.serving.cert_path),
+            "--tls-private-key-file": str(pki.serving.key_path),
+            "--client-ca-file": str(pki.ca.cert_path),
+            "--service-account-issuer": SERVICE_ACCOUNT_ISSUER,
+            "--service-account-key-file": str(pki.service_account_pub),
+            "--service-account-signing-key-file": str(pki.service_account_key),
+            "--authorization-mode": "RBAC",
+            "--service-cluster-ip-range": "10.0.0.0/24",
+            "--allow-privileged": "true",
+            "--disable-admission-plugins": "ServiceAccount",
+            "--enable-priority-and-fairness": "false",
+            "--v": "0",
+            **self._apiserver_flags,
+        }
         self.apiserver = ServerProcess(
             "kube-apiserver",
             [
+                *self._prefix,
                 str(tool_path("kube-apiserver")),
-                f"--etcd-servers={etcd_url}",
-                "--bind-address=127.0.0.1",
-                "--advertise-address=127.0.0.1",
-                f"--secure-port={port}",
-                f"--cert-dir={self.workdir / 'apiserver-certs'}",
-                f"--tls-cert-file={pki.serving.cert_path}",
-                f"--tls-private-key-file={pki.serving.key_path}",
-                f"--client-ca-file={pki.ca.cert_path}",
-                f"--service-account-issuer={SERVICE_ACCOUNT_ISSUER}",
-                f"--service-account-key-file={pki.service_account_pub}",
-                f"--service-account-signing-key-file={pki.service_account_key}",
-                "--authorization-mode=RBAC",
-                "--service-cluster-ip-range=10.0.0.0/24",
-                "--allow-privileged=true",
-                "--disable-admission-plugins=ServiceAccount",
-                "--enable-priority-and-fairness=false",
-                "--v=0",
+                *(f"{flag}={value}" for flag, value in flags.items()),
                 *self._audit_flags(),
             ],
             self.workdir / "kube-apiserver.log",
@@ -172,9 +193,9 @@ class LocalControlPlane:
         context = ssl.create_default_context(cafile=str(pki.ca.cert_path))
         context.load_cert_chain(str(pki.admin.cert_path), str(pki.admin.key_path))
         self.apiserver.wait_ready(
-            lambda: http_ok("127.0.0.1", port, "/readyz", context), _START_TIMEOUT, "ready (/readyz)"
+            lambda: http_ok(self._address, port, "/readyz", context), _START_TIMEOUT, "ready (/readyz)"
         )
-        return f"https://127.0.0.1:{port}"
+        return f"https://{self._address}:{port}"
 
     def stop(self) -> None:
         for process in (self.apiserver, self.etcd):

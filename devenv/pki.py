@@ -55,37 +55,56 @@ def _write_cert(path: Path, cert: x509.Certificate) -> None:
     path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
 
 
+def _new_ca(common_name: str) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
+    key = ec.generate_private_key(ec.SECP256R1())
+    now = datetime.now(UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(_name(common_name))
+        .issuer_name(_name(common_name))
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - timedelta(minutes=5))
+        .not_valid_after(now + _VALIDITY)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=True,
+                key_cert_sign=True,
+                crl_sign=True,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
+        .sign(key, hashes.SHA256())
+    )
+    return key, cert
+
+
 class CertificateAuthority:
     """Signs leaf certificates for servers and clients of one local environment."""
 
-    def __init__(self, common_name: str = "barge-local-ca") -> None:
-        self.key = ec.generate_private_key(ec.SECP256R1())
-        now = datetime.now(UTC)
-        self.cert = (
-            x509.CertificateBuilder()
-            .subject_name(_name(common_name))
-            .issuer_name(_name(common_name))
-            .public_key(self.key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - timedelta(minutes=5))
-            .not_valid_after(now + _VALIDITY)
-            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-            .add_extension(
-                x509.KeyUsage(
-                    digital_signature=True,
-                    key_cert_sign=True,
-                    crl_sign=True,
-                    content_commitment=False,
-                    key_encipherment=False,
-                    data_encipherment=False,
-                    key_agreement=False,
-                    encipher_only=False,
-                    decipher_only=False,
-                ),
-                critical=True,
-            )
-            .sign(self.key, hashes.SHA256())
-        )
+    def __init__(
+        self,
+        common_name: str = "barge-local-ca",
+        *,
+        existing: tuple[ec.EllipticCurvePrivateKey, x509.Certificate] | None = None,
+    ) -> None:
+        """A new self-signed CA, or the ``existing`` key and certificate (``load``)."""
+        self.key, self.cert = existing or _new_ca(common_name)
+
+    @classmethod
+    def load(cls, pair: KeyPair) -> CertificateAuthority:
+        """The CA written at ``pair``, to issue more certificates under it (a node's, a kubelet's)."""
+        key = serialization.load_pem_private_key(pair.key_path.read_bytes(), password=None)
+        if not isinstance(key, ec.EllipticCurvePrivateKey):
+            raise ValueError(f"{pair.key_path}: not an EC private key")
+        return cls(existing=(key, x509.load_pem_x509_certificate(pair.cert_path.read_bytes())))
 
     def write(self, directory: Path, stem: str = "ca") -> KeyPair:
         pair = KeyPair(directory / f"{stem}.crt", directory / f"{stem}.key")
@@ -129,8 +148,11 @@ class CertificateAuthority:
         return pair
 
 
-def make_control_plane_pki(directory: Path) -> ControlPlanePki:
-    """Everything a local kube-apiserver needs: CA, serving cert, an admin client cert, SA keys."""
+def make_control_plane_pki(directory: Path, serving_ips: tuple[str, ...] = ()) -> ControlPlanePki:
+    """Everything a local kube-apiserver needs: CA, serving cert, an admin client cert, SA keys.
+
+    ``serving_ips``: addresses the apiserver serves on besides loopback and the ``kubernetes``
+    Service's (a real node's pods reach it at the node's address)."""
     directory.mkdir(parents=True, exist_ok=True)
     ca = CertificateAuthority()
     serving = ca.issue(
@@ -138,7 +160,7 @@ def make_control_plane_pki(directory: Path) -> ControlPlanePki:
         "apiserver",
         "kube-apiserver",
         dns_names=("localhost", "kubernetes", "kubernetes.default", "kubernetes.default.svc"),
-        ip_addresses=("127.0.0.1", "10.0.0.1"),
+        ip_addresses=("127.0.0.1", "10.0.0.1", *serving_ips),
         server=True,
     )
     admin = ca.issue(directory, "admin", "barge-admin", organization="system:masters")

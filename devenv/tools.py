@@ -22,14 +22,31 @@ def cache_dir() -> Path:
     return Path(configured) if configured else Path.home() / ".cache" / "barge"
 
 
+# What hack/install-tools.sh unpacks from Debian packages, by the name under bin/ (a package can
+# provide several), with the tool that installs it.
+DEBIAN_TOOLS = {
+    "containerd": "containerd",
+    "containerd-shim-runc-v2": "containerd",
+    "ctr": "containerd",
+    "runc": "runc",
+    "cni": "cni-plugins",
+    "busybox": "busybox",
+    "xtables-nft-multi": "iptables",
+    "mmdebstrap": "mmdebstrap",
+}
+
+
 def tool_path(name: str, installer: str | None = None) -> Path:
-    """The installed binary ``name``, or a ToolMissing that says how to install it.
+    """The installed binary ``name`` (or directory: ``cni``, the CNI plugins), or a ToolMissing
+    that says how to install it.
 
     ``installer``: the command that installs a tool not built from Go modules (default:
-    ``bash hack/install-tools.sh NAME``).
+    ``bash hack/install-tools.sh NAME``, or the package's tool for those of ``DEBIAN_TOOLS``).
     """
     path = cache_dir() / "bin" / name
-    if not (path.is_file() and os.access(path, os.X_OK)):
+    if name in DEBIAN_TOOLS and installer is None:
+        installer = f"bash hack/install-tools.sh {DEBIAN_TOOLS[name]}"
+    if not ((path.is_file() or path.is_dir()) and os.access(path, os.X_OK)):
         command = installer or f"bash hack/install-tools.sh {name}"
         origin = "" if installer else " (it builds the pinned version from Go modules)"
         raise ToolMissing(

@@ -18,7 +18,7 @@ from devenv.crds import install_crds
 from devenv.gcsserver import GCSEndpoint, LocalGCSServer
 from devenv.s3server import LocalS3Server, S3Endpoint
 
-TIERS = ("unit", "integration", "e2e", "velero")  # folders of tests/, and the markers they get
+TIERS = ("unit", "integration", "e2e", "velero", "realnode")  # folders of tests/, and the markers they get
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

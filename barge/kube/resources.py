@@ -321,6 +321,25 @@ class KubeObjects:
         what = f"create {sub} of {resource.describe(namespace, name)}"
         return self._call("POST", resource.path(namespace, name, sub), body=body, what=what)
 
+    def read_text(
+        self, resource: Resource, namespace: str | None, name: str, sub: str, query: Query | None = None
+    ) -> str:
+        """GET a subresource that answers plain text: ``pods/log`` (``query``: container, tailLines...)."""
+        what = f"read {sub} of {resource.describe(namespace, name)}"
+        response = self._request(
+            "GET",
+            resource.path(namespace, name, sub),
+            query=query,
+            what=what,
+            accept="text/plain, */*",
+            _preload_content=False,
+            _request_timeout=(min(self._timeout, 10.0), self._timeout),
+        )
+        try:
+            return str(response.data.decode(errors="replace"))
+        finally:
+            response.release_conn()
+
     def api_resources(self, group: str, version: str) -> frozenset[str]:
         """Discovery: the resource names the server serves in ``group/version`` (e.g. ``pods/status``)."""
         path = f"/apis/{group}/{version}" if group else f"/api/{version}"
@@ -412,10 +431,11 @@ class KubeObjects:
         body: Obj | None = None,
         content_type: str | None = None,
         what: str,
+        accept: str = "application/json",
         **options: Any,
     ) -> Any:
         """One HTTP request through the client (auth, TLS, proxies); errors translated."""
-        headers = {"Accept": "application/json", "Content-Type": content_type or "application/json"}
+        headers = {"Accept": accept, "Content-Type": content_type or "application/json"}
         try:
             return self.api.call_api(
                 path,

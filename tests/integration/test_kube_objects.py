@@ -222,3 +222,10 @@ def test_an_earlier_versions_exposer_budget_takes_the_executors_patch_in_place(
     assert patched["metadata"]["uid"] == created["metadata"]["uid"]
     assert patched["spec"]["unhealthyPodEvictionPolicy"] == "AlwaysAllow"
     assert not budget_outdated(patched)
+
+
+def test_read_text_of_a_missing_pod_is_not_found(objects: KubeObjects, namespace: str) -> None:
+    """Pod logs are plain text (``read_text``); the real-node tier reads them from a real kubelet.
+    Here, without a kubelet, only the error path: it is translated like every other."""
+    with pytest.raises(NotFound, match="read log of Pod"):
+        objects.read_text(POD, namespace, "no-such-pod", "log", [("tailLines", 10)])

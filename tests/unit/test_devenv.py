@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import hashlib
+import io
+import json
 import ssl
 import sys
+import tarfile
 import time
 from pathlib import Path
 
@@ -13,8 +17,10 @@ from cryptography import x509
 from barge.clock import ManualClock
 from barge.errors import PermanentError, TemporaryError
 from devenv.azureserver import LocalAzureServer
-from devenv.pki import make_control_plane_pki
+from devenv.pki import CertificateAuthority, make_control_plane_pki
 from devenv.processes import ServerProcess, free_port
+from devenv.realnode.image import ImageRef, oci_archive
+from devenv.realnode.namespace import HostFootprint
 from devenv.tools import ToolMissing, tool_path
 
 
@@ -114,3 +120,75 @@ def test_a_missing_azurite_names_its_own_installer(tmp_path: Path, monkeypatch: 
         LocalAzureServer(),
     ):
         pass
+
+
+def test_a_missing_debian_tool_names_the_package_tool_that_installs_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("BARGE_CACHE_DIR", str(tmp_path))
+    with pytest.raises(ToolMissing, match=r"run `bash hack/install-tools.sh containerd`") as missing:
+        tool_path("ctr")
+    assert "Go modules" not in str(missing.value)
+    plugins = tmp_path / "bin" / "cni"
+    plugins.mkdir(parents=True)
+    assert tool_path("cni") == plugins  # the CNI plugin directory
+
+
+def test_the_ca_loaded_from_its_files_issues_certificates_that_chain_to_it(tmp_path: Path) -> None:
+    pki = make_control_plane_pki(tmp_path, serving_ips=("10.99.1.2",))
+    serving = x509.load_pem_x509_certificate(pki.serving.cert_path.read_bytes())
+    sans = serving.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert "10.99.1.2" in [str(ip) for ip in sans.get_values_for_type(x509.IPAddress)]
+
+    kubelet = CertificateAuthority.load(pki.ca).issue(
+        tmp_path, "kubelet", "system:node:n1", organization="system:nodes"
+    )
+    ca = x509.load_pem_x509_certificate(pki.ca.cert_path.read_bytes())
+    x509.load_pem_x509_certificate(kubelet.cert_path.read_bytes()).verify_directly_issued_by(ca)
+
+
+def _tar_members(data: bytes) -> dict[str, bytes]:
+    with tarfile.open(fileobj=io.BytesIO(data)) as tar:
+        return {m.name: (tar.extractfile(m) or io.BytesIO()).read() for m in tar.getmembers() if m.isfile()}
+
+
+def test_an_oci_archive_names_its_image_and_every_blob_matches_its_digest(tmp_path: Path) -> None:
+    layer = io.BytesIO()
+    with tarfile.open(fileobj=layer, mode="w") as tar:
+        info = tarfile.TarInfo("hello.txt")
+        info.size = 5
+        tar.addfile(info, io.BytesIO(b"hello"))
+    archive = oci_archive(tmp_path / "image.tar", ImageRef("hello", "1"), [layer.getvalue()], cmd=["cat"])
+
+    files = _tar_members(archive.read_bytes())
+    for name, content in files.items():
+        if name.startswith("blobs/sha256/"):
+            assert hashlib.sha256(content).hexdigest() == name.removeprefix("blobs/sha256/")
+    (descriptor,) = json.loads(files["index.json"])["manifests"]
+    assert descriptor["annotations"]["io.containerd.image.name"] == "localhost/hello:1"
+    manifest = json.loads(files[f"blobs/sha256/{descriptor['digest'].removeprefix('sha256:')}"])
+    config = json.loads(files[f"blobs/sha256/{manifest['config']['digest'].removeprefix('sha256:')}"])
+    assert config["config"]["Cmd"] == ["cat"]
+    (layer_blob,) = manifest["layers"]
+    assert config["rootfs"]["diff_ids"] == [layer_blob["digest"]]  # uncompressed: digest == diff id
+    assert _tar_members(files[f"blobs/sha256/{layer_blob['digest'].removeprefix('sha256:')}"]) == {
+        "hello.txt": b"hello"
+    }
+    rebuilt = oci_archive(tmp_path / "again.tar", ImageRef("hello", "1"), [layer.getvalue()], cmd=["cat"])
+    assert rebuilt.read_bytes() == archive.read_bytes()  # reproducible
+
+
+def test_a_host_footprint_reports_only_what_was_added() -> None:
+    before = HostFootprint(frozenset({"/"}), frozenset({"lo"}), frozenset(), frozenset())
+    after = HostFootprint(
+        frozenset({"/", "/var/lib/kubelet"}),
+        frozenset({"lo", "barge-node1"}),
+        frozenset({"/sys/fs/cgroup/cpu/barge-realnode-1"}),
+        frozenset(),
+    )
+    assert after.added_since(before) == {
+        "mounts": ["/var/lib/kubelet"],
+        "links": ["barge-node1"],
+        "cgroups": ["/sys/fs/cgroup/cpu/barge-realnode-1"],
+    }
+    assert before.added_since(after) == {}

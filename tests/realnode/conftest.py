@@ -1,0 +1,44 @@
+"""The real-node tier: pods run on a real kubelet, containerd and runc (devenv.realnode).
+
+One node for the session: starting it (control plane, containerd, kubelet, Node Ready) is most of
+the tier's time; tests keep to namespaces of their own. ``test_teardown`` starts a second one.
+Images come from no registry: busybox is assembled from Debian's static busybox and loaded into
+the node (``pods.load_busybox``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+from kubernetes import client
+
+from barge.kube.client import api_client
+from barge.kube.resources import KubeObjects
+from devenv.realnode.node import NodeEndpoints, RealNode
+from tests.realnode.pods import load_busybox
+
+
+@pytest.fixture(scope="session")
+def real_node() -> Iterator[RealNode]:
+    node = RealNode()
+    with node:
+        load_busybox(node)
+        yield node
+
+
+@pytest.fixture(scope="session")
+def node_endpoints(real_node: RealNode) -> NodeEndpoints:
+    assert real_node.endpoints is not None
+    return real_node.endpoints
+
+
+@pytest.fixture(scope="session")
+def node_api(node_endpoints: NodeEndpoints) -> Iterator[client.ApiClient]:
+    with api_client(node_endpoints.control_plane.kubeconfig) as api:
+        yield api
+
+
+@pytest.fixture(scope="session")
+def node_objects(node_api: client.ApiClient) -> KubeObjects:
+    return KubeObjects(node_api)

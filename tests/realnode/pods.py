@@ -1,0 +1,76 @@
+"""What the real-node tests run: the busybox image (no registry) and a small web pod."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from barge.kube.resources import NAMESPACE, POD, SERVICE_ACCOUNT, KubeObjects
+from devenv.realnode.image import ImageRef, busybox_layer, oci_archive
+from devenv.realnode.node import RealNode
+from tests.integration.kubetest import eventually, unique
+
+BUSYBOX = ImageRef("busybox", "1.35.0")
+POD_TIMEOUT = 120.0
+TOKEN = "/var/run/secrets/kubernetes.io/serviceaccount/token"
+
+
+def load_busybox(node: RealNode) -> ImageRef:
+    """Assemble the busybox image from Debian's static busybox and load it into the node."""
+    archive = oci_archive(node.workdir / "images" / "busybox.tar", BUSYBOX, [busybox_layer()], cmd=["sh"])
+    node.import_image(archive)
+    return BUSYBOX
+
+
+def fresh_namespace(objects: KubeObjects, prefix: str) -> str:
+    """A new namespace, once the controller-manager gave it the ``default`` ServiceAccount (the
+    ServiceAccount admission refuses pods before)."""
+    name = unique(prefix)
+    objects.create(NAMESPACE, {"metadata": {"name": name}})
+    eventually(lambda: objects.find(SERVICE_ACCOUNT, name, "default"), POD_TIMEOUT)
+    return name
+
+
+def web_pod_spec(data_dir: Path, node_name: str | None = None, extra_script: str = "") -> dict[str, Any]:
+    """busybox httpd serving a hostPath directory, Ready once the directory holds ``ready.txt``;
+    before serving it writes ``from-pod.txt`` there and runs ``extra_script``. ``node_name`` None:
+    the scheduler places it."""
+    steps = ["echo 'web pod starting'", "echo written-by-the-pod > /data/from-pod.txt", extra_script]
+    script = "; ".join([*filter(None, steps), "exec httpd -f -p 8080 -h /data"])
+    spec: dict[str, Any] = {
+        "containers": [
+            {
+                "name": "web",
+                "image": str(BUSYBOX),
+                "imagePullPolicy": "Never",
+                "command": ["sh", "-c", script],
+                "volumeMounts": [{"name": "data", "mountPath": "/data"}],
+                "readinessProbe": {
+                    "httpGet": {"path": "/ready.txt", "port": 8080},
+                    "periodSeconds": 1,
+                    "failureThreshold": 1,
+                },
+            }
+        ],
+        "volumes": [{"name": "data", "hostPath": {"path": str(data_dir), "type": "Directory"}}],
+        "terminationGracePeriodSeconds": 1,
+    }
+    if node_name is not None:
+        spec["nodeName"] = node_name
+    return spec
+
+
+def condition(pod: dict[str, Any], kind: str) -> str | None:
+    for entry in pod.get("status", {}).get("conditions") or []:
+        if entry.get("type") == kind:
+            return str(entry.get("status"))
+    return None
+
+
+def running(objects: KubeObjects, namespace: str, name: str) -> dict[str, Any] | None:
+    pod = objects.get(POD, namespace, name)
+    return pod if pod.get("status", {}).get("phase") == "Running" else None
+
+
+def ready(objects: KubeObjects, namespace: str, name: str) -> bool:
+    return condition(objects.get(POD, namespace, name), "Ready") == "True"

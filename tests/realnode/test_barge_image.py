@@ -1,0 +1,62 @@
+"""The Barge image, built here from Debian packages and Barge's wheel, runs on the real node as
+non-root: the coordinator's and the agent's programs start from it, and Barge's Kubernetes adapter
+in it reaches the apiserver as the pod's ServiceAccount, the way both components do in a cluster."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from barge.kube.resources import POD, KubeObjects
+from devenv.realnode.bargeimage import BARGE_IMAGE, build_barge_image
+from devenv.realnode.node import NODE_NAME, RealNode
+from tests.integration.kubetest import eventually
+from tests.realnode.pods import POD_TIMEOUT, fresh_namespace
+
+# In-cluster configuration (the kubernetes Service, the projected token and CA), then discovery
+# through KubeObjects: the request path every read and write of Barge takes.
+IN_CLUSTER = (
+    "from barge.kube.client import api_client; from barge.kube.resources import KubeObjects; "
+    "print('core/v1 serves', len(KubeObjects(api_client()).api_resources('', 'v1')), 'resources')"
+)
+
+
+def program(name: str, command: list[str]) -> dict[str, Any]:
+    return {"name": name, "image": str(BARGE_IMAGE), "imagePullPolicy": "Never", "command": command}
+
+
+def test_the_barge_image_runs_the_coordinator_and_the_agent_as_non_root(
+    real_node: RealNode, node_objects: KubeObjects
+) -> None:
+    image = build_barge_image(real_node.workdir / "images" / "barge.tar")
+    real_node.import_image(image.archive)
+    print(f"Barge image: {image.size / 1e6:.1f} MB uncompressed (layers {image.layer_bytes})")
+    namespace = fresh_namespace(node_objects, "image")
+    pod = {
+        "metadata": {"name": "barge", "namespace": namespace},
+        "spec": {
+            "nodeName": NODE_NAME,
+            "restartPolicy": "Never",
+            # No runAsUser: the kubelet checks the image's own numeric user is not root.
+            "securityContext": {"runAsNonRoot": True},
+            "containers": [
+                program("coordinator", ["barge-coordinator", "--help"]),
+                program("agent", ["barge-agent", "--help"]),
+                program("in-cluster", ["python3.11", "-c", IN_CLUSTER]),
+            ],
+        },
+    }
+    node_objects.create(POD, pod)
+
+    def finished() -> dict[str, Any] | None:
+        found = node_objects.get(POD, namespace, "barge")
+        return found if found.get("status", {}).get("phase") in ("Succeeded", "Failed") else None
+
+    done = eventually(finished, POD_TIMEOUT)
+    logs = {
+        name: node_objects.read_text(POD, namespace, "barge", "log", [("container", name)])
+        for name in ("coordinator", "agent", "in-cluster")
+    }
+    assert done["status"]["phase"] == "Succeeded", (done["status"], logs)
+    assert "usage: barge-coordinator" in logs["coordinator"]
+    assert "usage: barge-agent" in logs["agent"]
+    assert "core/v1 serves" in logs["in-cluster"]
