@@ -226,8 +226,9 @@ def _sweep(repo: Repository, condemned: set[bytes], report: GcReport, log: Calla
     # Fix the set of index objects first: exactly these are consolidated and deleted, so index
     # objects written by concurrent writers meanwhile survive untouched.
     old_indexes = repo.index_objects()
-    packs, problems = repo.read_index_objects(old_indexes)
-    _refuse_unreadable_indexes(problems)
+    found = repo.read_index_objects(old_indexes)
+    _refuse_unreadable_indexes(found.problems)
+    packs = found.packs
     repo.load_index()
     live = referenced_blobs(repo)
     elsewhere = {b for pack_id, blobs in packs.items() if pack_id not in condemned for b in blobs}

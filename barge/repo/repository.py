@@ -142,6 +142,16 @@ def _exists(store: ObjectStore, key: str) -> bool:
     return True
 
 
+@dataclass
+class IndexObjects:
+    """What a set of index objects records: packs (pack -> blob -> location), which object named
+    each pack, and a line for each object that could not be read."""
+
+    packs: dict[bytes, dict[bytes, BlobLocation]] = field(default_factory=dict)
+    origin: dict[bytes, bytes] = field(default_factory=dict)
+    problems: list[str] = field(default_factory=list)
+
+
 class Repository:
     """An open repository: keys unlocked, index loaded. Reads are thread-safe."""
 
@@ -155,6 +165,7 @@ class Repository:
         self.clock = clock
         self.index = Index()
         self.index_problems: list[str] = []  # index objects load_index could not read
+        self.index_origin: dict[bytes, bytes] = {}  # pack -> the index object load_index found it in
 
     # -- lifecycle -------------------------------------------------------------------------------
 
@@ -258,35 +269,33 @@ class Repository:
         indexing the packs again from their own headers.
         """
         condemned = condemned_packs(self.store)
-        packs, self.index_problems = self.read_index_objects(self.index_objects())
+        found = self.read_index_objects(self.index_objects())
         index = Index()
-        for pack_id in sorted(packs, key=lambda p: p in condemned):
-            index.add_pack(pack_id, packs[pack_id])
-        self.index = index
+        for pack_id in sorted(found.packs, key=lambda p: p in condemned):
+            index.add_pack(pack_id, found.packs[pack_id])
+        self.index, self.index_origin, self.index_problems = index, found.origin, found.problems
 
     def index_objects(self) -> list[ObjectInfo]:
         """The index objects in storage (other names under ``index/`` are not index objects)."""
         return [info for info in self.store.list("index/") if index_object_id(info.key) is not None]
 
-    def read_index_objects(
-        self, objects: list[ObjectInfo]
-    ) -> tuple[dict[bytes, dict[bytes, BlobLocation]], list[str]]:
+    def read_index_objects(self, objects: list[ObjectInfo]) -> IndexObjects:
         """The packs recorded in exactly these index objects, minus any that one of them
         supersedes, and what was wrong with those that could not be read."""
         with ThreadPoolExecutor(max_workers=8) as pool:
             decoded = list(pool.map(self._read_index_object, objects))
-        problems = [result for result in decoded if isinstance(result, str)]
+        found = IndexObjects(problems=[result for result in decoded if isinstance(result, str)])
         readable = [
-            (info, result)
+            (index_object_id(info.key), result)
             for info, result in zip(objects, decoded, strict=True)
             if not isinstance(result, str)
         ]
         superseded = {old for _, (olds, _) in readable for old in olds}
-        merged: dict[bytes, dict[bytes, BlobLocation]] = {}
-        for info, (_, packs) in readable:
-            if index_object_id(info.key) not in superseded:
-                merged.update(packs)
-        return merged, problems
+        for index_id, (_, packs) in readable:
+            if index_id is not None and index_id not in superseded:
+                found.packs.update(packs)
+                found.origin.update(dict.fromkeys(packs, index_id))
+        return found
 
     def _read_index_object(
         self, info: ObjectInfo
@@ -588,7 +597,10 @@ class RepositoryWriter:
         with self._lock:
             self._pack_sizes.update(listed)
             self._listed = True
-            self.stats.packs_missing = len(self.repo.index.packs - listed.keys())
+        missing = self.repo.index.packs - listed.keys()
+        if missing:
+            self.stats.packs_missing = len(missing)
+            self._supersede_indexes_naming(missing)
         adopted = 0
         for pack_id in listed:
             if pack_id in self.repo.index.packs or pack_id in self._condemned:
@@ -605,6 +617,26 @@ class RepositoryWriter:
         if adopted:
             self._write_index()
         return adopted
+
+    def _supersede_indexes_naming(self, missing: set[bytes]) -> None:
+        """Replace each index object that names a pack no longer in storage by one without it.
+
+        Only an old index object put back (or a bucket restored from an old copy) names deleted
+        packs. This writer stores their blobs again where it needs them; superseding the stale
+        objects makes every reader find the new copies instead of the deleted ones. A replacement
+        keeps the object's other packs and supersedes what it superseded, so nothing else changes.
+        """
+        for index_id in sorted({self.repo.index_origin[p] for p in missing if p in self.repo.index_origin}):
+            what = f"index {index_id.hex()[:16]}"
+            try:
+                sealed = read_bounded(self.repo.store, index_key(index_id), MAX_INDEX_OBJECT, what)
+                superseded, packs = decode_index(self.repo.keys, index_id, sealed)
+            except (CorruptionDetected, ObjectNotFound):
+                continue  # unreadable or gone: it names nothing a reader will use
+            kept = {pack_id: blobs for pack_id, blobs in packs.items() if pack_id not in missing}
+            for new_id, new_sealed in encode_indexes(self.repo.keys, kept, [index_id, *superseded]):
+                with contextlib.suppress(ObjectExists):
+                    self.repo.store.put(index_key(new_id), new_sealed)
 
     def commit(self, snapshot: Snapshot) -> str:
         """Flush, write ``snapshot``'s manifest, then end the session; returns the snapshot ID.
