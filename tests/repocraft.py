@@ -48,9 +48,12 @@ class Template:
 
 
 def make_template(base: Path) -> Template:
+    """One snapshot to keep, and the packs of a forgotten one for garbage collection to find."""
     repo = Repository.init(
         LocalDirectoryStore(base / "repo"), PASSWORD.encode(), SETTINGS, KdfParams.for_tests()
     )
+    write(base / "trash" / "t", os.urandom(80_000))
+    repo.forget_snapshot(backup_tree(repo, base / "trash").snapshot_id)
     source = small_tree(base / "src")
     return Template(base / "repo", source, backup_tree(repo, source).snapshot_id)
 

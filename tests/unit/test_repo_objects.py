@@ -4,12 +4,15 @@ is too large, and one bad key, manifest or stray object never blocks the good on
 
 from __future__ import annotations
 
+import hashlib
 import json
+import struct
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
 import pytest
+import zstandard
 
 from barge.cli.main import EXIT_DAMAGED, EXIT_OK
 from barge.errors import CorruptionDetected, InvalidInput
@@ -382,3 +385,91 @@ def test_a_blob_location_larger_than_any_valid_blob_is_refused_before_reading(
     repo.index.add_pack(b"\x01" * 32, {b"\x02" * 32: huge})
     with pytest.raises(CorruptionDetected, match="larger than"):
         repo.read_blob(b"\x02" * 32)
+
+
+# -- index objects ---------------------------------------------------------------------------------
+
+
+def test_an_unreadable_index_object_blocks_only_gc_and_the_next_backup_repairs_it(
+    template: Template, repo_path: Path, tmp_path: Path
+) -> None:
+    repo = open_repo(repo_path)
+    tree = repo.load_snapshot(template.snapshot_id).tree
+    location = repo.index.get(tree or b"")
+    assert location is not None
+    index = repo_path / "index" / repo.index_origin[location.pack_id].hex()
+    data = bytearray(index.read_bytes())
+    data[40] ^= 1
+    index.write_bytes(bytes(data))
+    packs = sorted(p.name for p in (repo_path / "data").rglob("*") if p.is_file())
+
+    assert cli(repo_path, "snapshots").code == EXIT_OK
+    assert_damaged(cli(repo_path, "restore", template.snapshot_id, str(tmp_path / "x")), "no index")
+    check = cli(repo_path, "check")
+    assert check.code == EXIT_DAMAGED
+    assert f"index {index.name[:16]}" in check.out
+    assert_damaged(cli(repo_path, "gc"), f"index {index.name[:16]}", "deletes nothing")
+    assert sorted(p.name for p in (repo_path / "data").rglob("*") if p.is_file()) == packs
+
+    assert cli(repo_path, "backup", str(template.source)).code == EXIT_OK  # adopts the packs
+    assert_restores(template, repo_path, tmp_path / "out")
+    index.unlink()
+    assert cli(repo_path, "gc").code == EXIT_OK
+    assert cli(repo_path, "check", "--read-data").code == EXIT_OK
+
+
+def _put_index_body(repo_path: Path, body: bytes, compressor: zstandard.ZstdCompressor | None = None) -> str:
+    repo = open_repo(repo_path)
+    compressed = (compressor or zstandard.ZstdCompressor()).compress(body)
+    sealed = repo.keys.seal(compressed, b"barge:index:v1")
+    name = hashlib.sha256(sealed).hexdigest()
+    (repo_path / "index" / name).write_bytes(sealed)
+    return name
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"BRGI\x01" + struct.pack("<I", 2**32 - 1),  # names four billion superseded indexes
+        b"BRGI\x01" + struct.pack("<II", 0, 1) + b"\x00" * 32 + struct.pack("<I", 2**32 - 1),
+        b"BRGI\x01" + struct.pack("<II", 0, 1) + b"\x00" * 32 + struct.pack("<I", 1) + b"\x07" + b"\x00" * 44,
+        b"NOPE",
+    ],
+    ids=["superseded-count", "blob-count", "blob-type", "magic"],
+)
+def test_a_crafted_index_object_is_reported_not_trusted(
+    body: bytes, template: Template, repo_path: Path
+) -> None:
+    name = _put_index_body(repo_path, body)
+    repo = open_repo(repo_path)
+    assert any(name[:16] in problem for problem in repo.index_problems)
+    assert cli(repo_path, "snapshots").code == EXIT_OK
+
+
+def test_an_index_that_decompresses_past_its_limit_is_refused_before_decompressing(
+    repo_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("barge.repo.index.MAX_INDEX_BODY", 1000)
+    name = _put_index_body(repo_path, b"BRGI\x01" + b"\x00" * 5000)
+    assert any(f"{name[:16]}: decompresses to 5,005 bytes" in p for p in open_repo(repo_path).index_problems)
+    unsized = zstandard.ZstdCompressor(write_content_size=False)
+    name = _put_index_body(repo_path, b"BRGI\x01" + b"\x00" * 5000, unsized)
+    assert any(name[:16] in p for p in open_repo(repo_path).index_problems)
+
+
+def test_gc_writes_a_large_consolidated_index_as_several_objects(
+    template: Template, repo_path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("barge.repo.index.MAX_BLOBS_PER_OBJECT", 3)
+    repo = open_repo(repo_path)
+    blobs = len(repo.index)
+    old = {p.name for p in (repo_path / "index").iterdir()}
+    collect_garbage(repo)
+    assert collect_garbage(repo).deleted_packs > 0  # swept the forgotten snapshot's packs
+    new = {p.name for p in (repo_path / "index").iterdir()}
+    assert not old & new
+    assert len(new) > 1  # a pack's blobs stay in one object, so not one object per 3 blobs
+    reopened = open_repo(repo_path)
+    assert reopened.index_problems == []
+    assert len(reopened.index) < blobs
+    assert_restores(template, repo_path, tmp_path / "out")
