@@ -86,9 +86,17 @@ def parse_json(data: bytes, what: str) -> object:
 
 
 def _nesting_exceeds(data: bytes, limit: int) -> bool:
-    """Whether brackets outside strings nest deeper than ``limit``: strings dropped and everything
-    but brackets deleted (both in C), then innermost pairs peeled off, one level per pass."""
-    brackets = _STRING.sub(b"", data).translate(None, _NOT_BRACKETS)
+    """Whether brackets outside strings nest deeper than ``limit``. Counting every bracket (in C:
+    everything else deleted, innermost pairs peeled off one level per pass) settles almost every
+    document at once; only one that looks too deep is counted again with its strings dropped, so a
+    name full of brackets is never mistaken for nesting. (Brackets in strings can also make the
+    first count too low; the parser's own recursion guard still stops anything truly deep.)"""
+    return _peel_exceeds(data.translate(None, _NOT_BRACKETS), limit) and _peel_exceeds(
+        _STRING.sub(b"", data).translate(None, _NOT_BRACKETS), limit
+    )
+
+
+def _peel_exceeds(brackets: bytes, limit: int) -> bool:
     for _ in range(limit):
         peeled = brackets.replace(b"[]", b"").replace(b"{}", b"")
         if len(peeled) == len(brackets):

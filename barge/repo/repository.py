@@ -24,6 +24,7 @@ from barge.errors import CorruptionDetected, InvalidInput, NotFound
 from barge.repo.crypto import (
     SEAL_OVERHEAD,
     KdfParams,
+    KeyObject,
     MasterKeys,
     WrongPassword,
     unwrap_master_keys,
@@ -127,6 +128,16 @@ def key_object_name(key: str) -> bool:
     """Whether ``key`` is named as a key object is (``keys/<32 hex>``)."""
     name = key.removeprefix("keys/")
     return len(name) == 32 and not name.strip("0123456789abcdef")
+
+
+def _well_formed_key(store: ObjectStore, info: ObjectInfo) -> bool:
+    if not key_object_name(info.key):
+        return False
+    try:
+        KeyObject.parse(read_bounded(store, info.key, MAX_KEY_OBJECT, info.key, info.size), info.key)
+    except (CorruptionDetected, ObjectNotFound):
+        return False
+    return True
 
 
 def index_object_id(key: str) -> bytes | None:
@@ -249,8 +260,12 @@ class Repository:
         return new_name
 
     def remove_password(self) -> None:
-        """Remove the key object this session opened with, unless it is the last one."""
-        if not any(info.key != self.key_name for info in self.store.list("keys/")):
+        """Remove the key object this session opened with, unless it is the last one: only another
+        well-formed key object counts (a stray or malformed one opens nothing)."""
+        if not any(
+            info.key != self.key_name and _well_formed_key(self.store, info)
+            for info in self.store.list("keys/")
+        ):
             raise InvalidInput(
                 f"this is the only password of the repository at {self.store.describe()}: "
                 "add another first (barge key add)"

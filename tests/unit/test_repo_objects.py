@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import zstandard
 
-from barge.cli.main import EXIT_DAMAGED, EXIT_OK
+from barge.cli.main import EXIT_DAMAGED, EXIT_OK, EXIT_USAGE
 from barge.errors import CorruptionDetected, InvalidInput
 from barge.repo.crypto import KdfParams, MasterKeys, wrap_master_keys
 from barge.repo.gc import collect_garbage
@@ -198,7 +198,7 @@ def test_an_empty_filesystem_snapshot_with_tree_null_restores_as_an_empty_direct
     assert result.code == EXIT_OK, result
     assert list((tmp_path / "out").iterdir()) == []
     block = put_sealed_manifest(repo, json.dumps({**document, "kind": "block", "tree": None}).encode())
-    assert_damaged(cli(repo_path, "restore", block, str(tmp_path / "dev.img")), "names no tree")
+    assert_damaged(cli(repo_path, "restore", "--block", block, str(tmp_path / "dev.img")), "names no tree")
 
 
 def test_a_huge_manifest_is_refused_before_it_is_read(template: Template, repo_path: Path) -> None:
@@ -473,3 +473,14 @@ def test_gc_writes_a_large_consolidated_index_as_several_objects(
     assert reopened.index_problems == []
     assert len(reopened.index) < blobs
     assert_restores(template, repo_path, tmp_path / "out")
+
+
+@pytest.mark.parametrize("name", ["README", BAD_KEY])
+def test_key_remove_never_counts_a_stray_or_malformed_key_object_as_another_password(
+    name: str, repo_path: Path
+) -> None:
+    (repo_path / "keys" / name).write_bytes(b"[]")
+    result = cli(repo_path, "key", "remove")
+    assert result.code == EXIT_USAGE, result
+    assert "only password" in result.err
+    assert cli(repo_path, "snapshots").code == EXIT_OK
