@@ -216,12 +216,14 @@ def _require_snapshot_kind(repo: Repository, snapshot_id: str, block: bool) -> N
 
 
 def cmd_snapshots(args: argparse.Namespace) -> int:
+    """Lists every manifest that reads; each damaged one gets a line on stderr and exit code 3."""
     repo = _open(args)
+    snapshots, damaged = repo.read_snapshots()
     rows = []
-    for snapshot_id in repo.snapshot_ids():
-        snapshot = repo.load_snapshot(snapshot_id).to_json()
-        row = {k: snapshot[k] for k in ("time", "kind", "hostname", "paths", "tags")}
-        rows.append({"id": snapshot_id, **row, "bytes_total": snapshot["summary"]["bytes_total"]})
+    for snapshot_id, snapshot in snapshots.items():
+        document = snapshot.to_json()
+        row = {k: document[k] for k in ("time", "kind", "hostname", "paths", "tags")}
+        rows.append({"id": snapshot_id, **row, "bytes_total": snapshot.summary.bytes_total})
     rows.sort(key=lambda row: str(row["time"]))
     if args.json:
         print(json.dumps(rows))
@@ -231,7 +233,9 @@ def cmd_snapshots(args: argparse.Namespace) -> int:
             print(
                 f"{row['id'][:16]}  {row['time']}  {row['kind']:5}  {row['bytes_total'] or 0:>15,}  {paths}"
             )
-    return EXIT_OK
+    for problem in damaged.values():
+        print(f"barge: repository damaged: {problem}", file=sys.stderr)
+    return EXIT_DAMAGED if damaged else EXIT_OK
 
 
 def cmd_check(args: argparse.Namespace) -> int:

@@ -9,11 +9,11 @@ import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from barge.errors import CorruptionDetected, NotFound
-from barge.repo.pack import BlobLocation, BlobType, open_blob, pack_key, parse_pack_header
-from barge.repo.repository import Repository
-from barge.repo.snapshot import SnapshotKind
-from barge.repo.tree import decode_tree
+from barge.errors import CorruptionDetected
+from barge.repo.crypto import KeyObject
+from barge.repo.objects import MAX_KEY_OBJECT, parse_hex_id, read_bounded
+from barge.repo.pack import BlobLocation, BlobType, open_blob, pack_id_from_key, pack_key, parse_pack_header
+from barge.repo.repository import Repository, index_object_id, key_object_name
 from barge.storage import ObjectNotFound
 
 
@@ -34,15 +34,38 @@ def check_repository(
     repo: Repository, *, read_data: bool = False, log: Callable[[str], None] = lambda _: None
 ) -> CheckReport:
     report = CheckReport()
-    try:
-        repo.load_index()
-    except CorruptionDetected as err:
-        report.problems.append(str(err))
-        return report
+    repo.load_index()
+    report.problems.extend(repo.index_problems)
     log(f"index: {len(repo.index)} blobs in {len(repo.index.packs)} packs")
+    _check_names_and_keys(repo, report)
     _check_packs(repo, report, read_data, log)
     _check_snapshots(repo, report)
     return report
+
+
+def _check_names_and_keys(repo: Repository, report: CheckReport) -> None:
+    """Objects the format does not define (someone else wrote them) and malformed key objects."""
+    for prefix, valid in _NAMES.items():
+        for info in repo.store.list(prefix):
+            if not valid(info.key):
+                report.problems.append(f"unexpected object {info.key} (not part of the repository format)")
+            elif prefix == "keys/":
+                try:
+                    KeyObject.parse(
+                        read_bounded(repo.store, info.key, MAX_KEY_OBJECT, info.key, info.size), info.key
+                    )
+                except CorruptionDetected as err:
+                    report.problems.append(str(err))
+                except ObjectNotFound:
+                    continue
+
+
+_NAMES: dict[str, Callable[[str], bool]] = {
+    "keys/": key_object_name,
+    "index/": lambda key: index_object_id(key) is not None,
+    "snapshots/": lambda key: parse_hex_id(key.removeprefix("snapshots/")) is not None,
+    "data/": lambda key: pack_id_from_key(key) is not None,
+}
 
 
 def _check_packs(repo: Repository, report: CheckReport, read_data: bool, log: Callable[[str], None]) -> None:
@@ -85,14 +108,11 @@ def _verify_pack_bytes(repo: Repository, pack_id: bytes, size: int, report: Chec
 
 def _check_snapshots(repo: Repository, report: CheckReport) -> None:
     seen_trees: set[bytes] = set()
-    for snapshot_id in repo.snapshot_ids():
-        report.snapshots += 1
-        try:
-            snapshot = repo.load_snapshot(snapshot_id)
-        except (CorruptionDetected, NotFound) as err:
-            report.problems.append(str(err))
-            continue
-        if snapshot.kind is SnapshotKind.FILESYSTEM and snapshot.tree is not None:
+    snapshots, damaged = repo.read_snapshots()
+    report.snapshots = len(snapshots) + len(damaged)
+    report.problems.extend(damaged.values())
+    for snapshot_id, snapshot in snapshots.items():
+        if snapshot.tree is not None:
             _check_tree(repo, snapshot.tree, snapshot_id, seen_trees, report)
 
 
@@ -111,7 +131,7 @@ def _check_tree(
             report.problems.append(f"snapshot {snapshot_id[:16]}: tree {tree_id.hex()[:16]} is missing")
             continue
         try:
-            nodes = decode_tree(repo.read_blob(tree_id))
+            nodes = repo.read_tree(tree_id)
         except CorruptionDetected as err:
             report.problems.append(f"snapshot {snapshot_id[:16]}: {err}")
             continue

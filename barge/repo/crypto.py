@@ -24,6 +24,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
 
 from barge.errors import CorruptionDetected, InvalidInput, PermanentError
+from barge.repo.objects import Fields, parse_json
 
 NONCE_SIZE = 12
 TAG_SIZE = 16
@@ -35,6 +36,17 @@ class WrongPassword(PermanentError):
     """No key object of the repository opens with the given password."""
 
 
+# Bounds on the scrypt cost a key object may ask for: a crafted key object must not make unlocking
+# take gigabytes or minutes. The default (n=2**16, r=8, p=1: 64 MiB, ~0.2 s) may be raised 32-fold in
+# work and 4-fold in memory.
+KDF_MIN_N = 2**10
+KDF_MAX_N = 2**20
+KDF_MAX_R = 32
+KDF_MAX_P = 16
+KDF_MAX_MEMORY = 256 * 1024 * 1024  # scrypt needs 128 * n * r bytes
+KDF_MAX_WORK = 2**24  # n * r * p
+
+
 @dataclass(frozen=True)
 class KdfParams:
     """scrypt cost; stored in each key object so it can be raised later without a format change."""
@@ -42,6 +54,16 @@ class KdfParams:
     n: int = 2**16
     r: int = 8
     p: int = 1
+
+    def problem(self) -> str | None:
+        """Why these parameters are outside the bounds Barge accepts (None when they are fine)."""
+        if not (KDF_MIN_N <= self.n <= KDF_MAX_N and self.n & (self.n - 1) == 0):
+            return f"scrypt n={self.n} is not a power of two from {KDF_MIN_N} to {KDF_MAX_N}"
+        if not (1 <= self.r <= KDF_MAX_R and 1 <= self.p <= KDF_MAX_P):
+            return f"scrypt r={self.r}, p={self.p} are not within 1..{KDF_MAX_R} and 1..{KDF_MAX_P}"
+        if 128 * self.n * self.r > KDF_MAX_MEMORY or self.n * self.r * self.p > KDF_MAX_WORK:
+            return f"scrypt n={self.n}, r={self.r}, p={self.p} cost more than Barge allows"
+        return None
 
     @classmethod
     def for_tests(cls) -> KdfParams:
@@ -79,9 +101,13 @@ class MasterKeys:
         ).encode()
 
     @classmethod
-    def from_json(cls, data: bytes) -> MasterKeys:
-        doc = json.loads(data)
-        return cls(_unb64(doc["encryption"]), _unb64(doc["content_id"]), int(doc["chunker_seed"]))
+    def from_json(cls, data: bytes, what: str) -> MasterKeys:
+        read = Fields(parse_json(data, what), what)
+        return cls(
+            read.base64("encryption", 32, 32),
+            read.base64("content_id", 32, 32),
+            read.integer("chunker_seed"),
+        )
 
 
 def open_sealed(key: bytes, sealed: bytes | memoryview, associated: bytes, what: str) -> bytes:
@@ -99,10 +125,6 @@ def _b64(data: bytes) -> str:
     return base64.b64encode(data).decode()
 
 
-def _unb64(text: str) -> bytes:
-    return base64.b64decode(text, validate=True)
-
-
 _KEY_AAD = b"barge:key:v1"
 
 
@@ -114,6 +136,8 @@ def wrap_master_keys(keys: MasterKeys, password: bytes, params: KdfParams) -> by
     """A key object: the master keys sealed under scrypt(password)."""
     if not password:
         raise InvalidInput("the repository password must not be empty")
+    if problem := params.problem():
+        raise InvalidInput(problem)
     salt = secrets.token_bytes(16)
     wrapping_key = _derive(password, salt, params)
     nonce = os.urandom(NONCE_SIZE)
@@ -130,19 +154,35 @@ def wrap_master_keys(keys: MasterKeys, password: bytes, params: KdfParams) -> by
     return json.dumps(document, indent=1).encode()
 
 
-def unwrap_master_keys(key_object: bytes, password: bytes) -> MasterKeys:
-    """Open a key object; WrongPassword when the password does not fit it."""
+@dataclass(frozen=True)
+class KeyObject:
+    """A key object's fields, checked: the scrypt cost is within bounds before anything is derived."""
+
+    params: KdfParams
+    salt: bytes
+    sealed: bytes
+
+    @classmethod
+    def parse(cls, data: bytes, what: str) -> KeyObject:
+        """CorruptionDetected (naming ``what``) unless ``data`` is a key object this version reads."""
+        read = Fields(parse_json(data, what), what)
+        version = read.integer("version")
+        if version != 1 or read.text("kdf") != "scrypt":
+            raise CorruptionDetected(f"{what}: unsupported key object (version {version}, another kdf)")
+        params = KdfParams(read.integer("n"), read.integer("r"), read.integer("p"))
+        if problem := params.problem():
+            raise CorruptionDetected(f"{what}: {problem}")
+        return cls(params, read.base64("salt", 16, 64), read.base64("sealed", SEAL_OVERHEAD, 4096))
+
+
+def unwrap_master_keys(key_object: bytes, password: bytes, what: str = "key object") -> MasterKeys:
+    """Open a key object; WrongPassword when the password does not fit it, CorruptionDetected
+    (naming ``what``) when it is not a key object or asks for a scrypt cost out of bounds."""
+    parsed = KeyObject.parse(key_object, what)
+    wrapping_key = _derive(password, parsed.salt, parsed.params)
+    nonce, ciphertext = parsed.sealed[:NONCE_SIZE], parsed.sealed[NONCE_SIZE:]
     try:
-        doc = json.loads(key_object)
-        if doc.get("version") != 1 or doc.get("kdf") != "scrypt":
-            raise CorruptionDetected(f"unsupported key object (version {doc.get('version')!r})")
-        params = KdfParams(int(doc["n"]), int(doc["r"]), int(doc["p"]))
-        wrapping_key = _derive(password, _unb64(doc["salt"]), params)
-        sealed = _unb64(doc["sealed"])
-    except (ValueError, KeyError, TypeError) as err:
-        raise CorruptionDetected(f"key object is malformed: {err}") from err
-    try:
-        plaintext = AESGCM(wrapping_key).decrypt(sealed[:NONCE_SIZE], sealed[NONCE_SIZE:], _KEY_AAD)
+        plaintext = AESGCM(wrapping_key).decrypt(nonce, ciphertext, _KEY_AAD)
     except InvalidTag:
         raise WrongPassword("wrong repository password") from None
-    return MasterKeys.from_json(plaintext)
+    return MasterKeys.from_json(plaintext, what)

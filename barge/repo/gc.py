@@ -27,14 +27,21 @@ import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import timedelta
 
 from barge.errors import CorruptionDetected, TemporaryError
-from barge.repo.index import encode_index, index_key
-from barge.repo.pack import BlobLocation, BlobType, pack_key
+from barge.repo.index import encode_indexes, index_key
+from barge.repo.objects import read_bounded
+from barge.repo.pack import BlobLocation, BlobType, pack_id_from_key, pack_key
 from barge.repo.repository import Repository
-from barge.repo.session import DEFAULT_LEASE, PENDING_KEY, list_sessions, store_now
-from barge.repo.tree import decode_tree
+from barge.repo.session import (
+    DEFAULT_LEASE,
+    PENDING_KEY,
+    PendingMark,
+    list_sessions,
+    read_pending,
+    store_now,
+)
 from barge.storage import ObjectExists, ObjectNotFound
 
 LOCK_KEY = "gc/lock"
@@ -61,21 +68,39 @@ class GcReport:
 
 
 def referenced_blobs(repo: Repository) -> set[bytes]:
-    """Every blob reachable from any snapshot (trees and data)."""
+    """Every blob reachable from any snapshot (trees and data).
+
+    Fails closed: a manifest or tree that cannot be read could reference anything, so garbage
+    collection stops (CorruptionDetected) rather than count its data as garbage."""
+    snapshots, damaged = repo.read_snapshots()
+    if damaged:
+        snapshot_id, problem = next(iter(damaged.items()))
+        raise CorruptionDetected(
+            f"{problem}; garbage collection cannot tell what that snapshot references and deletes "
+            f"nothing while it exists: `barge forget {snapshot_id}` if it is beyond repair"
+        )
     live: set[bytes] = set()
-    for snapshot_id in repo.snapshot_ids():
-        tree = repo.load_snapshot(snapshot_id).tree
-        stack = [tree] if tree is not None else []
+    for snapshot in snapshots.values():
+        stack = [snapshot.tree] if snapshot.tree is not None else []
         while stack:
             tree_id = stack.pop()
             if tree_id in live:
                 continue
             live.add(tree_id)
-            for node in decode_tree(repo.read_blob(tree_id)):
+            for node in repo.read_tree(tree_id):
                 if node.subtree is not None:
                     stack.append(node.subtree)
                 live.update(b for b, _ in node.content if b is not None)
     return live
+
+
+def _refuse_unreadable_indexes(problems: list[str]) -> None:
+    """Packs listed only in an unreadable index object would look like garbage: stop instead."""
+    if problems:
+        raise CorruptionDetected(
+            f"{problems[0]}; garbage collection deletes nothing while an index object cannot be "
+            "read (remove it, and the next backup indexes its packs again from their headers)"
+        )
 
 
 @contextmanager
@@ -92,8 +117,9 @@ def _collector_lock(repo: Repository, lease: timedelta) -> Iterator[None]:
     try:
         yield
     finally:
-        if repo.store.get(LOCK_KEY) == body:
-            repo.store.delete(LOCK_KEY)
+        with contextlib.suppress(CorruptionDetected, ObjectNotFound):
+            if read_bounded(repo.store, LOCK_KEY, len(body), LOCK_KEY) == body:
+                repo.store.delete(LOCK_KEY)
 
 
 def collect_garbage(
@@ -110,17 +136,17 @@ def collect_garbage(
                 report.expired_sessions += 1
             else:
                 live_sessions.append(session)
-        pending = _read_pending(repo)
+        pending = _read_pending(repo, report, log)
         if pending is not None:
-            t_mark, packs = pending
-            blocking = [s for s in live_sessions if s.started <= t_mark + CLOCK_MARGIN]
+            blocking = [s for s in live_sessions if s.started <= pending.marked + CLOCK_MARGIN]
             if blocking:
                 report.phase = "waiting"
                 report.waiting_for_sessions = len(blocking)
-                report.condemned_packs = len(packs)
-                log(f"{len(packs)} packs condemned; waiting for {len(blocking)} older session(s) to end")
+                report.condemned_packs = len(pending.packs)
+                waiting = f"waiting for {len(blocking)} older session(s) to end"
+                log(f"{report.condemned_packs} packs condemned; {waiting}")
                 return report
-            _sweep(repo, packs, report, log)
+            _sweep(repo, set(pending.packs), report, log)
             report.phase = "sweep+mark"
         else:
             report.phase = "mark"
@@ -128,13 +154,16 @@ def collect_garbage(
     return report
 
 
-def _read_pending(repo: Repository) -> tuple[datetime, set[bytes]] | None:
+def _read_pending(repo: Repository, report: GcReport, log: Callable[[str], None]) -> PendingMark | None:
+    """The previous mark; one that cannot be read is never swept on (nothing it names is
+    deleted): the mark is made afresh, and a fresh mark waits for every older session."""
     try:
-        doc = json.loads(repo.store.get(PENDING_KEY))
-    except ObjectNotFound:
+        return read_pending(repo.store)
+    except CorruptionDetected as err:
+        note = f"{err}: ignored, marking afresh"
+        report.notes.append(note)
+        log(note)
         return None
-    t_mark = repo.store.stat(PENDING_KEY).modified
-    return t_mark, {bytes.fromhex(p) for p in doc["packs"]}
 
 
 def _packs_in_index(repo: Repository) -> dict[bytes, dict[bytes, BlobLocation]]:
@@ -146,6 +175,7 @@ def _packs_in_index(repo: Repository) -> dict[bytes, dict[bytes, BlobLocation]]:
 
 def _mark(repo: Repository, policy: GcPolicy, report: GcReport, log: Callable[[str], None]) -> None:
     repo.load_index()
+    _refuse_unreadable_indexes(repo.index_problems)
     live = referenced_blobs(repo)
     condemned: set[bytes] = set()
     to_repack: dict[bytes, list[bytes]] = {}
@@ -168,6 +198,8 @@ def _mark(repo: Repository, policy: GcPolicy, report: GcReport, log: Callable[[s
         doc = {"packs": sorted(p.hex() for p in condemned)}
         repo.store.put(PENDING_KEY, json.dumps(doc).encode(), overwrite=True)
         log(f"condemned {len(condemned)} packs ({len(to_repack)} after copying their live blobs)")
+    else:
+        repo.store.delete(PENDING_KEY)  # none, or one that could not be read: nothing is condemned
     report.condemned_packs = len(condemned)
 
 
@@ -182,10 +214,9 @@ def _old_orphan_packs(repo: Repository, lease: timedelta) -> set[bytes]:
     now = store_now(repo.store)
     orphans = set()
     for info in repo.store.list("data/"):
-        try:
-            pack_id = bytes.fromhex(info.key.rsplit("/", 1)[1])
-        except ValueError:
-            continue
+        pack_id = pack_id_from_key(info.key)
+        if pack_id is None:
+            continue  # not a pack: never ours to delete
         if pack_id not in repo.index.packs and now - info.modified > lease:
             orphans.add(pack_id)
     return orphans
@@ -194,8 +225,10 @@ def _old_orphan_packs(repo: Repository, lease: timedelta) -> set[bytes]:
 def _sweep(repo: Repository, condemned: set[bytes], report: GcReport, log: Callable[[str], None]) -> None:
     # Fix the set of index objects first: exactly these are consolidated and deleted, so index
     # objects written by concurrent writers meanwhile survive untouched.
-    old_indexes = [info.key for info in repo.store.list("index/")]
-    packs = repo.read_index_objects(old_indexes)
+    old_indexes = repo.index_objects()
+    found = repo.read_index_objects(old_indexes)
+    _refuse_unreadable_indexes(found.problems)
+    packs = found.packs
     repo.load_index()
     live = referenced_blobs(repo)
     elsewhere = {b for pack_id, blobs in packs.items() if pack_id not in condemned for b in blobs}
@@ -204,8 +237,12 @@ def _sweep(repo: Repository, condemned: set[bytes], report: GcReport, log: Calla
         if blobs is None:
             try:
                 blobs = repo.read_pack_header(pack_id)  # an orphan someone adopted after our listing
-            except (ObjectNotFound, CorruptionDetected):
+            except ObjectNotFound:
                 blobs = {}
+            except CorruptionDetected as err:  # cannot tell what it holds: keep it (fail closed)
+                report.kept_packs += 1
+                report.notes.append(f"kept {pack_id.hex()[:16]}: {err}")
+                continue
         if any(b in live and b not in elsewhere for b in blobs):
             report.kept_packs += 1  # a session that began before the mark now depends on it
             packs[pack_id] = blobs
@@ -216,13 +253,15 @@ def _sweep(repo: Repository, condemned: set[bytes], report: GcReport, log: Calla
         repo.store.delete(key)
         packs.pop(pack_id, None)
         report.deleted_packs += 1
-    superseded = [bytes.fromhex(k.removeprefix("index/")) for k in old_indexes]
-    index_id, sealed = encode_index(repo.keys, packs, supersedes=superseded)
-    with contextlib.suppress(ObjectExists):
-        repo.store.put(index_key(index_id), sealed)
-    for key in old_indexes:
-        if key != index_key(index_id):
-            repo.store.delete(key)
+    superseded = [bytes.fromhex(info.key.removeprefix("index/")) for info in old_indexes]
+    written = set()
+    for index_id, sealed in encode_indexes(repo.keys, packs, supersedes=superseded):
+        with contextlib.suppress(ObjectExists):
+            repo.store.put(index_key(index_id), sealed)
+        written.add(index_key(index_id))
+    for info in old_indexes:
+        if info.key not in written:
+            repo.store.delete(info.key)
     repo.store.delete(PENDING_KEY)
     repo.load_index()
     log(f"deleted {report.deleted_packs} packs ({report.deleted_bytes:,} bytes); kept {report.kept_packs}")

@@ -15,6 +15,7 @@ import zstandard
 
 from barge.errors import CorruptionDetected
 from barge.repo.crypto import MasterKeys
+from barge.repo.objects import MAX_INDEX_BODY, decompress_bounded
 from barge.repo.pack import BlobLocation, BlobType
 
 _MAGIC = b"BRGI\x01"
@@ -22,6 +23,8 @@ _AAD = b"barge:index:v1"
 _COUNT = struct.Struct("<I")
 _PACK = struct.Struct("<32sI")  # pack id, number of blobs
 _BLOB = struct.Struct("<B32sIII")  # type, blob id, offset, stored length, raw length
+# Blobs per index object: ~45 bytes each, so an object stays far below MAX_INDEX_OBJECT.
+MAX_BLOBS_PER_OBJECT = 1_000_000
 
 
 def index_key(index_id: bytes) -> str:
@@ -47,6 +50,29 @@ def encode_index(
     return hashlib.sha256(sealed).digest(), sealed
 
 
+def encode_indexes(
+    keys: MasterKeys, packs: Mapping[bytes, Mapping[bytes, BlobLocation]], supersedes: Iterable[bytes] = ()
+) -> list[tuple[bytes, bytes]]:
+    """``packs`` as index objects of at most MAX_BLOBS_PER_OBJECT blobs each (readers refuse
+    larger objects), in the order to write them: the one naming ``supersedes`` comes last, so a
+    writer interrupted part way never hides an old index object whose packs are not yet listed
+    in a new one."""
+    groups: list[dict[bytes, Mapping[bytes, BlobLocation]]] = [{}]
+    count = 0
+    for pack_id in sorted(packs):
+        blobs = packs[pack_id]
+        if groups[-1] and count + len(blobs) > MAX_BLOBS_PER_OBJECT:
+            groups.append({})
+            count = 0
+        groups[-1][pack_id] = blobs
+        count += len(blobs)
+    superseded = list(supersedes)
+    return [
+        encode_index(keys, group, superseded if number == len(groups) - 1 else ())
+        for number, group in enumerate(groups)
+    ]
+
+
 def decode_index(
     keys: MasterKeys, index_id: bytes, sealed: bytes
 ) -> tuple[list[bytes], dict[bytes, dict[bytes, BlobLocation]]]:
@@ -54,13 +80,15 @@ def decode_index(
     what = f"index {index_id.hex()[:16]}"
     if hashlib.sha256(sealed).digest() != index_id:
         raise CorruptionDetected(f"{what}: content does not match its name")
+    data = decompress_bounded(keys.open(sealed, _AAD, what), MAX_INDEX_BODY, what)
+    if not data.startswith(_MAGIC):
+        raise CorruptionDetected(f"{what}: unknown format")
     try:
-        data = zstandard.ZstdDecompressor().decompress(keys.open(sealed, _AAD, what))
-        if not data.startswith(_MAGIC):
-            raise CorruptionDetected(f"{what}: unknown format")
         pos = len(_MAGIC)
         (n_superseded,) = _COUNT.unpack_from(data, pos)
         pos += _COUNT.size
+        if pos + 32 * n_superseded > len(data):
+            raise CorruptionDetected(f"{what}: names more superseded indexes than it holds")
         superseded = [data[pos + 32 * i : pos + 32 * (i + 1)] for i in range(n_superseded)]
         pos += 32 * n_superseded
         (n_packs,) = _COUNT.unpack_from(data, pos)
@@ -74,7 +102,7 @@ def decode_index(
                 blob_type, blob_id, offset, stored, raw = _BLOB.unpack_from(data, pos)
                 pos += _BLOB.size
                 blobs[blob_id] = BlobLocation(BlobType(blob_type), pack_id, offset, stored, raw)
-    except (struct.error, ValueError, zstandard.ZstdError) as err:
+    except (struct.error, ValueError) as err:
         raise CorruptionDetected(f"{what}: malformed ({err})") from err
     if pos != len(data):
         raise CorruptionDetected(f"{what}: trailing bytes")
@@ -98,9 +126,13 @@ class Index:
     def get(self, blob_id: bytes) -> BlobLocation | None:
         return self._blobs.get(blob_id)
 
-    def add_pack(self, pack_id: bytes, blobs: Mapping[bytes, BlobLocation]) -> None:
-        for blob_id, location in blobs.items():
-            self._blobs.setdefault(blob_id, location)
+    def add_pack(self, pack_id: bytes, blobs: Mapping[bytes, BlobLocation], replace: bool = False) -> None:
+        """Record ``pack_id``'s blobs; a blob already recorded keeps its location unless ``replace``."""
+        if replace:
+            self._blobs.update(blobs)
+        else:
+            for blob_id, location in blobs.items():
+                self._blobs.setdefault(blob_id, location)
         self.packs.add(pack_id)
 
     def items(self) -> Iterable[tuple[bytes, BlobLocation]]:

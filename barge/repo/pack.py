@@ -16,6 +16,7 @@ import zstandard
 
 from barge.errors import CorruptionDetected
 from barge.repo.crypto import SEAL_OVERHEAD, MasterKeys
+from barge.repo.objects import decompress_bounded, parse_hex_id
 
 
 class BlobType(IntEnum):
@@ -47,6 +48,7 @@ class SealedBlob:
     raw_length: int
 
 
+_BLOB_TYPES = frozenset(BlobType)
 _HEADER_MAGIC = b"BRGP\x01"
 _HEADER_ENTRY = struct.Struct("<B32sII")  # type, blob id, stored length, raw length
 _TRAILER = struct.Struct("<I")  # length of the sealed header
@@ -62,6 +64,14 @@ def blob_associated_data(blob_type: BlobType, blob_id: bytes) -> bytes:
 def pack_key(pack_id: bytes) -> str:
     hex_id = pack_id.hex()
     return f"data/{hex_id[:2]}/{hex_id}"
+
+
+def pack_id_from_key(key: str) -> bytes | None:
+    """The pack a ``data/`` key names; None for any other object (a stray one Barge never wrote)."""
+    parts = key.split("/")
+    if len(parts) != 3 or parts[0] != "data" or parts[1] != parts[2][:2]:
+        return None
+    return parse_hex_id(parts[2])
 
 
 def seal_blob(
@@ -89,12 +99,11 @@ def open_blob(keys: MasterKeys, blob_id: bytes, location: BlobLocation, sealed: 
         f"{location.blob_type.name.lower()} blob {blob_id.hex()[:16]} in pack {location.pack_id.hex()[:16]}"
     )
     plain = keys.open(sealed, blob_associated_data(location.blob_type, blob_id), what)
+    if not plain:
+        raise CorruptionDetected(f"{what}: empty")
     flag, payload = plain[0], memoryview(plain)[1:]
     if flag == Compression.ZSTD:
-        try:
-            data = zstandard.ZstdDecompressor().decompress(payload, max_output_size=location.raw_length)
-        except zstandard.ZstdError as err:
-            raise CorruptionDetected(f"{what}: cannot decompress: {err}") from err
+        data = decompress_bounded(payload, location.raw_length, what)
     elif flag == Compression.NONE:
         data = bytes(payload)
     else:
@@ -171,6 +180,8 @@ def parse_pack_header(
     locations: dict[bytes, BlobLocation] = {}
     offset = 0
     for blob_type, blob_id, stored, raw in _HEADER_ENTRY.iter_unpack(header[len(_HEADER_MAGIC) :]):
+        if blob_type not in _BLOB_TYPES:
+            raise CorruptionDetected(f"{what}: unknown blob type {blob_type}")
         locations[blob_id] = BlobLocation(BlobType(blob_type), pack_id, offset, stored, raw)
         offset += stored
     if offset + needed != pack_size:

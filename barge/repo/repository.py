@@ -21,14 +21,34 @@ import zstandard
 
 from barge.clock import Clock, SystemClock
 from barge.errors import CorruptionDetected, InvalidInput, NotFound
-from barge.repo.crypto import KdfParams, MasterKeys, WrongPassword, unwrap_master_keys, wrap_master_keys
-from barge.repo.index import Index, decode_index, encode_index, index_key
+from barge.repo.crypto import (
+    SEAL_OVERHEAD,
+    KdfParams,
+    KeyObject,
+    MasterKeys,
+    WrongPassword,
+    unwrap_master_keys,
+    wrap_master_keys,
+)
+from barge.repo.index import Index, decode_index, encode_indexes, index_key
+from barge.repo.objects import (
+    MAX_CONFIG,
+    MAX_INDEX_OBJECT,
+    MAX_KEY_OBJECT,
+    MAX_MANIFEST,
+    MAX_TREE,
+    Fields,
+    parse_hex_id,
+    parse_json,
+    read_bounded,
+)
 from barge.repo.pack import (
     BlobLocation,
     BlobType,
     PackBuilder,
     header_tail_length,
     open_blob,
+    pack_id_from_key,
     pack_key,
     parse_pack_header,
     seal_blob,
@@ -36,7 +56,8 @@ from barge.repo.pack import (
 )
 from barge.repo.session import Session, condemned_packs
 from barge.repo.snapshot import Snapshot, SnapshotKind
-from barge.storage import ObjectExists, ObjectNotFound, ObjectStore
+from barge.repo.tree import Node, decode_tree
+from barge.storage import ObjectExists, ObjectInfo, ObjectNotFound, ObjectStore
 
 FORMAT_VERSION = 1
 _CONFIG_MAGIC = b"BARGE-REPOSITORY v1\n"
@@ -59,6 +80,19 @@ class RepositorySettings:
     pack_target: int = 32 * MIB
     compression_level: int = 3  # zstd; 0 disables compression
 
+    def problem(self) -> str | None:
+        """Why these settings cannot work (the chunker's and the format's ranges), or None."""
+        if not 64 <= self.chunk_min <= MIB or not 256 <= self.chunk_avg - self.chunk_min <= 4 * MIB:
+            return "chunk_min must be 64 B..1 MiB and chunk_avg 256 B..4 MiB above it"
+        if not max(1024, self.chunk_avg) <= self.chunk_max <= 16 * MIB:
+            return "chunk_max must be from chunk_avg (at least 1 KiB) to 16 MiB"
+        if not 1024 <= self.pack_target <= 1024 * MIB or not 0 <= self.compression_level <= 22:
+            return "pack_target must be 1 KiB..1 GiB and compression_level 0..22"
+        return None
+
+
+_SETTINGS_FIELDS = tuple(RepositorySettings.__dataclass_fields__)
+
 
 @dataclass(frozen=True)
 class RepositoryConfig:
@@ -77,12 +111,56 @@ def _validate_snapshot_id(snapshot_id: str) -> str:
     return snapshot_id
 
 
+def _parse_config(plain: bytes) -> RepositoryConfig:
+    read = Fields(parse_json(plain, "repository config"), "repository config")
+    if read.integer("version") != FORMAT_VERSION:
+        raise CorruptionDetected("repository format version is not supported by this Barge")
+    repository_id = read.text("id")
+    if len(repository_id) != 32 or repository_id.strip("0123456789abcdef"):
+        raise read.wrong("id", "32 hex digits")
+    settings = RepositorySettings(**{name: read.integer(name) for name in _SETTINGS_FIELDS})
+    if problem := settings.problem():
+        raise CorruptionDetected(f"repository config: {problem}")
+    return RepositoryConfig(FORMAT_VERSION, repository_id, settings)
+
+
+def key_object_name(key: str) -> bool:
+    """Whether ``key`` is named as a key object is (``keys/<32 hex>``)."""
+    name = key.removeprefix("keys/")
+    return len(name) == 32 and not name.strip("0123456789abcdef")
+
+
+def _well_formed_key(store: ObjectStore, info: ObjectInfo) -> bool:
+    if not key_object_name(info.key):
+        return False
+    try:
+        KeyObject.parse(read_bounded(store, info.key, MAX_KEY_OBJECT, info.key, info.size), info.key)
+    except (CorruptionDetected, ObjectNotFound):
+        return False
+    return True
+
+
+def index_object_id(key: str) -> bytes | None:
+    """The ID an ``index/`` key names; None for any other object."""
+    return parse_hex_id(key.removeprefix("index/")) if key.startswith("index/") else None
+
+
 def _exists(store: ObjectStore, key: str) -> bool:
     try:
         store.stat(key)
     except ObjectNotFound:
         return False
     return True
+
+
+@dataclass
+class IndexObjects:
+    """What a set of index objects records: packs (pack -> blob -> location), which object named
+    each pack, and a line for each object that could not be read."""
+
+    packs: dict[bytes, dict[bytes, BlobLocation]] = field(default_factory=dict)
+    origin: dict[bytes, bytes] = field(default_factory=dict)
+    problems: list[str] = field(default_factory=list)
 
 
 class Repository:
@@ -97,6 +175,8 @@ class Repository:
         self.key_name = key_name
         self.clock = clock
         self.index = Index()
+        self.index_problems: list[str] = []  # index objects load_index could not read
+        self.index_origin: dict[bytes, bytes] = {}  # pack -> the index object load_index found it in
 
     # -- lifecycle -------------------------------------------------------------------------------
 
@@ -111,6 +191,8 @@ class Repository:
     ) -> Repository:
         if _exists(store, "config"):
             raise InvalidInput(f"a repository already exists at {store.describe()}")
+        if settings is not None and (problem := settings.problem()):
+            raise InvalidInput(f"repository settings: {problem}")
         keys = MasterKeys.generate()
         config = RepositoryConfig(FORMAT_VERSION, uuid.uuid4().hex, settings or RepositorySettings())
         key_name = f"keys/{uuid.uuid4().hex}"
@@ -132,7 +214,7 @@ class Repository:
         """Unlock the repository; ``with_index=False`` skips reading the index, for work on snapshot
         manifests only (listing, forgetting)."""
         try:
-            sealed_config = store.get("config")
+            sealed_config = read_bounded(store, "config", MAX_CONFIG, "repository config")
         except ObjectNotFound:
             raise RepositoryNotFound(
                 f"no Barge repository at {store.describe()} (run `barge repo init` first)"
@@ -140,26 +222,34 @@ class Repository:
         if not sealed_config.startswith(_CONFIG_MAGIC):
             raise CorruptionDetected(f"{store.describe()}/config is not a Barge repository config")
         keys, key_name = cls._unlock(store, password)
-        doc = json.loads(keys.open(sealed_config[len(_CONFIG_MAGIC) :], _CONFIG_AAD, "repository config"))
-        if doc.pop("version") != FORMAT_VERSION:
-            raise CorruptionDetected("repository format version is not supported by this Barge")
-        config = RepositoryConfig(FORMAT_VERSION, doc.pop("id"), RepositorySettings(**doc))
-        repo = cls(store, keys, config, key_name, clock or SystemClock())
+        plain = keys.open(sealed_config[len(_CONFIG_MAGIC) :], _CONFIG_AAD, "repository config")
+        repo = cls(store, keys, _parse_config(plain), key_name, clock or SystemClock())
         if with_index:
             repo.load_index()
         return repo
 
     @staticmethod
     def _unlock(store: ObjectStore, password: bytes) -> tuple[MasterKeys, str]:
-        key_objects = list(store.list("keys/"))
+        """The master keys from the first key object the password opens. A malformed key object
+        is passed over (and named if none opens), so one bad object never locks everyone out."""
+        key_objects = [info for info in store.list("keys/") if key_object_name(info.key)]
         if not key_objects:
             raise CorruptionDetected(f"{store.describe()} has a config but no key objects")
+        damaged: list[str] = []
         for info in key_objects:
             try:
-                return unwrap_master_keys(store.get(info.key), password), info.key
+                data = read_bounded(store, info.key, MAX_KEY_OBJECT, info.key, info.size)
+                return unwrap_master_keys(data, password, info.key), info.key
             except WrongPassword:
                 continue
-        raise WrongPassword(f"wrong password for the repository at {store.describe()}")
+            except CorruptionDetected as err:
+                damaged.append(str(err))
+            except ObjectNotFound:
+                continue  # removed meanwhile (a password change)
+        if len(damaged) == len(key_objects):
+            raise CorruptionDetected(f"no key object of {store.describe()} is usable: {'; '.join(damaged)}")
+        note = f" ({len(damaged)} damaged key object(s): {'; '.join(damaged)})" if damaged else ""
+        raise WrongPassword(f"wrong password for the repository at {store.describe()}{note}")
 
     def change_password(self, new_password: bytes, kdf: KdfParams | None = None) -> None:
         """Add a key object for the new password, then remove the one this session opened with."""
@@ -175,8 +265,12 @@ class Repository:
         return new_name
 
     def remove_password(self) -> None:
-        """Remove the key object this session opened with, unless it is the last one."""
-        if not any(info.key != self.key_name for info in self.store.list("keys/")):
+        """Remove the key object this session opened with, unless it is the last one: only another
+        well-formed key object counts (a stray or malformed one opens nothing)."""
+        if not any(
+            info.key != self.key_name and _well_formed_key(self.store, info)
+            for info in self.store.list("keys/")
+        ):
             raise InvalidInput(
                 f"this is the only password of the repository at {self.store.describe()}: "
                 "add another first (barge key add)"
@@ -189,32 +283,54 @@ class Repository:
         """Merge every index object not superseded by another into a fresh in-memory index.
 
         Where a blob sits in several packs, a copy outside the packs garbage collection has
-        condemned wins, so a reader never starts depending on a pack about to be deleted.
+        condemned wins, so a reader never starts depending on a pack about to be deleted. An index
+        object that cannot be read is left out and named in ``index_problems``: its blobs read as
+        missing, which garbage collection refuses to act on and the next backup repairs by
+        indexing the packs again from their own headers.
         """
         condemned = condemned_packs(self.store)
-        packs = self.read_index_objects([info.key for info in self.store.list("index/")])
+        found = self.read_index_objects(self.index_objects())
         index = Index()
-        for pack_id in sorted(packs, key=lambda p: p in condemned):
-            index.add_pack(pack_id, packs[pack_id])
-        self.index = index
+        for pack_id in sorted(found.packs, key=lambda p: p in condemned):
+            index.add_pack(pack_id, found.packs[pack_id])
+        self.index, self.index_origin, self.index_problems = index, found.origin, found.problems
 
-    def read_index_objects(self, keys: list[str]) -> dict[bytes, dict[bytes, BlobLocation]]:
-        """The packs recorded in exactly these index objects, minus any that one of them supersedes."""
+    def index_objects(self) -> list[ObjectInfo]:
+        """The index objects in storage (other names under ``index/`` are not index objects)."""
+        return [info for info in self.store.list("index/") if index_object_id(info.key) is not None]
+
+    def read_index_objects(self, objects: list[ObjectInfo]) -> IndexObjects:
+        """The packs recorded in exactly these index objects, minus any that one of them
+        supersedes, and what was wrong with those that could not be read."""
         with ThreadPoolExecutor(max_workers=8) as pool:
-            decoded = list(pool.map(self._read_index_object, keys))
-        superseded = {old for olds, _ in decoded for old in olds}
-        merged: dict[bytes, dict[bytes, BlobLocation]] = {}
-        for key, (_, packs) in zip(keys, decoded, strict=True):
-            if bytes.fromhex(key.removeprefix("index/")) not in superseded:
-                merged.update(packs)
-        return merged
+            decoded = list(pool.map(self._read_index_object, objects))
+        found = IndexObjects(problems=[result for result in decoded if isinstance(result, str)])
+        readable = [
+            (index_object_id(info.key), result)
+            for info, result in zip(objects, decoded, strict=True)
+            if not isinstance(result, str)
+        ]
+        superseded = {old for _, (olds, _) in readable for old in olds}
+        for index_id, (_, packs) in readable:
+            if index_id is not None and index_id not in superseded:
+                found.packs.update(packs)
+                found.origin.update(dict.fromkeys(packs, index_id))
+        return found
 
-    def _read_index_object(self, key: str) -> tuple[list[bytes], dict[bytes, dict[bytes, BlobLocation]]]:
+    def _read_index_object(
+        self, info: ObjectInfo
+    ) -> tuple[list[bytes], dict[bytes, dict[bytes, BlobLocation]]] | str:
+        index_id = index_object_id(info.key)
+        assert index_id is not None  # listed by index_objects
         try:
-            index_id = bytes.fromhex(key.removeprefix("index/"))
-        except ValueError:
-            raise CorruptionDetected(f"unexpected object {key}") from None
-        return decode_index(self.keys, index_id, self.store.get(key))
+            sealed = read_bounded(
+                self.store, info.key, MAX_INDEX_OBJECT, f"index {index_id.hex()[:16]}", info.size
+            )
+            return decode_index(self.keys, index_id, sealed)
+        except CorruptionDetected as err:
+            return str(err)
+        except ObjectNotFound:
+            return f"index {index_id.hex()[:16]} vanished while being read (a garbage collection finished?)"
 
     def read_pack_header(self, pack_id: bytes) -> dict[bytes, BlobLocation]:
         """Blob locations from the pack's own header (index rebuild, check, crash recovery)."""
@@ -232,6 +348,12 @@ class Repository:
         location = self.index.get(blob_id)
         if location is None:
             raise CorruptionDetected(f"blob {blob_id.hex()[:16]} is referenced but in no index")
+        limit = MAX_TREE if location.blob_type is BlobType.TREE else self.config.settings.chunk_max
+        if location.raw_length > limit or location.stored_length > limit + SEAL_OVERHEAD + 1:
+            raise CorruptionDetected(
+                f"blob {blob_id.hex()[:16]}: the index says {location.stored_length:,} bytes, larger than "
+                f"any valid {location.blob_type.name.lower()} blob ({limit:,})"
+            )
         try:
             sealed = self.store.get_range(pack_key(location.pack_id), location.offset, location.stored_length)
         except ObjectNotFound:
@@ -242,6 +364,10 @@ class Repository:
             raise CorruptionDetected(f"pack {location.pack_id.hex()[:16]} is truncated")
         return open_blob(self.keys, blob_id, location, sealed)
 
+    def read_tree(self, tree_id: bytes) -> list[Node]:
+        """The nodes of a directory's tree blob, errors naming it."""
+        return decode_tree(self.read_blob(tree_id), f"tree {tree_id.hex()[:16]}")
+
     # -- snapshots -------------------------------------------------------------------------------
 
     def save_snapshot(self, snapshot: Snapshot) -> str:
@@ -250,34 +376,50 @@ class Repository:
         self.store.put(_snapshot_key(snapshot_id), sealed)
         return snapshot_id
 
-    def load_snapshot(self, snapshot_id: str) -> Snapshot:
+    def load_snapshot(self, snapshot_id: str, size: int | None = None) -> Snapshot:
+        """The manifest of ``snapshot_id``; ``size`` (from a listing) saves a HEAD."""
         key = _snapshot_key(_validate_snapshot_id(snapshot_id))
+        what = f"snapshot {snapshot_id[:16]}"
         try:
-            sealed = self.store.get(key)
+            sealed = read_bounded(self.store, key, MAX_MANIFEST, what, size)
         except ObjectNotFound:
             raise NotFound(f"snapshot {snapshot_id} does not exist in {self.store.describe()}") from None
         if hashlib.sha256(sealed).hexdigest() != snapshot_id:
-            raise CorruptionDetected(f"snapshot {snapshot_id[:16]}: content does not match its ID")
-        what = f"snapshot {snapshot_id[:16]}"
-        try:
-            document = json.loads(self.keys.open(sealed, _SNAPSHOT_AAD, what))
-        except (UnicodeDecodeError, json.JSONDecodeError):
-            raise CorruptionDetected(f"{what}: the manifest is not JSON") from None
-        return Snapshot.from_json(document, what)
+            raise CorruptionDetected(f"{what}: content does not match its ID")
+        return Snapshot.from_json(parse_json(self.keys.open(sealed, _SNAPSHOT_AAD, what), what), what)
+
+    def snapshot_objects(self) -> list[ObjectInfo]:
+        """The snapshot manifests in storage (other names under ``snapshots/`` are not manifests)."""
+        return [info for info in self.store.list("snapshots/") if parse_hex_id(info.key[10:]) is not None]
 
     def snapshot_ids(self) -> list[str]:
-        return [info.key.removeprefix("snapshots/") for info in self.store.list("snapshots/")]
+        return [info.key.removeprefix("snapshots/") for info in self.snapshot_objects()]
+
+    def read_snapshots(self) -> tuple[dict[str, Snapshot], dict[str, str]]:
+        """Every manifest that reads, and what is wrong with each one that does not, by ID: one
+        damaged manifest hides only itself."""
+        snapshots: dict[str, Snapshot] = {}
+        problems: dict[str, str] = {}
+        for info in self.snapshot_objects():
+            snapshot_id = info.key.removeprefix("snapshots/")
+            try:
+                snapshots[snapshot_id] = self.load_snapshot(snapshot_id, info.size)
+            except CorruptionDetected as err:
+                problems[snapshot_id] = str(err)
+            except NotFound:
+                continue  # forgotten meanwhile
+        return snapshots, problems
 
     def latest_snapshot(
         self, kind: SnapshotKind, *, paths: list[str] | None = None, tags: Mapping[str, str] | None = None
     ) -> str | None:
         """The newest snapshot of ``kind`` whose paths equal ``paths`` and whose tags include ``tags``.
 
-        The parent for an incremental backup: its unchanged files are reused without reading.
+        The parent for an incremental backup: its unchanged files are reused without reading. A
+        damaged manifest is never a parent (the backup then reads more, and check reports it).
         """
         best: tuple[str, str] | None = None
-        for snapshot_id in self.snapshot_ids():
-            snapshot = self.load_snapshot(snapshot_id)
+        for snapshot_id, snapshot in self.read_snapshots()[0].items():
             if snapshot.kind is not kind or (paths is not None and list(snapshot.paths) != paths):
                 continue
             if tags and any(snapshot.tags.get(k) != v for k, v in tags.items()):
@@ -287,8 +429,12 @@ class Repository:
         return best[1] if best else None
 
     def forget_snapshot(self, snapshot_id: str) -> None:
-        """Remove the snapshot's manifest; its data stays until garbage collection reclaims it."""
-        self.load_snapshot(snapshot_id)
+        """Remove the snapshot's manifest; its data stays until garbage collection reclaims it.
+
+        A damaged manifest can be forgotten too: garbage collection refuses to run while one
+        exists (it cannot tell what that snapshot references), and this is how it is cleared."""
+        with contextlib.suppress(CorruptionDetected):
+            self.load_snapshot(snapshot_id)
         self.store.delete(_snapshot_key(snapshot_id))
 
     def writer(self, **options: Any) -> RepositoryWriter:
@@ -306,6 +452,7 @@ class WriteStats:
     bytes_stored: int = 0  # sealed bytes uploaded in packs
     packs: int = 0
     packs_adopted: int = 0
+    packs_missing: int = 0  # indexed but not in storage: their blobs were stored again
     pending: set[bytes] = field(default_factory=set, repr=False)
 
 
@@ -339,6 +486,14 @@ class RepositoryWriter:
         # its own copy instead of starting to depend on something about to be deleted.
         # ``avoid_packs`` does the same for packs garbage collection is about to condemn (repacking).
         self._condemned = condemned_packs(repo.store) | avoid_packs
+        # Sizes of the packs this writer knows are in storage (-1: not there). Deduplicating
+        # against a blob whose pack is gone would commit a snapshot that cannot be restored (an
+        # index object put back from an old copy of the bucket names packs gc deleted since), so
+        # has_blob counts a blob as stored only where its pack is known to hold it. Known from
+        # the listing adopt_orphan_packs makes anyway (no extra request), from this writer's own
+        # uploads, or else from one HEAD per pack, the first time a blob in it is deduplicated.
+        self._pack_sizes: dict[bytes, int] = {}
+        self._listed = False
         self._closed = False
 
     def __enter__(self) -> RepositoryWriter:
@@ -352,7 +507,21 @@ class RepositoryWriter:
         if blob_id in self.stats.pending:
             return True
         location = self.repo.index.get(blob_id)
-        return location is not None and location.pack_id not in self._condemned
+        return location is not None and location.pack_id not in self._condemned and self._in_storage(location)
+
+    def _in_storage(self, location: BlobLocation) -> bool:
+        """Whether the pack ``location`` names is in storage and long enough to hold the blob."""
+        size = self._pack_sizes.get(location.pack_id)
+        if size is None:
+            size = -1 if self._listed else self._pack_size(location.pack_id)
+            self._pack_sizes[location.pack_id] = size
+        return location.offset + location.stored_length <= size
+
+    def _pack_size(self, pack_id: bytes) -> int:
+        try:
+            return self.repo.store.stat(pack_key(pack_id)).size
+        except ObjectNotFound:
+            return -1
 
     def _compressor(self) -> zstandard.ZstdCompressor | None:
         if not hasattr(self._compressors, "value"):
@@ -396,7 +565,9 @@ class RepositoryWriter:
             with contextlib.suppress(ObjectExists):
                 self.repo.store.put(pack_key(pack_id), data)
             with self._lock:
-                self.repo.index.add_pack(pack_id, locations)
+                # This copy wins over any location the index had: that one was unusable.
+                self.repo.index.add_pack(pack_id, locations, replace=True)
+                self._pack_sizes[pack_id] = len(data)
                 self.stats.pending.difference_update(locations)
                 self.stats.packs += 1
                 self.stats.bytes_stored += len(data)
@@ -410,8 +581,7 @@ class RepositoryWriter:
         with self._lock:
             packs, self._unindexed = self._unindexed, {}
             self._last_index_flush = self.repo.clock.monotonic()
-        if packs:
-            index_id, sealed = encode_index(self.repo.keys, packs)
+        for index_id, sealed in encode_indexes(self.repo.keys, packs) if packs else ():
             with contextlib.suppress(ObjectExists):
                 self.repo.store.put(index_key(index_id), sealed)
 
@@ -436,11 +606,23 @@ class RepositoryWriter:
         """Index packs that a crashed writer uploaded but never indexed, so their blobs are reused.
 
         Their own headers say what they hold; this is what makes an interrupted backup resumable
-        without re-uploading what already reached the store.
+        without re-uploading what already reached the store. The listing this takes also tells
+        ``has_blob`` which indexed packs are really there (and how large).
         """
-        adopted = 0
+        listed: dict[bytes, int] = {}
         for info in self.repo.store.list("data/"):
-            pack_id = bytes.fromhex(info.key.rsplit("/", 1)[1])
+            pack_id = pack_id_from_key(info.key)
+            if pack_id is not None:  # anything else is not a pack (check reports it)
+                listed[pack_id] = info.size
+        with self._lock:
+            self._pack_sizes.update(listed)
+            self._listed = True
+        missing = self.repo.index.packs - listed.keys()
+        if missing:
+            self.stats.packs_missing = len(missing)
+            self._supersede_indexes_naming(missing)
+        adopted = 0
+        for pack_id in listed:
             if pack_id in self.repo.index.packs or pack_id in self._condemned:
                 continue
             try:
@@ -455,6 +637,26 @@ class RepositoryWriter:
         if adopted:
             self._write_index()
         return adopted
+
+    def _supersede_indexes_naming(self, missing: set[bytes]) -> None:
+        """Replace each index object that names a pack no longer in storage by one without it.
+
+        Only an old index object put back (or a bucket restored from an old copy) names deleted
+        packs. This writer stores their blobs again where it needs them; superseding the stale
+        objects makes every reader find the new copies instead of the deleted ones. A replacement
+        keeps the object's other packs and supersedes what it superseded, so nothing else changes.
+        """
+        for index_id in sorted({self.repo.index_origin[p] for p in missing if p in self.repo.index_origin}):
+            what = f"index {index_id.hex()[:16]}"
+            try:
+                sealed = read_bounded(self.repo.store, index_key(index_id), MAX_INDEX_OBJECT, what)
+                superseded, packs = decode_index(self.repo.keys, index_id, sealed)
+            except (CorruptionDetected, ObjectNotFound):
+                continue  # unreadable or gone: it names nothing a reader will use
+            kept = {pack_id: blobs for pack_id, blobs in packs.items() if pack_id not in missing}
+            for new_id, new_sealed in encode_indexes(self.repo.keys, kept, [index_id, *superseded]):
+                with contextlib.suppress(ObjectExists):
+                    self.repo.store.put(index_key(new_id), new_sealed)
 
     def commit(self, snapshot: Snapshot) -> str:
         """Flush, write ``snapshot``'s manifest, then end the session; returns the snapshot ID.

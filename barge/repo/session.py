@@ -15,11 +15,12 @@ import socket
 import threading
 import uuid
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
 from barge.clock import Clock
-from barge.errors import TemporaryError
-from barge.storage import ObjectNotFound, ObjectStore
+from barge.errors import CorruptionDetected, TemporaryError
+from barge.repo.objects import MAX_PENDING, MAX_SMALL_OBJECT, parse_hex_id, read_json
+from barge.storage import ObjectInfo, ObjectNotFound, ObjectStore
 
 DEFAULT_LEASE = timedelta(minutes=15)
 PENDING_KEY = "gc/pending"
@@ -43,25 +44,66 @@ def store_now(store: ObjectStore) -> datetime:
 
 
 def list_sessions(store: ObjectStore) -> list[SessionInfo]:
+    """Every live-looking session. One whose body cannot be read as a session counts as started
+    at the dawn of time: it holds garbage collection back until its lease runs out (fail closed)."""
     sessions = []
     for info in store.list("sessions/"):
         try:
-            body = json.loads(store.get(info.key))
-            started_text = body.get("started_store")
-            started = datetime.fromisoformat(started_text) if started_text else info.modified
-        except (ObjectNotFound, ValueError, KeyError):
-            continue  # ended while we looked, or half-written: the lease time still counts
-        sessions.append(SessionInfo(info.key, started, info.modified))
+            started = _session_start(store, info)
+        except ObjectNotFound:
+            continue  # ended while we looked
+        sessions.append(SessionInfo(info.key, started or _DAWN, info.modified))
     return sessions
 
 
-def condemned_packs(store: ObjectStore) -> frozenset[bytes]:
-    """Packs garbage collection has condemned; new sessions must not start depending on them."""
+_DAWN = datetime.min.replace(tzinfo=UTC)
+
+
+def _session_start(store: ObjectStore, info: ObjectInfo) -> datetime | None:
+    """When the session began by the store's clock; None when its body says nothing usable."""
     try:
-        doc = json.loads(store.get(PENDING_KEY))
+        read = read_json(store, info.key, MAX_SMALL_OBJECT, info.key, info.size)
+        text = read.optional_text("started_store")
+        if text is None:
+            return info.modified  # written, not yet rewritten with its start: it started just now
+        started = datetime.fromisoformat(text)
+    except (CorruptionDetected, ValueError):
+        return None
+    return started if started.tzinfo is not None else None
+
+
+@dataclass(frozen=True)
+class PendingMark:
+    """``gc/pending``: the packs garbage collection condemned, and when (the store's clock)."""
+
+    marked: datetime
+    packs: frozenset[bytes]
+
+
+def read_pending(store: ObjectStore) -> PendingMark | None:
+    """The condemned packs, None when nothing is condemned; CorruptionDetected when the object
+    is not a list of pack IDs (callers decide what is safe then)."""
+    try:
+        info = store.stat(PENDING_KEY)
+        read = read_json(store, PENDING_KEY, MAX_PENDING, PENDING_KEY, info.size)
     except ObjectNotFound:
+        return None
+    packs = [parse_hex_id(text) for text in read.list("packs")]
+    if any(pack_id is None for pack_id in packs):
+        raise read.wrong("packs", "a list of pack IDs (64 hex digits)")
+    return PendingMark(info.modified, frozenset(p for p in packs if p is not None))
+
+
+def condemned_packs(store: ObjectStore) -> frozenset[bytes]:
+    """Packs garbage collection has condemned; new sessions must not start depending on them.
+
+    A ``gc/pending`` that is not one reads as nothing condemned: garbage collection never sweeps
+    on it but marks afresh, and a fresh mark waits for every session older than itself."""
+    try:
+        pending = read_pending(store)
+    except CorruptionDetected:
         return frozenset()
-    return frozenset(bytes.fromhex(p) for p in doc["packs"])
+    return pending.packs if pending is not None else frozenset()
 
 
 class Session:

@@ -8,12 +8,13 @@ type and range and says which one is wrong, so no reader ever indexes a dict tha
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
 from barge.errors import CorruptionDetected
+from barge.repo.objects import Fields, parse_hex_id
 
 FORMAT_VERSION = 1
 
@@ -79,7 +80,7 @@ class Snapshot:
     def from_json(cls, document: object, what: str) -> Snapshot:
         """Parse a stored manifest; ``what`` names it in errors ("snapshot 1a2b..."). Raises
         CorruptionDetected for anything that is not a manifest this version wrote."""
-        read = _Reader(document, what)
+        read = Fields(document, what)
         version = read.integer("version")
         if version != FORMAT_VERSION:
             raise CorruptionDetected(f"{what}: manifest version {version} is not {FORMAT_VERSION}")
@@ -87,21 +88,36 @@ class Snapshot:
         try:
             kind = SnapshotKind(kind_text)
         except ValueError:
-            raise CorruptionDetected(f"{what}: unknown snapshot kind {kind_text!r}") from None
+            raise CorruptionDetected(f"{what}: unknown snapshot kind {kind_text[:70]!r}") from None
         tree = read.optional_text("tree")
+        parent = read.optional_text("parent")
+        if parent is not None and parse_hex_id(parent) is None:
+            raise read.wrong("parent", "a snapshot ID (64 hex digits) or null")
+        summary = read.inner("summary")
         return cls(
             kind=kind,
             time=read.text("time"),
             hostname=read.text("hostname"),
             paths=tuple(read.strings("paths")),
             tree=_blob_id(tree, what) if tree is not None else None,
-            summary=SnapshotSummary(**read.integers("summary", SnapshotSummary.__dataclass_fields__)),
+            summary=SnapshotSummary(**{name: summary.integer(name) for name in _SUMMARY_FIELDS}),
             tags=read.string_map("tags"),
-            parent=read.optional_text("parent"),
-            root=RootMetadata(**read.integers("root", RootMetadata.__dataclass_fields__))
-            if "root" in read.document
-            else None,
+            parent=parent,
+            root=_root(read.inner("root")) if read.has("root") else None,
         )
+
+
+_SUMMARY_FIELDS = tuple(SnapshotSummary.__dataclass_fields__)
+_ID_MAX = 2**32 - 1
+
+
+def _root(read: Fields) -> RootMetadata:
+    return RootMetadata(
+        mode=read.integer("mode", high=0o177777),
+        uid=read.integer("uid", high=_ID_MAX),
+        gid=read.integer("gid", high=_ID_MAX),
+        mtime_ns=read.time_ns("mtime_ns"),
+    )
 
 
 def _blob_id(text: str, what: str) -> bytes:
@@ -112,59 +128,6 @@ def _blob_id(text: str, what: str) -> bytes:
     if len(blob_id) != 32:
         raise CorruptionDetected(f"{what}: tree ID has {len(blob_id)} bytes, not 32")
     return blob_id
-
-
-class _Reader:
-    """Typed access to one JSON object; every failure names the field."""
-
-    def __init__(self, document: object, what: str) -> None:
-        if not isinstance(document, dict):
-            raise CorruptionDetected(f"{what}: not a JSON object")
-        self.document: dict[str, Any] = document
-        self.what = what
-
-    def _get(self, name: str) -> object:
-        if name not in self.document:
-            raise CorruptionDetected(f"{self.what}: field {name!r} is missing")
-        return self.document[name]
-
-    def _wrong(self, name: str, expected: str) -> CorruptionDetected:
-        return CorruptionDetected(f"{self.what}: field {name!r} is not {expected}")
-
-    def integer(self, name: str) -> int:
-        value = self._get(name)
-        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-            raise self._wrong(name, "a whole number >= 0")
-        return value
-
-    def text(self, name: str) -> str:
-        value = self._get(name)
-        if not isinstance(value, str):
-            raise self._wrong(name, "a string")
-        return value
-
-    def optional_text(self, name: str) -> str | None:
-        value = self.document.get(name)
-        if value is not None and not isinstance(value, str):
-            raise self._wrong(name, "a string or null")
-        return value
-
-    def strings(self, name: str) -> list[str]:
-        value = self._get(name)
-        if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
-            raise self._wrong(name, "a list of strings")
-        return value
-
-    def string_map(self, name: str) -> dict[str, str]:
-        value = self.document.get(name) or {}
-        if not isinstance(value, dict) or not all(isinstance(v, str) for v in value.values()):
-            raise self._wrong(name, "an object of strings")
-        return dict(value)
-
-    def integers(self, name: str, fields: Iterable[str]) -> dict[str, int]:
-        """The object ``name``'s whole-number ``fields``."""
-        inner = _Reader(self._get(name), f"{self.what} {name}")
-        return {field_name: inner.integer(field_name) for field_name in fields}
 
 
 __all__ = ["FORMAT_VERSION", "RootMetadata", "Snapshot", "SnapshotKind", "SnapshotSummary"]

@@ -13,7 +13,8 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from barge.errors import CorruptionDetected
+from barge.errors import CorruptionDetected, InvalidInput
+from barge.repo.objects import MAX_TREE, TIME_NS_LIMIT, Fields, decode_base64, parse_hex_id, parse_json
 
 KINDS = ("file", "dir", "symlink", "chardev", "blockdev", "fifo", "socket")
 TREE_VERSION = 1
@@ -60,11 +61,15 @@ def _put_bytes(doc: dict[str, Any], key: str, value: bytes) -> None:
         doc[f"{key}_b64"] = base64.b64encode(value).decode()
 
 
-def _get_bytes(doc: dict[str, Any], key: str) -> bytes | None:
-    if key in doc:
-        return str(doc[key]).encode("utf-8")
-    if f"{key}_b64" in doc:
-        return base64.b64decode(doc[f"{key}_b64"], validate=True)
+def _get_bytes(read: Fields, key: str) -> bytes | None:
+    """The raw bytes stored under ``key`` (a string) or ``key_b64`` (base64), if either is there."""
+    if read.has(key):
+        try:
+            return read.text(key).encode("utf-8")
+        except UnicodeEncodeError:
+            raise read.wrong(key, "valid UTF-8 text") from None
+    if read.has(f"{key}_b64"):
+        return read.base64(f"{key}_b64", max_length=MAX_TREE)
     return None
 
 
@@ -87,28 +92,79 @@ def _node_to_json(node: Node) -> dict[str, Any]:
     return doc
 
 
-def _node_from_json(doc: dict[str, Any]) -> Node:
-    name = _get_bytes(doc, "name")
-    if name is None or doc.get("kind") not in KINDS:
-        raise CorruptionDetected(f"tree node without a valid name or kind: {doc!r:.200}")
+_U32 = 2**32 - 1
+_U64 = 2**64 - 1
+_I64 = 2**63
+# The whole-number fields of a node: (name, lowest, highest, value when absent; None: required).
+_NUMBERS = (
+    ("mode", 0, 0o7777, None),
+    ("uid", 0, _U32, None),
+    ("gid", 0, _U32, None),
+    ("mtime_ns", -TIME_NS_LIMIT, TIME_NS_LIMIT, None),
+    ("size", 0, _I64 - 1, 0),
+    ("rdev", 0, _U64, 0),
+    ("device", 0, _U64, 0),
+    ("inode", 0, _U64, 0),
+    ("nlink", 0, _U64, 1),
+    ("ctime_ns", -TIME_NS_LIMIT, TIME_NS_LIMIT, 0),
+)
+
+
+def _node_from_json(document: object, what: str) -> Node:
+    """One node, every field checked: a crafted tree must not reach chmod, utime or a read with a
+    value the kernel or Python would choke on. (Trees are read for every directory of every
+    backup and restore: the common case is kept to a dictionary lookup and a compare per field.)"""
+    read = Fields(document, what)
+    name = _get_bytes(read, "name")
+    if name is None:
+        raise read.wrong("name", "present (as name or name_b64)")
+    read.what = f"{what} entry {name[:100]!r}"
+    kind = read.document.get("kind")
+    if kind not in KINDS:
+        raise read.wrong("kind", f"one of {', '.join(KINDS)}")
+    numbers: dict[str, int] = {}
+    for field, low, high, default in _NUMBERS:
+        value = read.document.get(field, default)
+        if type(value) is not int or not low <= value <= high:  # bool is not int here
+            raise read.wrong(field, f"a whole number from {low} to {high}")
+        numbers[field] = value
     return Node(
         name=name,
-        kind=doc["kind"],
-        mode=int(doc["mode"]),
-        uid=int(doc["uid"]),
-        gid=int(doc["gid"]),
-        mtime_ns=int(doc["mtime_ns"]),
-        size=int(doc.get("size", 0)),
-        content=tuple((bytes.fromhex(b) if b else None, int(n)) for b, n in doc.get("content", ())),
-        subtree=bytes.fromhex(doc["subtree"]) if "subtree" in doc else None,
-        target=_get_bytes(doc, "target"),
-        rdev=int(doc.get("rdev", 0)),
-        xattrs=tuple((base64.b64decode(k), base64.b64decode(v)) for k, v in doc.get("xattrs", ())),
-        device=int(doc.get("device", 0)),
-        inode=int(doc.get("inode", 0)),
-        nlink=int(doc.get("nlink", 1)),
-        ctime_ns=int(doc.get("ctime_ns", 0)),
+        kind=kind,
+        content=_extents(read),
+        subtree=read.hex_id("subtree", optional=True),
+        target=_get_bytes(read, "target"),
+        xattrs=_xattrs(read),
+        **numbers,
     )
+
+
+def _extents(read: Fields) -> tuple[Extent, ...]:
+    extents: list[Extent] = []
+    total = 0
+    for extent in read.list("content", default=()):
+        if not (isinstance(extent, list) and len(extent) == 2):
+            raise read.wrong("content", "a list of [blob ID or null, length]")
+        blob, length = extent
+        blob_id = parse_hex_id(blob) if blob is not None else None
+        if (blob is not None and blob_id is None) or isinstance(length, bool) or not isinstance(length, int):
+            raise read.wrong("content", "a list of [blob ID or null, length]")
+        total += length
+        if length < 0 or total >= _I64:
+            raise read.wrong("content", f"a list of extents with lengths from 0 summing below {_I64}")
+        extents.append((blob_id, length))
+    return tuple(extents)
+
+
+def _xattrs(read: Fields) -> tuple[tuple[bytes, bytes], ...]:
+    pairs = []
+    for pair in read.list("xattrs", default=()):
+        parts = pair if isinstance(pair, list) and len(pair) == 2 else [None, None]
+        key, value = (decode_base64(part) if isinstance(part, str) else None for part in parts)
+        if not key or value is None:
+            raise read.wrong("xattrs", "a list of [base64 name, base64 value]")
+        pairs.append((key, value))
+    return tuple(pairs)
 
 
 def encode_tree(nodes: list[Node]) -> bytes:
@@ -116,16 +172,25 @@ def encode_tree(nodes: list[Node]) -> bytes:
     for before, after in itertools.pairwise(ordered):
         if before.name == after.name:
             raise ValueError(f"duplicate name {before.name!r} in one directory")
-    return json.dumps(
+    encoded = json.dumps(
         {"version": TREE_VERSION, "nodes": [_node_to_json(n) for n in ordered]}, separators=(",", ":")
     ).encode()
+    if len(encoded) > MAX_TREE:
+        raise InvalidInput(
+            f"a directory of {len(nodes):,} entries is too large to store ({len(encoded):,} bytes of "
+            f"listing; a repository holds at most {MAX_TREE:,} per directory)"
+        )
+    return encoded
 
 
-def decode_tree(data: bytes) -> list[Node]:
-    try:
-        doc = json.loads(data)
-        if doc.get("version") != TREE_VERSION:
-            raise CorruptionDetected(f"tree version {doc.get('version')!r} is not supported")
-        return [_node_from_json(n) for n in doc["nodes"]]
-    except (ValueError, KeyError, TypeError) as err:
-        raise CorruptionDetected(f"tree blob is malformed: {err}") from err
+def decode_tree(data: bytes, what: str = "tree") -> list[Node]:
+    """The nodes of a tree blob (``what`` names it in errors); CorruptionDetected for anything
+    that is not a tree this version wrote: wrong types, out-of-range values, repeated names."""
+    read = Fields(parse_json(data, what), what)
+    version = read.integer("version")
+    if version != TREE_VERSION:
+        raise CorruptionDetected(f"{what}: tree version {version} is not supported")
+    nodes = [_node_from_json(node, what) for node in read.list("nodes")]
+    if len({node.name for node in nodes}) != len(nodes):
+        raise CorruptionDetected(f"{what}: duplicate name in one directory")
+    return nodes
