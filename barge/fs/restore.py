@@ -17,6 +17,7 @@ import contextlib
 import os
 import stat
 import threading
+from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +26,7 @@ from barge.clock import Clock, SystemClock
 from barge.errors import CorruptionDetected, InvalidInput
 from barge.fs.progress import CancelToken, Progress, ProgressCallback
 from barge.fs.sparse import nonzero_runs, sparse_block
+from barge.fs.walk import DirCursor, Subdir, open_below, walk_tree
 from barge.repo.repository import Repository
 from barge.repo.session import Session
 from barge.repo.snapshot import Snapshot, SnapshotKind
@@ -83,29 +85,29 @@ class _TreeRestore:
         with self.lock:
             self.warnings.append(message)
 
-    def restore_dir(self, dir_fd: int, rel: bytes, tree_id: bytes, pending: list[Future[None]]) -> None:
-        """Create the entries of one directory; file contents go to the pool (``pending``)."""
+    def restore_dir(
+        self, cursor: DirCursor, tree_id: bytes, pending: list[Future[None]]
+    ) -> list[Subdir[bytes]]:
+        """Create the entries of the directory at the cursor; file contents go to the pool
+        (``pending``); returns its subdirectories, created empty, for the walk to fill."""
         self.cancel.check()
+        dir_fd = cursor.fd
+        subdirs: list[Subdir[bytes]] = []
         for node in decode_tree(self.repo.read_blob(tree_id)):
             name = check_name(node.name)
-            child_rel = rel + b"/" + name if rel else name
             if node.kind == "dir":
                 if node.subtree is None:
-                    raise CorruptionDetected(f"directory {child_rel!r} has no tree")
+                    raise CorruptionDetected(f"directory {cursor.relpath(name)!r} has no tree")
                 try:
                     os.mkdir(name, 0o700, dir_fd=dir_fd)
                 except FileExistsError:
-                    if rel or os.fsdecode(name) not in self.tolerated:
+                    if cursor.depth or os.fsdecode(name) not in self.tolerated:
                         raise
-                child_fd = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=dir_fd)
-                try:
-                    self.restore_dir(child_fd, child_rel, node.subtree, pending)
-                finally:
-                    os.close(child_fd)
+                subdirs.append(Subdir(name, None, node.subtree))
                 with self.lock:
                     self.dirs += 1
             elif node.kind == "file":
-                if self.link_if_seen(node, dir_fd, name, child_rel):
+                if node.nlink > 1 and self.link_if_seen(node, dir_fd, name, cursor.relpath(name)):
                     continue
                 fd = os.open(
                     name,
@@ -117,7 +119,8 @@ class _TreeRestore:
                     self.open_fds.add(fd)
                 pending.append(self.pool.submit(self.write_file, fd, node))
             else:
-                self.restore_special(dir_fd, name, child_rel, node)
+                self.restore_special(dir_fd, name, cursor.relpath(name), node)
+        return subdirs
 
     def link_if_seen(self, node: Node, dir_fd: int, name: bytes, rel: bytes) -> bool:
         if node.nlink < 2:
@@ -127,10 +130,14 @@ class _TreeRestore:
             first = self.links.setdefault(key, rel)
         if first == rel:
             return False
+        *first_dir, first_name = first.split(b"/")
         try:
-            os.link(
-                os.path.join(os.fsencode(self.root), first), name, dst_dir_fd=dir_fd, follow_symlinks=False
-            )
+            # From the target down, one name at a time: the full path may exceed PATH_MAX.
+            first_dir_fd = open_below(os.fsencode(self.root), first_dir)
+            try:
+                os.link(first_name, name, src_dir_fd=first_dir_fd, dst_dir_fd=dir_fd, follow_symlinks=False)
+            finally:
+                os.close(first_dir_fd)
         except OSError as err:
             self.warn(f"{os.fsdecode(rel)}: hardlink not restored ({err.strerror}); restoring a copy")
             return False
@@ -214,23 +221,30 @@ class _TreeRestore:
             self.warn(f"{os.fsdecode(rel)}: {node.kind} not restored ({err.strerror})")
 
 
-def _dir_metadata_pass(repo: Repository, dir_fd: int, tree_id: bytes, as_root: bool) -> None:
+def _dir_metadata_pass(repo: Repository, cursor: DirCursor, tree_id: bytes, as_root: bool) -> None:
     """Set directories' metadata bottom-up, after all their children exist (so mtimes stick)."""
-    for node in decode_tree(repo.read_blob(tree_id)):
-        if node.kind != "dir" or node.subtree is None:
-            continue
-        fd = os.open(node.name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=dir_fd)
-        try:
-            _dir_metadata_pass(repo, fd, node.subtree, as_root)
-            if as_root:
-                os.fchown(fd, node.uid, node.gid)
-            with contextlib.suppress(OSError):
-                for key, value in node.xattrs:
-                    os.setxattr(fd, key, value)
-            os.fchmod(fd, node.mode)
-            os.utime(fd, ns=(node.mtime_ns, node.mtime_ns))
-        finally:
-            os.close(fd)
+
+    def subdirs(node: Node | None) -> list[Subdir[Node | None]]:
+        tree = tree_id if node is None else node.subtree
+        assert tree is not None  # only directories with a tree are visited
+        nodes = decode_tree(repo.read_blob(tree))
+        return [Subdir(n.name, None, n) for n in nodes if n.kind == "dir" and n.subtree is not None]
+
+    def leave(node: Node | None, fd: int) -> None:
+        if node is not None:  # the root's metadata is the snapshot's, set by the caller
+            _set_dir_metadata(fd, node, as_root)
+
+    walk_tree(cursor, None, subdirs, leave)
+
+
+def _set_dir_metadata(fd: int, node: Node, as_root: bool) -> None:
+    if as_root:
+        os.fchown(fd, node.uid, node.gid)
+    with contextlib.suppress(OSError):
+        for key, value in node.xattrs:
+            os.setxattr(fd, key, value)
+    os.fchmod(fd, node.mode)
+    os.utime(fd, ns=(node.mtime_ns, node.mtime_ns))
 
 
 def restore_tree(
@@ -273,6 +287,15 @@ def restore_tree(
         session.end()
 
 
+@contextlib.contextmanager
+def _cursor(root_fd: int) -> Iterator[DirCursor]:
+    cursor = DirCursor(os.dup(root_fd))
+    try:
+        yield cursor
+    finally:
+        cursor.close()
+
+
 def _restore_under_lease(
     repo: Repository, snapshot: Snapshot, target: Path, job: _TreeRestore
 ) -> RestoreResult:
@@ -280,10 +303,13 @@ def _restore_under_lease(
     pending: list[Future[None]] = []
     try:
         if snapshot.tree is not None:
-            job.restore_dir(root_fd, b"", snapshot.tree, pending)
+            tree = snapshot.tree
+            with _cursor(root_fd) as cursor:
+                walk_tree(cursor, tree, lambda t: job.restore_dir(cursor, t, pending), lambda t, fd: None)
             for future in pending:
                 future.result()
-            _dir_metadata_pass(repo, root_fd, snapshot.tree, job.as_root)
+            with _cursor(root_fd) as cursor:
+                _dir_metadata_pass(repo, cursor, tree, job.as_root)
         root = snapshot.root
         assert root is not None  # checked before the lease
         if job.as_root:

@@ -1,0 +1,149 @@
+"""Walking a directory tree of any depth through directory file descriptors.
+
+A tenant controls its volume's tree: it may be nested deeper than Python's recursion limit, and
+its full paths may be longer than PATH_MAX (4096 bytes), where every call taking a path fails.
+So walks are iterative and never build a path: they hold one directory open, move down by name
+(``O_NOFOLLOW``: never through a symlink) and back up by ``..``, checking that ``..`` is the
+directory they came from. Per level of depth a walk keeps the caller's state for that directory
+and one name with an inode number; the descriptors it holds do not grow with depth.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Generic, TypeVar
+
+from barge.errors import PermanentError
+
+T = TypeVar("T")
+
+DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+PROC_FD = b"/proc/self/fd"
+
+Identity = tuple[int, int]  # (st_dev, st_ino)
+
+
+class TreeChanged(PermanentError):
+    """A directory was moved or replaced while it was being walked."""
+
+
+def identity(st: os.stat_result) -> Identity:
+    return st.st_dev, st.st_ino
+
+
+def entry_path(dir_fd: int, name: bytes) -> bytes:
+    """A short path to ``name`` in the directory open at ``dir_fd``, whatever the tree's depth,
+    for the calls that take neither a descriptor nor ``dir_fd`` (extended attributes of entries
+    that must not be opened: devices, fifos). Needs /proc, as every Linux container has."""
+    return b"%s/%d/%s" % (PROC_FD, dir_fd, name or b".")
+
+
+class DirCursor:
+    """One open directory of a walk; ``down`` and ``up`` move it, closing the one left."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self._here = identity(os.fstat(fd))
+        self._above: list[tuple[bytes, Identity]] = []  # per level: the name taken, where it was taken
+
+    @classmethod
+    def open(cls, path: bytes, *, follow_symlinks: bool = False) -> DirCursor:
+        flags = DIR_FLAGS if not follow_symlinks else DIR_FLAGS & ~os.O_NOFOLLOW
+        fd = os.open(path, flags)
+        try:
+            return cls(fd)
+        except BaseException:
+            os.close(fd)
+            raise
+
+    @property
+    def depth(self) -> int:
+        return len(self._above)
+
+    def relpath(self, name: bytes = b"") -> bytes:
+        """The path from the walk's start to ``name`` here (for messages and hardlinks only)."""
+        return b"/".join([n for n, _ in self._above] + ([name] if name else []))
+
+    def down(self, name: bytes, expected: Identity | None = None) -> None:
+        """Into subdirectory ``name``; ``expected``: its identity when the caller listed it."""
+        fd = os.open(name, DIR_FLAGS, dir_fd=self.fd)
+        try:
+            here = identity(os.fstat(fd))
+            if expected is not None and here != expected:
+                raise TreeChanged(f"{os.fsdecode(self.relpath(name))}: replaced while being read")
+        except BaseException:
+            os.close(fd)
+            raise
+        os.close(self.fd)
+        self._above.append((name, self._here))
+        self.fd, self._here = fd, here
+
+    def up(self) -> int:
+        """Back to the parent; returns the descriptor of the directory left, for the caller to close."""
+        parent = self._above[-1][1]
+        fd = os.open(b"..", DIR_FLAGS, dir_fd=self.fd)
+        if identity(os.fstat(fd)) != parent:
+            os.close(fd)
+            raise TreeChanged(f"{os.fsdecode(self.relpath())}: moved while being read")
+        self._above.pop()
+        left = self.fd
+        self.fd, self._here = fd, parent
+        return left
+
+    def close(self) -> None:
+        os.close(self.fd)
+
+
+@dataclass(frozen=True)
+class Subdir(Generic[T]):
+    """A directory to visit: its name, its identity if known (checked on entry), the caller's state."""
+
+    name: bytes
+    identity: Identity | None
+    state: T
+
+
+def walk_tree(
+    cursor: DirCursor,
+    root: T,
+    enter: Callable[[T], Sequence[Subdir[T]]],
+    leave: Callable[[T, int], None],
+) -> None:
+    """Depth first, iteratively, from the cursor's directory with state ``root``.
+
+    ``enter(state)`` runs with the cursor on a directory and returns its subdirectories to visit,
+    in order. ``leave(state, fd)`` runs once they are all done, with ``fd`` open on that directory
+    and the cursor already back on its parent (so a directory's own mode may be set without
+    losing the way back up); for the root, ``fd`` is the cursor's.
+    """
+    stack: list[tuple[T, list[Subdir[T]]]] = [(root, list(reversed(enter(root))))]
+    while True:
+        state, todo = stack[-1]
+        if todo:
+            sub = todo.pop()
+            cursor.down(sub.name, sub.identity)
+            stack.append((sub.state, list(reversed(enter(sub.state)))))
+            continue
+        stack.pop()
+        if not stack:
+            leave(state, cursor.fd)
+            return
+        fd = cursor.up()
+        try:
+            leave(state, fd)
+        finally:
+            os.close(fd)
+
+
+def open_below(root: bytes, parts: Sequence[bytes]) -> int:
+    """The directory ``root/parts...``, opened one component at a time without following symlinks."""
+    fd = os.open(root, DIR_FLAGS)
+    for part in parts:
+        try:
+            below = os.open(part, DIR_FLAGS, dir_fd=fd)
+        finally:
+            os.close(fd)
+        fd = below
+    return fd

@@ -1,0 +1,65 @@
+"""The directory-descriptor walk: any depth with one descriptor, and a moved directory is noticed."""
+
+from __future__ import annotations
+
+import os
+import stat
+from pathlib import Path
+
+import pytest
+
+from barge.fs.walk import DirCursor, Subdir, TreeChanged, identity, walk_tree
+
+
+def test_the_walk_visits_every_directory_once_and_leaves_each_after_its_children(tmp_path: Path) -> None:
+    for rel in ("a/x/deep", "a/y", "b"):
+        (tmp_path / "root" / rel).mkdir(parents=True)
+    (tmp_path / "root" / "link").symlink_to(tmp_path / "root" / "a")
+    cursor = DirCursor.open(os.fsencode(tmp_path / "root"))
+    events: list[tuple[str, bytes]] = []
+
+    def enter(rel: bytes) -> list[Subdir[bytes]]:
+        events.append(("enter", rel))
+        assert cursor.relpath() == rel
+        names = sorted(os.fsencode(n) for n in os.listdir(cursor.fd))
+        stats = {n: os.stat(n, dir_fd=cursor.fd, follow_symlinks=False) for n in names}
+        dirs = [n for n, st in stats.items() if stat.S_ISDIR(st.st_mode)]
+        return [Subdir(n, identity(stats[n]), cursor.relpath(n)) for n in dirs]
+
+    def leave(rel: bytes, fd: int) -> None:
+        events.append(("leave", rel))
+        assert identity(os.fstat(fd)) == identity(os.stat(tmp_path / "root" / os.fsdecode(rel)))
+
+    walk_tree(cursor, b"", enter, leave)
+    cursor.close()
+    assert events == [
+        ("enter", b""), ("enter", b"a"), ("enter", b"a/x"), ("enter", b"a/x/deep"), ("leave", b"a/x/deep"),
+        ("leave", b"a/x"), ("enter", b"a/y"), ("leave", b"a/y"), ("leave", b"a"), ("enter", b"b"),
+        ("leave", b"b"), ("leave", b""),
+    ]  # fmt: skip
+
+
+def test_the_way_up_must_lead_where_the_walk_came_from(tmp_path: Path) -> None:
+    (tmp_path / "a" / "b").mkdir(parents=True)
+    (tmp_path / "elsewhere").mkdir()
+    cursor = DirCursor.open(os.fsencode(tmp_path / "a"))
+    cursor.down(b"b")
+    (tmp_path / "a" / "b").rename(tmp_path / "elsewhere" / "b")  # '..' now leads elsewhere
+    with pytest.raises(TreeChanged, match="b: moved while being read"):
+        cursor.up()
+    cursor.close()
+
+
+def test_a_directory_replaced_after_it_was_listed_is_not_entered(tmp_path: Path) -> None:
+    (tmp_path / "a" / "b").mkdir(parents=True)
+    listed = identity(os.stat(tmp_path / "a" / "b"))
+    (tmp_path / "a" / "b").rename(tmp_path / "a" / "old")
+    (tmp_path / "a" / "b").mkdir()
+    cursor = DirCursor.open(os.fsencode(tmp_path / "a"))
+    with pytest.raises(TreeChanged, match="b: replaced while being read"):
+        cursor.down(b"b", listed)
+    (tmp_path / "a" / "b").rmdir()
+    (tmp_path / "a" / "b").symlink_to(tmp_path / "a" / "old")
+    with pytest.raises(OSError, match=r"Not a directory|Too many levels"):
+        cursor.down(b"b")  # never through a symlink
+    cursor.close()
