@@ -100,6 +100,8 @@ def _level_entries(top: int, fd: int, level: int) -> None:
     os.mkfifo(b"fifo", 0o620, dir_fd=fd)
     with contextlib.suppress(OSError):  # no user xattrs here: the capture sees none on either side
         os.setxattr(f"/proc/self/fd/{fd}/f", "user.level", b"%d" % level)
+        if level:  # not the root's: a snapshot keeps only its mode, owner and mtime
+            os.setxattr(fd, "user.dir", b"%d" % level)
     os.chmod(b"f", 0o604, dir_fd=fd)
     os.utime(b"f", ns=(1_500_000_000_000_000_000 + level,) * 2, dir_fd=fd)
     os.utime(b"link", ns=(level, level), dir_fd=fd, follow_symlinks=False)

@@ -145,29 +145,34 @@ def _kind(mode: int) -> str:
     return "socket"
 
 
-def _read_xattrs(path: bytes) -> tuple[tuple[bytes, bytes], ...]:
+Xattrs = tuple[tuple[bytes, bytes], ...]
+
+
+def _read_xattrs(at: int | bytes) -> Xattrs:
+    """Of the open inode ``at``, or of the entry at path ``at`` (never following a symlink)."""
+    follow = isinstance(at, int)  # a descriptor is the inode itself
     try:
-        names = os.listxattr(path, follow_symlinks=False)
-        return tuple(sorted((os.fsencode(n), os.getxattr(path, n, follow_symlinks=False)) for n in names))
+        names = os.listxattr(at, follow_symlinks=follow)
+        return tuple(sorted((os.fsencode(n), os.getxattr(at, n, follow_symlinks=follow)) for n in names))
     except OSError:
         return ()
 
 
-def metadata_node(name: bytes, dir_fd: int, st: os.stat_result, previous: Node | None = None) -> Node:
-    """The metadata of entry ``name`` of the directory open at ``dir_fd`` (``b""``: that directory).
+def current_xattrs(kind: str, st: os.stat_result, previous: Node | None) -> Xattrs | None:
+    """The parent snapshot's extended attributes of this entry when they are provably current, else
+    None (read them). Setting or removing one changes the ctime, so an unchanged ctime proves it."""
+    if kind == "symlink":
+        return ()  # not backed up for symlinks
+    if previous is None or previous.kind != kind:
+        return None
+    if (previous.inode, previous.ctime_ns) == (st.st_ino, st.st_ctime_ns):
+        return previous.xattrs
+    return None
 
-    Extended attributes are re-read only when the inode's ctime moved: setting or removing one
-    changes the ctime, so an unchanged ctime proves the parent's are current."""
+
+def metadata_node(name: bytes, dir_fd: int, st: os.stat_result, xattrs: Xattrs) -> Node:
+    """The metadata of entry ``name`` of the directory open at ``dir_fd``."""
     kind = _kind(st.st_mode)
-    same_inode = (
-        previous is not None
-        and previous.kind == kind
-        and previous.inode == st.st_ino
-        and previous.ctime_ns == st.st_ctime_ns
-    )
-    xattrs = previous.xattrs if same_inode and previous is not None else None
-    if xattrs is None:
-        xattrs = _read_xattrs(entry_path(dir_fd, name)) if kind != "symlink" else ()
     return Node(
         name=name,
         kind=kind,
@@ -193,6 +198,7 @@ class _Dir:
     parent: _Dir | None
     node: Node  # its metadata; ``subtree`` is set once it is done
     old: Node | None  # the same directory in the parent snapshot
+    xattrs: Xattrs | None = ()  # None: not known yet, read once it is open (cheaper than by path)
     nodes: list[Node] = field(default_factory=list)
     pending: list[Future[Node | None]] = field(default_factory=list)
 
@@ -246,8 +252,13 @@ class _TreeBackup:
         return top.node
 
     def enter_dir(self, fd: int, d: _Dir) -> list[Subdir[_Dir]]:
-        """List one directory: files go to the pool, the rest is recorded; returns its subdirectories."""
+        """List one directory: files go to the pool, the rest is recorded; returns its subdirectories.
+
+        Extended attributes are read through a descriptor where there is one (a file being read, a
+        directory entered): only devices, fifos and sockets, never opened, are read by /proc path."""
         self.cancel.check()
+        if d.xattrs is None:
+            d.xattrs = _read_xattrs(fd)
         previous = self.parent_nodes(d.old.subtree if d.old and d.old.kind == "dir" else None)
         with os.scandir(fd) as it:
             names = sorted(os.fsencode(entry.name) for entry in it)
@@ -255,29 +266,53 @@ class _TreeBackup:
         for name in names:
             try:
                 st = os.stat(name, dir_fd=fd, follow_symlinks=False)
-                child = metadata_node(name, fd, st, previous.get(name))
+                kind = _kind(st.st_mode)
+                old = previous.get(name)
+                xattrs = current_xattrs(kind, st, old)
+                if kind == "file":
+                    self.add_file(fd, d, name, st, old=old, xattrs=xattrs)
+                elif kind == "dir":
+                    child = _Dir(d, metadata_node(name, fd, st, ()), old, xattrs)
+                    subdirs.append(Subdir(name, identity(st), child))
+                else:
+                    if xattrs is None:
+                        xattrs = _read_xattrs(entry_path(fd, name))
+                    d.nodes.append(metadata_node(name, fd, st, xattrs))
             except FileNotFoundError:
                 continue  # vanished since the listing
-            if child.kind == "file" and (same := self.reuse_unchanged(child, previous.get(name))):
-                d.nodes.append(same)  # unchanged since the parent: no read, and no trip through the pool
-            elif child.kind == "file":
-                self.submit_file(fd, d, child)
-            elif child.kind == "dir":
-                subdirs.append(Subdir(name, identity(st), _Dir(d, child, previous.get(name))))
-            else:
-                d.nodes.append(child)
         return subdirs
 
-    def submit_file(self, dir_fd: int, d: _Dir, node: Node) -> None:
-        """Open the file here (the walk moves on) and read it on the pool, which closes it."""
+    def add_file(
+        self,
+        dir_fd: int,
+        d: _Dir,
+        name: bytes,
+        st: os.stat_result,
+        *,
+        old: Node | None,
+        xattrs: Xattrs | None,
+    ) -> None:
+        """Reuse the parent's content if unchanged; else open the file here (the walk moves on)
+        and read it on the pool, which closes it."""
+        node = metadata_node(name, dir_fd, st, xattrs) if xattrs is not None else None
+        if node is not None and (same := self.reuse_unchanged(node, old)):
+            d.nodes.append(same)  # unchanged since the parent: no read, and no trip through the pool
+            return
         self.slots.acquire()
         try:
-            fd = os.open(node.name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd)
+            fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd)
         except OSError as err:
             self.slots.release()
-            self.unreadable(d.relpath(node.name), err)
+            self.unreadable(d.relpath(name), err)
             return
-        future = self.pool.submit(self.backup_file, fd, d, node)
+        try:
+            if node is None:
+                node = metadata_node(name, dir_fd, st, _read_xattrs(fd))
+            future = self.pool.submit(self.backup_file, fd, d, node)
+        except BaseException:
+            os.close(fd)
+            self.slots.release()
+            raise
 
         def done(_: Future[Node | None]) -> None:  # also when canceled before it ran
             os.close(fd)
@@ -296,7 +331,7 @@ class _TreeBackup:
         d.nodes, d.pending = [], []
         with self.lock:
             self.dirs += 1
-        d.node = replace(d.node, subtree=tree_id)
+        d.node = replace(d.node, subtree=tree_id, xattrs=d.xattrs or ())
         if d.parent is not None:
             d.parent.nodes.append(d.node)
 
@@ -377,7 +412,8 @@ def backup_tree(
     cursor = DirCursor.open(source_bytes, follow_symlinks=True)
     try:
         writer.adopt_orphan_packs()
-        root = walk.backup_root(cursor, metadata_node(b"", cursor.fd, root_stat), parent_root)
+        root_node = metadata_node(b"", cursor.fd, root_stat, ())  # the root keeps mode, owner, mtime only
+        root = walk.backup_root(cursor, root_node, parent_root)
         cancel.check()
         writer.flush()
         writer.session.ensure_valid()
