@@ -2,10 +2,11 @@
 
 A tenant controls its volume's tree: it may be nested deeper than Python's recursion limit, and
 its full paths may be longer than PATH_MAX (4096 bytes), where every call taking a path fails.
-So walks are iterative and never build a path: they hold one directory open, move down by name
-(``O_NOFOLLOW``: never through a symlink) and back up by ``..``, checking that ``..`` is the
-directory they came from. Per level of depth a walk keeps the caller's state for that directory
-and one name with an inode number; the descriptors it holds do not grow with depth.
+So walks are iterative and never build a path: they move down by name (``O_NOFOLLOW``: never
+through a symlink) from an open directory. The directories of the first few dozen levels above
+stay open for the way back; deeper ones are closed and found again by ``..``, which must be the
+inode the walk came from. Per level of depth a walk keeps the caller's state for that directory
+and one name with an inode number: its descriptors do not grow with depth.
 """
 
 from __future__ import annotations
@@ -41,12 +42,19 @@ def entry_path(dir_fd: int, name: bytes) -> bytes:
 
 
 class DirCursor:
-    """One open directory of a walk; ``down`` and ``up`` move it, closing the one left."""
+    """One open directory of a walk; ``down`` and ``up`` move it.
+
+    The first ``KEEP_OPEN`` levels stay open while the walk is below them, so the way back up a
+    tree of ordinary depth costs nothing; a deeper directory is closed when the walk goes below it
+    and found again by ``..``.
+    """
+
+    KEEP_OPEN = 32
 
     def __init__(self, fd: int) -> None:
         self.fd = fd
         self._here = identity(os.fstat(fd))
-        self._above: list[tuple[bytes, Identity]] = []  # per level: the name taken, where it was taken
+        self._above: list[tuple[bytes, Identity, int]] = []  # per level: name taken, from where, its fd or -1
 
     @classmethod
     def open(cls, path: bytes, *, follow_symlinks: bool = False) -> DirCursor:
@@ -64,7 +72,7 @@ class DirCursor:
 
     def relpath(self, name: bytes = b"") -> bytes:
         """The path from the walk's start to ``name`` here (for messages and hardlinks only)."""
-        return b"/".join([n for n, _ in self._above] + ([name] if name else []))
+        return b"/".join([n for n, _, _ in self._above] + ([name] if name else []))
 
     def down(self, name: bytes, expected: Identity | None = None) -> None:
         """Into subdirectory ``name``; ``expected``: its identity when the caller listed it."""
@@ -76,23 +84,31 @@ class DirCursor:
         except BaseException:
             os.close(fd)
             raise
-        os.close(self.fd)
-        self._above.append((name, self._here))
+        kept = self.fd if len(self._above) < self.KEEP_OPEN else -1
+        if kept < 0:
+            os.close(self.fd)
+        self._above.append((name, self._here, kept))
         self.fd, self._here = fd, here
 
     def up(self) -> int:
         """Back to the parent; returns the descriptor of the directory left, for the caller to close."""
-        parent = self._above[-1][1]
-        fd = os.open(b"..", DIR_FLAGS, dir_fd=self.fd)
-        if identity(os.fstat(fd)) != parent:
-            os.close(fd)
-            raise TreeChanged(f"{os.fsdecode(self.relpath())}: moved while being read")
+        _, parent, fd = self._above[-1]
+        if fd < 0:
+            fd = os.open(b"..", DIR_FLAGS, dir_fd=self.fd)
+            if identity(os.fstat(fd)) != parent:
+                os.close(fd)
+                raise TreeChanged(f"{os.fsdecode(self.relpath())}: moved while being read")
         self._above.pop()
         left = self.fd
         self.fd, self._here = fd, parent
         return left
 
     def close(self) -> None:
+        """Close what the cursor holds (also after a walk stopped half-way down)."""
+        for _, _, fd in self._above:
+            if fd >= 0:
+                os.close(fd)
+        self._above.clear()
         os.close(self.fd)
 
 

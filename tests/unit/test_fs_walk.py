@@ -39,7 +39,37 @@ def test_the_walk_visits_every_directory_once_and_leaves_each_after_its_children
     ]  # fmt: skip
 
 
-def test_the_way_up_must_lead_where_the_walk_came_from(tmp_path: Path) -> None:
+def test_a_walk_of_any_depth_holds_a_bounded_number_of_descriptors(tmp_path: Path) -> None:
+    deep = tmp_path / "chain"
+    deep.mkdir()
+    fd = os.open(deep, os.O_RDONLY | os.O_DIRECTORY)
+    for _ in range(300):  # deeper than KEEP_OPEN, shallower than the recursion limit of the clean-up
+        os.mkdir(b"d", dir_fd=fd)
+        below = os.open(b"d", os.O_RDONLY | os.O_DIRECTORY, dir_fd=fd)
+        os.close(fd)
+        fd = below
+    os.close(fd)
+    before = len(os.listdir("/proc/self/fd"))
+    cursor = DirCursor.open(os.fsencode(deep))
+    held: list[int] = []
+
+    def enter(depth: int) -> list[Subdir[int]]:
+        held.append(len(os.listdir("/proc/self/fd")) - before)
+        return [Subdir(b"d", None, depth + 1)] if os.path.lexists(f"/proc/self/fd/{cursor.fd}/d") else []
+
+    left: list[int] = []
+    walk_tree(cursor, 0, enter, lambda depth, fd: left.append(depth))
+    cursor.close()
+    assert len(held) == 301
+    assert left == list(range(300, -1, -1))
+    assert max(held) <= DirCursor.KEEP_OPEN + 2  # the kept levels, the cursor, listdir's own
+    assert len(os.listdir("/proc/self/fd")) == before
+
+
+def test_the_way_up_must_lead_where_the_walk_came_from(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(DirCursor, "KEEP_OPEN", 0)  # the way up is by '..' from the first level on
     (tmp_path / "a" / "b").mkdir(parents=True)
     (tmp_path / "elsewhere").mkdir()
     cursor = DirCursor.open(os.fsencode(tmp_path / "a"))
