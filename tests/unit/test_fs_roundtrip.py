@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, given, settings
 
-from barge.errors import Canceled, InvalidInput
+from barge.errors import Canceled, InvalidInput, PermanentError
+from barge.fs import backup as backup_module
 from barge.fs.backup import BackupOptions, SourceUnreadable, backup_tree
 from barge.fs.progress import CancelToken
 from barge.fs.restore import UnsafeName, restore_tree
@@ -220,6 +221,17 @@ def test_backup_of_a_missing_or_non_directory_source_is_a_clear_error(
     write(tmp_path / "file", b"x")
     with pytest.raises(InvalidInput, match="not a directory"):
         backup_tree(repo, tmp_path / "file")
+
+
+def test_a_backup_without_proc_is_refused_with_a_clear_error(
+    repo: Repository, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Extended attributes of devices and fifos are read through /proc/self/fd: never lost silently."""
+    write(tmp_path / "src" / "f", b"x")
+    monkeypatch.setattr(backup_module, "PROC_FD", os.fsencode(tmp_path / "no-proc"))
+    with pytest.raises(PermanentError, match="mount /proc"):
+        backup_tree(repo, tmp_path / "src")
+    assert repo.snapshot_ids() == []
 
 
 def test_restore_refuses_a_non_empty_target(repo: Repository, tmp_path: Path) -> None:
