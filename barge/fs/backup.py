@@ -220,8 +220,11 @@ class _TreeBackup:
         options: BackupOptions,
         progress: Progress,
         cancel: CancelToken,
+        *,
+        source: bytes,  # for messages only: the walk goes through descriptors
     ) -> None:
         self.repo = repo
+        self.source = source
         self.writer = writer
         self.options = options
         self.progress = progress
@@ -232,7 +235,6 @@ class _TreeBackup:
         self.lock = threading.Lock()
         self.files = self.dirs = self.unchanged = self.bytes_read = 0
         self.skipped: list[str] = []
-        self.source = b""  # for messages only
 
     def chunker(self) -> FastCDC:
         if not hasattr(self.local, "chunker"):
@@ -407,11 +409,11 @@ def backup_tree(
     started = clock.monotonic()
     meter = Progress(scan_total_bytes(source), progress, clock)
     writer = repo.writer()
-    walk = _TreeBackup(repo, writer, options, meter, cancel)
-    walk.source = source_bytes
-    cursor = DirCursor.open(source_bytes, follow_symlinks=True)
+    walk = _TreeBackup(repo, writer, options, meter, cancel, source=source_bytes)
+    cursor: DirCursor | None = None
     try:
         writer.adopt_orphan_packs()
+        cursor = DirCursor.open(source_bytes, follow_symlinks=True)
         root_node = metadata_node(b"", cursor.fd, root_stat, ())  # the root keeps mode, owner, mtime only
         root = walk.backup_root(cursor, root_node, parent_root)
         cancel.check()
@@ -422,7 +424,8 @@ def backup_tree(
         writer.abort()
         raise
     finally:
-        cursor.close()
+        if cursor is not None:
+            cursor.close()
     walk.pool.shutdown(wait=True)
     counts = SnapshotSummary(
         files=walk.files,
