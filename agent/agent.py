@@ -3,6 +3,9 @@
 One ``AssignmentRunner`` thread per assignment, keyed by assignment id; a command for an
 ``(id, epoch)`` already known is a replay and is ignored. A newer epoch for a running id means the
 coordinator moved the work: the old runner is stopped (it would be fenced anyway).
+
+``renew_vouches`` keeps each running assignment's exposer pod Ready while a coordinator is on the
+stream, and hands the work back when the kubelet tears the pod down (``agent.vouch``).
 """
 
 from __future__ import annotations
@@ -15,6 +18,8 @@ import structlog
 
 from agent.metrics import AgentMetrics
 from agent.runner import AssignmentRunner, ProgressSink, RepositoryOpener, RunnerSettings, StatusSink
+from agent.sweeper import LocationOpener, ManifestCache, run_sweep
+from agent.vouch import Vouch
 from barge import __version__
 from barge.clock import Clock
 from barge.control.messages import (
@@ -28,7 +33,10 @@ from barge.control.messages import (
     Outcome,
     ProgressReport,
     RunningAssignment,
+    Sweep,
+    SweepResult,
 )
+from barge.control.naming import VOUCH_TTL_S
 from barge.errors import one_line
 
 log = structlog.get_logger("barge.agent")
@@ -39,6 +47,8 @@ class _Job:
     runner: AssignmentRunner
     thread: threading.Thread
     started: float
+    vouch: Vouch | None  # None: its exposer pod has no status volume (made by an earlier version)
+    vouch_failing: bool = False  # a renewal failed: logged once, not every second
     done: threading.Event = field(default_factory=threading.Event)
 
 
@@ -55,11 +65,13 @@ class Agent:
         metrics: AgentMetrics,
         max_concurrent: int = 2,
         progress_interval_s: float = 1.0,
+        locations: LocationOpener | None = None,
     ) -> None:
         self.settings = settings
         self.max_concurrent = max_concurrent
         self.draining = False
         self.send: Callable[[AgentEvent], None] = lambda event: None
+        self.coordinator_connected: Callable[[], bool] = lambda: False  # wired to the client too
         self._status = status
         self._repositories = repositories
         self._clock = clock
@@ -68,6 +80,10 @@ class Agent:
         self._last_progress: dict[str, float] = {}
         self._jobs: dict[str, _Job] = {}
         self._lock = threading.Lock()
+        self._vouching = threading.Lock()  # vouch files: a renewal never follows the withdrawal
+        self._locations = locations
+        self._sweeping = threading.Lock()  # one sweep at a time: they are background work
+        self._manifests = ManifestCache()
 
     # -- what the client asks ---------------------------------------------------------------------
 
@@ -93,6 +109,8 @@ class Agent:
             self._assign(command)
         elif isinstance(command, CancelAssignment):
             self._cancel(command)
+        elif isinstance(command, Sweep):
+            threading.Thread(target=self._sweep, args=(command,), daemon=True, name="sweep").start()
         elif isinstance(command, Drain):
             self.draining = True
             log.info("node draining: no new work accepted here", grace_s=command.grace_seconds)
@@ -136,10 +154,13 @@ class Agent:
             daemon=True,
             name=f"assignment-{assignment.cr.name}",
         )
+        vouch = Vouch(self.settings.kubelet_root, assignment.pod_uid)
+        job = _Job(runner, thread, self._clock.monotonic(), vouch if vouch.pod_has_it() else None)
         with self._lock:
-            self._jobs[assignment.assignment_id] = _Job(runner, thread, self._clock.monotonic())
+            self._jobs[assignment.assignment_id] = job
             self._metrics.running.set(sum(1 for j in self._jobs.values() if not j.done.is_set()))
         thread.start()
+        self.renew_vouches()  # Ready at the probe's next look, not a renewal later
 
     def _run(self, assignment_id: str) -> None:
         with self._lock:
@@ -151,6 +172,7 @@ class Agent:
             except Exception as err:  # the runner ends every assignment in a result; the last guard
                 log.error("assignment runner failed", exc_info=True)
                 result = AssignmentResult(a.assignment_id, a.epoch, Outcome.FAILED, one_line(err))
+            self._withdraw(job)
             seconds = self._clock.monotonic() - job.started
             self._metrics.finished(a.kind, result.outcome, seconds, result.bytes_done, result.bytes_new)
             self.send(result)  # before leaving running(): a heartbeat must never show it gone but unreported
@@ -172,6 +194,66 @@ class Agent:
                 hand_off=command.hand_off,
             )
             job.runner.cancel(hand_off=command.hand_off)
+
+    # -- the exposer pods' readiness ------------------------------------------------------------------
+
+    def renew_vouches(self) -> None:
+        """Every VOUCH_REFRESH_S (and when work starts): vouch for the exposer pod of every running
+        assignment while a coordinator is on the stream, withdraw otherwise (nobody could hand the
+        work off, so a drain must not wait for it); hand back work whose pod is being torn down."""
+        with self._lock:
+            jobs = [j for j in self._jobs.values() if j.vouch is not None]
+        until = int(self._clock.now().timestamp()) + VOUCH_TTL_S
+        connected = self.coordinator_connected()
+        for job in jobs:
+            with self._vouching:  # never renewed after _withdraw
+                try:
+                    self._renew(job, until, connected)
+                    job.vouch_failing = False
+                except OSError as err:  # the kubelet removing the volume meanwhile: seen next round
+                    if not job.vouch_failing:
+                        pod_uid = job.runner.assignment.pod_uid
+                        log.warning("exposer pod's vouch not renewed", pod_uid=pod_uid, error=str(err))
+                    job.vouch_failing = True
+
+    @staticmethod
+    def _renew(job: _Job, until: int, connected: bool) -> None:
+        vouch, runner = job.vouch, job.runner
+        if vouch is None:
+            return  # the work ended meanwhile
+        if not vouch.pod_has_it():
+            if not runner.stopping:
+                log.warning(
+                    "exposer pod torn down (evicted or deleted): handing the work back",
+                    name=runner.assignment.cr.name,
+                    pod_uid=runner.assignment.pod_uid,
+                )
+                runner.cancel(hand_off=True)
+            return
+        if connected and not runner.stopping:
+            vouch.give(until)
+        else:
+            vouch.withdraw()
+
+    def _withdraw(self, job: _Job) -> None:
+        """The work ended: the pod is unready from the probe's next look, not when the vouch expires."""
+        with self._vouching:
+            vouch, job.vouch = job.vouch, None
+            if vouch is not None:
+                try:
+                    vouch.withdraw()
+                except OSError as err:
+                    log.warning("exposer pod's vouch not withdrawn; it expires", error=str(err))
+
+    # -- location sweeps -----------------------------------------------------------------------------
+
+    def _sweep(self, sweep: Sweep) -> None:
+        """A location sweep, beside the assignments (it moves no volume data)."""
+        if self._locations is None:
+            self.send(SweepResult(sweep.sweep_id, message=f"the agent on {self.settings.node} cannot sweep"))
+            return
+        with self._sweeping:
+            self.send(run_sweep(sweep, self._locations, self._manifests))
 
     def _progress_sink(self) -> ProgressSink:
         def report(assignment: Assignment, done: int, total: int) -> None:

@@ -17,12 +17,12 @@ import structlog
 
 from agent.agent import Agent
 from agent.metrics import AgentMetrics
-from agent.repositories import BslRepositories, SecretKey
+from agent.repositories import BslRepositories, remove_stale_credentials
 from agent.runner import Mutation, RunnerSettings
 from barge import __version__
 from barge.clock import SystemClock
 from barge.control.messages import Assignment
-from barge.control.naming import Fence
+from barge.control.naming import VOUCH_REFRESH_S, Fence
 from barge.errors import BargeError, InvalidInput
 from barge.kube.client import api_client
 from barge.kube.resources import BACKUP_STORAGE_LOCATION, SECRET, KubeObjects
@@ -31,6 +31,7 @@ from barge.logs import configure_logging
 from barge.probes import ObservabilityServer, stop_on_signals
 from barge.repo.repository import RepositorySettings
 from barge.rpc.client import AgentClient
+from barge.velero.password import DEFAULT_PASSWORD_SECRET, SecretKey
 
 log = structlog.get_logger("barge.agent")
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
@@ -67,11 +68,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--health-port", type=int, default=0)
     p.add_argument("--max-concurrent", type=int, default=2)
     p.add_argument("--workers", type=int, default=4, help="parallel readers/writers per assignment")
-    p.add_argument("--cache-dir", default="/var/cache/barge")
+    p.add_argument(
+        "--cache-dir",
+        default="/var/cache/barge",
+        help="host directory for caches; never holds a credential (credential files earlier "
+        "releases left there are removed at start)",
+    )
     p.add_argument(
         "--repository-password-secret",
-        default="velero-repo-credentials/repository-password",
+        default=f"{DEFAULT_PASSWORD_SECRET.name}/{DEFAULT_PASSWORD_SECRET.key}",
         help="NAME/KEY of the Secret (in Velero's namespace) with the repository password",
+    )
+    p.add_argument(
+        "--allow-velero-default-password",
+        action="store_true",
+        help="accept Velero's published default password (only for repositories created with it, "
+        "until they are migrated)",
     )
     p.add_argument("--compression", choices=("zstd", "none"), default="zstd", help="for new repositories")
     p.add_argument("--status-interval", type=float, default=5.0, help="seconds between progress writes")
@@ -100,6 +112,7 @@ def run(args: argparse.Namespace) -> int:
             "no node name: pass --node-name or set NODE_NAME (the downward API's spec.nodeName)"
         )
     structlog.contextvars.bind_contextvars(node=args.node_name)
+    remove_stale_credentials(Path(args.cache_dir))
     clock = SystemClock()
     api = api_client(Path(args.kubeconfig) if args.kubeconfig else None)
     metrics = AgentMetrics(args.node_name)
@@ -109,16 +122,19 @@ def run(args: argparse.Namespace) -> int:
         status_interval_s=args.status_interval,
         workers=args.workers,
     )
+    repositories = _repositories(args, KubeObjects(api), clock)
     agent = Agent(
         settings,
         status=KubeStatusSink(StatusWriter(api), metrics),
-        repositories=_repositories(args, KubeObjects(api), clock),
+        repositories=repositories,
         clock=clock,
         metrics=metrics,
         max_concurrent=args.max_concurrent,
+        locations=repositories,
     )
     client = _client(args, agent, clock)
     agent.send = client.send
+    agent.coordinator_connected = lambda: client.connected
     # Read at every scrape: set from the probe, the gauge was stale between probes (and 0 without any).
     metrics.connected.set_function(lambda: 1.0 if client.connected else 0.0)
     return _serve(args, agent, client, metrics)
@@ -129,9 +145,9 @@ def _repositories(args: argparse.Namespace, objects: KubeObjects, clock: SystemC
         get_bsl=lambda ns, name: objects.get(BACKUP_STORAGE_LOCATION, ns, name),
         get_secret=lambda ns, name: objects.get(SECRET, ns, name),
         password_secret=SecretKey.parse(args.repository_password_secret),
-        cache_dir=Path(args.cache_dir),
         clock=clock,
         settings=RepositorySettings(compression_level=0 if args.compression == "none" else 3),
+        allow_velero_default_password=args.allow_velero_default_password,
     )
 
 
@@ -164,6 +180,8 @@ def _serve(args: argparse.Namespace, agent: Agent, client: AgentClient, metrics:
     for endpoint in endpoints:
         endpoint.start()
     client.start()
+    vouching = threading.Thread(target=_renew_vouches, args=(agent, stop), name="vouches", daemon=True)
+    vouching.start()
     log.info("agent started", version=__version__, coordinator=args.coordinator)
     stop.wait()
     log.info("stopping: handing running work back to the coordinator")
@@ -172,6 +190,15 @@ def _serve(args: argparse.Namespace, agent: Agent, client: AgentClient, metrics:
     for endpoint in endpoints:
         endpoint.stop()
     return EXIT_OK
+
+
+def _renew_vouches(agent: Agent, stop: threading.Event) -> None:
+    """Until stop: a round that fails is logged, and its vouches expire (the pods turn unready)."""
+    while not stop.wait(VOUCH_REFRESH_S):
+        try:
+            agent.renew_vouches()
+        except Exception:
+            log.exception("renewing the exposer pods' vouches failed")
 
 
 def _read_token(path: Path) -> str:

@@ -35,16 +35,19 @@ from barge.control.naming import (
     ON_UNREADABLE_KEY,
     PARALLEL_FILES_DOWNLOAD_KEY,
     PARALLEL_FILES_UPLOAD_KEY,
+    RESTORE_PRIVILEGED_KEY,
     Fence,
     data_mover_config_problem,
     kubelet_volume_path,
     parallel_files,
+    restore_privileged,
     unreadable_policy,
     write_sparse_files,
 )
 from barge.errors import BargeError, Canceled, Fenced, InvalidInput, TemporaryError, one_line
 from barge.fs.backup import BackupOptions, BackupResult, SourceUnreadable, backup_tree
 from barge.fs.block import backup_device, restore_device
+from barge.fs.privileged import Withheld
 from barge.fs.progress import CancelToken
 from barge.fs.restore import restore_tree
 from barge.repo.repository import Repository
@@ -122,6 +125,11 @@ class AssignmentRunner:
         self._hand_off = hand_off
         self._token.cancel()
 
+    @property
+    def stopping(self) -> bool:
+        """Asked to stop (or fenced): the data no longer moves for long."""
+        return self._token.canceled
+
     def run(self) -> AssignmentResult:
         assignment = self.assignment
         with structlog.contextvars.bound_contextvars(
@@ -153,8 +161,8 @@ class AssignmentRunner:
                     backed_up = self._upload(repo, path)
                 return self._finish_upload(backed_up, path)
             with self._counting_errors("restore"):
-                self._download(repo, path)
-            return self._finish_download(path)
+                withheld = self._download(repo, path)
+            return self._finish_download(path, withheld)
         except Fenced as err:
             return self._fenced_result(err)
         except Canceled:
@@ -218,38 +226,59 @@ class AssignmentRunner:
                 "to back up the rest and list such files"
             ) from err
 
-    def _download(self, repo: Repository, path: Path) -> None:
+    def _download(self, repo: Repository, path: Path) -> Withheld | None:
+        """Restore in the mode of the target PVC (never the snapshot's choice); for a filesystem,
+        what was withheld of the privileges the snapshot records (None for a block volume)."""
         a = self.assignment
         if not a.snapshot_id:
             raise InvalidInput("the DataDownload has no spec.snapshotID; nothing to restore")
+        block = a.volume_mode is VolumeMode.BLOCK
+        _require_snapshot_kind(repo, a.snapshot_id, block)
         workers = self._workers(PARALLEL_FILES_DOWNLOAD_KEY)
         sparse = write_sparse_files(a.data_mover_config)
-        log.info("restore started", path=str(path), snapshot=a.snapshot_id, workers=workers, sparse=sparse)
-        if a.volume_mode is VolumeMode.BLOCK:
+        privileged = restore_privileged(a.data_mover_config)
+        log.info("restore started", path=str(path), snapshot=a.snapshot_id, workers=workers, sparse=sparse,
+                 restore_privileged=privileged, volume_mode=a.volume_mode.value)  # fmt: skip
+        if block:
             # A provisioned device may hold an earlier tenant's bytes: the snapshot's holes are
             # written as zeros whatever WriteSparseFiles says (on an image file they stay holes).
-            restore_device(
+            # Forced: the exposed PVC is this DataDownload's own (the user's target is bound to it
+            # only afterwards), and a restarted agent re-runs on the device it half wrote.
+            device = restore_device(
                 repo,
                 a.snapshot_id,
                 path,
                 zero_fill=True,
+                force=True,
                 progress=self._on_progress,
                 cancel=self._token,
                 workers=workers,
                 clock=self._clock,
             )
-        else:
-            restore_tree(
-                repo,
-                a.snapshot_id,
-                path,
-                progress=self._on_progress,
-                cancel=self._token,
-                workers=workers,
-                clock=self._clock,
-                tolerated=TOLERATED_IN_NEW_VOLUMES,
-                sparse=sparse,
+            if not device.target_was_blank:
+                log.warning("the exposed device was not blank (data in its first or last MiB); "
+                            "every byte of it was overwritten")  # fmt: skip
+            return None
+        result = restore_tree(
+            repo,
+            a.snapshot_id,
+            path,
+            progress=self._on_progress,
+            cancel=self._token,
+            workers=workers,
+            clock=self._clock,
+            tolerated=TOLERATED_IN_NEW_VOLUMES,
+            sparse=sparse,
+            restore_privileged=privileged,
+        )
+        if result.withheld:
+            log.warning(
+                "privileges in the snapshot not restored",
+                withheld=result.withheld.summary(),
+                examples=[w for w in result.warnings if w.startswith("withheld: ")],
+                switch=RESTORE_PRIVILEGED_KEY,
             )
+        return result.withheld
 
     def _workers(self, key: str) -> int:
         """The agent's workers per assignment, lowered to the bound the CR's ``key`` asks for."""
@@ -366,14 +395,18 @@ class AssignmentRunner:
             result=tuple(sorted(result_map.items())),
         )
 
-    def _finish_download(self, path: Path) -> AssignmentResult:
+    def _finish_download(self, path: Path, withheld: Withheld | None) -> AssignmentResult:
+        """The coordinator writes Completed with this result's message (DataDownloads have no
+        dataMoverResult in Velero's schema: the message is where what was withheld shows)."""
         total = max(self.bytes_total, self.bytes_done)
         self._write_status(_progress_mutation(total, total))
         log.info("restore written; the coordinator hands the volume over", bytes=total)
+        message = _withheld_message(withheld) if withheld else ""
         return AssignmentResult(
             self.assignment.assignment_id,
             self.assignment.epoch,
             Outcome.COMPLETED,
+            message,
             path=str(path),
             bytes_total=total,
             bytes_done=total,
@@ -440,6 +473,27 @@ def _skipped_message(skipped: list[str]) -> str:
     return (
         f"completed with {len(skipped)} unreadable file(s) skipped "
         f"({ON_UNREADABLE_KEY}: skip): {listed}{more}"
+    )
+
+
+def _require_snapshot_kind(repo: Repository, snapshot_id: str, block: bool) -> None:
+    """The target PVC's volumeMode, which Velero copied from the user's PVC, decides the mode; a
+    snapshot of the other kind fails before anything is written."""
+    kind = repo.load_snapshot(snapshot_id).kind
+    if kind is (SnapshotKind.BLOCK if block else SnapshotKind.FILESYSTEM):
+        return
+    mode, needed = ("Block", "Filesystem") if block else ("Filesystem", "Block")
+    what = "a filesystem" if kind is SnapshotKind.FILESYSTEM else "a block device image"
+    raise InvalidInput(
+        f"the target PVC has volumeMode {mode} but snapshot {snapshot_id[:16]} holds {what}; "
+        f"restore it into a PVC with volumeMode {needed}"
+    )
+
+
+def _withheld_message(withheld: Withheld) -> str:
+    return (
+        f"restored without the privileges the snapshot records: {withheld.summary()} "
+        f'(set spec.dataMoverConfig {RESTORE_PRIVILEGED_KEY}: "true" to restore them)'
     )
 
 

@@ -26,6 +26,10 @@ class Conflict(TemporaryError):
     """Someone changed the object since it was read (HTTP 409): re-read it and try again."""
 
 
+class TooManyRequests(TemporaryError):
+    """The server refused for now (HTTP 429): API throttling, or a PodDisruptionBudget holding an eviction."""
+
+
 class Expired(TemporaryError):
     """A resourceVersion is too old for the API server (HTTP 410 Gone): list again, then watch."""
 

@@ -100,9 +100,12 @@ AUDIT_POLICY: Obj = {
 # The coordinator's own defaults (coordinator/main.py), not the tests' quick ones.
 # The coordinator's own defaults: its timings, and JSON logs (the test environment's console logs
 # cost more to render than a production coordinator pays).
+# The one deviation: every agent of the fleet reaches the coordinator from one address (through
+# LocalService, as behind a NAT), so the per-address handshake limit is raised to the fleet's size.
 COORDINATOR_DEFAULTS = (
     *("--heartbeat-interval", "5", "--agent-timeout", "20", "--lease-duration", "15"),
     *("--log-format", "json"),
+    *("--max-handshakes-per-peer", "256"),
 )
 # Backups of unequal size, created biggest first: a fair coordinator finishes the small ones early.
 BACKUP_SHARES = (

@@ -13,8 +13,12 @@ every key Velero's node-agent config understands keeps its meaning, so an existi
 * ``restorePVC.ignoreDelayBinding``, ``podResources``, ``priorityClassName``.
 
 Barge's keys: ``prepareTimeout`` (30m), ``agentGracePeriod`` (60s), ``drainGracePeriod`` (10m),
-``maxReexposures`` (3), ``image`` (exposer pods). Repository settings
-(password Secret, compression) are the agents': they open and create repositories.
+``maxReexposures`` (3), ``image`` (exposer pods), ``deletedBackups.checkInterval`` (10m; 0 turns
+it off) and ``deletedBackups.gracePeriod`` (1h): how often the leader looks for snapshots of
+deleted Velero backups, and how long a backup must have been deleted before they are forgotten.
+Repository settings (password Secret, compression) are the agents' flags: they open and create
+repositories (the coordinator only creates the password Secret when missing:
+``--generate-repository-password``).
 
 Unknown keys and values of the wrong type raise ``InvalidInput`` naming the key path
 (``loadConcurrency.perNodeConfig[1].number``) and the expected type. Pure: no I/O.
@@ -34,7 +38,6 @@ T = TypeVar("T")
 Pairs = tuple[tuple[str, str], ...]
 
 DEFAULT_EXPOSER_IMAGE = "busybox:1.36"
-# Names of a Secret and its key, not secrets.
 
 _DURATION_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|ms|s|m|h)")
 _UNIT_SECONDS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
@@ -154,6 +157,14 @@ class PodResources:
 
 
 @dataclass(frozen=True)
+class DeletedBackupsConfig:
+    """How the snapshots of deleted Velero backups are forgotten (``coordinator.lifecycle``)."""
+
+    check_interval: timedelta = timedelta(minutes=10)  # 0: never (snapshots are kept forever)
+    grace_period: timedelta = timedelta(hours=1)
+
+
+@dataclass(frozen=True)
 class CoordinatorConfig:
     load_concurrency: LoadConcurrency = field(default_factory=LoadConcurrency)
     prepare_queue_length: int | None = None  # None: 4x the transfer slots (scheduler.prepare_queue_limit)
@@ -167,6 +178,7 @@ class CoordinatorConfig:
     drain_grace_period: timedelta = timedelta(minutes=10)
     max_reexposures: int = 3
     image: str = DEFAULT_EXPOSER_IMAGE
+    deleted_backups: DeletedBackupsConfig = field(default_factory=DeletedBackupsConfig)
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any] | None) -> CoordinatorConfig:
@@ -284,9 +296,18 @@ def _parse_config(root: _Section) -> CoordinatorConfig:
             drain_grace_period=_duration(s, "drainGracePeriod", timedelta(minutes=10)),
             max_reexposures=_positive(s, "maxReexposures", 3, minimum=0),
             image=s.get("image", str, DEFAULT_EXPOSER_IMAGE) or DEFAULT_EXPOSER_IMAGE,
+            deleted_backups=_parsed(s.section("deletedBackups"), _parse_deleted_backups),
         )
 
     return _parsed(root, parse)
+
+
+def _parse_deleted_backups(section: _Section) -> DeletedBackupsConfig:
+    defaults = DeletedBackupsConfig()
+    return DeletedBackupsConfig(
+        check_interval=_duration(section, "checkInterval", defaults.check_interval),
+        grace_period=_duration(section, "gracePeriod", defaults.grace_period),
+    )
 
 
 def _parse_selector(section: _Section) -> LabelSelector:

@@ -16,6 +16,7 @@ from typing import Any
 import structlog
 
 from barge.clock import Clock
+from barge.control.messages import RunningAssignment
 from barge.control.naming import LABEL_MANAGED_BY, MANAGED_BY
 from barge.errors import BargeError, TemporaryError
 from barge.kube.client import ApiClient
@@ -39,7 +40,7 @@ from barge.kube.resources import (
 from barge.kube.status import StatusWriter
 from barge.retry import Backoff
 from coordinator.config import CoordinatorConfig
-from coordinator.decide import decide
+from coordinator.decide import claim_problem, decide
 from coordinator.executor import Executor
 from coordinator.hub import Hub
 from coordinator.metrics import CoordinatorMetrics
@@ -47,6 +48,7 @@ from coordinator.model import TERMINAL_PHASES, AgentView
 from coordinator.ports import CacheFeed, ControllerAdapters, EventHandler, FeedFactory
 from coordinator.routing import Changes, References, keys_for_event, owner_key
 from coordinator.scheduler import ItemKey, WorkItem, admit
+from coordinator.sweeper import Sweeper
 from coordinator.workqueue import WorkQueue
 from coordinator.world import Context, CrViews, agent_views, is_ours, node_states, observe, work_items
 
@@ -104,6 +106,7 @@ class Controller:
         identity: str,
         workers: int = 2,
         resync_s: float = 30.0,
+        sweeper: Sweeper | None = None,
     ) -> None:
         self.namespace = namespace
         self.config = config
@@ -113,11 +116,13 @@ class Controller:
         self._identity = identity
         self._workers = workers
         self._resync_s = resync_s
+        self._sweeper = sweeper
         self._queue: WorkQueue[ItemKey] = WorkQueue(clock)
         self._stopping = threading.Event()
         self._threads: list[threading.Thread] = []
         self._failures: Counter[ItemKey] = Counter()
         self._cordoned_since: dict[str, datetime] = {}
+        self._leading_since: datetime | None = None  # this controller runs for one leader term
         self._drained: set[str] = set()
         self._admissions: frozenset[ItemKey] = frozenset()
         self._agents: tuple[AgentView, ...] = ()
@@ -138,6 +143,7 @@ class Controller:
             cached=lambda resource, namespace, name: self.caches.get(resource.kind, namespace, name),
         )
         hub.on_change = self._on_hub_change
+        hub.claim_problem = self._claim_problem
 
     # -- lifecycle --------------------------------------------------------------------------------
 
@@ -147,16 +153,21 @@ class Controller:
         for kind, informer in self._informers.items():
             if not informer.wait_synced(sync_timeout):
                 raise TemporaryError(f"the {kind} cache did not sync within {sync_timeout:.0f}s")
+        self._leading_since = self._clock.now()  # agents can find this leader from about now
         self.recompute_admissions()
         self._enqueue_all()
         self._spawn(self._admission_loop, "admission")
         for index in range(self._workers):
             self._spawn(self._work, f"reconcile-{index}")
         self._spawn(self._tick, "resync")
+        if self._sweeper is not None:
+            self._sweeper.start()
         log.info("controller started", namespace=self.namespace, workers=self._workers)
 
     def stop(self) -> None:
         self._stopping.set()
+        if self._sweeper is not None:
+            self._sweeper.stop()
         self._queue.close()
         for informer in self._informers.values():
             informer.stop()
@@ -228,6 +239,19 @@ class Controller:
         if key is not None:
             self._queue.add(key)
 
+    def _claim_problem(self, node: str, claim: RunningAssignment) -> str:
+        """What is wrong with an agent's claim to run ``claim`` (``decide.claim_problem``), checked
+        against the CR in the cache: a new leader adopts only what the CR's fence names."""
+        key = self._references.by_uid(claim.assignment_id)
+        obj = self.caches.get(key.kind, key.namespace, key.name) if key is not None else None
+        if key is None or obj is None:
+            return claim_problem(None, node, claim)
+        try:
+            cr = self._views.view(key.kind, obj)
+        except BargeError as err:
+            return f"{key.kind} {key.namespace}/{key.name} cannot be read: {err}"
+        return claim_problem(cr, node, claim)
+
     def _enqueue_all(self, active_only: bool = False) -> None:
         for kind in _CR_KINDS:
             for obj in self.caches.items(kind):
@@ -247,13 +271,19 @@ class Controller:
 
     def _work(self) -> None:
         while not self._stopping.is_set():
-            key = self._queue.get(timeout=1.0)
-            if key is None:
-                continue
-            try:
-                self._reconcile_safely(key)
-            finally:
-                self._queue.done(key)
+            self.process_next(timeout=1.0)
+
+    def process_next(self, timeout: float) -> ItemKey | None:
+        """Reconcile the next queued CR, as each worker thread does in a loop; None when nothing was
+        due within ``timeout``. A failed reconcile is queued again after a backoff, never dropped."""
+        key = self._queue.get(timeout=timeout)
+        if key is None:
+            return None
+        try:
+            self._reconcile_safely(key)
+        finally:
+            self._queue.done(key)
+        return key
 
     def _tick(self) -> None:
         """Cordon tracking and gauges every few seconds; a full pass over live items every resync."""
@@ -302,7 +332,7 @@ class Controller:
     def _context(self) -> Context:
         with self._lock:
             agents = self._agents
-        return Context(self._clock.now(), self.config, self._identity, agents)
+        return Context(self._clock.now(), self.config, self._identity, agents, self._leading_since)
 
     def _admitted(self, key: ItemKey) -> bool:
         with self._lock:
@@ -320,7 +350,7 @@ class Controller:
             self._stopping.wait(_ADMISSION_INTERVAL_S)
 
     def recompute_admissions(self) -> None:
-        agents = agent_views(self.caches, self._hub, dict(self._cordoned_since))
+        agents = agent_views(self.caches, self._hub, dict(self._cordoned_since), self._leading_since)
         items = self._work_items()
         with self._lock:
             previous = self._admissions

@@ -33,6 +33,7 @@ from coordinator.model import (
     AssignmentView,
     BindRestoredVolume,
     CreateExposure,
+    CrView,
     DeleteExposure,
     DeleteSourceSnapshot,
     MarkReexposure,
@@ -466,8 +467,8 @@ def _complete(o: Observed, result: messages.AssignmentResult) -> Actions:
     target = o.target_pvc
     if target is None:
         return _fail(o, f"the target PVC {_target(o)} disappeared; the restored volume has nowhere to go")
-    if target.volume_name:
-        return _settle(o, Phase.COMPLETED, "", tuple(fields))
+    if target.volume_name:  # the agent's message: what the restore withheld, if anything
+        return _settle(o, Phase.COMPLETED, result.message, tuple(fields))
     if o.exposure.pv_name and not _pointed_at_target(o):
         return (_bind(o), _wait(o, _operation_deadline(o)))
     timeout = _operation_timeout(o, f"for the restored volume to bind to PVC {_target(o)}")
@@ -567,13 +568,19 @@ def _unusable_node(o: Observed, node: str) -> str:
 
 
 def _agent_grace_end(o: Observed, node: str) -> datetime | None:
-    """When a missing agent's work on ``node`` may be moved (None: the agent is connected)."""
+    """When a missing agent's work on ``node`` may be moved (None: the agent is connected): the
+    grace counts from when it was last seen (or the work started), but no earlier than this leader's
+    term began, since no agent can reach a coordinator that does not lead: after a failover or a
+    re-election every agent needs a moment to find the leader and report what it runs."""
     agent = o.agent(node)
     if agent is not None and agent.connected:
         return None
     since = agent.disconnected_since if agent is not None else None
     since = since or o.cr.started_at or o.cr.accepted_at
-    return since + o.config.agent_grace_period if since else None
+    if since is not None and o.leading_since is not None:
+        since = max(since, o.leading_since)  # no agent could reach this leader before its term began
+    ends = [since + o.config.agent_grace_period if since else None, agent.reconnect_by if agent else None]
+    return max((end for end in ends if end is not None), default=None)
 
 
 def _agent_gone(o: Observed, node: str) -> str:
@@ -636,6 +643,31 @@ def _current_node(o: Observed) -> str:
     if view is not None:
         return view.node
     return o.cr.fence.node if o.cr.fence else o.cr.node
+
+
+# The phases in which the agent the fence names may be running the CR's assignment.
+_RUNNABLE_PHASES = (Phase.PREPARED, Phase.IN_PROGRESS, Phase.CANCELING)
+
+
+def claim_problem(cr: CrView | None, node: str, claim: messages.RunningAssignment) -> str:
+    """Why an agent's claim to run ``claim`` on ``node`` must not be adopted ("": adopt it).
+
+    A new leader knows only what agents claim in their Hello and what the CRs say. The fence is
+    the CR's record of the one epoch and node that may run it (written before the assignment is
+    sent), so a claim that matches it, on a CR still in a runnable phase, is the work the previous
+    leader handed out; any other (an older epoch, another node's, a finished or deleted CR's, or a
+    forged one) would let the agent steer the CR's decisions, and is stopped instead."""
+    if cr is None or cr.uid != claim.assignment_id:
+        return f"no DataUpload or DataDownload has uid {claim.assignment_id}"
+    if cr.datamover != DATAMOVER:
+        return f"{cr.ref} is not served by Barge"
+    if cr.deleting or cr.phase not in _RUNNABLE_PHASES:
+        return f"{cr.ref} is {'being deleted' if cr.deleting else cr.phase}"
+    claimed = Fence(claim.epoch, node)
+    if cr.fence != claimed:
+        holder = cr.fence.render() if cr.fence is not None else "no assignment"
+        return f"{cr.ref} is fenced to {holder}, not {claimed.render()}"
+    return ""
 
 
 def _reserved_epoch(o: Observed) -> int | None:

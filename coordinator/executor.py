@@ -29,7 +29,7 @@ from barge.kube.resources import (
     Resource,
     resource_for,
 )
-from coordinator.exposer import manifests
+from coordinator.exposer import budget_outdated, manifests
 from coordinator.metrics import CoordinatorMetrics
 from coordinator.model import (
     REEXPOSED_AT_ANNOTATION,
@@ -208,13 +208,17 @@ class Executor:
     # -- exposure ---------------------------------------------------------------------------------
 
     def _create_exposure(self, action: CreateExposure) -> None:
-        """Create the parts the cache does not show (a part created meanwhile is AlreadyExists: fine)."""
+        """Create the parts the cache does not show (a part created meanwhile is AlreadyExists: fine);
+        bring the namespace's budget up to date if an earlier version made it."""
         for manifest in manifests(action.plan).in_creation_order():
             resource = resource_for(manifest["kind"])
             meta = manifest["metadata"]
-            if self._cached is not None and self._cached(resource, meta.get("namespace"), meta["name"]):
-                continue
-            self._objects.create(resource, manifest, exist_ok=True)
+            cached = self._cached(resource, meta.get("namespace"), meta["name"]) if self._cached else None
+            if cached is None:
+                self._objects.create(resource, manifest, exist_ok=True)
+            elif resource == POD_DISRUPTION_BUDGET and budget_outdated(cached):
+                self._objects.patch(resource, meta["namespace"], meta["name"], {"spec": manifest["spec"]})
+                log.info("exposer budget brought up to date", namespace=meta["namespace"])
 
     def _delete_exposure(self, cr: CrView, action: DeleteExposure) -> None:
         parts: list[tuple[Resource, str | None]] = [

@@ -11,11 +11,15 @@ Velero's source VolumeSnapshot/Content (``coordinator.model.ReleaseSourceSnapsho
 is then the only owner of the storage snapshot, and deleting it at the end deletes the snapshot.
 DataDownload: an empty PVC shaped like the target PVC -> pod mounting it.
 Both: the namespace's one PodDisruptionBudget for exposer pods (``EXPOSER_BUDGET``,
-maxUnavailable 0 over the pods labelled ``EXPOSER_ROLE``), made before the first pod, so
-``kubectl drain`` cannot evict an exposer pod while data moves; the coordinator deletes the pod
-itself once the work has been handed off (or drainGracePeriod is over), which is what lets the drain
-end. One budget for all, not one per exposure: a burst of thousands costs no budget writes, and the
-disruption controller tracks one object instead of thousands.
+maxUnavailable 0 over the pods labelled ``EXPOSER_ROLE``, ``unhealthyPodEvictionPolicy:
+AlwaysAllow``), made before the first pod, so ``kubectl drain`` cannot evict a *Ready* exposer pod;
+the coordinator deletes the pod itself once the work has been handed off (or drainGracePeriod is
+over), which is what lets the drain end. A pod is Ready only while the agent on its node vouches
+that it moves the pod's data with a coordinator on its stream (the exec readiness probe reads the
+vouch from the pod's emptyDir ``EXPOSER_STATUS_VOLUME``), so with no coordinator or no agent the
+pod turns unready and the drain evicts it within ``DRAIN_BOUND_S`` (docs/control-plane.md
+"Drains"). One budget for all, not one per exposure: a burst of thousands costs no budget writes,
+and the disruption controller tracks one object instead of thousands.
 
 Everything else is named after the CR, lives in the CR's namespace, carries
 ``barge.control.naming.owned_labels`` and (namespaced objects) a controller ownerReference to the CR.
@@ -25,6 +29,7 @@ the kubelet's path, so the pod runs non-root with no privileges, for Block volum
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -34,10 +39,15 @@ from barge.control.naming import (
     DATA_MOVER_VERSION,
     EXPOSER_BUDGET,
     EXPOSER_POD_LABELS,
+    EXPOSER_STATUS_PATH,
+    EXPOSER_STATUS_VOLUME,
     FILESYSTEM_MOUNT_PATH,
     LABEL_MANAGED_BY,
     MANAGED_BY,
+    READINESS_FAILURES,
+    READINESS_PERIOD_S,
     VELERO_GROUP,
+    VOUCH_FILE,
     owned_labels,
 )
 from coordinator.config import LabelSelector, PodResources
@@ -53,6 +63,10 @@ SNAPSHOT_API = "snapshot.storage.k8s.io/v1"
 EXPOSER_COMMAND = ("/bin/sh", "-c", "trap 'exit 0' TERM; sleep infinity & wait")
 EXPOSER_USER = 65532
 VOLUME_NAME = "volume"
+# Ready while the agent's vouch (a Unix time, in the working directory: the status volume) is in
+# the future; a missing or stale vouch fails. sh and coreutils' date only: the probe runs every
+# few seconds in every exposer pod, so it must cost next to nothing.
+READINESS_COMMAND = ("/bin/sh", "-c", f'read -r until < {VOUCH_FILE} && [ "$until" -gt "$(date +%s)" ]')
 
 Manifest = dict[str, Any]
 
@@ -130,7 +144,7 @@ def _plan(
         read_only=False,
         image=config.image,
         node_selector=config.affinity_for(storage_class),
-        avoid_nodes=tuple(sorted(a.node for a in observed.agents if not a.connected or a.cordoned)),
+        avoid_nodes=tuple(sorted(a.node for a in observed.agents if a.unusable(observed.now))),
         resources=config.pod_resources,
         priority_class_name=config.priority_class_name,
     )
@@ -218,8 +232,10 @@ def _pvc(plan: ExposurePlan, from_snapshot: bool) -> Manifest:
 
 
 def exposer_budget(namespace: str) -> Manifest:
-    """The budget that refuses every eviction of an exposer pod in ``namespace``. It belongs to no
-    CR (the exposures come and go; it stays), so it carries only the managed-by label."""
+    """The budget that refuses every eviction of a Ready exposer pod in ``namespace`` and allows
+    that of an unready one (AlwaysAllow; the default would hold an unready pod as long as any pod
+    of the budget is unready). It belongs to no CR (the exposures come and go; it stays), so it
+    carries only the managed-by label."""
     return {
         "apiVersion": "policy/v1",
         "kind": "PodDisruptionBudget",
@@ -228,8 +244,21 @@ def exposer_budget(namespace: str) -> Manifest:
             "namespace": namespace,
             "labels": {LABEL_MANAGED_BY: MANAGED_BY},
         },
-        "spec": {"maxUnavailable": 0, "selector": {"matchLabels": dict(EXPOSER_POD_LABELS)}},
+        "spec": {
+            "maxUnavailable": 0,
+            "selector": {"matchLabels": dict(EXPOSER_POD_LABELS)},
+            "unhealthyPodEvictionPolicy": "AlwaysAllow",
+        },
     }
+
+
+def budget_outdated(budget: Mapping[str, Any]) -> bool:
+    """A budget made by an earlier version (without AlwaysAllow, it would hold an unready pod, and
+    so a drain, while Barge is down): its spec is brought up to date once (never deleted: that
+    would leave every exposer pod of the namespace unprotected for a moment)."""
+    wanted = exposer_budget("")["spec"]
+    spec = budget.get("spec") or {}
+    return any(spec.get(field) != value for field, value in wanted.items())
 
 
 def _pod(plan: ExposurePlan) -> Manifest:
@@ -246,7 +275,9 @@ def _pod(plan: ExposurePlan) -> Manifest:
             {
                 "name": VOLUME_NAME,
                 "persistentVolumeClaim": {"claimName": plan.name, "readOnly": plan.read_only},
-            }
+            },
+            # Where the node's agent keeps its vouch (a few bytes): see READINESS_COMMAND.
+            {"name": EXPOSER_STATUS_VOLUME, "emptyDir": {"sizeLimit": "1Mi"}},
         ],
     }
     affinity = _node_affinity(plan)
@@ -274,17 +305,28 @@ def _container(plan: ExposurePlan) -> Manifest:
         "name": "expose",
         "image": plan.image,
         "command": list(EXPOSER_COMMAND),
+        "workingDir": EXPOSER_STATUS_PATH,
+        "readinessProbe": {
+            "exec": {"command": list(READINESS_COMMAND)},
+            "periodSeconds": READINESS_PERIOD_S,
+            "failureThreshold": READINESS_FAILURES,
+            "successThreshold": 1,
+            "timeoutSeconds": 2,
+        },
         "securityContext": {
             "allowPrivilegeEscalation": False,
             "readOnlyRootFilesystem": True,
             "capabilities": {"drop": ["ALL"]},
         },
     }
+    status_mount = {"name": EXPOSER_STATUS_VOLUME, "mountPath": EXPOSER_STATUS_PATH, "readOnly": True}
     if plan.volume_mode is VolumeMode.BLOCK:
         container["volumeDevices"] = [{"name": VOLUME_NAME, "devicePath": BLOCK_DEVICE_PATH}]
+        container["volumeMounts"] = [status_mount]
     else:
         container["volumeMounts"] = [
-            {"name": VOLUME_NAME, "mountPath": FILESYSTEM_MOUNT_PATH, "readOnly": plan.read_only}
+            {"name": VOLUME_NAME, "mountPath": FILESYSTEM_MOUNT_PATH, "readOnly": plan.read_only},
+            status_mount,
         ]
     rendered = _resources(plan.resources)
     if rendered:

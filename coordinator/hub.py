@@ -1,7 +1,9 @@
 """The coordinator's record of agents and of the assignments they run (implements ``AgentHub``).
 
 Only memory: after a failover the new leader rebuilds it from the agents' Hello messages (each lists
-what it runs) and from the CRs in the API server. Every change that could alter a decision calls
+what it runs) and from the CRs in the API server: a claim is adopted only where ``claim_problem``
+(the controller's check against the CR's fence, ``decide.claim_problem``) finds nothing wrong, and
+the agent is told to stop any other. Every change that could alter a decision calls
 ``on_change(assignment_id)`` so the controller reconciles that CR promptly.
 """
 
@@ -9,6 +11,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
+from concurrent.futures import Future
 from dataclasses import dataclass, replace
 from datetime import datetime
 
@@ -24,12 +27,22 @@ from barge.control.messages import (
     Heartbeat,
     ProgressReport,
     RunningAssignment,
+    Sweep,
+    SweepResult,
 )
 from barge.control.ports import AgentSession
+from barge.errors import TemporaryError
 from coordinator.metrics import CoordinatorMetrics
 from coordinator.model import AssignmentView, HubState
 
 log = structlog.get_logger("barge.coordinator")
+
+# (node, claim) -> why the claim must not be adopted, "" to adopt it (see decide.claim_problem).
+ClaimCheck = Callable[[str, RunningAssignment], str]
+
+
+def _no_controller(node: str, claim: RunningAssignment) -> str:
+    return "no controller runs to check it against its DataUpload or DataDownload"
 
 
 @dataclass(frozen=True)
@@ -40,28 +53,46 @@ class _Record:
 
 class Hub:
     def __init__(
-        self, clock: Clock, metrics: CoordinatorMetrics, on_change: Callable[[str], None] = lambda _id: None
+        self,
+        clock: Clock,
+        metrics: CoordinatorMetrics,
+        on_change: Callable[[str], None] = lambda _id: None,
+        claim_problem: ClaimCheck = _no_controller,
     ) -> None:
         self._clock = clock
         self._metrics = metrics
         self.on_change = on_change
+        self.claim_problem = claim_problem
         self._lock = threading.Lock()
         self._sessions: dict[str, AgentSession] = {}
         self._disconnected_since: dict[str, datetime] = {}
         self._connected_since: dict[str, datetime] = {}
         self._records: dict[str, _Record] = {}
+        self._sweeps: dict[str, tuple[str, Future[SweepResult]]] = {}  # sweep id -> (node, answer)
 
     # -- AgentHub -------------------------------------------------------------------------------
 
     def agent_connected(self, session: AgentSession) -> None:
+        running = session.hello.running
+        problems = {claim: self.claim_problem(session.node, claim) for claim in running}  # reads caches
         with self._lock:
             self._sessions[session.node] = session
             self._disconnected_since.pop(session.node, None)
             self._connected_since[session.node] = self._clock.now()
-            changed = self._reconcile_running(session.node, session.hello.running, adopt=True)
+            changed, refused = self._adopt(session.node, running, problems)
+            changed += self._reconcile_running(session.node, running)
             self._metrics.agents_connected.set(len(self._sessions))
         self._metrics.node_seen(session.node)
-        log.info("agent connected", node=session.node, running=len(session.hello.running))
+        log.info("agent connected", node=session.node, running=len(running))
+        for claim, problem in refused:
+            log.warning(
+                "stopping work the agent claims but may not run",
+                node=session.node,
+                assignment=claim.assignment_id,
+                epoch=claim.epoch,
+                reason=problem,
+            )
+            session.send(CancelAssignment(claim.assignment_id, claim.epoch, f"not adopted: {problem}", True))
         self._notify(changed)
 
     def agent_event(self, session: AgentSession, event: AgentEvent) -> None:
@@ -72,7 +103,9 @@ class Hub:
             elif isinstance(event, AssignmentResult):
                 changed = self._result(session.node, event)
             elif isinstance(event, Heartbeat):
-                changed = self._reconcile_running(session.node, event.running, adopt=False)
+                changed = self._reconcile_running(session.node, event.running)
+            elif isinstance(event, SweepResult):
+                self._sweep_answered(session.node, event)
         self._notify(changed)
 
     def agent_disconnected(self, session: AgentSession) -> None:
@@ -84,6 +117,7 @@ class Hub:
             self._disconnected_since[session.node] = self._clock.now()
             changed = [i for i, r in self._records.items() if r.view.node == session.node]
             self._metrics.agents_connected.set(len(self._sessions))
+            self._fail_sweeps(session.node)
         log.warning("agent disconnected", node=session.node)
         self._notify(changed)
 
@@ -109,6 +143,31 @@ class Hub:
         with self._lock:
             record = self._records.get(assignment_id)
             return record.view if record else None
+
+    def connected_nodes(self, agent_version: str | None = None) -> list[str]:
+        """Nodes with a connected agent (of ``agent_version`` only, when given)."""
+        with self._lock:
+            return sorted(
+                node
+                for node, session in self._sessions.items()
+                if agent_version is None or session.hello.agent_version == agent_version
+            )
+
+    def sweep(self, node: str, sweep: Sweep) -> Future[SweepResult] | None:
+        """Ask ``node``'s agent to sweep a location; the future holds its answer (None: not connected).
+        The caller bounds the wait and calls ``sweep_done`` when it gives up or has the answer."""
+        with self._lock:
+            session = self._sessions.get(node)
+            if session is None:
+                return None
+            answer: Future[SweepResult] = Future()
+            self._sweeps[sweep.sweep_id] = (node, answer)
+        session.send(sweep)
+        return answer
+
+    def sweep_done(self, sweep_id: str) -> None:
+        with self._lock:
+            self._sweeps.pop(sweep_id, None)
 
     def assign(self, node: str, assignment: Assignment) -> bool:
         """Send ``assignment`` to ``node``'s agent; False when that agent is not connected."""
@@ -144,9 +203,12 @@ class Hub:
             session.send(Drain(grace_seconds, reason))
 
     def reset(self) -> None:
-        """A leader term ended: its records may be stale; the next term rebuilds them from Hellos."""
+        """A leader term ended: its records may be stale; the next term rebuilds them from Hellos,
+        and knows nothing of the disconnections this one saw (its agents went with its streams)."""
         with self._lock:
             self._records.clear()
+            self._disconnected_since.clear()
+            self._fail_sweeps(None)
 
     def forget(self, assignment_id: str) -> None:
         """The CR is final and cleaned up: nothing more to remember."""
@@ -190,28 +252,45 @@ class Hub:
         self._metrics.results.labels(record.kind or "unknown", event.outcome.value).inc()
         return [event.assignment_id]
 
-    def _reconcile_running(
-        self, node: str, running: tuple[RunningAssignment, ...], *, adopt: bool
-    ) -> list[str]:
-        """Align records with what the agent says it runs: adopt its work (new leader) or drop ours."""
+    def _adopt(
+        self, node: str, running: tuple[RunningAssignment, ...], problems: dict[RunningAssignment, str]
+    ) -> tuple[list[str], list[tuple[RunningAssignment, str]]]:
+        """The claims of a connecting agent that no record of ours matches: adopted where nothing is
+        wrong with them (a new leader learns what runs), refused (to be stopped) otherwise."""
+        adopted: list[str] = []
+        refused: list[tuple[RunningAssignment, str]] = []
+        for item in running:
+            record = self._records.get(item.assignment_id)
+            if record is not None:
+                if (record.view.epoch, record.view.node) != (item.epoch, node):
+                    current = f"epoch {record.view.epoch} on node {record.view.node}"
+                    refused.append((item, f"the assignment is {current}"))
+                continue
+            if problems[item]:
+                refused.append((item, problems[item]))
+                continue
+            now = self._clock.now()
+            view = AssignmentView(
+                epoch=item.epoch,
+                node=node,
+                state=HubState.RUNNING,
+                bytes_done=item.bytes_done,
+                bytes_total=item.bytes_total,
+                running_since=now,
+                bytes_at_running_since=item.bytes_done,
+                progressed_at=now,
+            )
+            self._records[item.assignment_id] = _Record(view)
+            adopted.append(item.assignment_id)
+        return adopted, refused
+
+    def _reconcile_running(self, node: str, running: tuple[RunningAssignment, ...]) -> list[str]:
+        """Align our records with what the agent says it runs: update those it runs, drop those it lost."""
         reported = {r.assignment_id: r for r in running}
         changed: list[str] = []
         for item in running:
             record = self._records.get(item.assignment_id)
-            if record is None and adopt:
-                view = AssignmentView(
-                    epoch=item.epoch,
-                    node=node,
-                    state=HubState.RUNNING,
-                    bytes_done=item.bytes_done,
-                    bytes_total=item.bytes_total,
-                    running_since=self._clock.now(),
-                    bytes_at_running_since=item.bytes_done,
-                    progressed_at=self._clock.now(),
-                )
-                self._records[item.assignment_id] = _Record(view)
-                changed.append(item.assignment_id)
-            elif record is not None and record.view.epoch == item.epoch and record.view.node == node:
+            if record is not None and record.view.epoch == item.epoch and record.view.node == node:
                 state = HubState.RUNNING if record.view.state is HubState.SENT else record.view.state
                 moved = item.bytes_done > record.view.bytes_done
                 view = replace(
@@ -228,6 +307,21 @@ class Hub:
                 del self._records[assignment_id]  # the agent restarted without it: decide reassigns
                 changed.append(assignment_id)
         return changed
+
+    def _fail_sweeps(self, node: str | None) -> None:
+        """The sweeps ``node``'s agent (None: any agent) can no longer answer end at once."""
+        for sweep_id, (asked, answer) in list(self._sweeps.items()):
+            if node is None or asked == node:
+                del self._sweeps[sweep_id]
+                answer.set_exception(TemporaryError(f"the agent on {asked} disconnected during the sweep"))
+
+    def _sweep_answered(self, node: str, result: SweepResult) -> None:
+        waiting = self._sweeps.get(result.sweep_id)
+        if waiting is None or waiting[0] != node:
+            log.info("ignoring the answer to a sweep nobody on this node was asked", node=node)
+            return
+        del self._sweeps[result.sweep_id]
+        waiting[1].set_result(result)
 
     def _started(self, view: AssignmentView, bytes_done: int) -> AssignmentView:
         """Remember when data started to move (the origin of the rate ``decide`` projects)."""

@@ -29,14 +29,18 @@ from barge.control.ports import AgentSession
 from barge.errors import BargeError, InvalidInput, TemporaryError
 from barge.kube.client import ApiClient, api_client
 from barge.kube.leader import LeaderElector
+from barge.kube.resources import SECRET, KubeObjects
 from barge.kube.tokenreview import KubeAuthenticator
 from barge.logs import configure_logging
 from barge.probes import ObservabilityServer, stop_on_signals
 from barge.rpc.server import ControlServer, ServerTls
+from barge.velero.password import DEFAULT_PASSWORD_SECRET, SecretKey
 from coordinator.config import CoordinatorConfig
 from coordinator.controller import Controller, kubernetes_adapters
 from coordinator.hub import Hub
 from coordinator.metrics import CR_KINDS, CoordinatorMetrics
+from coordinator.repository_password import ensure_repository_password
+from coordinator.sweeper import Sweeper
 
 log = structlog.get_logger("barge.coordinator")
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
@@ -86,10 +90,35 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--heartbeat-interval", type=float, default=5.0, help="seconds between agent heartbeats")
     p.add_argument("--agent-timeout", type=float, default=20.0, help="drop a silent agent after (s)")
     p.add_argument(
+        "--hello-timeout", type=float, default=5.0, help="close a stream that sends no Hello within (s)"
+    )
+    p.add_argument(
+        "--max-handshakes",
+        type=int,
+        default=256,
+        help="streams not yet authenticated, in all (apart from the agents' own slots)",
+    )
+    p.add_argument(
+        "--max-handshakes-per-peer",
+        type=int,
+        default=8,
+        help="streams not yet authenticated, per remote address (raise it when agents share one, e.g. a NAT)",
+    )
+    p.add_argument(
         "--workers",
         type=int,
         default=16,
         help="CRs reconciled at once (each waits on API requests, so more workers than cores pay off)",
+    )
+    p.add_argument(
+        "--repository-password-secret",
+        default=f"{DEFAULT_PASSWORD_SECRET.name}/{DEFAULT_PASSWORD_SECRET.key}",
+        help="NAME/KEY of the Secret (in Velero's namespace) with the repository password",
+    )
+    p.add_argument(
+        "--generate-repository-password",
+        action="store_true",
+        help="create that Secret with a random password at start when it does not exist",
     )
     p.add_argument("--log-level", default="info")
     p.add_argument("--log-format", choices=("json", "console"), default="json")
@@ -130,6 +159,10 @@ def run(args: argparse.Namespace) -> int:
     identity = os.environ.get("POD_NAME") or f"{socket.gethostname()}-{os.getpid()}"
     # Each informer holds one connection for its watch; every worker may hold one more.
     api = api_client(Path(args.kubeconfig) if args.kubeconfig else None, connections=args.workers + 24)
+    if args.generate_repository_password:
+        secret = SecretKey.parse(args.repository_password_secret)
+        objects = KubeObjects(api)
+        ensure_repository_password(lambda body: objects.create(SECRET, body), args.watch_namespace, secret)
     metrics = CoordinatorMetrics()
     hub = Hub(clock, metrics)
     leading = threading.Event()
@@ -137,8 +170,19 @@ def run(args: argparse.Namespace) -> int:
 
     def new_controller() -> Controller:
         """Fresh informer caches every leader term: nothing from an earlier term is trusted."""
+        adapters = kubernetes_adapters(api, clock, identity)
+        sweeper = Sweeper(
+            objects=KubeObjects(api),
+            events=adapters.events,
+            hub=hub,
+            metrics=metrics,
+            clock=clock,
+            namespace=args.watch_namespace,
+            config=config.deleted_backups,
+        )
         return Controller(
-            kubernetes_adapters(api, clock, identity),
+            adapters,
+            sweeper=sweeper,
             namespace=args.watch_namespace,
             config=config,
             hub=hub,
@@ -169,13 +213,16 @@ def _control_server(
 ) -> ControlServer:
     return ControlServer(
         gate,
-        KubeAuthenticator(api, args.agent_service_account, (args.token_audience,)),
+        KubeAuthenticator(api, args.agent_service_account, (args.token_audience,), clock=clock),
         address=f"{args.grpc_address}:{args.grpc_port}",
         tls=ServerTls(Path(args.tls_cert_file), Path(args.tls_key_file)),
         clock=clock,
         heartbeat_interval_s=args.heartbeat_interval,
         agent_timeout_s=args.agent_timeout,
         coordinator_id=identity,
+        hello_timeout_s=args.hello_timeout,
+        max_handshakes=args.max_handshakes,
+        max_handshakes_per_peer=args.max_handshakes_per_peer,
     )
 
 

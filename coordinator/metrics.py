@@ -74,6 +74,18 @@ class CoordinatorMetrics:
             ["kind", "node"],
             registry=r,
         )
+        self.snapshots_forgotten = Counter(
+            "barge_coordinator_snapshots_forgotten",
+            "Snapshots of deleted Velero backups forgotten, by BackupStorageLocation",
+            ["location"],
+            registry=r,
+        )
+        self.location_sweeps = Counter(
+            "barge_coordinator_location_sweeps",
+            "Sweeps of a location for deleted backups, by result (ok, failed, no_agent)",
+            ["result"],
+            registry=r,
+        )
         self.api_errors = Counter(
             "barge_coordinator_api_errors",
             "Kubernetes API calls that failed, by action",

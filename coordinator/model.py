@@ -24,6 +24,7 @@ How the controller fills ``Observed`` (one CR):
 * ``agents``: one ``AgentView`` per node the hub or the node informer knows about.
 * ``assignment``: the hub's record for this CR's assignment (latest epoch), or ``None``.
 * ``admitted``: ``True`` if ``coordinator.scheduler.admit`` admitted this CR in this pass.
+* ``leading_since``: when this coordinator's leader term (its controller) began.
 
 How to execute the actions: see each class's docstring. Actions are idempotent by design (creating
 something that exists, deleting something absent, re-sending a cancel are harmless).
@@ -364,6 +365,16 @@ class AgentView:
     cordoned: bool = False  # node.spec.unschedulable
     cordoned_since: datetime | None = None
     labels: Pairs = ()  # the node's labels (scheduler)
+    # Not connected and not seen since this leader started: it is given until then to reconnect
+    # (AGENT_RECONNECT_WINDOW_S after the start) before it is judged gone or avoided. None otherwise.
+    reconnect_by: datetime | None = None
+
+    def unusable(self, now: datetime) -> bool:
+        """No place for new work: cordoned, or its agent is gone (not merely reconnecting to a
+        leader that has just started)."""
+        if self.cordoned:
+            return True
+        return not self.connected and (self.reconnect_by is None or now >= self.reconnect_by)
 
 
 class HubState(Enum):
@@ -415,6 +426,9 @@ class Observed:
     agents: tuple[AgentView, ...] = ()
     assignment: AssignmentView | None = None
     admitted: bool = False
+    # When this coordinator began leading: it has seen no agent before then, so an agent it never
+    # saw connected gets agentGracePeriod from here to reconnect (None: counts from the work's start).
+    leading_since: datetime | None = None
 
     def agent(self, node: str) -> AgentView | None:
         return next((a for a in self.agents if a.node == node), None)

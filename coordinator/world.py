@@ -9,10 +9,10 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, Protocol
 
-from barge.control.naming import DATAMOVER, EXPOSER_BUDGET, LABEL_OWNER_UID
+from barge.control.naming import AGENT_RECONNECT_WINDOW_S, DATAMOVER, EXPOSER_BUDGET, LABEL_OWNER_UID
 from coordinator.config import CoordinatorConfig
 from coordinator.model import (
     DATA_UPLOAD,
@@ -62,6 +62,7 @@ class Context:
     config: CoordinatorConfig
     coordinator_id: str
     agents: tuple[AgentView, ...]
+    leading_since: datetime | None = None  # when this leader term's controller started
 
 
 def is_ours(cr: Obj) -> bool:
@@ -74,12 +75,19 @@ def key_of(cr: Obj) -> ItemKey:
 
 
 def agent_views(
-    caches: Caches, hub: HubView, cordoned_since: Mapping[str, datetime]
+    caches: Caches,
+    hub: HubView,
+    cordoned_since: Mapping[str, datetime],
+    leading_since: datetime | None = None,
 ) -> tuple[AgentView, ...]:
+    """``leading_since``: when this leader's term began; an agent not seen since then is given
+    until ``AGENT_RECONNECT_WINDOW_S`` after it to reconnect (``AgentView.reconnect_by``)."""
     views = []
+    window = timedelta(seconds=AGENT_RECONNECT_WINDOW_S)
     for node in caches.items(NODE):
         name = str(node["metadata"]["name"])
         cordoned = bool((node.get("spec") or {}).get("unschedulable"))
+        unseen = not hub.connected(name) and hub.disconnected_since(name) is None
         views.append(
             AgentView(
                 node=name,
@@ -89,6 +97,7 @@ def agent_views(
                 cordoned=cordoned,
                 cordoned_since=cordoned_since.get(name) if cordoned else None,
                 labels=tuple(sorted((node["metadata"].get("labels") or {}).items())),
+                reconnect_by=leading_since + window if unseen and leading_since else None,
             )
         )
     return tuple(sorted(views, key=lambda a: a.node))
@@ -127,6 +136,7 @@ def observe(
         agents=context.agents,
         assignment=hub.assignment(cr.uid),
         admitted=admitted,
+        leading_since=context.leading_since,
     )
 
 

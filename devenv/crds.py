@@ -7,12 +7,15 @@ from typing import Any
 
 import yaml
 from kubernetes import client
-from kubernetes.client.exceptions import ApiException
 
+from barge.errors import Conflict
+from barge.kube.resources import KubeObjects, Resource
 from devenv.helm import CHART_DIR
 from devenv.waiting import wait_for
 
-HTTP_CONFLICT = 409
+CUSTOM_RESOURCE_DEFINITION = Resource(
+    "CustomResourceDefinition", "apiextensions.k8s.io", "v1", "customresourcedefinitions", False
+)
 SNAPSHOT_CRDS = (  # the CSI snapshot CRDs, which Velero does not install
     "snapshot.storage.k8s.io_volumesnapshots.yaml",
     "snapshot.storage.k8s.io_volumesnapshotcontents.yaml",
@@ -44,26 +47,20 @@ def load_crd(file_name: str) -> dict[str, Any]:
 
 def apply_crd(api: client.ApiClient, crd: dict[str, Any], timeout: float = 30.0) -> None:
     """Create or replace ``crd`` and wait until the API server reports it Established."""
-    extensions = client.ApiextensionsV1Api(api)
+    objects = KubeObjects(api)
     name = crd["metadata"]["name"]
     try:
-        extensions.create_custom_resource_definition(crd)
-    except ApiException as err:
-        if err.status != HTTP_CONFLICT:
-            raise
-        current = extensions.read_custom_resource_definition(name)
-        replacement = {
-            **crd,
-            "metadata": {**crd["metadata"], "resourceVersion": current.metadata.resource_version},
-        }
-        extensions.replace_custom_resource_definition(name, replacement)
-    _wait_established(extensions, name, timeout)
+        objects.create(CUSTOM_RESOURCE_DEFINITION, crd)
+    except Conflict:
+        current = objects.get(CUSTOM_RESOURCE_DEFINITION, None, name)
+        version = current["metadata"]["resourceVersion"]
+        metadata = {**crd["metadata"], "resourceVersion": version}
+        objects.replace(CUSTOM_RESOURCE_DEFINITION, {**crd, "metadata": metadata})
 
-
-def _wait_established(extensions: client.ApiextensionsV1Api, name: str, timeout: float) -> None:
     def established() -> bool:
-        conditions = extensions.read_custom_resource_definition(name).status.conditions or []
-        return any(c.type == "Established" and c.status == "True" for c in conditions)
+        status = objects.get(CUSTOM_RESOURCE_DEFINITION, None, name).get("status") or {}
+        conditions = status.get("conditions") or []
+        return any(c.get("type") == "Established" and c.get("status") == "True" for c in conditions)
 
     wait_for(established, timeout, what=f"CRD {name} to be Established", interval=0.1)
 

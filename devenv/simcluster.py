@@ -23,26 +23,21 @@ from pathlib import Path
 from types import TracebackType
 
 from kubernetes import client
-from kubernetes.client.exceptions import ApiException
 
 from barge.clock import Clock, SystemClock
-from barge.errors import InvalidInput, NotFound
-from devenv.simapi import (
-    HTTP_CONFLICT,
-    HTTP_NOT_FOUND,
-    HTTP_TOO_MANY_REQUESTS,
-    NODES,
-    PODS,
-    PVCS,
-    PVS,
-    STORAGE_CLASSES,
-    STRATEGIC_PATCH,
-    VOLUME_SNAPSHOT_CLASSES,
-    VOLUME_SNAPSHOT_CONTENTS,
-    VOLUME_SNAPSHOTS,
+from barge.errors import Conflict, InvalidInput, NotFound, TooManyRequests
+from barge.kube.resources import (
+    NODE,
+    PERSISTENT_VOLUME,
+    PERSISTENT_VOLUME_CLAIM,
+    POD,
+    STORAGE_CLASS,
+    VOLUME_SNAPSHOT,
+    VOLUME_SNAPSHOT_CLASS,
+    VOLUME_SNAPSHOT_CONTENT,
+    KubeObjects,
     Obj,
     Resource,
-    Rest,
 )
 from devenv.simgc import GarbageCollector
 from devenv.simpods import DisruptionController, Kubelets, Scheduler
@@ -84,7 +79,7 @@ class SimCluster:
     ) -> None:
         root = root.resolve()
         root.mkdir(parents=True, exist_ok=True)
-        self._ctx = SimContext(Rest(api), root, namespaces, clock or SystemClock())
+        self._ctx = SimContext(KubeObjects(api), root, namespaces, clock or SystemClock())
         self._registry = SnapshotRegistry(root)
         self._storage = StorageController(self._ctx, self._registry)
         self._snapshots = SnapshotController(self._ctx, self._registry)
@@ -145,7 +140,7 @@ class SimCluster:
     def reconcile_once(self) -> None:
         """One pass of every simulated controller over a fresh listing."""
         with self._tick:
-            world = World.observe(self._ctx.rest, self._ctx.namespaces)
+            world = World.observe(self._ctx.objects, self._ctx.namespaces)
             for controller in self._controllers:
                 controller.reconcile(world)
 
@@ -166,14 +161,12 @@ class SimCluster:
             },
             "annotations": {ROOT_ANNOTATION: self._ctx.root_tag},
         }
-        rest = self._ctx.rest
+        objects = self._ctx.objects
         try:
-            rest.create(NODES, {"apiVersion": "v1", "kind": "Node", "metadata": metadata})
-        except ApiException as err:
-            if err.status != HTTP_CONFLICT:
-                raise
-            rest.patch(NODES, name, {"metadata": metadata})  # adopt it (a restarted demo)
-        rest.patch(NODES, name, {"status": self._node_status(name)}, sub="status")
+            objects.create(NODE, {"apiVersion": "v1", "kind": "Node", "metadata": metadata})
+        except Conflict:
+            objects.patch(NODE, None, name, {"metadata": metadata})  # adopt it (a restarted demo)
+        objects.patch(NODE, None, name, {"status": self._node_status(name)}, "status")
         self._drop_not_ready_taint(name)
         kubelet_root = self.kubelet_root(name)
         kubelet_root.mkdir(parents=True, exist_ok=True)
@@ -181,7 +174,7 @@ class SimCluster:
 
     def _drop_not_ready_taint(self, name: str) -> None:
         """The node lifecycle controller's part: the admission-added not-ready taint goes once Ready."""
-        node = self._ctx.rest.get(NODES, name)
+        node = self._ctx.objects.find(NODE, None, name)
         taints = ((node or {}).get("spec") or {}).get("taints") or []
         kept = [t for t in taints if t.get("key") != "node.kubernetes.io/not-ready"]
         if node is not None and kept != taints:
@@ -189,7 +182,7 @@ class SimCluster:
                 "metadata": {"resourceVersion": node["metadata"]["resourceVersion"]},
                 "spec": {"taints": kept},
             }
-            self._ctx.rest.patch(NODES, name, patch)
+            self._ctx.objects.patch(NODE, None, name, patch)
 
     def _node_status(self, name: str) -> Obj:
         now = self._ctx.now_text()
@@ -239,8 +232,7 @@ class SimCluster:
             "lastTransitionTime": now,
         }
         patch = {"status": {"conditions": [condition]}}
-        if self._ctx.rest.patch(NODES, name, patch, sub="status", content_type=STRATEGIC_PATCH) is None:
-            raise NotFound(f"node {name} does not exist")
+        self._ctx.objects.patch(NODE, None, name, patch, "status", strategic=True)
 
     def cordon(self, name: str) -> None:
         self._set_unschedulable(name, True)
@@ -249,12 +241,11 @@ class SimCluster:
         self._set_unschedulable(name, False)
 
     def _set_unschedulable(self, name: str, unschedulable: bool) -> None:
-        if self._ctx.rest.patch(NODES, name, {"spec": {"unschedulable": unschedulable}}) is None:
-            raise NotFound(f"node {name} does not exist")
+        self._ctx.objects.patch(NODE, None, name, {"spec": {"unschedulable": unschedulable}})
 
     def remove_node(self, name: str) -> None:
         """Delete the Node; the pod garbage collector then deletes the pods bound to it."""
-        self._ctx.rest.delete(NODES, name)
+        self._ctx.objects.delete(NODE, None, name)
 
     # -- pods ------------------------------------------------------------------------------------
 
@@ -273,17 +264,14 @@ class SimCluster:
             "metadata": {"name": pod, "namespace": namespace},
         }
         try:
-            self._ctx.rest.post(PODS, pod, "eviction", body, namespace)
-        except ApiException as err:
-            if err.status == HTTP_TOO_MANY_REQUESTS:
-                return False
-            if err.status == HTTP_NOT_FOUND:
-                raise NotFound(f"pod {namespace}/{pod} does not exist") from err
-            raise
+            self._ctx.objects.create_subresource(POD, namespace, pod, "eviction", body)
+        except TooManyRequests:
+            return False
         return True
 
     def drain(self, node: str, timeout: float = 60.0) -> list[str]:
-        """``kubectl drain --ignore-daemonsets``: cordon, evict every pod, retry PDB refusals.
+        """``kubectl drain --ignore-daemonsets --delete-emptydir-data``: cordon, evict every pod,
+        retry PDB refusals.
 
         Returns ``namespace/name`` of the pods still on the node at the deadline (empty: drained).
         """
@@ -301,10 +289,10 @@ class SimCluster:
 
     def _pods_on(self, node: str) -> list[Obj]:
         """The node's pods except DaemonSet ones (they would come straight back)."""
-        listing = self._ctx.rest.request("GET", PODS.path(), query={"fieldSelector": f"spec.nodeName={node}"})
+        listing = self._ctx.objects.list(POD, field_selector=f"spec.nodeName={node}")
         return [
             p
-            for p in listing.get("items") or []
+            for p in listing
             if not any(ref.get("kind") == "DaemonSet" for ref in p["metadata"].get("ownerReferences") or [])
         ]
 
@@ -316,9 +304,9 @@ class SimCluster:
 
     def claim_data(self, namespace: str, claim: str) -> Path:
         """Where the data of the volume bound to ``claim`` lives (a directory, or a Block image)."""
-        pvc = self._ctx.rest.get(PVCS, claim, namespace)
+        pvc = self._ctx.objects.find(PERSISTENT_VOLUME_CLAIM, namespace, claim)
         pv_name = str(((pvc or {}).get("spec") or {}).get("volumeName") or "")
-        pv = self._ctx.rest.get(PVS, pv_name) if pv_name else None
+        pv = self._ctx.objects.find(PERSISTENT_VOLUME, None, pv_name) if pv_name else None
         if pv is None:
             raise NotFound(f"PVC {namespace}/{claim} is not bound to a volume")
         return self._ctx.data_path(pv_name, pv["spec"].get("volumeMode") == "Block").resolve()
@@ -348,8 +336,8 @@ class SimCluster:
         with self._tick:  # the background controllers must not provision or snapshot these themselves
             pvc = self._source_claim(namespace, pvc_name, data, storage_class)
             handle = self._registry.register(data)
-            vs = self._ctx.rest.create(
-                VOLUME_SNAPSHOTS,
+            vs = self._ctx.objects.create(
+                VOLUME_SNAPSHOT,
                 {
                     "apiVersion": "snapshot.storage.k8s.io/v1",
                     "kind": "VolumeSnapshot",
@@ -359,13 +347,12 @@ class SimCluster:
                         "volumeSnapshotClassName": snapshot_class,
                     },
                 },
-                namespace,
             )
             volume_source = {"volumeHandle": pvc["spec"]["volumeName"]}
             body = content_body(
                 vs, f"snapcontent-{vs['metadata']['uid']}", volume_source, snapshot_class, "Delete"
             )
-            content = self._ctx.rest.create(VOLUME_SNAPSHOT_CONTENTS, body)
+            content = self._ctx.objects.create(VOLUME_SNAPSHOT_CONTENT, body)
             self._snapshots.publish(vs, content, data, handle)
         return vs["metadata"]["name"], handle
 
@@ -403,12 +390,12 @@ class SimCluster:
 
     def _source_claim(self, namespace: str, name: str, data: SnapshotData, storage_class: str) -> Obj:
         """The application's PVC, bound to a PV whose data is the snapshot source (reused if present)."""
-        rest = self._ctx.rest
-        existing = rest.get(PVCS, name, namespace)
+        objects = self._ctx.objects
+        existing = objects.find(PERSISTENT_VOLUME_CLAIM, namespace, name)
         if existing is not None and existing["spec"].get("volumeName"):
             return existing
-        pvc = existing or rest.create(
-            PVCS,
+        pvc = existing or objects.create(
+            PERSISTENT_VOLUME_CLAIM,
             {
                 "apiVersion": "v1",
                 "kind": "PersistentVolumeClaim",
@@ -420,7 +407,6 @@ class SimCluster:
                     "resources": {"requests": {"storage": format_quantity(data.size)}},
                 },
             },
-            namespace,
         )
         pv_name = f"pvc-{pvc['metadata']['uid']}"
         link = self._ctx.data_path(pv_name, data.block)
@@ -429,8 +415,8 @@ class SimCluster:
         link.symlink_to(data.path)
         request = pvc["spec"]["resources"]["requests"]["storage"]
         body = self._storage.volume_body(pvc, pv_name, data.block, request)
-        self._storage.bind(rest.create(PVS, body), pvc)
-        bound = rest.get(PVCS, name, namespace)
+        self._storage.bind(objects.create(PERSISTENT_VOLUME, body), pvc)
+        bound = objects.find(PERSISTENT_VOLUME_CLAIM, namespace, name)
         if bound is None:
             raise NotFound(f"PVC {namespace}/{name} vanished while it was being bound")
         return bound
@@ -439,7 +425,7 @@ class SimCluster:
         """The StorageClass and VolumeSnapshotClass a cluster with the sim CSI driver would have."""
         classes: list[tuple[Resource, Obj]] = [
             (
-                STORAGE_CLASSES,
+                STORAGE_CLASS,
                 {
                     "apiVersion": "storage.k8s.io/v1",
                     "kind": "StorageClass",
@@ -450,7 +436,7 @@ class SimCluster:
                 },
             ),
             (
-                VOLUME_SNAPSHOT_CLASSES,
+                VOLUME_SNAPSHOT_CLASS,
                 {
                     "apiVersion": "snapshot.storage.k8s.io/v1",
                     "kind": "VolumeSnapshotClass",
@@ -461,11 +447,7 @@ class SimCluster:
             ),
         ]
         for resource, body in classes:
-            try:
-                self._ctx.rest.create(resource, body)
-            except ApiException as err:
-                if err.status != HTTP_CONFLICT:
-                    raise
+            self._ctx.objects.create(resource, body, exist_ok=True)
 
     def storage_snapshots(self) -> dict[str, SnapshotData]:
         """The storage snapshots the simulated driver holds, by handle: a handle stays here until a

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from devenv.simapi import PODS, PVCS, VOLUME_SNAPSHOTS, Obj, Resource
+from barge.kube.resources import PERSISTENT_VOLUME_CLAIM, POD, VOLUME_SNAPSHOT, Obj, Resource
 from devenv.simworld import SimContext, World, key
 
 FOREGROUND = "foregroundDeletion"
@@ -42,11 +42,11 @@ class _OwnerCache:
         return True, owners.get(ref["uid"])
 
     def _list(self, api_version: str, kind: str, namespace: str) -> dict[str, Obj] | None:
-        resource = self._ctx.rest.resource_for(api_version, kind)
+        resource = self._ctx.objects.resource_of(api_version, kind)
         if resource is None:
             return None
-        listing = self._ctx.rest.request("GET", resource.path(namespace if resource.namespaced else None))
-        return {item["metadata"]["uid"]: item for item in listing.get("items") or []}
+        listing = self._ctx.objects.list(resource, namespace if resource.namespaced else None)
+        return {item["metadata"]["uid"]: item for item in listing}
 
 
 class GarbageCollector:
@@ -56,9 +56,9 @@ class GarbageCollector:
 
     def reconcile(self, world: World) -> None:
         owners = _OwnerCache(self._ctx)
-        dependents: list[tuple[Resource, Obj]] = [(PODS, p) for p in world.pods]
-        dependents += [(PVCS, c) for c in world.pvcs.values()]
-        dependents += [(VOLUME_SNAPSHOTS, s) for s in world.snapshots.values()]
+        dependents: list[tuple[Resource, Obj]] = [(POD, p) for p in world.pods]
+        dependents += [(PERSISTENT_VOLUME_CLAIM, c) for c in world.pvcs.values()]
+        dependents += [(VOLUME_SNAPSHOT, s) for s in world.snapshots.values()]
         for resource, obj in dependents:
             refs = obj["metadata"].get("ownerReferences") or []
             if refs and not obj["metadata"].get("deletionTimestamp"):
@@ -85,28 +85,28 @@ class GarbageCollector:
                 "deletionTimestamp"
             ):
                 self._track_foreground(namespace, ref)
-                self._ctx.rest.delete(resource, name, namespace, uid=obj["metadata"]["uid"])
+                self._ctx.objects.delete(resource, namespace, name, uid=obj["metadata"]["uid"])
                 return
         if gone == len(refs) and all(self._confirmed_gone(namespace, ref) for ref in refs):
-            self._ctx.rest.delete(resource, name, namespace, uid=obj["metadata"]["uid"])
+            self._ctx.objects.delete(resource, namespace, name, uid=obj["metadata"]["uid"])
 
     def _track_foreground(self, namespace: str, ref: Obj) -> None:
-        resource = self._ctx.rest.resource_for(ref["apiVersion"], ref["kind"])
+        resource = self._ctx.objects.resource_of(ref["apiVersion"], ref["kind"])
         if resource is not None:
             scope = namespace if resource.namespaced else None
             self._foreground.add(_Owner(resource, scope, ref["name"], ref["uid"]))
 
     def _finish_foreground(self, owner: _Owner) -> None:
         """No dependent is left: the owner's foregroundDeletion finalizer goes, and with it the owner."""
-        current = self._ctx.rest.get(owner.resource, owner.name, owner.namespace)
+        current = self._ctx.objects.find(owner.resource, owner.namespace, owner.name)
         if current is not None and current["metadata"]["uid"] == owner.uid:
             self._ctx.remove_finalizer(owner.resource, current, FOREGROUND)
         self._foreground.discard(owner)
 
     def _confirmed_gone(self, namespace: str, ref: Obj) -> bool:
         """Re-read the owner by name: a listing may predate an owner created a moment ago."""
-        resource = self._ctx.rest.resource_for(ref["apiVersion"], ref["kind"])
+        resource = self._ctx.objects.resource_of(ref["apiVersion"], ref["kind"])
         if resource is None:
             return False
-        owner = self._ctx.rest.get(resource, ref["name"], namespace if resource.namespaced else None)
+        owner = self._ctx.objects.find(resource, namespace if resource.namespaced else None, ref["name"])
         return owner is None or owner["metadata"]["uid"] != ref["uid"]

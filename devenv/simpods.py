@@ -5,8 +5,16 @@ from __future__ import annotations
 from collections import Counter
 from pathlib import Path
 
-from barge.control.naming import kubelet_volume_path
-from devenv.simapi import NODES, PDBS, PODS, STRATEGIC_PATCH, Obj, Rest
+from barge.control.naming import kubelet_empty_dir_path, kubelet_volume_path
+from barge.kube.resources import (
+    NODE,
+    PERSISTENT_VOLUME_CLAIM,
+    POD,
+    POD_DISRUPTION_BUDGET,
+    KubeObjects,
+    Obj,
+)
+from devenv.simprobes import ReadinessProber
 from devenv.simrules import (
     TERMINAL_PHASES,
     claim_names,
@@ -19,6 +27,7 @@ from devenv.simstorage import prepare_empty
 from devenv.simworld import SimContext, World, key, remove_path
 
 DEFAULT_SCHEDULER = "default-scheduler"
+READY_CONDITIONS = ("ContainersReady", "Ready")
 
 
 def _status(obj: Obj) -> Obj:
@@ -40,7 +49,7 @@ def claims_problem(pod: Obj, world: World) -> str | None:
     return None
 
 
-def bind_pod(rest: Rest, pod: Obj, node: str) -> None:
+def bind_pod(objects: KubeObjects, pod: Obj, node: str) -> None:
     """What the scheduler writes to place a pod: a Binding (``pods/binding``)."""
     namespace, name = key(pod)
     binding = {
@@ -49,7 +58,7 @@ def bind_pod(rest: Rest, pod: Obj, node: str) -> None:
         "metadata": {"name": name, "uid": pod["metadata"]["uid"]},
         "target": {"apiVersion": "v1", "kind": "Node", "name": node},
     }
-    rest.post(PODS, name, "binding", binding, namespace)
+    objects.create_subresource(POD, namespace, name, "binding", binding)
 
 
 class Scheduler:
@@ -77,7 +86,7 @@ class Scheduler:
         if node is None:
             self._mark_unschedulable(pod, problem or self._no_node_message(len(nodes)))
             return
-        bind_pod(self._ctx.rest, pod, node)
+        bind_pod(self._ctx.objects, pod, node)
         load[node] += 1
 
     @staticmethod
@@ -100,15 +109,17 @@ class Scheduler:
         }
         namespace, name = key(pod)
         patch = {"status": {"phase": "Pending", "conditions": [condition]}}
-        self._ctx.rest.patch(PODS, name, patch, namespace, sub="status", content_type=STRATEGIC_PATCH)
+        self._ctx.objects.patch(POD, namespace, name, patch, "status", strategic=True)
 
 
 class Kubelets:
-    """Every simulated node's kubelet: mounts volumes as symlinks, runs pods, finishes deletions."""
+    """Every simulated node's kubelet: mounts volumes as symlinks (an emptyDir as a directory), runs
+    pods, probes their readiness (``devenv.simprobes``), finishes deletions."""
 
     def __init__(self, ctx: SimContext) -> None:
         self._ctx = ctx
         self._next_ip = 0
+        self._prober = ReadinessProber(ctx, self._volume_directory)
 
     def reconcile(self, world: World) -> None:
         for pod in world.pods:
@@ -120,10 +131,11 @@ class Kubelets:
                 self._ctx.attempt(f"kubelet pod {key(pod)}", self._sync, pod, world)
             elif node is None and self._ctx.kubelet_root(node_name).exists() and self._node_gone(node_name):
                 self._ctx.attempt(f"pod gc {key(pod)}", self._finish_deletion, pod)
+        self._prober.forget({str(p["metadata"]["uid"]) for p in world.pods})
 
     def _node_gone(self, name: str) -> bool:
         """Confirmed by a fresh read: the pass's listing may predate a node created since."""
-        return self._ctx.rest.get(NODES, name) is None
+        return self._ctx.objects.find(NODE, None, name) is None
 
     def _sync(self, pod: Obj, world: World) -> None:
         phase = _status(pod).get("phase")
@@ -133,6 +145,8 @@ class Kubelets:
             self._unmount(pod)
         elif phase in (None, "Pending"):
             self._start(pod, world)
+        elif phase == "Running":
+            self._report_readiness(pod, self._prober.readiness(pod))
 
     def pod_dir(self, pod: Obj) -> Path:
         return self._ctx.kubelet_root(str(pod["spec"]["nodeName"])) / "pods" / str(pod["metadata"]["uid"])
@@ -140,10 +154,25 @@ class Kubelets:
     def _unmount(self, pod: Obj) -> None:
         remove_path(self.pod_dir(pod))
 
+    def _volume_directory(self, pod: Obj, volume: str) -> Path | None:
+        """Where the pod's volume ``volume`` is on its node (a claim's: the kubelet's mount path)."""
+        spec = next((v for v in pod["spec"].get("volumes") or [] if v["name"] == volume), None)
+        root = str(self._ctx.kubelet_root(str(pod["spec"]["nodeName"])))
+        uid = str(pod["metadata"]["uid"])
+        if spec is not None and "emptyDir" in spec:
+            return Path(kubelet_empty_dir_path(root, uid, volume))
+        claim = (spec or {}).get("persistentVolumeClaim")
+        if claim is None:
+            return None
+        namespace = pod["metadata"]["namespace"]
+        pvc = self._ctx.objects.find(PERSISTENT_VOLUME_CLAIM, namespace, claim["claimName"]) or {}
+        pv_name = (pvc.get("spec") or {}).get("volumeName")
+        return Path(kubelet_volume_path(root, uid, str(pv_name), block=False)) if pv_name else None
+
     def _finish_deletion(self, pod: Obj) -> None:
         self._unmount(pod)
         namespace, name = key(pod)
-        self._ctx.rest.delete(PODS, name, namespace, uid=pod["metadata"]["uid"], grace_seconds=0)
+        self._ctx.objects.delete(POD, namespace, name, uid=pod["metadata"]["uid"], grace_seconds=0)
 
     def _start(self, pod: Obj, world: World) -> None:
         volumes = self._volumes(pod, world)
@@ -160,6 +189,10 @@ class Kubelets:
             link.parent.mkdir(parents=True, exist_ok=True)
             remove_path(link)
             link.symlink_to(data)
+        for volume in pod["spec"].get("volumes") or []:
+            if "emptyDir" in volume:
+                path = kubelet_empty_dir_path(kubelet_root, pod["metadata"]["uid"], volume["name"])
+                Path(path).mkdir(parents=True, exist_ok=True)
         self._report_running(pod)
 
     @staticmethod
@@ -175,20 +208,22 @@ class Kubelets:
         return volumes
 
     def _report_running(self, pod: Obj) -> None:
+        """Running; a container with a readiness probe starts unready (the prober decides)."""
         now = self._ctx.now_text()
         self._next_ip += 1
         ip = f"127.0.0.{2 + self._next_ip % 250}"
+        ready = all("readinessProbe" not in c for c in pod["spec"]["containers"])
         conditions = [
             {"type": kind, "status": "True", "lastTransitionTime": now}
-            for kind in ("PodScheduled", "Initialized", "ContainersReady", "Ready")
-        ]
+            for kind in ("PodScheduled", "Initialized")
+        ] + _ready_conditions(ready, now)
         containers = [
             {
                 "name": c["name"],
                 "image": c.get("image", ""),
                 "imageID": f"sim://{c.get('image', '')}",
                 "containerID": f"sim://{pod['metadata']['uid']}/{c['name']}",
-                "ready": True,
+                "ready": "readinessProbe" not in c,
                 "started": True,
                 "restartCount": 0,
                 "state": {"running": {"startedAt": now}},
@@ -206,13 +241,23 @@ class Kubelets:
             "containerStatuses": containers,
         }
         namespace, name = key(pod)
-        self._ctx.rest.patch(
-            PODS, name, {"status": status}, namespace, sub="status", content_type=STRATEGIC_PATCH
-        )
+        self._ctx.objects.patch(POD, namespace, name, {"status": status}, "status", strategic=True)
+
+    def _report_readiness(self, pod: Obj, ready: dict[str, bool]) -> None:
+        """Write the containers' readiness and the pod's Ready condition when they changed."""
+        statuses = _status(pod).get("containerStatuses") or []
+        if all(s.get("ready") == ready.get(s["name"], s.get("ready")) for s in statuses):
+            return
+        status = {
+            "conditions": _ready_conditions(all(ready.values()), self._ctx.now_text()),
+            "containerStatuses": [{**s, "ready": ready.get(s["name"], s.get("ready"))} for s in statuses],
+        }
+        namespace, name = key(pod)
+        self._ctx.objects.patch(POD, namespace, name, {"status": status}, "status", strategic=True)
 
     def fail(self, namespace: str, name: str, reason: str) -> None:
         """The pod's containers crashed: phase Failed, not ready, containers terminated."""
-        pod = self._ctx.rest.get(PODS, name, namespace)
+        pod = self._ctx.objects.find(POD, namespace, name)
         if pod is None:
             raise KeyError(f"pod {namespace}/{name} does not exist")
         now = self._ctx.now_text()
@@ -230,7 +275,7 @@ class Kubelets:
         ]
         conditions = [
             {"type": kind, "status": "False", "reason": reason, "lastTransitionTime": now}
-            for kind in ("ContainersReady", "Ready")
+            for kind in READY_CONDITIONS
         ]
         status = {
             "phase": "Failed",
@@ -239,9 +284,12 @@ class Kubelets:
             "conditions": conditions,
             "containerStatuses": containers,
         }
-        self._ctx.rest.patch(
-            PODS, name, {"status": status}, namespace, sub="status", content_type=STRATEGIC_PATCH
-        )
+        self._ctx.objects.patch(POD, namespace, name, {"status": status}, "status", strategic=True)
+
+
+def _ready_conditions(ready: bool, now: str) -> list[Obj]:
+    value = "True" if ready else "False"
+    return [{"type": kind, "status": value, "lastTransitionTime": now} for kind in READY_CONDITIONS]
 
 
 class DisruptionController:
@@ -275,5 +323,4 @@ class DisruptionController:
             "lastTransitionTime": self._ctx.now_text(),
         }
         body = {**pdb, "status": {**current, **wanted, "conditions": [condition]}}
-        namespace, name = key(pdb)
-        self._ctx.rest.request("PUT", PDBS.path(namespace, name, "status"), body)
+        self._ctx.objects.replace(POD_DISRUPTION_BUDGET, body, "status")

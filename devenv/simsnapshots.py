@@ -25,7 +25,7 @@ from typing import Any
 from kubernetes.utils import parse_quantity
 
 from barge.fs.backup import scan_total_bytes
-from devenv.simapi import VOLUME_SNAPSHOT_CONTENTS, VOLUME_SNAPSHOTS, Obj
+from barge.kube.resources import VOLUME_SNAPSHOT, VOLUME_SNAPSHOT_CONTENT, Obj
 from devenv.simworld import DRIVER, SimContext, World, key, remove_path
 
 HANDLE_PREFIX = "sim-snap:"
@@ -213,7 +213,7 @@ class SnapshotController:
                     "resourceVersion": metadata["resourceVersion"],
                 }
             }
-            self._ctx.rest.patch(VOLUME_SNAPSHOT_CONTENTS, metadata["name"], patch)
+            self._ctx.objects.patch(VOLUME_SNAPSHOT_CONTENT, None, metadata["name"], patch)
 
     def _finalize(self, content: Obj) -> None:
         """A deleted content: Delete policy deletes the storage snapshot, then the finalizer goes."""
@@ -221,7 +221,7 @@ class SnapshotController:
             return
         if (content.get("spec") or {}).get("deletionPolicy") == "Delete":
             self._registry.delete(content_handle(content))
-        self._ctx.remove_finalizer(VOLUME_SNAPSHOT_CONTENTS, content, CONTENT_FINALIZER)
+        self._ctx.remove_finalizer(VOLUME_SNAPSHOT_CONTENT, content, CONTENT_FINALIZER)
 
     def publish(self, vs: Obj, content: Obj, data: SnapshotData, handle: str) -> None:
         """Write the ready statuses of a VolumeSnapshotContent and its VolumeSnapshot."""
@@ -232,9 +232,9 @@ class SnapshotController:
             "restoreSize": data.size,
             "creationTime": created_ns,
         }
-        rest = self._ctx.rest
-        rest.patch(
-            VOLUME_SNAPSHOT_CONTENTS, content["metadata"]["name"], {"status": content_status}, sub="status"
+        objects = self._ctx.objects
+        objects.patch(
+            VOLUME_SNAPSHOT_CONTENT, None, content["metadata"]["name"], {"status": content_status}, "status"
         )
         vs_status = {
             "boundVolumeSnapshotContentName": content["metadata"]["name"],
@@ -243,11 +243,11 @@ class SnapshotController:
             "creationTime": self._ctx.now_text(),
         }
         namespace, name = key(vs)
-        rest.patch(VOLUME_SNAPSHOTS, name, {"status": vs_status}, namespace, sub="status")
+        objects.patch(VOLUME_SNAPSHOT, namespace, name, {"status": vs_status}, "status")
 
     def fail(self, namespace: str, name: str, message: str) -> None:
         error = {"readyToUse": False, "error": {"message": message, "time": self._ctx.now_text()}}
-        self._ctx.rest.patch(VOLUME_SNAPSHOTS, name, {"status": error}, namespace, sub="status")
+        self._ctx.objects.patch(VOLUME_SNAPSHOT, namespace, name, {"status": error}, "status")
 
     def _ready_pre_provisioned(self, vs: Obj, world: World) -> None:
         content = world.contents.get(vs["spec"]["source"]["volumeSnapshotContentName"])
@@ -277,7 +277,7 @@ class SnapshotController:
                 },
                 "spec": {"volumeSnapshotRef": {**ref, "uid": vs["metadata"]["uid"]}},
             }
-            self._ctx.rest.patch(VOLUME_SNAPSHOT_CONTENTS, content["metadata"]["name"], bind)
+            self._ctx.objects.patch(VOLUME_SNAPSHOT_CONTENT, None, content["metadata"]["name"], bind)
         self.publish(vs, content, data, str(handle))
 
     def _take_dynamic(self, vs: Obj, world: World) -> None:
@@ -297,7 +297,7 @@ class SnapshotController:
             vs["spec"].get("volumeSnapshotClassName"),
             "Delete",
         )
-        content = self._ctx.rest.create(VOLUME_SNAPSHOT_CONTENTS, body)
+        content = self._ctx.objects.create(VOLUME_SNAPSHOT_CONTENT, body)
         self.publish(vs, content, SnapshotData(Path(), block, size), handle)
 
     def _delete_if_orphaned(self, content: Obj, world: World) -> None:
@@ -309,8 +309,8 @@ class SnapshotController:
         vs = world.snapshots.get((ref.get("namespace", ""), ref.get("name", "")))
         if vs is not None and vs["metadata"]["uid"] == ref["uid"]:
             return
-        current = self._ctx.rest.get(VOLUME_SNAPSHOTS, ref.get("name", ""), ref.get("namespace"))
+        current = self._ctx.objects.find(VOLUME_SNAPSHOT, ref.get("namespace"), ref.get("name", ""))
         if current is None or current["metadata"]["uid"] != ref["uid"]:
-            self._ctx.rest.delete(
-                VOLUME_SNAPSHOT_CONTENTS, content["metadata"]["name"], uid=content["metadata"]["uid"]
+            self._ctx.objects.delete(
+                VOLUME_SNAPSHOT_CONTENT, None, content["metadata"]["name"], uid=content["metadata"]["uid"]
             )

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from devenv.simapi import PVCS, PVS, STORAGE_CLASSES, Obj
+from barge.kube.resources import PERSISTENT_VOLUME, PERSISTENT_VOLUME_CLAIM, STORAGE_CLASS, Obj
 from devenv.simrules import claim_names, pod_is_active, selector_matches
 from devenv.simsnapshots import SnapshotData, SnapshotRegistry, copy_volume_data, quantity_bytes
 from devenv.simworld import DRIVER, PV_PROTECTION, PVC_PROTECTION, SimContext, World, key, remove_path
@@ -82,8 +82,8 @@ class StorageController:
             pv = world.pvs.get(pvc["spec"].get("volumeName") or "")
             ref = (pv or {}).get("spec", {}).get("claimRef") or {}
             if pv is not None and _phase(pv) != "Bound" and ref.get("uid") == pvc["metadata"]["uid"]:
-                self._ctx.rest.patch(
-                    PVS, pv["metadata"]["name"], {"status": {"phase": "Bound"}}, sub="status"
+                self._ctx.objects.patch(
+                    PERSISTENT_VOLUME, None, pv["metadata"]["name"], {"status": {"phase": "Bound"}}, "status"
                 )
             return
         pv = self._matching_volume(pvc, world)
@@ -115,7 +115,7 @@ class StorageController:
 
     def bind(self, pv: Obj, pvc: Obj) -> None:
         """Point each at the other and mark both Bound (the PV first, as the PV controller does)."""
-        rest, pv_name = self._ctx.rest, pv["metadata"]["name"]
+        objects, pv_name = self._ctx.objects, pv["metadata"]["name"]
         namespace, name = key(pvc)
         claim_ref = {
             "apiVersion": "v1",
@@ -127,26 +127,26 @@ class StorageController:
         if (pv["spec"].get("claimRef") or {}).get("uid") != claim_ref["uid"]:
             # Against the version read: two claims racing for one PV cannot both win it (409).
             version = {"resourceVersion": pv["metadata"]["resourceVersion"]}
-            rest.patch(PVS, pv_name, {"metadata": version, "spec": {"claimRef": claim_ref}})
-        rest.patch(PVS, pv_name, {"status": {"phase": "Bound"}}, sub="status")
+            claim = {"metadata": version, "spec": {"claimRef": claim_ref}}
+            objects.patch(PERSISTENT_VOLUME, None, pv_name, claim)
+        objects.patch(PERSISTENT_VOLUME, None, pv_name, {"status": {"phase": "Bound"}}, "status")
         annotations = {
             "pv.kubernetes.io/bind-completed": "yes",
             "pv.kubernetes.io/bound-by-controller": "yes",
         }
-        rest.patch(
-            PVCS, name, {"metadata": {"annotations": annotations}, "spec": {"volumeName": pv_name}}, namespace
-        )
+        binding = {"metadata": {"annotations": annotations}, "spec": {"volumeName": pv_name}}
+        objects.patch(PERSISTENT_VOLUME_CLAIM, namespace, name, binding)
         status = {
             "phase": "Bound",
             "capacity": pv["spec"].get("capacity"),
             "accessModes": pv["spec"].get("accessModes"),
         }
-        rest.patch(PVCS, name, {"status": status}, namespace, sub="status")
+        objects.patch(PERSISTENT_VOLUME_CLAIM, namespace, name, {"status": status}, "status")
 
     def _provision(self, pvc: Obj, world: World) -> None:
         spec = pvc["spec"]
         pv_name = f"pvc-{pvc['metadata']['uid']}"
-        existing = world.pvs.get(pv_name) or self._ctx.rest.get(PVS, pv_name)
+        existing = world.pvs.get(pv_name) or self._ctx.objects.find(PERSISTENT_VOLUME, None, pv_name)
         if existing is not None:
             self.bind(existing, pvc)
             return
@@ -163,13 +163,13 @@ class StorageController:
                 copy_volume_data(source.path.resolve(), target, block)
                 if block:
                     prepare_empty(target, block, quantity_bytes(request))
-        created = self._ctx.rest.create(PVS, self.volume_body(pvc, pv_name, block, request))
+        created = self._ctx.objects.create(PERSISTENT_VOLUME, self.volume_body(pvc, pv_name, block, request))
         self.bind(created, pvc)
 
     def volume_body(self, pvc: Obj, pv_name: str, block: bool, request: str) -> Obj:
         namespace, name = key(pvc)
         class_name = pvc["spec"]["storageClassName"]
-        storage_class = self._ctx.rest.get(STORAGE_CLASSES, class_name) or {}
+        storage_class = self._ctx.objects.find(STORAGE_CLASS, None, class_name) or {}
         csi: Obj = {"driver": DRIVER, "volumeHandle": pv_name}
         if not block:
             csi["fsType"] = "ext4"
@@ -238,15 +238,15 @@ class StorageController:
             for p in world.pods
         )
         if not in_use:
-            self._ctx.remove_finalizer(PVCS, pvc, PVC_PROTECTION)
+            self._ctx.remove_finalizer(PERSISTENT_VOLUME_CLAIM, pvc, PVC_PROTECTION)
 
     # -- volumes ---------------------------------------------------------------------------------
 
     def _volume(self, pv: Obj, world: World) -> None:
         ref = pv["spec"].get("claimRef") or {}
         if not ref and _phase(pv) in (None, "Pending") and not pv["metadata"].get("deletionTimestamp"):
-            self._ctx.rest.patch(
-                PVS, pv["metadata"]["name"], {"status": {"phase": "Available"}}, sub="status"
+            self._ctx.objects.patch(
+                PERSISTENT_VOLUME, None, pv["metadata"]["name"], {"status": {"phase": "Available"}}, "status"
             )
             return
         if not self._ctx.in_scope(ref.get("namespace")):
@@ -257,7 +257,7 @@ class StorageController:
             and _phase(pv) != "Bound"
             and PV_PROTECTION in (metadata.get("finalizers") or [])
         ):
-            self._ctx.remove_finalizer(PVS, pv, PV_PROTECTION)
+            self._ctx.remove_finalizer(PERSISTENT_VOLUME, pv, PV_PROTECTION)
             return
         if ref.get("uid") and not self._reclaimed(pv) and self._claim_is_gone(ref, world):
             self._reclaim(pv)
@@ -280,15 +280,16 @@ class StorageController:
         listed = world.pvcs.get((ref["namespace"], ref["name"]))
         if listed is not None and listed["metadata"]["uid"] == ref["uid"]:
             return False
-        current = self._ctx.rest.get(PVCS, ref["name"], ref["namespace"])
+        current = self._ctx.objects.find(PERSISTENT_VOLUME_CLAIM, ref["namespace"], ref["name"])
         return current is None or current["metadata"]["uid"] != ref["uid"]
 
     def _reclaim(self, pv: Obj) -> None:
         """Released; then, for a Delete-policy volume of this driver, the PV and its data go."""
         name = pv["metadata"]["name"]
         if _phase(pv) not in ("Released", "Failed"):
-            self._ctx.rest.patch(PVS, name, {"status": {"phase": "Released"}}, sub="status")
+            released = {"status": {"phase": "Released"}}
+            self._ctx.objects.patch(PERSISTENT_VOLUME, None, name, released, "status")
         if self._deletable(pv):
             block = pv["spec"].get("volumeMode") == "Block"
             remove_path(self._ctx.data_path(name, block))
-            self._ctx.rest.delete(PVS, name, uid=pv["metadata"]["uid"])
+            self._ctx.objects.delete(PERSISTENT_VOLUME, None, name, uid=pv["metadata"]["uid"])

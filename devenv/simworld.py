@@ -10,22 +10,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from kubernetes.client.exceptions import ApiException
-
 from barge.clock import Clock
-from devenv.simapi import (
-    HTTP_CONFLICT,
-    HTTP_NOT_FOUND,
-    NODES,
-    PDBS,
-    PODS,
-    PVCS,
-    PVS,
-    VOLUME_SNAPSHOT_CONTENTS,
-    VOLUME_SNAPSHOTS,
+from barge.errors import BargeError, Conflict, NotFound
+from barge.kube.resources import (
+    NODE,
+    PERSISTENT_VOLUME,
+    PERSISTENT_VOLUME_CLAIM,
+    POD,
+    POD_DISRUPTION_BUDGET,
+    VOLUME_SNAPSHOT,
+    VOLUME_SNAPSHOT_CONTENT,
+    KubeObjects,
     Obj,
     Resource,
-    Rest,
 )
 
 DRIVER = "sim.csi.barge.io"
@@ -67,24 +64,30 @@ class World:
     pdbs: list[Obj]
 
     @classmethod
-    def observe(cls, rest: Rest, namespaces: tuple[str, ...] | None) -> World:
+    def observe(cls, objects: KubeObjects, namespaces: tuple[str, ...] | None) -> World:
+        def listed(resource: Resource) -> list[Obj]:
+            if namespaces is None or not resource.namespaced:
+                return objects.list(resource)
+            return [obj for namespace in namespaces for obj in objects.list(resource, namespace)]
+
         def by_name(resource: Resource) -> dict[str, Obj]:
-            return {o["metadata"]["name"]: o for o in rest.list(resource)}
+            return {o["metadata"]["name"]: o for o in listed(resource)}
 
         def by_key(resource: Resource) -> dict[tuple[str, str], Obj]:
-            return {key(o): o for o in rest.list(resource, namespaces)}
+            return {key(o): o for o in listed(resource)}
 
-        nodes, pvs, contents = by_name(NODES), by_name(PVS), by_name(VOLUME_SNAPSHOT_CONTENTS)
-        pvcs, snapshots = by_key(PVCS), by_key(VOLUME_SNAPSHOTS)
-        pods = rest.list(PODS, namespaces)
-        return cls(nodes, pvs, contents, pvcs, snapshots, pods, rest.list(PDBS, namespaces))
+        nodes, pvs = by_name(NODE), by_name(PERSISTENT_VOLUME)
+        contents = by_name(VOLUME_SNAPSHOT_CONTENT)
+        pvcs, snapshots = by_key(PERSISTENT_VOLUME_CLAIM), by_key(VOLUME_SNAPSHOT)
+        pods = listed(POD)
+        return cls(nodes, pvs, contents, pvcs, snapshots, pods, listed(POD_DISRUPTION_BUDGET))
 
 
 @dataclass
 class SimContext:
     """Shared by the controllers of one simulated cluster."""
 
-    rest: Rest
+    objects: KubeObjects
     root: Path
     namespaces: tuple[str, ...] | None
     clock: Clock
@@ -116,11 +119,10 @@ class SimContext:
         """Run one reconcile step; races (404/409) retry next tick, anything else is recorded."""
         try:
             action(*args)
-        except ApiException as err:
-            if err.status in (HTTP_NOT_FOUND, HTTP_CONFLICT):
-                log.debug("sim: %s raced (%s); retrying next tick", what, err.status)
-                return
-            self.record(f"{what}: HTTP {err.status} {err.reason}: {(err.body or '')[:300]}")
+        except (NotFound, Conflict) as err:
+            log.debug("sim: %s raced (%s); retrying next tick", what, type(err).__name__)
+        except BargeError as err:
+            self.record(f"{what}: {type(err).__name__}: {str(err)[:300]}")
         except (OSError, subprocess.CalledProcessError, KeyError, ValueError) as err:
             self.record(f"{what}: {type(err).__name__}: {err}")
 
@@ -135,4 +137,4 @@ class SimContext:
         metadata = obj["metadata"]
         remaining = [f for f in metadata.get("finalizers") or [] if f != finalizer]
         patch = {"metadata": {"finalizers": remaining, "resourceVersion": metadata["resourceVersion"]}}
-        self.rest.patch(resource, metadata["name"], patch, metadata.get("namespace"))
+        self.objects.patch(resource, metadata.get("namespace"), metadata["name"], patch)

@@ -263,6 +263,8 @@ class LocalVelero:
             "2s",
             "--backup-sync-period",
             "5s",
+            "--garbage-collection-frequency",  # backups past their --ttl are deleted within 5 s
+            "5s",
             "--log-level",
             "info",
         ]

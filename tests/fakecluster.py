@@ -22,8 +22,20 @@ class FakeObjects:
     def __init__(self, *objects: Obj) -> None:
         self.store: dict[Key, Obj] = {}
         self.writes: list[str] = []
+        self.feeds: list[FakeFeed] = []
         for obj in objects:
             self.put(obj)
+
+    def announce(self, event_type: str, obj: Obj) -> None:
+        """Store ``obj`` (or drop it, for DELETED) and deliver the watch event to the feeds of its kind."""
+        if event_type == "DELETED":
+            self.store.pop((obj["kind"], obj["metadata"].get("namespace"), obj["metadata"]["name"]), None)
+        else:
+            self.put(obj)
+        for feed in self.feeds:
+            namespace = obj["metadata"].get("namespace")
+            if feed.resource.kind == obj["kind"] and feed.namespace in (None, namespace):
+                feed.handler(event_type, obj)
 
     def put(self, obj: Obj) -> None:
         meta = obj["metadata"]
@@ -118,10 +130,13 @@ class FakeEvents:
 
 
 class FakeFeed:
-    """A CacheFeed that reads FakeObjects: always synced, never calls back (tests call reconcile)."""
+    """A CacheFeed that reads FakeObjects: always synced; calls back only for ``announce``d events."""
 
-    def __init__(self, objects: FakeObjects, resource: Resource, namespace: str | None) -> None:
-        self.objects, self.resource, self.namespace = objects, resource, namespace
+    def __init__(
+        self, objects: FakeObjects, resource: Resource, namespace: str | None, handler: EventHandler
+    ) -> None:
+        self.objects, self.resource, self.namespace, self.handler = objects, resource, namespace, handler
+        objects.feeds.append(self)
 
     def start(self) -> None:
         pass
@@ -147,7 +162,7 @@ def feeds_over(objects: FakeObjects) -> Any:
     def feed(
         resource: Resource, namespace: str | None, selector: str | None, handler: EventHandler
     ) -> FakeFeed:
-        return FakeFeed(objects, resource, namespace)
+        return FakeFeed(objects, resource, namespace, handler)
 
     return feed
 

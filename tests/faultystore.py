@@ -82,6 +82,10 @@ class FaultyStore:
         self._enter("list", prefix)
         return self.inner.list(prefix)
 
+    def folders(self, prefix: str) -> tuple[str, ...]:
+        self._enter("list", prefix)
+        return self.inner.folders(prefix)
+
     def delete(self, key: str) -> None:
         self._enter("delete", key)
         self.inner.delete(key)

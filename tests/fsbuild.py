@@ -4,10 +4,15 @@ from __future__ import annotations
 
 import contextlib
 import os
+import stat
+import struct
 import subprocess
 from pathlib import Path
 
 MIB = 1024 * 1024
+# security.capability, VFS_CAP_REVISION_2 with the effective flag: cap_net_raw permitted
+NET_RAW_CAPABILITY = struct.pack("<IIIII", 0x02000001, 1 << 13, 0, 0, 0)
+NULL_DEVICE = os.makedev(1, 3)
 
 
 def write(path: Path, data: bytes, mtime_ns: int | None = None) -> Path:
@@ -60,6 +65,24 @@ def awkward_tree(root: Path) -> Path:
     return root
 
 
+def privileged_volume(root: Path) -> Path:
+    """What a tenant with root in its pod can leave in a volume (run as root to build it)."""
+    write(root / "bin" / "su", b"\x7fELF pretend")
+    os.chown(root / "bin" / "su", 0, 0)
+    os.chmod(root / "bin" / "su", 0o4755)
+    write(root / "bin" / "wall", b"setgid tty")
+    os.chmod(root / "bin" / "wall", 0o2755)
+    write(root / "bin" / "ping", b"capable")
+    os.setxattr(root / "bin" / "ping", "security.capability", NET_RAW_CAPABILITY)
+    os.setxattr(root / "bin" / "ping", "user.note", b"kept")
+    os.mknod(root / "null", 0o666 | stat.S_IFCHR, NULL_DEVICE)
+    os.mknod(root / "disk", 0o660 | stat.S_IFBLK, os.makedev(7, 200))
+    os.mkfifo(root / "pipe", 0o644)
+    (root / "shared").mkdir()
+    os.chmod(root / "shared", 0o2775)  # a directory's setgid only passes its group on
+    os.setxattr(root / "shared", "trusted.overlay.opaque", b"y")
+    write(root / "plain", b"ordinary")
+    return root
 
 def nested_tree(root: Path, levels: int, name: bytes = b"d") -> Path:
     """``levels`` directories each inside the last, all called ``name``, built through directory

@@ -22,19 +22,15 @@ from barge.rpc.generated import control_pb2 as pb
 from barge.rpc.generated import control_pb2_grpc as pb_grpc
 from barge.rpc.server import ControlServer, ServerTls
 from devenv.pki import ServingPki, make_serving_pki
+from devenv.waiting import wait_for
 
 WAIT_S = 10.0  # upper bound of every wait in these tests; normally they take milliseconds
 T = TypeVar("T")
 
 
-def wait_until(condition: Callable[[], T], timeout: float = WAIT_S, what: str = "condition") -> T:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.01)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+def wait_until(condition: Callable[[], T | None], timeout: float = WAIT_S, what: str = "condition") -> T:
+    """``devenv.waiting.wait_for`` at this harness's pace (these waits normally take milliseconds)."""
+    return wait_for(condition, timeout, what=what, interval=0.01)
 
 
 @dataclass
@@ -95,18 +91,30 @@ TOKENS = {"token-a": "node-a", "token-b": "node-b"}
 
 
 def make_server(
-    pki: ServingPki, hub: RecordingHub, *, port: int = 0, agent_timeout_s: float = 5.0
+    pki: ServingPki,
+    hub: RecordingHub,
+    *,
+    port: int = 0,
+    host: str = "127.0.0.1",
+    agent_timeout_s: float = 5.0,
+    max_agents: int = 8,
+    hello_timeout_s: float = 5.0,
+    max_handshakes: int = 8,
+    max_handshakes_per_peer: int = 4,
 ) -> ControlServer:
     server = ControlServer(
         hub,
         TokenAuthenticator(TOKENS),
-        address=f"127.0.0.1:{port}",
+        address=f"{host}:{port}",
         tls=ServerTls(pki.serving.cert_path, pki.serving.key_path),
         clock=SystemClock(),
         heartbeat_interval_s=0.2,
         agent_timeout_s=agent_timeout_s,
         coordinator_id="coordinator-test",
-        max_agents=8,
+        max_agents=max_agents,
+        hello_timeout_s=hello_timeout_s,
+        max_handshakes=max_handshakes,
+        max_handshakes_per_peer=max_handshakes_per_peer,
     )
     server.start()
     return server
@@ -116,9 +124,11 @@ def pki_in(directory: Path) -> ServingPki:
     return make_serving_pki(directory)
 
 
-def channel_to(pki: ServingPki, port: int) -> grpc.Channel:
+def channel_to(pki: ServingPki, port: int, host: str = "127.0.0.1") -> grpc.Channel:
+    """A channel of its own (its own connection, from ``host``'s loopback address family)."""
     credentials = grpc.ssl_channel_credentials(root_certificates=pki.ca.cert_path.read_bytes())
-    return grpc.secure_channel(f"127.0.0.1:{port}", credentials)
+    target = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    return grpc.secure_channel(target, credentials, options=(("grpc.use_local_subchannel_pool", 1),))
 
 
 class RawAgent:

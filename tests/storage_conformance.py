@@ -63,6 +63,16 @@ class ObjectStoreConformance:
         assert {i.key: i.size for i in store.list("index/")} == {"index/i1": 8}
         assert list(store.list("nothing-here/")) == []
 
+    def test_folders_are_the_next_path_segments_that_hold_objects(self, store: ObjectStore) -> None:
+        for key in ("plugins/barge/shop/config", "plugins/barge/erp/data/aa/p1", "plugins/readme", "top"):
+            store.put(key, b"x")
+        assert store.folders("plugins/barge/") == ("erp", "shop")
+        assert store.folders("plugins/") == ("barge",)
+        assert store.folders("") == ("plugins",)
+        assert store.folders("nothing-here/") == ()
+        store.delete("plugins/barge/shop/config")
+        assert store.folders("plugins/barge/") == ("erp",)
+
     def test_delete_is_idempotent(self, store: ObjectStore) -> None:
         store.put("d", b"x")
         store.delete("d")

@@ -15,6 +15,7 @@ import stat
 import sys
 import traceback
 from collections.abc import Callable, Sequence
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -23,10 +24,12 @@ from barge.errors import BargeError, Canceled, CorruptionDetected, InvalidInput,
 from barge.fs.backup import BackupOptions, backup_tree
 from barge.fs.block import backup_device, restore_device
 from barge.fs.restore import restore_tree
+from barge.repo import retention
 from barge.repo.check import check_repository
-from barge.repo.gc import collect_garbage
+from barge.repo.gc import GcReport, collect_garbage
 from barge.repo.relocate import move_repository
 from barge.repo.repository import Repository
+from barge.repo.retention import RetentionPolicy
 from barge.repo.snapshot import SnapshotKind
 from barge.storage.url import open_store
 
@@ -150,21 +153,31 @@ def _parse_tag(text: str) -> tuple[str, str]:
 
 
 def cmd_restore(args: argparse.Namespace) -> int:
+    """The mode is the caller's (``--block``, or a block device as the target), not the snapshot's."""
+    target = Path(args.target)
+    block = args.block or _is_block_device_itself(target)
+    if args.force and not block:
+        raise UsageError("--force is for block restores; a filesystem restore needs an empty directory")
     repo = _open(args)
-    kind = repo.load_snapshot(args.snapshot_id).kind
+    _require_snapshot_kind(repo, args.snapshot_id, block)
     progress = _ProgressLine("restore")
     try:
-        if kind is SnapshotKind.BLOCK:
+        if block:
             device = restore_device(
-                repo, args.snapshot_id, Path(args.target), zero_fill=args.zero_fill, progress=progress
+                repo, args.snapshot_id, target, zero_fill=args.zero_fill, force=args.force, progress=progress
             )
         else:
             result = restore_tree(
-                repo, args.snapshot_id, Path(args.target), progress=progress, sparse=args.sparse
+                repo,
+                args.snapshot_id,
+                target,
+                progress=progress,
+                sparse=args.sparse,
+                restore_privileged=args.restore_privileged,
             )
     finally:
         progress.close()
-    if kind is SnapshotKind.BLOCK:
+    if block:
         print(
             f"restored {device.bytes_total:,} bytes to {args.target}: {device.bytes_written:,} written, "
             f"{device.zeroed:,} zero-filled, the rest left as holes"
@@ -175,7 +188,33 @@ def cmd_restore(args: argparse.Namespace) -> int:
     )
     for warning in result.warnings:
         print(f"warning: {warning}", file=sys.stderr)
+    if result.withheld:
+        print(f"warning: {result.withheld.summary()}; pass --restore-privileged to restore them as "
+              "the snapshot records them", file=sys.stderr)  # fmt: skip
     return EXIT_OK
+
+
+def _is_block_device_itself(path: Path) -> bool:
+    """A block device named directly; a symlink to one is not followed (block restores refuse it)."""
+    try:
+        return stat.S_ISBLK(path.lstat().st_mode)
+    except OSError:
+        return False
+
+
+def _require_snapshot_kind(repo: Repository, snapshot_id: str, block: bool) -> None:
+    """A snapshot of the other kind fails before anything is written."""
+    kind = repo.load_snapshot(snapshot_id).kind
+    if block and kind is not SnapshotKind.BLOCK:
+        raise UsageError(
+            f"snapshot {snapshot_id[:16]} is a filesystem snapshot, not a device image: restore it without "
+            "--block into an empty directory"
+        )
+    if not block and kind is SnapshotKind.BLOCK:
+        raise UsageError(
+            f"snapshot {snapshot_id[:16]} is a device image: restore it with --block onto a blank "
+            "block device or a new image file"
+        )
 
 
 def cmd_snapshots(args: argparse.Namespace) -> int:
@@ -211,15 +250,62 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 
 def cmd_forget(args: argparse.Namespace) -> int:
+    policy = _retention_policy(args)
+    if bool(args.snapshot_ids) == (policy is not None):
+        raise UsageError("give snapshot IDs or a policy (--keep-last/-daily/-weekly): one of the two")
     repo = _open(args)
-    repo.forget_snapshot(args.snapshot_id)
-    print(f"forgot snapshot {args.snapshot_id}; run `barge gc` to reclaim its space")
+    doomed = args.snapshot_ids if policy is None else _outside_policy(repo, policy)
+    for snapshot_id in doomed:
+        if args.dry_run:
+            print(f"would forget snapshot {snapshot_id}")
+        else:
+            repo.forget_snapshot(snapshot_id)
+            print(f"forgot snapshot {snapshot_id}")
+    if args.prune and not args.dry_run:
+        return _prune(repo)
+    if doomed and not args.dry_run:
+        print("run `barge gc` to reclaim their space (or pass --prune)")
     return EXIT_OK
+
+
+def _retention_policy(args: argparse.Namespace) -> RetentionPolicy | None:
+    if not (args.keep_last or args.keep_daily or args.keep_weekly):
+        return None
+    return RetentionPolicy(last=args.keep_last, daily=args.keep_daily, weekly=args.keep_weekly)
+
+
+def _outside_policy(repo: Repository, policy: RetentionPolicy) -> list[str]:
+    """The snapshots ``policy`` does not keep; one whose time cannot be read is always kept."""
+    entries = []
+    for snapshot_id in repo.snapshot_ids():
+        snapshot = repo.load_snapshot(snapshot_id)
+        try:
+            finished = datetime.fromisoformat(snapshot.time)
+        except ValueError:
+            continue
+        if finished.tzinfo is None:
+            continue
+        group = retention.group_of(snapshot.hostname, snapshot.paths, snapshot.tags)
+        entries.append(retention.SnapshotEntry(snapshot_id, finished, group))
+    kept = retention.keep(entries, policy)
+    return sorted(e.snapshot_id for e in entries if e.snapshot_id not in kept)
+
+
+def _prune(repo: Repository) -> int:
+    """Garbage collection right after forgetting: a mark, then (when no older backup or restore
+    runs) the sweep that deletes, as two `barge gc` runs would."""
+    report = collect_garbage(repo, log=lambda line: print(line, file=sys.stderr))
+    if report.phase == "mark":
+        report = collect_garbage(repo, log=lambda line: print(line, file=sys.stderr))
+    return _print_gc(report)
 
 
 def cmd_gc(args: argparse.Namespace) -> int:
     repo = _open(args)
-    report = collect_garbage(repo, log=lambda line: print(line, file=sys.stderr))
+    return _print_gc(collect_garbage(repo, log=lambda line: print(line, file=sys.stderr)))
+
+
+def _print_gc(report: GcReport) -> int:
     if report.phase == "waiting":
         print(
             f"{report.condemned_packs} packs await deletion until {report.waiting_for_sessions} older "
@@ -233,18 +319,35 @@ def cmd_gc(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def cmd_change_password(args: argparse.Namespace) -> int:
-    repo = _open(args)
+def _new_password(args: argparse.Namespace) -> bytes:
     if args.new_password_file or os.environ.get("BARGE_NEW_PASSWORD"):
-        new = _password(args, env="BARGE_NEW_PASSWORD", file_attr="new_password_file")
-    elif sys.stdin.isatty():
+        return _password(args, env="BARGE_NEW_PASSWORD", file_attr="new_password_file")
+    if sys.stdin.isatty():
         new = getpass.getpass("new password: ").encode()
         if getpass.getpass("new password again: ").encode() != new:
             raise UsageError("the two new passwords differ")
-    else:
-        raise UsageError("no new password: set BARGE_NEW_PASSWORD or pass --new-password-file FILE")
-    repo.change_password(new)
+        return new
+    raise UsageError("no new password: set BARGE_NEW_PASSWORD or pass --new-password-file FILE")
+
+
+def cmd_change_password(args: argparse.Namespace) -> int:
+    repo = _open(args)
+    repo.change_password(_new_password(args))
     print("password changed")
+    return EXIT_OK
+
+
+def cmd_key_add(args: argparse.Namespace) -> int:
+    repo = _open(args)
+    repo.add_password(_new_password(args))
+    print("password added; the repository opens with either password")
+    return EXIT_OK
+
+
+def cmd_key_remove(args: argparse.Namespace) -> int:
+    repo = _open(args)
+    repo.remove_password()
+    print("password removed; the repository no longer opens with it")
     return EXIT_OK
 
 
@@ -254,6 +357,17 @@ def cmd_repo_move(args: argparse.Namespace) -> int:
     print(f"moved {report.objects} objects ({report.bytes} bytes; {report.already_there} were "
           f"already at the target) to {args.to.split('?')[0]}")  # fmt: skip
     return EXIT_OK
+
+
+def _forget_arguments(forget: argparse.ArgumentParser) -> None:
+    forget.add_argument("snapshot_ids", nargs="*", metavar="SNAPSHOT_ID")
+    forget.add_argument("--keep-last", type=int, default=0, metavar="N", help="keep the newest N")
+    forget.add_argument("--keep-daily", type=int, default=0, metavar="N",
+                        help="keep the newest of each of the last N days that have one (UTC)")  # fmt: skip
+    forget.add_argument("--keep-weekly", type=int, default=0, metavar="N",
+                        help="keep the newest of each of the last N ISO weeks that have one")  # fmt: skip
+    forget.add_argument("--dry-run", action="store_true", help="print what would go; forget nothing")
+    forget.add_argument("--prune", action="store_true", help="run garbage collection afterwards")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -292,9 +406,25 @@ def build_parser() -> argparse.ArgumentParser:
     backup.add_argument("--on-unreadable", choices=("fail", "skip"), default="fail",
                         help="what to do with a file that cannot be read (default: fail)")  # fmt: skip
 
-    restore = add("restore", cmd_restore, "restore a snapshot into an empty directory")
+    restore = add("restore", cmd_restore, "restore a snapshot into an empty directory, or with --block "
+                  "onto a device or image file")  # fmt: skip
     restore.add_argument("snapshot_id")
-    restore.add_argument("target", help="an empty directory, or for a block snapshot a device or file")
+    restore.add_argument("target", help="an empty directory, or with --block a blank device or a new file")
+    restore.add_argument("--block", action="store_true", help="restore a block snapshot onto TARGET, a "
+                         "device or image file (automatic when TARGET is a block device)")  # fmt: skip
+    restore.add_argument(
+        "--force",
+        action="store_true",
+        help="block restores: overwrite a target that is not blank (a non-empty file, a device with "
+        "data in its first or last MiB)",
+    )
+    restore.add_argument(
+        "--restore-privileged",
+        action="store_true",
+        help="filesystem restores: also recreate device nodes, setuid/setgid bits and security.*/"
+        "trusted.* extended attributes as the snapshot records them (by default they are withheld, "
+        "with a warning)",
+    )
     fill = restore.add_mutually_exclusive_group()
     fill.add_argument(
         "--zero-fill",
@@ -314,8 +444,10 @@ def build_parser() -> argparse.ArgumentParser:
     check = add("check", cmd_check, "verify the repository's structure (and with --read-data, every byte)")
     check.add_argument("--read-data", action="store_true")
 
-    forget = add("forget", cmd_forget, "remove a snapshot (space is reclaimed by gc)")
-    forget.add_argument("snapshot_id")
+    forget_help = ("remove snapshots by ID or by a retention policy (space is reclaimed by gc); a policy "
+                   "applies to each source (a Velero volume, or a host and its paths) on its own and keeps "
+                   "a snapshot when any --keep rule does")  # fmt: skip
+    _forget_arguments(add("forget", cmd_forget, forget_help))
 
     add("gc", cmd_gc, "delete data no snapshot needs; safe while backups run (two runs reclaim it)")
 
@@ -324,6 +456,12 @@ def build_parser() -> argparse.ArgumentParser:
     change = key_sub.add_parser("change-password", help="re-wrap the master keys under a new password")
     change.add_argument("--new-password-file")
     change.set_defaults(handler=cmd_change_password)
+    add_key = key_sub.add_parser("add", help="add another password; the current one keeps working")
+    add_key.add_argument("--new-password-file")
+    add_key.set_defaults(handler=cmd_key_add)
+    key_sub.add_parser(
+        "remove", help="remove the password given ($BARGE_PASSWORD or --password-file), never the last"
+    ).set_defaults(handler=cmd_key_remove)
     return parser
 
 

@@ -131,5 +131,49 @@ class AssignmentResult:
     result: Pairs = field(default=())  # dataMoverResult
 
 
-AgentEvent = Hello | Heartbeat | ProgressReport | AssignmentResult
-CoordinatorCommand = Welcome | Assignment | CancelAssignment | Drain
+@dataclass(frozen=True)
+class ForgetBackup:
+    """Forget these snapshots of a deleted Velero backup in one repository of the location."""
+
+    source_namespace: str  # with the location, selects the repository
+    backup_name: str  # the snapshots' velero.io/backup-name tag
+    backup_uid: str  # the snapshots' velero.io/backup-uid tag
+    snapshot_ids: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Sweep:
+    """Coordinator -> agent: list what a location holds for Velero backups, after forgetting
+    ``forget`` (each only if its backup is still absent from the location)."""
+
+    sweep_id: str  # names the SweepResult that answers
+    velero_namespace: str  # where the BackupStorageLocation and its Secrets live
+    backup_storage_location: str
+    forget: tuple[ForgetBackup, ...] = ()
+
+
+@dataclass(frozen=True)
+class BackupSnapshot:
+    """One snapshot a Velero backup wrote, as a sweep found it."""
+
+    source_namespace: str
+    snapshot_id: str
+    backup_name: str
+    backup_uid: str
+    time: str  # ISO 8601, when the backup of this volume finished
+
+
+@dataclass(frozen=True)
+class SweepResult:
+    """Agent -> coordinator: what the location holds (after the forgets) and what was forgotten."""
+
+    sweep_id: str
+    message: str = ""  # not empty: the sweep failed, and why; the other fields are then empty
+    backups_in_location: tuple[str, ...] = ()  # names with backups/<name>/velero-backup.json
+    snapshots: tuple[BackupSnapshot, ...] = ()  # every snapshot tagged with a backup
+    forgotten: tuple[str, ...] = ()  # snapshot IDs this sweep forgot
+    kept: tuple[str, ...] = ()  # asked to forget, but their backup is in the location
+
+
+AgentEvent = Hello | Heartbeat | ProgressReport | AssignmentResult | SweepResult
+CoordinatorCommand = Welcome | Assignment | CancelAssignment | Drain | Sweep

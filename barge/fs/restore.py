@@ -9,11 +9,15 @@ File contents are written where the snapshot has data; where it has holes (the s
 found with ``SEEK_DATA``/``SEEK_HOLE`` at backup time) nothing is written, so every restored file
 is allocated exactly like its source. With ``sparse`` (Velero's ``WriteSparseFiles: "true"``),
 filesystem blocks of file data that are all zeros are left unwritten as well and become holes.
+
+Device nodes, setuid/setgid bits and ``security.*``/``trusted.*`` attributes are recreated only
+when asked (``restore_privileged``); ``barge.fs.privileged`` decides, entry by entry.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import stat
 import threading
@@ -24,6 +28,7 @@ from pathlib import Path
 
 from barge.clock import Clock, SystemClock
 from barge.errors import CorruptionDetected, InvalidInput
+from barge.fs.privileged import PrivilegePolicy, Withheld
 from barge.fs.progress import CancelToken, Progress, ProgressCallback
 from barge.fs.sparse import nonzero_runs, sparse_block
 from barge.fs.walk import DirCursor, Subdir, open_below, walk_tree
@@ -43,6 +48,7 @@ class RestoreResult:
     dirs: int
     bytes_written: int
     warnings: tuple[str, ...]
+    withheld: Withheld  # privileges the snapshot records that were not recreated
 
 
 def check_name(name: bytes) -> bytes:
@@ -80,6 +86,7 @@ class _TreeRestore:
         self.files = self.dirs = self.bytes_written = 0
         self.warnings: list[str] = []
         self.sparse_block = 0  # > 0: leave all-zero blocks of this size (file-aligned) unwritten
+        self.policy = PrivilegePolicy(restore_privileged=False, warn=self.warn)
 
     def warn(self, message: str) -> None:
         with self.lock:
@@ -93,8 +100,11 @@ class _TreeRestore:
         self.cancel.check()
         dir_fd = cursor.fd
         subdirs: list[Subdir[bytes]] = []
-        for node in decode_tree(self.repo.read_blob(tree_id)):
-            name = check_name(node.name)
+        for entry in decode_tree(self.repo.read_blob(tree_id)):
+            name = check_name(entry.name)
+            node = self.policy.admit(entry, functools.partial(cursor.relpath, name))
+            if node is None:
+                continue
             if node.kind == "dir":
                 if node.subtree is None:
                     raise CorruptionDetected(f"directory {cursor.relpath(name)!r} has no tree")
@@ -221,7 +231,9 @@ class _TreeRestore:
             self.warn(f"{os.fsdecode(rel)}: {node.kind} not restored ({err.strerror})")
 
 
-def _dir_metadata_pass(repo: Repository, cursor: DirCursor, tree_id: bytes, as_root: bool) -> None:
+def _dir_metadata_pass(
+    repo: Repository, cursor: DirCursor, tree_id: bytes, as_root: bool, policy: PrivilegePolicy
+) -> None:
     """Set directories' metadata bottom-up, after all their children exist (so mtimes stick)."""
 
     def subdirs(node: Node | None) -> list[Subdir[Node | None]]:
@@ -232,17 +244,18 @@ def _dir_metadata_pass(repo: Repository, cursor: DirCursor, tree_id: bytes, as_r
 
     def leave(node: Node | None, fd: int) -> None:
         if node is not None:  # the root's metadata is the snapshot's, set by the caller
-            _set_dir_metadata(fd, node, as_root)
+            _set_dir_metadata(fd, node, as_root, policy)
 
     walk_tree(cursor, None, subdirs, leave)
 
 
-def _set_dir_metadata(fd: int, node: Node, as_root: bool) -> None:
+def _set_dir_metadata(fd: int, node: Node, as_root: bool, policy: PrivilegePolicy) -> None:
     if as_root:
         os.fchown(fd, node.uid, node.gid)
     with contextlib.suppress(OSError):
         for key, value in node.xattrs:
-            os.setxattr(fd, key, value)
+            if policy.keeps_xattr(key):
+                os.setxattr(fd, key, value)
     os.fchmod(fd, node.mode)
     os.utime(fd, ns=(node.mtime_ns, node.mtime_ns))
 
@@ -258,12 +271,15 @@ def restore_tree(
     clock: Clock | None = None,
     tolerated: frozenset[str] = frozenset(),
     sparse: bool = False,
+    restore_privileged: bool = False,
 ) -> RestoreResult:
     """Restore into ``target``, which must be empty but for names in ``tolerated``.
 
     A freshly formatted volume holds ``lost+found``; the agent tolerates it, the CLI does not.
     The source's holes are always restored as holes; ``sparse`` also leaves all-zero filesystem
     blocks of file data unwritten (holes), as Velero's ``WriteSparseFiles`` asks.
+    ``restore_privileged`` recreates device nodes, setuid/setgid bits and security/trusted
+    attributes as recorded; otherwise they are withheld and counted (``RestoreResult.withheld``).
     """
     snapshot = repo.load_snapshot(snapshot_id)
     if snapshot.kind is not SnapshotKind.FILESYSTEM:
@@ -280,6 +296,7 @@ def restore_tree(
         meter = Progress(snapshot.summary.bytes_total, progress, clock)
         job = _TreeRestore(repo, target, meter, cancel or CancelToken(), workers)
         job.tolerated = tolerated
+        job.policy = PrivilegePolicy(restore_privileged, warn=job.warn)
         if sparse:
             job.sparse_block = sparse_block(os.stat(target).st_blksize)
         return _restore_under_lease(repo, snapshot, target, job)
@@ -309,7 +326,7 @@ def _restore_under_lease(
             for future in pending:
                 future.result()
             with _cursor(root_fd) as cursor:
-                _dir_metadata_pass(repo, cursor, tree, job.as_root)
+                _dir_metadata_pass(repo, cursor, tree, job.as_root, job.policy)
         root = snapshot.root
         assert root is not None  # checked before the lease
         if job.as_root:
@@ -322,4 +339,6 @@ def _restore_under_lease(
             job.close_file(fd)
         os.close(root_fd)
     job.progress.finish()
-    return RestoreResult(job.files, job.dirs, job.bytes_written, tuple(job.warnings))
+    return RestoreResult(
+        job.files, job.dirs, job.bytes_written, tuple(job.warnings), job.policy.withheld()
+    )

@@ -20,6 +20,7 @@ from barge.errors import (
     PermanentError,
     PermissionDenied,
     TemporaryError,
+    TooManyRequests,
     Unauthenticated,
 )
 
@@ -32,7 +33,7 @@ _BY_STATUS: dict[int, type[BargeError]] = {
     409: Conflict,
     410: Expired,
     422: InvalidInput,
-    429: TemporaryError,
+    429: TooManyRequests,
 }
 
 

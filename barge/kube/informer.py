@@ -3,7 +3,9 @@
 Controllers read the cache instead of polling the API and react to ``on_event``. Cached objects
 are shared, not copied: every watch event *replaces* an entry and nothing mutates one, so readers
 get them for free and must treat them as read-only (copy before changing). A copy per read made
-every pass over the cache cost a deep copy of all of it. The cache is
+every pass over the cache cost a deep copy of all of it. Cached objects carry no
+``metadata.managedFields`` (server-side apply bookkeeping nobody here reads, often the largest part
+of an object): a write of a cached object without it leaves the server's copy as it was. The cache is
 rebuilt by a fresh list whenever the watch's resourceVersion has expired (410 Gone), and every cached
 object is re-delivered as ``SYNC`` every ``resync_s`` so a handler that missed or dropped work gets
 another chance (level-triggered, as in client-go).
@@ -134,7 +136,7 @@ class Informer:
         self._synced.set()
 
     def _replace_cache(self, listing: Listing) -> list[tuple[str, Obj]]:
-        fresh = {object_key(obj): obj for obj in listing.items}
+        fresh = {object_key(obj): _slim(obj) for obj in listing.items}
         with self._lock:
             old, self._cache = self._cache, fresh
         changes = [("DELETED", obj) for key, obj in old.items() if key not in fresh]
@@ -174,6 +176,7 @@ class Informer:
     def _apply(self, kind: str, obj: Obj) -> None:
         version = _version(obj)
         if kind != "BOOKMARK":
+            obj = _slim(obj)
             key = object_key(obj)
             with self._lock:
                 if kind == "DELETED":
@@ -214,3 +217,12 @@ class Informer:
 def _version(obj: Obj) -> str:
     version: str = obj.get("metadata", {}).get("resourceVersion", "")
     return version
+
+
+def _slim(obj: Obj) -> Obj:
+    """``obj`` without ``metadata.managedFields``; the object is fresh from JSON, owned by the cache."""
+    metadata = obj.get("metadata")
+    if isinstance(metadata, dict):
+        metadata.pop("managedFields", None)
+    return obj
+

@@ -26,6 +26,7 @@ Obj = dict[str, Any]
 Query = list[tuple[str, str | int]]
 
 MERGE_PATCH = "application/merge-patch+json"
+STRATEGIC_MERGE_PATCH = "application/strategic-merge-patch+json"
 _LIST_PAGE = 500
 
 
@@ -77,6 +78,7 @@ PERSISTENT_VOLUME_CLAIM = Resource("PersistentVolumeClaim", "", "v1", "persisten
 PERSISTENT_VOLUME = Resource("PersistentVolume", "", "v1", "persistentvolumes", False)
 NODE = Resource("Node", "", "v1", "nodes", False)
 SECRET = Resource("Secret", "", "v1", "secrets", True)
+CONFIG_MAP = Resource("ConfigMap", "", "v1", "configmaps", True)
 EVENT = Resource("Event", "", "v1", "events", True)
 LEASE = Resource("Lease", "coordination.k8s.io", "v1", "leases", True)
 POD_DISRUPTION_BUDGET = Resource("PodDisruptionBudget", "policy", "v1", "poddisruptionbudgets", True)
@@ -195,24 +197,41 @@ class KubeObjects:
     def __init__(self, api: client.ApiClient, request_timeout_s: float = 30.0) -> None:
         self.api = api
         self._timeout = request_timeout_s
+        self._discovered: dict[str, dict[str, Resource]] = {}
 
     def get(self, resource: Resource, namespace: str | None, name: str) -> Obj:
         what = f"get {resource.describe(namespace, name)}"
         return self._call("GET", resource.path(namespace, name), what=what)
 
+    def find(self, resource: Resource, namespace: str | None, name: str) -> Obj | None:
+        """``get``, with None for an object that does not exist (a normal answer, not an error)."""
+        try:
+            return self.get(resource, namespace, name)
+        except NotFound:
+            return None
+
     def list(
-        self, resource: Resource, namespace: str | None = None, label_selector: str | None = None
+        self,
+        resource: Resource,
+        namespace: str | None = None,
+        label_selector: str | None = None,
+        field_selector: str | None = None,
     ) -> list[Obj]:
         """Every matching object (all namespaces when ``namespace`` is None)."""
-        return list(self.list_with_version(resource, namespace, label_selector).items)
+        return list(self.list_with_version(resource, namespace, label_selector, field_selector).items)
 
     def list_with_version(
-        self, resource: Resource, namespace: str | None = None, label_selector: str | None = None
+        self,
+        resource: Resource,
+        namespace: str | None = None,
+        label_selector: str | None = None,
+        field_selector: str | None = None,
     ) -> Listing:
         """All pages of one consistent list, with the resourceVersion a watch should start from."""
         items: list[Obj] = []
         first: Query = [("limit", _LIST_PAGE)]
         first += [("labelSelector", label_selector)] if label_selector else []
+        first += [("fieldSelector", field_selector)] if field_selector else []
         query = first
         what = f"list {resource.plural}" + (f" in {namespace}" if namespace else "")
         while True:
@@ -244,22 +263,42 @@ class KubeObjects:
         return self._call("PUT", path, body=body, what=f"replace {resource.describe(namespace, name)}")
 
     def patch(
-        self, resource: Resource, namespace: str | None, name: str, patch: Obj, subresource: str = ""
+        self,
+        resource: Resource,
+        namespace: str | None,
+        name: str,
+        patch: Obj,
+        subresource: str = "",
+        *,
+        strategic: bool = False,
     ) -> Obj:
-        """A JSON merge patch (RFC 7386): maps merge, lists and scalars replace, ``None`` deletes."""
+        """A JSON merge patch (RFC 7386): maps merge, lists and scalars replace, ``None`` deletes.
+
+        ``strategic`` sends a strategic merge patch instead (built-in kinds only), whose lists merge
+        by key: how a kubelet updates one pod or node condition without rewriting the others.
+        """
         return self._call(
             "PATCH",
             resource.path(namespace, name, subresource),
             body=patch,
-            content_type=MERGE_PATCH,
+            content_type=STRATEGIC_MERGE_PATCH if strategic else MERGE_PATCH,
             what=f"patch {resource.describe(namespace, name)}",
         )
 
-    def delete(self, resource: Resource, namespace: str | None, name: str, uid: str | None = None) -> bool:
+    def delete(
+        self,
+        resource: Resource,
+        namespace: str | None,
+        name: str,
+        uid: str | None = None,
+        grace_seconds: int | None = None,
+    ) -> bool:
         """Delete (background propagation); False when already gone or, with ``uid``, replaced by another."""
         options: Obj = {"propagationPolicy": "Background"}
         if uid:
             options["preconditions"] = {"uid": uid}
+        if grace_seconds is not None:
+            options["gracePeriodSeconds"] = grace_seconds
         try:
             self._call(
                 "DELETE",
@@ -287,6 +326,30 @@ class KubeObjects:
         path = f"/apis/{group}/{version}" if group else f"/api/{version}"
         listing = self._call("GET", path, what=f"discover {group or 'core'}/{version}")
         return frozenset(r["name"] for r in listing.get("resources") or [])
+
+    def resource_of(self, api_version: str, kind: str) -> Resource | None:
+        """The resource serving ``kind`` in ``api_version`` by discovery (cached; asked again on a miss):
+        for kinds named only at run time, such as an owner reference's."""
+        known = self._discovered.get(api_version, {})
+        if kind not in known:
+            known = self._discover(api_version)
+            self._discovered[api_version] = known
+        return known.get(kind)
+
+    def _discover(self, api_version: str) -> dict[str, Resource]:
+        group, _, version = api_version.rpartition("/")
+        path = f"/apis/{api_version}" if group else f"/api/{version}"
+        try:
+            listing = self._call("GET", path, what=f"discover {api_version}")
+        except NotFound:
+            return {}
+        return {
+            entry["kind"]: Resource(
+                entry["kind"], group, version, entry["name"], bool(entry.get("namespaced"))
+            )
+            for entry in listing.get("resources") or []
+            if "/" not in entry["name"]
+        }
 
     def watch(
         self,

@@ -126,7 +126,11 @@ class Repository:
         return cls(store, keys, config, key_name, clock or SystemClock())
 
     @classmethod
-    def open(cls, store: ObjectStore, password: bytes, clock: Clock | None = None) -> Repository:
+    def open(
+        cls, store: ObjectStore, password: bytes, clock: Clock | None = None, *, with_index: bool = True
+    ) -> Repository:
+        """Unlock the repository; ``with_index=False`` skips reading the index, for work on snapshot
+        manifests only (listing, forgetting)."""
         try:
             sealed_config = store.get("config")
         except ObjectNotFound:
@@ -141,7 +145,8 @@ class Repository:
             raise CorruptionDetected("repository format version is not supported by this Barge")
         config = RepositoryConfig(FORMAT_VERSION, doc.pop("id"), RepositorySettings(**doc))
         repo = cls(store, keys, config, key_name, clock or SystemClock())
-        repo.load_index()
+        if with_index:
+            repo.load_index()
         return repo
 
     @staticmethod
@@ -158,10 +163,25 @@ class Repository:
 
     def change_password(self, new_password: bytes, kdf: KdfParams | None = None) -> None:
         """Add a key object for the new password, then remove the one this session opened with."""
-        new_name = f"keys/{uuid.uuid4().hex}"
-        self.store.put(new_name, wrap_master_keys(self.keys, new_password, kdf or KdfParams()))
+        new_name = self.add_password(new_password, kdf)
         self.store.delete(self.key_name)
         self.key_name = new_name
+
+    def add_password(self, new_password: bytes, kdf: KdfParams | None = None) -> str:
+        """Another key object wrapping the same master keys: the repository then opens with either
+        password (how a repository moves to a new password while writers still use the old one)."""
+        new_name = f"keys/{uuid.uuid4().hex}"
+        self.store.put(new_name, wrap_master_keys(self.keys, new_password, kdf or KdfParams()))
+        return new_name
+
+    def remove_password(self) -> None:
+        """Remove the key object this session opened with, unless it is the last one."""
+        if not any(info.key != self.key_name for info in self.store.list("keys/")):
+            raise InvalidInput(
+                f"this is the only password of the repository at {self.store.describe()}: "
+                "add another first (barge key add)"
+            )
+        self.store.delete(self.key_name)
 
     # -- index -----------------------------------------------------------------------------------
 

@@ -27,8 +27,10 @@ from barge.control.messages import (
     Hello,
     ProgressReport,
     RunningAssignment,
+    SweepResult,
     Welcome,
 )
+from barge.control.naming import AGENT_RECONNECT_MAX_S
 from barge.control.ports import CommandHandler
 from barge.errors import BargeError, InvalidInput
 from barge.retry import Backoff
@@ -39,7 +41,7 @@ from barge.rpc.status import STANDBY_REFUSAL
 
 log = logging.getLogger(__name__)
 
-RECONNECT_BACKOFF = Backoff(first_s=0.5, max_s=30.0)
+RECONNECT_BACKOFF = Backoff(first_s=0.5, max_s=AGENT_RECONNECT_MAX_S)
 # A standby's refusal is not an overload: the Service sends the next connection to another replica,
 # so retry soon (a leader may be elected any moment, e.g. when the API server answers again).
 STANDBY_RETRY_S = (0.5, 3.0)
@@ -88,6 +90,8 @@ class Outbox:
                     self._pending[key] = message
                 case AssignmentResult():
                     self._pending[f"result/{message.message_id}"] = message
+                case SweepResult():  # sent once: a leader that missed it sweeps again
+                    self._pending[f"other/{message.message_id}"] = message
                 case Hello() | Heartbeat():
                     if not self._stream:
                         return  # made afresh on the next stream

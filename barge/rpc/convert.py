@@ -14,16 +14,20 @@ from barge.control.messages import (
     Assignment,
     AssignmentKind,
     AssignmentResult,
+    BackupSnapshot,
     CancelAssignment,
     CoordinatorCommand,
     CrRef,
     Drain,
+    ForgetBackup,
     Heartbeat,
     Hello,
     Outcome,
     Pairs,
     ProgressReport,
     RunningAssignment,
+    Sweep,
+    SweepResult,
     VolumeMode,
     Welcome,
 )
@@ -112,6 +116,45 @@ def _result_to_pb(r: AssignmentResult) -> pb.AssignmentResult:
     )
 
 
+def _sweep_to_pb(s: Sweep) -> pb.Sweep:
+    forget = [
+        pb.ForgetBackup(
+            source_namespace=f.source_namespace,
+            backup_name=f.backup_name,
+            backup_uid=f.backup_uid,
+            snapshot_ids=list(f.snapshot_ids),
+        )
+        for f in s.forget
+    ]
+    return pb.Sweep(
+        sweep_id=s.sweep_id,
+        velero_namespace=s.velero_namespace,
+        backup_storage_location=s.backup_storage_location,
+        forget=forget,
+    )
+
+
+def _sweep_result_to_pb(r: SweepResult) -> pb.SweepResult:
+    snapshots = [
+        pb.BackupSnapshot(
+            source_namespace=b.source_namespace,
+            snapshot_id=b.snapshot_id,
+            backup_name=b.backup_name,
+            backup_uid=b.backup_uid,
+            time=b.time,
+        )
+        for b in r.snapshots
+    ]
+    return pb.SweepResult(
+        sweep_id=r.sweep_id,
+        message=r.message,
+        backups_in_location=list(r.backups_in_location),
+        snapshots=snapshots,
+        forgotten=list(r.forgotten),
+        kept=list(r.kept),
+    )
+
+
 def command_to_pb(command: CoordinatorCommand, message_id: str) -> pb.CoordinatorMessage:
     match command:
         case Welcome():
@@ -132,6 +175,8 @@ def command_to_pb(command: CoordinatorCommand, message_id: str) -> pb.Coordinato
         case Drain():
             drain = pb.Drain(grace_seconds=command.grace_seconds, reason=command.reason)
             return pb.CoordinatorMessage(message_id=message_id, drain=drain)
+        case Sweep():
+            return pb.CoordinatorMessage(message_id=message_id, sweep=_sweep_to_pb(command))
 
 
 def event_to_pb(event: AgentEvent, message_id: str) -> pb.AgentMessage:
@@ -157,6 +202,8 @@ def event_to_pb(event: AgentEvent, message_id: str) -> pb.AgentMessage:
             return pb.AgentMessage(message_id=message_id, progress=progress)
         case AssignmentResult():
             return pb.AgentMessage(message_id=message_id, result=_result_to_pb(event))
+        case SweepResult():
+            return pb.AgentMessage(message_id=message_id, sweep_result=_sweep_result_to_pb(event))
 
 
 # --- protobuf -> dataclass -------------------------------------------------------------------------
@@ -203,6 +250,29 @@ def _result_back(r: pb.AssignmentResult) -> AssignmentResult:
     )
 
 
+def _sweep_back(s: pb.Sweep) -> Sweep:
+    forget = tuple(
+        ForgetBackup(f.source_namespace, f.backup_name, f.backup_uid, tuple(f.snapshot_ids))
+        for f in s.forget
+    )
+    return Sweep(s.sweep_id, s.velero_namespace, s.backup_storage_location, forget)
+
+
+def _sweep_result_back(r: pb.SweepResult) -> SweepResult:
+    snapshots = tuple(
+        BackupSnapshot(b.source_namespace, b.snapshot_id, b.backup_name, b.backup_uid, b.time)
+        for b in r.snapshots
+    )
+    return SweepResult(
+        sweep_id=r.sweep_id,
+        message=r.message,
+        backups_in_location=tuple(r.backups_in_location),
+        snapshots=snapshots,
+        forgotten=tuple(r.forgotten),
+        kept=tuple(r.kept),
+    )
+
+
 def command_from_pb(message: pb.CoordinatorMessage) -> CoordinatorCommand:
     body = message.WhichOneof("body")
     if body == "welcome":
@@ -215,6 +285,8 @@ def command_from_pb(message: pb.CoordinatorMessage) -> CoordinatorCommand:
         return CancelAssignment(c.assignment_id, c.epoch, c.reason, c.hand_off)
     if body == "drain":
         return Drain(grace_seconds=message.drain.grace_seconds, reason=message.drain.reason)
+    if body == "sweep":
+        return _sweep_back(message.sweep)
     raise InvalidInput(f"CoordinatorMessage {message.message_id!r} carries no command")
 
 
@@ -230,4 +302,6 @@ def event_from_pb(message: pb.AgentMessage) -> AgentEvent:
         return ProgressReport(p.assignment_id, p.epoch, p.bytes_done, p.bytes_total)
     if body == "result":
         return _result_back(message.result)
+    if body == "sweep_result":
+        return _sweep_result_back(message.sweep_result)
     raise InvalidInput(f"AgentMessage {message.message_id!r} carries no event")

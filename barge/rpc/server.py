@@ -11,6 +11,7 @@ import logging
 import queue
 import socket
 import threading
+import urllib.parse
 import uuid
 from collections import OrderedDict
 from collections.abc import Iterator, Sequence
@@ -35,6 +36,7 @@ log = logging.getLogger(__name__)
 SERVICE_NAME = "barge.v1.AgentControl"
 _POLL_S = 0.5  # longest wait between checks of an agent's silence
 _RECENT_IDS = 65536  # message ids remembered for duplicate detection (all nodes together)
+_SPARE_WORKERS = 8  # workers beyond the admitted streams: health checks and streams being refused
 
 # Ping idle agents so dead TCP peers are noticed; allow agents to ping us every 10 s.
 SERVER_OPTIONS: tuple[tuple[str, int], ...] = (
@@ -127,9 +129,16 @@ class _Sessions:
         self._lock = threading.Lock()
         self._by_node: dict[str, _Session] = {}
 
-    def replace(self, session: _Session) -> _Session | None:
+    def replace(self, session: _Session, limit: int) -> _Session | None:
+        """Admit ``session`` in place of its node's older one (returned), or, for a new node, while
+        fewer than ``limit`` nodes are connected (RESOURCE_EXHAUSTED otherwise)."""
         with self._lock:
             old = self._by_node.get(session.node)
+            if old is None and len(self._by_node) >= limit:
+                raise _StreamEnd(
+                    grpc.StatusCode.RESOURCE_EXHAUSTED,
+                    f"this coordinator already serves its limit of {limit} agents; retry later",
+                )
             self._by_node[session.node] = session
             return old
 
@@ -141,6 +150,77 @@ class _Sessions:
     def all(self) -> list[_Session]:
         with self._lock:
             return list(self._by_node.values())
+
+
+@dataclass(eq=False)
+class _Handshake:
+    """A stream not yet authenticated: it holds a handshake slot until it is accepted or ends."""
+
+    peer: str
+    mailbox: queue.Queue[_Item]
+    authenticating: bool = False  # its Hello arrived: no longer evicted in favour of a newer stream
+    evicted: str = ""  # why it was closed to make room ("" while it holds its slot)
+
+
+class _Handshakes:
+    """The slots of streams that have not authenticated yet, apart from the agents' slots.
+
+    Bounded in all (``limit``) and per peer address (``per_peer``), so idle streams cannot starve
+    agents and one peer cannot take every slot. A stream over a bound evicts the oldest stream (of
+    that peer, or of all) still waiting for its Hello: an agent sends Hello at once, so only idle
+    streams grow old there, and an agent sharing an address with a flood still gets in. When every
+    such stream is already authenticating, the new one is refused (RESOURCE_EXHAUSTED)."""
+
+    def __init__(self, limit: int, per_peer: int) -> None:
+        if limit < 1 or per_peer < 1:
+            raise InvalidInput(f"handshake limits must be at least 1 (got {limit} and {per_peer} per peer)")
+        self._limit, self._per_peer = limit, per_peer
+        self._lock = threading.Lock()
+        self._pending: list[_Handshake] = []  # oldest first
+
+    def enter(self, peer: str, mailbox: queue.Queue[_Item]) -> _Handshake:
+        handshake = _Handshake(peer, mailbox)
+        with self._lock:
+            of_peer = [h for h in self._pending if h.peer == peer]
+            if len(of_peer) >= self._per_peer:
+                self._evict_oldest(of_peer, f"more than {self._per_peer} unauthenticated streams from {peer}")
+            if len(self._pending) >= self._limit:
+                self._evict_oldest(self._pending, f"more than {self._limit} unauthenticated streams")
+            self._pending.append(handshake)
+        return handshake
+
+    def _evict_oldest(self, candidates: list[_Handshake], why: str) -> None:
+        idle = next((h for h in candidates if not h.authenticating), None)
+        if idle is None:
+            raise _StreamEnd(grpc.StatusCode.RESOURCE_EXHAUSTED, f"{why}, all authenticating; retry")
+        self._pending.remove(idle)
+        idle.evicted = f"{why}: the oldest without a Hello is closed"
+        idle.mailbox.put(_Close(idle.evicted))
+
+    def hello(self, handshake: _Handshake) -> None:
+        """Its Hello arrived: it keeps its slot while it authenticates, unless it was just evicted."""
+        with self._lock:
+            if handshake.evicted:
+                raise _StreamEnd(grpc.StatusCode.RESOURCE_EXHAUSTED, handshake.evicted)
+            handshake.authenticating = True
+
+    def leave(self, handshake: _Handshake) -> None:
+        with self._lock:
+            if handshake in self._pending:
+                self._pending.remove(handshake)
+
+
+def peer_address(peer: str) -> str:
+    """The remote address of a gRPC peer string without its port: ``ipv4:10.0.0.7:51234`` ->
+    ``10.0.0.7``, ``ipv6:%5Bfd00::7%5D:51234`` (gRPC escapes the brackets) -> ``fd00::7``;
+    anything else unchanged."""
+    kind, _, rest = peer.partition(":")
+    rest = urllib.parse.unquote(rest)
+    if kind == "ipv6" and rest.startswith("["):
+        return rest[1:].partition("]")[0]
+    if kind == "ipv4":
+        return rest.rpartition(":")[0]
+    return peer
 
 
 class _RecentIds:
@@ -198,7 +278,10 @@ class ControlServer:
     ``address`` is ``host:port`` (port 0 picks one: see ``port``). The Welcome tells agents to send a
     heartbeat every ``heartbeat_interval_s``; an agent silent for ``agent_timeout_s`` is dropped.
     ``coordinator_id`` (default: the host name) names this replica in the Welcome; ``max_agents``
-    bounds the concurrent streams (each holds two threads).
+    bounds the agents' streams (each holds two threads). Streams that have not authenticated have
+    slots of their own (``max_handshakes``, at most ``max_handshakes_per_peer`` from one address)
+    and ``hello_timeout_s`` to send their Hello, so idle streams can neither take the agents' slots
+    nor the workers the health checks need.
     """
 
     def __init__(
@@ -213,11 +296,16 @@ class ControlServer:
         agent_timeout_s: float,
         coordinator_id: str | None = None,
         max_agents: int = 1024,
+        hello_timeout_s: float = 5.0,
+        max_handshakes: int = 256,
+        max_handshakes_per_peer: int = 8,
     ) -> None:
         if agent_timeout_s <= heartbeat_interval_s:
             raise InvalidInput(
                 f"agent_timeout_s={agent_timeout_s} must exceed heartbeat_interval_s={heartbeat_interval_s}"
             )
+        if hello_timeout_s <= 0:
+            raise InvalidInput(f"hello_timeout_s={hello_timeout_s} must be positive")
         self._hub = hub
         self._authenticator = authenticator
         self._address = address
@@ -227,6 +315,9 @@ class ControlServer:
         self._agent_timeout_s = agent_timeout_s
         self._coordinator_id = coordinator_id or socket.gethostname()
         self._max_agents = max_agents
+        self._hello_timeout_s = hello_timeout_s
+        self._handshakes = _Handshakes(max_handshakes, max_handshakes_per_peer)
+        self._max_handshakes = max_handshakes
         self._sessions = _Sessions()
         self._recent = _RecentIds(_RECENT_IDS)
         self._health = health.HealthServicer(experimental_non_blocking=True)
@@ -238,9 +329,10 @@ class ControlServer:
 
     def start(self) -> None:
         """Listen and serve; health reports SERVING."""
-        # Every stream holds a worker (plus a reader thread) for its lifetime; the spare workers serve
-        # health checks. Beyond the limit new streams fail fast with RESOURCE_EXHAUSTED, never hang.
-        workers = self._max_agents + 8
+        # Every stream holds a worker (plus a reader thread) for its lifetime. The server admits at
+        # most max_agents accepted and max_handshakes unauthenticated streams, so the spare workers
+        # stay free for health checks and for refusing streams; gRPC's own limit only backs that up.
+        workers = self._max_agents + self._max_handshakes + _SPARE_WORKERS
         server = grpc.server(
             ThreadPoolExecutor(max_workers=workers, thread_name_prefix="control-rpc"),
             options=SERVER_OPTIONS,
@@ -289,10 +381,9 @@ class ControlServer:
     ) -> Iterator[pb.CoordinatorMessage]:
         mailbox: queue.Queue[_Item] = queue.Queue()
         context.add_callback(lambda: mailbox.put(_Ended("the RPC ended")))
-        threading.Thread(target=_pump, args=(requests, mailbox), name="agent-reader", daemon=True).start()
         session: _Session | None = None
         try:
-            session = self._open(mailbox, context)
+            session = self._open(requests, mailbox, context)
             yield from self._serve(session, mailbox)
         except _StreamEnd as end:
             context.abort(end.code, str(end))
@@ -304,16 +395,28 @@ class ControlServer:
             if session is not None:
                 self._end(session)
 
-    def _open(self, mailbox: queue.Queue[_Item], context: grpc.ServicerContext) -> _Session:
-        """Authenticate the stream's Hello, greet the agent and hand the session to the hub."""
+    def _open(
+        self, requests: Iterator[pb.AgentMessage], mailbox: queue.Queue[_Item], context: grpc.ServicerContext
+    ) -> _Session:
+        """Authenticate the stream's Hello, greet the agent and hand the session to the hub. Until
+        then the stream holds a handshake slot, not an agent's."""
         if not self._serving.is_set():
             raise TemporaryError(STANDBY_REFUSAL)
         token = _bearer_token(context.invocation_metadata())
-        hello, message_id = self._first_hello(mailbox)
-        identity = self._authenticator.authenticate(token, hello.node_name)
+        handshake = self._handshakes.enter(peer_address(context.peer()), mailbox)
+        try:
+            threading.Thread(target=_pump, args=(requests, mailbox), name="agent-reader", daemon=True).start()
+            hello, message_id = self._first_hello(mailbox)
+            self._handshakes.hello(handshake)
+            identity = self._authenticator.authenticate(token, hello.node_name)
+            return self._accept(hello, identity, message_id, mailbox)
+        finally:
+            self._handshakes.leave(handshake)
+
+    def _accept(self, hello: Hello, identity: str, message_id: str, mailbox: queue.Queue[_Item]) -> _Session:
         session = _Session(hello.node_name, hello, identity, mailbox)
+        old = self._sessions.replace(session, self._max_agents)
         session.send(Welcome(self._coordinator_id, self._heartbeat_interval_s))
-        old = self._sessions.replace(session)
         if old is not None:
             old.close("replaced by a newer connection from the same node")
             self._report_disconnect(old)
@@ -332,11 +435,13 @@ class ControlServer:
 
     def _first_hello(self, mailbox: queue.Queue[_Item]) -> tuple[Hello, str]:
         try:
-            item = mailbox.get(timeout=self._agent_timeout_s)
+            item = mailbox.get(timeout=self._hello_timeout_s)
         except queue.Empty:
             raise _StreamEnd(
-                grpc.StatusCode.DEADLINE_EXCEEDED, f"no Hello within {self._agent_timeout_s}s"
+                grpc.StatusCode.DEADLINE_EXCEEDED, f"no Hello within {self._hello_timeout_s}s"
             ) from None
+        if isinstance(item, _Close):
+            raise _StreamEnd(grpc.StatusCode.RESOURCE_EXHAUSTED, item.reason)
         if not isinstance(item, _Inbound):
             raise _StreamEnd(grpc.StatusCode.CANCELLED, "the stream ended before Hello")
         event = event_from_pb(item.message)

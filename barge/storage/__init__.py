@@ -8,7 +8,7 @@ Keys are ``/``-separated relative paths such as ``data/ab/abcdef...``.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Protocol
 
@@ -21,6 +21,16 @@ class ObjectNotFound(NotFound):
 
 class ObjectExists(PermanentError):
     """A create-only write found the key already present."""
+
+
+@dataclass(frozen=True)
+class Credentials:
+    """What a backend's credentials file holds, handed over in memory (the agent reads it from a
+    Secret) so that it is never written to a disk. ``source`` names it in messages (``Secret
+    velero/cloud-credentials key cloud``); the content never appears in a message or a repr."""
+
+    content: bytes = field(repr=False)
+    source: str
 
 
 @dataclass(frozen=True)
@@ -53,6 +63,12 @@ class ObjectStore(Protocol):
 
     def list(self, prefix: str) -> Iterator[ObjectInfo]:
         """Every object whose key starts with ``prefix``, in lexicographic key order."""
+        ...
+
+    def folders(self, prefix: str) -> tuple[str, ...]:
+        """The folders directly below the folder ``prefix`` ("" or ending in "/"): the next path
+        segment of every key below it that has one more "/", sorted. One listing request per
+        thousand folders (a delimiter listing), however many objects lie below them."""
         ...
 
     def delete(self, key: str) -> None:

@@ -9,8 +9,9 @@ client. A backend supplies the configured obstore store, a description and its e
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass
+import os
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -19,7 +20,8 @@ import obstore
 from obstore import exceptions as obs_errors
 
 from barge.errors import InvalidInput, PermanentError, TemporaryError
-from barge.storage import ObjectExists, ObjectInfo, ObjectNotFound
+from barge.storage import Credentials, ObjectExists, ObjectInfo, ObjectNotFound
+from barge.storage.url import has_userinfo
 
 if TYPE_CHECKING:
     from obstore.store import AzureStore, ClientConfig, GCSStore, RetryConfig, S3Store
@@ -37,6 +39,7 @@ class Transport:
 
     endpoint: str | None = None
     ca_bundle: Path | None = None
+    ca_pem: bytes | None = field(default=None, repr=False)  # the bundle itself, handed in memory
     insecure_skip_tls_verify: bool = False
     # Throttling (503 SlowDown) can last minutes: retry for up to retry_timeout_s (jittered backoff,
     # 0.2 s growing to 20 s between attempts); max_retries is only a backstop. Then the error is
@@ -45,10 +48,17 @@ class Transport:
     retry_timeout_s: float = 180.0
 
     @classmethod
-    def from_query(cls, query: Mapping[str, str]) -> Transport:
+    def from_query(cls, query: Mapping[str, str], ca_pem: bytes | None = None) -> Transport:
+        endpoint = query.get("endpoint")
+        if endpoint and has_userinfo(endpoint):
+            raise InvalidInput(
+                "storage option endpoint: remove the user:password@ part (it would show in every "
+                "message); credentials go in the credentials file"
+            )
         return cls(
-            endpoint=query.get("endpoint"),
+            endpoint=endpoint,
             ca_bundle=Path(query["ca_bundle"]) if "ca_bundle" in query else None,
+            ca_pem=ca_pem,
             insecure_skip_tls_verify=query.get("insecure_skip_tls_verify", "false").lower() in TRUE_WORDS,
             retry_timeout_s=_retry_timeout(query.get("retry_timeout")),
         )
@@ -57,7 +67,9 @@ class Transport:
         client: ClientConfig = {"timeout": "120s", "connect_timeout": "10s"}
         if self.endpoint and self.endpoint.startswith("http://"):
             client["allow_http"] = True
-        if self.ca_bundle:
+        if self.ca_pem:
+            client["root_certificate"] = self.ca_pem
+        elif self.ca_bundle:
             try:
                 client["root_certificate"] = self.ca_bundle.read_bytes()
             except OSError as err:
@@ -92,6 +104,46 @@ def _retry_timeout(text: str | None) -> float:
     if not 1 <= seconds <= _MAX_RETRY_TIMEOUT_S:
         raise InvalidInput(f"storage option retry_timeout={text!r}: give seconds between 1 and 3600")
     return seconds
+
+
+def load_credentials(
+    service: str, query: Mapping[str, str], given: Credentials | None, env_file: str | None = None
+) -> Credentials | None:
+    """The credentials handed in memory, else the URL's ``credentials_file`` (the CLI's way), else
+    the file the ``env_file`` variable names; None when there are none (the service's defaults)."""
+    path = query.get("credentials_file")
+    if given is not None:
+        if path:
+            raise InvalidInput(f"{service}: credentials were given both in memory and as credentials_file")
+        return given
+    path = path or (os.environ.get(env_file) if env_file else None)
+    return read_credentials(service, Path(path)) if path else None
+
+
+def read_credentials(service: str, path: Path) -> Credentials:
+    try:
+        return Credentials(path.read_bytes(), f"{service} credentials file {path}")
+    except OSError as err:
+        raise InvalidInput(f"cannot read {service} credentials file {path}: {err.strerror}") from err
+
+
+def credentials_text(credentials: Credentials) -> str:
+    try:
+        return credentials.content.decode("utf-8")
+    except UnicodeDecodeError:
+        raise InvalidInput(f"{credentials.source}: not UTF-8 text") from None
+
+
+_SHORTEST_HIDDEN = 4  # shorter strings are too common to replace (and no real key is that short)
+
+
+def scrub(text: str, hidden: Iterable[str]) -> str:
+    """``text`` with every credential value in ``hidden`` replaced: a service that echoes a key in
+    its answer (S3's ``<AWSAccessKeyId>``) must not put it into a status, an Event or a log."""
+    for value in hidden:
+        if len(value) >= _SHORTEST_HIDDEN:
+            text = text.replace(value, "[redacted]")
+    return text
 
 
 def reject_unknown_options(service: str, query: Mapping[str, str], known: frozenset[str]) -> None:
@@ -141,8 +193,10 @@ def open_obstore(
     *,
     config: Mapping[str, object],
     transport: Transport,
+    hidden: tuple[str, ...] = (),
 ) -> CloudStore:
-    """The obstore store for ``bucket``/``prefix``; a configuration obstore rejects is bad input."""
+    """The obstore store for ``bucket``/``prefix``; a configuration obstore rejects is bad input
+    (``hidden``: the credential values, kept out of the message)."""
     try:
         return factory(
             bucket,
@@ -152,7 +206,9 @@ def open_obstore(
             retry_config=transport.retry_config(),
         )
     except (obs_errors.BaseError, ValueError) as err:
-        raise InvalidInput(f"invalid {service} configuration: {first_line(err)}") from err
+        text = first_line(err)
+        cause = None if scrub(text, hidden) != text else err
+        raise InvalidInput(f"invalid {service} configuration: {scrub(text, hidden)}") from cause
 
 
 def looks_like_md5(etag: str) -> bool:
@@ -167,10 +223,24 @@ class CloudObjectStore:
     # stat then a range (object_store refuses suffix ranges for Azure).
     suffix_ranges = True
 
-    def __init__(self, store: CloudStore, description: str, translate: Translate) -> None:
+    def __init__(
+        self, store: CloudStore, description: str, translate: Translate, hidden: tuple[str, ...] = ()
+    ) -> None:
         self._store = store
         self._description = description
-        self._translate = translate
+        self._translate_error = translate
+        self._hidden = hidden
+
+    def _translate(self, err: Exception, what: str) -> Exception:
+        """The backend's translation, with credential values scrubbed from the message."""
+        error = self._translate_error(err, what)
+        clean = scrub(str(error), self._hidden)
+        return error if clean == str(error) else type(error)(clean)
+
+    def _cause(self, err: Exception) -> Exception | None:
+        """The library's error as the cause of Barge's, unless its text holds a credential (a logged
+        traceback prints the cause)."""
+        return err if scrub(str(err), self._hidden) == str(err) else None
 
     def describe(self) -> str:
         return self._description
@@ -182,7 +252,7 @@ class CloudObjectStore:
                 self._store, key, payload, mode="overwrite" if overwrite else "create", use_multipart=False
             )
         except Exception as err:
-            raise self._no_bucket_if_not_found(self._translate(err, f"put {key}")) from err
+            raise self._no_bucket_if_not_found(self._translate(err, f"put {key}")) from self._cause(err)
         self._verify_put(key, payload, (result.get("e_tag") or "").strip('"'))
 
     def _verify_put(self, key: str, payload: bytes, etag: str) -> None:
@@ -207,7 +277,7 @@ class CloudObjectStore:
         try:
             return bytes(obstore.get(self._store, key).bytes())
         except Exception as err:
-            raise self._translate(err, f"get {key}") from err
+            raise self._translate(err, f"get {key}") from self._cause(err)
 
     def get_range(self, key: str, offset: int, length: int) -> bytes:
         if offset < 0 and not self.suffix_ranges:
@@ -218,13 +288,13 @@ class CloudObjectStore:
                 return bytes(tail.bytes())[:length]
             return bytes(obstore.get_range(self._store, key, start=offset, length=length))
         except Exception as err:
-            raise self._translate(err, f"get {key} [{offset}:+{length}]") from err
+            raise self._translate(err, f"get {key} [{offset}:+{length}]") from self._cause(err)
 
     def stat(self, key: str) -> ObjectInfo:
         try:
             meta = obstore.head(self._store, key)
         except Exception as err:
-            raise self._translate(err, f"stat {key}") from err
+            raise self._translate(err, f"stat {key}") from self._cause(err)
         return ObjectInfo(key, int(meta["size"]), meta["last_modified"])
 
     def list(self, prefix: str) -> Iterator[ObjectInfo]:
@@ -240,8 +310,17 @@ class CloudObjectStore:
                     if m["path"].startswith(prefix)
                 )
         except Exception as err:
-            raise self._no_bucket_if_not_found(self._translate(err, f"list {prefix}")) from err
+            raise self._no_bucket_if_not_found(self._translate(err, f"list {prefix}")) from self._cause(err)
         yield from sorted(found, key=lambda info: info.key)
+
+    def folders(self, prefix: str) -> tuple[str, ...]:
+        directory = prefix.rstrip("/")
+        try:
+            found = obstore.list_with_delimiter(self._store, prefix=directory or None)
+        except Exception as err:
+            raise self._no_bucket_if_not_found(self._translate(err, f"list {prefix}")) from err
+        base = f"{directory}/" if directory else ""
+        return tuple(sorted(p.removeprefix(base) for p in found["common_prefixes"]))
 
     def delete(self, key: str) -> None:
         try:
@@ -249,4 +328,4 @@ class CloudObjectStore:
         except (obs_errors.NotFoundError, FileNotFoundError):
             return
         except Exception as err:
-            raise self._translate(err, f"delete {key}") from err
+            raise self._translate(err, f"delete {key}") from self._cause(err)

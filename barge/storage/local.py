@@ -118,6 +118,22 @@ class LocalDirectoryStore:
                         found.append(ObjectInfo(key, st.st_size, datetime.fromtimestamp(st.st_mtime, UTC)))
         yield from sorted(found, key=lambda info: info.key)
 
+    def folders(self, prefix: str) -> tuple[str, ...]:
+        directory = self.root / prefix.strip("/")
+        try:
+            entries = list(os.scandir(directory))
+        except (FileNotFoundError, NotADirectoryError):
+            return ()
+        hidden = _TMP_DIR if directory == self.root else None
+        names = (e.name for e in entries if e.is_dir() and e.name != hidden and _holds_files(e.path))
+        return tuple(sorted(names))
+
     def delete(self, key: str) -> None:
         with contextlib.suppress(FileNotFoundError):
             self._path(key).unlink()
+
+
+def _holds_files(path: str) -> bool:
+    """A directory is a folder of the store only while some object lies below it (deletes leave
+    empty directories behind)."""
+    return any(files for _, _, files in os.walk(path))

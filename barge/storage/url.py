@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from urllib.parse import parse_qs, unquote, urlsplit
 
 from barge.errors import InvalidInput
-from barge.storage import ObjectStore
+from barge.storage import Credentials, ObjectStore
 from barge.storage.local import LocalDirectoryStore
 
 _CLOUD_FORMS = {
@@ -17,8 +18,29 @@ _CLOUD_FORMS = {
 }
 
 
-def open_store(url: str) -> ObjectStore:
-    """``file:///abs/path`` (or a plain absolute path), or one of ``_CLOUD_FORMS``."""
+# "scheme://user:password@": the password may hold an unencoded "/", which ends urlsplit's netloc
+_USERINFO = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://([^/?#@]*@|[^/?#@:]*:[^?#]*@)")
+
+
+def has_userinfo(url: str) -> bool:
+    """Whether ``url`` carries a user (and password) before its host."""
+    return _USERINFO.match(url) is not None
+
+
+def open_store(
+    url: str, *, credentials: Credentials | None = None, ca_bundle: bytes | None = None
+) -> ObjectStore:
+    """``file:///abs/path`` (or a plain absolute path), or one of ``_CLOUD_FORMS``.
+
+    ``credentials`` (what a ``credentials_file`` would hold) and ``ca_bundle`` (PEM) are handed in
+    memory by the agent, which has them from Secrets: nothing secret is written to a disk, and the
+    URL, which messages quote, holds no secret.
+    """
+    if has_userinfo(url):
+        raise InvalidInput(
+            "repository URL: remove the user:password@ part (a URL is quoted in messages); "
+            "credentials go in the credentials_file option"
+        )
     parts = urlsplit(url)
     if parts.scheme in ("", "file"):
         path = unquote(parts.path)
@@ -34,19 +56,23 @@ def open_store(url: str) -> ObjectStore:
         form = _CLOUD_FORMS[parts.scheme]
         raise InvalidInput(f"repository URL {url!r}: missing bucket or container ({form})")
     query = {k: v[-1] for k, v in parse_qs(parts.query).items()}
-    return _cloud_opener(parts.scheme)(parts.netloc, parts.path.strip("/"), query)
+    opener = _cloud_opener(parts.scheme)
+    return opener(parts.netloc, parts.path.strip("/"), query, credentials, ca_bundle)
 
 
-def _cloud_opener(scheme: str) -> Callable[[str, str, Mapping[str, str]], ObjectStore]:
+_Opener = Callable[[str, str, Mapping[str, str], Credentials | None, bytes | None], ObjectStore]
+
+
+def _cloud_opener(scheme: str) -> _Opener:
     """Each backend's module is imported only when a URL names it (each loads its obstore store)."""
     if scheme == "s3":
         from barge.storage.s3 import S3Options, S3Store  # noqa: PLC0415
 
-        return lambda bucket, prefix, query: S3Store(S3Options.from_query(bucket, prefix, query))
+        return lambda *where: S3Store(S3Options.from_query(*where))
     if scheme == "gs":
         from barge.storage.gcs import GCSOptions, GCSStore  # noqa: PLC0415
 
-        return lambda bucket, prefix, query: GCSStore(GCSOptions.from_query(bucket, prefix, query))
+        return lambda *where: GCSStore(GCSOptions.from_query(*where))
     from barge.storage.azure import AzureBlobStore, AzureOptions  # noqa: PLC0415
 
-    return lambda container, prefix, query: AzureBlobStore(AzureOptions.from_query(container, prefix, query))
+    return lambda *where: AzureBlobStore(AzureOptions.from_query(*where))

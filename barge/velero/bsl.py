@@ -8,9 +8,9 @@ location's prefix and marks the BSL *Unavailable* when it finds a folder other t
 (``pkg/persistence/object_store_layout.go``); ``plugins/`` is the folder it leaves to plugins.
 Barge 0.x before this layout wrote ``<prefix>/barge/<source-namespace>`` (``LEGACY_ROOT``); such a
 repository is never opened in place, only reported with the command that moves it.
-Pure: secrets and CA bundles are handed to a ``materialize`` callback that writes them somewhere
-private and returns the path; the caller reads the Secrets a location names (``spec.credential``,
-``spec.objectStorage.caCertRef``, see ``ca_cert_ref``) from the location's namespace.
+Pure: the URL holds no secret. The caller reads the Secrets a location names (``spec.credential``,
+``spec.objectStorage.caCertRef``, see ``ca_cert_ref``) from the location's namespace and hands the
+credential and the CA bundle (``ca_bundle``) to the store in memory, never through a file.
 """
 
 from __future__ import annotations
@@ -18,14 +18,11 @@ from __future__ import annotations
 import base64
 import binascii
 import re
-from collections.abc import Callable, Mapping
-from pathlib import Path
+from collections.abc import Mapping
 from typing import Any
 from urllib.parse import quote, urlencode
 
 from barge.errors import InvalidInput
-
-Materialize = Callable[[str, bytes], Path]  # (purpose, content) -> path of a private file
 
 _S3_PROVIDERS = ("aws", "velero.io/aws")
 _GCS_PROVIDERS = ("gcp", "velero.io/gcp")
@@ -46,32 +43,27 @@ REPOSITORY_ROOT = "plugins/barge"
 LEGACY_ROOT = "barge"
 
 
-def repository_url(
-    bsl: Mapping[str, Any],
-    source_namespace: str,
-    credential: bytes | None,
-    materialize: Materialize,
-    *,
-    ca_cert: bytes | None = None,
-    root: str = REPOSITORY_ROOT,
-) -> str:
+def repository_url(bsl: Mapping[str, Any], source_namespace: str, *, root: str = REPOSITORY_ROOT) -> str:
     """The repository URL for ``source_namespace``'s volumes in this BSL (see module docstring);
-    ``root=LEGACY_ROOT`` gives where Barge wrote it before the current layout. ``credential`` is the
-    value of the ``spec.credential`` Secret key, ``ca_cert`` that of ``spec.objectStorage.caCertRef``
-    (required when the location has one)."""
+    ``root=LEGACY_ROOT`` gives where Barge wrote it before the current layout."""
+    if not _NAMESPACE.match(source_namespace):
+        raise InvalidInput(f"source namespace {source_namespace!r} is not a valid namespace name")
+    return location_url(bsl, path=f"{root}/{source_namespace}")
+
+
+def location_url(bsl: Mapping[str, Any], *, path: str = "") -> str:
+    """The URL of ``path`` under the location's prefix (the prefix itself by default: where
+    Velero keeps ``backups/``)."""
     name = bsl.get("metadata", {}).get("name", "?")
     spec = bsl.get("spec") or {}
     storage = spec.get("objectStorage") or {}
     bucket = storage.get("bucket")
     if not bucket:
         raise InvalidInput(f"BackupStorageLocation {name}: spec.objectStorage.bucket is empty")
-    if not _NAMESPACE.match(source_namespace):
-        raise InvalidInput(f"source namespace {source_namespace!r} is not a valid namespace name")
     base = str(storage.get("prefix") or "").strip("/")
-    prefix = "/".join(p for p in (base, root, source_namespace) if p)
+    prefix = "/".join(p for p in (base, path.strip("/")) if p)
     config: Mapping[str, str] = spec.get("config") or {}
     provider = str(spec.get("provider") or "")
-    bundle = _ca_bundle(bsl, ca_cert)
     retry: dict[str, str] = {}
     annotations: Mapping[str, str] = bsl.get("metadata", {}).get("annotations") or {}
     if timeout := annotations.get(RETRY_TIMEOUT_ANNOTATION):
@@ -79,27 +71,18 @@ def repository_url(
     if provider in _S3_PROVIDERS:
         if config.get(RETRY_TIMEOUT_KEY):
             retry.setdefault("retry_timeout", str(config[RETRY_TIMEOUT_KEY]))
-        return _url("s3", bucket, prefix, _s3_query(config, credential, bundle, materialize) | retry)
+        return _url("s3", bucket, prefix, _s3_query(config) | retry)
     if provider in _GCS_PROVIDERS:
-        query = {"credentials_file": str(materialize("gcs-credentials", credential))} if credential else {}
-        return _url("gs", bucket, prefix, query | retry)
+        return _url("gs", bucket, prefix, retry)
     if provider in _AZURE_PROVIDERS:
-        query = {"account": config.get("storageAccount", "")}
-        if credential:
-            query["credentials_file"] = str(materialize("azure-credentials", credential))
-        return _url("azure", bucket, prefix, query | retry)
+        return _url("azure", bucket, prefix, {"account": config.get("storageAccount", "")} | retry)
     if provider in _LOCAL_PROVIDERS:
         return _local_url(name, bucket, prefix, config)
     known = ", ".join(_S3_PROVIDERS + _GCS_PROVIDERS + _AZURE_PROVIDERS + _LOCAL_PROVIDERS)
     raise InvalidInput(f"BackupStorageLocation {name}: provider {provider!r} is not supported ({known})")
 
 
-def _s3_query(
-    config: Mapping[str, str],
-    credential: bytes | None,
-    ca_cert: bytes | None,
-    materialize: Materialize,
-) -> dict[str, str]:
+def _s3_query(config: Mapping[str, str]) -> dict[str, str]:
     query: dict[str, str] = {"region": config.get("region") or "us-east-1"}
     if config.get("s3Url"):
         query["endpoint"] = config["s3Url"]
@@ -109,10 +92,6 @@ def _s3_query(
         query["insecure_skip_tls_verify"] = "true"
     if config.get("profile"):
         query["profile"] = config["profile"]
-    if ca_cert:
-        query["ca_bundle"] = str(materialize("ca-bundle", ca_cert))
-    if credential:
-        query["credentials_file"] = str(materialize("s3-credentials", credential))
     return query
 
 
@@ -154,8 +133,9 @@ def ca_cert_ref(bsl: Mapping[str, Any]) -> tuple[str, str] | None:
     return secret, key
 
 
-def _ca_bundle(bsl: Mapping[str, Any], from_ref: bytes | None) -> bytes | None:
-    """The PEM bundle: the caCertRef Secret's value, else the inline (base64) ``caCert``."""
+def ca_bundle(bsl: Mapping[str, Any], from_ref: bytes | None) -> bytes | None:
+    """The PEM bundle: ``from_ref``, the value of the caCertRef Secret (required when the location
+    has one), else the inline (base64) ``caCert``; None when the location has neither."""
     ref = ca_cert_ref(bsl)
     name = bsl.get("metadata", {}).get("name", "?")
     if ref is not None:

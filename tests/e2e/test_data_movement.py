@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import os
 import socket
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,7 +29,7 @@ from devenv.localbarge import LocalBarge
 from devenv.trees import capture
 from devenv.velero import data_download, data_upload, restore_target_pvc
 from devenv.waiting import wait_for
-from tests.fsbuild import nested_tree, remove_tree, write
+from tests.fsbuild import nested_tree, privileged_volume, remove_tree, write
 
 pytestmark = pytest.mark.integration
 
@@ -201,6 +202,44 @@ def test_a_tree_deeper_than_the_recursion_limit_moves_both_ways_bit_exact(
         remove_tree(volume)
         if restored_data is not None:
             remove_tree(restored_data)
+
+
+def test_a_restore_withholds_what_grants_privilege_and_the_data_download_says_so(
+    barge_env: LocalBarge, objects: KubeObjects, app_namespace: str, tmp_path: Path
+) -> None:
+    """A tenant's device nodes, setuid-root file and file capability do not come back unless the
+    DataDownload asks (barge.io/restore-privileged); its status.message says what was withheld."""
+    volume = privileged_volume(tmp_path / "volume")
+    upload_name = upload(barge_env, app_namespace, volume)
+    uploaded = barge_env.wait_phase("DataUpload", upload_name)["status"]
+    assert uploaded["phase"] == "Completed", uploaded.get("message")
+    target_ns = f"{app_namespace}-restored"
+    objects.create(
+        PERSISTENT_VOLUME_CLAIM,
+        restore_target_pvc(restore="rp", name="data", namespace=target_ns, size="1Gi"),
+    )
+    body = data_download(
+        restore="rp",
+        snapshot_id=uploaded["snapshotID"],
+        target_pvc="data",
+        target_namespace=target_ns,
+        source_namespace=app_namespace,
+    )
+    status = barge_env.wait_phase("DataDownload", barge_env.create("DataDownload", body)["metadata"]["name"])[
+        "status"
+    ]
+    assert status["phase"] == "Completed", status.get("message")
+    assert status["message"] == (
+        "restored without the privileges the snapshot records: 2 device node(s) not created; "
+        "2 file(s) restored without their setuid/setgid bits; 2 security.*/trusted.* extended "
+        'attribute(s) not set (set spec.dataMoverConfig barge.io/restore-privileged: "true" to restore them)'
+    )
+    barge_env.wait_pvc_bound(target_ns, "data")
+    restored = barge_env.sim.claim_data(target_ns, "data")
+    assert not os.path.lexists(restored / "null")
+    assert stat.S_IMODE(os.lstat(restored / "bin" / "su").st_mode) == 0o755
+    assert "security.capability" not in os.listxattr(restored / "bin" / "ping")
+    assert (restored / "bin" / "su").read_bytes() == (volume / "bin" / "su").read_bytes()
 
 
 def test_many_uploads_from_two_backups_spread_over_both_nodes(

@@ -1,4 +1,5 @@
-"""Faults while data moves: agents killed, the leader killed, nodes drained. No backup is lost.
+"""Faults while data moves: agents killed, the leader killed, nodes drained (with Barge running, and
+with every coordinator stopped). No backup is lost.
 
 Each test prints its measured time-to-recover (docs/reliability.md records them).
 
@@ -13,11 +14,12 @@ import signal
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from kubernetes import client
 
-from barge.control.naming import ASSIGNMENT_ANNOTATION, EXPOSER_BUDGET
+from barge.control.naming import ASSIGNMENT_ANNOTATION, DRAIN_BOUND_S, EXPOSER_BUDGET
 from barge.errors import NotFound
 from barge.kube.resources import (
     EVENT,
@@ -30,16 +32,22 @@ from barge.kube.resources import (
 )
 from coordinator.model import REEXPOSURES_ANNOTATION
 from devenv.controlplane import ControlPlaneEndpoints
+from devenv.faultproxy import FaultProxy
 from devenv.localbarge import LocalBarge
+from devenv.s3server import S3Endpoint
 from devenv.simcluster import SimCluster
+from devenv.trees import capture
 from devenv.velero import data_upload
 from devenv.waiting import wait_for
+from tests.e2e.faulty_s3 import FaultyS3, faulty_s3_location, restored_from_s3
 from tests.fsbuild import write
 
 pytestmark = pytest.mark.integration
 NODES = ("fault-a", "fault-b", "fault-c")
 MIB = 2**20
 ONE_PACK_PER_WORKER = 4 * 32 * MIB  # the agent's default --workers times the 32 MiB pack target
+SLOW_BSL = "slow-s3"
+PACK_DELAY_S = 45.0  # every pack upload waits this long: the transfer outlasts any drain here
 
 
 @pytest.fixture(scope="module")
@@ -60,6 +68,13 @@ def env(
         assert sim.errors == []
 
 
+@pytest.fixture(scope="module")
+def slow_s3(s3_server: S3Endpoint, env: LocalBarge) -> Iterator[FaultyS3]:
+    """A BackupStorageLocation on MinIO through a proxy that can hold the pack uploads back."""
+    with FaultProxy(s3_server.url) as proxy:
+        yield faulty_s3_location(env, s3_server, proxy, SLOW_BSL, retry_timeout_s=180)
+
+
 def big_volume(root: Path, megabytes: int = 384) -> Path:
     """Big enough that the transfer takes seconds, so the fault lands mid-upload."""
     for index in range(megabytes // 4):
@@ -71,10 +86,12 @@ def big_volume(root: Path, megabytes: int = 384) -> Path:
 SOURCES: dict[str, tuple[str, str, str, str]] = {}
 
 
-def start_upload(env: LocalBarge, namespace: str, volume: Path) -> str:
+def start_upload(env: LocalBarge, namespace: str, volume: Path, bsl: str = "default") -> str:
     vs_name, handle = env.sim.snapshot_source(namespace, "data", volume)
     content = env.objects.get(VOLUME_SNAPSHOT, namespace, vs_name)["status"]["boundVolumeSnapshotContentName"]
-    body = data_upload(backup="faulty", pvc="data", source_namespace=namespace, volume_snapshot=vs_name)
+    body = data_upload(
+        backup="faulty", pvc="data", source_namespace=namespace, volume_snapshot=vs_name, bsl=bsl
+    )
     body["spec"]["operationTimeout"] = "5m"
     name = str(env.create("DataUpload", body)["metadata"]["name"])
     SOURCES[name] = (namespace, vs_name, content, handle)
@@ -114,6 +131,26 @@ def wait_progress(env: LocalBarge, name: str, fraction: float) -> dict[str, obje
         return status if done else None
 
     return wait_for(far_enough, 120, what=f"{name} to pass {fraction:.0%}", interval=0.1)
+
+
+def wait_exposer_ready(env: LocalBarge, name: str) -> dict[str, Any]:
+    """The exposer pod once Ready: its agent vouches that it moves the data with a coordinator on
+    its stream, so the budget protects it (the kubelet's readiness probe, played by the simulator,
+    reads the agent's vouch)."""
+
+    def ready() -> dict[str, Any] | None:
+        try:
+            pod = env.objects.get(POD, env.velero_namespace, name)
+        except NotFound:
+            return None
+        conditions = {c["type"]: c["status"] for c in (pod.get("status") or {}).get("conditions") or []}
+        return pod if conditions.get("Ready") == "True" else None
+
+    return wait_for(ready, 60, what=f"exposer pod {name} Ready", interval=0.1)
+
+
+def agent_running(env: LocalBarge, node: str) -> float:
+    return env.metric(env.processes.agent_metrics[node], "barge_agent_running_assignments") or 0.0
 
 
 def assert_nothing_left(env: LocalBarge, name: str, timeout: float = 60.0) -> None:
@@ -232,6 +269,7 @@ def test_a_drain_waits_for_the_hand_off_and_the_upload_completes_on_another_node
     name = start_upload(env, app_namespace, big_volume(tmp_path / "v"))
     status = wait_progress(env, name, 0.1)
     drained = str(status["node"])
+    wait_exposer_ready(env, name)  # the budget protects only a Ready exposer pod
     budget = env.objects.get(POD_DISRUPTION_BUDGET, env.velero_namespace, EXPOSER_BUDGET)
     assert budget["spec"]["maxUnavailable"] == 0
     assert budget["status"]["expectedPods"] >= 1  # it covers this upload's exposer pod
@@ -265,4 +303,57 @@ def test_a_drain_waits_for_the_hand_off_and_the_upload_completes_on_another_node
         f"drain: kubectl drain took {drain_s:.1f}s (waited for the hand-off); upload completed on "
         f"{final['node']} {complete_s:.1f}s after the drain began; the second agent stored "
         f"{new / MIB:.1f} of {total / MIB:.1f} MiB; {twice / MIB:.1f} MiB were uploaded twice"
+    )
+
+
+def test_with_every_coordinator_stopped_a_drain_ends_within_the_bound_and_the_upload_resumes_later(
+    env: LocalBarge, slow_s3: FaultyS3, app_namespace: str, tmp_path: Path
+) -> None:
+    """Nobody can hand the work off, so the exposer pod must not hold the drain: its agent stops
+    vouching for it, the pod turns unready and the budget (AlwaysAllow) lets the drain evict it. The
+    agent lets go of the volume; the next coordinator re-exposes it on another node. The pack
+    uploads are held back meanwhile: with 3 packs in flight, reading stops at about 128 of the
+    384 MiB, so the agent cannot simply finish the transfer before the drain."""
+    volume = big_volume(tmp_path / "v")
+    drained, stopped = "", list[str]()
+    slow_s3.proxy.plan.delay(PACK_DELAY_S, path_contains="/data/")
+    try:
+        try:
+            name = start_upload(env, app_namespace, volume, bsl=SLOW_BSL)
+            env.wait_phase("DataUpload", name, ("InProgress",), timeout=120)
+            drained = str(wait_exposer_ready(env, name)["spec"]["nodeName"])
+            assert env.sim.evict(env.velero_namespace, name) is False  # while Barge runs, it is held
+            leader = env.leader()
+            stopped = sorted(env.processes.coordinators, key=lambda c: c == leader)  # no failover
+            for coordinator in stopped:
+                env.processes.coordinators[coordinator].stop()
+            started = time.monotonic()
+            left = env.sim.drain(drained, timeout=DRAIN_BOUND_S)
+            drain_s = time.monotonic() - started
+            assert left == [], f"the drain still waits after DRAIN_BOUND_S ({DRAIN_BOUND_S} s): {left}"
+            # No coordinator, yet the agent let go of the volume: it handed the work back, unfinished.
+            wait_for(lambda: agent_running(env, drained) == 0, 120, what=f"the agent on {drained} to stop")
+            while_down = env.get("DataUpload", name)["status"]
+            assert (while_down["phase"], while_down["node"]) == ("InProgress", drained)
+        finally:
+            slow_s3.proxy.plan.clear()
+            for coordinator in stopped:
+                env.start_coordinator(coordinator)
+        done = env.wait_phase("DataUpload", name, timeout=240)
+        resumed_s = time.monotonic() - started
+        env.wait_agents_connected(len(NODES))
+    finally:
+        if drained:
+            env.sim.uncordon(drained)
+    final = done["status"]
+    assert final["phase"] == "Completed", final.get("message")
+    assert final["node"] != drained
+    assert int(done["metadata"]["annotations"].get(REEXPOSURES_ANNOTATION, "0")) >= 1
+    snapshot = final["snapshotID"]
+    out = restored_from_s3(env, slow_s3, namespace=app_namespace, snapshot=snapshot, out=tmp_path / "out")
+    assert capture(out) == capture(volume)
+    assert_nothing_left(env, name)
+    print(
+        f"drain with every coordinator stopped: kubectl drain took {drain_s:.1f}s (bound {DRAIN_BOUND_S}s); "
+        f"the upload Completed on {final['node']} {resumed_s:.1f}s after the drain began, restored bit-exact"
     )

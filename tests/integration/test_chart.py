@@ -148,7 +148,7 @@ def coordinator_needs(r: Release) -> list[Access]:
     ]
     needs += [Access(v, "nodes") for v in ("get", "list", "watch")]
     needs += [Access(v, "backupstoragelocations", velero, "velero.io") for v in ("get", "list", "watch")]
-    needs += [Access("get", "secrets", velero)]
+    needs += [Access("create", "secrets", velero)]  # the repository password, generated once
     needs += [Access("create", "leases", r.namespace, "coordination.k8s.io")]
     needs += [
         Access(v, "leases", r.namespace, "coordination.k8s.io", name="barge-coordinator")
@@ -161,13 +161,16 @@ def coordinator_needs(r: Release) -> list[Access]:
     needs += [Access(v, "events", velero) for v in ("create", "patch")]
     needs += [
         Access(v, "poddisruptionbudgets", velero, "policy")
-        for v in ("get", "list", "watch", "create", "delete")
+        for v in ("get", "list", "watch", "create", "delete", "patch")  # patch: an earlier version's
     ]
     return needs
 
 
 def coordinator_must_not(r: Release) -> list[Access]:
     return [
+        Access("get", "secrets", r.velero_namespace, name="barge-repository-password"),
+        Access("get", "secrets", r.velero_namespace, name="cloud-credentials"),
+        Access("update", "secrets", r.velero_namespace, name="barge-repository-password"),
         Access("get", "secrets", r.namespace),
         Access("get", "secrets", r.app_namespace),
         Access("get", "secrets", "kube-system"),
@@ -208,7 +211,9 @@ def agent_needs(r: Release) -> list[Access]:
         for p in ("datauploads", "datadownloads")
         for v in ("update", "patch")
     ]
-    needs += [Access("get", "backupstoragelocations", velero, "velero.io"), Access("get", "secrets", velero)]
+    needs += [Access("get", "backupstoragelocations", velero, "velero.io")]
+    readable = ("barge-repository-password", "cloud-credentials")  # by name only: rbac.agentSecrets
+    needs += [Access("get", "secrets", velero, name=secret) for secret in readable]
     return needs
 
 
@@ -217,6 +222,9 @@ def agent_must_not(r: Release) -> list[Access]:
         Access("delete", "pods", r.velero_namespace),
         Access("delete", "pods", r.namespace),
         Access("get", "pods", r.velero_namespace),
+        Access("get", "secrets", r.velero_namespace, name="velero-repo-credentials"),
+        Access("get", "secrets", r.velero_namespace, name="another-tenants-secret"),
+        Access("create", "secrets", r.velero_namespace),
         Access("get", "secrets", r.namespace),
         Access("get", "secrets", r.app_namespace),
         Access("get", "secrets", "kube-system"),
@@ -247,6 +255,7 @@ def test_every_rendered_object_is_accepted(helm: Helm, kube: client.ApiClient, r
         "Role",
         "RoleBinding",
         "ServiceAccount",
+        "NetworkPolicy",  # on by default: only agents reach the coordinator's gRPC port
     } <= kinds
     for obj in objects:
         stored = fetch(kube, obj)
@@ -331,10 +340,7 @@ def test_other_values_install_and_uninstall_removes_every_object(helm: Helm, kub
     create_namespace(kube, f"velero-{suffix}")
     values = {
         "veleroNamespace": f"velero-{suffix}",
-        "networkPolicy": {
-            "enabled": True,
-            "metricsFrom": [{"namespaceSelector": {"matchLabels": {"a": "b"}}}],
-        },
+        "networkPolicy": {"metricsFrom": [{"namespaceSelector": {"matchLabels": {"a": "b"}}}]},
         "agent": {"privileged": True, "priorityClassName": "system-node-critical", "maxUnavailable": "10%"},
         "coordinator": {"replicas": 3, "affinity": {"podAntiAffinity": {}}},
         "tls": {"mode": "existingSecret", "existingSecret": "byo-tls"},

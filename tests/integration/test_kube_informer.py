@@ -209,3 +209,31 @@ def test_stop_returns_promptly_while_backing_off(control_plane: Any, namespace: 
         informer.stop()
         assert time.monotonic() - began < 2.0
         assert not any(thread.name == "informer-secrets" for thread in threading.enumerate())
+
+
+def test_the_cache_holds_no_managed_fields_and_writing_a_cached_object_keeps_the_servers(
+    kube: client.ApiClient, objects: KubeObjects, namespace: str
+) -> None:
+    body = {**named_upload(namespace, "slim"), "apiVersion": "velero.io/v2alpha1", "kind": "DataUpload"}
+    path = DATA_UPLOAD.path(namespace)
+    objects._call("POST", path, query=[("fieldManager", "creator")], body=body, what="create")
+    informer = start(Informer(kube, DATA_UPLOAD, namespace))
+    try:
+        cached = informer.get(namespace, "slim")
+        assert cached is not None
+        assert "managedFields" not in cached["metadata"]
+        assert objects.get(DATA_UPLOAD, namespace, "slim")["metadata"]["managedFields"]
+
+        changed = {**cached, "metadata": {**cached["metadata"], "labels": {"edited": "yes"}}}
+        objects.replace(DATA_UPLOAD, changed)
+        managed = objects.get(DATA_UPLOAD, namespace, "slim")["metadata"]["managedFields"]
+        # The creator's entry survives: a write without managedFields keeps the server's ([{}] resets).
+        assert "creator" in {entry["manager"] for entry in managed}
+
+        def updated() -> dict[str, Any] | None:
+            seen = informer.get(namespace, "slim")
+            return seen if seen and (seen["metadata"].get("labels") or {}).get("edited") else None
+
+        assert "managedFields" not in eventually(updated)["metadata"]
+    finally:
+        informer.stop()

@@ -8,6 +8,7 @@ from collections.abc import Iterator
 import pytest
 from kubernetes import client
 
+from barge.control.naming import EXPOSER_BUDGET
 from barge.errors import Conflict, InvalidInput, NotFound
 from barge.kube.resources import (
     BY_KIND,
@@ -15,10 +16,12 @@ from barge.kube.resources import (
     LEASE,
     NODE,
     POD,
+    POD_DISRUPTION_BUDGET,
     SECRET,
     KubeObjects,
     resource_for,
 )
+from coordinator.exposer import budget_outdated, exposer_budget
 from tests.integration.kubetest import fresh_namespace, named_upload, unique
 
 pytestmark = pytest.mark.integration
@@ -156,3 +159,66 @@ def test_every_described_resource_is_served_by_the_api_server(objects: KubeObjec
         assert served[resource.plural]["namespaced"] == resource.namespaced
     assert "leases" in objects.api_resources(LEASE.group, LEASE.version)
     assert "pods/status" in objects.api_resources("", "v1")
+
+
+def test_find_answers_none_for_a_missing_object(objects: KubeObjects, namespace: str) -> None:
+    assert objects.find(SECRET, namespace, "absent") is None
+    objects.create(SECRET, {"metadata": {"name": "present", "namespace": namespace}})
+    found = objects.find(SECRET, namespace, "present")
+    assert found is not None
+    assert found["metadata"]["name"] == "present"
+
+
+def test_a_strategic_patch_merges_one_condition_where_a_merge_patch_replaces_the_list(
+    objects: KubeObjects,
+) -> None:
+    name = unique("node")
+    objects.create(NODE, {"metadata": {"name": name}})
+    both = [{"type": "Ready", "status": "True"}, {"type": "MemoryPressure", "status": "False"}]
+    objects.patch(NODE, None, name, {"status": {"conditions": both}}, "status")
+    one = {"status": {"conditions": [{"type": "Ready", "status": "Unknown"}]}}
+    merged = objects.patch(NODE, None, name, one, "status", strategic=True)
+    assert {c["type"]: c["status"] for c in merged["status"]["conditions"]} == {
+        "Ready": "Unknown",
+        "MemoryPressure": "False",
+    }
+    replaced = objects.patch(NODE, None, name, one, "status")
+    assert [c["type"] for c in replaced["status"]["conditions"]] == ["Ready"]
+    objects.delete(NODE, None, name)
+
+
+def test_list_by_field_selector_and_delete_with_no_grace(objects: KubeObjects, namespace: str) -> None:
+    for pod_name, node in (("on-a", "node-a"), ("on-b", "node-b")):
+        body = {
+            "metadata": {"name": pod_name, "namespace": namespace},
+            "spec": {"nodeName": node, "containers": [{"name": "c", "image": "busybox"}]},
+        }
+        objects.create(POD, body)
+    on_a = objects.list(POD, namespace, field_selector="spec.nodeName=node-a")
+    assert [pod["metadata"]["name"] for pod in on_a] == ["on-a"]
+    # No kubelet here: only a zero grace period makes a bound pod go at once.
+    assert objects.delete(POD, namespace, "on-a", grace_seconds=0) is True
+    assert objects.find(POD, namespace, "on-a") is None
+
+
+def test_resource_of_discovers_kinds_named_at_run_time(objects: KubeObjects) -> None:
+    assert objects.resource_of("v1", "Pod") == POD
+    assert objects.resource_of("velero.io/v2alpha1", "DataUpload") == DATA_UPLOAD
+    assert objects.resource_of("velero.io/v2alpha1", "NoSuchKind") is None
+    assert objects.resource_of("nowhere.example.com/v1", "Thing") is None
+
+
+def test_an_earlier_versions_exposer_budget_takes_the_executors_patch_in_place(
+    objects: KubeObjects, namespace: str
+) -> None:
+    """What ``Executor._create_exposure`` sends for an outdated budget: a merge patch of the spec,
+    accepted by the API server (a budget's spec is mutable), same object, no moment without it."""
+    earlier = exposer_budget(namespace)
+    del earlier["spec"]["unhealthyPodEvictionPolicy"]
+    created = objects.create(POD_DISRUPTION_BUDGET, earlier)
+    assert budget_outdated(created)
+    wanted = exposer_budget(namespace)
+    patched = objects.patch(POD_DISRUPTION_BUDGET, namespace, EXPOSER_BUDGET, {"spec": wanted["spec"]})
+    assert patched["metadata"]["uid"] == created["metadata"]["uid"]
+    assert patched["spec"]["unhealthyPodEvictionPolicy"] == "AlwaysAllow"
+    assert not budget_outdated(patched)

@@ -168,6 +168,21 @@ def test_a_token_of_a_deleted_pod_is_rejected(
         authenticator.authenticate(token, cluster.node_a)
 
 
+def test_a_reused_review_still_refuses_the_token_once_its_pod_is_gone(
+    kube: client.ApiClient, cluster: Cluster, authenticator: KubeAuthenticator
+) -> None:
+    """Accepted reviews are reused (``CachedReviews``), the pod look-up never is: within the reuse
+    window a token whose pod was deleted is refused all the same."""
+    pod = make_pod(kube, cluster, "agent", cluster.node_a)
+    token = token_for(kube, cluster, "agent", pod)
+    assert authenticator.authenticate(token, cluster.node_a).endswith(pod["metadata"]["name"])
+    client.CoreV1Api(kube).delete_namespaced_pod(
+        pod["metadata"]["name"], cluster.namespace, grace_period_seconds=0
+    )
+    with pytest.raises(PermissionDenied, match="no longer exists"):
+        authenticator.authenticate(token, cluster.node_a)
+
+
 def test_audiences_are_checked_when_configured(kube: client.ApiClient, cluster: Cluster) -> None:
     pod = make_pod(kube, cluster, "agent", cluster.node_a)
     token = token_for(kube, cluster, "agent", pod, audiences=["barge-coordinator"])

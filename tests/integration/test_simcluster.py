@@ -15,7 +15,7 @@ import pytest
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
-from barge.control.naming import kubelet_volume_path
+from barge.control.naming import kubelet_empty_dir_path, kubelet_volume_path
 from barge.errors import InvalidInput
 from devenv.simcluster import DRIVER, SimCluster
 from devenv.simsnapshots import CONTENT_FINALIZER
@@ -677,6 +677,44 @@ class TestDisruption:
         assert result == [[]]
         assert read_pod(core, ns, "guarded") is None
         assert wait_running(core, ns, "web-2").spec.node_name == spare
+
+
+    def test_readiness_is_what_an_exec_probe_says_and_always_allow_lets_an_unready_pod_go(
+        self, kube: client.ApiClient, sim: SimCluster, ns: str
+    ) -> None:
+        """The probe runs in the emptyDir mounted at the container's workingDir: a file there (put
+        by whatever writes it, as Barge's agent does through the kubelet root) makes it pass."""
+        core, policy = client.CoreV1Api(kube), client.PolicyV1Api(kube)
+        node = node_name()
+        sim.add_node(node)
+        body = pod_body("probed", labels={"app": "probed"})
+        body["spec"]["volumes"] = [{"name": "status", "emptyDir": {}}]
+        body["spec"]["containers"][0] |= {
+            "workingDir": "/status",
+            "volumeMounts": [{"name": "status", "mountPath": "/status"}],
+            "readinessProbe": {"exec": {"command": ["sh", "-c", "test -e ok"]}, "periodSeconds": 1},
+        }
+        core.create_namespaced_pod(ns, body)
+        pod = wait_running(core, ns, "probed")
+        budget = pdb("probed", {"app": "probed"}, 1)
+        budget["spec"] = {**budget["spec"], "unhealthyPodEvictionPolicy": "AlwaysAllow"}
+        policy.create_namespaced_pod_disruption_budget(ns, budget)
+        status_dir = Path(kubelet_empty_dir_path(str(sim.kubelet_root(node)), pod.metadata.uid, "status"))
+
+        def ready(value: bool) -> bool:
+            current = read_pod(core, ns, "probed")
+            conditions = {c.type: c.status for c in (current.status.conditions or [])} if current else {}
+            return conditions.get("Ready") == str(value) and conditions.get("ContainersReady") == str(value)
+
+        assert ready(False)  # unready until the probe first passes
+        (status_dir / "ok").write_text("")
+        wait_for(lambda: ready(True), WAIT, what="the probe to pass")
+        assert sim.evict(ns, "probed") is False  # Ready: the budget protects it
+        (status_dir / "ok").unlink()
+        wait_for(lambda: ready(False), WAIT, what="the probe to fail 3 times in a row")
+        assert sim.evict(ns, "probed") is True  # unready: AlwaysAllow lets it go
+        wait_gone(core.read_namespaced_pod, "probed", ns)
+        assert not status_dir.exists()
 
 
 class TestPodFailureAndNodeRemoval:

@@ -7,6 +7,7 @@ tests/integration); here it records writes and can refuse them like the real one
 from __future__ import annotations
 
 import os
+import stat
 import threading
 import time
 from dataclasses import replace
@@ -34,13 +35,14 @@ from barge.control.messages import (
 from barge.control.naming import Fence, kubelet_volume_path
 from barge.errors import Fenced, TemporaryError
 from barge.fs.backup import BackupOptions
+from barge.fs.block import backup_device
 from barge.fs.restore import restore_tree
 from barge.repo.crypto import KdfParams
 from barge.repo.repository import Repository
 from barge.storage.local import LocalDirectoryStore
 from devenv.trees import capture
 from tests.capabilities import unreadable_file, without_file_read_override
-from tests.fsbuild import write
+from tests.fsbuild import MIB, privileged_volume, write
 
 PASSWORD = b"runner-test"
 
@@ -209,6 +211,7 @@ def test_write_sparse_files_decides_whether_zero_data_is_restored_as_holes(
         ("WriteSparseFiles", "yes", "spec.dataMoverConfig WriteSparseFiles='yes': use 'true' or 'false'"),
         ("ParallelFilesDownload", "0", "ParallelFilesDownload='0': use a positive whole number"),
         ("ParallelFilesDownload", "two", "ParallelFilesDownload='two': use a positive whole number"),
+        ("barge.io/restore-privileged", "yes", "barge.io/restore-privileged='yes': use 'true' or 'false'"),
     ],
 )
 def test_a_bad_restore_setting_fails_the_download_naming_the_key(
@@ -255,6 +258,90 @@ def test_parallel_files_bound_the_workers_of_one_assignment(
     )
     assert result.outcome is Outcome.COMPLETED
     assert seen["download"] == 1
+
+
+def test_a_download_withholds_privileges_unless_the_data_download_asks_for_them(
+    tmp_path: Path, repo: Repository
+) -> None:
+    """barge.io/restore-privileged (Barge's own key, off by default): device nodes, setuid/setgid
+    bits and security/trusted xattrs of a tenant's volume come back only when asked; what was
+    withheld reaches the DataDownload through the result's message."""
+    assert os.geteuid() == 0, "builds device nodes and setuid-root files: run as root, as the agent does"
+    source = privileged_volume(tmp_path / "volume")
+    result, _, target = restore_through_runner(tmp_path, repo, source, ())
+    assert result.outcome is Outcome.COMPLETED
+    assert not os.path.lexists(target / "null")
+    assert stat.S_IMODE(os.lstat(target / "bin" / "su").st_mode) == 0o755
+    assert os.listxattr(target / "bin" / "ping") == ["user.note"]
+    assert result.message == (
+        "restored without the privileges the snapshot records: 2 device node(s) not created; "
+        "2 file(s) restored without their setuid/setgid bits; 2 security.*/trusted.* extended "
+        'attribute(s) not set (set spec.dataMoverConfig barge.io/restore-privileged: "true" to restore them)'
+    )
+
+    asked = (("barge.io/restore-privileged", "True"),)
+    result, _, target = restore_through_runner(tmp_path / "asked", repo, source, asked)
+    assert result.outcome is Outcome.COMPLETED
+    assert result.message == ""
+    assert capture(target) == capture(source)
+    assert os.lstat(target / "null").st_rdev == os.lstat(source / "null").st_rdev
+
+
+def block_volume(kubelet: Path, pod_uid: str, pv: str, device: Path) -> None:
+    path = Path(kubelet_volume_path(str(kubelet), pod_uid, pv, block=True))
+    path.parent.mkdir(parents=True)
+    path.symlink_to(device)
+
+
+def download(
+    tmp_path: Path, kubelet: str, a: Assignment, repo: Repository
+) -> tuple[AssignmentResult, MemoryStatus]:
+    status = MemoryStatus()
+    settings = RunnerSettings(node="node-a", kubelet_root=tmp_path / kubelet, status_interval_s=0.0)
+    result = AssignmentRunner(a, settings, status=status, repositories=Repos(repo),
+                              progress=lambda *_: None, clock=ManualClock()).run()  # fmt: skip
+    return result, status
+
+
+def test_the_target_pvcs_volume_mode_not_the_snapshot_decides_how_a_download_restores(
+    tmp_path: Path, repo: Repository
+) -> None:
+    write(tmp_path / "volume" / "f", b"file data")
+    exposed_volume(tmp_path / "kubelet", "pod-1", "pv-1", tmp_path / "volume")
+    tree = runner(tmp_path, assignment(), MemoryStatus(), repo).run().snapshot_id
+    with (tmp_path / "disk.img").open("wb") as disk:
+        disk.truncate(4 * MIB)
+        disk.seek(MIB)
+        disk.write(os.urandom(MIB))
+    image = backup_device(repo, tmp_path / "disk.img").snapshot_id
+
+    device = tmp_path / "device.img"  # the exposed Block PVC, holding an earlier tenant's bytes
+    device.write_bytes(b"\xee" * MIB)
+    block_volume(tmp_path / "kubelet-block", "pod-1", "pv-1", device)
+    block_pvc = replace(assignment(AssignmentKind.DOWNLOAD, tree), volume_mode=VolumeMode.BLOCK)
+    result, status = download(tmp_path, "kubelet-block", block_pvc, repo)
+    assert result.outcome is Outcome.FAILED
+    assert status.status["message"] == (
+        f"restore failed on node node-a: the target PVC has volumeMode Block but snapshot {tree[:16]} "
+        "holds a filesystem; restore it into a PVC with volumeMode Filesystem"
+    )
+    assert device.read_bytes() == b"\xee" * MIB
+
+    (tmp_path / "new-volume").mkdir()
+    exposed_volume(tmp_path / "kubelet-fs", "pod-1", "pv-1", tmp_path / "new-volume")
+    result, status = download(tmp_path, "kubelet-fs", assignment(AssignmentKind.DOWNLOAD, image), repo)
+    assert result.outcome is Outcome.FAILED
+    assert status.status["message"].endswith(
+        f"the target PVC has volumeMode Filesystem but snapshot {image[:16]} holds a block device "
+        "image; restore it into a PVC with volumeMode Block"
+    )
+    assert list((tmp_path / "new-volume").iterdir()) == []
+
+    # The exposed PVC is this DataDownload's own: the agent overwrites whatever it held.
+    block_pvc = replace(assignment(AssignmentKind.DOWNLOAD, image), volume_mode=VolumeMode.BLOCK)
+    result, _ = download(tmp_path, "kubelet-block", block_pvc, repo)
+    assert result.outcome is Outcome.COMPLETED
+    assert device.read_bytes() == (tmp_path / "disk.img").read_bytes()
 
 
 def test_missing_volume_fails_with_the_path(tmp_path: Path, repo: Repository) -> None:

@@ -58,11 +58,11 @@ def test_image_round_trips_and_only_data_is_stored(repo: Repository, tmp_path: P
     assert outcome.bytes_written < 4 * MIB + SETTINGS.chunk_max
 
 
-def test_restore_onto_an_existing_file_leaves_no_old_bytes(repo: Repository, tmp_path: Path) -> None:
+def test_a_forced_restore_onto_an_existing_file_leaves_no_old_bytes(repo: Repository, tmp_path: Path) -> None:
     image = make_image(tmp_path / "disk.img", 24 * MIB)
     result = backup_device(repo, tmp_path / "disk.img")
     (tmp_path / "old.img").write_bytes(b"\xee" * 30 * MIB)
-    restore_device(repo, result.snapshot_id, tmp_path / "old.img")
+    restore_device(repo, result.snapshot_id, tmp_path / "old.img", force=True)
     assert sha((tmp_path / "old.img").read_bytes()) == sha(image)
 
 
@@ -95,7 +95,7 @@ def test_restore_onto_a_block_device_writes_only_data_or_guarantees_zeros(
     image = make_image(tmp_path / "disk.img", 24 * MIB)
     snapshot = backup_device(repo, tmp_path / "disk.img").snapshot_id
 
-    only_data = restore_device(repo, snapshot, loop_device)
+    only_data = restore_device(repo, snapshot, loop_device, force=True)  # not blank: forced
     assert only_data.zeroed == 0
     content = loop_device.read_bytes()[: len(image)]
     assert content[MIB : 4 * MIB] == image[MIB : 4 * MIB]
@@ -103,7 +103,7 @@ def test_restore_onto_a_block_device_writes_only_data_or_guarantees_zeros(
         content[:MIB] == b"\xab" * MIB
     )  # an unknown device's old bytes are left where the snapshot has holes
 
-    zero_filled = restore_device(repo, snapshot, loop_device, zero_fill=True)
+    zero_filled = restore_device(repo, snapshot, loop_device, zero_fill=True, force=True)
     assert zero_filled.zeroed + zero_filled.bytes_written == len(image)
     assert sha(loop_device.read_bytes()[: len(image)]) == sha(image)
 
@@ -133,5 +133,5 @@ def test_cli_backs_up_and_restores_block_images(tmp_path: Path, monkeypatch: pyt
     assert main(["--repo", url, "repo", "init"]) == EXIT_OK
     assert main(["--repo", url, "backup", "--block", str(tmp_path / "disk.img")]) == EXIT_OK
     snapshot = Repository.open(LocalDirectoryStore(tmp_path / "repo"), b"pw").snapshot_ids()[0]
-    assert main(["--repo", url, "restore", snapshot, str(tmp_path / "out.img")]) == EXIT_OK
+    assert main(["--repo", url, "restore", "--block", snapshot, str(tmp_path / "out.img")]) == EXIT_OK
     assert sha((tmp_path / "out.img").read_bytes()) == sha(image)

@@ -46,10 +46,7 @@ VALUE_SETS: dict[str, dict[str, Any]] = {
         }
     },
     "network-policy": {
-        "networkPolicy": {
-            "enabled": True,
-            "metricsFrom": [{"namespaceSelector": {"matchLabels": {"name": "monitoring"}}}],
-        }
+        "networkPolicy": {"metricsFrom": [{"namespaceSelector": {"matchLabels": {"name": "monitoring"}}}]}
     },
     "block-volumes": {"agent": {"privileged": True}, "coordinator": {"replicas": 1}},
     "tuned": {
@@ -99,10 +96,11 @@ def container(workload: dict[str, Any]) -> dict[str, Any]:
 
 
 def flags(workload: dict[str, Any]) -> dict[str, str]:
-    """The container's ``--name=value`` arguments as a dict (each flag given exactly once)."""
+    """The container's ``--name=value`` arguments as a dict (each flag given exactly once; a bare
+    switch ``--name`` has the value "")."""
     args = container(workload)["args"]
-    pairs = [arg.removeprefix("--").split("=", 1) for arg in args]
-    assert all(arg.startswith("--") and len(pair) == 2 for arg, pair in zip(args, pairs, strict=True))
+    pairs = [[*arg.removeprefix("--").split("=", 1), ""][:2] for arg in args]
+    assert all(arg.startswith("--") for arg in args)
     result = dict(pairs)
     assert len(result) == len(args), f"a flag is repeated in {args}"
     return result
@@ -180,6 +178,8 @@ def test_defaults_render_the_expected_objects(rendered: dict[str, list[dict[str,
             ("Deployment", COORDINATOR),
             ("DaemonSet", AGENT),
             ("PodDisruptionBudget", COORDINATOR),
+            ("NetworkPolicy", COORDINATOR),
+            ("NetworkPolicy", AGENT),
             ("Pod", "barge-test-agents-connected"),
         ]
     )
@@ -200,6 +200,8 @@ def test_coordinator_follows_the_command_line_contract(rendered: dict[str, list[
         "config": "/etc/barge/config.yaml",
         "leader-election-namespace": NAMESPACE,
         "leader-election-id": "barge-coordinator",
+        "repository-password-secret": "barge-repository-password/repository-password",
+        "generate-repository-password": "",
         "log-level": "info",
         "log-format": "json",
     }
@@ -296,7 +298,7 @@ def test_agent_follows_the_command_line_contract(rendered: dict[str, list[dict[s
         "health-port": "8081",
         "max-concurrent": "4",
         "cache-dir": "/var/cache/barge",
-        "repository-password-secret": "velero-repo-credentials/repository-password",
+        "repository-password-secret": "barge-repository-password/repository-password",
         "compression": "zstd",
         "log-level": "debug",
         "log-format": "console",
@@ -478,16 +480,56 @@ def exported_metric_names() -> set[str]:
     return {name for name in names if name.startswith("barge_")}
 
 
-def test_network_policy_lets_only_agents_reach_grpc(rendered: dict[str, list[dict[str, Any]]]) -> None:
-    objects = rendered["network-policy"]
-    policy = one(objects, "NetworkPolicy", COORDINATOR)
-    grpc_rule = next(r for r in policy["spec"]["ingress"] if r["ports"][0]["port"] == "grpc")
+def ingress_by_port(policy: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    rules = policy["spec"]["ingress"]
+    assert all(len(rule["ports"]) == 1 and rule["ports"][0]["protocol"] == "TCP" for rule in rules)
+    return {rule["ports"][0]["port"]: rule for rule in rules}
+
+
+@pytest.mark.parametrize("values_set", ["defaults", "network-policy"])
+def test_network_policy_lets_only_agents_reach_grpc(
+    rendered: dict[str, list[dict[str, Any]]], values_set: str
+) -> None:
+    """On by default: the coordinator's gRPC port admits agent pods alone, an agent admits nothing
+    but metrics scrapes (probes come from the pod's own node, which a policy never isolates)."""
+    objects = rendered[values_set]
+    coordinator = one(objects, "NetworkPolicy", COORDINATOR)
+    agent = one(objects, "NetworkPolicy", AGENT)
+    assert coordinator["spec"]["podSelector"]["matchLabels"] == selector_of(one(objects, "Deployment"))
+    assert agent["spec"]["podSelector"]["matchLabels"] == selector_of(one(objects, "DaemonSet"))
+    assert (coordinator["spec"]["policyTypes"], agent["spec"]["policyTypes"]) == (["Ingress"], ["Ingress"])
+    rules = ingress_by_port(coordinator)
+    assert set(rules) == {"grpc", "metrics"}
     agent_labels = one(objects, "DaemonSet")["spec"]["template"]["metadata"]["labels"]
-    assert grpc_rule["from"] == [{"podSelector": {"matchLabels": agent_labels}}]
-    metrics_rule = next(r for r in policy["spec"]["ingress"] if r["ports"][0]["port"] == "metrics")
-    assert {"namespaceSelector": {"matchLabels": {"name": "monitoring"}}} in metrics_rule["from"]
-    agent_policy = one(objects, "NetworkPolicy", AGENT)
-    assert [r["ports"] for r in agent_policy["spec"]["ingress"]] == [[{"port": "metrics", "protocol": "TCP"}]]
+    assert rules["grpc"]["from"] == [{"podSelector": {"matchLabels": agent_labels}}]
+    assert set(ingress_by_port(agent)) == {"metrics"}
+
+
+def test_metrics_are_open_to_any_scraper_until_metrics_from_names_them(
+    rendered: dict[str, list[dict[str, Any]]],
+) -> None:
+    for name in (COORDINATOR, AGENT):
+        assert "from" not in ingress_by_port(one(rendered["defaults"], "NetworkPolicy", name))["metrics"]
+    monitoring = {"namespaceSelector": {"matchLabels": {"name": "monitoring"}}}
+    objects = rendered["network-policy"]
+    test_pod = {"podSelector": {"matchLabels": selector_of(one(objects, "Pod"))}}
+    coordinator_metrics = ingress_by_port(one(objects, "NetworkPolicy", COORDINATOR))["metrics"]
+    assert coordinator_metrics["from"] == [test_pod, monitoring]  # `helm test` reads the coordinator's
+    assert ingress_by_port(one(objects, "NetworkPolicy", AGENT))["metrics"]["from"] == [monitoring]
+
+
+def test_network_policy_can_be_turned_off(helm: Helm) -> None:
+    objects = helm.template({"networkPolicy": {"enabled": False}}, RELEASE, NAMESPACE)
+    assert by_kind(objects, "NetworkPolicy") == []
+
+
+def selector_of(workload: dict[str, Any]) -> dict[str, str]:
+    """The labels that select a workload's pods (a bare Pod: its component's selector labels)."""
+    if workload["kind"] == "Pod":
+        labels = workload["metadata"]["labels"]
+        keys = ("app.kubernetes.io/name", "app.kubernetes.io/instance", "app.kubernetes.io/component")
+        return {key: labels[key] for key in keys}
+    return dict(workload["spec"]["selector"]["matchLabels"])
 
 
 def test_test_hook_checks_connected_agents(rendered: dict[str, list[dict[str, Any]]]) -> None:
@@ -590,14 +632,53 @@ def test_coordinator_snapshot_permissions_are_what_the_exposer_does(
     ]
 
 
-def test_secrets_are_readable_only_in_velero_namespace(rendered: dict[str, list[dict[str, Any]]]) -> None:
-    objects = rendered["tuned"]
+def secret_rules(objects: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
+    """The rules on Secrets, by "Kind/namespace/name" of the role granting them."""
+    found: dict[str, list[dict[str, Any]]] = {}
     for obj in objects:
-        if obj["kind"] in RBAC_KINDS and any("secrets" in rule["resources"] for rule in obj["rules"]):
-            assert obj["kind"] == "Role", obj["metadata"]
-            assert obj["metadata"]["namespace"] == "velero-prod", obj["metadata"]
-            secret_rules = [rule for rule in obj["rules"] if "secrets" in rule["resources"]]
-            assert [rule["verbs"] for rule in secret_rules] == [["get"]]
+        if obj["kind"] in RBAC_KINDS:
+            meta = obj["metadata"]
+            role = f"{obj['kind']}/{meta.get('namespace', '')}/{meta['name']}"
+            for rule in obj["rules"]:
+                if "secrets" in rule["resources"]:
+                    found.setdefault(role, []).append(rule)
+    return found
+
+
+def test_the_agents_read_only_the_secrets_they_need_and_the_coordinator_none(helm: Helm) -> None:
+    """The agents: the repository password's Secret and the BSLs' (rbac.agentSecrets), by name, in
+    Velero's namespace. The coordinator: create only, for generating the password Secret."""
+    grants = secret_rules(helm.template({"veleroNamespace": "velero-prod"}, RELEASE, NAMESPACE))
+    assert grants == {
+        f"Role/velero-prod/{AGENT}": [
+            {"apiGroups": [""], "resources": ["secrets"], "verbs": ["get"],
+             "resourceNames": ["barge-repository-password", "cloud-credentials"]}
+        ],
+        f"Role/velero-prod/{COORDINATOR}": [
+            {"apiGroups": [""], "resources": ["secrets"], "verbs": ["create"]}
+        ],
+    }  # fmt: skip
+    own = {
+        "rbac": {"agentSecrets": ["minio-creds", "minio-ca", "team-pw"]},
+        "config": {"repositoryPasswordSecret": {"name": "team-pw", "key": "pw", "generate": False}},
+    }
+    grants = secret_rules(helm.template(own, RELEASE, NAMESPACE))
+    assert grants == {
+        f"Role/velero/{AGENT}": [
+            {"apiGroups": [""], "resources": ["secrets"], "verbs": ["get"],
+             "resourceNames": ["team-pw", "minio-creds", "minio-ca"]}
+        ],
+    }  # fmt: skip
+
+
+def test_repository_password_switches_reach_both_binaries(helm: Helm) -> None:
+    values = {"config": {"repositoryPasswordSecret": {"name": "pw", "key": "k", "generate": False,
+                                                      "allowVeleroDefault": True}}}  # fmt: skip
+    objects = helm.template(values, RELEASE, NAMESPACE)
+    coordinator, agent = flags(one(objects, "Deployment")), flags(one(objects, "DaemonSet"))
+    assert coordinator["repository-password-secret"] == agent["repository-password-secret"] == "pw/k"
+    assert "generate-repository-password" not in coordinator
+    assert agent["allow-velero-default-password"] == ""
 
 
 @pytest.mark.parametrize(

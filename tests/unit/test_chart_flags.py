@@ -24,6 +24,8 @@ def test_the_coordinator_accepts_every_argument_the_chart_gives_it() -> None:
     assert args.agent_service_account == "barge/barge-agent"
     assert (args.grpc_port, args.metrics_port, args.health_port) == (8443, 8080, 8081)
     assert args.config == "/etc/barge/config.yaml"
+    assert args.repository_password_secret == "barge-repository-password/repository-password"
+    assert args.generate_repository_password is True
 
 
 def test_the_agent_accepts_every_argument_the_chart_gives_it() -> None:
@@ -34,7 +36,8 @@ def test_the_agent_accepts_every_argument_the_chart_gives_it() -> None:
     assert args.token_file == "/var/run/secrets/barge/token"
     assert args.kubelet_root == "/var/lib/kubelet"
     assert args.node_name == "$(NODE_NAME)"  # the kubelet expands it from the downward API env var
-    assert args.repository_password_secret == "velero-repo-credentials/repository-password"
+    assert args.repository_password_secret == "barge-repository-password/repository-password"
+    assert args.allow_velero_default_password is False
     assert args.compression == "zstd"
 
 

@@ -89,6 +89,25 @@ def test_password_file_and_change_password(
     assert main(["--repo", repo_url, "--password-file", str(tmp_path / "new"), "snapshots"]) == EXIT_OK
 
 
+def test_moving_off_a_password_while_writers_still_use_it(
+    repo_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The migration off Velero's default: add the new password (both open the repository while
+    the agents switch Secrets), then remove the old one; the last password is never removed."""
+    (tmp_path / "new").write_text("strong and new\n")
+    new = ["--repo", repo_url, "--password-file", str(tmp_path / "new")]
+    assert main(["--repo", repo_url, "key", "add", "--new-password-file", str(tmp_path / "new")]) == EXIT_OK
+    assert main(["--repo", repo_url, "snapshots"]) == EXIT_OK  # the old one still works
+    assert main([*new, "snapshots"]) == EXIT_OK
+    assert main(["--repo", repo_url, "key", "remove"]) == EXIT_OK
+    capsys.readouterr()
+    assert main(["--repo", repo_url, "snapshots"]) == EXIT_FAILED
+    assert "wrong password" in capsys.readouterr().err
+    assert main([*new, "key", "remove"]) == EXIT_USAGE
+    assert "only password of the repository" in capsys.readouterr().err
+    assert main([*new, "snapshots"]) == EXIT_OK
+
+
 def test_check_read_data_finds_a_flipped_byte_with_exit_3(
     repo_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -200,6 +219,48 @@ def test_forget_and_gc_reclaim_space(
     after = sum(p.stat().st_size for p in data.rglob("*") if p.is_file())
     assert before > 3_000_000 > after
     assert main(["--repo", repo_url, "check"]) == EXIT_OK
+
+
+def test_forget_by_retention_policy_with_prune(
+    repo_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--keep-last per source, --dry-run forgets nothing, --prune reclaims at once (no backup runs)."""
+    sources = {name: tmp_path / name for name in ("db", "web")}
+    ids: dict[str, list[str]] = {"db": [], "web": []}
+    for _ in range(3):
+        for name, source in sources.items():
+            source.mkdir(exist_ok=True)
+            (source / "data").write_bytes(os.urandom(1_000_000))  # each round replaces the data
+            ids[name].append(str(backup_json(repo_url, source, capsys, "--no-parent")["snapshot_id"]))
+    doomed = sorted(ids["db"][:2] + ids["web"][:2])
+    data = tmp_path / "repo" / "data"
+    before = sum(p.stat().st_size for p in data.rglob("*") if p.is_file())
+
+    assert main(["--repo", repo_url, "forget", "--keep-last", "1", "--dry-run"]) == EXIT_OK
+    assert capsys.readouterr().out.split() == [w for i in doomed for w in ("would", "forget", "snapshot", i)]
+    assert main(["--repo", repo_url, "forget", "--keep-last", "1", "--prune"]) == EXIT_OK
+    out = capsys.readouterr().out
+    assert [line.split()[-1] for line in out.splitlines() if line.startswith("forgot")] == doomed
+    assert out.splitlines()[-1].startswith("deleted "), out  # the sweep ran, not only the mark
+    after = sum(p.stat().st_size for p in data.rglob("*") if p.is_file())
+    assert before - after > 4_000_000, (before, after)
+    assert main(["--repo", repo_url, "snapshots", "--json"]) == EXIT_OK
+    left = {row["id"] for row in json.loads(capsys.readouterr().out)}
+    assert left == {ids["db"][2], ids["web"][2]}
+    assert main(["--repo", repo_url, "check", "--read-data"]) == EXIT_OK
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [["forget"], ["forget", "a" * 64, "--keep-last", "1"], ["forget", "--keep-last", "-1"]],
+)
+def test_forget_needs_ids_or_a_policy(
+    repo_url: str, argv: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["--repo", repo_url, *argv]) == EXIT_USAGE
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1
+    assert "Traceback" not in err
 
 
 def _largest_pack(repo: Path) -> Path:

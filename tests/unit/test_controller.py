@@ -3,10 +3,15 @@ the admission pass, decide and the executor's writes, as one reconcile does them
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import Any
 
+import pytest
+
 from barge.clock import ManualClock
-from barge.control.naming import FINALIZER
+from barge.control.messages import CancelAssignment, CoordinatorCommand, Hello, RunningAssignment
+from barge.control.naming import ASSIGNMENT_ANNOTATION, FINALIZER, LABEL_OWNER_KIND, LABEL_OWNER_NAME
+from barge.errors import TemporaryError
 from coordinator.config import CoordinatorConfig
 from coordinator.controller import Controller
 from coordinator.hub import Hub
@@ -50,11 +55,19 @@ def world(uploads: int) -> FakeObjects:
     return objects
 
 
-def controller(objects: FakeObjects, config: CoordinatorConfig) -> Controller:
-    clock = ManualClock()
+def controller(
+    objects: FakeObjects,
+    config: CoordinatorConfig,
+    status: FakeCrWrites | None = None,
+    clock: ManualClock | None = None,
+) -> Controller:
+    clock = clock or ManualClock()
     metrics = CoordinatorMetrics()
     adapters = ControllerAdapters(
-        feeds=feeds_over(objects), objects=objects, status=FakeCrWrites(objects), events=FakeEvents()
+        feeds=feeds_over(objects),
+        objects=objects,
+        status=status or FakeCrWrites(objects),
+        events=FakeEvents(),
     )
     return Controller(
         adapters,
@@ -99,3 +112,146 @@ def test_a_cr_of_another_data_mover_is_never_touched() -> None:
     loop.recompute_admissions()
     assert loop.reconcile(ItemKey("DataUpload", "velero", "backup-0")) is None
     assert objects.writes == []
+
+
+def exposer_pod(upload: str, node: str) -> Obj:
+    labels = {LABEL_OWNER_KIND: "DataUpload", LABEL_OWNER_NAME: upload}
+    return {
+        "kind": "Pod",
+        "metadata": {"namespace": "velero", "name": f"{upload}-expose", "labels": labels},
+        "spec": {"nodeName": node},
+    }
+
+
+def reconciled(loop: Controller) -> list[str]:
+    """The CRs the queue holds now, reconciled in order until it is empty."""
+    names = []
+    while (key := loop.process_next(timeout=0)) is not None:
+        names.append(key.name)
+    return names
+
+
+def test_a_node_cordon_wakes_only_the_crs_exposed_on_that_node() -> None:
+    objects = world(3)
+    objects.put({"kind": "Node", "metadata": {"name": "node-b"}, "spec": {}})
+    loop = controller(objects, CoordinatorConfig())
+    for node in ("node-a", "node-b"):
+        objects.announce("ADDED", objects.store[("Node", None, node)])
+    for upload, node in (("backup-0", "node-a"), ("backup-1", "node-b"), ("backup-2", "node-a")):
+        objects.announce("ADDED", exposer_pod(upload, node))
+    reconciled(loop)
+
+    cordoned = {"kind": "Node", "metadata": {"name": "node-a"}, "spec": {"unschedulable": True}}
+    objects.announce("MODIFIED", cordoned)
+    assert sorted(reconciled(loop)) == ["backup-0", "backup-2"]
+    objects.announce("MODIFIED", cordoned)  # a status heartbeat: nothing decisions read changed
+    assert reconciled(loop) == []
+
+
+def test_an_event_on_an_exposure_object_wakes_only_the_cr_it_belongs_to() -> None:
+    objects = world(3)
+    loop = controller(objects, CoordinatorConfig())
+    claim = {
+        "kind": "PersistentVolumeClaim",
+        "metadata": {
+            "namespace": "velero",
+            "name": "backup-1-expose",
+            "labels": {LABEL_OWNER_KIND: "DataUpload", LABEL_OWNER_NAME: "backup-1"},
+        },
+        "spec": {},
+    }
+    objects.announce("ADDED", claim)
+    assert reconciled(loop) == ["backup-1"]
+
+
+class FlakyCrWrites(FakeCrWrites):
+    """CR writes whose first ``failures`` attempts fail as an overloaded API server's would."""
+
+    def __init__(self, objects: FakeObjects, failures: int) -> None:
+        super().__init__(objects)
+        self.failures = failures
+
+    def update_status(self, *args: Any, **kwargs: Any) -> Obj:
+        if self.failures:
+            self.failures -= 1
+            raise TemporaryError("the API server is overloaded (HTTP 503)")
+        return super().update_status(*args, **kwargs)
+
+
+def test_a_reconcile_that_meets_a_temporary_error_is_retried_after_a_backoff_not_dropped() -> None:
+    objects, clock = world(1), ManualClock()
+    loop = controller(objects, CoordinatorConfig(), status=FlakyCrWrites(objects, failures=1), clock=clock)
+    loop.recompute_admissions()
+    objects.announce("ADDED", objects.store[("DataUpload", "velero", "backup-0")])
+    assert reconciled(loop) == ["backup-0"]
+    assert objects.writes == []
+    assert reconciled(loop) == []  # not retried at once: the backoff holds it
+    clock.advance(1)
+    assert reconciled(loop) == ["backup-0"]
+    assert objects.writes == ["update DataUpload backup-0 status.phase=Accepted"]
+
+
+@pytest.mark.parametrize("event", ["ADDED", "MODIFIED"])
+def test_a_cr_event_queues_the_cr_once_however_often_it_comes(event: str) -> None:
+    objects = world(1)
+    loop = controller(objects, CoordinatorConfig())
+    upload = objects.store[("DataUpload", "velero", "backup-0")]
+    for _ in range(3):
+        objects.announce(event, upload)
+    assert reconciled(loop) == ["backup-0"]
+
+
+@dataclass
+class RecordingSession:
+    node: str
+    hello: Hello
+    sent: list[CoordinatorCommand] = field(default_factory=list)
+
+    def send(self, command: CoordinatorCommand) -> None:
+        self.sent.append(command)
+
+    def close(self, reason: str) -> None:
+        pass
+
+
+def stops(session: RecordingSession) -> list[tuple[str, int, str]]:
+    return [(c.assignment_id, c.epoch, c.reason) for c in session.sent if isinstance(c, CancelAssignment)]
+
+
+def test_a_new_leader_adopts_only_claims_the_cached_fence_names_and_stops_the_others() -> None:
+    """The hub asks the controller about each claim of a connecting agent, and the controller asks
+    the DataUpload in its informer cache (found by uid through the index its events keep): three
+    are fenced to epoch 3 on node-a, one of them Completed."""
+    objects = world(3)
+    clock, metrics = ManualClock(), CoordinatorMetrics()
+    hub = Hub(clock, metrics)
+    adapters = ControllerAdapters(feeds_over(objects), objects, FakeCrWrites(objects), FakeEvents())
+    Controller(adapters, namespace="velero", config=CoordinatorConfig(), hub=hub, metrics=metrics,
+               clock=clock, identity="barge-coordinator-1")  # fmt: skip
+    for n in range(3):  # what the informer delivers from its first list
+        cr = objects.store[("DataUpload", "velero", f"backup-{n}")]
+        cr["metadata"]["annotations"] = {ASSIGNMENT_ANNOTATION: "3:node-a"}
+        cr["status"] = {"phase": "Completed" if n == 1 else "InProgress", "node": "node-a"}
+        objects.announce("ADDED", cr)
+    claims = (
+        RunningAssignment("uid-0", 3, 5, 50),  # what the fence names
+        RunningAssignment("uid-1", 3, 5, 50),  # a finished DataUpload
+        RunningAssignment("uid-2", 2, 5, 50),  # an older epoch
+        RunningAssignment("uid-9", 1, 0, 10),  # no such DataUpload
+    )
+    a = RecordingSession("node-a", Hello("node-a", "1", 4, claims))
+    hub.agent_connected(a)
+    b = RecordingSession("node-b", Hello("node-b", "1", 1, (RunningAssignment("uid-2", 3),)))
+    hub.agent_connected(b)  # another node's epoch
+    adopted = hub.assignment("uid-0")
+    assert adopted is not None
+    assert (adopted.epoch, adopted.node) == (3, "node-a")
+    assert [hub.assignment(uid) for uid in ("uid-1", "uid-2", "uid-9")] == [None, None, None]
+    assert stops(a) == [
+        ("uid-1", 3, "not adopted: DataUpload velero/backup-1 is Completed"),
+        ("uid-2", 2, "not adopted: DataUpload velero/backup-2 is fenced to 3:node-a, not 2:node-a"),
+        ("uid-9", 1, "not adopted: no DataUpload or DataDownload has uid uid-9"),
+    ]
+    assert stops(b) == [
+        ("uid-2", 3, "not adopted: DataUpload velero/backup-2 is fenced to 3:node-a, not 3:node-b")
+    ]

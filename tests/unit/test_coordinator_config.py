@@ -12,6 +12,7 @@ from barge.errors import InvalidInput
 from coordinator.config import (
     BackupPvcConfig,
     CoordinatorConfig,
+    DeletedBackupsConfig,
     LabelSelector,
     PodResources,
     SelectorRequirement,
@@ -136,6 +137,15 @@ def test_barge_keys() -> None:
     assert config.drain_grace_period == timedelta(hours=1)
     assert config.max_reexposures == 0
     assert config.image == "example.org/barge:1.0"
+
+
+def test_deleted_backups_keys() -> None:
+    defaults = DeletedBackupsConfig(timedelta(minutes=10), timedelta(hours=1))
+    assert CoordinatorConfig().deleted_backups == defaults
+    config = CoordinatorConfig.from_dict({"deletedBackups": {"checkInterval": "0", "gracePeriod": "30s"}})
+    assert config.deleted_backups == DeletedBackupsConfig(timedelta(0), timedelta(seconds=30))
+    with pytest.raises(InvalidInput, match=r"deletedBackups.grace: unknown key"):
+        CoordinatorConfig.from_dict({"deletedBackups": {"grace": "1h"}})
 
 
 @pytest.mark.parametrize(

@@ -4,10 +4,10 @@ its clone, from plain informer-cache dicts."""
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
-from barge.control.naming import LABEL_OWNER_UID
+from barge.control.naming import AGENT_RECONNECT_WINDOW_S, LABEL_OWNER_UID
 from coordinator.config import CoordinatorConfig
 from coordinator.model import (
     SOURCE_CONTENT_ANNOTATION,
@@ -17,7 +17,7 @@ from coordinator.model import (
     SnapshotState,
 )
 from coordinator.scheduler import Stage
-from coordinator.world import Context, CrViews, observe, work_items
+from coordinator.world import Context, CrViews, agent_views, observe, work_items
 from tests.coordinator_world import T0
 
 Obj = Mapping[str, Any]
@@ -177,3 +177,14 @@ def test_a_cr_is_parsed_again_only_when_its_resource_version_changes() -> None:
     assert changed.phase is Phase.PREPARED
     views.keep_only(set())
     assert views.view("DataUpload", upload("a", "InProgress", version="8")).phase is Phase.IN_PROGRESS
+
+
+def test_agents_a_new_leader_has_not_seen_get_until_the_reconnect_window_ends() -> None:
+    node = {"kind": "Node", "metadata": {"name": "node-a"}, "spec": {}}
+    (fresh,) = agent_views(Caches(node), Hub(), {}, leading_since=T0)
+    assert fresh.reconnect_by == T0 + timedelta(seconds=AGENT_RECONNECT_WINDOW_S)
+    assert not fresh.unusable(T0)
+    assert fresh.unusable(T0 + timedelta(seconds=AGENT_RECONNECT_WINDOW_S))
+    (unknown,) = agent_views(Caches(node), Hub(), {})  # no term start known: nothing to wait for
+    assert unknown.reconnect_by is None
+    assert unknown.unusable(T0)

@@ -13,14 +13,15 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from barge.control.messages import AssignmentKind, Outcome, VolumeMode
+from barge.control.messages import AssignmentKind, Outcome, RunningAssignment, VolumeMode
 from barge.control.naming import ASSIGNMENT_ANNOTATION, Fence
 from coordinator.config import CoordinatorConfig
-from coordinator.decide import CONTENT_FOLLOW_GRACE, MAX_WAIT, READOPT_GRACE, decide
+from coordinator.decide import CONTENT_FOLLOW_GRACE, MAX_WAIT, READOPT_GRACE, claim_problem, decide
 from coordinator.exposer import plan_exposure
 from coordinator.model import (
     ACCEPTED_AT_ANNOTATION,
     Action,
+    AgentView,
     Assign,
     AssignmentView,
     BindRestoredVolume,
@@ -459,6 +460,15 @@ def test_prepared_agent_missing_past_grace_reexposes() -> None:
     assert_reexposed(decide(never_seen))
 
 
+def test_a_new_leader_gives_an_agent_it_has_not_seen_until_reconnect_by_before_judging_it_gone() -> None:
+    """After an outage the agents retry on a backoff of up to 30 s: an agent a just-started leader
+    has not seen yet is not gone merely because agentGracePeriod has passed since the CR started."""
+    reconnecting = agent(connected=False, reconnect_by=T0 + minutes(3))
+    world = observed(prepared(upload_cr()), now=T0 + minutes(2), exposure=exposure(), agents=(reconnecting,))
+    assert only_waits(decide(world))
+    assert_reexposed(decide(replace(world, now=T0 + minutes(3))))
+
+
 def test_prepared_assigns_to_connected_agent() -> None:
     cr = replace(prepared(upload_cr()), data_mover_config=(("k", "v"),))
     world = observed(cr, exposure=exposure())
@@ -591,6 +601,16 @@ def test_in_progress_download_completed_binds_then_completes() -> None:
     assert phase_after(decide(handed_over)) is Phase.COMPLETED
 
 
+def test_a_completed_download_keeps_the_agents_message() -> None:
+    """What the restore withheld (device nodes, setuid bits...) reaches the DataDownload's status."""
+    result = finished(Outcome.COMPLETED, message="restored without the privileges the snapshot records")
+    world = progress_world(in_progress(download_cr()), exposure=exposure(upload=False), assignment=result)
+    step = set_phase(decide(replace(world, target_pvc=replace(TARGET_PVC, volume_name="pv-1"))))
+    assert step is not None
+    assert step.phase is Phase.COMPLETED
+    assert step.message == "restored without the privileges the snapshot records"
+
+
 def test_in_progress_download_target_gone_fails() -> None:
     result = finished(Outcome.COMPLETED)
     world = progress_world(in_progress(download_cr()), exposure=exposure(upload=False), assignment=result)
@@ -664,6 +684,21 @@ def test_in_progress_agent_disconnected_past_grace_reexposes() -> None:
 def test_in_progress_agent_disconnected_within_grace_waits() -> None:
     gone = agent(connected=False, disconnected_since=T0 + minutes(9) + timedelta(seconds=10))
     assert decide(progress_world(agents=(gone,))) == (Requeue(timedelta(seconds=10)),)
+
+
+@pytest.mark.parametrize(
+    "missing",
+    [agent(connected=False), agent(connected=False, disconnected_since=T0 + minutes(2))],
+    ids=["never-seen-by-a-new-leader", "gone-before-a-re-election"],
+)
+def test_in_progress_agent_not_back_after_a_failover_waits(missing: AgentView) -> None:
+    """This leader began 40 s ago: an agent missing since the work started (9 min ago) or since
+    before the term gets agentGracePeriod from the term's start to find the leader and report what
+    it runs."""
+    began = T0 + minutes(10) - timedelta(seconds=40)
+    world = progress_world(agents=(missing, agent(OTHER_NODE)), assignment=None, leading_since=began)
+    assert decide(world) == (Requeue(timedelta(seconds=20)),)
+    assert_reexposed(decide(replace(world, now=began + minutes(1))))
 
 
 def rated(done: int, total: int, since_s: float, now_min: float = 10) -> AssignmentView:
@@ -1114,3 +1149,63 @@ def test_properties_of_every_decision(world: Observed) -> None:
         for key, value in step.annotations:  # type: ignore[attr-defined]
             if key == ASSIGNMENT_ANNOTATION:
                 assert Fence.parse(value).epoch > latest  # a reservation is a new epoch
+
+
+# ------------------------------------------------------------------ adopting agents' claims after a failover
+
+
+FENCED = in_progress(upload_cr(), epoch=3)  # the fence names epoch 3 on NODE
+
+
+def claim(epoch: int = 3) -> RunningAssignment:
+    return RunningAssignment(upload_cr().uid, epoch, 5, 50)
+
+
+@pytest.mark.parametrize(
+    "cr",
+    [
+        FENCED,
+        replace(prepared(upload_cr()), fence=Fence(3, NODE)),  # the fence reserved with Prepared
+        replace(FENCED, phase=Phase.CANCELING),
+    ],
+    ids=["in-progress", "prepared", "canceling"],
+)
+def test_a_claim_that_matches_the_fence_of_a_runnable_cr_is_adopted(cr: CrView) -> None:
+    assert claim_problem(cr, NODE, claim(3)) == ""
+
+
+@pytest.mark.parametrize(
+    ("cr", "node", "epoch", "problem"),
+    [
+        (FENCED, NODE, 2, "is fenced to 3:node-a, not 2:node-a"),
+        (FENCED, NODE, 4, "is fenced to 3:node-a, not 4:node-a"),
+        (FENCED, OTHER_NODE, 3, "is fenced to 3:node-a, not 3:node-b"),
+        (replace(FENCED, fence=Fence(4, "-")), NODE, 3, "fenced to 4:-"),
+        (replace(prepared(upload_cr()), fence=None), NODE, 3, "is fenced to no assignment, not 3:node-a"),
+        (replace(FENCED, phase=Phase.COMPLETED), NODE, 3, "is Completed"),
+        (replace(FENCED, phase=Phase.FAILED), NODE, 3, "is Failed"),
+        (replace(FENCED, phase=Phase.ACCEPTED), NODE, 3, "is Accepted"),
+        (replace(FENCED, deleting=True), NODE, 3, "is being deleted"),
+        (replace(FENCED, datamover="velero"), NODE, 3, "is not served by Barge"),
+        (replace(FENCED, uid="recreated"), NODE, 3, "no DataUpload or DataDownload"),
+        (None, NODE, 3, "no DataUpload or DataDownload has uid uid-upload-1"),
+    ],
+    ids=[
+        "older-epoch",
+        "forged-newer-epoch",
+        "other-node",
+        "revoked",
+        "no-fence",
+        "completed",
+        "failed",
+        "re-exposing",
+        "deleted",
+        "other-mover",
+        "recreated",
+        "unknown",
+    ],
+)
+def test_a_claim_the_fence_does_not_name_is_not_adopted(
+    cr: CrView | None, node: str, epoch: int, problem: str
+) -> None:
+    assert problem in claim_problem(cr, node, claim(epoch))

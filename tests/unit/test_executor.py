@@ -107,6 +107,22 @@ def test_an_exposure_creates_only_what_the_cache_does_not_show_and_the_budget_be
     assert objects.writes == []  # all there: no request at all
 
 
+def test_a_budget_made_by_an_earlier_version_is_brought_up_to_date_not_replaced() -> None:
+    """Without AlwaysAllow it would hold an unready exposer pod, and so a drain, while Barge is down.
+    Patched in place: deleting it would leave every exposer pod of the namespace unprotected."""
+    cr = upload_cr()
+    plan = plan_exposure(observed(cr))
+    earlier = owned("PodDisruptionBudget", EXPOSER_BUDGET, "", spec={"maxUnavailable": 0})
+    objects = FakeObjects(earlier)
+    executor(objects).execute({}, cr, (CreateExposure(plan),))
+    assert f"patch PodDisruptionBudget {EXPOSER_BUDGET}" in objects.writes
+    budget = objects.store[("PodDisruptionBudget", "velero", EXPOSER_BUDGET)]
+    assert budget["spec"]["unhealthyPodEvictionPolicy"] == "AlwaysAllow"
+    objects.writes.clear()
+    executor(objects).execute({}, cr, (CreateExposure(plan),))
+    assert objects.writes == []  # up to date: no more writes
+
+
 def test_cleanup_deletes_only_this_crs_objects_once_and_leaves_the_content_to_the_snapshot_controller() -> (
     None
 ):

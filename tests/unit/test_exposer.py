@@ -2,22 +2,29 @@
 
 from __future__ import annotations
 
+import subprocess
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import pytest
 
+from barge.clock import SystemClock
 from barge.control.messages import VolumeMode
 from barge.control.naming import (
     BLOCK_DEVICE_PATH,
+    EXPOSER_STATUS_PATH,
     FILESYSTEM_MOUNT_PATH,
     LABEL_MANAGED_BY,
     LABEL_OWNER_KIND,
     LABEL_OWNER_NAME,
     LABEL_OWNER_UID,
+    READINESS_FAILURES,
+    READINESS_PERIOD_S,
+    VOUCH_FILE,
 )
 from coordinator.config import CoordinatorConfig
-from coordinator.exposer import EXPOSER_COMMAND, manifests, plan_exposure
+from coordinator.exposer import EXPOSER_COMMAND, READINESS_COMMAND, budget_outdated, manifests, plan_exposure
 from coordinator.model import (
     GENERATION_LABEL,
     SOURCE_CONTENT_ANNOTATION,
@@ -29,10 +36,12 @@ from devenv.crds import load_crd
 from tests.coordinator_world import (
     OTHER_NODE,
     SOURCE_PVC,
+    T0,
     TARGET_PVC,
     agent,
     clone_fields,
     download_cr,
+    minutes,
     observed,
     upload_cr,
 )
@@ -129,6 +138,9 @@ def test_the_pod_is_protected_from_eviction_by_the_namespace_budget_for_exposer_
         "labels": {LABEL_MANAGED_BY: "barge"},  # no owner: it outlives every exposure
     }
     assert budget["spec"]["maxUnavailable"] == 0
+    # Only a Ready pod is protected: an unready one (nobody vouches that its data moves) may go.
+    assert budget["spec"]["unhealthyPodEvictionPolicy"] == "AlwaysAllow"
+    assert not budget_outdated(budget)
     selector = budget["spec"]["selector"]["matchLabels"]
     assert selector.items() <= pod["metadata"]["labels"].items()  # it covers this pod ...
     assert "barge.io/exposure-generation" not in selector  # ... and the next exposure's
@@ -155,11 +167,13 @@ def test_filesystem_pod_mounts_the_volume_and_only_sleeps() -> None:
     (container,) = spec["containers"]
     assert container["command"] == list(EXPOSER_COMMAND)
     assert container["volumeMounts"] == [
-        {"name": "volume", "mountPath": FILESYSTEM_MOUNT_PATH, "readOnly": False}
+        {"name": "volume", "mountPath": FILESYSTEM_MOUNT_PATH, "readOnly": False},
+        {"name": "barge-status", "mountPath": EXPOSER_STATUS_PATH, "readOnly": True},
     ]
     assert "volumeDevices" not in container
     assert spec["volumes"] == [
-        {"name": "volume", "persistentVolumeClaim": {"claimName": "backup-1-abcde", "readOnly": False}}
+        {"name": "volume", "persistentVolumeClaim": {"claimName": "backup-1-abcde", "readOnly": False}},
+        {"name": "barge-status", "emptyDir": {"sizeLimit": "1Mi"}},
     ]
     assert spec["restartPolicy"] == "Never"
     assert "nodeName" not in spec
@@ -174,7 +188,7 @@ def test_block_pod_gets_a_device_not_a_mount() -> None:
     rendered = manifests(plan_exposure(world))
     (container,) = rendered.pod["spec"]["containers"]
     assert container["volumeDevices"] == [{"name": "volume", "devicePath": BLOCK_DEVICE_PATH}]
-    assert "volumeMounts" not in container
+    assert [m["name"] for m in container["volumeMounts"]] == ["barge-status"]  # the vouch only
     assert rendered.pvc["spec"]["volumeMode"] == "Block"
     assert rendered.snapshot_content is not None
     assert rendered.snapshot_content["spec"]["sourceVolumeMode"] == "Block"
@@ -212,6 +226,15 @@ def test_nodes_without_a_usable_agent_are_avoided() -> None:
             {"key": "metadata.name", "operator": "NotIn", "values": ["node-c"]},
         ]
     }
+
+
+def test_a_node_whose_agent_may_still_be_reconnecting_to_a_new_leader_is_not_avoided() -> None:
+    """A just-started leader has not seen any agent yet: placing around all of them would leave
+    the pod unschedulable for good (its affinity never changes)."""
+    reconnecting = agent(OTHER_NODE, connected=False, reconnect_by=T0 + minutes(1))
+    assert "affinity" not in manifests(plan_exposure(upload_world(agents=(reconnecting,)))).pod["spec"]
+    late = upload_world(agents=(reconnecting,), now=T0 + minutes(1))
+    assert "affinity" in manifests(plan_exposure(late)).pod["spec"]  # past it: gone, avoided
 
 
 def test_no_constraints_means_no_affinity() -> None:
@@ -282,3 +305,33 @@ def test_a_re_exposure_labels_the_pod_with_its_generation() -> None:
 def test_download_plan_needs_the_target_pvc() -> None:
     with pytest.raises(ValueError, match="target PVC"):
         plan_exposure(observed(download_cr(), target_pvc=None))
+
+
+def test_the_pod_is_ready_only_while_the_vouch_in_its_status_volume_is_in_the_future(tmp_path: Path) -> None:
+    """The probe runs in the status volume (the container's workingDir); run here in a directory
+    standing for it, with the vouch the agent would write."""
+    (container,) = manifests(plan_exposure(upload_world())).pod["spec"]["containers"]
+    probe = container["readinessProbe"]
+    assert container["workingDir"] == EXPOSER_STATUS_PATH
+    assert probe["exec"]["command"] == list(READINESS_COMMAND)
+    assert (probe["periodSeconds"], probe["failureThreshold"]) == (READINESS_PERIOD_S, READINESS_FAILURES)
+
+    def ready() -> bool:
+        done = subprocess.run(READINESS_COMMAND, cwd=tmp_path, capture_output=True, check=False)
+        return done.returncode == 0
+
+    now = int(SystemClock().now().timestamp())
+    assert not ready()  # no vouch yet
+    (tmp_path / VOUCH_FILE).write_text(f"{now + 60}\n")
+    assert ready()
+    (tmp_path / VOUCH_FILE).write_text(f"{now - 1}\n")
+    assert not ready()  # expired: the agent stopped renewing it
+    (tmp_path / VOUCH_FILE).write_text("")
+    assert not ready()  # unreadable
+
+
+def test_a_budget_an_earlier_version_made_is_outdated() -> None:
+    earlier = {"spec": {"maxUnavailable": 0, "selector": {"matchLabels": {"barge.io/role": "exposer"}}}}
+    assert budget_outdated(earlier)
+    current = manifests(plan_exposure(upload_world())).disruption_budget
+    assert budget_outdated({"spec": {**current["spec"], "unhealthyPodEvictionPolicy": "IfHealthyBudget"}})

@@ -9,6 +9,7 @@ from barge.control.messages import (
     Assignment,
     AssignmentKind,
     AssignmentResult,
+    CancelAssignment,
     CoordinatorCommand,
     CrRef,
     Heartbeat,
@@ -16,9 +17,12 @@ from barge.control.messages import (
     Outcome,
     ProgressReport,
     RunningAssignment,
+    Sweep,
+    SweepResult,
     VolumeMode,
 )
-from coordinator.hub import Hub
+from barge.errors import TemporaryError
+from coordinator.hub import ClaimCheck, Hub
 from coordinator.metrics import CoordinatorMetrics
 from coordinator.model import HubState
 
@@ -43,10 +47,19 @@ def assignment(epoch: int = 1) -> Assignment:
     )
 
 
-def hub() -> tuple[Hub, list[str], ManualClock]:
+def fenced_to(*fences: tuple[str, int, str]) -> ClaimCheck:
+    """A claim check that finds nothing wrong with exactly these (assignment, epoch, node) claims."""
+
+    def check(node: str, claim: RunningAssignment) -> str:
+        return "" if (claim.assignment_id, claim.epoch, node) in fences else "not what the fence names"
+
+    return check
+
+
+def hub(*fences: tuple[str, int, str]) -> tuple[Hub, list[str], ManualClock]:
     changes: list[str] = []
     clock = ManualClock()
-    return Hub(clock, CoordinatorMetrics(), changes.append), changes, clock
+    return Hub(clock, CoordinatorMetrics(), changes.append, fenced_to(*fences)), changes, clock
 
 
 def test_assign_progress_result_and_replays() -> None:
@@ -82,7 +95,7 @@ def test_the_rate_origin_is_the_first_progress_or_the_adoption() -> None:
     view = h.assignment("uid-1")
     assert view is not None
     assert (view.running_since, view.bytes_at_running_since, view.bytes_done) == (started, 10, 60)
-    adopter, _, clock = hub()
+    adopter, _, clock = hub(("uid-1", 3, "node-a"))
     running = (RunningAssignment("uid-1", 3, 5, 50),)
     adopter.agent_connected(Session("node-a", Hello("node-a", "1", 2, running)))
     adopted = adopter.assignment("uid-1")
@@ -104,12 +117,54 @@ def test_reports_of_a_superseded_epoch_or_another_node_are_ignored() -> None:
 
 
 def test_a_new_leader_adopts_what_agents_run() -> None:
-    h, changes, _ = hub()
-    h.agent_connected(Session("node-a", Hello("node-a", "1", 2, (RunningAssignment("uid-1", 3, 5, 50),))))
+    h, changes, _ = hub(("uid-1", 3, "node-a"))
+    session = Session("node-a", Hello("node-a", "1", 2, (RunningAssignment("uid-1", 3, 5, 50),)))
+    h.agent_connected(session)
     view = h.assignment("uid-1")
     assert view is not None
     assert (view.epoch, view.node, view.state, view.bytes_done) == (3, "node-a", HubState.RUNNING, 5)
     assert changes == ["uid-1"]
+    assert session.sent == []
+
+
+def test_a_new_leader_stops_claims_the_fence_does_not_name_and_adopts_none_of_them() -> None:
+    """Only uid-1 at epoch 3 on node-a is fenced; a forged or stale claim (another epoch, another
+    node, another CR) is not adopted, and the agent making it is told to stop it (a hand-off, so it
+    writes no status)."""
+    h, changes, _ = hub(("uid-1", 3, "node-a"))
+    forged = (RunningAssignment("uid-1", 4, 5, 50), RunningAssignment("uid-2", 1, 0, 10))
+    a = Session("node-a", Hello("node-a", "1", 2, forged))
+    b = Session("node-b", Hello("node-b", "1", 2, (RunningAssignment("uid-1", 3, 5, 50),)))
+    h.agent_connected(a)
+    h.agent_connected(b)
+    assert (h.assignment("uid-1"), h.assignment("uid-2"), changes) == (None, None, [])
+    assert a.sent == [
+        CancelAssignment("uid-1", 4, "not adopted: not what the fence names", hand_off=True),
+        CancelAssignment("uid-2", 1, "not adopted: not what the fence names", hand_off=True),
+    ]
+    assert b.sent == [CancelAssignment("uid-1", 3, "not adopted: not what the fence names", hand_off=True)]
+
+
+def test_a_hub_without_a_controller_adopts_nothing() -> None:
+    h = Hub(ManualClock(), CoordinatorMetrics())
+    session = Session("node-a", Hello("node-a", "1", 2, (RunningAssignment("uid-1", 3),)))
+    h.agent_connected(session)
+    assert h.assignment("uid-1") is None
+    assert [type(c) for c in session.sent] == [CancelAssignment]
+
+
+def test_a_reconnecting_agent_is_told_to_stop_an_epoch_the_hub_has_superseded() -> None:
+    h, _, _ = hub()
+    h.agent_connected(Session("node-b", Hello("node-b", "1", 2)))
+    h.assign("node-b", assignment(epoch=2))
+    a = Session("node-a", Hello("node-a", "1", 2, (RunningAssignment("uid-1", 1, 5, 50),)))
+    h.agent_connected(a)
+    assert a.sent == [
+        CancelAssignment("uid-1", 1, "not adopted: the assignment is epoch 2 on node node-b", hand_off=True)
+    ]
+    view = h.assignment("uid-1")
+    assert view is not None
+    assert (view.epoch, view.node) == (2, "node-b")
 
 
 def test_disconnect_is_timed_and_a_restarted_agent_loses_its_running_work() -> None:
@@ -156,7 +211,9 @@ def test_a_new_leader_term_starts_from_what_agents_report() -> None:
     h.assign("node-a", assignment())
     h.agent_disconnected(session)  # the term ends: streams closed
     h.reset()
+    h.claim_problem = fenced_to(("uid-1", 1, "node-a"))  # the next term's controller
     assert h.assignment("uid-1") is None
+    assert h.disconnected_since("node-a") is None  # the next term has not seen it go
     h.agent_connected(Session("node-a", Hello("node-a", "1", 2, (RunningAssignment("uid-1", 1, 7, 9),))))
     view = h.assignment("uid-1")
     assert view is not None
@@ -174,3 +231,38 @@ def test_the_hub_knows_since_when_each_agent_is_connected() -> None:
     h.agent_disconnected(session)
     assert h.connected_since("node-a") is None
     assert h.disconnected_since("node-a") == clock.now()
+
+
+def test_a_sweep_is_answered_only_by_the_agent_asked() -> None:
+    h, _, _ = hub()
+    asked, other = Session("node-a", Hello("node-a", "1", 2)), Session("node-b", Hello("node-b", "1", 2))
+    h.agent_connected(asked)
+    h.agent_connected(other)
+    assert h.connected_nodes() == ["node-a", "node-b"]
+    h.agent_connected(Session("node-old", Hello("node-old", "0.9", 2)))
+    assert h.connected_nodes("1") == ["node-a", "node-b"]  # an earlier agent does not know Sweep
+    sweep = Sweep("s1", "velero", "default")
+    answer = h.sweep("node-a", sweep)
+    assert answer is not None
+    assert asked.sent == [sweep]
+    h.agent_event(other, SweepResult("s1", backups_in_location=("forged",)))
+    assert not answer.done()
+    h.agent_event(asked, SweepResult("s1", backups_in_location=("nightly",)))
+    assert answer.result(timeout=0).backups_in_location == ("nightly",)
+    h.agent_event(asked, SweepResult("s1"))  # a duplicate changes nothing
+    assert h.sweep("node-c", sweep) is None
+
+
+def test_a_sweep_ends_when_its_agent_disconnects_or_the_term_ends() -> None:
+    h, _, _ = hub()
+    a, b = Session("node-a", Hello("node-a", "1", 2)), Session("node-b", Hello("node-b", "1", 2))
+    h.agent_connected(a)
+    h.agent_connected(b)
+    on_a, on_b = h.sweep("node-a", Sweep("s1", "velero", "default")), h.sweep("node-b", Sweep("s2", "v", "d"))
+    assert on_a is not None
+    assert on_b is not None
+    h.agent_disconnected(a)
+    assert isinstance(on_a.exception(timeout=0), TemporaryError)
+    assert not on_b.done()
+    h.reset()
+    assert isinstance(on_b.exception(timeout=0), TemporaryError)

@@ -30,7 +30,7 @@ def api_error(status: int, message: str = "boom", reason: str = "Reason") -> Api
         (409, errors.Conflict),
         (410, errors.Expired),
         (422, errors.InvalidInput),
-        (429, errors.TemporaryError),
+        (429, errors.TooManyRequests),
         (500, errors.TemporaryError),
         (503, errors.TemporaryError),
         (504, errors.TemporaryError),

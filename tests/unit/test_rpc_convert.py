@@ -12,15 +12,19 @@ from barge.control.messages import (
     Assignment,
     AssignmentKind,
     AssignmentResult,
+    BackupSnapshot,
     CancelAssignment,
     CoordinatorCommand,
     CrRef,
     Drain,
+    ForgetBackup,
     Heartbeat,
     Hello,
     Outcome,
     ProgressReport,
     RunningAssignment,
+    Sweep,
+    SweepResult,
     VolumeMode,
     Welcome,
 )
@@ -44,6 +48,7 @@ int64 = st.integers(min_value=-(2**63), max_value=2**63 - 1)
 int32 = st.integers(min_value=-(2**31), max_value=2**31 - 1)
 finite = st.floats(allow_nan=False)
 pairs = st.lists(st.tuples(text, text), max_size=4).map(tuple)
+texts = st.lists(text, max_size=3).map(tuple)
 running = st.lists(st.builds(RunningAssignment, text, int64, int64, int64), max_size=3).map(tuple)
 
 assignments = st.builds(
@@ -67,6 +72,13 @@ commands: st.SearchStrategy[CoordinatorCommand] = st.one_of(
     assignments,
     st.builds(CancelAssignment, text, int64, text, st.booleans()),
     st.builds(Drain, finite, text),
+    st.builds(
+        Sweep,
+        text,
+        text,
+        text,
+        st.lists(st.builds(ForgetBackup, text, text, text, texts), max_size=3).map(tuple),
+    ),
 )
 events: st.SearchStrategy[AgentEvent] = st.one_of(
     st.builds(Hello, text, text, int32, running),
@@ -84,6 +96,15 @@ events: st.SearchStrategy[AgentEvent] = st.one_of(
         bytes_done=int64,
         bytes_new=int64,
         result=pairs,
+    ),
+    st.builds(
+        SweepResult,
+        sweep_id=text,
+        message=text,
+        backups_in_location=texts,
+        snapshots=st.lists(st.builds(BackupSnapshot, text, text, text, text, text), max_size=3).map(tuple),
+        forgotten=texts,
+        kept=texts,
     ),
 )
 

@@ -6,7 +6,8 @@ import random
 
 from barge.clock import ManualClock
 from barge.control.messages import AssignmentResult, Heartbeat, Hello, Outcome, ProgressReport
-from barge.rpc.client import RECONNECT_BACKOFF, RESULT_RETENTION_S, Outbox
+from barge.control.naming import AGENT_RECONNECT_MAX_S, AGENT_RECONNECT_WINDOW_S, COORDINATOR_LOSS_S
+from barge.rpc.client import CLIENT_OPTIONS, RECONNECT_BACKOFF, RESULT_RETENTION_S, Outbox
 from barge.rpc.convert import event_from_pb
 
 RESULT = AssignmentResult("a", 1, Outcome.FAILED, message="disk full")
@@ -81,3 +82,12 @@ def test_reconnects_back_off_doubling_with_jitter_between_half_a_second_and_thir
         30.0,
         30.0,
     ]  # no rng: exact
+
+
+def test_the_drain_bound_and_a_new_leaders_patience_follow_the_clients_timings() -> None:
+    """DRAIN_BOUND_S counts the keepalive that notices a coordinator gone without closing the
+    stream; a new leader waits for agents at least as long as their reconnect backoff's ceiling."""
+    options = dict(CLIENT_OPTIONS)
+    noticed_s = (options["grpc.keepalive_time_ms"] + options["grpc.keepalive_timeout_ms"]) / 1000
+    assert noticed_s == COORDINATOR_LOSS_S
+    assert RECONNECT_BACKOFF.max_s == AGENT_RECONNECT_MAX_S < AGENT_RECONNECT_WINDOW_S

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,10 +26,11 @@ from barge.control.messages import (
 from barge.errors import InvalidInput, NotFound
 from barge.rpc.convert import command_from_pb
 from barge.rpc.generated import control_pb2 as pb
-from barge.rpc.server import SERVICE_NAME, ControlServer, ServerTls
-from devenv.pki import ServingPki
+from barge.rpc.server import SERVICE_NAME, ControlServer, ServerTls, peer_address
+from devenv.pki import ServingPki, make_serving_pki
 from tests.rpcharness import (
     TOKENS,
+    WAIT_S,
     RawAgent,
     RecordingHub,
     TokenAuthenticator,
@@ -249,3 +251,101 @@ def test_an_unreadable_certificate_says_which_file(
     )
     with pytest.raises(InvalidInput, match=r"cannot read the TLS certificate .*missing\.crt"):
         server.start()
+
+
+def health_status(channel: grpc.Channel) -> int:
+    request = health_pb2.HealthCheckRequest(service=SERVICE_NAME)
+    return health_pb2_grpc.HealthStub(channel).Check(request, timeout=WAIT_S).status  # type: ignore[no-any-return]
+
+
+def ended(streams: list[RawAgent], count: int) -> list[tuple[grpc.StatusCode, str]]:
+    """How the first ``count`` of ``streams`` to end ended; the others are still open."""
+    wait_until(lambda: sum(not s.responses.empty() for s in streams) >= count, what=f"{count} streams to end")
+    endings = [stream.ended_with() for stream in streams if not stream.responses.empty()]
+    assert len(endings) == count
+    return endings
+
+
+def test_idle_streams_keep_neither_an_agent_nor_the_health_check_out(
+    pki: ServingPki, hub: RecordingHub
+) -> None:
+    """16 streams that never say Hello, twice the agent slots: the health check still answers and
+    an agent still connects, long before any idle stream's Hello deadline."""
+    server = make_server(pki, hub, hello_timeout_s=60, max_handshakes=8, max_handshakes_per_peer=4)
+    try:
+        with channel_to(pki, server.port) as channel:
+            idle = [RawAgent(channel, "token-b") for _ in range(16)]
+            assert health_status(channel) == health_pb2.HealthCheckResponse.SERVING
+            agent = connect(channel)
+            assert isinstance(command_from_pb(agent.next()), Welcome)
+            assert hub.of("connected") == [HELLO_A]
+            # Each idle stream beyond 4 from this address closed the oldest; the agent closed one more.
+            evicted = ended(idle, 13)
+            assert {code for code, _ in evicted} == {grpc.StatusCode.RESOURCE_EXHAUSTED}
+            assert all("unauthenticated streams from 127.0.0.1" in details for _, details in evicted)
+            agent.close()
+    finally:
+        server.stop(0)
+
+
+def test_a_stream_without_hello_is_closed_at_the_hello_deadline(pki: ServingPki, hub: RecordingHub) -> None:
+    server = make_server(pki, hub, hello_timeout_s=0.5, agent_timeout_s=30)
+    try:
+        with channel_to(pki, server.port) as channel:
+            code, details = RawAgent(channel, "token-a").ended_with()
+            assert (code, details) == (grpc.StatusCode.DEADLINE_EXCEEDED, "no Hello within 0.5s")
+            assert isinstance(command_from_pb(connect(channel).next()), Welcome)
+    finally:
+        server.stop(0)
+
+
+def test_one_address_cannot_take_the_handshake_slots_of_another(tmp_path: Path, hub: RecordingHub) -> None:
+    """Streams from 127.0.0.1 wait for their Hello while ::1 opens many more than the slots, over
+    several connections: only ::1's own oldest streams are closed, and 127.0.0.1's still get in."""
+    pki = make_serving_pki(tmp_path / "pki", ip_addresses=("127.0.0.1", "::1"))
+    server = make_server(
+        pki, hub, host="[::]", hello_timeout_s=60, max_handshakes=4, max_handshakes_per_peer=2
+    )
+    try:
+        with contextlib.ExitStack() as stack:
+            own = stack.enter_context(channel_to(pki, server.port))
+            waiting = [RawAgent(own, "token-a") for _ in range(2)]
+            assert health_status(own) == health_pb2.HealthCheckResponse.SERVING  # both streams arrived
+            floods = [stack.enter_context(channel_to(pki, server.port, "::1")) for _ in range(5)]
+            flooding = [RawAgent(flood, "token-b") for flood in floods for _ in range(2)]
+            evicted = ended(flooding, 8)
+            assert {code for code, _ in evicted} == {grpc.StatusCode.RESOURCE_EXHAUSTED}
+            assert all("unauthenticated streams from ::1" in details for _, details in evicted)
+            waiting[0].send(HELLO_A)
+            assert isinstance(command_from_pb(waiting[0].next()), Welcome)
+            assert waiting[1].responses.empty()
+    finally:
+        server.stop(0)
+
+
+def test_agents_beyond_the_limit_are_refused_but_a_known_node_may_reconnect(
+    pki: ServingPki, hub: RecordingHub
+) -> None:
+    server = make_server(pki, hub, max_agents=1)
+    try:
+        with channel_to(pki, server.port) as channel:
+            connect(channel).next()
+            code, details = connect(channel, "token-b", Hello("node-b", "v-test", 1)).ended_with()
+            assert (code, "limit of 1 agents" in details) == (grpc.StatusCode.RESOURCE_EXHAUSTED, True)
+            assert isinstance(command_from_pb(connect(channel).next()), Welcome)  # node-a again
+            assert [node for kind, node, _ in hub.calls if kind == "connected"] == ["node-a", "node-a"]
+    finally:
+        server.stop(0)
+
+
+@pytest.mark.parametrize(
+    ("peer", "address"),
+    [
+        ("ipv4:10.0.0.7:51234", "10.0.0.7"),
+        ("ipv6:%5Bfd00::7%5D:51234", "fd00::7"),
+        ("ipv6:[fd00::7]:51234", "fd00::7"),
+        ("unix:/run/barge.sock", "unix:/run/barge.sock"),
+    ],
+)
+def test_the_peer_address_drops_the_port(peer: str, address: str) -> None:
+    assert peer_address(peer) == address

@@ -506,6 +506,168 @@ class AssignmentResult(_message.Message):
 Global___AssignmentResult: _TypeAlias = AssignmentResult  # noqa: Y015
 
 @_typing.final
+class ForgetBackup(_message.Message):
+    """Forget these snapshots of a deleted Velero backup in one repository of the location."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SOURCE_NAMESPACE_FIELD_NUMBER: _builtins.int
+    BACKUP_NAME_FIELD_NUMBER: _builtins.int
+    BACKUP_UID_FIELD_NUMBER: _builtins.int
+    SNAPSHOT_IDS_FIELD_NUMBER: _builtins.int
+    source_namespace: _builtins.str
+    """with the location, selects the repository"""
+    backup_name: _builtins.str
+    """the snapshots' velero.io/backup-name tag"""
+    backup_uid: _builtins.str
+    """the snapshots' velero.io/backup-uid tag"""
+    @_builtins.property
+    def snapshot_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """the snapshots to forget"""
+
+    def __init__(
+        self,
+        *,
+        source_namespace: _builtins.str = ...,
+        backup_name: _builtins.str = ...,
+        backup_uid: _builtins.str = ...,
+        snapshot_ids: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["backup_name", b"backup_name", "backup_uid", b"backup_uid", "snapshot_ids", b"snapshot_ids", "source_namespace", b"source_namespace"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ForgetBackup: _TypeAlias = ForgetBackup  # noqa: Y015
+
+@_typing.final
+class Sweep(_message.Message):
+    """Coordinator -> agent: list what a location holds for Velero backups, after forgetting `forget`
+    (each only if its backup is still absent from the location).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SWEEP_ID_FIELD_NUMBER: _builtins.int
+    VELERO_NAMESPACE_FIELD_NUMBER: _builtins.int
+    BACKUP_STORAGE_LOCATION_FIELD_NUMBER: _builtins.int
+    FORGET_FIELD_NUMBER: _builtins.int
+    sweep_id: _builtins.str
+    """names the SweepResult that answers"""
+    velero_namespace: _builtins.str
+    """where the BackupStorageLocation and its Secrets live"""
+    backup_storage_location: _builtins.str
+    """Velero BSL name"""
+    @_builtins.property
+    def forget(self) -> _containers.RepeatedCompositeFieldContainer[Global___ForgetBackup]:
+        """deleted backups whose snapshots to forget first"""
+
+    def __init__(
+        self,
+        *,
+        sweep_id: _builtins.str = ...,
+        velero_namespace: _builtins.str = ...,
+        backup_storage_location: _builtins.str = ...,
+        forget: _abc.Iterable[Global___ForgetBackup] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["backup_storage_location", b"backup_storage_location", "forget", b"forget", "sweep_id", b"sweep_id", "velero_namespace", b"velero_namespace"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Sweep: _TypeAlias = Sweep  # noqa: Y015
+
+@_typing.final
+class BackupSnapshot(_message.Message):
+    """One snapshot a Velero backup wrote, as a sweep found it."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SOURCE_NAMESPACE_FIELD_NUMBER: _builtins.int
+    SNAPSHOT_ID_FIELD_NUMBER: _builtins.int
+    BACKUP_NAME_FIELD_NUMBER: _builtins.int
+    BACKUP_UID_FIELD_NUMBER: _builtins.int
+    TIME_FIELD_NUMBER: _builtins.int
+    source_namespace: _builtins.str
+    """the repository it is in"""
+    snapshot_id: _builtins.str
+    """its ID"""
+    backup_name: _builtins.str
+    """its velero.io/backup-name tag"""
+    backup_uid: _builtins.str
+    """its velero.io/backup-uid tag"""
+    time: _builtins.str
+    """ISO 8601, when the backup of this volume finished"""
+    def __init__(
+        self,
+        *,
+        source_namespace: _builtins.str = ...,
+        snapshot_id: _builtins.str = ...,
+        backup_name: _builtins.str = ...,
+        backup_uid: _builtins.str = ...,
+        time: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["backup_name", b"backup_name", "backup_uid", b"backup_uid", "snapshot_id", b"snapshot_id", "source_namespace", b"source_namespace", "time", b"time"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___BackupSnapshot: _TypeAlias = BackupSnapshot  # noqa: Y015
+
+@_typing.final
+class SweepResult(_message.Message):
+    """Agent -> coordinator: what the location holds (after the forgets) and what was forgotten."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SWEEP_ID_FIELD_NUMBER: _builtins.int
+    MESSAGE_FIELD_NUMBER: _builtins.int
+    BACKUPS_IN_LOCATION_FIELD_NUMBER: _builtins.int
+    SNAPSHOTS_FIELD_NUMBER: _builtins.int
+    FORGOTTEN_FIELD_NUMBER: _builtins.int
+    KEPT_FIELD_NUMBER: _builtins.int
+    sweep_id: _builtins.str
+    """the Sweep answered"""
+    message: _builtins.str
+    """not empty: the sweep failed, and why"""
+    @_builtins.property
+    def backups_in_location(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """names with backups/<name>/velero-backup.json"""
+
+    @_builtins.property
+    def snapshots(self) -> _containers.RepeatedCompositeFieldContainer[Global___BackupSnapshot]:
+        """every snapshot tagged with a backup"""
+
+    @_builtins.property
+    def forgotten(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """snapshot IDs this sweep forgot"""
+
+    @_builtins.property
+    def kept(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """asked to forget, but their backup is in the location"""
+
+    def __init__(
+        self,
+        *,
+        sweep_id: _builtins.str = ...,
+        message: _builtins.str = ...,
+        backups_in_location: _abc.Iterable[_builtins.str] | None = ...,
+        snapshots: _abc.Iterable[Global___BackupSnapshot] | None = ...,
+        forgotten: _abc.Iterable[_builtins.str] | None = ...,
+        kept: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["backups_in_location", b"backups_in_location", "forgotten", b"forgotten", "kept", b"kept", "message", b"message", "snapshots", b"snapshots", "sweep_id", b"sweep_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SweepResult: _TypeAlias = SweepResult  # noqa: Y015
+
+@_typing.final
 class AgentMessage(_message.Message):
     """Everything the agent sends, in one envelope."""
 
@@ -516,6 +678,7 @@ class AgentMessage(_message.Message):
     HEARTBEAT_FIELD_NUMBER: _builtins.int
     PROGRESS_FIELD_NUMBER: _builtins.int
     RESULT_FIELD_NUMBER: _builtins.int
+    SWEEP_RESULT_FIELD_NUMBER: _builtins.int
     message_id: _builtins.str
     """unique per message; a re-sent message keeps its id"""
     @_builtins.property
@@ -526,6 +689,8 @@ class AgentMessage(_message.Message):
     def progress(self) -> Global___ProgressReport: ...
     @_builtins.property
     def result(self) -> Global___AssignmentResult: ...
+    @_builtins.property
+    def sweep_result(self) -> Global___SweepResult: ...
     def __init__(
         self,
         *,
@@ -534,12 +699,13 @@ class AgentMessage(_message.Message):
         heartbeat: Global___Heartbeat | None = ...,
         progress: Global___ProgressReport | None = ...,
         result: Global___AssignmentResult | None = ...,
+        sweep_result: Global___SweepResult | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["body", b"body", "heartbeat", b"heartbeat", "hello", b"hello", "progress", b"progress", "result", b"result"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["body", b"body", "heartbeat", b"heartbeat", "hello", b"hello", "progress", b"progress", "result", b"result", "sweep_result", b"sweep_result"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["body", b"body", "heartbeat", b"heartbeat", "hello", b"hello", "message_id", b"message_id", "progress", b"progress", "result", b"result"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["body", b"body", "heartbeat", b"heartbeat", "hello", b"hello", "message_id", b"message_id", "progress", b"progress", "result", b"result", "sweep_result", b"sweep_result"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_body: _TypeAlias = _typing.Literal["hello", "heartbeat", "progress", "result"]  # noqa: Y015
+    _WhichOneofReturnType_body: _TypeAlias = _typing.Literal["hello", "heartbeat", "progress", "result", "sweep_result"]  # noqa: Y015
     _WhichOneofArgType_body: _TypeAlias = _typing.Literal["body", b"body"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_body) -> _WhichOneofReturnType_body | None: ...
 
@@ -556,6 +722,7 @@ class CoordinatorMessage(_message.Message):
     ASSIGNMENT_FIELD_NUMBER: _builtins.int
     CANCEL_FIELD_NUMBER: _builtins.int
     DRAIN_FIELD_NUMBER: _builtins.int
+    SWEEP_FIELD_NUMBER: _builtins.int
     message_id: _builtins.str
     """unique per message; a re-sent message keeps its id"""
     @_builtins.property
@@ -566,6 +733,8 @@ class CoordinatorMessage(_message.Message):
     def cancel(self) -> Global___CancelAssignment: ...
     @_builtins.property
     def drain(self) -> Global___Drain: ...
+    @_builtins.property
+    def sweep(self) -> Global___Sweep: ...
     def __init__(
         self,
         *,
@@ -574,12 +743,13 @@ class CoordinatorMessage(_message.Message):
         assignment: Global___Assignment | None = ...,
         cancel: Global___CancelAssignment | None = ...,
         drain: Global___Drain | None = ...,
+        sweep: Global___Sweep | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["assignment", b"assignment", "body", b"body", "cancel", b"cancel", "drain", b"drain", "welcome", b"welcome"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["assignment", b"assignment", "body", b"body", "cancel", b"cancel", "drain", b"drain", "sweep", b"sweep", "welcome", b"welcome"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["assignment", b"assignment", "body", b"body", "cancel", b"cancel", "drain", b"drain", "message_id", b"message_id", "welcome", b"welcome"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["assignment", b"assignment", "body", b"body", "cancel", b"cancel", "drain", b"drain", "message_id", b"message_id", "sweep", b"sweep", "welcome", b"welcome"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_body: _TypeAlias = _typing.Literal["welcome", "assignment", "cancel", "drain"]  # noqa: Y015
+    _WhichOneofReturnType_body: _TypeAlias = _typing.Literal["welcome", "assignment", "cancel", "drain", "sweep"]  # noqa: Y015
     _WhichOneofArgType_body: _TypeAlias = _typing.Literal["body", b"body"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_body) -> _WhichOneofReturnType_body | None: ...
 

@@ -1,0 +1,258 @@
+"""The leader's sweeps for deleted Velero backups: observe, decide (``coordinator.lifecycle``), act.
+
+Every ``deletedBackups.checkInterval``, for each BackupStorageLocation in Velero's namespace, the
+leader asks one connected agent what the location holds (the agents hold the location's
+credentials and the repository password; the coordinator does not), lists the cluster's Backup
+objects, and decides. A decision to forget goes back to the agent, which checks the location
+again before it forgets. When each deleted backup was first seen deleted is kept in the ConfigMap
+``barge-deleted-backups`` in Velero's namespace, so a new leader continues the same grace; all
+else is read afresh at each sweep. Every forget is logged, counted
+(``barge_coordinator_snapshots_forgotten_total``) and recorded as an Event on the location.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import uuid
+from collections.abc import Mapping
+from datetime import datetime, timedelta
+from typing import Any, Protocol
+
+import structlog
+
+from barge import __version__
+from barge.clock import Clock
+from barge.control.messages import Sweep, SweepResult
+from barge.errors import BargeError, NotFound, TemporaryError
+from barge.kube.resources import BACKUP, BACKUP_STORAGE_LOCATION, CONFIG_MAP, Resource
+from barge.velero.backups import label_value
+from coordinator.config import DeletedBackupsConfig
+from coordinator.hub import Hub
+from coordinator.lifecycle import BackupRef, EndGrace, Forget, Observed, StartGrace, decide
+from coordinator.metrics import CoordinatorMetrics
+from coordinator.ports import EventSink
+
+log = structlog.get_logger("barge.coordinator")
+
+Obj = dict[str, Any]
+STATE_CONFIG_MAP = "barge-deleted-backups"
+SWEEP_TIMEOUT_S = 900.0  # an agent reads every snapshot manifest of the location
+
+
+class SweeperObjects(Protocol):
+    """``barge.kube.resources.KubeObjects``."""
+
+    def get(self, resource: Resource, namespace: str | None, name: str) -> Obj: ...
+
+    def list(self, resource: Resource, namespace: str | None, selector: str | None = None) -> list[Obj]: ...
+
+    def create(self, resource: Resource, body: Obj, exist_ok: bool = False) -> Obj: ...
+
+    def replace(self, resource: Resource, body: Obj, subresource: str = "") -> Obj: ...
+
+
+class Sweeper:
+    """Runs on the leader only: started and stopped with the controller of each leader term."""
+
+    def __init__(
+        self,
+        *,
+        objects: SweeperObjects,
+        events: EventSink,
+        hub: Hub,
+        metrics: CoordinatorMetrics,
+        clock: Clock,
+        namespace: str,
+        config: DeletedBackupsConfig,
+    ) -> None:
+        self._objects, self._events, self._hub = objects, events, hub
+        self._metrics, self._clock = metrics, clock
+        self._namespace = namespace
+        self._config = config
+        self._stopping = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        if self._config.check_interval <= timedelta(0):
+            log.info("deleted backups are not looked for (deletedBackups.checkInterval is 0)")
+            return
+        self._thread = threading.Thread(target=self._loop, name="sweeper", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stopping.set()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+
+    def _loop(self) -> None:
+        while not self._stopping.wait(self._config.check_interval.total_seconds()):
+            for bsl in self._locations():
+                try:
+                    self.sweep(bsl)
+                except BargeError as err:
+                    self._metrics.location_sweeps.labels("failed").inc()
+                    log.warning("sweep for deleted backups failed", location=_name(bsl), error=str(err))
+
+    def _locations(self) -> list[Obj]:
+        try:
+            return self._objects.list(BACKUP_STORAGE_LOCATION, self._namespace)
+        except BargeError as err:
+            log.warning("cannot list BackupStorageLocations", error=str(err))
+            return []
+
+    # -- one location -----------------------------------------------------------------------------
+
+    def sweep(self, bsl: Obj) -> None:
+        location = _name(bsl)
+        # An agent of an earlier version (during an upgrade) does not know Sweep: it would drop
+        # its stream on the unknown command. Only agents of this coordinator's version sweep.
+        nodes = self._hub.connected_nodes(__version__)
+        if not nodes:
+            self._metrics.location_sweeps.labels("no_agent").inc()
+            return
+        in_cluster = frozenset(label_value(_name(b)) for b in self._objects.list(BACKUP, self._namespace))
+        survey = self._ask(nodes[0], location, ())
+        state, version = self._read_state()
+        observed = Observed(
+            now=self._clock.now(),
+            grace=self._config.grace_period,
+            location_writable=_writable(bsl),
+            backups_in_cluster=in_cluster,
+            backups_in_location=frozenset(survey.backups_in_location),
+            snapshots=survey.snapshots,
+            deleted_since=_since(state, location),
+        )
+        actions = decide(observed)
+        changed = dict(state)
+        forgets = [a for a in actions if isinstance(a, Forget)]
+        for action in actions:
+            if isinstance(action, StartGrace):
+                changed[_key(location, action.backup)] = _record(location, action.backup, action.since)
+                log.info(
+                    "backup deleted from Velero: its snapshots are forgotten after the grace period",
+                    location=location, backup=action.backup.name, uid=action.backup.uid,
+                    grace_s=self._config.grace_period.total_seconds(),
+                )  # fmt: skip
+            elif isinstance(action, EndGrace):
+                changed.pop(_key(location, action.backup), None)
+                log.info(
+                    "deleted backup done", location=location, backup=action.backup.name, reason=action.reason
+                )
+        if self._stopping.is_set():
+            return  # the leader term ended during the survey: the next leader decides afresh
+        if forgets:
+            answer = self._ask(nodes[0], location, tuple(r for f in forgets for r in f.repositories))
+            self._report(bsl, forgets, answer)
+        if changed != state:
+            self._write_state(changed, version)
+        self._metrics.location_sweeps.labels("ok").inc()
+
+    def _ask(self, node: str, location: str, forget: tuple[Any, ...]) -> SweepResult:
+        sweep = Sweep(uuid.uuid4().hex, self._namespace, location, forget)
+        answer = self._hub.sweep(node, sweep)
+        if answer is None:
+            raise SweepFailed(f"the agent on {node} disconnected")
+        try:
+            result = answer.result(timeout=SWEEP_TIMEOUT_S)
+        except TimeoutError:
+            raise SweepFailed(f"the agent on {node} did not answer within {SWEEP_TIMEOUT_S:.0f}s") from None
+        finally:
+            self._hub.sweep_done(sweep.sweep_id)
+        if result.message:
+            raise SweepFailed(result.message)
+        return result
+
+    def _report(self, bsl: Obj, forgets: list[Forget], answer: SweepResult) -> None:
+        location = _name(bsl)
+        forgotten, kept = set(answer.forgotten), set(answer.kept)
+        for action in forgets:
+            ids = {s for r in action.repositories for s in r.snapshot_ids}
+            done, refused = sorted(ids & forgotten), sorted(ids & kept)
+            backup = f"{action.backup.name} (uid {action.backup.uid})"
+            if done:
+                self._metrics.snapshots_forgotten.labels(location).inc(len(done))
+                namespaces = ", ".join(r.source_namespace for r in action.repositories)
+                log.info(
+                    "snapshots of a deleted backup forgotten",
+                    location=location,
+                    backup=action.backup.name,
+                    uid=action.backup.uid,
+                    snapshots=done,
+                )
+                self._events.record(
+                    _involved(bsl),
+                    "Normal",
+                    "SnapshotsForgotten",
+                    f"forgot {len(done)} snapshot(s) of deleted backup {backup} in the repositories of "
+                    f"{namespaces}; garbage collection (`barge gc`) reclaims their space",
+                )
+            if refused:
+                log.warning("forget refused: the backup is in the location", location=location, backup=backup)
+                self._events.record(
+                    _involved(bsl),
+                    "Warning",
+                    "ForgetRefused",
+                    f"kept {len(refused)} snapshot(s) of backup {backup}: the location holds the backup",
+                )
+
+    # -- the recorded grace starts ------------------------------------------------------------------
+
+    def _read_state(self) -> tuple[dict[str, str], str | None]:
+        try:
+            found = self._objects.get(CONFIG_MAP, self._namespace, STATE_CONFIG_MAP)
+        except NotFound:
+            return {}, None
+        return dict(found.get("data") or {}), str(found["metadata"]["resourceVersion"])
+
+    def _write_state(self, data: dict[str, str], version: str | None) -> None:
+        """Create or replace (a concurrent writer makes this fail with Conflict: the next sweep redoes it)."""
+        metadata: Obj = {"name": STATE_CONFIG_MAP, "namespace": self._namespace,
+                         "labels": {"app.kubernetes.io/managed-by": "barge"}}  # fmt: skip
+        if version is None:
+            self._objects.create(CONFIG_MAP, {"metadata": metadata, "data": data})
+        else:
+            self._objects.replace(
+                CONFIG_MAP, {"metadata": {**metadata, "resourceVersion": version}, "data": data}
+            )
+
+
+class SweepFailed(TemporaryError):
+    """The agent could not sweep the location now; the next sweep tries again."""
+
+
+def _name(obj: Mapping[str, Any]) -> str:
+    return str((obj.get("metadata") or {}).get("name", ""))
+
+
+def _writable(bsl: Obj) -> bool:
+    """Velero deletes backups only from a location that is Available and not ReadOnly."""
+    spec, status = bsl.get("spec") or {}, bsl.get("status") or {}
+    return spec.get("accessMode", "ReadWrite") != "ReadOnly" and status.get("phase") == "Available"
+
+
+def _involved(bsl: Obj) -> Obj:
+    return {**bsl, "apiVersion": BACKUP_STORAGE_LOCATION.api_version, "kind": BACKUP_STORAGE_LOCATION.kind}
+
+
+def _key(location: str, backup: BackupRef) -> str:
+    return f"{location}.{backup.uid}"
+
+
+def _record(location: str, backup: BackupRef, since: datetime) -> str:
+    return json.dumps(
+        {"location": location, "backup": backup.name, "uid": backup.uid, "since": since.isoformat()}
+    )
+
+
+def _since(state: Mapping[str, str], location: str) -> dict[BackupRef, datetime]:
+    """The recorded grace starts of ``location``; an unreadable entry starts again (the safe side)."""
+    found = {}
+    for text in state.values():
+        try:
+            entry = json.loads(text)
+            if entry["location"] == location:
+                found[BackupRef(entry["backup"], entry["uid"])] = datetime.fromisoformat(entry["since"])
+        except (ValueError, KeyError, TypeError):
+            continue
+    return found
