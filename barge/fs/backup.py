@@ -25,7 +25,7 @@ from barge.clock import Clock, SystemClock
 from barge.errors import Canceled, InvalidInput, PermanentError
 from barge.fs.content import make_chunker, store_content
 from barge.fs.progress import CancelToken, Progress, ProgressCallback
-from barge.fs.walk import PROC_FD, DirCursor, Subdir, entry_path, identity, walk_tree
+from barge.fs.walk import PROC_FD, DirCursor, Subdir, entry_path, walk_tree
 from barge.repo.pack import BlobType
 from barge.repo.repository import Repository, RepositoryWriter
 from barge.repo.snapshot import RootMetadata, Snapshot, SnapshotKind, SnapshotSummary
@@ -115,13 +115,12 @@ def scan_total_bytes(source: Path) -> int:
         with os.scandir(cursor.fd) as entries:
             for entry in entries:
                 try:
-                    st = entry.stat(follow_symlinks=False)
+                    if entry.is_dir(follow_symlinks=False):  # the listing's type: no stat
+                        subdirs.append(Subdir(os.fsencode(entry.name), None))
+                    elif entry.is_file(follow_symlinks=False):
+                        total += entry.stat(follow_symlinks=False).st_size
                 except OSError:
                     continue
-                if stat.S_ISDIR(st.st_mode):
-                    subdirs.append(Subdir(os.fsencode(entry.name), identity(st), None))
-                elif stat.S_ISREG(st.st_mode):
-                    total += st.st_size
         return subdirs
 
     try:
@@ -170,9 +169,9 @@ def current_xattrs(kind: str, st: os.stat_result, previous: Node | None) -> Xatt
     return None
 
 
-def metadata_node(name: bytes, dir_fd: int, st: os.stat_result, xattrs: Xattrs) -> Node:
-    """The metadata of entry ``name`` of the directory open at ``dir_fd``."""
-    kind = _kind(st.st_mode)
+def metadata_node(name: bytes, dir_fd: int, st: os.stat_result, xattrs: Xattrs, kind: str = "") -> Node:
+    """The metadata of entry ``name`` of the directory open at ``dir_fd`` (``kind``: if known)."""
+    kind = kind or _kind(st.st_mode)
     return Node(
         name=name,
         kind=kind,
@@ -191,7 +190,7 @@ def metadata_node(name: bytes, dir_fd: int, st: os.stat_result, xattrs: Xattrs) 
     )
 
 
-@dataclass
+@dataclass(slots=True)
 class _Dir:
     """One directory of the walk while its subdirectories are backed up: what it lists so far."""
 
@@ -262,8 +261,7 @@ class _TreeBackup:
         if d.xattrs is None:
             d.xattrs = _read_xattrs(fd)
         previous = self.parent_nodes(d.old.subtree if d.old and d.old.kind == "dir" else None)
-        with os.scandir(fd) as it:
-            names = sorted(os.fsencode(entry.name) for entry in it)
+        names = sorted(map(os.fsencode, os.listdir(fd)))
         subdirs: list[Subdir[_Dir]] = []
         for name in names:
             try:
@@ -274,12 +272,12 @@ class _TreeBackup:
                 if kind == "file":
                     self.add_file(fd, d, name, st, old=old, xattrs=xattrs)
                 elif kind == "dir":
-                    child = _Dir(d, metadata_node(name, fd, st, ()), old, xattrs)
-                    subdirs.append(Subdir(name, identity(st), child))
+                    child = _Dir(d, metadata_node(name, fd, st, (), "dir"), old, xattrs)
+                    subdirs.append(Subdir(name, child))
                 else:
                     if xattrs is None:
                         xattrs = _read_xattrs(entry_path(fd, name))
-                    d.nodes.append(metadata_node(name, fd, st, xattrs))
+                    d.nodes.append(metadata_node(name, fd, st, xattrs, kind))
             except FileNotFoundError:
                 continue  # vanished since the listing
         return subdirs
@@ -296,7 +294,7 @@ class _TreeBackup:
     ) -> None:
         """Reuse the parent's content if unchanged; else open the file here (the walk moves on)
         and read it on the pool, which closes it."""
-        node = metadata_node(name, dir_fd, st, xattrs) if xattrs is not None else None
+        node = metadata_node(name, dir_fd, st, xattrs, "file") if xattrs is not None else None
         if node is not None and (same := self.reuse_unchanged(node, old)):
             d.nodes.append(same)  # unchanged since the parent: no read, and no trip through the pool
             return
@@ -309,7 +307,7 @@ class _TreeBackup:
             return
         try:
             if node is None:
-                node = metadata_node(name, dir_fd, st, _read_xattrs(fd))
+                node = metadata_node(name, dir_fd, st, _read_xattrs(fd), "file")
             future = self.pool.submit(self.backup_file, fd, d, node)
         except BaseException:
             os.close(fd)

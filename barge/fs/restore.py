@@ -113,7 +113,7 @@ class _TreeRestore:
                 except FileExistsError:
                     if cursor.depth or os.fsdecode(name) not in self.tolerated:
                         raise
-                subdirs.append(Subdir(name, None, node.subtree))
+                subdirs.append(Subdir(name, node.subtree))
                 with self.lock:
                     self.dirs += 1
             elif node.kind == "file":
@@ -240,7 +240,7 @@ def _dir_metadata_pass(
         tree = tree_id if node is None else node.subtree
         assert tree is not None  # only directories with a tree are visited
         nodes = decode_tree(repo.read_blob(tree))
-        return [Subdir(n.name, None, n) for n in nodes if n.kind == "dir" and n.subtree is not None]
+        return [Subdir(n.name, n) for n in nodes if n.kind == "dir" and n.subtree is not None]
 
     def leave(node: Node | None, fd: int) -> None:
         if node is not None:  # the root's metadata is the snapshot's, set by the caller

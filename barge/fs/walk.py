@@ -6,15 +6,14 @@ So walks are iterative and never build a path: they move down by name (``O_NOFOL
 through a symlink) from an open directory. The directories of the first few dozen levels above
 stay open for the way back; deeper ones are closed and found again by ``..``, which must be the
 inode the walk came from. Per level of depth a walk keeps the caller's state for that directory
-and one name with an inode number: its descriptors do not grow with depth.
+and a name (deeper down, an inode number too): its descriptors do not grow with depth.
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from typing import Generic, TypeVar
+from typing import Generic, NamedTuple, TypeVar
 
 from barge.errors import PermanentError
 
@@ -53,18 +52,14 @@ class DirCursor:
 
     def __init__(self, fd: int) -> None:
         self.fd = fd
-        self._here = identity(os.fstat(fd))
-        self._above: list[tuple[bytes, Identity, int]] = []  # per level: name taken, from where, its fd or -1
+        # per level above: the name taken down, and the directory's descriptor if kept open, else
+        # its identity, which ".." must match on the way back
+        self._above: list[tuple[bytes, int | Identity]] = []
 
     @classmethod
     def open(cls, path: bytes, *, follow_symlinks: bool = False) -> DirCursor:
         flags = DIR_FLAGS if not follow_symlinks else DIR_FLAGS & ~os.O_NOFOLLOW
-        fd = os.open(path, flags)
-        try:
-            return cls(fd)
-        except BaseException:
-            os.close(fd)
-            raise
+        return cls(os.open(path, flags))
 
     @property
     def depth(self) -> int:
@@ -72,52 +67,50 @@ class DirCursor:
 
     def relpath(self, name: bytes = b"") -> bytes:
         """The path from the walk's start to ``name`` here (for messages and hardlinks only)."""
-        return b"/".join([n for n, _, _ in self._above] + ([name] if name else []))
+        return b"/".join([n for n, _ in self._above] + ([name] if name else []))
 
-    def down(self, name: bytes, expected: Identity | None = None) -> None:
-        """Into subdirectory ``name``; ``expected``: its identity when the caller listed it."""
+    def down(self, name: bytes) -> None:
+        """Into subdirectory ``name``."""
         fd = os.open(name, DIR_FLAGS, dir_fd=self.fd)
-        try:
-            here = identity(os.fstat(fd))
-            if expected is not None and here != expected:
-                raise TreeChanged(f"{os.fsdecode(self.relpath(name))}: replaced while being read")
-        except BaseException:
-            os.close(fd)
-            raise
-        kept = self.fd if len(self._above) < self.KEEP_OPEN else -1
-        if kept < 0:
+        if len(self._above) < self.KEEP_OPEN:
+            self._above.append((name, self.fd))
+        else:
+            try:
+                here = identity(os.fstat(self.fd))
+            except BaseException:
+                os.close(fd)
+                raise
             os.close(self.fd)
-        self._above.append((name, self._here, kept))
-        self.fd, self._here = fd, here
+            self._above.append((name, here))
+        self.fd = fd
 
     def up(self) -> int:
         """Back to the parent; returns the descriptor of the directory left, for the caller to close."""
-        _, parent, fd = self._above[-1]
-        if fd < 0:
+        parent = self._above[-1][1]
+        if isinstance(parent, int):
+            fd = parent
+        else:
             fd = os.open(b"..", DIR_FLAGS, dir_fd=self.fd)
             if identity(os.fstat(fd)) != parent:
                 os.close(fd)
                 raise TreeChanged(f"{os.fsdecode(self.relpath())}: moved while being read")
         self._above.pop()
-        left = self.fd
-        self.fd, self._here = fd, parent
+        left, self.fd = self.fd, fd
         return left
 
     def close(self) -> None:
         """Close what the cursor holds (also after a walk stopped half-way down)."""
-        for _, _, fd in self._above:
-            if fd >= 0:
-                os.close(fd)
+        for _, kept in self._above:
+            if isinstance(kept, int):
+                os.close(kept)
         self._above.clear()
         os.close(self.fd)
 
 
-@dataclass(frozen=True)
-class Subdir(Generic[T]):
-    """A directory to visit: its name, its identity if known (checked on entry), the caller's state."""
+class Subdir(NamedTuple, Generic[T]):
+    """A directory to visit: its name and the caller's state for it."""
 
     name: bytes
-    identity: Identity | None
     state: T
 
 
@@ -139,7 +132,7 @@ def walk_tree(
         state, todo = stack[-1]
         if todo:
             sub = todo.pop()
-            cursor.down(sub.name, sub.identity)
+            cursor.down(sub.name)
             stack.append((sub.state, list(reversed(enter(sub.state)))))
             continue
         stack.pop()
