@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from barge.fs.walk import DirCursor, Subdir, TreeChanged, identity, walk_tree
+from tests.fsbuild import remove_tree
 
 
 def test_the_walk_visits_every_directory_once_and_leaves_each_after_its_children(tmp_path: Path) -> None:
@@ -42,7 +43,7 @@ def test_a_walk_of_any_depth_holds_a_bounded_number_of_descriptors(tmp_path: Pat
     deep = tmp_path / "chain"
     deep.mkdir()
     fd = os.open(deep, os.O_RDONLY | os.O_DIRECTORY)
-    for _ in range(300):  # deeper than KEEP_OPEN, shallower than the recursion limit of the clean-up
+    for _ in range(300):  # deeper than KEEP_OPEN
         os.mkdir(b"d", dir_fd=fd)
         below = os.open(b"d", os.O_RDONLY | os.O_DIRECTORY, dir_fd=fd)
         os.close(fd)
@@ -57,8 +58,11 @@ def test_a_walk_of_any_depth_holds_a_bounded_number_of_descriptors(tmp_path: Pat
         return [Subdir(b"d", depth + 1)] if os.path.lexists(f"/proc/self/fd/{cursor.fd}/d") else []
 
     left: list[int] = []
-    walk_tree(cursor, 0, enter, lambda depth, fd: left.append(depth))
-    cursor.close()
+    try:
+        walk_tree(cursor, 0, enter, lambda depth, fd: left.append(depth))
+    finally:
+        cursor.close()
+        remove_tree(deep)
     assert len(held) == 301
     assert left == list(range(300, -1, -1))
     assert max(held) <= DirCursor.KEEP_OPEN + 2  # the kept levels, the cursor, listdir's own
