@@ -37,6 +37,7 @@ from barge.control.messages import (
     SweepResult,
 )
 from barge.control.naming import VOUCH_TTL_S
+from barge.errors import one_line
 
 log = structlog.get_logger("barge.agent")
 
@@ -164,18 +165,23 @@ class Agent:
     def _run(self, assignment_id: str) -> None:
         with self._lock:
             job = self._jobs[assignment_id]
-        result = job.runner.run()
-        self._withdraw(job)
         a = job.runner.assignment
-        self._metrics.finished(
-            a.kind, result.outcome, self._clock.monotonic() - job.started, result.bytes_done, result.bytes_new
-        )
-        self.send(result)  # before leaving running(): a heartbeat must never show it gone but unreported
-        job.done.set()
-        with self._lock:
-            if self._jobs.get(assignment_id) is job:
-                del self._jobs[assignment_id]
-            self._metrics.running.set(sum(1 for j in self._jobs.values() if not j.done.is_set()))
+        try:
+            try:
+                result = job.runner.run()
+            except Exception as err:  # the runner ends every assignment in a result; the last guard
+                log.error("assignment runner failed", exc_info=True)
+                result = AssignmentResult(a.assignment_id, a.epoch, Outcome.FAILED, one_line(err))
+            self._withdraw(job)
+            seconds = self._clock.monotonic() - job.started
+            self._metrics.finished(a.kind, result.outcome, seconds, result.bytes_done, result.bytes_new)
+            self.send(result)  # before leaving running(): a heartbeat must never show it gone but unreported
+        finally:
+            job.done.set()
+            with self._lock:
+                if self._jobs.get(assignment_id) is job:
+                    del self._jobs[assignment_id]
+                self._metrics.running.set(sum(1 for j in self._jobs.values() if not j.done.is_set()))
 
     def _cancel(self, command: CancelAssignment) -> None:
         with self._lock:

@@ -44,7 +44,7 @@ from barge.control.naming import (
     unreadable_policy,
     write_sparse_files,
 )
-from barge.errors import BargeError, Canceled, Fenced, InvalidInput, TemporaryError
+from barge.errors import BargeError, Canceled, Fenced, InvalidInput, TemporaryError, one_line
 from barge.fs.backup import BackupOptions, BackupResult, SourceUnreadable, backup_tree
 from barge.fs.block import backup_device, restore_device
 from barge.fs.privileged import Withheld
@@ -139,7 +139,11 @@ class AssignmentRunner:
             node=self.settings.node,
             epoch=assignment.epoch,
         ):
-            return self._run()
+            try:
+                return self._run()
+            except Exception as err:  # a bug, or a limit hit: the assignment still ends, and says how
+                log.error("assignment failed unexpectedly", exc_info=True)
+                return self._finish_failed(one_line(err))
 
     def _run(self) -> AssignmentResult:
         publisher = threading.Thread(target=self._publish_progress, name="progress", daemon=True)
@@ -432,6 +436,8 @@ class AssignmentRunner:
             log.warning("not writing final status: fenced")
         except TemporaryError as err:
             log.error("final status could not be written; the coordinator will resolve it", error=str(err))
+        except Exception:  # the result must still reach the coordinator
+            log.error("final status could not be written; the coordinator will resolve it", exc_info=True)
 
     def _result(self, outcome: Outcome, message: str) -> AssignmentResult:
         return AssignmentResult(

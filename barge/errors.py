@@ -60,3 +60,10 @@ class CorruptionDetected(PermanentError):
 
 class Canceled(BargeError):
     """The operation was canceled on request; neither a success nor a failure."""
+
+
+def one_line(err: BaseException) -> str:
+    """An unexpected error (a bug) for a status message or a terminal: its type and its message on
+    one line; the traceback belongs in the log."""
+    text = " ".join(str(err).split())
+    return f"{type(err).__name__}: {text}" if text else type(err).__name__

@@ -24,6 +24,7 @@ from typing import Any
 
 from kubernetes.utils import parse_quantity
 
+from barge.fs.backup import scan_total_bytes
 from barge.kube.resources import VOLUME_SNAPSHOT, VOLUME_SNAPSHOT_CONTENT, Obj
 from devenv.simworld import DRIVER, SimContext, World, key, remove_path
 
@@ -62,7 +63,7 @@ def tree_size(path: Path) -> int:
     """Bytes a volume needs for ``path``: an image's length, or a directory's apparent file sizes."""
     if path.is_file():
         return path.stat().st_size
-    return sum(p.lstat().st_size for p in path.rglob("*") if p.is_file() and not p.is_symlink())
+    return scan_total_bytes(path)  # any depth (rglob recurses)
 
 
 @dataclass(frozen=True)

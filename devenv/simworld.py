@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import shutil
 import subprocess
 import threading
 from collections.abc import Callable
@@ -45,7 +44,7 @@ def remove_path(path: Path) -> None:
     if path.is_symlink() or path.is_file():
         path.unlink(missing_ok=True)
     elif path.is_dir():
-        shutil.rmtree(path)
+        subprocess.run(["rm", "-rf", "--", str(path)], check=True)  # any depth (shutil.rmtree recurses)
 
 
 @dataclass(frozen=True)

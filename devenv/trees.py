@@ -10,41 +10,70 @@ from typing import Any
 
 
 def capture(root: Path, *, times: bool = True) -> dict[bytes, dict[str, Any]]:
-    """Everything a restore must preserve, keyed by relative path (raw bytes)."""
-    base = os.fsencode(root)
+    """Everything a restore must preserve, keyed by relative path (raw bytes).
+
+    Iterative and relative to directory descriptors (one open per level of depth), so a tree
+    nested deeper than the recursion limit, or whose paths exceed PATH_MAX, is captured too.
+    """
     state: dict[bytes, dict[str, Any]] = {}
     inode_groups: dict[tuple[int, int], bytes] = {}
-    for dirpath, dirnames, filenames in os.walk(base):
-        for name in sorted(dirnames) + sorted(filenames):
-            full = os.path.join(dirpath, name)
-            rel = os.path.relpath(full, base)
-            st = os.lstat(full)
-            entry: dict[str, Any] = {"type": stat.S_IFMT(st.st_mode), "mode": stat.S_IMODE(st.st_mode)}
-            if times and not stat.S_ISDIR(st.st_mode):
-                entry["mtime_ns"] = st.st_mtime_ns
-            if stat.S_ISREG(st.st_mode):
-                entry["size"] = st.st_size
-                with open(full, "rb") as src:
-                    entry["sha256"] = hashlib.sha256(src.read()).hexdigest()
-                entry["sparse"] = st.st_blocks * 512 < st.st_size - 1024 * 1024
-                if st.st_nlink > 1:
-                    entry["linked_to"] = inode_groups.setdefault((st.st_dev, st.st_ino), rel)
-            elif stat.S_ISLNK(st.st_mode):
-                entry["target"] = os.readlink(full)
-            try:
-                entry["xattrs"] = {
-                    n: os.getxattr(full, n, follow_symlinks=False)
-                    for n in os.listxattr(full, follow_symlinks=False)
-                }
-            except OSError:
-                entry["xattrs"] = {}
-            state[rel] = entry
-    for dirpath, dirnames, _ in os.walk(base):
-        for name in dirnames:
-            full = os.path.join(dirpath, name)
-            if times:
-                state[os.path.relpath(full, base)]["mtime_ns"] = os.lstat(full).st_mtime_ns
+    levels: list[tuple[int, bytes, list[bytes]]] = []  # (fd, relative path + b"/", subdirs to visit)
+
+    def enter(fd: int, prefix: bytes) -> None:
+        subdirs: list[bytes] = []
+        levels.append((fd, prefix, subdirs))  # first: closed by the caller whatever happens next
+        for name in sorted(os.fsencode(n) for n in os.listdir(fd)):
+            st = os.stat(name, dir_fd=fd, follow_symlinks=False)
+            state[prefix + name] = _entry(fd, name, st, prefix + name, inode_groups=inode_groups, times=times)
+            if stat.S_ISDIR(st.st_mode):
+                subdirs.append(name)
+        subdirs.reverse()
+
+    try:
+        enter(os.open(root, os.O_RDONLY | os.O_DIRECTORY), b"")
+        while levels:
+            fd, prefix, subdirs = levels[-1]
+            if not subdirs:
+                os.close(levels.pop()[0])
+                continue
+            name = subdirs.pop()
+            below = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=fd)
+            enter(below, prefix + name + b"/")
+    finally:
+        for fd, _, _ in levels:
+            os.close(fd)
     return state
+
+
+def _entry(
+    fd: int,
+    name: bytes,
+    st: os.stat_result,
+    rel: bytes,
+    *,
+    inode_groups: dict[tuple[int, int], bytes],
+    times: bool,
+) -> dict[str, Any]:
+    entry: dict[str, Any] = {"type": stat.S_IFMT(st.st_mode), "mode": stat.S_IMODE(st.st_mode)}
+    if times:
+        entry["mtime_ns"] = st.st_mtime_ns
+    if stat.S_ISREG(st.st_mode):
+        entry["size"] = st.st_size
+        with open(os.open(name, os.O_RDONLY | os.O_NOFOLLOW, dir_fd=fd), "rb") as src:
+            entry["sha256"] = hashlib.sha256(src.read()).hexdigest()
+        entry["sparse"] = st.st_blocks * 512 < st.st_size - 1024 * 1024
+        if st.st_nlink > 1:
+            entry["linked_to"] = inode_groups.setdefault((st.st_dev, st.st_ino), rel)
+    elif stat.S_ISLNK(st.st_mode):
+        entry["target"] = os.readlink(name, dir_fd=fd)
+    path = b"/proc/self/fd/%d/%s" % (fd, name)  # short, however deep the entry
+    try:
+        entry["xattrs"] = {
+            n: os.getxattr(path, n, follow_symlinks=False) for n in os.listxattr(path, follow_symlinks=False)
+        }
+    except OSError:
+        entry["xattrs"] = {}
+    return entry
 
 
 def sample_volume(root: Path, *, seed: int = 42, dirs: int = 20, files_per_dir: int = 25) -> Path:

@@ -6,6 +6,7 @@ import contextlib
 import os
 import stat
 import struct
+import subprocess
 from pathlib import Path
 
 MIB = 1024 * 1024
@@ -82,3 +83,53 @@ def privileged_volume(root: Path) -> Path:
     os.setxattr(root / "shared", "trusted.overlay.opaque", b"y")
     write(root / "plain", b"ordinary")
     return root
+
+def nested_tree(root: Path, levels: int, name: bytes = b"d") -> Path:
+    """``levels`` directories each inside the last, all called ``name``, built through directory
+    descriptors (the full paths may exceed PATH_MAX). Every level holds a small file; every 100th
+    level a hardlink to the first level's file, a sparse file, a symlink, a fifo, an xattr, odd
+    modes and times; the innermost directory is empty but for its file."""
+    root.mkdir(parents=True)
+    top = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
+    fd = os.dup(top)
+    try:
+        for level in range(levels):
+            _level_entries(top, fd, level)
+            os.mkdir(name, 0o750 if level % 7 else 0o700, dir_fd=fd)
+            below = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=fd)
+            os.close(fd)
+            fd = below
+        _level_entries(top, fd, levels)
+        os.utime(fd, ns=(1_400_000_000_000_000_000, 1_400_000_000_000_000_000))
+    finally:
+        os.close(fd)
+        os.close(top)
+    return root
+
+
+def _level_entries(top: int, fd: int, level: int) -> None:
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL
+    with open(os.open(b"f", flags, 0o640, dir_fd=fd), "wb") as out:
+        out.write(b"level %d\n" % level)
+    if level % 100:
+        return
+    if level:
+        os.link(b"f", b"hardlink", src_dir_fd=top, dst_dir_fd=fd)
+    with open(os.open(b"sparse", flags, 0o600, dir_fd=fd), "wb") as out:
+        out.truncate(3 * MIB)
+        out.seek(2 * MIB)
+        out.write(os.urandom(70_000))
+    os.symlink(b"f", b"link", dir_fd=fd)
+    os.mkfifo(b"fifo", 0o620, dir_fd=fd)
+    with contextlib.suppress(OSError):  # no user xattrs here: the capture sees none on either side
+        os.setxattr(f"/proc/self/fd/{fd}/f", "user.level", b"%d" % level)
+        if level:  # not the root's: a snapshot keeps only its mode, owner and mtime
+            os.setxattr(fd, "user.dir", b"%d" % level)
+    os.chmod(b"f", 0o604, dir_fd=fd)
+    os.utime(b"f", ns=(1_500_000_000_000_000_000 + level,) * 2, dir_fd=fd)
+    os.utime(b"link", ns=(level, level), dir_fd=fd, follow_symlinks=False)
+
+
+def remove_tree(path: Path) -> None:
+    """``rm -rf``: unlike shutil.rmtree (pytest's clean-up too), it removes trees of any depth."""
+    subprocess.run(["rm", "-rf", "--", str(path)], check=True)

@@ -1,7 +1,8 @@
 """``barge``: inspect, verify and restore Barge repositories by hand; also what benchmarks drive.
 
 Exit codes are a contract for scripts: 0 ok, 1 failed, 2 usage, 3 repository damaged, 130 interrupted.
-Every failure prints one line that says what went wrong and what to do, never a traceback.
+Every failure prints one line that says what went wrong and what to do, never a traceback: not even
+an unexpected error (a bug), whose traceback is printed only with ``BARGE_DEBUG=1``.
 """
 
 from __future__ import annotations
@@ -12,13 +13,14 @@ import json
 import os
 import stat
 import sys
+import traceback
 from collections.abc import Callable, Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from barge import __version__
-from barge.errors import BargeError, Canceled, CorruptionDetected, InvalidInput
+from barge.errors import BargeError, Canceled, CorruptionDetected, InvalidInput, one_line
 from barge.fs.backup import BackupOptions, backup_tree
 from barge.fs.block import backup_device, restore_device
 from barge.fs.restore import restore_tree
@@ -474,7 +476,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SystemExit as exit_:  # argparse: 0 after --help/--version, else a usage error
         return EXIT_OK if not exit_.code else EXIT_USAGE
     handler: Callable[[argparse.Namespace], int] = args.handler
-    return _run(handler, args)
+    try:
+        return _run(handler, args)
+    except Exception as err:  # a bug: still one line and an exit code, the traceback only on request
+        if os.environ.get("BARGE_DEBUG"):
+            traceback.print_exc(file=sys.stderr)
+        print(
+            f"barge: unexpected error: {one_line(err)} (a bug: please report it; "
+            "BARGE_DEBUG=1 prints the traceback)",
+            file=sys.stderr,
+        )
+        return EXIT_FAILED
 
 
 def _run(handler: Callable[[argparse.Namespace], int], args: Any) -> int:

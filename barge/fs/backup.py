@@ -3,7 +3,8 @@
 The walk itself is single-threaded (metadata is cheap); file contents are chunked, hashed, sealed
 and packed on a pool of workers. Memory stays bounded: each worker holds one chunker buffer, the
 writer holds a bounded number of packs in flight, and the walk holds one directory's listing per
-level of depth.
+level of depth. The walk is iterative and goes through directory descriptors (``barge.fs.walk``):
+a tenant's tree may be deeper than the recursion limit and its paths longer than PATH_MAX.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from barge.clock import Clock, SystemClock
 from barge.errors import Canceled, InvalidInput, PermanentError
 from barge.fs.content import make_chunker, store_content
 from barge.fs.progress import CancelToken, Progress, ProgressCallback
+from barge.fs.walk import PROC_FD, DirCursor, Subdir, entry_path, walk_tree
 from barge.repo.pack import BlobType
 from barge.repo.repository import Repository, RepositoryWriter
 from barge.repo.snapshot import RootMetadata, Snapshot, SnapshotKind, SnapshotSummary
@@ -105,18 +107,26 @@ def finish_backup(
 def scan_total_bytes(source: Path) -> int:
     """The apparent size of every regular file below ``source``: the progress total, known up front."""
     total = 0
-    stack = [os.fsencode(source)]
-    while stack:
-        with os.scandir(stack.pop()) as entries:
+    cursor = DirCursor.open(os.fsencode(source), follow_symlinks=True)
+
+    def enter(_: None) -> list[Subdir[None]]:
+        nonlocal total
+        subdirs = []
+        with os.scandir(cursor.fd) as entries:
             for entry in entries:
                 try:
-                    st = entry.stat(follow_symlinks=False)
+                    if entry.is_dir(follow_symlinks=False):  # the listing's type: no stat
+                        subdirs.append(Subdir(os.fsencode(entry.name), None))
+                    elif entry.is_file(follow_symlinks=False):
+                        total += entry.stat(follow_symlinks=False).st_size
                 except OSError:
                     continue
-                if stat.S_ISDIR(st.st_mode):
-                    stack.append(entry.path)
-                elif stat.S_ISREG(st.st_mode):
-                    total += st.st_size
+        return subdirs
+
+    try:
+        walk_tree(cursor, None, enter, lambda _, fd: None)
+    finally:
+        cursor.close()
     return total
 
 
@@ -134,25 +144,34 @@ def _kind(mode: int) -> str:
     return "socket"
 
 
-def _read_xattrs(path: bytes) -> tuple[tuple[bytes, bytes], ...]:
+Xattrs = tuple[tuple[bytes, bytes], ...]
+
+
+def _read_xattrs(at: int | bytes) -> Xattrs:
+    """Of the open inode ``at``, or of the entry at path ``at`` (never following a symlink)."""
+    follow = isinstance(at, int)  # a descriptor is the inode itself
     try:
-        names = os.listxattr(path, follow_symlinks=False)
-        return tuple(sorted((os.fsencode(n), os.getxattr(path, n, follow_symlinks=False)) for n in names))
+        names = os.listxattr(at, follow_symlinks=follow)
+        return tuple(sorted((os.fsencode(n), os.getxattr(at, n, follow_symlinks=follow)) for n in names))
     except OSError:
         return ()
 
 
-def metadata_node(name: bytes, path: bytes, st: os.stat_result, previous: Node | None = None) -> Node:
-    """The entry's metadata. Extended attributes are re-read only when the inode's ctime moved:
-    setting or removing one changes the ctime, so an unchanged ctime proves the parent's are current."""
-    kind = _kind(st.st_mode)
-    same_inode = (
-        previous is not None
-        and previous.kind == kind
-        and previous.inode == st.st_ino
-        and previous.ctime_ns == st.st_ctime_ns
-    )
-    xattrs = previous.xattrs if same_inode and previous is not None else None
+def current_xattrs(kind: str, st: os.stat_result, previous: Node | None) -> Xattrs | None:
+    """The parent snapshot's extended attributes of this entry when they are provably current, else
+    None (read them). Setting or removing one changes the ctime, so an unchanged ctime proves it."""
+    if kind == "symlink":
+        return ()  # not backed up for symlinks
+    if previous is None or previous.kind != kind:
+        return None
+    if (previous.inode, previous.ctime_ns) == (st.st_ino, st.st_ctime_ns):
+        return previous.xattrs
+    return None
+
+
+def metadata_node(name: bytes, dir_fd: int, st: os.stat_result, xattrs: Xattrs, kind: str = "") -> Node:
+    """The metadata of entry ``name`` of the directory open at ``dir_fd`` (``kind``: if known)."""
+    kind = kind or _kind(st.st_mode)
     return Node(
         name=name,
         kind=kind,
@@ -161,14 +180,35 @@ def metadata_node(name: bytes, path: bytes, st: os.stat_result, previous: Node |
         gid=st.st_gid,
         mtime_ns=st.st_mtime_ns,
         size=st.st_size if kind == "file" else 0,
-        target=os.readlink(path) if kind == "symlink" else None,
+        target=os.readlink(name, dir_fd=dir_fd) if kind == "symlink" else None,
         rdev=st.st_rdev if kind in ("chardev", "blockdev") else 0,
-        xattrs=xattrs if xattrs is not None else (_read_xattrs(path) if kind != "symlink" else ()),
+        xattrs=xattrs,
         device=st.st_dev,
         inode=st.st_ino,
         nlink=st.st_nlink,
         ctime_ns=st.st_ctime_ns,
     )
+
+
+@dataclass(slots=True)
+class _Dir:
+    """One directory of the walk while its subdirectories are backed up: what it lists so far."""
+
+    parent: _Dir | None
+    node: Node  # its metadata; ``subtree`` is set once it is done
+    old: Node | None  # the same directory in the parent snapshot
+    xattrs: Xattrs | None = ()  # None: not known yet, read once it is open (cheaper than by path)
+    nodes: list[Node] = field(default_factory=list)
+    pending: list[Future[Node | None]] = field(default_factory=list)
+
+    def relpath(self, name: bytes) -> bytes:
+        """Built only for messages: the walk itself never uses paths (they may exceed PATH_MAX)."""
+        names = [name]
+        at: _Dir | None = self
+        while at is not None and at.parent is not None:
+            names.append(at.node.name)
+            at = at.parent
+        return b"/".join(reversed(names))
 
 
 class _TreeBackup:
@@ -179,8 +219,11 @@ class _TreeBackup:
         options: BackupOptions,
         progress: Progress,
         cancel: CancelToken,
+        *,
+        source: bytes,  # for messages only: the walk goes through descriptors
     ) -> None:
         self.repo = repo
+        self.source = source
         self.writer = writer
         self.options = options
         self.progress = progress
@@ -203,42 +246,94 @@ class _TreeBackup:
             return {}
         return {n.name: n for n in decode_tree(self.repo.read_blob(tree_id))}
 
-    def backup_dir(self, path: bytes, node: Node, old: Node | None) -> Node:
+    def backup_root(self, cursor: DirCursor, root: Node, old: Node | None) -> Node:
+        """Back up the tree below the cursor; returns ``root`` with its tree."""
+        top = _Dir(None, root, old)
+        walk_tree(cursor, top, lambda d: self.enter_dir(cursor.fd, d), self.leave_dir)
+        return top.node
+
+    def enter_dir(self, fd: int, d: _Dir) -> list[Subdir[_Dir]]:
+        """List one directory: files go to the pool, the rest is recorded; returns its subdirectories.
+
+        Extended attributes are read through a descriptor where there is one (a file being read, a
+        directory entered): only devices, fifos and sockets, never opened, are read by /proc path."""
         self.cancel.check()
-        previous = self.parent_nodes(old.subtree if old and old.kind == "dir" else None)
-        with os.scandir(path) as it:
-            entries = sorted(it, key=lambda e: e.name)
-        pending: list[Future[Node | None]] = []
-        nodes: list[Node] = []
-        subdirs: list[tuple[bytes, Node]] = []
-        for entry in entries:
-            name = os.fsencode(entry.name)
+        if d.xattrs is None:
+            d.xattrs = _read_xattrs(fd)
+        previous = self.parent_nodes(d.old.subtree if d.old and d.old.kind == "dir" else None)
+        names = sorted(map(os.fsencode, os.listdir(fd)))
+        subdirs: list[Subdir[_Dir]] = []
+        for name in names:
             try:
-                st = entry.stat(follow_symlinks=False)
-                child = metadata_node(name, os.fsencode(entry.path), st, previous.get(name))
+                st = os.stat(name, dir_fd=fd, follow_symlinks=False)
+                kind = _kind(st.st_mode)
+                old = previous.get(name)
+                xattrs = current_xattrs(kind, st, old)
+                if kind == "file":
+                    self.add_file(fd, d, name, st, old=old, xattrs=xattrs)
+                elif kind == "dir":
+                    child = _Dir(d, metadata_node(name, fd, st, (), "dir"), old, xattrs)
+                    subdirs.append(Subdir(name, child))
+                else:
+                    if xattrs is None:
+                        xattrs = _read_xattrs(entry_path(fd, name))
+                    d.nodes.append(metadata_node(name, fd, st, xattrs, kind))
             except FileNotFoundError:
                 continue  # vanished since the listing
-            if child.kind == "file" and (same := self.reuse_unchanged(child, previous.get(name))):
-                nodes.append(same)  # unchanged since the parent: no read, and no trip through the pool
-            elif child.kind == "file":
-                self.slots.acquire()
-                future = self.pool.submit(self.backup_file, os.fsencode(entry.path), child)
-                future.add_done_callback(lambda _: self.slots.release())
-                pending.append(future)
-            elif child.kind == "dir":
-                subdirs.append((os.fsencode(entry.path), child))
-            else:
-                nodes.append(child)
-        for child_path, child in subdirs:
-            nodes.append(self.backup_dir(child_path, child, previous.get(child.name)))
-        for future in pending:
+        return subdirs
+
+    def add_file(
+        self,
+        dir_fd: int,
+        d: _Dir,
+        name: bytes,
+        st: os.stat_result,
+        *,
+        old: Node | None,
+        xattrs: Xattrs | None,
+    ) -> None:
+        """Reuse the parent's content if unchanged; else open the file here (the walk moves on)
+        and read it on the pool, which closes it."""
+        node = metadata_node(name, dir_fd, st, xattrs, "file") if xattrs is not None else None
+        if node is not None and (same := self.reuse_unchanged(node, old)):
+            d.nodes.append(same)  # unchanged since the parent: no read, and no trip through the pool
+            return
+        self.slots.acquire()
+        try:
+            fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd)
+        except OSError as err:
+            self.slots.release()
+            self.unreadable(d.relpath(name), err)
+            return
+        try:
+            if node is None:
+                node = metadata_node(name, dir_fd, st, _read_xattrs(fd), "file")
+            future = self.pool.submit(self.backup_file, fd, d, node)
+        except BaseException:
+            os.close(fd)
+            self.slots.release()
+            raise
+
+        def done(_: Future[Node | None]) -> None:  # also when canceled before it ran
+            os.close(fd)
+            self.slots.release()
+
+        future.add_done_callback(done)
+        d.pending.append(future)
+
+    def leave_dir(self, d: _Dir, fd: int) -> None:
+        """All of ``d`` is done: store its tree blob and hand it to its parent."""
+        for future in d.pending:
             result = future.result()
             if result is not None:
-                nodes.append(result)
-        tree_id = self.writer.add_blob(BlobType.TREE, encode_tree(nodes))
+                d.nodes.append(result)
+        tree_id = self.writer.add_blob(BlobType.TREE, encode_tree(d.nodes))
+        d.nodes, d.pending = [], []
         with self.lock:
             self.dirs += 1
-        return replace(node, subtree=tree_id)
+        d.node = replace(d.node, subtree=tree_id, xattrs=d.xattrs or ())
+        if d.parent is not None:
+            d.parent.nodes.append(d.node)
 
     def reuse_unchanged(self, node: Node, old: Node | None) -> Node | None:
         """``node`` with the parent's content when its metadata proves the data cannot differ."""
@@ -252,39 +347,39 @@ class _TreeBackup:
             self.unchanged += 1
         return replace(node, content=old.content)
 
-    def backup_file(self, path: bytes, node: Node) -> Node | None:
+    def backup_file(self, fd: int, d: _Dir, node: Node) -> Node | None:
         if self.cancel.canceled:
             return None
         try:
-            content = self.read_content(path, node.size)
+            content = self.read_content(fd, node.size)
         except Canceled:
             return None
         except OSError as err:
-            message = f"{os.fsdecode(path)}: {err.strerror or err}"
-            if self.options.on_unreadable == "fail":
-                raise SourceUnreadable(
-                    f"cannot read {message} (set the error policy to skip to continue)"
-                ) from err
-            with self.lock:
-                self.skipped.append(message)
+            self.unreadable(d.relpath(node.name), err)
             return None
         with self.lock:
             self.files += 1
         return replace(node, content=content, size=sum(n for _, n in content))
 
-    def read_content(self, path: bytes, size: int) -> tuple[Extent, ...]:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-        try:
-            stored = store_content(
-                fd,
-                size,
-                writer=self.writer,
-                chunker=self.chunker(),
-                progress=self.progress,
-                cancel=self.cancel,
-            )
-        finally:
-            os.close(fd)
+    def unreadable(self, relpath: bytes, err: OSError) -> None:
+        """A file that cannot be opened or read: fail, or note it and go on, as the policy says."""
+        message = f"{os.fsdecode(os.path.join(self.source, relpath))}: {err.strerror or err}"
+        if self.options.on_unreadable == "fail":
+            raise SourceUnreadable(
+                f"cannot read {message} (set the error policy to skip to continue)"
+            ) from err
+        with self.lock:
+            self.skipped.append(message)
+
+    def read_content(self, fd: int, size: int) -> tuple[Extent, ...]:
+        stored = store_content(
+            fd,
+            size,
+            writer=self.writer,
+            chunker=self.chunker(),
+            progress=self.progress,
+            cancel=self.cancel,
+        )
         with self.lock:
             self.bytes_read += stored.bytes_read
         return stored.extents
@@ -312,10 +407,13 @@ def backup_tree(
     started = clock.monotonic()
     meter = Progress(scan_total_bytes(source), progress, clock)
     writer = repo.writer()
-    walk = _TreeBackup(repo, writer, options, meter, cancel)
+    walk = _TreeBackup(repo, writer, options, meter, cancel, source=source_bytes)
+    cursor: DirCursor | None = None
     try:
         writer.adopt_orphan_packs()
-        root = walk.backup_dir(source_bytes, metadata_node(b"", source_bytes, root_stat), parent_root)
+        cursor = DirCursor.open(source_bytes, follow_symlinks=True)
+        root_node = metadata_node(b"", cursor.fd, root_stat, ())  # the root keeps mode, owner, mtime only
+        root = walk.backup_root(cursor, root_node, parent_root)
         cancel.check()
         writer.flush()
         writer.session.ensure_valid()
@@ -323,6 +421,9 @@ def backup_tree(
         walk.pool.shutdown(wait=True, cancel_futures=True)
         writer.abort()
         raise
+    finally:
+        if cursor is not None:
+            cursor.close()
     walk.pool.shutdown(wait=True)
     counts = SnapshotSummary(
         files=walk.files,
@@ -348,6 +449,11 @@ def _source_directory(source: Path) -> tuple[bytes, os.stat_result]:
         raise InvalidInput(f"cannot back up {source}: {err.strerror}") from err
     if not stat.S_ISDIR(root_stat.st_mode):
         raise InvalidInput(f"cannot back up {source}: not a directory")
+    if not os.path.isdir(PROC_FD):
+        raise PermanentError(
+            f"cannot back up {source}: extended attributes are read through {os.fsdecode(PROC_FD)}, "
+            "which is missing: mount /proc"
+        )
     return source_bytes, root_stat
 
 

@@ -70,22 +70,26 @@ class PrivilegePolicy:
         self._lock = threading.Lock()
         self._counts = {"device_nodes": 0, "setid_files": 0, "xattrs": 0}
 
-    def admit(self, node: Node, rel: bytes) -> Node | None:
+    def admit(self, node: Node, rel: bytes | Callable[[], bytes]) -> Node | None:
+        """``rel``: the entry's path, or what builds it (deep in a tree, only worth it for a message)."""
         if self.restore_privileged:
             return node
-        path = os.fsdecode(rel)
+
+        def path() -> str:
+            return os.fsdecode(rel() if callable(rel) else rel)
+
         if node.kind in DEVICE_KINDS:
             major, minor = os.major(node.rdev), os.minor(node.rdev)
-            self._withhold("device_nodes", f"{path}: {node.kind} {major}:{minor} not created")
+            self._withhold("device_nodes", f"{path()}: {node.kind} {major}:{minor} not created")
             return None
         mode = node.mode
         if node.kind != "dir" and mode & SET_ID_BITS:
             mode &= ~SET_ID_BITS
-            self._withhold("setid_files", f"{path}: mode {node.mode:04o} restored as {mode:04o}")
+            self._withhold("setid_files", f"{path()}: mode {node.mode:04o} restored as {mode:04o}")
         xattrs = tuple((key, value) for key, value in node.xattrs if not is_privileged_xattr(key))
         for key, _ in node.xattrs:
             if is_privileged_xattr(key):
-                self._withhold("xattrs", f"{path}: extended attribute {os.fsdecode(key)} not set")
+                self._withhold("xattrs", f"{path()}: extended attribute {os.fsdecode(key)} not set")
         if mode == node.mode and len(xattrs) == len(node.xattrs):
             return node
         return replace(node, mode=mode, xattrs=xattrs)

@@ -17,9 +17,11 @@ when asked (``restore_privileged``); ``barge.fs.privileged`` decides, entry by e
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import stat
 import threading
+from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +31,7 @@ from barge.errors import CorruptionDetected, InvalidInput
 from barge.fs.privileged import PrivilegePolicy, Withheld
 from barge.fs.progress import CancelToken, Progress, ProgressCallback
 from barge.fs.sparse import nonzero_runs, sparse_block
+from barge.fs.walk import DirCursor, Subdir, open_below, walk_tree
 from barge.repo.repository import Repository
 from barge.repo.session import Session
 from barge.repo.snapshot import Snapshot, SnapshotKind
@@ -89,32 +92,32 @@ class _TreeRestore:
         with self.lock:
             self.warnings.append(message)
 
-    def restore_dir(self, dir_fd: int, rel: bytes, tree_id: bytes, pending: list[Future[None]]) -> None:
-        """Create the entries of one directory; file contents go to the pool (``pending``)."""
+    def restore_dir(
+        self, cursor: DirCursor, tree_id: bytes, pending: list[Future[None]]
+    ) -> list[Subdir[bytes]]:
+        """Create the entries of the directory at the cursor; file contents go to the pool
+        (``pending``); returns its subdirectories, created empty, for the walk to fill."""
         self.cancel.check()
+        dir_fd = cursor.fd
+        subdirs: list[Subdir[bytes]] = []
         for entry in decode_tree(self.repo.read_blob(tree_id)):
             name = check_name(entry.name)
-            child_rel = rel + b"/" + name if rel else name
-            node = self.policy.admit(entry, child_rel)
+            node = self.policy.admit(entry, functools.partial(cursor.relpath, name))
             if node is None:
                 continue
             if node.kind == "dir":
                 if node.subtree is None:
-                    raise CorruptionDetected(f"directory {child_rel!r} has no tree")
+                    raise CorruptionDetected(f"directory {cursor.relpath(name)!r} has no tree")
                 try:
                     os.mkdir(name, 0o700, dir_fd=dir_fd)
                 except FileExistsError:
-                    if rel or os.fsdecode(name) not in self.tolerated:
+                    if cursor.depth or os.fsdecode(name) not in self.tolerated:
                         raise
-                child_fd = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=dir_fd)
-                try:
-                    self.restore_dir(child_fd, child_rel, node.subtree, pending)
-                finally:
-                    os.close(child_fd)
+                subdirs.append(Subdir(name, node.subtree))
                 with self.lock:
                     self.dirs += 1
             elif node.kind == "file":
-                if self.link_if_seen(node, dir_fd, name, child_rel):
+                if node.nlink > 1 and self.link_if_seen(node, dir_fd, name, cursor.relpath(name)):
                     continue
                 fd = os.open(
                     name,
@@ -126,7 +129,8 @@ class _TreeRestore:
                     self.open_fds.add(fd)
                 pending.append(self.pool.submit(self.write_file, fd, node))
             else:
-                self.restore_special(dir_fd, name, child_rel, node)
+                self.restore_special(dir_fd, name, cursor.relpath(name), node)
+        return subdirs
 
     def link_if_seen(self, node: Node, dir_fd: int, name: bytes, rel: bytes) -> bool:
         if node.nlink < 2:
@@ -136,10 +140,14 @@ class _TreeRestore:
             first = self.links.setdefault(key, rel)
         if first == rel:
             return False
+        *first_dir, first_name = first.split(b"/")
         try:
-            os.link(
-                os.path.join(os.fsencode(self.root), first), name, dst_dir_fd=dir_fd, follow_symlinks=False
-            )
+            # From the target down, one name at a time: the full path may exceed PATH_MAX.
+            first_dir_fd = open_below(os.fsencode(self.root), first_dir)
+            try:
+                os.link(first_name, name, src_dir_fd=first_dir_fd, dst_dir_fd=dir_fd, follow_symlinks=False)
+            finally:
+                os.close(first_dir_fd)
         except OSError as err:
             self.warn(f"{os.fsdecode(rel)}: hardlink not restored ({err.strerror}); restoring a copy")
             return False
@@ -224,25 +232,32 @@ class _TreeRestore:
 
 
 def _dir_metadata_pass(
-    repo: Repository, dir_fd: int, tree_id: bytes, as_root: bool, policy: PrivilegePolicy
+    repo: Repository, cursor: DirCursor, tree_id: bytes, as_root: bool, policy: PrivilegePolicy
 ) -> None:
     """Set directories' metadata bottom-up, after all their children exist (so mtimes stick)."""
-    for node in decode_tree(repo.read_blob(tree_id)):
-        if node.kind != "dir" or node.subtree is None:
-            continue
-        fd = os.open(node.name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=dir_fd)
-        try:
-            _dir_metadata_pass(repo, fd, node.subtree, as_root, policy)
-            if as_root:
-                os.fchown(fd, node.uid, node.gid)
-            with contextlib.suppress(OSError):
-                for key, value in node.xattrs:
-                    if policy.keeps_xattr(key):
-                        os.setxattr(fd, key, value)
-            os.fchmod(fd, node.mode)
-            os.utime(fd, ns=(node.mtime_ns, node.mtime_ns))
-        finally:
-            os.close(fd)
+
+    def subdirs(node: Node | None) -> list[Subdir[Node | None]]:
+        tree = tree_id if node is None else node.subtree
+        assert tree is not None  # only directories with a tree are visited
+        nodes = decode_tree(repo.read_blob(tree))
+        return [Subdir(n.name, n) for n in nodes if n.kind == "dir" and n.subtree is not None]
+
+    def leave(node: Node | None, fd: int) -> None:
+        if node is not None:  # the root's metadata is the snapshot's, set by the caller
+            _set_dir_metadata(fd, node, as_root, policy)
+
+    walk_tree(cursor, None, subdirs, leave)
+
+
+def _set_dir_metadata(fd: int, node: Node, as_root: bool, policy: PrivilegePolicy) -> None:
+    if as_root:
+        os.fchown(fd, node.uid, node.gid)
+    with contextlib.suppress(OSError):
+        for key, value in node.xattrs:
+            if policy.keeps_xattr(key):
+                os.setxattr(fd, key, value)
+    os.fchmod(fd, node.mode)
+    os.utime(fd, ns=(node.mtime_ns, node.mtime_ns))
 
 
 def restore_tree(
@@ -289,6 +304,15 @@ def restore_tree(
         session.end()
 
 
+@contextlib.contextmanager
+def _cursor(root_fd: int) -> Iterator[DirCursor]:
+    cursor = DirCursor(os.dup(root_fd))
+    try:
+        yield cursor
+    finally:
+        cursor.close()
+
+
 def _restore_under_lease(
     repo: Repository, snapshot: Snapshot, target: Path, job: _TreeRestore
 ) -> RestoreResult:
@@ -296,10 +320,13 @@ def _restore_under_lease(
     pending: list[Future[None]] = []
     try:
         if snapshot.tree is not None:
-            job.restore_dir(root_fd, b"", snapshot.tree, pending)
+            tree = snapshot.tree
+            with _cursor(root_fd) as cursor:
+                walk_tree(cursor, tree, lambda t: job.restore_dir(cursor, t, pending), lambda t, fd: None)
             for future in pending:
                 future.result()
-            _dir_metadata_pass(repo, root_fd, snapshot.tree, job.as_root, job.policy)
+            with _cursor(root_fd) as cursor:
+                _dir_metadata_pass(repo, cursor, tree, job.as_root, job.policy)
         root = snapshot.root
         assert root is not None  # checked before the lease
         if job.as_root:

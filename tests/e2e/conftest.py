@@ -18,13 +18,18 @@ from barge.kube.resources import NAMESPACE, KubeObjects
 from devenv.controlplane import ControlPlaneEndpoints
 from devenv.localbarge import LocalBarge
 from devenv.simcluster import SimCluster
+from tests.fsbuild import remove_tree
 
 
 @pytest.fixture(scope="module")
 def sim(kube: client.ApiClient, tmp_path_factory: pytest.TempPathFactory) -> Iterator[SimCluster]:
-    with SimCluster(kube, tmp_path_factory.mktemp("sim")) as cluster:
-        yield cluster
-        assert cluster.errors == [], f"the simulated cluster hit unexpected errors: {cluster.errors}"
+    workdir = tmp_path_factory.mktemp("sim")
+    try:
+        with SimCluster(kube, workdir) as cluster:
+            yield cluster
+            assert cluster.errors == [], f"the simulated cluster hit unexpected errors: {cluster.errors}"
+    finally:  # volumes may hold trees too deep for pytest's own clean-up (it recurses), even after a failure
+        remove_tree(workdir)
 
 
 @pytest.fixture(scope="module")

@@ -29,7 +29,7 @@ from devenv.localbarge import LocalBarge
 from devenv.trees import capture
 from devenv.velero import data_download, data_upload, restore_target_pvc
 from devenv.waiting import wait_for
-from tests.fsbuild import privileged_volume, write
+from tests.fsbuild import nested_tree, privileged_volume, remove_tree, write
 
 pytestmark = pytest.mark.integration
 
@@ -163,6 +163,45 @@ def test_a_data_download_restores_bit_exact_into_the_target_pvc(
     restored.pop(b"lost+found", None)
     assert restored == capture(volume)
     assert_cleaned_up(barge_env, objects, "DataDownload", name)
+
+
+def test_a_tree_deeper_than_the_recursion_limit_moves_both_ways_bit_exact(
+    barge_env: LocalBarge, objects: KubeObjects, app_namespace: str, tmp_path: Path
+) -> None:
+    """A tenant's 1,100-level directory: the agent's walk used to die in RecursionError, sending no
+    result, so the DataUpload stayed InProgress and the node's agent at capacity."""
+    volume = nested_tree(tmp_path / "deep", 1_100)
+    restored_data: Path | None = None
+    try:
+        upload_name = upload(barge_env, app_namespace, volume, pvc="deep")
+        uploaded = barge_env.wait_phase("DataUpload", upload_name, timeout=240)["status"]
+        assert uploaded["phase"] == "Completed", uploaded.get("message")
+        assert uploaded["dataMoverResult"]["barge.io/skipped"] == "0"
+        assert_cleaned_up(barge_env, objects, "DataUpload", upload_name)
+        target_ns = f"{app_namespace}-restored"
+        objects.create(
+            PERSISTENT_VOLUME_CLAIM,
+            restore_target_pvc(restore="r-deep", name="deep", namespace=target_ns, size="1Gi"),
+        )
+        body = data_download(
+            restore="r-deep",
+            snapshot_id=uploaded["snapshotID"],
+            target_pvc="deep",
+            target_namespace=target_ns,
+            source_namespace=app_namespace,
+        )
+        name = barge_env.create("DataDownload", body)["metadata"]["name"]
+        status = barge_env.wait_phase("DataDownload", name, timeout=240)["status"]
+        assert status["phase"] == "Completed", status.get("message")
+        barge_env.wait_pvc_bound(target_ns, "deep")
+        restored_data = barge_env.sim.claim_data(target_ns, "deep")
+        restored = capture(restored_data)
+        restored.pop(b"lost+found", None)
+        assert restored == capture(volume)
+    finally:  # rm -rf: pytest's own clean-up of old temporary directories recurses
+        remove_tree(volume)
+        if restored_data is not None:
+            remove_tree(restored_data)
 
 
 def test_a_restore_withholds_what_grants_privilege_and_the_data_download_says_so(

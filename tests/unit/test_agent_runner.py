@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import structlog
 
 from agent import runner as runner_module
 from agent.agent import Agent
@@ -570,3 +571,91 @@ def test_repository_failures_are_counted_by_operation_and_volume_errors_are_not(
     missing = runner(tmp_path / "elsewhere", assignment(), MemoryStatus(), repo).run()  # no volume
     assert missing.outcome is Outcome.FAILED
     assert metrics.registry.get_sample_value(errors, {"operation": "backup"}) == 0.0
+
+
+@pytest.mark.parametrize(
+    "error",
+    [RecursionError("maximum recursion depth exceeded"), ValueError("a bug\nover two lines")],
+    ids=["RecursionError", "ValueError"],
+)
+def test_an_unexpected_error_fails_the_assignment_in_one_line_and_frees_the_slot(
+    tmp_path: Path, repo: Repository, monkeypatch: pytest.MonkeyPatch, error: Exception
+) -> None:
+    write(tmp_path / "volume" / "f", b"data")
+    exposed_volume(tmp_path / "kubelet", "pod-1", "pv-1", tmp_path / "volume")
+
+    def broken_backup(*args: object, **kwargs: object) -> None:
+        raise error
+
+    monkeypatch.setattr(runner_module, "backup_tree", broken_backup)
+    status = MemoryStatus()
+    settings = RunnerSettings(node="node-a", kubelet_root=tmp_path / "kubelet", status_interval_s=0.0)
+    agent = Agent(settings, status=status, repositories=Repos(repo), clock=ManualClock(),
+                  metrics=AgentMetrics("node-a"), max_concurrent=1)  # fmt: skip
+    results: list[AssignmentResult] = []
+    finished = threading.Semaphore(0)
+
+    def send(event: object) -> None:
+        if isinstance(event, AssignmentResult):
+            results.append(event)
+            finished.release()
+
+    agent.send = send
+    with structlog.testing.capture_logs() as logs:
+        agent.handle(assignment())
+        assert finished.acquire(timeout=30)
+    one_line = " ".join(str(error).split())
+    expected = f"backup failed on node node-a: {type(error).__name__}: {one_line}"
+    assert (results[0].outcome, results[0].message) == (Outcome.FAILED, expected)
+    assert (status.status["phase"], status.status["message"]) == ("Failed", expected)
+    assert any(entry.get("exc_info") for entry in logs)  # the traceback goes to the log only
+    assert agent.running() == ()
+    monkeypatch.undo()
+    agent.handle(replace(assignment(), assignment_id="uid-2"))  # the slot is free again
+    assert finished.acquire(timeout=30)
+    assert results[1].outcome is Outcome.COMPLETED
+
+
+class BrokenStatus(MemoryStatus):
+    """A status sink with a bug: every write raises something no one expected."""
+
+    def update(self, assignment: Assignment, fence: Fence, mutate: Mutation) -> None:
+        raise KeyError("status")
+
+
+def test_an_assignment_whose_status_writes_fail_unexpectedly_still_reports_failed(
+    tmp_path: Path, repo: Repository
+) -> None:
+    write(tmp_path / "volume" / "f", b"data")
+    exposed_volume(tmp_path / "kubelet", "pod-1", "pv-1", tmp_path / "volume")
+    result = runner(tmp_path, assignment(), BrokenStatus(), repo).run()
+    assert result.outcome is Outcome.FAILED
+    assert result.message == "backup failed on node node-a: KeyError: 'status'"
+
+
+def test_the_agent_reports_and_frees_the_slot_even_if_a_runner_itself_fails(
+    tmp_path: Path, repo: Repository, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def broken_run(self: AssignmentRunner) -> AssignmentResult:
+        raise RuntimeError("runner bug")
+
+    monkeypatch.setattr(AssignmentRunner, "run", broken_run)
+    settings = RunnerSettings(node="node-a", kubelet_root=tmp_path / "kubelet")
+    agent = Agent(settings, status=MemoryStatus(), repositories=Repos(repo), clock=ManualClock(),
+                  metrics=AgentMetrics("node-a"), max_concurrent=1)  # fmt: skip
+    results: list[AssignmentResult] = []
+    finished = threading.Event()
+
+    def send(event: object) -> None:
+        if isinstance(event, AssignmentResult):
+            results.append(event)
+            finished.set()
+
+    agent.send = send
+    agent.handle(assignment())
+    assert finished.wait(30)
+    assert (results[0].outcome, results[0].message) == (Outcome.FAILED, "RuntimeError: runner bug")
+    deadline = time.monotonic() + 10
+    while agent.running():
+        assert time.monotonic() < deadline, "the slot stayed taken"
+        time.sleep(0.01)

@@ -9,9 +9,10 @@ from pathlib import Path
 
 import pytest
 
+from barge.cli import main as cli_main
 from barge.cli.main import EXIT_DAMAGED, EXIT_FAILED, EXIT_OK, EXIT_USAGE, main
 from devenv.trees import capture
-from tests.fsbuild import awkward_tree
+from tests.fsbuild import awkward_tree, nested_tree, remove_tree
 
 
 @pytest.fixture
@@ -296,3 +297,48 @@ def test_damage_is_found_by_check_read_data_and_fails_the_restore_loudly(
     err = capsys.readouterr().err
     assert err.count("\n") == 1
     assert "Traceback" not in err
+
+
+@pytest.mark.parametrize("debug", [False, True], ids=["plain", "BARGE_DEBUG"])
+def test_an_unexpected_error_exits_1_with_one_line_and_a_traceback_only_when_debugging(
+    repo_url: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    debug: bool,
+) -> None:
+    def broken_backup(*args: object, **kwargs: object) -> None:
+        raise RecursionError("maximum recursion depth exceeded\nwhile walking")
+
+    monkeypatch.setattr(cli_main, "backup_tree", broken_backup)
+    if debug:
+        monkeypatch.setenv("BARGE_DEBUG", "1")
+    else:
+        monkeypatch.delenv("BARGE_DEBUG", raising=False)
+    (tmp_path / "src").mkdir()
+    capsys.readouterr()
+    assert main(["--repo", repo_url, "backup", str(tmp_path / "src")]) == EXIT_FAILED
+    err = capsys.readouterr().err
+    line = (
+        "barge: unexpected error: RecursionError: maximum recursion depth exceeded while walking "
+        "(a bug: please report it; BARGE_DEBUG=1 prints the traceback)"
+    )
+    assert err.splitlines()[-1] == line
+    if debug:
+        assert err.startswith("Traceback (most recent call last):")
+        assert "broken_backup" in err
+    else:
+        assert err == line + "\n"
+
+
+def test_a_tree_deeper_than_the_recursion_limit_backs_up_and_restores(
+    repo_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    source = nested_tree(tmp_path / "src", 1_100)
+    try:
+        snapshot = str(backup_json(repo_url, source, capsys)["snapshot_id"])
+        assert main(["--repo", repo_url, "restore", snapshot, str(tmp_path / "out")]) == EXIT_OK
+        assert capture(tmp_path / "out") == capture(source)
+    finally:  # rm -rf: pytest's own clean-up recurses
+        remove_tree(source)
+        remove_tree(tmp_path / "out")

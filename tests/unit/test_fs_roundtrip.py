@@ -4,17 +4,21 @@ from __future__ import annotations
 
 import os
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 
-from barge.errors import Canceled, InvalidInput
+from barge.errors import Canceled, InvalidInput, PermanentError
+from barge.fs import backup as backup_module
 from barge.fs.backup import BackupOptions, SourceUnreadable, backup_tree
 from barge.fs.progress import CancelToken
 from barge.fs.restore import UnsafeName, restore_tree
 from barge.fs.sparse import nonzero_runs
+from barge.repo.check import check_repository
 from barge.repo.crypto import KdfParams
+from barge.repo.gc import referenced_blobs
 from barge.repo.pack import BlobType
 from barge.repo.repository import Repository, RepositorySettings
 from barge.repo.snapshot import RootMetadata, Snapshot, SnapshotKind, SnapshotSummary
@@ -22,7 +26,7 @@ from barge.repo.tree import Node, encode_tree
 from barge.storage.local import LocalDirectoryStore
 from devenv.trees import capture
 from tests import fsgen
-from tests.fsbuild import MIB, awkward_tree, sparse_file, write
+from tests.fsbuild import MIB, awkward_tree, nested_tree, remove_tree, sparse_file, write
 from tests.roundtrip import assert_generated_tree_round_trips
 
 PASSWORD = b"pw"
@@ -45,6 +49,37 @@ def test_awkward_tree_round_trips_bit_exact(repo: Repository, tmp_path: Path) ->
     assert os.stat(restored / "hard" / "a").st_ino == os.stat(restored / "other-hardlink").st_ino
     assert outcome.warnings == ()
     assert result.bytes_read < 3 * MIB  # holes were never read
+
+
+@pytest.fixture
+def big_trees(tmp_path: Path) -> Iterator[Path]:
+    """A work directory whose trees are removed with ``rm -rf``: pytest's own clean-up recurses."""
+    yield tmp_path
+    for child in tmp_path.iterdir():
+        remove_tree(child)
+
+
+@pytest.mark.parametrize(
+    ("levels", "name"),
+    [(1_100, b"d"), (25, b"n" * 200)],
+    ids=["deeper-than-the-recursion-limit", "paths-longer-than-PATH_MAX"],
+)
+def test_a_deep_tree_round_trips_bit_exact_and_incrementally(
+    repo: Repository, big_trees: Path, levels: int, name: bytes
+) -> None:
+    """A tenant's tree is walked, restored, checked and collected whatever its depth and path length."""
+    source = nested_tree(big_trees / "src", levels, name)
+    first = backup_tree(repo, source)
+    assert first.dirs == levels + 1
+    second = backup_tree(repo, source, options=BackupOptions(parent=first.snapshot_id))
+    assert second.files_unchanged == second.files == first.files
+    restored = big_trees / "restored"
+    outcome = restore_tree(Repository.open(repo.store, PASSWORD), second.snapshot_id, restored)
+    assert outcome.warnings == ()
+    assert outcome.dirs == levels
+    assert capture(restored) == capture(source)
+    assert check_repository(Repository.open(repo.store, PASSWORD), read_data=True).problems == []
+    assert len(referenced_blobs(Repository.open(repo.store, PASSWORD))) > levels
 
 
 def allocated(path: Path) -> int:
@@ -186,6 +221,17 @@ def test_backup_of_a_missing_or_non_directory_source_is_a_clear_error(
     write(tmp_path / "file", b"x")
     with pytest.raises(InvalidInput, match="not a directory"):
         backup_tree(repo, tmp_path / "file")
+
+
+def test_a_backup_without_proc_is_refused_with_a_clear_error(
+    repo: Repository, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Extended attributes of devices and fifos are read through /proc/self/fd: never lost silently."""
+    write(tmp_path / "src" / "f", b"x")
+    monkeypatch.setattr(backup_module, "PROC_FD", os.fsencode(tmp_path / "no-proc"))
+    with pytest.raises(PermanentError, match="mount /proc"):
+        backup_tree(repo, tmp_path / "src")
+    assert repo.snapshot_ids() == []
 
 
 def test_restore_refuses_a_non_empty_target(repo: Repository, tmp_path: Path) -> None:
