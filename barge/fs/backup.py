@@ -29,7 +29,7 @@ from barge.fs.walk import PROC_FD, DirCursor, Subdir, entry_path, walk_tree
 from barge.repo.pack import BlobType
 from barge.repo.repository import Repository, RepositoryWriter
 from barge.repo.snapshot import RootMetadata, Snapshot, SnapshotKind, SnapshotSummary
-from barge.repo.tree import Extent, Node, decode_tree, encode_tree
+from barge.repo.tree import Extent, Node, encode_tree
 
 ErrorPolicy = Literal["fail", "skip"]
 
@@ -244,7 +244,7 @@ class _TreeBackup:
     def parent_nodes(self, tree_id: bytes | None) -> dict[bytes, Node]:
         if tree_id is None:
             return {}
-        return {n.name: n for n in decode_tree(self.repo.read_blob(tree_id))}
+        return {n.name: n for n in self.repo.read_tree(tree_id)}
 
     def backup_root(self, cursor: DirCursor, root: Node, old: Node | None) -> Node:
         """Back up the tree below the cursor; returns ``root`` with its tree."""

@@ -29,7 +29,7 @@ from barge.repo.pack import BlobType
 from barge.repo.repository import Repository
 from barge.repo.session import Session
 from barge.repo.snapshot import Snapshot, SnapshotKind, SnapshotSummary
-from barge.repo.tree import Node, decode_tree, encode_tree
+from barge.repo.tree import Node, encode_tree
 
 DEVICE_NODE = b"device"
 _ZERO_WRITE = 4 * 1024 * 1024
@@ -107,7 +107,7 @@ def _device_node(repo: Repository, snapshot: Snapshot, snapshot_id: str) -> Node
         raise InvalidInput(f"snapshot {snapshot_id[:16]} is a {snapshot.kind} snapshot, not a block one")
     if snapshot.tree is None:
         raise CorruptionDetected(f"block snapshot {snapshot_id[:16]} names no tree")
-    nodes = decode_tree(repo.read_blob(snapshot.tree))
+    nodes = repo.read_tree(snapshot.tree)
     if len(nodes) != 1 or nodes[0].name != DEVICE_NODE:
         raise CorruptionDetected(f"block snapshot {snapshot_id[:16]} does not describe one device")
     return nodes[0]

@@ -35,7 +35,7 @@ from barge.fs.walk import DirCursor, Subdir, open_below, walk_tree
 from barge.repo.repository import Repository
 from barge.repo.session import Session
 from barge.repo.snapshot import Snapshot, SnapshotKind
-from barge.repo.tree import Node, decode_tree
+from barge.repo.tree import Node
 
 
 class UnsafeName(CorruptionDetected):
@@ -100,7 +100,7 @@ class _TreeRestore:
         self.cancel.check()
         dir_fd = cursor.fd
         subdirs: list[Subdir[bytes]] = []
-        for entry in decode_tree(self.repo.read_blob(tree_id)):
+        for entry in self.repo.read_tree(tree_id):
             name = check_name(entry.name)
             node = self.policy.admit(entry, functools.partial(cursor.relpath, name))
             if node is None:
@@ -239,7 +239,7 @@ def _dir_metadata_pass(
     def subdirs(node: Node | None) -> list[Subdir[Node | None]]:
         tree = tree_id if node is None else node.subtree
         assert tree is not None  # only directories with a tree are visited
-        nodes = decode_tree(repo.read_blob(tree))
+        nodes = repo.read_tree(tree)
         return [Subdir(n.name, n) for n in nodes if n.kind == "dir" and n.subtree is not None]
 
     def leave(node: Node | None, fd: int) -> None:
