@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
+from barge.control.messages import CoordinatorCommand, Hello
 from barge.errors import NotFound
 from barge.kube.resources import Resource
 from coordinator.ports import EventHandler
@@ -169,3 +171,19 @@ def feeds_over(objects: FakeObjects) -> Any:
 
 def _kind(kind: Resource | str) -> str:
     return kind if isinstance(kind, str) else kind.kind
+
+
+@dataclass
+class RecordingSession:
+    """An agent's stream as the hub sees it (the AgentSession port): what was sent to it is kept."""
+
+    node: str
+    hello: Hello
+    sent: list[CoordinatorCommand] = field(default_factory=list)
+
+    def send(self, command: CoordinatorCommand) -> None:
+        self.sent.append(command)
+
+    def close(self, reason: str) -> None:
+        pass
+

@@ -3,13 +3,12 @@ the admission pass, decide and the executor's writes, as one reconcile does them
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
 
 from barge.clock import ManualClock
-from barge.control.messages import CancelAssignment, CoordinatorCommand, Hello, RunningAssignment
+from barge.control.messages import CancelAssignment, Hello, RunningAssignment
 from barge.control.naming import ASSIGNMENT_ANNOTATION, FINALIZER, LABEL_OWNER_KIND, LABEL_OWNER_NAME
 from barge.errors import TemporaryError
 from coordinator.config import CoordinatorConfig
@@ -19,7 +18,7 @@ from coordinator.metrics import CoordinatorMetrics
 from coordinator.model import ACCEPTED_AT_ANNOTATION
 from coordinator.ports import ControllerAdapters
 from coordinator.scheduler import ItemKey
-from tests.fakecluster import FakeCrWrites, FakeEvents, FakeObjects, feeds_over
+from tests.fakecluster import FakeCrWrites, FakeEvents, FakeObjects, RecordingSession, feeds_over
 
 Obj = dict[str, Any]
 
@@ -200,18 +199,6 @@ def test_a_cr_event_queues_the_cr_once_however_often_it_comes(event: str) -> Non
         objects.announce(event, upload)
     assert reconciled(loop) == ["backup-0"]
 
-
-@dataclass
-class RecordingSession:
-    node: str
-    hello: Hello
-    sent: list[CoordinatorCommand] = field(default_factory=list)
-
-    def send(self, command: CoordinatorCommand) -> None:
-        self.sent.append(command)
-
-    def close(self, reason: str) -> None:
-        pass
 
 
 def stops(session: RecordingSession) -> list[tuple[str, int, str]]:

@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 from barge.clock import ManualClock
 from barge.control.messages import (
     Assignment,
     AssignmentKind,
     AssignmentResult,
     CancelAssignment,
-    CoordinatorCommand,
     CrRef,
     Heartbeat,
     Hello,
@@ -25,19 +22,7 @@ from barge.errors import TemporaryError
 from coordinator.hub import ClaimCheck, Hub
 from coordinator.metrics import CoordinatorMetrics
 from coordinator.model import HubState
-
-
-@dataclass
-class Session:
-    node: str
-    hello: Hello
-    sent: list[CoordinatorCommand] = field(default_factory=list)
-
-    def send(self, command: CoordinatorCommand) -> None:
-        self.sent.append(command)
-
-    def close(self, reason: str) -> None:
-        pass
+from tests.fakecluster import RecordingSession as Session
 
 
 def assignment(epoch: int = 1) -> Assignment:
