@@ -15,13 +15,12 @@ import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from types import TracebackType
 from typing import Any
 
 import yaml
 
 from devenv.pki import ControlPlanePki, make_control_plane_pki
-from devenv.processes import ServerProcess, free_port, http_ok
+from devenv.processes import ServerProcess, StartedWhileEntered, free_port, http_ok
 from devenv.tools import tool_path
 
 SERVICE_ACCOUNT_ISSUER = "https://kubernetes.default.svc.cluster.local"
@@ -54,7 +53,7 @@ def write_kubeconfig(path: Path, url: str, ca: Path, user: dict[str, str], name:
     return path
 
 
-class LocalControlPlane:
+class LocalControlPlane(StartedWhileEntered[ControlPlaneEndpoints]):
     """Starts etcd and kube-apiserver in a temporary directory; stops both and removes it."""
 
     def __init__(
@@ -86,21 +85,6 @@ class LocalControlPlane:
         self.etcd: ServerProcess | None = None
         self.apiserver: ServerProcess | None = None
         self.endpoints: ControlPlaneEndpoints | None = None
-
-    def __enter__(self) -> ControlPlaneEndpoints:
-        try:
-            return self.start()
-        except BaseException:
-            self.stop()
-            raise
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     def start(self) -> ControlPlaneEndpoints:
         serving_ips = () if self._address == "127.0.0.1" else (self._address,)

@@ -144,17 +144,15 @@ def http_ok(host: str, port: int, path: str, context: ssl.SSLContext | None = No
         conn.close()
 
 
-class TemporaryServer(Generic[EndpointT]):
-    """A server child on a scratch directory, as a context manager yielding where it listens;
-    leaving stops it and removes the directory. Subclasses implement ``start``.
-    """
+class StartedWhileEntered(Generic[EndpointT]):
+    """A context manager that starts on entering and stops on leaving; a start that fails part-way
+    is stopped too, so nothing it launched outlives the ``with``."""
 
-    name = "server"
+    def start(self) -> EndpointT:
+        raise NotImplementedError
 
-    def __init__(self, workdir: Path | None = None) -> None:
-        self._own_workdir = workdir is None
-        self.workdir = workdir or Path(tempfile.mkdtemp(prefix=f"barge-{self.name}-"))
-        self.process: ServerProcess | None = None
+    def stop(self) -> None:
+        raise NotImplementedError
 
     def __enter__(self) -> EndpointT:
         try:
@@ -170,6 +168,19 @@ class TemporaryServer(Generic[EndpointT]):
         tb: TracebackType | None,
     ) -> None:
         self.stop()
+
+
+class TemporaryServer(StartedWhileEntered[EndpointT]):
+    """A server child on a scratch directory, as a context manager yielding where it listens;
+    leaving stops it and removes the directory. Subclasses implement ``start``.
+    """
+
+    name = "server"
+
+    def __init__(self, workdir: Path | None = None) -> None:
+        self._own_workdir = workdir is None
+        self.workdir = workdir or Path(tempfile.mkdtemp(prefix=f"barge-{self.name}-"))
+        self.process: ServerProcess | None = None
 
     def start(self) -> EndpointT:
         """Start ``self.process`` and wait until it serves."""

@@ -27,7 +27,6 @@ import subprocess
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from types import TracebackType
 from typing import Any
 
 import yaml
@@ -37,7 +36,7 @@ from barge.kube.client import api_client
 from barge.kube.resources import NODE, KubeObjects
 from devenv.controlplane import ControlPlaneEndpoints, LocalControlPlane, write_kubeconfig
 from devenv.pki import CertificateAuthority
-from devenv.processes import ServerProcess, http_ok
+from devenv.processes import ServerProcess, StartedWhileEntered, http_ok
 from devenv.realnode.image import ImageRef, busybox_layer, oci_archive
 from devenv.realnode.namespace import NodeNamespace
 from devenv.tools import cache_dir, tool_path
@@ -72,7 +71,7 @@ class NodeEndpoints:
     workdir: Path  # visible at the same path inside the node (hostPath volumes can live here)
 
 
-class RealNode:
+class RealNode(StartedWhileEntered[NodeEndpoints]):
     """Starts the control plane, containerd and the kubelet in a node namespace; ``stop`` removes
     every trace (processes, mounts, veth, cgroups, work directory)."""
 
@@ -86,21 +85,6 @@ class RealNode:
         self.kubelet: ServerProcess | None = None
         self.controllers: list[ServerProcess] = []
         self.endpoints: NodeEndpoints | None = None
-
-    def __enter__(self) -> NodeEndpoints:
-        try:
-            return self.start()
-        except BaseException:
-            self.stop()
-            raise
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     @property
     def containerd_socket(self) -> Path:
