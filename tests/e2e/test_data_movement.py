@@ -23,6 +23,7 @@ from barge.kube.resources import (
     VOLUME_SNAPSHOT,
     VOLUME_SNAPSHOT_CONTENT,
     KubeObjects,
+    Obj,
     Resource,
 )
 from devenv.localbarge import LocalBarge
@@ -78,6 +79,33 @@ def upload(
     env: LocalBarge, namespace: str, volume: Path, backup: str = "nightly", pvc: str = "data", **spec: Any
 ) -> str:
     return create_upload(env, snapshot_source(env, namespace, pvc, volume), pvc, backup, **spec)
+
+
+def download(
+    env: LocalBarge,
+    app_namespace: str,
+    snapshot_id: str,
+    *,
+    restore: str,
+    pvc: str,
+    size: str = "1Gi",
+    block: bool = False,
+    timeout: float = 120.0,
+) -> tuple[str, str, Obj]:
+    """Velero's part of a restore: the target PVC in ``<app_namespace>-restored``, then a
+    DataDownload into it. Returns the target namespace, the DataDownload's name and its final status."""
+    target_ns = f"{app_namespace}-restored"
+    target = restore_target_pvc(restore=restore, name=pvc, namespace=target_ns, size=size, block=block)
+    env.objects.create(PERSISTENT_VOLUME_CLAIM, target)
+    body = data_download(
+        restore=restore,
+        snapshot_id=snapshot_id,
+        target_pvc=pvc,
+        target_namespace=target_ns,
+        source_namespace=app_namespace,
+    )
+    name = str(env.create("DataDownload", body)["metadata"]["name"])
+    return target_ns, name, env.wait_phase("DataDownload", name, timeout=timeout)["status"]
 
 
 def assert_cleaned_up(env: LocalBarge, objects: KubeObjects, kind: str, name: str) -> None:
@@ -143,20 +171,9 @@ def test_a_data_download_restores_bit_exact_into_the_target_pvc(
     assert uploaded["phase"] == "Completed", uploaded.get("message")
     # The snapshot is gone from the cluster and the storage: the data lives in the repository only.
     assert_cleaned_up(barge_env, objects, "DataUpload", upload_name)
-    target_ns = f"{app_namespace}-restored"
-    objects.create(
-        PERSISTENT_VOLUME_CLAIM,
-        restore_target_pvc(restore="r1", name="data", namespace=target_ns, size="1Gi"),
+    target_ns, name, status = download(
+        barge_env, app_namespace, uploaded["snapshotID"], restore="r1", pvc="data"
     )
-    body = data_download(
-        restore="r1",
-        snapshot_id=uploaded["snapshotID"],
-        target_pvc="data",
-        target_namespace=target_ns,
-        source_namespace=app_namespace,
-    )
-    name = barge_env.create("DataDownload", body)["metadata"]["name"]
-    status = barge_env.wait_phase("DataDownload", name)["status"]
     assert status["phase"] == "Completed", status.get("message")
     barge_env.wait_pvc_bound(target_ns, "data")
     restored = capture(barge_env.sim.claim_data(target_ns, "data"))
@@ -178,20 +195,9 @@ def test_a_tree_deeper_than_the_recursion_limit_moves_both_ways_bit_exact(
         assert uploaded["phase"] == "Completed", uploaded.get("message")
         assert uploaded["dataMoverResult"]["barge.io/skipped"] == "0"
         assert_cleaned_up(barge_env, objects, "DataUpload", upload_name)
-        target_ns = f"{app_namespace}-restored"
-        objects.create(
-            PERSISTENT_VOLUME_CLAIM,
-            restore_target_pvc(restore="r-deep", name="deep", namespace=target_ns, size="1Gi"),
+        target_ns, _, status = download(
+            barge_env, app_namespace, uploaded["snapshotID"], restore="r-deep", pvc="deep", timeout=240
         )
-        body = data_download(
-            restore="r-deep",
-            snapshot_id=uploaded["snapshotID"],
-            target_pvc="deep",
-            target_namespace=target_ns,
-            source_namespace=app_namespace,
-        )
-        name = barge_env.create("DataDownload", body)["metadata"]["name"]
-        status = barge_env.wait_phase("DataDownload", name, timeout=240)["status"]
         assert status["phase"] == "Completed", status.get("message")
         barge_env.wait_pvc_bound(target_ns, "deep")
         restored_data = barge_env.sim.claim_data(target_ns, "deep")
@@ -213,21 +219,8 @@ def test_a_restore_withholds_what_grants_privilege_and_the_data_download_says_so
     upload_name = upload(barge_env, app_namespace, volume)
     uploaded = barge_env.wait_phase("DataUpload", upload_name)["status"]
     assert uploaded["phase"] == "Completed", uploaded.get("message")
-    target_ns = f"{app_namespace}-restored"
-    objects.create(
-        PERSISTENT_VOLUME_CLAIM,
-        restore_target_pvc(restore="rp", name="data", namespace=target_ns, size="1Gi"),
-    )
-    body = data_download(
-        restore="rp",
-        snapshot_id=uploaded["snapshotID"],
-        target_pvc="data",
-        target_namespace=target_ns,
-        source_namespace=app_namespace,
-    )
-    status = barge_env.wait_phase("DataDownload", barge_env.create("DataDownload", body)["metadata"]["name"])[
-        "status"
-    ]
+    snapshot_id = uploaded["snapshotID"]
+    target_ns, _, status = download(barge_env, app_namespace, snapshot_id, restore="rp", pvc="data")
     assert status["phase"] == "Completed", status.get("message")
     assert status["message"] == (
         "restored without the privileges the snapshot records: 2 device node(s) not created; "
@@ -362,20 +355,10 @@ def test_a_block_volume_round_trips_bit_exact(
     assert status["phase"] == "Completed", status.get("message")
     assert status["progress"]["totalBytes"] == 64 * 2**20
     assert_cleaned_up(barge_env, objects, "DataUpload", upload_name)
-    target_ns = f"{app_namespace}-restored"
-    objects.create(
-        PERSISTENT_VOLUME_CLAIM,
-        restore_target_pvc(restore="rb", name="raw", namespace=target_ns, size="64Mi", block=True),
+    target_ns, _, done = download(
+        barge_env, app_namespace, status["snapshotID"], restore="rb", pvc="raw", size="64Mi", block=True
     )
-    restore = data_download(
-        restore="rb",
-        snapshot_id=status["snapshotID"],
-        target_pvc="raw",
-        target_namespace=target_ns,
-        source_namespace=app_namespace,
-    )
-    done = barge_env.wait_phase("DataDownload", barge_env.create("DataDownload", restore)["metadata"]["name"])
-    assert done["status"]["phase"] == "Completed", done["status"].get("message")
+    assert done["phase"] == "Completed", done.get("message")
     barge_env.wait_pvc_bound(target_ns, "raw")
     restored = barge_env.sim.claim_data(target_ns, "raw")
     assert restored.read_bytes() == image.read_bytes()
