@@ -233,9 +233,11 @@ def test_a_device_with_data_at_either_end_is_refused_unless_forced(
 # -- the caller chooses the mode -------------------------------------------------------------------
 
 
-def test_the_cli_restores_a_block_snapshot_only_when_asked(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
-) -> None:
+def block_and_fs_snapshots(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> tuple[str, bytes, dict[str, str]]:
+    """A repository holding one block and one filesystem snapshot, made through the CLI: its URL,
+    the block image's bytes and the snapshot IDs by kind ("block", "fs")."""
     monkeypatch.setenv("BARGE_PASSWORD", "pw")
     url = f"file://{tmp_path / 'repo'}"
     data = image(tmp_path / "disk.img")
@@ -244,7 +246,13 @@ def test_the_cli_restores_a_block_snapshot_only_when_asked(
     assert main(["--repo", url, "backup", "--block", str(tmp_path / "disk.img")]) == EXIT_OK
     assert main(["--repo", url, "backup", str(tmp_path / "tree")]) == EXIT_OK
     repo = Repository.open(LocalDirectoryStore(tmp_path / "repo"), b"pw")
-    by_kind = {repo.load_snapshot(s).kind.value: s for s in repo.snapshot_ids()}
+    return url, data, {repo.load_snapshot(s).kind.value: s for s in repo.snapshot_ids()}
+
+
+def test_the_cli_restores_a_block_snapshot_only_when_asked(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    url, data, by_kind = block_and_fs_snapshots(tmp_path, monkeypatch)
     capsys.readouterr()
 
     assert main(["--repo", url, "restore", by_kind["block"], str(tmp_path / "out.img")]) == EXIT_USAGE
@@ -265,15 +273,7 @@ def test_the_cli_restores_a_block_snapshot_only_when_asked(
 def test_a_block_device_as_the_target_means_a_block_restore(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, loop_device: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    monkeypatch.setenv("BARGE_PASSWORD", "pw")
-    url = f"file://{tmp_path / 'repo'}"
-    data = image(tmp_path / "disk.img")
-    write(tmp_path / "tree" / "f", b"file")
-    assert main(["--repo", url, "repo", "init"]) == EXIT_OK
-    assert main(["--repo", url, "backup", "--block", str(tmp_path / "disk.img")]) == EXIT_OK
-    assert main(["--repo", url, "backup", str(tmp_path / "tree")]) == EXIT_OK
-    repo = Repository.open(LocalDirectoryStore(tmp_path / "repo"), b"pw")
-    by_kind = {repo.load_snapshot(s).kind.value: s for s in repo.snapshot_ids()}
+    url, data, by_kind = block_and_fs_snapshots(tmp_path, monkeypatch)
     capsys.readouterr()
 
     assert main(["--repo", url, "restore", by_kind["fs"], str(loop_device)]) == EXIT_USAGE
