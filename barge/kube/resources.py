@@ -342,9 +342,7 @@ class KubeObjects:
 
     def api_resources(self, group: str, version: str) -> frozenset[str]:
         """Discovery: the resource names the server serves in ``group/version`` (e.g. ``pods/status``)."""
-        path = f"/apis/{group}/{version}" if group else f"/api/{version}"
-        listing = self._call("GET", path, what=f"discover {group or 'core'}/{version}")
-        return frozenset(r["name"] for r in listing.get("resources") or [])
+        return frozenset(r["name"] for r in self._served(group, version))
 
     def resource_of(self, api_version: str, kind: str) -> Resource | None:
         """The resource serving ``kind`` in ``api_version`` by discovery (cached; asked again on a miss):
@@ -357,18 +355,23 @@ class KubeObjects:
 
     def _discover(self, api_version: str) -> dict[str, Resource]:
         group, _, version = api_version.rpartition("/")
-        path = f"/apis/{api_version}" if group else f"/api/{version}"
         try:
-            listing = self._call("GET", path, what=f"discover {api_version}")
+            served = self._served(group, version)
         except NotFound:
             return {}
         return {
             entry["kind"]: Resource(
                 entry["kind"], group, version, entry["name"], bool(entry.get("namespaced"))
             )
-            for entry in listing.get("resources") or []
+            for entry in served
             if "/" not in entry["name"]
         }
+
+    def _served(self, group: str, version: str) -> tuple[Obj, ...]:
+        """The discovery document's resource entries for ``group/version`` (subresources included)."""
+        path = f"/apis/{group}/{version}" if group else f"/api/{version}"
+        listing = self._call("GET", path, what=f"discover {group or 'core'}/{version}")
+        return tuple(listing.get("resources") or ())
 
     def watch(
         self,
