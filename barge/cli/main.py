@@ -152,6 +152,17 @@ def _parse_tag(text: str) -> tuple[str, str]:
     return key, value
 
 
+def _percentage(text: str) -> float:
+    """``10%`` or ``10`` -> 0.1; argparse turns the error into a usage error (exit 2)."""
+    try:
+        value = float(text.strip().removesuffix("%"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a percentage (e.g. 10%)") from None
+    if not 0 < value <= 100:
+        raise argparse.ArgumentTypeError(f"{text!r}: give a percentage above 0 and at most 100")
+    return value / 100
+
+
 def cmd_restore(args: argparse.Namespace) -> int:
     """The mode is the caller's (``--block``, or a block device as the target), not the snapshot's."""
     target = Path(args.target)
@@ -242,12 +253,13 @@ def cmd_snapshots(args: argparse.Namespace) -> int:
 
 def cmd_check(args: argparse.Namespace) -> int:
     repo = _open(args)
-    report = check_repository(repo, read_data=args.read_data, log=lambda line: print(line, file=sys.stderr))
+    share = 1.0 if args.read_data else args.read_data_subset
+    report = check_repository(repo, read_data=share, log=lambda line: print(line, file=sys.stderr))
     for problem in report.problems:
         print(f"error: {problem}")
     print(
         f"{report.snapshots} snapshots, {report.trees} trees, {report.packs} packs"
-        + (f", {report.blobs_verified} blobs read and verified" if args.read_data else "")
+        + (f", {report.blobs_verified} blobs read and verified" if share > 0 else "")
         + (": no problems found" if report.ok else f": {len(report.problems)} problem(s)")
     )
     return EXIT_OK if report.ok else EXIT_DAMAGED
@@ -446,7 +458,16 @@ def build_parser() -> argparse.ArgumentParser:
     snapshots.add_argument("--json", action="store_true")
 
     check = add("check", cmd_check, "verify the repository's structure (and with --read-data, every byte)")
-    check.add_argument("--read-data", action="store_true")
+    reading = check.add_mutually_exclusive_group()
+    reading.add_argument("--read-data", action="store_true", help="read and verify every stored byte")
+    reading.add_argument(
+        "--read-data-subset",
+        type=_percentage,
+        default=0.0,
+        metavar="PERCENT",
+        help="read and verify the bytes of this share of the packs, e.g. 10%%; a different share each "
+        "run, chosen at random",
+    )
 
     forget_help = ("remove snapshots by ID or by a retention policy (space is reclaimed by gc); a policy "
                    "applies to each source (a Velero volume, or a host and its paths) on its own and keeps "

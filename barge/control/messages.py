@@ -173,7 +173,38 @@ class SweepResult:
     snapshots: tuple[BackupSnapshot, ...] = ()  # every snapshot tagged with a backup
     forgotten: tuple[str, ...] = ()  # snapshot IDs this sweep forgot
     kept: tuple[str, ...] = ()  # asked to forget, but their backup is in the location
+    repositories: tuple[str, ...] = ()  # source namespaces with a repository in the location
 
 
-AgentEvent = Hello | Heartbeat | ProgressReport | AssignmentResult | SweepResult
-CoordinatorCommand = Welcome | Assignment | CancelAssignment | Drain | Sweep
+@dataclass(frozen=True)
+class Maintain:
+    """Coordinator -> agent: maintain one repository of a location (the leader schedules it)."""
+
+    maintenance_id: str  # names the MaintenanceResult that answers
+    velero_namespace: str
+    backup_storage_location: str
+    source_namespace: str  # with the location, selects the repository
+    collect_garbage: bool  # one garbage-collection pass (mark, or sweep + mark)
+    check: bool  # verify the structure
+    read_data_fraction: float = 0.0  # with check: the share of packs whose every byte is read
+
+
+@dataclass(frozen=True)
+class MaintenanceResult:
+    """Agent -> coordinator: what a maintenance run did and found."""
+
+    maintenance_id: str
+    message: str = ""  # not empty: the run failed, and why
+    gc_phase: str = ""  # "mark", "sweep+mark", "waiting"; empty when no garbage collection ran
+    reclaimed_bytes: int = 0
+    deleted_packs: int = 0
+    size_bytes: int = -1  # pack bytes stored after the run; -1 when not measured
+    checked: bool = False  # the check ran to its end
+    problems: tuple[str, ...] = ()  # damage found: the first few
+    problem_count: int = 0  # how many problems in all
+    gc_seconds: float = 0.0
+    check_seconds: float = 0.0
+
+
+AgentEvent = Hello | Heartbeat | ProgressReport | AssignmentResult | SweepResult | MaintenanceResult
+CoordinatorCommand = Welcome | Assignment | CancelAssignment | Drain | Sweep | Maintain

@@ -22,6 +22,8 @@ from barge.control.messages import (
     ForgetBackup,
     Heartbeat,
     Hello,
+    Maintain,
+    MaintenanceResult,
     Outcome,
     Pairs,
     ProgressReport,
@@ -152,6 +154,7 @@ def _sweep_result_to_pb(r: SweepResult) -> pb.SweepResult:
         snapshots=snapshots,
         forgotten=list(r.forgotten),
         kept=list(r.kept),
+        repositories=list(r.repositories),
     )
 
 
@@ -177,6 +180,8 @@ def command_to_pb(command: CoordinatorCommand, message_id: str) -> pb.Coordinato
             return pb.CoordinatorMessage(message_id=message_id, drain=drain)
         case Sweep():
             return pb.CoordinatorMessage(message_id=message_id, sweep=_sweep_to_pb(command))
+        case Maintain():
+            return pb.CoordinatorMessage(message_id=message_id, maintain=_maintain_to_pb(command))
 
 
 def event_to_pb(event: AgentEvent, message_id: str) -> pb.AgentMessage:
@@ -204,6 +209,9 @@ def event_to_pb(event: AgentEvent, message_id: str) -> pb.AgentMessage:
             return pb.AgentMessage(message_id=message_id, result=_result_to_pb(event))
         case SweepResult():
             return pb.AgentMessage(message_id=message_id, sweep_result=_sweep_result_to_pb(event))
+        case MaintenanceResult():
+            result = _maintenance_result_to_pb(event)
+            return pb.AgentMessage(message_id=message_id, maintenance_result=result)
 
 
 # --- protobuf -> dataclass -------------------------------------------------------------------------
@@ -270,6 +278,63 @@ def _sweep_result_back(r: pb.SweepResult) -> SweepResult:
         snapshots=snapshots,
         forgotten=tuple(r.forgotten),
         kept=tuple(r.kept),
+        repositories=tuple(r.repositories),
+    )
+
+
+def _maintain_to_pb(m: Maintain) -> pb.Maintain:
+    return pb.Maintain(
+        maintenance_id=m.maintenance_id,
+        velero_namespace=m.velero_namespace,
+        backup_storage_location=m.backup_storage_location,
+        source_namespace=m.source_namespace,
+        collect_garbage=m.collect_garbage,
+        check=m.check,
+        read_data_fraction=m.read_data_fraction,
+    )
+
+
+def _maintain_back(m: pb.Maintain) -> Maintain:
+    return Maintain(
+        maintenance_id=m.maintenance_id,
+        velero_namespace=m.velero_namespace,
+        backup_storage_location=m.backup_storage_location,
+        source_namespace=m.source_namespace,
+        collect_garbage=m.collect_garbage,
+        check=m.check,
+        read_data_fraction=m.read_data_fraction,
+    )
+
+
+def _maintenance_result_to_pb(r: MaintenanceResult) -> pb.MaintenanceResult:
+    return pb.MaintenanceResult(
+        maintenance_id=r.maintenance_id,
+        message=r.message,
+        gc_phase=r.gc_phase,
+        reclaimed_bytes=r.reclaimed_bytes,
+        deleted_packs=r.deleted_packs,
+        size_bytes=r.size_bytes,
+        checked=r.checked,
+        problems=list(r.problems),
+        problem_count=r.problem_count,
+        gc_seconds=r.gc_seconds,
+        check_seconds=r.check_seconds,
+    )
+
+
+def _maintenance_result_back(r: pb.MaintenanceResult) -> MaintenanceResult:
+    return MaintenanceResult(
+        maintenance_id=r.maintenance_id,
+        message=r.message,
+        gc_phase=r.gc_phase,
+        reclaimed_bytes=r.reclaimed_bytes,
+        deleted_packs=r.deleted_packs,
+        size_bytes=r.size_bytes,
+        checked=r.checked,
+        problems=tuple(r.problems),
+        problem_count=r.problem_count,
+        gc_seconds=r.gc_seconds,
+        check_seconds=r.check_seconds,
     )
 
 
@@ -287,6 +352,8 @@ def command_from_pb(message: pb.CoordinatorMessage) -> CoordinatorCommand:
         return Drain(grace_seconds=message.drain.grace_seconds, reason=message.drain.reason)
     if body == "sweep":
         return _sweep_back(message.sweep)
+    if body == "maintain":
+        return _maintain_back(message.maintain)
     raise InvalidInput(f"CoordinatorMessage {message.message_id!r} carries no command")
 
 
@@ -304,4 +371,6 @@ def event_from_pb(message: pb.AgentMessage) -> AgentEvent:
         return _result_back(message.result)
     if body == "sweep_result":
         return _sweep_result_back(message.sweep_result)
+    if body == "maintenance_result":
+        return _maintenance_result_back(message.maintenance_result)
     raise InvalidInput(f"AgentMessage {message.message_id!r} carries no event")

@@ -125,6 +125,18 @@ def test_check_read_data_finds_a_flipped_byte_with_exit_3(
     assert "damaged" in capsys.readouterr().out
 
 
+def test_check_read_data_subset_reads_a_share_and_refuses_a_bad_percentage(
+    repo_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    backup_json(repo_url, awkward_tree(tmp_path / "src"), capsys)
+    capsys.readouterr()
+    assert main(["--repo", repo_url, "check", "--read-data-subset", "100%"]) == EXIT_OK
+    assert "blobs read and verified: no problems found" in capsys.readouterr().out
+    for bad in ("0", "150%", "ten"):
+        assert main(["--repo", repo_url, "check", "--read-data-subset", bad]) == EXIT_USAGE
+        assert "percentage" in capsys.readouterr().err
+
+
 def test_check_without_read_data_finds_any_missing_pack(
     repo_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -20,6 +20,8 @@ from barge.control.messages import (
     ForgetBackup,
     Heartbeat,
     Hello,
+    Maintain,
+    MaintenanceResult,
     Outcome,
     ProgressReport,
     RunningAssignment,
@@ -79,6 +81,7 @@ commands: st.SearchStrategy[CoordinatorCommand] = st.one_of(
         text,
         st.lists(st.builds(ForgetBackup, text, text, text, texts), max_size=3).map(tuple),
     ),
+    st.builds(Maintain, text, text, text, text, st.booleans(), st.booleans(), finite),
 )
 events: st.SearchStrategy[AgentEvent] = st.one_of(
     st.builds(Hello, text, text, int32, running),
@@ -105,6 +108,21 @@ events: st.SearchStrategy[AgentEvent] = st.one_of(
         snapshots=st.lists(st.builds(BackupSnapshot, text, text, text, text, text), max_size=3).map(tuple),
         forgotten=texts,
         kept=texts,
+        repositories=texts,
+    ),
+    st.builds(
+        MaintenanceResult,
+        maintenance_id=text,
+        message=text,
+        gc_phase=text,
+        reclaimed_bytes=int64,
+        deleted_packs=int64,
+        size_bytes=int64,
+        checked=st.booleans(),
+        problems=texts,
+        problem_count=int64,
+        gc_seconds=finite,
+        check_seconds=finite,
     ),
 )
 

@@ -629,6 +629,7 @@ class SweepResult(_message.Message):
     SNAPSHOTS_FIELD_NUMBER: _builtins.int
     FORGOTTEN_FIELD_NUMBER: _builtins.int
     KEPT_FIELD_NUMBER: _builtins.int
+    REPOSITORIES_FIELD_NUMBER: _builtins.int
     sweep_id: _builtins.str
     """the Sweep answered"""
     message: _builtins.str
@@ -649,6 +650,10 @@ class SweepResult(_message.Message):
     def kept(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """asked to forget, but their backup is in the location"""
 
+    @_builtins.property
+    def repositories(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """source namespaces with a repository in the location"""
+
     def __init__(
         self,
         *,
@@ -658,14 +663,125 @@ class SweepResult(_message.Message):
         snapshots: _abc.Iterable[Global___BackupSnapshot] | None = ...,
         forgotten: _abc.Iterable[_builtins.str] | None = ...,
         kept: _abc.Iterable[_builtins.str] | None = ...,
+        repositories: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["backups_in_location", b"backups_in_location", "forgotten", b"forgotten", "kept", b"kept", "message", b"message", "snapshots", b"snapshots", "sweep_id", b"sweep_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["backups_in_location", b"backups_in_location", "forgotten", b"forgotten", "kept", b"kept", "message", b"message", "repositories", b"repositories", "snapshots", b"snapshots", "sweep_id", b"sweep_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___SweepResult: _TypeAlias = SweepResult  # noqa: Y015
+
+@_typing.final
+class Maintain(_message.Message):
+    """Coordinator -> agent: maintain one repository of a location (scheduled by the leader)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MAINTENANCE_ID_FIELD_NUMBER: _builtins.int
+    VELERO_NAMESPACE_FIELD_NUMBER: _builtins.int
+    BACKUP_STORAGE_LOCATION_FIELD_NUMBER: _builtins.int
+    SOURCE_NAMESPACE_FIELD_NUMBER: _builtins.int
+    COLLECT_GARBAGE_FIELD_NUMBER: _builtins.int
+    CHECK_FIELD_NUMBER: _builtins.int
+    READ_DATA_FRACTION_FIELD_NUMBER: _builtins.int
+    maintenance_id: _builtins.str
+    """names the MaintenanceResult that answers"""
+    velero_namespace: _builtins.str
+    """where the BackupStorageLocation and its Secrets live"""
+    backup_storage_location: _builtins.str
+    """Velero BSL name"""
+    source_namespace: _builtins.str
+    """with the location, selects the repository"""
+    collect_garbage: _builtins.bool
+    """run one garbage-collection pass (mark, or sweep + mark)"""
+    check: _builtins.bool
+    """verify the repository's structure"""
+    read_data_fraction: _builtins.float
+    """with check: the share of packs whose every byte is read"""
+    def __init__(
+        self,
+        *,
+        maintenance_id: _builtins.str = ...,
+        velero_namespace: _builtins.str = ...,
+        backup_storage_location: _builtins.str = ...,
+        source_namespace: _builtins.str = ...,
+        collect_garbage: _builtins.bool = ...,
+        check: _builtins.bool = ...,
+        read_data_fraction: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["backup_storage_location", b"backup_storage_location", "check", b"check", "collect_garbage", b"collect_garbage", "maintenance_id", b"maintenance_id", "read_data_fraction", b"read_data_fraction", "source_namespace", b"source_namespace", "velero_namespace", b"velero_namespace"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Maintain: _TypeAlias = Maintain  # noqa: Y015
+
+@_typing.final
+class MaintenanceResult(_message.Message):
+    """Agent -> coordinator: what a maintenance run did and found."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MAINTENANCE_ID_FIELD_NUMBER: _builtins.int
+    MESSAGE_FIELD_NUMBER: _builtins.int
+    GC_PHASE_FIELD_NUMBER: _builtins.int
+    RECLAIMED_BYTES_FIELD_NUMBER: _builtins.int
+    DELETED_PACKS_FIELD_NUMBER: _builtins.int
+    SIZE_BYTES_FIELD_NUMBER: _builtins.int
+    CHECKED_FIELD_NUMBER: _builtins.int
+    PROBLEMS_FIELD_NUMBER: _builtins.int
+    PROBLEM_COUNT_FIELD_NUMBER: _builtins.int
+    GC_SECONDS_FIELD_NUMBER: _builtins.int
+    CHECK_SECONDS_FIELD_NUMBER: _builtins.int
+    maintenance_id: _builtins.str
+    """the Maintain answered"""
+    message: _builtins.str
+    """not empty: the run failed, and why"""
+    gc_phase: _builtins.str
+    """"mark", "sweep+mark" or "waiting"; empty without garbage collection"""
+    reclaimed_bytes: _builtins.int
+    """pack bytes deleted by this run"""
+    deleted_packs: _builtins.int
+    """packs deleted by this run"""
+    size_bytes: _builtins.int
+    """pack bytes stored after the run; -1 when not measured"""
+    checked: _builtins.bool
+    """the check ran to its end"""
+    problem_count: _builtins.int
+    """how many problems in all"""
+    gc_seconds: _builtins.float
+    """time spent collecting garbage"""
+    check_seconds: _builtins.float
+    """time spent checking"""
+    @_builtins.property
+    def problems(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """damage found (the first few)"""
+
+    def __init__(
+        self,
+        *,
+        maintenance_id: _builtins.str = ...,
+        message: _builtins.str = ...,
+        gc_phase: _builtins.str = ...,
+        reclaimed_bytes: _builtins.int = ...,
+        deleted_packs: _builtins.int = ...,
+        size_bytes: _builtins.int = ...,
+        checked: _builtins.bool = ...,
+        problems: _abc.Iterable[_builtins.str] | None = ...,
+        problem_count: _builtins.int = ...,
+        gc_seconds: _builtins.float = ...,
+        check_seconds: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["check_seconds", b"check_seconds", "checked", b"checked", "deleted_packs", b"deleted_packs", "gc_phase", b"gc_phase", "gc_seconds", b"gc_seconds", "maintenance_id", b"maintenance_id", "message", b"message", "problem_count", b"problem_count", "problems", b"problems", "reclaimed_bytes", b"reclaimed_bytes", "size_bytes", b"size_bytes"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___MaintenanceResult: _TypeAlias = MaintenanceResult  # noqa: Y015
 
 @_typing.final
 class AgentMessage(_message.Message):
@@ -679,6 +795,7 @@ class AgentMessage(_message.Message):
     PROGRESS_FIELD_NUMBER: _builtins.int
     RESULT_FIELD_NUMBER: _builtins.int
     SWEEP_RESULT_FIELD_NUMBER: _builtins.int
+    MAINTENANCE_RESULT_FIELD_NUMBER: _builtins.int
     message_id: _builtins.str
     """unique per message; a re-sent message keeps its id"""
     @_builtins.property
@@ -691,6 +808,8 @@ class AgentMessage(_message.Message):
     def result(self) -> Global___AssignmentResult: ...
     @_builtins.property
     def sweep_result(self) -> Global___SweepResult: ...
+    @_builtins.property
+    def maintenance_result(self) -> Global___MaintenanceResult: ...
     def __init__(
         self,
         *,
@@ -700,12 +819,13 @@ class AgentMessage(_message.Message):
         progress: Global___ProgressReport | None = ...,
         result: Global___AssignmentResult | None = ...,
         sweep_result: Global___SweepResult | None = ...,
+        maintenance_result: Global___MaintenanceResult | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["body", b"body", "heartbeat", b"heartbeat", "hello", b"hello", "progress", b"progress", "result", b"result", "sweep_result", b"sweep_result"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["body", b"body", "heartbeat", b"heartbeat", "hello", b"hello", "maintenance_result", b"maintenance_result", "progress", b"progress", "result", b"result", "sweep_result", b"sweep_result"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["body", b"body", "heartbeat", b"heartbeat", "hello", b"hello", "message_id", b"message_id", "progress", b"progress", "result", b"result", "sweep_result", b"sweep_result"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["body", b"body", "heartbeat", b"heartbeat", "hello", b"hello", "maintenance_result", b"maintenance_result", "message_id", b"message_id", "progress", b"progress", "result", b"result", "sweep_result", b"sweep_result"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_body: _TypeAlias = _typing.Literal["hello", "heartbeat", "progress", "result", "sweep_result"]  # noqa: Y015
+    _WhichOneofReturnType_body: _TypeAlias = _typing.Literal["hello", "heartbeat", "progress", "result", "sweep_result", "maintenance_result"]  # noqa: Y015
     _WhichOneofArgType_body: _TypeAlias = _typing.Literal["body", b"body"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_body) -> _WhichOneofReturnType_body | None: ...
 
@@ -723,6 +843,7 @@ class CoordinatorMessage(_message.Message):
     CANCEL_FIELD_NUMBER: _builtins.int
     DRAIN_FIELD_NUMBER: _builtins.int
     SWEEP_FIELD_NUMBER: _builtins.int
+    MAINTAIN_FIELD_NUMBER: _builtins.int
     message_id: _builtins.str
     """unique per message; a re-sent message keeps its id"""
     @_builtins.property
@@ -735,6 +856,8 @@ class CoordinatorMessage(_message.Message):
     def drain(self) -> Global___Drain: ...
     @_builtins.property
     def sweep(self) -> Global___Sweep: ...
+    @_builtins.property
+    def maintain(self) -> Global___Maintain: ...
     def __init__(
         self,
         *,
@@ -744,12 +867,13 @@ class CoordinatorMessage(_message.Message):
         cancel: Global___CancelAssignment | None = ...,
         drain: Global___Drain | None = ...,
         sweep: Global___Sweep | None = ...,
+        maintain: Global___Maintain | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["assignment", b"assignment", "body", b"body", "cancel", b"cancel", "drain", b"drain", "sweep", b"sweep", "welcome", b"welcome"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["assignment", b"assignment", "body", b"body", "cancel", b"cancel", "drain", b"drain", "maintain", b"maintain", "sweep", b"sweep", "welcome", b"welcome"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["assignment", b"assignment", "body", b"body", "cancel", b"cancel", "drain", b"drain", "message_id", b"message_id", "sweep", b"sweep", "welcome", b"welcome"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["assignment", b"assignment", "body", b"body", "cancel", b"cancel", "drain", b"drain", "maintain", b"maintain", "message_id", b"message_id", "sweep", b"sweep", "welcome", b"welcome"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_body: _TypeAlias = _typing.Literal["welcome", "assignment", "cancel", "drain", "sweep"]  # noqa: Y015
+    _WhichOneofReturnType_body: _TypeAlias = _typing.Literal["welcome", "assignment", "cancel", "drain", "sweep", "maintain"]  # noqa: Y015
     _WhichOneofArgType_body: _TypeAlias = _typing.Literal["body", b"body"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_body) -> _WhichOneofReturnType_body | None: ...
 
