@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 
 import structlog
 
+from agent.maintenance import run_maintenance
 from agent.metrics import AgentMetrics
 from agent.runner import AssignmentRunner, ProgressSink, RepositoryOpener, RunnerSettings, StatusSink
 from agent.sweeper import LocationOpener, ManifestCache, run_sweep
@@ -30,6 +31,8 @@ from barge.control.messages import (
     CoordinatorCommand,
     Drain,
     Hello,
+    Maintain,
+    MaintenanceResult,
     Outcome,
     ProgressReport,
     RunningAssignment,
@@ -82,7 +85,7 @@ class Agent:
         self._lock = threading.Lock()
         self._vouching = threading.Lock()  # vouch files: a renewal never follows the withdrawal
         self._locations = locations
-        self._sweeping = threading.Lock()  # one sweep at a time: they are background work
+        self._housekeeping = threading.Lock()  # one sweep or maintenance at a time: background work
         self._manifests = ManifestCache()
 
     # -- what the client asks ---------------------------------------------------------------------
@@ -111,6 +114,8 @@ class Agent:
             self._cancel(command)
         elif isinstance(command, Sweep):
             threading.Thread(target=self._sweep, args=(command,), daemon=True, name="sweep").start()
+        elif isinstance(command, Maintain):
+            threading.Thread(target=self._maintain, args=(command,), daemon=True, name="maintain").start()
         elif isinstance(command, Drain):
             self.draining = True
             log.info("node draining: no new work accepted here", grace_s=command.grace_seconds)
@@ -252,8 +257,17 @@ class Agent:
         if self._locations is None:
             self.send(SweepResult(sweep.sweep_id, message=f"the agent on {self.settings.node} cannot sweep"))
             return
-        with self._sweeping:
+        with self._housekeeping:
             self.send(run_sweep(sweep, self._locations, self._manifests))
+
+    def _maintain(self, task: Maintain) -> None:
+        """Maintenance of one repository, beside the assignments, after any sweep before it."""
+        if self._locations is None:
+            message = f"the agent on {self.settings.node} cannot maintain repositories"
+            self.send(MaintenanceResult(task.maintenance_id, message=message))
+            return
+        with self._housekeeping:
+            self.send(run_maintenance(task, self._locations, self._clock))
 
     def _progress_sink(self) -> ProgressSink:
         def report(assignment: Assignment, done: int, total: int) -> None:

@@ -90,14 +90,15 @@ def _sweep(sweep: Sweep, location: Location, cache: ManifestCache) -> SweepResul
         repo = location.repository(item.source_namespace)
         if repo is not None:
             forgotten.extend(s for s in item.snapshot_ids if _forget(repo, s, item))
+    name = f"{sweep.velero_namespace}/{sweep.backup_storage_location}"
+    snapshots, repositories = _backup_snapshots(location, name, cache)
     return SweepResult(
         sweep.sweep_id,
         backups_in_location=tuple(sorted(present)),
-        snapshots=tuple(
-            _backup_snapshots(location, f"{sweep.velero_namespace}/{sweep.backup_storage_location}", cache)
-        ),
+        snapshots=tuple(snapshots),
         forgotten=tuple(forgotten),
         kept=tuple(kept),
+        repositories=tuple(repositories),
     )
 
 
@@ -123,14 +124,19 @@ def _forget(repo: Repository, snapshot_id: str, item: ForgetBackup) -> bool:
     return True
 
 
-def _backup_snapshots(location: Location, name: str, cache: ManifestCache) -> list[BackupSnapshot]:
-    """Every snapshot in the location's repositories that names the Velero backup it belongs to."""
+def _backup_snapshots(
+    location: Location, name: str, cache: ManifestCache
+) -> tuple[list[BackupSnapshot], list[str]]:
+    """Every snapshot in the location's repositories that names the Velero backup it belongs to,
+    and the source namespaces that have a repository there."""
     found = []
+    repositories = []
     listed: set[tuple[str, str, str]] = set()
     for namespace in repository_namespaces(location.store):
         repo = location.repository(namespace)
         if repo is None:
             continue
+        repositories.append(namespace)
         for snapshot_id in repo.snapshot_ids():
             listed.add((name, namespace, snapshot_id))
             try:
@@ -141,7 +147,7 @@ def _backup_snapshots(location: Location, name: str, cache: ManifestCache) -> li
             if entry is not None:
                 found.append(entry)
     cache.keep_only(name, listed)
-    return found
+    return found, repositories
 
 
 def repository_namespaces(store: ObjectStore) -> tuple[str, ...]:

@@ -49,7 +49,8 @@ def check_repository(
     report.problems.extend(repo.index_problems)
     log(f"index: {len(repo.index)} blobs in {len(repo.index.packs)} packs")
     _check_names_and_keys(repo, report)
-    sample = PackSample(float(read_data), random.random() if sample_start is None else sample_start)
+    start = random.random() if sample_start is None else sample_start  # noqa: S311 (a sample, not a secret)
+    sample = PackSample(float(read_data), start)
     _check_packs(repo, report, sample, log)
     _check_snapshots(repo, report)
     return report
@@ -98,7 +99,9 @@ _NAMES: dict[str, Callable[[str], bool]] = {
 }
 
 
-def _check_packs(repo: Repository, report: CheckReport, sample: PackSample, log: Callable[[str], None]) -> None:
+def _check_packs(
+    repo: Repository, report: CheckReport, sample: PackSample, log: Callable[[str], None]
+) -> None:
     stored = {info.key: info.size for info in repo.store.list("data/")}
     by_pack: dict[bytes, dict[bytes, BlobLocation]] = {}
     for blob_id, location in repo.index.items():

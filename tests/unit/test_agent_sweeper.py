@@ -74,6 +74,7 @@ def test_a_sweep_reports_the_backups_and_their_snapshots(tmp_path: Path) -> None
     assert result.message == ""
     assert result.backups_in_location == ("weekly",)
     assert result.snapshots == (BackupSnapshot("shop", ids["a"], "nightly", "u1", TIME),)
+    assert result.repositories == ("shop",)
 
 
 def test_forgets_only_what_names_the_deleted_backup_and_only_once(tmp_path: Path) -> None:

@@ -74,7 +74,8 @@ def test_a_sample_reads_only_the_packs_in_its_window_and_windows_cover_every_pac
     assert [sum(p in w for w in windows) for p in packs] == [1] * len(packs)  # each pack, exactly once
     found = []
     for window in windows:
-        report = check_repository(Repository.open(repo.store, PASSWORD), read_data=0.25, sample_start=window.start)
+        fresh = Repository.open(repo.store, PASSWORD)
+        report = check_repository(fresh, read_data=0.25, sample_start=window.start)
         found.append(bool([p for p in report.problems if "damaged" in p]))
     assert found == [victim in w for w in windows]
     assert sum(found) == 1
@@ -99,7 +100,8 @@ def test_packs_a_concurrent_gc_sweep_deletes_are_not_damage(repo: Repository, tm
     swept: list[int] = []
     store.before_listing_data = lambda: swept.append(collect_garbage(collector).deleted_packs)
     report = check_repository(Repository.open(repo.store, PASSWORD))
-    assert swept and swept[0] >= 1
+    assert swept
+    assert swept[0] >= 1
     assert report.problems == []
 
 
@@ -112,7 +114,8 @@ def test_packs_deleted_while_gc_pending_still_condemns_them_are_not_damage(
     before = set(pack_ids(repo))
     collect_garbage(Repository.open(repo.store, PASSWORD))
     pending = read_pending(repo.store)
-    assert pending is not None and pending.packs <= before
+    assert pending is not None
+    assert pending.packs <= before
     store = repo.store
     assert isinstance(store, HookedStore)
 
