@@ -15,7 +15,10 @@ every key Velero's node-agent config understands keeps its meaning, so an existi
 Barge's keys: ``prepareTimeout`` (30m), ``agentGracePeriod`` (60s), ``drainGracePeriod`` (10m),
 ``maxReexposures`` (3), ``image`` (exposer pods), ``deletedBackups.checkInterval`` (10m; 0 turns
 it off) and ``deletedBackups.gracePeriod`` (1h): how often the leader looks for snapshots of
-deleted Velero backups, and how long a backup must have been deleted before they are forgotten.
+deleted Velero backups, and how long a backup must have been deleted before they are forgotten;
+``maintenance.gcInterval`` (24h), ``maintenance.checkInterval`` (168h; 0 turns either off),
+``maintenance.checkReadDataPercent`` (10) and ``maintenance.timeout`` (2h): the leader's schedule
+of garbage collection and verification per repository (``coordinator.maintenance``).
 Repository settings (password Secret, compression) are the agents' flags: they open and create
 repositories (the coordinator only creates the password Secret when missing:
 ``--generate-repository-password``).
@@ -33,6 +36,7 @@ from datetime import timedelta
 from typing import Any, TypeVar
 
 from barge.errors import InvalidInput
+from coordinator.maintenance import MaintenanceConfig
 
 T = TypeVar("T")
 Pairs = tuple[tuple[str, str], ...]
@@ -179,6 +183,7 @@ class CoordinatorConfig:
     max_reexposures: int = 3
     image: str = DEFAULT_EXPOSER_IMAGE
     deleted_backups: DeletedBackupsConfig = field(default_factory=DeletedBackupsConfig)
+    maintenance: MaintenanceConfig = field(default_factory=MaintenanceConfig)
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any] | None) -> CoordinatorConfig:
@@ -265,6 +270,16 @@ def _positive(section: _Section, key: str, default: int, minimum: int = 1) -> in
     return value
 
 
+def _percent(section: _Section, key: str, default: float) -> float:
+    section.known.add(key)
+    value = section.data.get(key)
+    if value is None:
+        return default
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value <= 100:
+        raise InvalidInput(f"{section.at(key)}: expected a number from 0 to 100, got {value!r}")
+    return float(value)
+
+
 def _duration(section: _Section, key: str, default: timedelta) -> timedelta:
     text = section.get(key, str, "")
     if not text:
@@ -297,6 +312,7 @@ def _parse_config(root: _Section) -> CoordinatorConfig:
             max_reexposures=_positive(s, "maxReexposures", 3, minimum=0),
             image=s.get("image", str, DEFAULT_EXPOSER_IMAGE) or DEFAULT_EXPOSER_IMAGE,
             deleted_backups=_parsed(s.section("deletedBackups"), _parse_deleted_backups),
+            maintenance=_parsed(s.section("maintenance"), _parse_maintenance),
         )
 
     return _parsed(root, parse)
@@ -307,6 +323,20 @@ def _parse_deleted_backups(section: _Section) -> DeletedBackupsConfig:
     return DeletedBackupsConfig(
         check_interval=_duration(section, "checkInterval", defaults.check_interval),
         grace_period=_duration(section, "gracePeriod", defaults.grace_period),
+    )
+
+
+def _parse_maintenance(section: _Section) -> MaintenanceConfig:
+    defaults = MaintenanceConfig()
+    percent = _percent(section, "checkReadDataPercent", defaults.read_data_fraction * 100)
+    timeout = _duration(section, "timeout", defaults.timeout)
+    if timeout <= timedelta(0):
+        raise InvalidInput(f"{section.at('timeout')}: expected a positive duration")
+    return MaintenanceConfig(
+        gc_interval=_duration(section, "gcInterval", defaults.gc_interval),
+        check_interval=_duration(section, "checkInterval", defaults.check_interval),
+        read_data_fraction=percent / 100,
+        timeout=timeout,
     )
 
 

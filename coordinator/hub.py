@@ -25,6 +25,8 @@ from barge.control.messages import (
     CancelAssignment,
     Drain,
     Heartbeat,
+    Maintain,
+    MaintenanceResult,
     ProgressReport,
     RunningAssignment,
     Sweep,
@@ -36,6 +38,18 @@ from coordinator.metrics import CoordinatorMetrics
 from coordinator.model import AssignmentView, HubState
 
 log = structlog.get_logger("barge.coordinator")
+
+Request = Sweep | Maintain
+Answer = SweepResult | MaintenanceResult
+
+
+class NoAnswer(TemporaryError):
+    """An agent asked to sweep or maintain did not answer; the next round asks again."""
+
+
+def _request_id(request: Request) -> str:
+    return request.sweep_id if isinstance(request, Sweep) else request.maintenance_id
+
 
 # (node, claim) -> why the claim must not be adopted, "" to adopt it (see decide.claim_problem).
 ClaimCheck = Callable[[str, RunningAssignment], str]
@@ -68,7 +82,8 @@ class Hub:
         self._disconnected_since: dict[str, datetime] = {}
         self._connected_since: dict[str, datetime] = {}
         self._records: dict[str, _Record] = {}
-        self._sweeps: dict[str, tuple[str, Future[SweepResult]]] = {}  # sweep id -> (node, answer)
+        # Sweeps and maintenance runs asked of agents: request id -> (node, answer).
+        self._asked: dict[str, tuple[str, Future[Answer]]] = {}
 
     # -- AgentHub -------------------------------------------------------------------------------
 
@@ -105,7 +120,9 @@ class Hub:
             elif isinstance(event, Heartbeat):
                 changed = self._reconcile_running(session.node, event.running)
             elif isinstance(event, SweepResult):
-                self._sweep_answered(session.node, event)
+                self._answered(session.node, event.sweep_id, event)
+            elif isinstance(event, MaintenanceResult):
+                self._answered(session.node, event.maintenance_id, event)
         self._notify(changed)
 
     def agent_disconnected(self, session: AgentSession) -> None:
@@ -117,7 +134,7 @@ class Hub:
             self._disconnected_since[session.node] = self._clock.now()
             changed = [i for i, r in self._records.items() if r.view.node == session.node]
             self._metrics.agents_connected.set(len(self._sessions))
-            self._fail_sweeps(session.node)
+            self._fail_asked(session.node)
         log.warning("agent disconnected", node=session.node)
         self._notify(changed)
 
@@ -153,21 +170,37 @@ class Hub:
                 if agent_version is None or session.hello.agent_version == agent_version
             )
 
-    def sweep(self, node: str, sweep: Sweep) -> Future[SweepResult] | None:
-        """Ask ``node``'s agent to sweep a location; the future holds its answer (None: not connected).
-        The caller bounds the wait and calls ``sweep_done`` when it gives up or has the answer."""
+    def ask(self, node: str, request: Request) -> Future[Answer] | None:
+        """Ask ``node``'s agent to sweep a location or maintain a repository; the future holds its
+        answer (None: not connected). The caller bounds the wait and calls ``asked_done`` when it
+        gives up or has the answer."""
         with self._lock:
             session = self._sessions.get(node)
             if session is None:
                 return None
-            answer: Future[SweepResult] = Future()
-            self._sweeps[sweep.sweep_id] = (node, answer)
-        session.send(sweep)
+            answer: Future[Answer] = Future()
+            self._asked[_request_id(request)] = (node, answer)
+        session.send(request)
         return answer
 
-    def sweep_done(self, sweep_id: str) -> None:
+    def asked_done(self, request_id: str) -> None:
         with self._lock:
-            self._sweeps.pop(sweep_id, None)
+            self._asked.pop(request_id, None)
+
+    def request(self, node: str, request: Request, timeout_s: float) -> Answer:
+        """``ask`` and wait for the answer; NoAnswer when the agent is not connected, disconnects
+        or does not answer within ``timeout_s``."""
+        answer = self.ask(node, request)
+        if answer is None:
+            raise NoAnswer(f"the agent on {node} is not connected")
+        try:
+            return answer.result(timeout=timeout_s)
+        except TimeoutError:
+            raise NoAnswer(f"the agent on {node} did not answer within {timeout_s:.0f}s") from None
+        except TemporaryError as err:
+            raise NoAnswer(str(err)) from None
+        finally:
+            self.asked_done(_request_id(request))
 
     def assign(self, node: str, assignment: Assignment) -> bool:
         """Send ``assignment`` to ``node``'s agent; False when that agent is not connected."""
@@ -208,7 +241,7 @@ class Hub:
         with self._lock:
             self._records.clear()
             self._disconnected_since.clear()
-            self._fail_sweeps(None)
+            self._fail_asked(None)
 
     def forget(self, assignment_id: str) -> None:
         """The CR is final and cleaned up: nothing more to remember."""
@@ -308,19 +341,19 @@ class Hub:
                 changed.append(assignment_id)
         return changed
 
-    def _fail_sweeps(self, node: str | None) -> None:
-        """The sweeps ``node``'s agent (None: any agent) can no longer answer end at once."""
-        for sweep_id, (asked, answer) in list(self._sweeps.items()):
+    def _fail_asked(self, node: str | None) -> None:
+        """What ``node``'s agent (None: any agent) was asked and can no longer answer ends at once."""
+        for request_id, (asked, answer) in list(self._asked.items()):
             if node is None or asked == node:
-                del self._sweeps[sweep_id]
-                answer.set_exception(TemporaryError(f"the agent on {asked} disconnected during the sweep"))
+                del self._asked[request_id]
+                answer.set_exception(TemporaryError(f"the agent on {asked} disconnected before answering"))
 
-    def _sweep_answered(self, node: str, result: SweepResult) -> None:
-        waiting = self._sweeps.get(result.sweep_id)
+    def _answered(self, node: str, request_id: str, result: Answer) -> None:
+        waiting = self._asked.get(request_id)
         if waiting is None or waiting[0] != node:
-            log.info("ignoring the answer to a sweep nobody on this node was asked", node=node)
+            log.info("ignoring an answer to a request nobody on this node was asked", node=node)
             return
-        del self._sweeps[result.sweep_id]
+        del self._asked[request_id]
         waiting[1].set_result(result)
 
     def _started(self, view: AssignmentView, bytes_done: int) -> AssignmentView:

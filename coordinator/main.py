@@ -38,6 +38,7 @@ from barge.velero.password import DEFAULT_PASSWORD_SECRET, SecretKey
 from coordinator.config import CoordinatorConfig
 from coordinator.controller import Controller, kubernetes_adapters
 from coordinator.hub import Hub
+from coordinator.maintainer import Maintainer
 from coordinator.metrics import CR_KINDS, CoordinatorMetrics
 from coordinator.repository_password import ensure_repository_password
 from coordinator.sweeper import Sweeper
@@ -179,6 +180,15 @@ def run(args: argparse.Namespace) -> int:
             clock=clock,
             namespace=args.watch_namespace,
             config=config.deleted_backups,
+            maintainer=Maintainer(
+                objects=KubeObjects(api),
+                events=adapters.events,
+                hub=hub,
+                metrics=metrics,
+                clock=clock,
+                namespace=args.watch_namespace,
+                config=config.maintenance,
+            ),
         )
         return Controller(
             adapters,

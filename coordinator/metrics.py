@@ -20,6 +20,7 @@ from coordinator.model import Phase, parse_timestamp
 
 ACTIVE_PHASES = ("New", "Accepted", "Prepared", "InProgress", "Canceling")
 CR_KINDS = ("DataUpload", "DataDownload")
+MAINTENANCE_TASKS = ("gc", "check")
 CrSource = Callable[[], Iterable[Mapping[str, Any]]]
 
 _DURATION_BUCKETS = (5, 15, 30, 60, 120, 300, 600, 1800, 3600, 7200, 14400, 43200, 86400)
@@ -86,6 +87,50 @@ class CoordinatorMetrics:
             ["result"],
             registry=r,
         )
+        self.maintenance_runs = Counter(
+            "barge_repository_maintenance_runs",
+            "Repository maintenance runs, by task (gc, check) and result (ok, failed)",
+            ["task", "result"],
+            registry=r,
+        )
+        self.maintenance_last_success = Gauge(
+            "barge_repository_maintenance_last_success_timestamp_seconds",
+            "When the task last succeeded on the repository (or, before its first success, when the "
+            "leader first saw the repository); exported by the leader",
+            ["location", "source_namespace", "task"],
+            registry=r,
+        )
+        self.maintenance_interval = Gauge(
+            "barge_repository_maintenance_interval_seconds",
+            "The configured interval of each maintenance task (0: off)",
+            ["task"],
+            registry=r,
+        )
+        self.maintenance_duration = Histogram(
+            "barge_repository_maintenance_duration_seconds",
+            "Time an agent spent on one repository's task",
+            ["task"],
+            buckets=_DURATION_BUCKETS,
+            registry=r,
+        )
+        self.repository_size = Gauge(
+            "barge_repository_size_bytes",
+            "Pack bytes stored by the repository after its last maintenance; exported by the leader",
+            ["location", "source_namespace"],
+            registry=r,
+        )
+        self.repository_reclaimed = Counter(
+            "barge_repository_reclaimed_bytes",
+            "Pack bytes garbage collection deleted, by BackupStorageLocation",
+            ["location"],
+            registry=r,
+        )
+        self.repository_problems = Gauge(
+            "barge_repository_check_problems",
+            "Problems the last check (or a refused garbage collection) found; exported by the leader",
+            ["location", "source_namespace"],
+            registry=r,
+        )
         self.api_errors = Counter(
             "barge_coordinator_api_errors",
             "Kubernetes API calls that failed, by action",
@@ -115,6 +160,15 @@ class CoordinatorMetrics:
                 self.results.labels(assignment_kind.value, outcome.value)
         for reason in ("new_epoch", "reexposed"):
             self.reassignments.labels(reason)
+        for task in MAINTENANCE_TASKS:
+            self.maintenance_duration.labels(task)
+            for result in ("ok", "failed"):
+                self.maintenance_runs.labels(task, result)
+
+    def forget_repositories(self) -> None:
+        """A leader term ended: only the leader exports what it knows of the repositories."""
+        for gauge in (self.maintenance_last_success, self.repository_size, self.repository_problems):
+            gauge.clear()
 
     def node_seen(self, node: str) -> None:
         """A node's byte counters start at 0 when its agent connects, before its first progress."""

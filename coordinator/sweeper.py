@@ -8,6 +8,9 @@ again before it forgets. When each deleted backup was first seen deleted is kept
 ``barge-deleted-backups`` in Velero's namespace, so a new leader continues the same grace; all
 else is read afresh at each sweep. Every forget is logged, counted
 (``barge_coordinator_snapshots_forgotten_total``) and recorded as an Event on the location.
+
+After each location's sweep, the same thread runs the repository maintenance that is due there
+(``coordinator.maintainer``): the survey names the location's repositories.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from barge.velero.backups import label_value
 from coordinator.config import DeletedBackupsConfig
 from coordinator.hub import Hub
 from coordinator.lifecycle import BackupRef, EndGrace, Forget, Observed, StartGrace, decide
+from coordinator.maintainer import Maintainer
 from coordinator.metrics import CoordinatorMetrics
 from coordinator.ports import EventSink
 
@@ -38,6 +42,7 @@ log = structlog.get_logger("barge.coordinator")
 Obj = dict[str, Any]
 STATE_CONFIG_MAP = "barge-deleted-backups"
 SWEEP_TIMEOUT_S = 900.0  # an agent reads every snapshot manifest of the location
+DEFAULT_TICK = timedelta(minutes=10)  # how often maintenance is looked at when no sweep forgets
 
 
 class SweeperObjects(Protocol):
@@ -65,8 +70,10 @@ class Sweeper:
         clock: Clock,
         namespace: str,
         config: DeletedBackupsConfig,
+        maintainer: Maintainer | None = None,
     ) -> None:
         self._objects, self._events, self._hub = objects, events, hub
+        self._maintainer = maintainer
         self._metrics, self._clock = metrics, clock
         self._namespace = namespace
         self._config = config
@@ -74,9 +81,12 @@ class Sweeper:
         self._thread: threading.Thread | None = None
 
     def start(self) -> None:
-        if self._config.check_interval <= timedelta(0):
-            log.info("deleted backups are not looked for (deletedBackups.checkInterval is 0)")
+        maintaining = self._maintainer is not None and self._maintainer.enabled
+        if not self._forgetting and not maintaining:
+            log.info("no sweeps: deletedBackups.checkInterval and both maintenance intervals are 0")
             return
+        if self._maintainer is not None:
+            self._maintainer.export()
         self._thread = threading.Thread(target=self._loop, name="sweeper", daemon=True)
         self._thread.start()
 
@@ -84,15 +94,24 @@ class Sweeper:
         self._stopping.set()
         if self._thread is not None:
             self._thread.join(timeout=10)
+        self._metrics.forget_repositories()
+
+    @property
+    def _forgetting(self) -> bool:
+        return self._config.check_interval > timedelta(0)
 
     def _loop(self) -> None:
-        while not self._stopping.wait(self._config.check_interval.total_seconds()):
+        tick = self._config.check_interval if self._forgetting else DEFAULT_TICK
+        while not self._stopping.wait(tick.total_seconds()):
             for bsl in self._locations():
                 try:
-                    self.sweep(bsl)
+                    survey = self.sweep(bsl)
+                    if survey is not None and self._maintainer is not None:
+                        nodes = self._hub.connected_nodes(__version__)
+                        self._maintainer.maintain(bsl, survey.repositories, nodes, self._stopping)
                 except BargeError as err:
                     self._metrics.location_sweeps.labels("failed").inc()
-                    log.warning("sweep for deleted backups failed", location=_name(bsl), error=str(err))
+                    log.warning("sweep failed", location=_name(bsl), error=str(err))
 
     def _locations(self) -> list[Obj]:
         try:
@@ -103,16 +122,24 @@ class Sweeper:
 
     # -- one location -----------------------------------------------------------------------------
 
-    def sweep(self, bsl: Obj) -> None:
+    def sweep(self, bsl: Obj) -> SweepResult | None:
+        """Survey the location and forget what deleted backups left; the survey (None: no agent)."""
         location = _name(bsl)
         # An agent of an earlier version (during an upgrade) does not know Sweep: it would drop
         # its stream on the unknown command. Only agents of this coordinator's version sweep.
         nodes = self._hub.connected_nodes(__version__)
         if not nodes:
             self._metrics.location_sweeps.labels("no_agent").inc()
-            return
-        in_cluster = frozenset(label_value(_name(b)) for b in self._objects.list(BACKUP, self._namespace))
+            return None
         survey = self._ask(nodes[0], location, ())
+        if self._forgetting:
+            self._forget_deleted(bsl, nodes[0], survey)
+        self._metrics.location_sweeps.labels("ok").inc()
+        return survey
+
+    def _forget_deleted(self, bsl: Obj, node: str, survey: SweepResult) -> None:
+        location = _name(bsl)
+        in_cluster = frozenset(label_value(_name(b)) for b in self._objects.list(BACKUP, self._namespace))
         state, version = self._read_state()
         observed = Observed(
             now=self._clock.now(),
@@ -142,23 +169,16 @@ class Sweeper:
         if self._stopping.is_set():
             return  # the leader term ended during the survey: the next leader decides afresh
         if forgets:
-            answer = self._ask(nodes[0], location, tuple(r for f in forgets for r in f.repositories))
+            answer = self._ask(node, location, tuple(r for f in forgets for r in f.repositories))
             self._report(bsl, forgets, answer)
         if changed != state:
             self._write_state(changed, version)
-        self._metrics.location_sweeps.labels("ok").inc()
 
     def _ask(self, node: str, location: str, forget: tuple[Any, ...]) -> SweepResult:
         sweep = Sweep(uuid.uuid4().hex, self._namespace, location, forget)
-        answer = self._hub.sweep(node, sweep)
-        if answer is None:
-            raise SweepFailed(f"the agent on {node} disconnected")
-        try:
-            result = answer.result(timeout=SWEEP_TIMEOUT_S)
-        except TimeoutError:
-            raise SweepFailed(f"the agent on {node} did not answer within {SWEEP_TIMEOUT_S:.0f}s") from None
-        finally:
-            self._hub.sweep_done(sweep.sweep_id)
+        result = self._hub.request(node, sweep, SWEEP_TIMEOUT_S)
+        if not isinstance(result, SweepResult):
+            raise SweepFailed(f"the agent on {node} answered a sweep with {type(result).__name__}")
         if result.message:
             raise SweepFailed(result.message)
         return result

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from barge.clock import ManualClock
 from barge.control.messages import (
     Assignment,
@@ -11,6 +13,8 @@ from barge.control.messages import (
     CrRef,
     Heartbeat,
     Hello,
+    Maintain,
+    MaintenanceResult,
     Outcome,
     ProgressReport,
     RunningAssignment,
@@ -19,7 +23,7 @@ from barge.control.messages import (
     VolumeMode,
 )
 from barge.errors import TemporaryError
-from coordinator.hub import ClaimCheck, Hub
+from coordinator.hub import ClaimCheck, Hub, NoAnswer
 from coordinator.metrics import CoordinatorMetrics
 from coordinator.model import HubState
 from tests.fakecluster import RecordingSession as Session
@@ -227,7 +231,7 @@ def test_a_sweep_is_answered_only_by_the_agent_asked() -> None:
     h.agent_connected(Session("node-old", Hello("node-old", "0.9", 2)))
     assert h.connected_nodes("1") == ["node-a", "node-b"]  # an earlier agent does not know Sweep
     sweep = Sweep("s1", "velero", "default")
-    answer = h.sweep("node-a", sweep)
+    answer = h.ask("node-a", sweep)
     assert answer is not None
     assert asked.sent == [sweep]
     h.agent_event(other, SweepResult("s1", backups_in_location=("forged",)))
@@ -235,7 +239,7 @@ def test_a_sweep_is_answered_only_by_the_agent_asked() -> None:
     h.agent_event(asked, SweepResult("s1", backups_in_location=("nightly",)))
     assert answer.result(timeout=0).backups_in_location == ("nightly",)
     h.agent_event(asked, SweepResult("s1"))  # a duplicate changes nothing
-    assert h.sweep("node-c", sweep) is None
+    assert h.ask("node-c", sweep) is None
 
 
 def test_a_sweep_ends_when_its_agent_disconnects_or_the_term_ends() -> None:
@@ -243,7 +247,7 @@ def test_a_sweep_ends_when_its_agent_disconnects_or_the_term_ends() -> None:
     a, b = Session("node-a", Hello("node-a", "1", 2)), Session("node-b", Hello("node-b", "1", 2))
     h.agent_connected(a)
     h.agent_connected(b)
-    on_a, on_b = h.sweep("node-a", Sweep("s1", "velero", "default")), h.sweep("node-b", Sweep("s2", "v", "d"))
+    on_a, on_b = h.ask("node-a", Sweep("s1", "velero", "default")), h.ask("node-b", Sweep("s2", "v", "d"))
     assert on_a is not None
     assert on_b is not None
     h.agent_disconnected(a)
@@ -251,3 +255,21 @@ def test_a_sweep_ends_when_its_agent_disconnects_or_the_term_ends() -> None:
     assert not on_b.done()
     h.reset()
     assert isinstance(on_b.exception(timeout=0), TemporaryError)
+
+
+def test_a_maintenance_run_is_answered_by_its_id_and_request_gives_up_on_disconnect() -> None:
+    h, _, _ = hub()
+    a = Session("node-a", Hello("node-a", "1", 2))
+    h.agent_connected(a)
+    task = Maintain("m1", "velero", "default", "shop", collect_garbage=True, check=False)
+    answer = h.ask("node-a", task)
+    assert answer is not None
+    h.agent_event(a, MaintenanceResult("other", reclaimed_bytes=1))
+    assert not answer.done()
+    h.agent_event(a, MaintenanceResult("m1", reclaimed_bytes=7))
+    assert answer.result(timeout=0).reclaimed_bytes == 7  # type: ignore[union-attr]
+    with pytest.raises(NoAnswer, match="not connected"):
+        h.request("node-b", task, timeout_s=1)
+    h.agent_disconnected(a)
+    with pytest.raises(NoAnswer, match="not connected"):
+        h.request("node-a", task, timeout_s=1)
