@@ -95,8 +95,8 @@ def test_a_due_run_is_recorded_counted_and_told_and_not_repeated_until_due() -> 
     assert w.sample("barge_repository_size_bytes", SHOP) == 70_000
     assert w.sample("barge_repository_reclaimed_bytes_total", {"location": "default"}) == 5000
     assert w.sample("barge_repository_maintenance_runs_total", {"task": "gc", "result": "ok"}) == 1
-    assert w.sample("barge_repository_maintenance_last_success_timestamp_seconds", {**SHOP, "task": "gc"}) == (
-        w.clock.now().timestamp())  # fmt: skip
+    last_gc = w.sample("barge_repository_maintenance_last_success_timestamp_seconds", {**SHOP, "task": "gc"})
+    assert last_gc == w.clock.now().timestamp()
     assert [reason for reason, _ in w.events.recorded] == ["SpaceReclaimed"]
 
     w.clock.advance(3600)

@@ -80,7 +80,8 @@ def test_the_most_overdue_repository_goes_first_and_other_locations_do_not_count
         "other.c": RepositoryRecord("other", "c", T0, gc_attempted=T0, gc_succeeded=T0),
     }  # fmt: skip
     now = T0 + timedelta(days=1, hours=1)
-    assert [t.namespace for t in due_tasks(now, CONFIG, "default", ["a", "b", "c"], records)] == ["c", "b", "a"]
+    due = due_tasks(now, CONFIG, "default", ["a", "b", "c"], records)
+    assert [t.namespace for t in due] == ["c", "b", "a"]
 
 
 def test_the_record_accumulates_what_gc_reclaimed_and_keeps_the_last_size() -> None:
@@ -90,15 +91,16 @@ def test_the_record_accumulates_what_gc_reclaimed_and_keeps_the_last_size() -> N
     )  # fmt: skip
     gc_only = Task("shop", True, False)
     later = T0 + timedelta(days=1)
-    second = answered(
-        attempted(first, gc_only, later), gc_only, MaintenanceResult("m", gc_phase="mark", size_bytes=900), later
-    )
+    mark = MaintenanceResult("m", gc_phase="mark", size_bytes=900)
+    second = answered(attempted(first, gc_only, later), gc_only, mark, later)
     assert (second.reclaimed_bytes, second.reclaimed_bytes_total, second.size_bytes) == (0, 100, 900)
     assert (second.gc_succeeded, second.check_succeeded) == (later, T0)
 
 
 def test_damage_is_kept_until_a_clean_check_clears_it() -> None:
-    damaged = MaintenanceResult("m", gc_phase="mark", checked=True, problems=("pack 1f damaged",), problem_count=3)
+    damaged = MaintenanceResult(
+        "m", gc_phase="mark", checked=True, problems=("pack 1f damaged",), problem_count=3
+    )
     found = answered(attempted(record(), BOTH, T0), BOTH, damaged, T0)
     assert (found.problems, found.problem_count, found.check_succeeded) == (("pack 1f damaged",), 3, T0)
     gc_only = Task("shop", True, False)
@@ -109,7 +111,9 @@ def test_damage_is_kept_until_a_clean_check_clears_it() -> None:
 
 
 def test_a_refused_gc_records_the_problem_and_not_a_success() -> None:
-    refused = MaintenanceResult("m", message="garbage collection refused: x", problems=("x",), problem_count=1)
+    refused = MaintenanceResult(
+        "m", message="garbage collection refused: x", problems=("x",), problem_count=1
+    )
     gc_only = Task("shop", True, False)
     after = answered(attempted(record(), gc_only, T0), gc_only, refused, T0)
     assert after.gc_succeeded is None
