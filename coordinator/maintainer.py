@@ -92,7 +92,9 @@ class Maintainer:
         location = _name(bsl)
         records, _ = self._read()
         self._forget_gone(location, repositories, records)
-        for task in due_tasks(self._clock.now(), self._config, location, repositories, records):
+        read_only = (bsl.get("spec") or {}).get("accessMode") == "ReadOnly"
+        due = due_tasks(self._clock.now(), self._config, location, repositories, records, read_only=read_only)
+        for task in due:
             if stopping.is_set():
                 return
             node = nodes[self._turn % len(nodes)]

@@ -86,12 +86,17 @@ def due_tasks(
     location: str,
     repositories: Iterable[str],
     records: Mapping[str, RepositoryRecord],
+    *,
+    read_only: bool = False,
 ) -> tuple[Task, ...]:
-    """The runs due now in ``location``, most overdue first (one per repository)."""
+    """The runs due now in ``location``, most overdue first (one per repository). A ReadOnly
+    location is only checked: it is another cluster's to collect (as Velero skips maintenance of
+    repositories in ReadOnly locations)."""
     ranked: list[tuple[datetime, Task]] = []
+    gc_interval = timedelta(0) if read_only else config.gc_interval
     for namespace in sorted(set(repositories)):
         record = records.get(record_key(location, namespace)) or RepositoryRecord(location, namespace, now)
-        gc_due = _due_at(config.gc_interval, record.gc_attempted, record.gc_succeeded)
+        gc_due = _due_at(gc_interval, record.gc_attempted, record.gc_succeeded)
         check_due = _due_at(config.check_interval, record.check_attempted, record.check_succeeded)
         when = min((d for d in (gc_due, check_due) if d is not None), default=None)
         if when is None or when > now:

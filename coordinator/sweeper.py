@@ -132,6 +132,7 @@ class Sweeper:
             self._metrics.location_sweeps.labels("no_agent").inc()
             return None
         survey = self._ask(nodes[0], location, ())
+        self._metrics.snapshots_forgotten.labels(location)  # 0 from the start: increase() sees the first
         if self._forgetting:
             self._forget_deleted(bsl, nodes[0], survey)
         self._metrics.location_sweeps.labels("ok").inc()

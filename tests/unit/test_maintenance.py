@@ -70,6 +70,10 @@ def test_a_zero_interval_turns_a_task_off() -> None:
     assert due_tasks(T0, off, "default", ["shop"], {}) == ()
 
 
+def test_a_read_only_location_is_checked_but_never_collected() -> None:
+    assert due_tasks(T0, CONFIG, "default", ["shop"], {}, read_only=True) == (Task("shop", False, True),)
+
+
 def test_the_most_overdue_repository_goes_first_and_other_locations_do_not_count() -> None:
     records = {
         "default.a": RepositoryRecord("default", "a", T0, gc_attempted=T0, gc_succeeded=T0,
