@@ -1,23 +1,25 @@
-"""Deleting a Velero backup forgets the snapshots Barge wrote for it; garbage collection then
-reclaims their space. A backup the location still holds is never forgotten.
+"""Deleting a Velero backup forgets the snapshots Barge wrote for it; scheduled garbage collection
+then reclaims their space. A backup the location still holds is never forgotten.
 
 The coordinator here looks for deleted backups every 2 s with a 5 s grace period
-(``deletedBackups`` in the coordinator config), so the tests see in seconds what takes an hour
-with the defaults.
+(``deletedBackups`` in the coordinator config) and maintains each repository every 3 s (gc) and
+10 s (check, reading every pack), so the tests see in seconds what takes hours and days with the
+defaults; maintenance thus runs all along, beside the backups and restores of every test.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlencode
 
 import pytest
 
 from barge.kube.resources import BACKUP, CONFIG_MAP, EVENT, NAMESPACE
-from barge.repo.gc import collect_garbage
 from barge.repo.repository import Repository
 from barge.storage.url import open_store
 from devenv.s3server import S3Endpoint
@@ -25,13 +27,16 @@ from devenv.trees import capture
 from devenv.velerocluster import VeleroCluster, velero_cluster
 from devenv.veleroserver import S3Location
 from devenv.waiting import wait_for
-from tests.fsbuild import write
+from tests.fsbuild import MIB, write
 from tests.velero.conftest import print_logs
 from tests.velero.flows import BACKUP_FINAL, backup, delete_claims, restore, snapshot_of
 
 pytestmark = pytest.mark.integration
 
-CONFIG = "deletedBackups:\n  checkInterval: 2s\n  gracePeriod: 5s\n"
+CONFIG = """\
+deletedBackups: {checkInterval: 2s, gracePeriod: 5s}
+maintenance: {gcInterval: 3s, checkInterval: 10s, checkReadDataPercent: 100}
+"""
 
 
 @pytest.fixture(scope="module")
@@ -128,17 +133,20 @@ def test_velero_backup_delete_forgets_its_snapshots_and_gc_reclaims_the_space(
 
     wait_for(grace_record_gone, 30, what="the grace record of the deleted backup to be removed")
 
-    # Garbage collection (mark, then sweep) reclaims the forgotten data.
-    for repo_namespace in ("doomed", "kept"):
-        gc_repo = repository(cluster, location, repo_namespace)
-        collect_garbage(gc_repo)
-        collect_garbage(gc_repo)
-    after = bucket_bytes(location)
+    # Scheduled garbage collection (mark, then sweep) reclaims the forgotten data, unasked.
+    after = wait_for(lambda: _reclaimed(location, before, 8 * MIB * 0.9), 120, what="gc to reclaim 8 MiB")
     print(
-        f"bucket bytes: {before:,} before the delete, {after:,} after forget + gc "
+        f"bucket bytes: {before:,} before the delete, {after:,} after forget + scheduled gc "
         f"({before - after:,} reclaimed)"
     )
-    assert before - after > 8 * 1024 * 1024 * 0.9, (before, after)
+    record = wait_for(lambda: _record(cluster, "doomed", lambda r: r["reclaimedBytesTotal"] > 0), 30,
+                      what="the maintenance record of the reclaimed repository")  # fmt: skip
+    assert record["reclaimedBytesTotal"] >= 8 * MIB * 0.9, record
+    assert record["problemCount"] == 0, record
+    reclaimed = cluster.barge.metric(port, "barge_repository_reclaimed_bytes_total", {"location": "default"})
+    assert reclaimed is not None
+    assert reclaimed >= 8 * MIB * 0.9
+    assert wait_for(lambda: _events(cluster, "SpaceReclaimed"), 30, what="the SpaceReclaimed Event")
 
     # The surviving backup still restores bit-exact after gc.
     delete_claims(cluster, "kept", ("data",))
@@ -147,6 +155,36 @@ def test_velero_backup_delete_forgets_its_snapshots_and_gc_reclaims_the_space(
     restored = capture(cluster.sim.claim_data("kept", "data"))
     restored.pop(b"lost+found", None)
     assert restored == expected
+
+    # The surviving repository was checked (every pack read) while all this ran, and is sound.
+    def checked(record: dict[str, Any]) -> bool:
+        return bool(record["checkSucceeded"]) and record["sizeBytes"] > 0
+
+    kept = wait_for(lambda: _record(cluster, "kept", checked), 60, what="a check of the kept repository")
+    assert (kept["problemCount"], kept["lastError"]) == (0, ""), kept
+    print(f"maintenance of a {kept['sizeBytes']:,}-byte repository: gc {kept['gcSeconds']:.3f} s, "
+          f"check reading every pack {kept['checkSeconds']:.3f} s")  # fmt: skip
+
+
+def _reclaimed(location: S3Location, before: int, at_least: float) -> int | None:
+    now = bucket_bytes(location)
+    return now if before - now > at_least else None
+
+
+Record = dict[str, Any]
+
+
+def _record(cluster: VeleroCluster, namespace: str, ready: Callable[[Record], bool]) -> Record | None:
+    """The repository's maintenance record once ``ready`` says so."""
+    found = cluster.objects.find(CONFIG_MAP, cluster.velero.namespace, "barge-maintenance")
+    text = ((found or {}).get("data") or {}).get(f"default.{namespace}")
+    record: dict[str, Any] | None = json.loads(text) if text else None
+    return record if record is not None and ready(record) else None
+
+
+def _events(cluster: VeleroCluster, reason: str) -> list[str]:
+    found = cluster.objects.list(EVENT, cluster.velero.namespace)
+    return [e["message"] for e in found if e.get("reason") == reason]
 
 
 def test_a_backup_deleted_from_the_cluster_only_keeps_its_snapshots(
@@ -189,5 +227,12 @@ def test_a_backup_past_its_ttl_is_deleted_by_velero_and_its_snapshots_forgotten(
     assert done["status"]["phase"] == "Completed", velero.describe("backup", "expires")
     repo = repository(cluster, location, "short-lived")
     assert len(repo.snapshot_ids()) == 1
+    before = _stored(repo)
     velero.wait_gone(BACKUP, "expires", timeout=180)
     wait_for(lambda: not repo.snapshot_ids(), 90, what="the expired backup's snapshot to be forgotten")
+    wait_for(lambda: before - _stored(repo) > 0.9 * MIB, 120, what="gc to reclaim the 1 MiB")
+    print(f"repository bytes: {before:,} before the TTL expired, {_stored(repo):,} after")
+
+
+def _stored(repo: Repository) -> int:
+    return sum(info.size for info in repo.store.list("data/"))
