@@ -15,6 +15,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
+from typing import assert_never
 
 import grpc
 
@@ -25,6 +26,7 @@ from barge.control.messages import (
     CoordinatorCommand,
     Heartbeat,
     Hello,
+    MaintenanceResult,
     ProgressReport,
     RunningAssignment,
     SweepResult,
@@ -90,12 +92,14 @@ class Outbox:
                     self._pending[key] = message
                 case AssignmentResult():
                     self._pending[f"result/{message.message_id}"] = message
-                case SweepResult():  # sent once: a leader that missed it sweeps again
+                case SweepResult() | MaintenanceResult():  # sent once: the leader asks again if lost
                     self._pending[f"other/{message.message_id}"] = message
                 case Hello() | Heartbeat():
                     if not self._stream:
                         return  # made afresh on the next stream
                     self._pending[f"other/{message.message_id}"] = message
+                case _:
+                    assert_never(event)
             self._cond.notify_all()
 
     def open_stream(self) -> int:

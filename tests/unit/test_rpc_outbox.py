@@ -5,7 +5,15 @@ from __future__ import annotations
 import random
 
 from barge.clock import ManualClock
-from barge.control.messages import AssignmentResult, Heartbeat, Hello, Outcome, ProgressReport
+from barge.control.messages import (
+    AssignmentResult,
+    Heartbeat,
+    Hello,
+    MaintenanceResult,
+    Outcome,
+    ProgressReport,
+    SweepResult,
+)
 from barge.control.naming import AGENT_RECONNECT_MAX_S, AGENT_RECONNECT_WINDOW_S, COORDINATOR_LOSS_S
 from barge.rpc.client import CLIENT_OPTIONS, RECONNECT_BACKOFF, RESULT_RETENTION_S, Outbox
 from barge.rpc.convert import event_from_pb
@@ -91,3 +99,12 @@ def test_the_drain_bound_and_a_new_leaders_patience_follow_the_clients_timings()
     noticed_s = (options["grpc.keepalive_time_ms"] + options["grpc.keepalive_timeout_ms"]) / 1000
     assert noticed_s == COORDINATOR_LOSS_S
     assert RECONNECT_BACKOFF.max_s == AGENT_RECONNECT_MAX_S < AGENT_RECONNECT_WINDOW_S
+
+
+def test_answers_to_sweeps_and_maintenance_are_sent() -> None:
+    outbox = Outbox(ManualClock())
+    stream = outbox.open_stream()
+    answers = [SweepResult("s1", repositories=("shop",)), MaintenanceResult("m1", reclaimed_bytes=3)]
+    for answer in answers:
+        outbox.put(answer)
+    assert [event for _, event in drain(outbox, stream)] == answers
