@@ -60,7 +60,14 @@ def env(
 ) -> Iterator[LocalBarge]:
     with SimCluster(kube, tmp_path_factory.mktemp("obs-sim")) as sim:
         workdir = tmp_path_factory.mktemp("obs-barge")
-        config = "prepareTimeout: 2m\nagentGracePeriod: 10s\n"
+        # Repository maintenance every few seconds, reading every pack: its metrics are there to
+        # scrape within the test, and its check finds the damage the workload causes.
+        config = """\
+prepareTimeout: 2m
+agentGracePeriod: 10s
+deletedBackups: {checkInterval: 2s, gracePeriod: 1m}
+maintenance: {gcInterval: 5s, checkInterval: 5s, checkReadDataPercent: 100}
+"""
         barge = LocalBarge(
             control_plane, sim, objects, workdir, nodes=NODES, coordinators=2, coordinator_config=config
         )
@@ -97,9 +104,10 @@ def workload(
     prometheus: LocalPrometheus,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> dict[str, str]:
-    """Two uploads of the same data (the second deduplicates), a restore, and three failures:
+    """Two uploads of the same data (the second deduplicates), a restore, and four failures:
     an unknown BackupStorageLocation, a VolumeSnapshot that does not exist (the coordinator fails
-    it), a restore of a snapshot the repository lacks (a repository error on the agent)."""
+    it), a restore of a snapshot the repository lacks (a repository error on the agent), and a
+    damaged pack in the repository (scheduled maintenance's check finds it)."""
     app = f"obs-{uuid.uuid4().hex[:6]}"
     for namespace in (app, f"{app}-restored"):
         objects.create(NAMESPACE, {"metadata": {"name": namespace}})
@@ -142,10 +150,19 @@ def workload(
         missing_snapshot: "Failed",
         no_snapshot: "Failed",
     }
+    _damage_a_pack(env, app)
     # The metrics now include all of it: a scrape after the last write, and one more second, because
     # the panels are read through 1 s subqueries whose last step is the whole second before now.
     prometheus.wait_scraped_after(time.time() + 1.5, timeout=30)
     return {"app": app}
+
+
+def _damage_a_pack(env: LocalBarge, namespace: str) -> None:
+    (data,) = env.repository_root.rglob(f"plugins/barge/{namespace}/data")
+    pack = max((p for p in data.rglob("*") if p.is_file()), key=lambda p: p.stat().st_size)
+    damaged = bytearray(pack.read_bytes())
+    damaged[len(damaged) // 2] ^= 0x01
+    pack.write_bytes(bytes(damaged))
 
 
 def _upload(env: LocalBarge, namespace: str, pvc: str, volume: Path, bsl: str = "default") -> str:
@@ -235,6 +252,8 @@ def test_the_dashboard_shows_what_the_workload_did(
     assert max(peak("Failed (24h) / by the coordinator").values()) >= 1  # the missing VolumeSnapshot
     assert max(peak("Failed (24h) / transfers").values()) >= 1  # the missing snapshot
     assert max(peak("Leader / leaders").values()) == 1
+    assert max(peak("Repository size / {{location}}").values()) > 12 * 2**20  # the 12 MiB uploaded
+    assert max(peak("Repository problems / {{location}}").values()) >= 1  # the damaged pack
 
 
 def test_every_alert_expression_evaluates_and_watches_existing_series(
@@ -270,7 +289,12 @@ def _threshold_comparison(prometheus: LocalPrometheus, expr: str) -> str | None:
 def test_the_faults_fire_their_alerts_and_health_alerts_stay_quiet(
     prometheus: LocalPrometheus, workload: dict[str, str]
 ) -> None:
-    firing = {"BargeDataMovementsFailing", "BargeTransfersFailing", "BargeRepositoryErrors"}
+    firing = {
+        "BargeDataMovementsFailing",
+        "BargeTransfersFailing",
+        "BargeRepositoryErrors",
+        "BargeRepositoryDamaged",
+    }
 
     def states() -> dict[str, set[str]] | None:
         found: dict[str, set[str]] = {}
@@ -284,6 +308,7 @@ def test_the_faults_fire_their_alerts_and_health_alerts_stay_quiet(
     assert "firing:DataUpload" in found["BargeDataMovementsFailing"]  # the missing VolumeSnapshot
     assert "firing:download" in found["BargeTransfersFailing"]  # the missing snapshot
     assert "firing:restore" in found["BargeRepositoryErrors"]
+    assert f"firing:{workload['app']}" in found["BargeRepositoryDamaged"]
     healthy = {
         "BargeCoordinatorDown",
         "BargeNoLeader",
@@ -292,6 +317,8 @@ def test_the_faults_fire_their_alerts_and_health_alerts_stay_quiet(
         "BargeAgentDown",
         "BargeDataMovementStuck",
         "BargeThroughputCollapsed",
+        "BargeRepositoryMaintenanceOverdue",
+        "BargeRepositorySpaceNotReclaimed",
     }
 
     assert healthy <= set(found), healthy - set(found)
@@ -307,7 +334,9 @@ def test_the_faults_fire_their_alerts_and_health_alerts_stay_quiet(
 
 
 def _subject(labels: dict[str, str]) -> str:
-    return labels.get("kind") or labels.get("operation") or labels.get("pod") or ""
+    return (
+        labels.get("kind") or labels.get("operation") or labels.get("source_namespace") or labels.get("pod") or ""
+    )
 
 
 def test_a_stopped_agent_turns_its_alerts_pending(
