@@ -334,9 +334,8 @@ def test_the_faults_fire_their_alerts_and_health_alerts_stay_quiet(
 
 
 def _subject(labels: dict[str, str]) -> str:
-    return (
-        labels.get("kind") or labels.get("operation") or labels.get("source_namespace") or labels.get("pod") or ""
-    )
+    subjects = ("kind", "operation", "source_namespace", "pod")
+    return next((labels[key] for key in subjects if labels.get(key)), "")
 
 
 def test_a_stopped_agent_turns_its_alerts_pending(

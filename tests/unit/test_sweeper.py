@@ -10,7 +10,7 @@ from datetime import timedelta
 from barge import __version__
 from barge.clock import ManualClock
 from barge.control.messages import BackupSnapshot, CoordinatorCommand, Hello, Sweep, SweepResult
-from barge.errors import Conflict
+from barge.errors import Conflict, NotFound
 from barge.kube.resources import BACKUP, CONFIG_MAP, Resource
 from coordinator.config import DeletedBackupsConfig
 from coordinator.hub import Hub
@@ -169,3 +169,18 @@ def test_a_read_only_location_is_left_alone() -> None:
         clock.advance(GRACE.total_seconds())
     assert location.forgets == 0
     assert CONFIG_MAP.kind not in {kind for kind, _, _ in objects.store}
+
+
+def test_a_failure_to_decide_on_deleted_backups_still_returns_the_survey_for_maintenance() -> None:
+    class NoBackupKind(Objects):
+        def list(self, resource: Resource, namespace: str | None, selector: str | None = None) -> list[Obj]:
+            if resource is BACKUP:
+                raise NotFound("list backups in velero: 404 page not found")
+            return super().list(resource, namespace, selector)
+
+    objects, events, hub, metrics, clock, location = setup()
+    broken = NoBackupKind(copy.deepcopy(BSL))
+    survey = sweeper(broken, events, hub, metrics, clock).sweep(copy.deepcopy(BSL))
+    assert survey is not None
+    assert location.forgets == 0
+    assert metrics.registry.get_sample_value("barge_coordinator_location_sweeps_total", {"result": "failed"}) == 1
