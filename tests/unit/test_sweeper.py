@@ -183,5 +183,5 @@ def test_a_failure_to_decide_on_deleted_backups_still_returns_the_survey_for_mai
     survey = sweeper(broken, events, hub, metrics, clock).sweep(copy.deepcopy(BSL))
     assert survey is not None
     assert location.forgets == 0
-    failed = metrics.registry.get_sample_value("barge_coordinator_location_sweeps_total", {"result": "failed"})
-    assert failed == 1
+    sweeps = "barge_coordinator_location_sweeps_total"
+    assert metrics.registry.get_sample_value(sweeps, {"result": "failed"}) == 1
