@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import threading
 from collections import Counter
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -38,6 +38,7 @@ from barge.kube.resources import (
     Resource,
 )
 from barge.kube.status import StatusWriter
+from barge.probes import Vitals
 from barge.retry import Backoff
 from coordinator.config import CoordinatorConfig
 from coordinator.decide import claim_problem, decide
@@ -107,6 +108,7 @@ class Controller:
         workers: int = 2,
         resync_s: float = 30.0,
         sweeper: Sweeper | None = None,
+        vitals: Vitals | None = None,
     ) -> None:
         self.namespace = namespace
         self.config = config
@@ -117,6 +119,7 @@ class Controller:
         self._workers = workers
         self._resync_s = resync_s
         self._sweeper = sweeper
+        self._vitals = vitals or Vitals(clock)  # each loop beats here; /healthz reads it
         self._queue: WorkQueue[ItemKey] = WorkQueue(clock)
         self._stopping = threading.Event()
         self._threads: list[threading.Thread] = []
@@ -174,8 +177,13 @@ class Controller:
         for thread in self._threads:
             thread.join(timeout=10)
 
-    def _spawn(self, target: Any, name: str) -> None:
-        thread = threading.Thread(target=target, name=name, daemon=True)
+    def _spawn(self, loop: Callable[[Callable[[], None]], None], name: str) -> None:
+        """Run ``loop(beat)`` in a thread, watched by the vitals: it beats once per pass."""
+
+        def run() -> None:
+            self._vitals.run(name, lambda: loop(lambda: self._vitals.beat(name)), self._stopping)
+
+        thread = threading.Thread(target=run, name=name, daemon=True)
         self._threads.append(thread)
         thread.start()
 
@@ -269,9 +277,10 @@ class Controller:
 
     # -- the loops --------------------------------------------------------------------------------
 
-    def _work(self) -> None:
+    def _work(self, beat: Callable[[], None]) -> None:
         while not self._stopping.is_set():
             self.process_next(timeout=1.0)
+            beat()
 
     def process_next(self, timeout: float) -> ItemKey | None:
         """Reconcile the next queued CR, as each worker thread does in a loop; None when nothing was
@@ -285,7 +294,7 @@ class Controller:
             self._queue.done(key)
         return key
 
-    def _tick(self) -> None:
+    def _tick(self, beat: Callable[[], None]) -> None:
         """Cordon tracking and gauges every few seconds; a full pass over live items every resync."""
         last_resync = self._clock.monotonic()
         while not self._stopping.wait(min(5.0, self._resync_s)):
@@ -294,13 +303,17 @@ class Controller:
             if self._clock.monotonic() - last_resync >= self._resync_s:
                 last_resync = self._clock.monotonic()
                 self._enqueue_all(active_only=True)
+            beat()
 
     def _reconcile_safely(self, key: ItemKey) -> None:
+        """Reconcile ``key``; any failure queues it again after a backoff. An unexpected exception
+        (a bug met on this CR) is logged with its traceback and retried the same way, as
+        controller-runtime recovers a panicking Reconcile: it must not end the worker."""
         started = self._clock.monotonic()
         try:
             after = self.reconcile(key)
             self._failures.pop(key, None)
-        except BargeError as err:
+        except Exception as err:
             self._failures[key] += 1
             delay = _ERROR_BACKOFF.delay(self._failures[key])
             self._metrics.api_errors.labels(type(err).__name__).inc()
@@ -309,6 +322,7 @@ class Controller:
                 item=f"{key.kind} {key.namespace}/{key.name}",
                 error=str(err),
                 retry_in_s=delay,
+                exc_info=not isinstance(err, BargeError),
             )
             after = timedelta(seconds=delay)
         finally:
@@ -338,7 +352,7 @@ class Controller:
         with self._lock:
             return key in self._admissions
 
-    def _admission_loop(self) -> None:
+    def _admission_loop(self, beat: Callable[[], None]) -> None:
         """One scheduler pass over every item whenever something changed (at most every
         ``_ADMISSION_INTERVAL_S``) and at least every ``_ADMISSION_REFRESH_S`` (agents connect and
         disconnect); items it newly admits are queued. A reconcile only looks the answer up:
@@ -347,6 +361,7 @@ class Controller:
             self._admission_dirty.wait(timeout=_ADMISSION_REFRESH_S)
             self._admission_dirty.clear()
             self.recompute_admissions()
+            beat()
             self._stopping.wait(_ADMISSION_INTERVAL_S)
 
     def recompute_admissions(self) -> None:

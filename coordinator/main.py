@@ -6,6 +6,12 @@ reach the leader. A leader that cannot renew its Lease (the API server is unreac
 replica took it) steps down at once: it stops its controller, closes the agents' streams and
 campaigns again, so an API server outage ends with a leader (this replica or another) continuing
 from the state in the API server, and no process exits.
+
+A vital loop (the leader election; on the leader, the controller's admission, resync and reconcile
+loops) that dies of an unexpected exception ends the process instead, as a Go controller's panic
+does: it gives up the Lease at once, so the standby takes over, ``/healthz`` fails until it exits
+(1), and the kubelet restarts it. One that stops making progress fails ``/healthz`` after
+``--stall-timeout``, and the liveness probe restarts it.
 """
 
 from __future__ import annotations
@@ -32,7 +38,7 @@ from barge.kube.leader import LeaderElector
 from barge.kube.resources import SECRET, KubeObjects
 from barge.kube.tokenreview import KubeAuthenticator
 from barge.logs import configure_logging
-from barge.probes import ObservabilityServer, stop_on_signals
+from barge.probes import STALL_AFTER_S, ObservabilityServer, Vitals, stop_on_signals
 from barge.rpc.server import ControlServer, ServerTls
 from barge.velero.password import DEFAULT_PASSWORD_SECRET, SecretKey
 from coordinator.config import CoordinatorConfig
@@ -45,6 +51,8 @@ from coordinator.sweeper import Sweeper
 
 log = structlog.get_logger("barge.coordinator")
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+ELECTION_LOOP = "leader-election"
+CONTROLLER_START = "controller"
 
 
 class LeaderGate:
@@ -88,6 +96,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--leader-election-namespace", default=os.environ.get("POD_NAMESPACE", "barge"))
     p.add_argument("--leader-election-id", default="barge-coordinator")
     p.add_argument("--lease-duration", type=float, default=15.0, help="seconds")
+    p.add_argument(
+        "--stall-timeout",
+        type=float,
+        default=STALL_AFTER_S,
+        help="/healthz fails when a vital loop made no progress for this long (s)",
+    )
     p.add_argument("--heartbeat-interval", type=float, default=5.0, help="seconds between agent heartbeats")
     p.add_argument("--agent-timeout", type=float, default=20.0, help="drop a silent agent after (s)")
     p.add_argument(
@@ -155,67 +169,124 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    config = load_config(args.config)
-    clock = SystemClock()
-    identity = os.environ.get("POD_NAME") or f"{socket.gethostname()}-{os.getpid()}"
-    # Each informer holds one connection for its watch; every worker may hold one more.
-    api = api_client(Path(args.kubeconfig) if args.kubeconfig else None, connections=args.workers + 24)
-    if args.generate_repository_password:
-        secret = SecretKey.parse(args.repository_password_secret)
-        objects = KubeObjects(api)
-        ensure_repository_password(lambda body: objects.create(SECRET, body), args.watch_namespace, secret)
-    metrics = CoordinatorMetrics()
-    hub = Hub(clock, metrics)
-    leading = threading.Event()
-    server = _control_server(args, api, LeaderGate(hub, leading), clock, identity)
+    coordinator = Coordinator(args)
+    stop_on_signals(coordinator.leadership.stop)
+    coordinator.start()
+    coordinator.leadership.stop.wait()
+    log.info("shutting down")
+    return coordinator.stop()
 
-    def new_controller() -> Controller:
-        """Fresh informer caches every leader term: nothing from an earlier term is trusted."""
-        adapters = kubernetes_adapters(api, clock, identity)
-        sweeper = Sweeper(
-            objects=KubeObjects(api),
-            events=adapters.events,
-            hub=hub,
-            metrics=metrics,
-            clock=clock,
-            namespace=args.watch_namespace,
-            config=config.deleted_backups,
-            maintainer=Maintainer(
+
+class Coordinator:
+    """One replica: gRPC (refusing agents until this replica leads), probes and metrics, and the
+    leader terms. ``run`` serves one until SIGTERM; tests run several in one process."""
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        self._args = args
+        config = load_config(args.config)
+        clock = SystemClock()
+        identity = os.environ.get("POD_NAME") or f"{socket.gethostname()}-{os.getpid()}"
+        # Each informer holds one connection for its watch; every worker may hold one more.
+        api = api_client(Path(args.kubeconfig) if args.kubeconfig else None, connections=args.workers + 24)
+        if args.generate_repository_password:
+            secret = SecretKey.parse(args.repository_password_secret)
+            objects = KubeObjects(api)
+            ensure_repository_password(
+                lambda body: objects.create(SECRET, body), args.watch_namespace, secret
+            )
+        self.metrics = metrics = CoordinatorMetrics()
+        self.vitals = vitals = Vitals(clock, args.stall_timeout)
+        hub = Hub(clock, metrics)
+        leading = threading.Event()
+        self.server = _control_server(args, api, LeaderGate(hub, leading), clock, identity)
+
+        def new_controller() -> Controller:
+            """Fresh informer caches every leader term: nothing from an earlier term is trusted."""
+            adapters = kubernetes_adapters(api, clock, identity)
+            sweeper = Sweeper(
                 objects=KubeObjects(api),
                 events=adapters.events,
                 hub=hub,
                 metrics=metrics,
                 clock=clock,
                 namespace=args.watch_namespace,
-                config=config.maintenance,
-            ),
-        )
-        return Controller(
-            adapters,
-            sweeper=sweeper,
-            namespace=args.watch_namespace,
-            config=config,
+                config=config.deleted_backups,
+                maintainer=Maintainer(
+                    objects=KubeObjects(api),
+                    events=adapters.events,
+                    hub=hub,
+                    metrics=metrics,
+                    clock=clock,
+                    namespace=args.watch_namespace,
+                    config=config.maintenance,
+                ),
+            )
+            return Controller(
+                adapters,
+                sweeper=sweeper,
+                namespace=args.watch_namespace,
+                config=config,
+                hub=hub,
+                metrics=metrics,
+                clock=clock,
+                identity=identity,
+                workers=args.workers,
+                vitals=vitals,
+            )
+
+        def new_elector(on_started: Callable[[], None], on_stopped: Callable[[], None]) -> LeaderElector:
+            return _elector(args, api, identity, clock, vitals, on_started=on_started, on_stopped=on_stopped)
+
+        self.leadership = Leadership(
             hub=hub,
             metrics=metrics,
-            clock=clock,
+            server=self.server,
+            leading=leading,
+            new_controller=new_controller,
+            new_elector=new_elector,
             identity=identity,
-            workers=args.workers,
+            vitals=vitals,
         )
+        metrics.watch_items(self.leadership.items, clock.now)
+        self._probes: list[ObservabilityServer] = []
 
-    def new_elector(on_started: Callable[[], None], on_stopped: Callable[[], None]) -> LeaderElector:
-        return _elector(args, api, identity, clock, on_started=on_started, on_stopped=on_stopped)
+    def start(self) -> None:
+        # Every replica is Ready once it serves: a standby that reported not-ready would stall
+        # rollouts and block drains through the PodDisruptionBudget. It refuses agent streams
+        # instead (UNAVAILABLE), and agents redial until they reach the leader. Alive (/healthz) is
+        # another matter: it fails when a vital loop died or stalled (``Vitals``).
+        args = self._args
+        ports = [args.metrics_port] + ([args.health_port] if args.health_port else [])
+        self._probes = [
+            ObservabilityServer(
+                args.metrics_address, port, self.metrics.registry, problems=self.vitals.problems
+            )
+            for port in ports
+        ]
+        self.server.start()
+        self.server.set_serving(False)
+        for endpoint in self._probes:
+            endpoint.start()
+        log.info(
+            "coordinator started",
+            version=__version__,
+            identity=self.leadership.identity,
+            grpc_port=self.server.port,
+        )
+        self.leadership.campaign()
 
-    leadership = Leadership(
-        hub=hub,
-        metrics=metrics,
-        server=server,
-        leading=leading,
-        new_controller=new_controller,
-        new_elector=new_elector,
-        identity=identity,
-    )
-    metrics.watch_items(leadership.items, clock.now)
-    return _serve(args, server, leadership, metrics)
+    @property
+    def probe_port(self) -> int:
+        """The bound port of /metrics, /healthz and /readyz (the actual one when asked for 0)."""
+        return self._probes[0].port
+
+    def stop(self) -> int:
+        """Release the Lease (when leading), stop serving; the exit code."""
+        self.leadership.shut_down()
+        self.server.stop(grace=5)
+        for endpoint in self._probes:
+            endpoint.stop()
+        return EXIT_FAILED if self.leadership.failed.is_set() else EXIT_OK
 
 
 def _control_server(
@@ -241,6 +312,7 @@ def _elector(
     api: ApiClient,
     identity: str,
     clock: SystemClock,
+    vitals: Vitals,
     *,
     on_started: Callable[[], None],
     on_stopped: Callable[[], None],
@@ -253,42 +325,20 @@ def _elector(
         clock=clock,
         on_started=on_started,
         on_stopped=on_stopped,
+        on_failed=lambda err: vitals.died(ELECTION_LOOP, f"{type(err).__name__}: {err}"),
+        heartbeat=lambda: vitals.beat(ELECTION_LOOP),
         lease_duration_s=args.lease_duration,
         renew_deadline_s=args.lease_duration * 2 / 3,
         retry_period_s=max(0.5, args.lease_duration / 7.5),
     )
 
 
-def _serve(
-    args: argparse.Namespace, server: ControlServer, leadership: Leadership, metrics: CoordinatorMetrics
-) -> int:
-    """Serve until SIGTERM: gRPC (refusing agents until this replica leads), probes and metrics."""
-    # Every replica is Ready once it serves: a standby that reported not-ready would stall rollouts
-    # and block drains through the PodDisruptionBudget. It refuses agent streams instead (UNAVAILABLE),
-    # and agents redial until they reach the leader.
-    probes = [ObservabilityServer(args.metrics_address, args.metrics_port, metrics.registry)]
-    if args.health_port:
-        probes.append(ObservabilityServer(args.metrics_address, args.health_port, metrics.registry))
-    stop_on_signals(leadership.stop)
-    server.start()
-    server.set_serving(False)
-    for endpoint in probes:
-        endpoint.start()
-    log.info("coordinator started", version=__version__, identity=leadership.identity, grpc_port=server.port)
-    leadership.campaign()
-    leadership.stop.wait()
-    log.info("shutting down")
-    leadership.shut_down()
-    server.stop(grace=5)
-    for endpoint in probes:
-        endpoint.stop()
-    return EXIT_FAILED if leadership.failed.is_set() else EXIT_OK
-
-
 class Leadership:
     """Leader terms, one after another: campaign, lead (a fresh controller; agents accepted), and on
     a lost Lease step down (controller stopped, agent streams closed, hub records dropped) and
-    campaign again. A controller that starts late checks that its term is still the current one."""
+    campaign again. A controller that starts late checks that its term is still the current one.
+    When a vital loop dies, this replica gives up: it releases the Lease, campaigns no more and
+    sets ``failed`` and ``stop`` (the process exits 1)."""
 
     def __init__(
         self,
@@ -300,6 +350,7 @@ class Leadership:
         new_controller: Callable[[], Controller],
         new_elector: Callable[[Callable[[], None], Callable[[], None]], LeaderElector],
         identity: str,
+        vitals: Vitals,
     ) -> None:
         self._hub, self._metrics, self._server = hub, metrics, server
         self._leading = leading
@@ -311,6 +362,8 @@ class Leadership:
         self._term = 0
         self._controller: Controller | None = None
         self._elector: LeaderElector | None = None
+        self._vitals = vitals
+        vitals.on_death = self._give_up
 
     def items(self) -> list[dict[str, Any]]:
         """The CRs the current term's controller caches (none while standing by), with their kind."""
@@ -321,6 +374,7 @@ class Leadership:
         return [{**cr, "kind": kind} for kind in CR_KINDS for cr in controller.caches.items(kind)]
 
     def campaign(self) -> None:
+        self._vitals.beat(ELECTION_LOOP)
         elector = self._new_elector(self._started, self._stopped)
         with self._lock:
             self._elector = elector
@@ -347,11 +401,11 @@ class Leadership:
     def _lead(self, term: int, controller: Controller) -> None:
         try:
             controller.start()
-        except BargeError as err:
+        except Exception as err:  # an API error or a bug: a leader that cannot lead gives up
             if self._current(term):
-                log.error("controller could not start", error=str(err))
-                self.failed.set()
-                self.stop.set()
+                unexpected = not isinstance(err, BargeError)
+                log.error("controller could not start", error=str(err), exc_info=unexpected)
+                self._vitals.died(CONTROLLER_START, f"could not start: {type(err).__name__}: {err}")
             return
         if not self._current(term):
             controller.stop()
@@ -366,16 +420,35 @@ class Leadership:
         self._metrics.is_leader.set(0)
         self._server.set_serving(False)
         controller = self._end_term()
+        if self.failed.is_set():
+            if controller is not None:
+                controller.stop()  # its loops must not act on for a leader that gave up
+            return
         if self.stop.is_set():
             return
         log.error("lost the leader lease (API server unreachable or lease taken); standing by")
+        self._vitals.beat(ELECTION_LOOP)  # the next campaign starts once the controller stopped
         threading.Thread(target=self._rejoin, args=(controller,), name="rejoin", daemon=True).start()
+
+    def _give_up(self, loop: str, reason: str) -> None:
+        """A vital loop died: this replica cannot lead (well) any more. Release the Lease now, so
+        the standby takes over at its next retry, and end the process; /healthz fails meanwhile."""
+        with self._lock:
+            if self.failed.is_set():
+                return
+            self.failed.set()
+        log.error("a vital loop died: giving up leadership and exiting", loop=loop, reason=reason)
+        threading.Thread(target=self._end, name="give-up", daemon=True).start()
+
+    def _end(self) -> None:
+        self.shut_down()
+        self.stop.set()
 
     def _rejoin(self, controller: Controller | None) -> None:
         if controller is not None:
             controller.stop()
         self._hub.reset()
-        if not self.stop.is_set():
+        if not (self.stop.is_set() or self.failed.is_set()):
             self.campaign()
 
     def _end_term(self) -> Controller | None:

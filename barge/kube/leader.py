@@ -5,7 +5,10 @@ A candidate takes the Lease when it is free (no holder) or expired; the holder r
 Lease change, never by comparing the holder's timestamps with local time, so clock skew between
 nodes cannot make two leaders. A leader that cannot renew within ``renew_deadline_s`` (shorter than
 the lease) calls ``on_stopped`` before anyone else can take over. A clean stop clears the holder so a
-standby takes over at its next retry instead of waiting out the lease.
+standby takes over at its next retry instead of waiting out the lease. An unexpected exception (a
+bug: the API's own errors are ordinary failed attempts) ends the election as a stop does, Lease
+released, and is reported to ``on_failed`` first: a candidate that can never lead again, or a leader
+that no longer renews, must not pass for a healthy one.
 """
 
 from __future__ import annotations
@@ -49,15 +52,19 @@ class LeaderElector:
         clock: Clock,
         on_started: Callable[[], None],
         on_stopped: Callable[[], None],
+        on_failed: Callable[[Exception], None] = lambda err: None,
+        heartbeat: Callable[[], None] = lambda: None,
         lease_duration_s: float = 15.0,
         renew_deadline_s: float = 10.0,
         retry_period_s: float = 2.0,
     ) -> None:
+        """``heartbeat`` runs at every attempt to acquire or renew (for a liveness check)."""
         _check_timing(lease_duration_s, renew_deadline_s, retry_period_s)
         self._objects = KubeObjects(api, request_timeout_s=max(1.0, retry_period_s))
         self.namespace, self.name, self.identity = namespace, name, identity
         self._clock = clock
         self._on_started, self._on_stopped = on_started, on_stopped
+        self._on_failed, self._heartbeat = on_failed, heartbeat
         self._lease_s, self._deadline_s, self._retry_s = lease_duration_s, renew_deadline_s, retry_period_s
         self._stopping = threading.Event()
         self._leading = threading.Event()
@@ -83,29 +90,45 @@ class LeaderElector:
 
     def run(self) -> None:
         """Block: campaign until leader, lead until the Lease is lost or ``stop()``, then return."""
-        if not self._acquire():
+        if not self._unless_failed(self._acquire):
             return
         self._leading.set()
         try:
-            self._on_started()
-            self._renew_until_lost_or_stopped()
+            self._unless_failed(self._lead)
         finally:
             self._leading.clear()
             if self._stopping.is_set():
                 self._release()
             self._on_stopped()
 
+    def _unless_failed(self, step: Callable[[], bool]) -> bool:
+        """``step()``; an unexpected exception stops the election (``on_failed`` first) and is False."""
+        try:
+            return step()
+        except Exception as err:
+            log.exception("%s: the election on lease %s/%s failed", self.identity, self.namespace, self.name)
+            self._stopping.set()
+            self._on_failed(err)
+            return False
+
     def _acquire(self) -> bool:
         while not self._stopping.is_set():
+            self._heartbeat()
             if self._try_acquire_or_renew():
                 log.info("%s became leader of lease %s/%s", self.identity, self.namespace, self.name)
                 return True
             self._stopping.wait(self._retry_s)
         return False
 
+    def _lead(self) -> bool:
+        self._on_started()
+        self._renew_until_lost_or_stopped()
+        return True
+
     def _renew_until_lost_or_stopped(self) -> None:
         last_renew = self._clock.monotonic()
         while not self._stopping.wait(self._retry_s):
+            self._heartbeat()
             if self._try_acquire_or_renew():
                 last_renew = self._clock.monotonic()
             elif self._taken_by_another():

@@ -62,7 +62,7 @@ def make_elector(
 ) -> Iterator[Callable[[str, Timeline, str], LeaderElector]]:
     started: list[LeaderElector] = []
 
-    def make(identity: str, timeline: Timeline, lease: str) -> LeaderElector:
+    def make(identity: str, timeline: Timeline, lease: str, **callbacks: Any) -> LeaderElector:
         elector = LeaderElector(
             clients(),
             namespace,
@@ -74,6 +74,8 @@ def make_elector(
             retry_period_s=RETRY_S,
             on_started=timeline.callback(identity, "started"),
             on_stopped=timeline.callback(identity, "stopped"),
+            on_failed=lambda err: timeline.callback(identity, f"failed: {err!r}")(),
+            **callbacks,
         )
         started.append(elector)
         elector.start()
@@ -168,6 +170,54 @@ def test_a_frozen_leader_is_replaced_and_steps_down_when_it_wakes(make_elector: 
     eventually(lambda: timeline.when("first", "stopped"), timeout=RETRY_S * 4)
     assert second.is_leader
     assert not first.is_leader
+
+
+def broken_attempt() -> bool:
+    raise RuntimeError("a bug in the election")
+
+
+def test_an_unexpected_error_while_standing_by_ends_the_election_and_says_so(make_elector: Any) -> None:
+    """Before: the thread died silently and the replica could never lead again, yet looked healthy."""
+    timeline, lease = Timeline(), unique("lease")
+    first = make_elector("first", timeline, lease)
+    eventually(lambda: first.is_leader)
+    second = make_elector("second", timeline, lease)
+    second._attempt = broken_attempt
+    eventually(lambda: timeline.when("second", "failed: RuntimeError('a bug in the election')"))
+    first.stop()
+    time.sleep(RETRY_S * 3)
+    assert timeline.when("second", "started") is None
+    assert not any(t.name == f"leader-{lease}" and t.is_alive() for t in threading.enumerate())
+
+
+def test_a_leader_whose_election_fails_unexpectedly_releases_the_lease_at_once(
+    make_elector: Any, kube: client.ApiClient, namespace: str
+) -> None:
+    timeline, lease = Timeline(), unique("lease")
+    first = make_elector("first", timeline, lease)
+    eventually(lambda: first.is_leader)
+    first._attempt = broken_attempt
+    eventually(lambda: timeline.when("first", "stopped"))
+    reported = [what for _, who, what in timeline.entries if who == "first"]
+    assert reported == ["started", "failed: RuntimeError('a bug in the election')", "stopped"]
+    assert KubeObjects(kube).get(LEASE, namespace, lease)["spec"]["holderIdentity"] == ""
+    assert not first.is_leader
+
+
+def test_the_heartbeat_runs_at_every_attempt_while_standing_by_and_while_leading(make_elector: Any) -> None:
+    timeline, lease = Timeline(), unique("lease")
+    beats = {"first": 0, "second": 0}
+
+    def beat(identity: str) -> Callable[[], None]:
+        def count() -> None:
+            beats[identity] += 1
+
+        return count
+
+    first = make_elector("first", timeline, lease, heartbeat=beat("first"))
+    eventually(lambda: first.is_leader)
+    make_elector("second", timeline, lease, heartbeat=beat("second"))
+    eventually(lambda: beats["first"] >= 3 and beats["second"] >= 3, timeout=RETRY_S * 3 + 5)
 
 
 def test_timings_must_leave_the_renew_deadline_inside_the_lease(kube: client.ApiClient) -> None:

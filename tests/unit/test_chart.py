@@ -223,6 +223,7 @@ def test_coordinator_is_highly_available(rendered: dict[str, list[dict[str, Any]
     assert pdb["spec"] == {"minAvailable": 1, "selector": deployment["spec"]["selector"]}
     probes = container(deployment)
     assert probes["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "health"}
+    assert probes["livenessProbe"]["timeoutSeconds"] >= 5  # a late answer under load is no death
     assert probes["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "health"}
     assert pod["metadata"]["labels"] == deployment["spec"]["selector"]["matchLabels"]
 

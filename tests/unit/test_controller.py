@@ -3,6 +3,7 @@ the admission pass, decide and the executor's writes, as one reconcile does them
 
 from __future__ import annotations
 
+import threading
 from typing import Any
 
 import pytest
@@ -11,6 +12,7 @@ from barge.clock import ManualClock
 from barge.control.messages import CancelAssignment, Hello, RunningAssignment
 from barge.control.naming import ASSIGNMENT_ANNOTATION, FINALIZER, LABEL_OWNER_KIND, LABEL_OWNER_NAME
 from barge.errors import TemporaryError
+from barge.probes import Vitals
 from coordinator.config import CoordinatorConfig
 from coordinator.controller import Controller
 from coordinator.hub import Hub
@@ -18,6 +20,7 @@ from coordinator.metrics import CoordinatorMetrics
 from coordinator.model import ACCEPTED_AT_ANNOTATION
 from coordinator.ports import ControllerAdapters
 from coordinator.scheduler import ItemKey
+from devenv.waiting import wait_for
 from tests.fakecluster import FakeCrWrites, FakeEvents, FakeObjects, RecordingSession, feeds_over
 
 Obj = dict[str, Any]
@@ -59,6 +62,7 @@ def controller(
     config: CoordinatorConfig,
     status: FakeCrWrites | None = None,
     clock: ManualClock | None = None,
+    vitals: Vitals | None = None,
 ) -> Controller:
     clock = clock or ManualClock()
     metrics = CoordinatorMetrics()
@@ -76,6 +80,7 @@ def controller(
         metrics=metrics,
         clock=clock,
         identity="barge-coordinator-0",
+        vitals=vitals,
     )
 
 
@@ -188,6 +193,66 @@ def test_a_reconcile_that_meets_a_temporary_error_is_retried_after_a_backoff_not
     clock.advance(1)
     assert reconciled(loop) == ["backup-0"]
     assert objects.writes == ["update DataUpload backup-0 status.phase=Accepted"]
+
+
+class BuggyCrWrites(FakeCrWrites):
+    """CR writes that hit a bug (an exception outside barge.errors) the first time."""
+
+    def __init__(self, objects: FakeObjects) -> None:
+        super().__init__(objects)
+        self.broken = True
+
+    def update_status(self, *args: Any, **kwargs: Any) -> Obj:
+        if self.broken:
+            self.broken = False
+            raise KeyError("spec")
+        return super().update_status(*args, **kwargs)
+
+
+def test_an_unexpected_error_in_one_reconcile_is_retried_after_a_backoff_and_the_worker_lives_on() -> None:
+    """As controller-runtime recovers a panicking Reconcile: one CR's bug must not end a worker."""
+    objects, clock = world(1), ManualClock()
+    loop = controller(objects, CoordinatorConfig(), status=BuggyCrWrites(objects), clock=clock)
+    loop.recompute_admissions()
+    objects.announce("ADDED", objects.store[("DataUpload", "velero", "backup-0")])
+    assert reconciled(loop) == ["backup-0"]  # the KeyError did not escape the worker's loop
+    assert reconciled(loop) == []
+    clock.advance(1)
+    assert reconciled(loop) == ["backup-0"]
+    assert objects.writes == ["update DataUpload backup-0 status.phase=Accepted"]
+
+
+def test_every_loop_of_a_running_controller_keeps_beating_and_a_stopped_one_is_no_longer_watched() -> None:
+    clock = ManualClock()
+    vitals = Vitals(clock, stall_after_s=60)
+    loop = controller(world(0), CoordinatorConfig(), clock=clock, vitals=vitals)
+    loop.start()
+    try:
+        assert vitals.watched() == ["admission", "reconcile-0", "reconcile-1", "resync"]
+        clock.advance(61)
+        assert vitals.problems()  # nothing beat since the start
+        # On real time: the loops wait on Events between passes.
+        wait_for(lambda: vitals.problems() == [], 30, what="every loop's next beat")
+    finally:
+        loop.stop()
+    assert vitals.watched() == []
+
+
+def test_a_controller_loop_that_dies_is_reported_as_dead() -> None:
+    vitals, died = Vitals(ManualClock()), threading.Event()
+    vitals.on_death = lambda loop, reason: died.set()
+    loop = controller(world(0), CoordinatorConfig(), vitals=vitals)
+    loop.start()
+    try:
+        loop.recompute_admissions = broken_admissions  # type: ignore[method-assign]
+        assert died.wait(timeout=30)
+    finally:
+        loop.stop()
+    assert vitals.problems() == ["admission died: RuntimeError: the scheduler broke"]
+
+
+def broken_admissions() -> None:
+    raise RuntimeError("the scheduler broke")
 
 
 @pytest.mark.parametrize("event", ["ADDED", "MODIFIED"])
