@@ -257,6 +257,8 @@ def cmd_check(args: argparse.Namespace) -> int:
     report = check_repository(repo, read_data=share, log=lambda line: print(line, file=sys.stderr))
     for problem in report.problems:
         print(f"error: {problem}")
+    for note in report.notes:
+        print(f"note: {note}")
     print(
         f"{report.snapshots} snapshots, {report.trees} trees, {report.packs} packs"
         + (f", {report.blobs_verified} blobs read and verified" if share > 0 else "")

@@ -18,6 +18,8 @@ from barge.repo.objects import MAX_KEY_OBJECT, parse_hex_id, read_bounded
 from barge.repo.pack import BlobLocation, BlobType, open_blob, pack_id_from_key, pack_key, parse_pack_header
 from barge.repo.repository import Repository, index_object_id, key_object_name
 from barge.repo.session import read_pending
+from barge.repo.snapshot import Snapshot
+from barge.repo.sources import SOURCES_PREFIX, Entry, entry_keys, is_sources_object, parse_entry
 from barge.storage import ObjectNotFound
 
 
@@ -28,6 +30,7 @@ class CheckReport:
     packs: int = 0
     blobs_verified: int = 0
     problems: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # worth knowing, harmless: not damage
 
     @property
     def ok(self) -> bool:
@@ -52,7 +55,12 @@ def check_repository(
     start = random.random() if sample_start is None else sample_start  # noqa: S311 (a sample, not a secret)
     sample = PackSample(float(read_data), start)
     _check_packs(repo, report, sample, log)
-    _check_snapshots(repo, report)
+    # Entries listed before the manifests: a backup writes its manifest before its entries, so an
+    # entry whose manifest the later listing lacks was forgotten, not about to be written.
+    entries = [entry for info in repo.store.list(SOURCES_PREFIX) if (entry := parse_entry(info.key))]
+    snapshots, damaged = repo.read_snapshots()
+    _check_snapshots(repo, report, snapshots, damaged)
+    _check_source_entries(repo, report, entries, snapshots, damaged)
     return report
 
 
@@ -95,6 +103,7 @@ _NAMES: dict[str, Callable[[str], bool]] = {
     "keys/": key_object_name,
     "index/": lambda key: index_object_id(key) is not None,
     "snapshots/": lambda key: parse_hex_id(key.removeprefix("snapshots/")) is not None,
+    SOURCES_PREFIX: is_sources_object,
     "data/": lambda key: pack_id_from_key(key) is not None,
 }
 
@@ -159,9 +168,10 @@ def _verify_pack_bytes(repo: Repository, pack_id: bytes, size: int, report: Chec
         report.blobs_verified += 1
 
 
-def _check_snapshots(repo: Repository, report: CheckReport) -> None:
+def _check_snapshots(
+    repo: Repository, report: CheckReport, snapshots: dict[str, Snapshot], damaged: dict[str, str]
+) -> None:
     seen_trees: set[bytes] = set()
-    snapshots, damaged = repo.read_snapshots()
     report.snapshots = len(snapshots) + len(damaged)
     report.problems.extend(damaged.values())
     for snapshot_id, snapshot in snapshots.items():
@@ -197,3 +207,34 @@ def _check_tree(
                     report.problems.append(
                         f"snapshot {snapshot_id[:16]}: {node.name!r} references missing data {missing}"
                     )
+
+
+def _check_source_entries(
+    repo: Repository,
+    report: CheckReport,
+    entries: list[Entry],
+    snapshots: dict[str, Snapshot],
+    damaged: dict[str, str],
+) -> None:
+    """An entry its manifest would not get is a problem: Barge never writes one, so someone crafted
+    it (lookups ignore it). An entry whose manifest is gone is only a note: a Barge without source
+    entries forgetting the snapshot, or a forget of a damaged manifest, leaves exactly that; lookups
+    skip it and the next garbage collection removes it."""
+    expected = {key for sid, snapshot in snapshots.items() for key in entry_keys(repo.keys, sid, snapshot)}
+    gone: dict[str, int] = {}
+    for entry in entries:
+        if entry.key in expected or entry.snapshot_id in damaged:
+            continue
+        if entry.snapshot_id in snapshots:
+            report.problems.append(
+                f"source entry {entry.key} does not match the manifest of snapshot "
+                f"{entry.snapshot_id[:16]} (not written by Barge: remove it)"
+            )
+        else:
+            gone[entry.snapshot_id] = gone.get(entry.snapshot_id, 0) + 1
+    for snapshot_id, count in gone.items():
+        report.notes.append(
+            f"snapshot {snapshot_id[:16]} no longer exists but {count} source "
+            f"entr{'ies' if count > 1 else 'y'} still name it (forgotten by an older Barge?): "
+            "lookups skip it, `barge gc` removes it"
+        )

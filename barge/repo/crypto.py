@@ -12,6 +12,8 @@
 from __future__ import annotations
 
 import base64
+import hashlib
+import hmac
 import json
 import os
 import secrets
@@ -83,6 +85,13 @@ class MasterKeys:
 
     def content_id_of(self, data: bytes | memoryview) -> bytes:
         return blake3.blake3(data, key=self.content_id).digest()
+
+    def source_id(self, source: bytes) -> bytes:
+        """A keyed name for what a snapshot is a backup of (its PVC, its paths): HMAC-SHA256 under
+        a key derived from ``content_id`` for this use only, so source-entry names tell a bucket
+        reader nothing about the source and never coincide with a content ID."""
+        name_key = hmac.digest(self.content_id, b"barge:source-id:v1", hashlib.sha256)
+        return hmac.digest(name_key, source, hashlib.sha256)
 
     def seal(self, plaintext: bytes | memoryview, associated: bytes) -> bytes:
         nonce = os.urandom(NONCE_SIZE)

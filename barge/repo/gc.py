@@ -29,7 +29,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import timedelta
 
-from barge.errors import CorruptionDetected, TemporaryError
+from barge.errors import CorruptionDetected, NotFound, TemporaryError
 from barge.repo.index import encode_indexes, index_key
 from barge.repo.objects import read_bounded
 from barge.repo.pack import BlobLocation, BlobType, pack_id_from_key, pack_key
@@ -42,6 +42,7 @@ from barge.repo.session import (
     read_pending,
     store_now,
 )
+from barge.repo.sources import COMPLETE_KEY, SOURCES_PREFIX, parse_entry
 from barge.storage import ObjectExists, ObjectNotFound
 
 LOCK_KEY = "gc/lock"
@@ -64,6 +65,8 @@ class GcReport:
     kept_packs: int = 0
     waiting_for_sessions: int = 0
     expired_sessions: int = 0
+    source_entries_added: int = 0  # for manifests a Barge without source entries wrote
+    source_entries_removed: int = 0  # naming manifests that no longer exist
     notes: list[str] = field(default_factory=list)
 
 
@@ -177,6 +180,7 @@ def _mark(repo: Repository, policy: GcPolicy, report: GcReport, log: Callable[[s
     repo.load_index()
     _refuse_unreadable_indexes(repo.index_problems)
     live = referenced_blobs(repo)
+    _reconcile_source_entries(repo, report, log)
     condemned: set[bytes] = set()
     to_repack: dict[bytes, list[bytes]] = {}
     for pack_id, blobs in _packs_in_index(repo).items():
@@ -201,6 +205,36 @@ def _mark(repo: Repository, policy: GcPolicy, report: GcReport, log: Callable[[s
     else:
         repo.store.delete(PENDING_KEY)  # none, or one that could not be read: nothing is condemned
     report.condemned_packs = len(condemned)
+
+
+def _reconcile_source_entries(repo: Repository, report: GcReport, log: Callable[[str], None]) -> None:
+    """Bring the source entries in line with the manifests, then mark them complete, so a source
+    without entries needs no full scan: entries naming a manifest that is gone are removed, and
+    manifests without entries (written by an older Barge) get theirs.
+
+    The entries are listed before the manifests: a backup writes its manifest before its entries,
+    so an entry whose manifest the later listing lacks names a forgotten snapshot, never one being
+    written. Other names under the prefix are left alone (``barge check`` reports them)."""
+    listed = [entry for info in repo.store.list(SOURCES_PREFIX) if (entry := parse_entry(info.key))]
+    manifests = set(repo.snapshot_ids())
+    for entry in listed:
+        if entry.snapshot_id not in manifests:
+            repo.store.delete(entry.key)
+            report.source_entries_removed += 1
+    for snapshot_id in sorted(manifests - {entry.snapshot_id for entry in listed}):
+        try:
+            snapshot = repo.load_snapshot(snapshot_id)
+        except (CorruptionDetected, NotFound):
+            continue  # forgotten meanwhile, or damaged since referenced_blobs read it: never a parent
+        repo.write_source_entries(snapshot_id, snapshot)
+        report.source_entries_added += 1
+    with contextlib.suppress(ObjectExists):
+        repo.store.put(COMPLETE_KEY, b"")
+    if report.source_entries_added or report.source_entries_removed:
+        log(
+            f"source entries: added for {report.source_entries_added} snapshots, "
+            f"removed {report.source_entries_removed} naming forgotten ones"
+        )
 
 
 def _blob_type(repo: Repository, blob_id: bytes) -> BlobType:

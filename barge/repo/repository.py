@@ -2,7 +2,8 @@
 
 Layout under the store (see docs/repository-format.md):
 ``config`` (sealed settings), ``keys/<id>`` (password-wrapped master keys), ``data/xx/<pack id>``,
-``index/<index id>``, ``snapshots/<snapshot id>``, ``sessions/<id>`` (live writer leases).
+``index/<index id>``, ``snapshots/<snapshot id>``, ``snapshots-by-source/...`` (manifests by
+source, barge/repo/sources.py), ``sessions/<id>`` (live writer leases).
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import hashlib
 import json
 import threading
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -20,7 +21,7 @@ from typing import Any
 import zstandard
 
 from barge.clock import Clock, SystemClock
-from barge.errors import CorruptionDetected, InvalidInput, NotFound
+from barge.errors import CorruptionDetected, InvalidInput, NotFound, TemporaryError
 from barge.repo.crypto import (
     SEAL_OVERHEAD,
     KdfParams,
@@ -56,6 +57,15 @@ from barge.repo.pack import (
 )
 from barge.repo.session import Session, condemned_packs
 from barge.repo.snapshot import Snapshot, SnapshotKind
+from barge.repo.sources import (
+    COMPLETE_KEY,
+    entry_keys,
+    newest_first,
+    parse_entry,
+    query_source,
+    snapshot_sources,
+    source_prefix,
+)
 from barge.repo.tree import Node, decode_tree
 from barge.storage import ObjectExists, ObjectInfo, ObjectNotFound, ObjectStore
 
@@ -205,6 +215,8 @@ class Repository:
         except ObjectExists:
             store.delete(key_name)
             raise InvalidInput(f"a repository already exists at {store.describe()}") from None
+        with contextlib.suppress(ObjectExists):
+            store.put(COMPLETE_KEY, b"")  # no manifest yet, so none lacks its source entries
         return cls(store, keys, config, key_name, clock or SystemClock())
 
     @classmethod
@@ -374,7 +386,17 @@ class Repository:
         sealed = self.keys.seal(json.dumps(snapshot.to_json(), sort_keys=True).encode(), _SNAPSHOT_AAD)
         snapshot_id = hashlib.sha256(sealed).hexdigest()
         self.store.put(_snapshot_key(snapshot_id), sealed)
+        self.write_source_entries(snapshot_id, snapshot)
         return snapshot_id
+
+    def write_source_entries(self, snapshot_id: str, snapshot: Snapshot) -> None:
+        """Make the manifest findable by its sources; after the manifest, so an entry never names a
+        manifest about to be written. Entries are hints: one that failed to be written only makes
+        lookups miss this snapshot as a parent (the backup then reads more), so the snapshot,
+        already committed, is not reported as failed for it."""
+        for key in entry_keys(self.keys, snapshot_id, snapshot):
+            with contextlib.suppress(ObjectExists, TemporaryError):
+                self.store.put(key, b"")
 
     def load_snapshot(self, snapshot_id: str, size: int | None = None) -> Snapshot:
         """The manifest of ``snapshot_id``; ``size`` (from a listing) saves a HEAD."""
@@ -418,13 +440,42 @@ class Repository:
         The parent for an incremental backup: its unchanged files are reused without reading. A
         damaged manifest is never a parent (the backup then reads more, and check reports it).
         """
+
+        def matches(snapshot: Snapshot) -> bool:
+            if snapshot.kind is not kind or (paths is not None and list(snapshot.paths) != paths):
+                return False
+            return not tags or all(snapshot.tags.get(k) == v for k, v in tags.items())
+
+        source = query_source(kind, paths, tags)
+        if source is None:
+            return self._latest_by_scan(matches, None)
+        found = self._latest_by_entries(source, matches)
+        if found is not None or _exists(self.store, COMPLETE_KEY):
+            return found
+        return self._latest_by_scan(matches, source)
+
+    def _latest_by_entries(self, source: bytes, matches: Callable[[Snapshot], bool]) -> str | None:
+        """One listing of the source's entries, then its manifests newest first, up to the first
+        that matches. An entry counts only if its manifest reads and names it (docs: never trust
+        the entry's name alone); the rest are skipped."""
+        listed = self.store.list(source_prefix(self.keys, source))
+        for entry in newest_first([entry for info in listed if (entry := parse_entry(info.key))]):
+            try:
+                snapshot = self.load_snapshot(entry.snapshot_id)
+            except (CorruptionDetected, NotFound):
+                continue  # damaged (check reports it) or forgotten since
+            if entry.key in entry_keys(self.keys, entry.snapshot_id, snapshot) and matches(snapshot):
+                return entry.snapshot_id
+        return None
+
+    def _latest_by_scan(self, matches: Callable[[Snapshot], bool], source: bytes | None) -> str | None:
+        """Every manifest read: the only way before source entries existed. When the lookup was for
+        ``source``, its snapshots' entries are written on the way, so that source pays this once."""
         best: tuple[str, str] | None = None
         for snapshot_id, snapshot in self.read_snapshots()[0].items():
-            if snapshot.kind is not kind or (paths is not None and list(snapshot.paths) != paths):
-                continue
-            if tags and any(snapshot.tags.get(k) != v for k, v in tags.items()):
-                continue
-            if best is None or snapshot.time > best[0]:
+            if source is not None and source in snapshot_sources(snapshot):
+                self.write_source_entries(snapshot_id, snapshot)
+            if matches(snapshot) and (best is None or snapshot.time > best[0]):
                 best = (snapshot.time, snapshot_id)
         return best[1] if best else None
 
@@ -432,9 +483,16 @@ class Repository:
         """Remove the snapshot's manifest; its data stays until garbage collection reclaims it.
 
         A damaged manifest can be forgotten too: garbage collection refuses to run while one
-        exists (it cannot tell what that snapshot references), and this is how it is cleared."""
-        with contextlib.suppress(CorruptionDetected):
-            self.load_snapshot(snapshot_id)
+        exists (it cannot tell what that snapshot references), and this is how it is cleared (its
+        source entries, which only its content names, are left for garbage collection).
+        The entries go first: a crash between leaves a snapshot that lookups miss, never an entry
+        naming nothing."""
+        try:
+            snapshot: Snapshot | None = self.load_snapshot(snapshot_id)
+        except CorruptionDetected:
+            snapshot = None
+        for key in entry_keys(self.keys, snapshot_id, snapshot) if snapshot else ():
+            self.store.delete(key)
         self.store.delete(_snapshot_key(snapshot_id))
 
     def writer(self, **options: Any) -> RepositoryWriter:

@@ -15,6 +15,7 @@ from barge.errors import NotFound
 from barge.repo.crypto import KdfParams
 from barge.repo.repository import Repository
 from barge.repo.snapshot import Snapshot, SnapshotKind, SnapshotSummary
+from barge.repo.sources import SOURCES_PREFIX, parse_entry
 from barge.storage.local import LocalDirectoryStore
 from barge.velero.backups import label_value
 from barge.velero.password import SecretKey
@@ -86,6 +87,15 @@ def test_forgets_only_what_names_the_deleted_backup_and_only_once(tmp_path: Path
     again = run_sweep(Sweep("s2", "velero", "default", (asked,)), opener(tmp_path))
     assert again.forgotten == ()
     assert again.message == ""
+
+
+def test_a_forgotten_snapshot_takes_its_source_entries_with_it(tmp_path: Path) -> None:
+    ids = repo_with(tmp_path, "shop", {"a": ("nightly", "u1"), "b": ("other", "u2")})
+    store = LocalDirectoryStore(location(tmp_path) / "plugins" / "barge" / "shop")
+    asked = ForgetBackup("shop", "nightly", "u1", (ids["a"],))
+    run_sweep(Sweep("s1", "velero", "default", (asked,)), opener(tmp_path))
+    named = {entry.snapshot_id for info in store.list(SOURCES_PREFIX) if (entry := parse_entry(info.key))}
+    assert named == {ids["b"]}
 
 
 def test_a_backup_the_location_holds_is_never_forgotten_whatever_the_leader_asks(tmp_path: Path) -> None:

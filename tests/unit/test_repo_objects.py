@@ -258,6 +258,8 @@ def test_junk_gc_pending_blocks_nothing_and_gc_marks_afresh(
         "index/README",
         "snapshots/README",
         "keys/README",
+        "snapshots-by-source/README",
+        f"snapshots-by-source/{'ab' * 32}/README",
     ],
 )
 def test_a_stray_object_blocks_no_command_and_check_reports_it(
@@ -275,6 +277,21 @@ def test_a_stray_object_blocks_no_command_and_check_reports_it(
     assert f"unexpected object {key}" in check.out
     assert cli(repo_path, "gc").code == EXIT_OK
     assert (repo_path / key).exists()
+
+
+def test_an_entry_of_a_vanished_manifest_is_a_note_that_fails_no_check_and_gc_removes_it(
+    template: Template, repo_path: Path
+) -> None:
+    store = LocalDirectoryStore(repo_path)
+    entries = [info.key for info in store.list("snapshots-by-source/") if template.snapshot_id in info.key]
+    assert entries
+    store.delete(f"snapshots/{template.snapshot_id}")  # as a Barge without source entries forgets
+    check = cli(repo_path, "check")
+    assert check.code == EXIT_OK, check
+    assert f"note: snapshot {template.snapshot_id[:16]} no longer exists" in check.out
+    assert cli(repo_path, "gc").code == EXIT_OK
+    assert not [key for key in entries if (repo_path / key).exists()]
+    assert "note:" not in cli(repo_path, "check").out
 
 
 def test_a_junk_session_holds_back_the_sweep_until_its_lease_runs_out(

@@ -18,7 +18,9 @@ from barge.fs.backup import backup_tree
 from barge.fs.restore import restore_tree
 from barge.repo.check import check_repository
 from barge.repo.crypto import KdfParams
+from barge.repo.gc import collect_garbage
 from barge.repo.repository import Repository, RepositorySettings
+from barge.repo.snapshot import SnapshotKind
 from barge.storage.local import LocalDirectoryStore
 from devenv.trees import capture
 from tests.faultystore import Crash, FaultyStore
@@ -57,16 +59,30 @@ class TestTheFaultyStoreIsAnObjectStore(ObjectStoreConformance):
 def test_packs_then_index_then_the_manifest_then_the_session_ends(store: FaultyStore, source: Path) -> None:
     backup_tree(Repository.open(store, PASSWORD), source)
     writes = [(op, key.split("/")[0]) for op, key in store.calls if op in ("put", "delete")]
-    puts = [folder for op, folder in writes if op == "put" and folder != "sessions"]
+    leases_and_hints = ("sessions", "snapshots-by-source")
+    puts = [folder for op, folder in writes if op == "put" and folder not in leases_and_hints]
     assert puts.count("snapshots") == 1
-    assert puts[-1] == "snapshots"  # the manifest is the last thing written
+    assert puts[-1] == "snapshots"  # the manifest is the last thing written, but for its source entry
     first_index = puts.index("index")
     assert puts[:first_index] == ["data"] * first_index  # every pack before any index names it
     assert "data" not in puts[first_index:]
     assert first_index >= 2  # the tree is big enough for several packs
     # The session (garbage collection's proof that this writer may still reference what it saw)
     # ends only after the manifest is stored: never a window where a sweep could delete its packs.
-    assert writes[-2:] == [("put", "snapshots"), ("delete", "sessions")]
+    # Its source entry follows it, so no entry ever names a manifest not yet written.
+    assert writes[-3:] == [("put", "snapshots"), ("put", "snapshots-by-source"), ("delete", "sessions")]
+
+
+def test_a_failed_source_entry_write_leaves_a_committed_snapshot_that_gc_makes_findable(
+    store: FaultyStore, source: Path
+) -> None:
+    store.fail("put", "snapshots-by-source/")
+    repo = Repository.open(store, PASSWORD)
+    result = backup_tree(repo, source)  # committed: the entry is only a lookup hint
+    assert repo.snapshot_ids() == [result.snapshot_id]
+    assert repo.latest_snapshot(SnapshotKind.FILESYSTEM, paths=[str(source)]) is None
+    collect_garbage(repo)
+    assert repo.latest_snapshot(SnapshotKind.FILESYSTEM, paths=[str(source)]) == result.snapshot_id
 
 
 @pytest.mark.parametrize("dies_at", ["data/", "index/", "snapshots/"])
