@@ -9,8 +9,7 @@ from typing import Any
 from barge.kube.resources import POD, KubeObjects
 from devenv.realnode.bargeimage import BARGE_IMAGE, build_barge_image
 from devenv.realnode.node import NODE_NAME, RealNode
-from tests.integration.kubetest import eventually
-from tests.realnode.pods import POD_TIMEOUT, fresh_namespace
+from tests.realnode.pods import finished, fresh_namespace
 
 # In-cluster configuration (the kubernetes Service, the projected token and CA), then discovery
 # through KubeObjects: the request path every read and write of Barge takes.
@@ -47,11 +46,7 @@ def test_the_barge_image_runs_the_coordinator_and_the_agent_as_non_root(
     }
     node_objects.create(POD, pod)
 
-    def finished() -> dict[str, Any] | None:
-        found = node_objects.get(POD, namespace, "barge")
-        return found if found.get("status", {}).get("phase") in ("Succeeded", "Failed") else None
-
-    done = eventually(finished, POD_TIMEOUT)
+    done = finished(node_objects, namespace, "barge")
     logs = {
         name: node_objects.read_text(POD, namespace, "barge", "log", [("container", name)])
         for name in ("coordinator", "agent", "in-cluster")

@@ -15,9 +15,11 @@ from tests.realnode.pods import (
     POD_TIMEOUT,
     TOKEN,
     condition,
+    finished,
     fresh_namespace,
     ready,
     running,
+    script_pod_spec,
     web_pod_spec,
 )
 
@@ -122,27 +124,8 @@ def test_a_pod_reaches_another_through_its_service_and_the_apiserver_through_kub
         "sleep 1; done; "
         "nc -w 5 10.0.0.1 443 </dev/null && echo connected > /data/kubernetes-service.txt"
     )
-    client = {
-        "metadata": {"name": "client", "namespace": namespace},
-        "spec": {
-            "nodeName": NODE_NAME,
-            "restartPolicy": "Never",
-            "containers": [{
-                "name": "client",
-                "image": str(BUSYBOX),
-                "imagePullPolicy": "Never",
-                "command": ["sh", "-c", script],
-                "volumeMounts": [{"name": "data", "mountPath": "/data"}],
-            }],
-            "volumes": [{"name": "data", "hostPath": {"path": str(data_dir), "type": "Directory"}}],
-        },
-    }
-    node_objects.create(POD, client)
-
-    def finished() -> dict[str, Any] | None:
-        pod = node_objects.get(POD, namespace, "client")
-        return pod if pod.get("status", {}).get("phase") in ("Succeeded", "Failed") else None
-
-    eventually(finished, POD_TIMEOUT)
+    client = script_pod_spec(data_dir, script)
+    node_objects.create(POD, {"metadata": {"name": "client", "namespace": namespace}, "spec": client})
+    finished(node_objects, namespace, "client")
     assert (data_dir / "via-service.txt").read_text() == "ready\n"
     assert (data_dir / "kubernetes-service.txt").read_text() == "connected\n"
