@@ -7,8 +7,8 @@ from __future__ import annotations
 from typing import Any
 
 from barge.kube.resources import POD, KubeObjects
-from devenv.realnode.bargeimage import BARGE_IMAGE, build_barge_image
-from devenv.realnode.node import NODE_NAME, RealNode
+from devenv.realnode.bargeimage import BARGE_IMAGE, BuiltImage
+from devenv.realnode.node import NODE_NAME
 from tests.realnode.pods import finished, fresh_namespace
 
 # In-cluster configuration (the kubernetes Service, the projected token and CA), then discovery
@@ -24,11 +24,8 @@ def program(name: str, command: list[str]) -> dict[str, Any]:
 
 
 def test_the_barge_image_runs_the_coordinator_and_the_agent_as_non_root(
-    real_node: RealNode, node_objects: KubeObjects
+    barge_image: BuiltImage, node_objects: KubeObjects
 ) -> None:
-    image = build_barge_image(real_node.workdir / "images" / "barge.tar")
-    real_node.import_image(image.archive)
-    print(f"Barge image: {image.size / 1e6:.1f} MB uncompressed (layers {image.layer_bytes})")
     namespace = fresh_namespace(node_objects, "image")
     pod = {
         "metadata": {"name": "barge", "namespace": namespace},
