@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from barge.kube.resources import NAMESPACE, POD, SERVICE_ACCOUNT, KubeObjects
+from barge.kube.resources import NAMESPACE, POD, SERVICE_ACCOUNT, KubeObjects, Resource
 from devenv.realnode.image import ImageRef, busybox_layer, oci_archive
 from devenv.realnode.node import NODE_NAME, RealNode
 from tests.integration.kubetest import eventually, unique
@@ -13,6 +13,7 @@ from tests.integration.kubetest import eventually, unique
 BUSYBOX = ImageRef("busybox", "1.35.0")
 POD_TIMEOUT = 120.0
 TOKEN = "/var/run/secrets/kubernetes.io/serviceaccount/token"
+SERVICE = Resource("Service", "", "v1", "services", True)
 
 
 def load_busybox(node: RealNode) -> ImageRef:

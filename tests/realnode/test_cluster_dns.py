@@ -7,8 +7,7 @@ from __future__ import annotations
 from barge.kube.resources import POD, KubeObjects
 from devenv.realnode.node import NODE_NAME, NodeEndpoints
 from tests.integration.kubetest import unique
-from tests.realnode.pods import finished, fresh_namespace, script_pod_spec, web_pod_spec
-from tests.realnode.test_pods import SERVICE
+from tests.realnode.pods import SERVICE, finished, fresh_namespace, script_pod_spec, web_pod_spec
 
 
 def test_a_pod_resolves_the_kubernetes_service_and_reaches_a_service_of_its_namespace_by_name(

@@ -21,8 +21,7 @@ from devenv.helm import CHART_DIR, Helm
 from devenv.realnode.bargeimage import BARGE_IMAGE, BuiltImage
 from devenv.realnode.node import NODE_NAME, NodeEndpoints, RealNode
 from tests.integration.kubetest import eventually
-from tests.realnode.pods import POD_TIMEOUT, condition
-from tests.realnode.test_pods import SERVICE
+from tests.realnode.pods import POD_TIMEOUT, SERVICE, condition
 
 RELEASE = NAMESPACE_NAME = "barge"
 VELERO_NAMESPACE = "velero"

@@ -7,12 +7,13 @@ import ipaddress
 from typing import Any
 from urllib.parse import urlsplit
 
-from barge.kube.resources import DEPLOYMENT, POD, TOKEN_REVIEW, KubeObjects, Resource
+from barge.kube.resources import DEPLOYMENT, POD, TOKEN_REVIEW, KubeObjects
 from devenv.realnode.node import NODE_NAME, POD_SUBNET, NodeEndpoints
 from tests.integration.kubetest import eventually, unique
 from tests.realnode.pods import (
     BUSYBOX,
     POD_TIMEOUT,
+    SERVICE,
     TOKEN,
     condition,
     finished,
@@ -94,8 +95,6 @@ def test_a_deployment_is_scheduled_and_its_pod_has_a_projected_token_and_reaches
     # Bound to this pod: the kubelet requested it with TokenRequest for the pod's projected volume.
     assert status["user"]["extra"]["authentication.kubernetes.io/pod-name"] == [pod["metadata"]["name"]]
 
-
-SERVICE = Resource("Service", "", "v1", "services", True)
 
 
 def test_a_pod_reaches_another_through_its_service_and_the_apiserver_through_kubernetes_default(
