@@ -9,7 +9,9 @@ Two layers, the Dockerfile's equivalent (same contents: Python 3.11, Barge and i
   Python (``pip install --target``). Cached in ``~/.cache/barge/images/`` by what decides it: the
   dependency list in ``pyproject.toml`` and this module's package list;
 * Barge itself: its wheel (``pip wheel --no-deps .``, as the Dockerfile builds it), rebuilt each
-  time, with ``barge``, ``barge-coordinator`` and ``barge-agent`` launchers in ``/opt/barge/bin``.
+  time, with ``barge``, ``barge-coordinator`` and ``barge-agent`` launchers in ``/opt/barge/bin``,
+  and ``python`` there too (the Dockerfile's virtual environment has it; the chart's ``helm test``
+  pod runs it).
 """
 
 from __future__ import annotations
@@ -162,6 +164,7 @@ def _barge_layer(scratch: Path) -> bytes:
             f"#!{PYTHON}\nimport sys\nfrom {module} import {function}\nsys.exit({function}())\n"
         )
         launcher.chmod(0o755)
+    (bin_dir / "python").symlink_to(PYTHON)
     return _layer_of(root)
 
 

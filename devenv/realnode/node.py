@@ -1,5 +1,5 @@
 """A real node: etcd, the kube-apiserver, kube-scheduler and kube-controller-manager, containerd
-with runc, the kubelet and kube-proxy, on this machine.
+with runc, the kubelet, kube-proxy and the cluster DNS (CoreDNS), on this machine.
 
 Everything runs inside the node's namespaces (``namespace.NodeNamespace``): the control plane
 listens on the node's veth address, which its serving certificate names, so the host reaches it
@@ -7,8 +7,10 @@ and so do the pods; the kubelet registers the node with that address, so the api
 kubelet for pod logs (TLS both ways, the kubelet authorizing through the apiserver). Pods get
 addresses from the CNI bridge plugin, and real projected ServiceAccount tokens (the ServiceAccount
 admission is on; the controller-manager creates the ``default`` ServiceAccounts); kube-proxy routes
-ClusterIP Services (the ``kubernetes`` one to the apiserver). No registry: images are loaded with
-``ctr images import`` (``import_image``); the pod sandbox image is busybox sleeping.
+ClusterIP Services (the ``kubernetes`` one to the apiserver). CoreDNS, with the ``kubernetes``
+plugin a user's cluster runs, answers for ``cluster.local`` on the node's address, which the kubelet hands
+the pods as their nameserver (``clusterDNS``), so pods reach Services by name. No registry: images
+are loaded with ``ctr images import`` (``import_image``); the pod sandbox image is busybox sleeping.
 
 Everything the node writes is in its work directory, in the tmpfs only it sees (the host paths the
 kubelet and containerd hard-code: ``/var/lib``, ``/var/log``, ``/run``), or in its cgroup root;
@@ -33,7 +35,7 @@ import yaml
 
 from barge.errors import PermanentError, TemporaryError
 from barge.kube.client import api_client
-from barge.kube.resources import NODE, KubeObjects
+from barge.kube.resources import NODE, KubeObjects, Resource
 from devenv.controlplane import ControlPlaneEndpoints, LocalControlPlane, write_kubeconfig
 from devenv.pki import CertificateAuthority
 from devenv.processes import ServerProcess, StartedWhileEntered, http_ok
@@ -46,6 +48,18 @@ POD_SUBNET = "10.244.0.0/24"  # inside the node's network namespace only
 PAUSE_IMAGE = ImageRef("pause", "busybox")
 KUBELET_PORT = 10250
 KUBE_PROXY_HEALTH_PORT = 10256
+CLUSTER_DOMAIN = "cluster.local"
+DNS_HEALTH_PORT, DNS_READY_PORT = 10054, 10055  # CoreDNS's /health and /ready, on the node's address
+# What CoreDNS's kubernetes plugin reads (upstream's system:coredns ClusterRole).
+_CLUSTER_DNS_RULES = [
+    {"apiGroups": [""], "resources": ["endpoints", "services", "pods", "namespaces"],
+     "verbs": ["list", "watch"]},
+    {"apiGroups": ["discovery.k8s.io"], "resources": ["endpointslices"], "verbs": ["list", "watch"]},
+]
+_CLUSTER_ROLE = Resource("ClusterRole", "rbac.authorization.k8s.io", "v1", "clusterroles", False)
+_CLUSTER_ROLE_BINDING = Resource(
+    "ClusterRoleBinding", "rbac.authorization.k8s.io", "v1", "clusterrolebindings", False
+)
 _IPTABLES_COMMANDS = (
     "iptables", "iptables-save", "iptables-restore", "ip6tables", "ip6tables-save", "ip6tables-restore",
 )
@@ -56,7 +70,7 @@ _START_TIMEOUT = 120.0
 _HOST_PROGRAMS = ("unshare", "nsenter", "mount", "ip")
 _TOOLS = (
     "etcd", "kube-apiserver", "kubelet", "kube-scheduler", "kube-controller-manager", "kube-proxy",
-    "xtables-nft-multi",
+    "xtables-nft-multi", "coredns",
     "containerd", "containerd-shim-runc-v2", "ctr", "runc", "cni", "busybox",
 )
 
@@ -102,6 +116,7 @@ class RealNode(StartedWhileEntered[NodeEndpoints]):
         self._start_kubelet(plane)
         self._start_controllers(plane)
         self._start_kube_proxy(plane)
+        self._start_cluster_dns(plane)
         self.endpoints = NodeEndpoints(plane, NODE_NAME, self.namespace.address, self.workdir)
         return self.endpoints
 
@@ -356,6 +371,47 @@ disabled_plugins = [
             "healthy (/healthz)",
         )
 
+    def _start_cluster_dns(self, plane: ControlPlaneEndpoints) -> None:
+        """CoreDNS serving ``cluster.local`` from the apiserver (as the user ``system:coredns``,
+        with upstream's ClusterRole) on port 53 of the node's address; ready when its kubernetes
+        plugin has synced (``/ready``)."""
+        directory = self.workdir / "coredns"
+        directory.mkdir()
+        user = "system:coredns"
+        with api_client(plane.kubeconfig) as api:
+            objects = KubeObjects(api)
+            objects.create(_CLUSTER_ROLE, {"metadata": {"name": user}, "rules": _CLUSTER_DNS_RULES})
+            objects.create(_CLUSTER_ROLE_BINDING, {
+                "metadata": {"name": user},
+                "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": user},
+                "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": user}],
+            })
+        kubeconfig = self._client_kubeconfig(plane, directory, user)
+        address = self.namespace.address
+        corefile = directory / "Corefile"
+        corefile.write_text(f"""{CLUSTER_DOMAIN}:53 in-addr.arpa:53 ip6.arpa:53 {{
+    bind {address}
+    errors
+    log
+    health {address}:{DNS_HEALTH_PORT}
+    ready {address}:{DNS_READY_PORT}
+    kubernetes {CLUSTER_DOMAIN} in-addr.arpa ip6.arpa {{
+        kubeconfig {kubeconfig}
+    }}
+    cache 30
+}}
+""")
+        process = ServerProcess(
+            "coredns",
+            [*self.namespace.enter(), str(tool_path("coredns")), f"-conf={corefile}"],
+            self.workdir / "coredns.log",
+        )
+        self.controllers.append(process)
+        process.start()
+        process.wait_ready(
+            functools.partial(http_ok, address, DNS_READY_PORT, "/ready"), _START_TIMEOUT, "ready (/ready)"
+        )
+
     def _kubelet_config(self, plane: ControlPlaneEndpoints, cert: Path, key: Path) -> dict[str, Any]:
         """cgroup v1 with cgroupfs under the node's own cgroup root; webhook authentication and
         authorization (the apiserver decides who may read logs); no eviction or image GC on a
@@ -380,7 +436,9 @@ disabled_plugins = [
                 "x509": {"clientCAFile": str(plane.pki.ca.cert_path)},
             },
             "authorization": {"mode": "Webhook"},
-            "resolvConf": "",
+            "resolvConf": "",  # pods get only the cluster's nameserver and search domains
+            "clusterDNS": [self.namespace.address],
+            "clusterDomain": CLUSTER_DOMAIN,
             "failSwapOn": False,
             "protectKernelDefaults": False,
             "evictionHard": {

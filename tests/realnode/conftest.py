@@ -3,7 +3,7 @@
 One node for the session: starting it (control plane, containerd, kubelet, Node Ready) is most of
 the tier's time; tests keep to namespaces of their own. ``test_teardown`` starts a second one.
 Images come from no registry: busybox is assembled from Debian's static busybox and loaded into
-the node (``pods.load_busybox``).
+the node (``pods.load_busybox``); the Barge image is built once (``barge_image``) and loaded too.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from kubernetes import client
 
 from barge.kube.client import api_client
 from barge.kube.resources import KubeObjects
+from devenv.realnode.bargeimage import BuiltImage, build_barge_image
 from devenv.realnode.node import NodeEndpoints, RealNode
 from tests.realnode.pods import load_busybox
 
@@ -42,3 +43,12 @@ def node_api(node_endpoints: NodeEndpoints) -> Iterator[client.ApiClient]:
 @pytest.fixture(scope="session")
 def node_objects(node_api: client.ApiClient) -> KubeObjects:
     return KubeObjects(node_api)
+
+
+@pytest.fixture(scope="session")
+def barge_image(real_node: RealNode) -> BuiltImage:
+    """The Barge image, built here and loaded into the node (pods run it with imagePullPolicy Never)."""
+    image = build_barge_image(real_node.workdir / "images" / "barge.tar")
+    real_node.import_image(image.archive)
+    print(f"Barge image: {image.size / 1e6:.1f} MB uncompressed (layers {image.layer_bytes})")
+    return image

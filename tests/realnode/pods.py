@@ -5,14 +5,15 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from barge.kube.resources import NAMESPACE, POD, SERVICE_ACCOUNT, KubeObjects
+from barge.kube.resources import NAMESPACE, POD, SERVICE_ACCOUNT, KubeObjects, Resource
 from devenv.realnode.image import ImageRef, busybox_layer, oci_archive
-from devenv.realnode.node import RealNode
+from devenv.realnode.node import NODE_NAME, RealNode
 from tests.integration.kubetest import eventually, unique
 
 BUSYBOX = ImageRef("busybox", "1.35.0")
 POD_TIMEOUT = 120.0
 TOKEN = "/var/run/secrets/kubernetes.io/serviceaccount/token"
+SERVICE = Resource("Service", "", "v1", "services", True)
 
 
 def load_busybox(node: RealNode) -> ImageRef:
@@ -58,6 +59,33 @@ def web_pod_spec(data_dir: Path, node_name: str | None = None, extra_script: str
     if node_name is not None:
         spec["nodeName"] = node_name
     return spec
+
+
+def script_pod_spec(data_dir: Path, script: str) -> dict[str, Any]:
+    """A busybox pod that runs ``script`` once, with ``data_dir`` (hostPath) at ``/data`` to hand
+    its findings to the test."""
+    return {
+        "nodeName": NODE_NAME,
+        "restartPolicy": "Never",
+        "containers": [{
+            "name": "client",
+            "image": str(BUSYBOX),
+            "imagePullPolicy": "Never",
+            "command": ["sh", "-c", script],
+            "volumeMounts": [{"name": "data", "mountPath": "/data"}],
+        }],
+        "volumes": [{"name": "data", "hostPath": {"path": str(data_dir), "type": "Directory"}}],
+    }
+
+
+def finished(objects: KubeObjects, namespace: str, name: str) -> dict[str, Any]:
+    """The pod once it Succeeded or Failed (waits up to ``POD_TIMEOUT``)."""
+
+    def done() -> dict[str, Any] | None:
+        pod = objects.get(POD, namespace, name)
+        return pod if pod.get("status", {}).get("phase") in ("Succeeded", "Failed") else None
+
+    return eventually(done, POD_TIMEOUT)
 
 
 def condition(pod: dict[str, Any], kind: str) -> str | None:

@@ -7,10 +7,9 @@ from __future__ import annotations
 from typing import Any
 
 from barge.kube.resources import POD, KubeObjects
-from devenv.realnode.bargeimage import BARGE_IMAGE, build_barge_image
-from devenv.realnode.node import NODE_NAME, RealNode
-from tests.integration.kubetest import eventually
-from tests.realnode.pods import POD_TIMEOUT, fresh_namespace
+from devenv.realnode.bargeimage import BARGE_IMAGE, BuiltImage
+from devenv.realnode.node import NODE_NAME
+from tests.realnode.pods import finished, fresh_namespace
 
 # In-cluster configuration (the kubernetes Service, the projected token and CA), then discovery
 # through KubeObjects: the request path every read and write of Barge takes.
@@ -25,11 +24,8 @@ def program(name: str, command: list[str]) -> dict[str, Any]:
 
 
 def test_the_barge_image_runs_the_coordinator_and_the_agent_as_non_root(
-    real_node: RealNode, node_objects: KubeObjects
+    barge_image: BuiltImage, node_objects: KubeObjects
 ) -> None:
-    image = build_barge_image(real_node.workdir / "images" / "barge.tar")
-    real_node.import_image(image.archive)
-    print(f"Barge image: {image.size / 1e6:.1f} MB uncompressed (layers {image.layer_bytes})")
     namespace = fresh_namespace(node_objects, "image")
     pod = {
         "metadata": {"name": "barge", "namespace": namespace},
@@ -47,11 +43,7 @@ def test_the_barge_image_runs_the_coordinator_and_the_agent_as_non_root(
     }
     node_objects.create(POD, pod)
 
-    def finished() -> dict[str, Any] | None:
-        found = node_objects.get(POD, namespace, "barge")
-        return found if found.get("status", {}).get("phase") in ("Succeeded", "Failed") else None
-
-    done = eventually(finished, POD_TIMEOUT)
+    done = finished(node_objects, namespace, "barge")
     logs = {
         name: node_objects.read_text(POD, namespace, "barge", "log", [("container", name)])
         for name in ("coordinator", "agent", "in-cluster")

@@ -7,17 +7,20 @@ import ipaddress
 from typing import Any
 from urllib.parse import urlsplit
 
-from barge.kube.resources import DEPLOYMENT, POD, TOKEN_REVIEW, KubeObjects, Resource
+from barge.kube.resources import DEPLOYMENT, POD, TOKEN_REVIEW, KubeObjects
 from devenv.realnode.node import NODE_NAME, POD_SUBNET, NodeEndpoints
 from tests.integration.kubetest import eventually, unique
 from tests.realnode.pods import (
     BUSYBOX,
     POD_TIMEOUT,
+    SERVICE,
     TOKEN,
     condition,
+    finished,
     fresh_namespace,
     ready,
     running,
+    script_pod_spec,
     web_pod_spec,
 )
 
@@ -93,8 +96,6 @@ def test_a_deployment_is_scheduled_and_its_pod_has_a_projected_token_and_reaches
     assert status["user"]["extra"]["authentication.kubernetes.io/pod-name"] == [pod["metadata"]["name"]]
 
 
-SERVICE = Resource("Service", "", "v1", "services", True)
-
 
 def test_a_pod_reaches_another_through_its_service_and_the_apiserver_through_kubernetes_default(
     node_endpoints: NodeEndpoints, node_objects: KubeObjects
@@ -122,27 +123,8 @@ def test_a_pod_reaches_another_through_its_service_and_the_apiserver_through_kub
         "sleep 1; done; "
         "nc -w 5 10.0.0.1 443 </dev/null && echo connected > /data/kubernetes-service.txt"
     )
-    client = {
-        "metadata": {"name": "client", "namespace": namespace},
-        "spec": {
-            "nodeName": NODE_NAME,
-            "restartPolicy": "Never",
-            "containers": [{
-                "name": "client",
-                "image": str(BUSYBOX),
-                "imagePullPolicy": "Never",
-                "command": ["sh", "-c", script],
-                "volumeMounts": [{"name": "data", "mountPath": "/data"}],
-            }],
-            "volumes": [{"name": "data", "hostPath": {"path": str(data_dir), "type": "Directory"}}],
-        },
-    }
-    node_objects.create(POD, client)
-
-    def finished() -> dict[str, Any] | None:
-        pod = node_objects.get(POD, namespace, "client")
-        return pod if pod.get("status", {}).get("phase") in ("Succeeded", "Failed") else None
-
-    eventually(finished, POD_TIMEOUT)
+    client = script_pod_spec(data_dir, script)
+    node_objects.create(POD, {"metadata": {"name": "client", "namespace": namespace}, "spec": client})
+    finished(node_objects, namespace, "client")
     assert (data_dir / "via-service.txt").read_text() == "ready\n"
     assert (data_dir / "kubernetes-service.txt").read_text() == "connected\n"
