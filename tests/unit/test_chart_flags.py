@@ -53,3 +53,28 @@ def test_the_rendered_coordinator_config_is_valid() -> None:
         )
         config = CoordinatorConfig.from_dict(yaml.safe_load(config_map["data"]["config.yaml"]))
         assert config.load_concurrency.for_node({}) >= 1
+
+
+def test_the_charts_maintenance_values_mean_what_the_coordinator_defaults_mean() -> None:
+    """The e2e tests set ``maintenance`` in the coordinator's config file; this is the same file
+    the chart renders from its values, with the same defaults."""
+    from datetime import timedelta
+
+    import yaml
+
+    from coordinator.config import CoordinatorConfig
+    from coordinator.maintenance import MaintenanceConfig
+
+    def rendered(values: dict[str, Any] | None) -> MaintenanceConfig:
+        docs = Helm.installed().template(values=values)
+        config_map = next(d for d in docs if "config.yaml" in d.get("data", {}))
+        return CoordinatorConfig.from_dict(yaml.safe_load(config_map["data"]["config.yaml"])).maintenance
+
+    assert rendered(None) == MaintenanceConfig()
+    tuned = {"gcInterval": "6h", "checkInterval": "0", "checkReadDataPercent": 2.5, "timeout": "30m"}
+    assert rendered({"config": {"maintenance": tuned}}) == MaintenanceConfig(
+        gc_interval=timedelta(hours=6),
+        check_interval=timedelta(0),
+        read_data_fraction=0.025,
+        timeout=timedelta(minutes=30),
+    )
