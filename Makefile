@@ -1,4 +1,4 @@
-.PHONY: demo test test-unit bench bench-s3 bench-parent bench-scale tools lint chart help
+.PHONY: demo test test-unit bench bench-s3 bench-maintenance bench-parent bench-scale tools lint chart help
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*##/\t/'
 
@@ -16,6 +16,9 @@ bench:  ## Barge vs restic vs kopia on the same data (medians of 3; BENCH_ARGS="
 
 bench-s3:  ## obstore vs boto3 as the S3 client, against the real MinIO (puts/gets of packs and small objects)
 	bash hack/bootstrap-python.sh && bash hack/install-tools.sh minio && .venv/bin/python -m bench.s3_clients
+
+bench-maintenance:  ## what reclaiming a forgotten snapshot and verifying cost: Barge gc/check vs restic prune/check vs kopia full maintenance/verify, same data (MAINT_ARGS="--scale 1")
+	bash hack/bootstrap-python.sh && bash hack/install-bench-deps.sh && .venv/bin/python -m bench.maintenance $(MAINT_ARGS)
 
 bench-parent:  ## what finding a backup's parent costs (LISTs, HEADs, GETs, time) in repositories of 100, 1,000 and 10,000 snapshots, old format vs source entries (~30 s)
 	bash hack/bootstrap-python.sh && .venv/bin/python -m bench.parent_lookup $(PARENT_ARGS)
