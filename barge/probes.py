@@ -62,10 +62,15 @@ class Vitals:
             self._deaths[loop] = reason
         self.on_death(loop, reason)
 
-    def run(self, loop: str, body: Callable[[], None], stopping: threading.Event) -> None:
+    def run(
+        self, loop: str, body: Callable[[], None], stopping: threading.Event, *, stalls: bool = True
+    ) -> None:
         """Run ``body`` (a loop that beats ``loop``) to its end. An exception that ends it while
-        ``stopping`` is not set is a death; any other end retires it."""
-        self.beat(loop)
+        ``stopping`` is not set is a death; any other end retires it. With ``stalls`` False the
+        loop is watched for its death only: for loops that wait longer than any useful stall bound
+        on purpose, each wait bounded by its own timeout (a quiet watch, a maintenance run)."""
+        if stalls:
+            self.beat(loop)
         try:
             body()
         except Exception as err:

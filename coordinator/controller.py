@@ -62,14 +62,18 @@ _ADMISSION_INTERVAL_S = 0.25
 _ADMISSION_REFRESH_S = 2.0
 
 
-def kubernetes_adapters(api: ApiClient, clock: Clock, identity: str) -> ControllerAdapters:
-    """The controller's adapters on a real API server: informers, objects, guarded CR writes,
-    Events."""
+def kubernetes_adapters(
+    api: ApiClient, clock: Clock, identity: str, vitals: Vitals | None = None
+) -> ControllerAdapters:
+    """The controller's adapters on a real API server: informers (their deaths reported to
+    ``vitals``), objects, guarded CR writes, Events."""
 
     def feed(
         resource: Resource, namespace: str | None, selector: str | None, handler: EventHandler
     ) -> CacheFeed:
-        return Informer(api, resource, namespace, selector, resync_s=300.0, on_event=handler, clock=clock)
+        return Informer(
+            api, resource, namespace, selector, resync_s=300.0, on_event=handler, clock=clock, vitals=vitals
+        )
 
     return ControllerAdapters(
         feeds=feed,

@@ -8,10 +8,12 @@ campaigns again, so an API server outage ends with a leader (this replica or ano
 from the state in the API server, and no process exits.
 
 A vital loop (the leader election; on the leader, the controller's admission, resync and reconcile
-loops) that dies of an unexpected exception ends the process instead, as a Go controller's panic
-does: it gives up the Lease at once, so the standby takes over, ``/healthz`` fails until it exits
-(1), and the kubelet restarts it. One that stops making progress fails ``/healthz`` after
-``--stall-timeout``, and the liveness probe restarts it.
+loops, its informers and the sweeper) that dies of an unexpected exception ends the process
+instead, as a Go controller's panic does: it gives up the Lease at once, so the standby takes over,
+``/healthz`` fails until it exits (1), and the kubelet restarts it. One that stops making
+progress fails ``/healthz`` after ``--stall-timeout``, and the liveness probe restarts it (the
+informers and the sweeper are watched for their death only: each of their waits has its own
+timeout, longer than a stall bound).
 """
 
 from __future__ import annotations
@@ -202,7 +204,7 @@ class Coordinator:
 
         def new_controller() -> Controller:
             """Fresh informer caches every leader term: nothing from an earlier term is trusted."""
-            adapters = kubernetes_adapters(api, clock, identity)
+            adapters = kubernetes_adapters(api, clock, identity, vitals)
             sweeper = Sweeper(
                 objects=KubeObjects(api),
                 events=adapters.events,
@@ -220,6 +222,7 @@ class Coordinator:
                     namespace=args.watch_namespace,
                     config=config.maintenance,
                 ),
+                vitals=vitals,
             )
             return Controller(
                 adapters,

@@ -29,6 +29,7 @@ from barge.clock import Clock
 from barge.control.messages import Sweep, SweepResult
 from barge.errors import BargeError, NotFound, TemporaryError
 from barge.kube.resources import BACKUP, BACKUP_STORAGE_LOCATION, CONFIG_MAP, Resource
+from barge.probes import Vitals
 from barge.velero.backups import label_value
 from coordinator.config import DeletedBackupsConfig
 from coordinator.hub import Hub
@@ -43,6 +44,7 @@ Obj = dict[str, Any]
 STATE_CONFIG_MAP = "barge-deleted-backups"
 SWEEP_TIMEOUT_S = 900.0  # an agent reads every snapshot manifest of the location
 DEFAULT_TICK = timedelta(minutes=10)  # how often maintenance is looked at when no sweep forgets
+LOOP = "sweeper"
 
 
 class SweeperObjects(Protocol):
@@ -71,12 +73,14 @@ class Sweeper:
         namespace: str,
         config: DeletedBackupsConfig,
         maintainer: Maintainer | None = None,
+        vitals: Vitals | None = None,
     ) -> None:
         self._objects, self._events, self._hub = objects, events, hub
         self._maintainer = maintainer
         self._metrics, self._clock = metrics, clock
         self._namespace = namespace
         self._config = config
+        self._vitals = vitals or Vitals(clock)
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -87,7 +91,7 @@ class Sweeper:
             return
         if self._maintainer is not None:
             self._maintainer.export()
-        self._thread = threading.Thread(target=self._loop, name="sweeper", daemon=True)
+        self._thread = threading.Thread(target=self._watched, name=LOOP, daemon=True)
         self._thread.start()
 
     def stop(self) -> None:
@@ -99,6 +103,13 @@ class Sweeper:
     @property
     def _forgetting(self) -> bool:
         return self._config.check_interval > timedelta(0)
+
+    def _watched(self) -> None:
+        """``_loop``, reporting its death to the vitals. For its death only: one pass waits up to
+        ``maintenance.timeout`` (2 h) for an agent's answer and the next one comes a check interval
+        later, both beyond any useful stall bound; a bound that long would catch nothing, a shorter
+        one would restart a healthy leader mid-maintenance. Every wait has its own timeout."""
+        self._vitals.run(LOOP, self._loop, self._stopping, stalls=False)
 
     def _loop(self) -> None:
         tick = self._config.check_interval if self._forgetting else DEFAULT_TICK

@@ -23,6 +23,7 @@ from kubernetes import client
 from barge.clock import Clock, SystemClock
 from barge.errors import BargeError, Expired, InvalidInput
 from barge.kube.resources import KubeObjects, Listing, Obj, Resource, WatchStream, object_key
+from barge.probes import Vitals
 from barge.retry import Backoff
 
 log = logging.getLogger(__name__)
@@ -47,6 +48,7 @@ class Informer:
         resync_s: float = 300.0,
         on_event: EventHandler | None = None,
         clock: Clock | None = None,
+        vitals: Vitals | None = None,
     ) -> None:
         if resync_s <= 0:
             raise InvalidInput(f"resync_s must be positive, not {resync_s}")
@@ -57,6 +59,7 @@ class Informer:
         self._resync_s = resync_s
         self._on_event = on_event
         self._clock = clock or SystemClock()
+        self._vitals = vitals
         self._lock = threading.Lock()
         self._cache: dict[Key, Obj] = {}
         self._resource_version = ""
@@ -85,7 +88,7 @@ class Informer:
         if self._thread is not None:
             raise InvalidInput(f"informer for {self.resource.plural} already started")
         name = f"informer-{self.resource.plural}"
-        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self._thread = threading.Thread(target=self._watched, args=(name,), name=name, daemon=True)
         self._thread.start()
 
     def wait_synced(self, timeout: float) -> bool:
@@ -102,6 +105,15 @@ class Informer:
                 log.warning("informer for %s did not stop within %.1fs", self.resource.plural, timeout)
 
     # -- the loop ---------------------------------------------------------------------------------
+
+    def _watched(self, name: str) -> None:
+        """``_run``, reporting its death to the vitals. For its death only: a watch stays open and
+        quiet for up to ``_MAX_WATCH_S`` (beyond the stall bound), and ends by the client's read
+        timeout at the latest, so the loop cannot hang unnoticed by itself."""
+        if self._vitals is None:
+            self._run()
+        else:
+            self._vitals.run(name, self._run, self._stopping, stalls=False)
 
     def _run(self) -> None:
         failures = 0

@@ -81,3 +81,20 @@ def test_run_watches_a_loop_from_its_start() -> None:
 def test_the_stall_bound_must_be_positive(bound: float) -> None:
     with pytest.raises(InvalidInput, match="positive"):
         Vitals(ManualClock(), stall_after_s=bound)
+
+
+def test_a_loop_run_for_its_death_only_is_never_a_stall_but_its_death_is_a_problem() -> None:
+    """The sweeper and the informers wait longer than any stall bound on purpose (a maintenance
+    run, a quiet watch): each of their waits is bounded by its own timeout, so only a death counts."""
+    clock = ManualClock()
+    vitals, stopping = Vitals(clock, stall_after_s=10), threading.Event()
+    seen: list[list[str]] = []
+
+    def waits_long() -> None:
+        clock.advance(7200)
+        seen.append(vitals.problems())
+        raise RuntimeError("no answer handled")
+
+    vitals.run("sweeper", waits_long, stopping, stalls=False)
+    assert seen == [[]]
+    assert vitals.problems() == ["sweeper died: RuntimeError: no answer handled"]

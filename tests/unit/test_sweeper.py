@@ -4,6 +4,7 @@ leader, a forget is visible (Event, counter) once, and a location's own backups 
 from __future__ import annotations
 
 import copy
+import threading
 from dataclasses import dataclass, field
 from datetime import timedelta
 
@@ -11,7 +12,8 @@ from barge import __version__
 from barge.clock import ManualClock
 from barge.control.messages import BackupSnapshot, CoordinatorCommand, Hello, Sweep, SweepResult
 from barge.errors import Conflict, NotFound
-from barge.kube.resources import BACKUP, CONFIG_MAP, Resource
+from barge.kube.resources import BACKUP, BACKUP_STORAGE_LOCATION, CONFIG_MAP, Resource
+from barge.probes import Vitals
 from coordinator.config import DeletedBackupsConfig
 from coordinator.hub import Hub
 from coordinator.metrics import CoordinatorMetrics
@@ -19,6 +21,7 @@ from coordinator.sweeper import STATE_CONFIG_MAP, Sweeper
 from tests.fakecluster import FakeEvents, FakeObjects, Obj
 
 GRACE = timedelta(hours=1)
+PROMPTLY = timedelta(milliseconds=1)  # the loop's first pass at once
 BSL: Obj = {
     "kind": "BackupStorageLocation",
     "metadata": {"name": "default", "namespace": "velero"},
@@ -107,9 +110,16 @@ def setup() -> tuple[Objects, FakeEvents, Hub, CoordinatorMetrics, ManualClock, 
 
 
 def sweeper(
-    objects: Objects, events: FakeEvents, hub: Hub, metrics: CoordinatorMetrics, clock: ManualClock
+    objects: Objects,
+    events: FakeEvents,
+    hub: Hub,
+    metrics: CoordinatorMetrics,
+    clock: ManualClock,
+    *,
+    vitals: Vitals | None = None,
+    check_interval: timedelta = timedelta(minutes=10),
 ) -> Sweeper:
-    config = DeletedBackupsConfig(timedelta(minutes=10), GRACE)
+    config = DeletedBackupsConfig(check_interval, GRACE)
     return Sweeper(
         objects=objects,
         events=events,
@@ -118,6 +128,7 @@ def sweeper(
         clock=clock,
         namespace="velero",
         config=config,
+        vitals=vitals,
     )
 
 
@@ -185,3 +196,59 @@ def test_a_failure_to_decide_on_deleted_backups_still_returns_the_survey_for_mai
     assert location.forgets == 0
     sweeps = "barge_coordinator_location_sweeps_total"
     assert metrics.registry.get_sample_value(sweeps, {"result": "failed"}) == 1
+
+
+def test_a_sweeper_loop_that_dies_is_reported_dead() -> None:
+    class BrokenObjects(Objects):
+        def list(self, resource: Resource, namespace: str | None, selector: str | None = None) -> list[Obj]:
+            if resource is BACKUP_STORAGE_LOCATION:
+                raise RuntimeError("the client broke")
+            return super().list(resource, namespace, selector)
+
+    _, events, hub, metrics, clock, _ = setup()
+    vitals, died = Vitals(clock), threading.Event()
+    vitals.on_death = lambda loop, reason: died.set()
+    broken = BrokenObjects(copy.deepcopy(BSL))
+    dying = sweeper(broken, events, hub, metrics, clock, vitals=vitals, check_interval=PROMPTLY)
+    dying.start()
+    try:
+        assert died.wait(timeout=30)
+    finally:
+        dying.stop()
+    assert vitals.problems() == ["sweeper died: RuntimeError: the client broke"]
+
+
+def test_a_sweeper_waiting_on_an_agent_longer_than_the_stall_bound_is_healthy() -> None:
+    """A maintenance run waits up to maintenance.timeout (2 h) for the agent's answer, beyond any
+    useful stall bound: the sweeper is watched for its death only."""
+
+    @dataclass
+    class SilentAgent:
+        asked: threading.Event = field(default_factory=threading.Event)
+        node: str = "node-b"
+        hello: Hello = field(default_factory=lambda: Hello("node-b", __version__, 2))
+
+        def send(self, command: CoordinatorCommand) -> None:
+            self.asked.set()
+
+        def close(self, reason: str) -> None:
+            pass
+
+    clock, metrics = ManualClock(), CoordinatorMetrics()
+    hub, agent = Hub(clock, metrics), SilentAgent()
+    hub.agent_connected(agent)
+    objects, events = Objects(copy.deepcopy(BSL)), FakeEvents()
+    vitals = Vitals(clock, stall_after_s=60)
+    deaths: list[str] = []
+    vitals.on_death = lambda loop, reason: deaths.append(loop)
+    waiting = sweeper(objects, events, hub, metrics, clock, vitals=vitals, check_interval=PROMPTLY)
+    waiting.start()
+    try:
+        assert agent.asked.wait(timeout=30)
+        clock.advance(7200)
+        assert vitals.problems() == []
+    finally:
+        hub.agent_disconnected(agent)  # ends the wait (NoAnswer) so that the loop sees the stop
+        waiting.stop()
+    assert deaths == []
+    assert vitals.problems() == []
