@@ -123,6 +123,9 @@ class Sweeper:
                 except BargeError as err:
                     self._metrics.location_sweeps.labels("failed").inc()
                     log.warning("sweep failed", location=_name(bsl), error=str(err))
+                except Exception:
+                    self._metrics.location_sweeps.labels("failed").inc()
+                    log.exception("sweep failed unexpectedly; retried at the next check", location=_name(bsl))
 
     def _locations(self) -> list[Obj]:
         try:

@@ -18,6 +18,7 @@ from coordinator.config import DeletedBackupsConfig
 from coordinator.hub import Hub
 from coordinator.metrics import CoordinatorMetrics
 from coordinator.sweeper import STATE_CONFIG_MAP, Sweeper
+from devenv.waiting import wait_for
 from tests.fakecluster import FakeEvents, FakeObjects, Obj
 
 GRACE = timedelta(hours=1)
@@ -216,6 +217,29 @@ def test_a_sweeper_loop_that_dies_is_reported_dead() -> None:
     finally:
         dying.stop()
     assert vitals.problems() == ["sweeper died: RuntimeError: the client broke"]
+
+
+def test_an_unexpected_error_with_one_location_is_retried_at_the_next_check_not_a_crash() -> None:
+    """As controller-runtime recovers a panicking reconcile: one location's bug must not end the
+    leader (it would restart into the same bug, over and over)."""
+
+    class BuggyBackups(Objects):
+        def list(self, resource: Resource, namespace: str | None, selector: str | None = None) -> list[Obj]:
+            if resource is BACKUP:
+                raise KeyError("a bug")
+            return super().list(resource, namespace, selector)
+
+    _, events, hub, metrics, clock, _ = setup()
+    vitals = Vitals(clock)
+    buggy = BuggyBackups(copy.deepcopy(BSL))
+    sweeping = sweeper(buggy, events, hub, metrics, clock, vitals=vitals, check_interval=PROMPTLY)
+    sweeping.start()
+    failed = "barge_coordinator_location_sweeps_total"
+    try:
+        wait_for(lambda: (metrics.registry.get_sample_value(failed, {"result": "failed"}) or 0) >= 2, 30)
+    finally:
+        sweeping.stop()
+    assert vitals.problems() == []
 
 
 def test_a_sweeper_waiting_on_an_agent_longer_than_the_stall_bound_is_healthy() -> None:
