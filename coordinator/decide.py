@@ -341,11 +341,16 @@ def _settle(
     if active is not None:
         actions += [StopAssignment(active.node, active.epoch, message), RevokeAssignment(active.epoch + 1)]
     fields = (*extra, ("completionTimestamp", format_timestamp(o.now)))
-    actions.append(SetPhase(phase, message, fields))
+    hand_over = _needs_hand_over(o)
+    cleanup = [] if hand_over else _cleanup(o, f"the {o.cr.kind} is {phase}")
+    # Nothing left to clean up (a download handed over and its exposure gone, a CR canceled before
+    # anything was made): the finalizer goes with the phase, one write instead of two. Not for a
+    # CR being deleted: without its finalizer it would vanish before its phase is written.
+    let_go = not (hand_over or cleanup or active or o.cr.deleting) and o.cr.has_finalizer
+    actions.append(SetPhase(phase, message, fields, remove_finalizer=let_go))
     if phase is Phase.FAILED:
         actions.append(RecordEvent("Warning", "Failed", message))
-    if not _needs_hand_over(o):
-        actions.extend(_cleanup(o, f"the {o.cr.kind} is {phase}"))
+    actions.extend(cleanup)
     return tuple(actions)
 
 

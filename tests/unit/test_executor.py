@@ -91,6 +91,27 @@ def test_a_hand_over_cut_short_keeps_the_policy_it_remembered() -> None:
     )
 
 
+def test_a_hand_over_is_not_repeated_once_the_volume_names_the_target() -> None:
+    """A reconcile on a cache that does not show the hand-over yet decides it again: the volume,
+    read fresh, already names the target claim, so nothing is written a second time."""
+    cr = download_cr()
+    pv = {
+        "kind": "PersistentVolume",
+        "metadata": {"name": "pv-1"},
+        "spec": {"persistentVolumeReclaimPolicy": "Delete", "claimRef": {"name": cr.name}},
+    }
+    target = {
+        "kind": "PersistentVolumeClaim",
+        "metadata": {"namespace": "app-restored", "name": "data", "uid": "uid-t"},
+    }
+    objects = FakeObjects(pv, target)
+    action = BindRestoredVolume("pv-1", "app-restored", "data")
+    executor(objects).execute({}, cr, (action,))
+    assert len(objects.writes) == 2
+    executor(objects).execute({}, cr, (action,))
+    assert len(objects.writes) == 2
+
+
 def test_an_exposure_creates_only_what_the_cache_does_not_show_and_the_budget_before_the_pod() -> None:
     cr = upload_cr()
     plan = plan_exposure(observed(cr))
