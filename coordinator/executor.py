@@ -29,7 +29,7 @@ from barge.kube.resources import (
     Resource,
     resource_for,
 )
-from coordinator.exposer import budget_outdated, manifests
+from coordinator.exposer import budget_outdated, claim_owned_by, manifests, owning_pod_uid
 from coordinator.metrics import CoordinatorMetrics
 from coordinator.model import (
     REEXPOSED_AT_ANNOTATION,
@@ -229,17 +229,22 @@ class Executor:
     def _create_exposure(self, action: CreateExposure) -> None:
         """Create the parts the cache does not show (a part created meanwhile is AlreadyExists: fine);
         bring the namespace's budget up to date if an earlier version made it."""
+        pod: Mapping[str, Any] | None = None
         for manifest in manifests(action.plan).in_creation_order():
             resource = resource_for(manifest["kind"])
             meta = manifest["metadata"]
             cached = self._cached(resource, meta.get("namespace"), meta["name"]) if self._cached else None
             if cached is None:
-                made = self._objects.create(resource, manifest, exist_ok=True)
+                claim = pod is not None and resource == PERSISTENT_VOLUME_CLAIM
+                body = claim_owned_by(manifest, pod) if claim and pod is not None else manifest
+                cached = self._objects.create(resource, body, exist_ok=True)
                 if self._own is not None:
-                    self._own.created(resource.kind, made)
+                    self._own.created(resource.kind, cached)
             elif resource == POD_DISRUPTION_BUDGET and budget_outdated(cached):
                 self._objects.patch(resource, meta["namespace"], meta["name"], {"spec": manifest["spec"]})
                 log.info("exposer budget brought up to date", namespace=meta["namespace"])
+            if resource == POD:
+                pod = cached  # the claim, created after it, is the pod's
 
     def _delete_exposure(self, cr: CrView, action: DeleteExposure) -> None:
         parts: list[tuple[Resource, str | None]] = [
@@ -357,6 +362,8 @@ class Executor:
             return  # same name, not ours: never touch it
         if obj["metadata"].get("deletionTimestamp"):
             return  # already going (a pod's grace period, a claim's protection): asking again adds nothing
+        if resource == PERSISTENT_VOLUME_CLAIM and owning_pod_uid(obj):
+            return  # the garbage collector deletes it once its pod is gone (deleted just before)
         self._delete(resource, namespace, name, obj["metadata"]["uid"])
 
     def _bind_restored_volume(self, cr: CrView, action: BindRestoredVolume) -> None:

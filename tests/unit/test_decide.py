@@ -16,7 +16,14 @@ from hypothesis import strategies as st
 from barge.control.messages import AssignmentKind, Outcome, RunningAssignment, VolumeMode
 from barge.control.naming import ASSIGNMENT_ANNOTATION, Fence
 from coordinator.config import CoordinatorConfig
-from coordinator.decide import CONTENT_FOLLOW_GRACE, MAX_WAIT, READOPT_GRACE, claim_problem, decide
+from coordinator.decide import (
+    AGENT_WRITE_GRACE,
+    CONTENT_FOLLOW_GRACE,
+    MAX_WAIT,
+    READOPT_GRACE,
+    claim_problem,
+    decide,
+)
 from coordinator.exposer import plan_exposure
 from coordinator.model import (
     ACCEPTED_AT_ANNOTATION,
@@ -583,6 +590,17 @@ def test_in_progress_upload_completed_records_result() -> None:
     patch = actions[0].status_patch()  # type: ignore[union-attr]
     assert patch["status"]["progress"] == {"totalBytes": 100, "bytesDone": 100}
     assert patch["status"]["dataMoverResult"] == {"parentSnapshot": "snap-0"}
+
+
+def test_an_upload_result_waits_for_the_agents_own_completed_write_to_show() -> None:
+    """The agent wrote Completed before it sent the result: the cache shows it a moment later, so
+    the coordinator does not write it too (that write could only conflict); only if it never
+    shows within AGENT_WRITE_GRACE does the coordinator record the result itself."""
+    world = progress_world(assignment=finished(Outcome.COMPLETED, snapshot_id="snap-1"))
+    arrived = replace(world.assignment, progressed_at=world.now - timedelta(seconds=2))
+    assert decide(replace(world, assignment=arrived)) == (Requeue(timedelta(seconds=8)),)
+    late = replace(world.assignment, progressed_at=world.now - AGENT_WRITE_GRACE)
+    assert phase_after(decide(replace(world, assignment=late))) is Phase.COMPLETED
 
 
 def test_in_progress_download_completed_binds_then_completes() -> None:
