@@ -58,10 +58,19 @@ class OwnWrites:
         self._put(_key(kind, obj), _Written(obj, self._clock.now(), created=True))
 
     def replaced(self, kind: str, obj: Obj, replaces: Iterable[str | None]) -> None:
-        """``obj`` is the answer to a write made over the versions ``replaces``."""
-        versions = frozenset(v for v in replaces if v and v != _version(obj))
-        if versions:
-            self._put(_key(kind, obj), _Written(obj, self._clock.now(), replaces=versions))
+        """``obj`` is the answer to a write made over the versions ``replaces`` (and over whatever
+        an earlier write of ours, not shown yet, replaced: a cache behind both shows one of those)."""
+        key = _key(kind, obj)
+        versions = {v for v in replaces if v}
+        created = False
+        with self._lock:
+            earlier = self._entries.get(key)
+            if isinstance(earlier, _Written):
+                versions |= earlier.replaces | {_version(earlier.obj)}
+                created = earlier.created
+        versions.discard(_version(obj))
+        if versions or created:
+            self._put(key, _Written(obj, self._clock.now(), created=created, replaces=frozenset(versions)))
 
     def deleted(self, kind: str, namespace: str | None, name: str, uid: str | None) -> None:
         self._put((kind, namespace, name), _Deleted(uid, self._clock.now()))
@@ -97,9 +106,8 @@ class OwnWrites:
 def _newer(entry: _Written | _Deleted, cached: Obj | None) -> Obj | None:
     """What ``entry`` knows beyond ``cached`` (None: nothing, the cache caught up or moved on)."""
     if isinstance(entry, _Written):
-        if entry.created:
-            return entry.obj if cached is None else None
-        return entry.obj if cached is not None and _version(cached) in entry.replaces else None
+        behind = entry.created if cached is None else _version(cached) in entry.replaces
+        return entry.obj if behind else None
     if cached is None or entry.uid not in (None, _uid(cached)):
         return None
     meta = cached.get("metadata") or {}

@@ -69,3 +69,15 @@ def test_entries_expire_so_a_missed_event_is_never_hidden_for_long() -> None:
     clock.advance(31)
     own.deleted("Pod", "velero", "other", None)  # any later write purges what expired
     assert len(own) == 1
+
+
+def test_writes_in_a_row_are_seen_over_a_cache_behind_all_of_them() -> None:
+    """Accepted, then Prepared, before the cache showed either: the cache's copy from before the
+    first write is still older than the second write's answer."""
+    own = OwnWrites(ManualClock())
+    own.replaced("DataUpload", obj("8"), ("7",))
+    own.replaced("DataUpload", obj("9"), ("8",))
+    assert own.overlay("DataUpload", "velero", "pod-1", obj("7")) == obj("9")
+    assert own.overlay("DataUpload", "velero", "pod-1", obj("8")) == obj("9")
+    assert own.overlay("DataUpload", "velero", "pod-1", obj("9")) == obj("9")
+    assert len(own) == 0
