@@ -21,10 +21,12 @@ pytestmark = pytest.mark.integration
 
 UPLOADS = 8
 # Per item, over the whole burst from the first create to the last cleanup: what the happy path
-# needs (see docs/performance.md, "Writes per item") plus the namespace's one shared
-# PodDisruptionBudget (1 / UPLOADS per upload).
-MAX_WRITES_PER_UPLOAD = 12.2
-MAX_WRITES_PER_DOWNLOAD = 9.2
+# needs (12 per DataUpload, at most 9 per DataDownload: docs/performance.md, "Writes per item"),
+# plus the namespace's one shared PodDisruptionBudget (1 / UPLOADS per upload) and room for two or
+# three writes repeated by chance on a loaded machine among the UPLOADS items; never for one more
+# write per item (the code before issue 15's write work: 15.1 and 12.3 here).
+MAX_WRITES_PER_UPLOAD = 12.5
+MAX_WRITES_PER_DOWNLOAD = 9.5
 
 
 @pytest.fixture(scope="module")
