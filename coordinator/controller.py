@@ -46,6 +46,7 @@ from coordinator.executor import Executor
 from coordinator.hub import Hub
 from coordinator.metrics import CoordinatorMetrics
 from coordinator.model import TERMINAL_PHASES, AgentView
+from coordinator.ownwrites import OwnWrites
 from coordinator.ports import CacheFeed, ControllerAdapters, EventHandler, FeedFactory
 from coordinator.routing import Changes, References, keys_for_event, owner_key
 from coordinator.scheduler import ItemKey, WorkItem, admit
@@ -84,14 +85,17 @@ def kubernetes_adapters(
 
 
 class InformerCaches:
-    """``coordinator.world.Caches`` over the informers, by kind name."""
+    """``coordinator.world.Caches`` over the informers, by kind name; with ``own``, an object this
+    coordinator wrote is seen as written until its informer catches up."""
 
-    def __init__(self, informers: Mapping[str, CacheFeed]) -> None:
+    def __init__(self, informers: Mapping[str, CacheFeed], own: OwnWrites | None = None) -> None:
         self._informers = informers
+        self._own = own
 
     def get(self, kind: str, namespace: str | None, name: str) -> Obj | None:
         informer = self._informers.get(kind)
-        return informer.get(namespace, name) if informer else None
+        cached = informer.get(namespace, name) if informer else None
+        return self._own.overlay(kind, namespace, name, cached) if self._own is not None else cached
 
     def items(self, kind: str) -> Iterable[Obj]:
         informer = self._informers.get(kind)
@@ -139,7 +143,8 @@ class Controller:
         self._changes = Changes()
         self._lock = threading.Lock()
         self._informers = self._make_informers(adapters.feeds)
-        self.caches = InformerCaches(self._informers)
+        self._own = OwnWrites(clock)
+        self.caches = InformerCaches(self._informers, self._own)
         self._executor = Executor(
             objects=adapters.objects,
             status=adapters.status,
@@ -148,6 +153,7 @@ class Controller:
             metrics=metrics,
             clock=clock,
             cached=lambda resource, namespace, name: self.caches.get(resource.kind, namespace, name),
+            own=self._own,
         )
         hub.on_change = self._on_hub_change
         hub.claim_problem = self._claim_problem

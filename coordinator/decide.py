@@ -59,6 +59,7 @@ MISSING_OBJECT_GRACE = timedelta(seconds=30)
 MAX_WAIT = timedelta(seconds=30)
 CONTENT_FOLLOW_GRACE = timedelta(seconds=30)
 READOPT_GRACE = timedelta(seconds=10)
+AGENT_WRITE_GRACE = timedelta(seconds=10)
 MIN_WAIT = timedelta(seconds=1)
 
 Actions = tuple[Action, ...]
@@ -341,11 +342,16 @@ def _settle(
     if active is not None:
         actions += [StopAssignment(active.node, active.epoch, message), RevokeAssignment(active.epoch + 1)]
     fields = (*extra, ("completionTimestamp", format_timestamp(o.now)))
-    actions.append(SetPhase(phase, message, fields))
+    hand_over = _needs_hand_over(o)
+    cleanup = [] if hand_over else _cleanup(o, f"the {o.cr.kind} is {phase}")
+    # Nothing left to clean up (a download handed over and its exposure gone, a CR canceled before
+    # anything was made): the finalizer goes with the phase, one write instead of two. Not for a
+    # CR being deleted: without its finalizer it would vanish before its phase is written.
+    let_go = not (hand_over or cleanup or active or o.cr.deleting) and o.cr.has_finalizer
+    actions.append(SetPhase(phase, message, fields, remove_finalizer=let_go))
     if phase is Phase.FAILED:
         actions.append(RecordEvent("Warning", "Failed", message))
-    if not _needs_hand_over(o):
-        actions.extend(_cleanup(o, f"the {o.cr.kind} is {phase}"))
+    actions.extend(cleanup)
     return tuple(actions)
 
 
@@ -441,13 +447,24 @@ def _result_rule(o: Observed) -> Actions | None:
     if result is None:
         return None
     if result.outcome is Outcome.COMPLETED:
-        return _complete(o, result)
+        due = _agent_write_due(o, view)
+        return (_wait(o, due),) if due is not None else _complete(o, result)
     node = view.node if view is not None else ""
     if result.outcome is Outcome.FAILED:
         return _fail(o, f"the agent on node {node} failed: {result.message}")
     if result.outcome is Outcome.CANCELED:
         return _settle(o, Phase.CANCELED, f"canceled by the agent: {result.message}")
     return _reexpose(o, f"the agent on node {node} handed the work off: {result.message}")
+
+
+def _agent_write_due(o: Observed, view: AssignmentView | None) -> datetime | None:
+    """An upload's agent writes Completed itself before it sends its result, so a result that
+    arrives before the cache shows that write is given AGENT_WRITE_GRACE for it to show (its
+    event wakes the CR) instead of a write that could only conflict. None: write now."""
+    if not o.cr.is_upload or view is None or view.progressed_at is None:
+        return None
+    due = view.progressed_at + AGENT_WRITE_GRACE
+    return due if o.now < due else None
 
 
 def _complete(o: Observed, result: messages.AssignmentResult) -> Actions:

@@ -29,7 +29,7 @@ from barge.kube.resources import (
     Resource,
     resource_for,
 )
-from coordinator.exposer import budget_outdated, manifests
+from coordinator.exposer import budget_outdated, claim_owned_by, manifests, owning_pod_uid
 from coordinator.metrics import CoordinatorMetrics
 from coordinator.model import (
     REEXPOSED_AT_ANNOTATION,
@@ -54,6 +54,7 @@ from coordinator.model import (
     format_timestamp,
     parse_timestamp,
 )
+from coordinator.ownwrites import OwnWrites
 from coordinator.ports import AgentCommands, CachedLookup, ClusterObjects, CrWrites, EventSink
 
 log = structlog.get_logger("barge.coordinator")
@@ -84,10 +85,13 @@ class Executor:
         metrics: CoordinatorMetrics,
         clock: Clock,
         cached: CachedLookup | None = None,
+        own: OwnWrites | None = None,
     ) -> None:
         """``cached``: the informers' view of an object (``None`` when absent), so deleting what is
-        already gone costs no request; without it every delete is preceded by a GET."""
+        already gone costs no request; without it every delete is preceded by a GET. ``own``: where
+        each write's answer is kept until the informers show it (``coordinator.ownwrites``)."""
         self._cached = cached
+        self._own = own
         self._objects = objects
         self._status = status
         self._hub = hub
@@ -102,6 +106,7 @@ class Executor:
         The CR's writes start from ``cr_obj`` (the informer's copy) and then from what each write
         returned, instead of a GET before every write; a stale copy costs one 409 and a re-read."""
         self._local.current = dict(cr_obj)
+        self._local.began = _version(cr_obj)
         requeue: timedelta | None = None
         for action in actions:
             later = self._one(cr_obj, cr, action)
@@ -115,8 +120,7 @@ class Executor:
         match action:
             case RemoveFinalizer():
                 self._metadata(cr, _without_finalizer)
-                self._hub.forget(cr.uid)
-                self._observe_duration(cr)
+                self._let_go(cr, cr.phase)
             case SetPhase():
                 return self._set_phase(cr, action)
             case CreateExposure():
@@ -168,26 +172,41 @@ class Executor:
             wrote = True
             return _merge(status, patch)
 
+        before = self._current()
         self._local.current = self._status.update_status(
-            cr.kind, cr.namespace, cr.name, mutate, current=self._current(), metadata=_metadata_of(action)
+            cr.kind, cr.namespace, cr.name, mutate, current=before, metadata=_metadata_of(action)
         )
+        self._wrote_cr(cr, before)
         if not wrote:
             return timedelta(0)
+        if action.remove_finalizer:
+            self._let_go(cr, action.phase)
         self._metrics.transitions.labels(cr.kind, action.phase.value).inc()
         log.info("phase", phase=action.phase.value, message=action.message, previous=cr.phase.value)
         return None
 
-    def _observe_duration(self, cr: CrView) -> None:
-        """Once per CR, when it is let go: whoever wrote the final phase (an agent writes an
-        upload's Completed itself), the coordinator removes the finalizer exactly once."""
-        if cr.phase.is_terminal and cr.created_at is not None:
+    def _let_go(self, cr: CrView, phase: Phase) -> None:
+        """The finalizer is gone: the hub forgets the CR, and its duration is observed once per CR
+        (whoever wrote the final phase, an agent writes an upload's Completed itself, the
+        coordinator removes the finalizer exactly once)."""
+        self._hub.forget(cr.uid)
+        if phase.is_terminal and cr.created_at is not None:
             seconds = (self._clock.now() - cr.created_at).total_seconds()
-            self._metrics.duration.labels(cr.kind, cr.phase.value).observe(max(0.0, seconds))
+            self._metrics.duration.labels(cr.kind, phase.value).observe(max(0.0, seconds))
 
     def _metadata(self, cr: CrView, mutate: Any) -> None:
+        before = self._current()
         self._local.current = self._status.update_metadata(
-            cr.kind, cr.namespace, cr.name, mutate, current=self._current()
+            cr.kind, cr.namespace, cr.name, mutate, current=before
         )
+        self._wrote_cr(cr, before)
+
+    def _wrote_cr(self, cr: CrView, before: Obj | None) -> None:
+        """Keep the CR as written over the cache copy it replaced (and the one this reconcile began
+        from), so the reconcile the write itself wakes does not decide on the older copy."""
+        written = self._current()
+        if self._own is not None and written is not None:
+            self._own.replaced(cr.kind, written, (_version(before), self._local.began))
 
     def _current(self) -> Obj | None:
         current: Obj | None = getattr(self._local, "current", None)
@@ -210,15 +229,22 @@ class Executor:
     def _create_exposure(self, action: CreateExposure) -> None:
         """Create the parts the cache does not show (a part created meanwhile is AlreadyExists: fine);
         bring the namespace's budget up to date if an earlier version made it."""
+        pod: Mapping[str, Any] | None = None
         for manifest in manifests(action.plan).in_creation_order():
             resource = resource_for(manifest["kind"])
             meta = manifest["metadata"]
             cached = self._cached(resource, meta.get("namespace"), meta["name"]) if self._cached else None
             if cached is None:
-                self._objects.create(resource, manifest, exist_ok=True)
+                claim = pod is not None and resource == PERSISTENT_VOLUME_CLAIM
+                body = claim_owned_by(manifest, pod) if claim and pod is not None else manifest
+                cached = self._objects.create(resource, body, exist_ok=True)
+                if self._own is not None:
+                    self._own.created(resource.kind, cached)
             elif resource == POD_DISRUPTION_BUDGET and budget_outdated(cached):
                 self._objects.patch(resource, meta["namespace"], meta["name"], {"spec": manifest["spec"]})
                 log.info("exposer budget brought up to date", namespace=meta["namespace"])
+            if resource == POD:
+                pod = cached  # the claim, created after it, is the pod's
 
     def _delete_exposure(self, cr: CrView, action: DeleteExposure) -> None:
         parts: list[tuple[Resource, str | None]] = [
@@ -263,27 +289,26 @@ class Executor:
                     "metadata": {"resourceVersion": content["metadata"]["resourceVersion"]},
                     "spec": {"deletionPolicy": "Retain"},
                 }
+                before = content
                 content = self._objects.patch(VOLUME_SNAPSHOT_CONTENT, None, action.content, patch)
+                self._replaced(VOLUME_SNAPSHOT_CONTENT, None, content, before)
                 if (content.get("spec") or {}).get("deletionPolicy") != "Retain":
                     raise TemporaryError(
                         f"VolumeSnapshotContent {action.content} did not take deletionPolicy Retain"
                     )
         source = self._get(VOLUME_SNAPSHOT, action.namespace, action.snapshot)
-        if source is not None:
+        if source is not None and not _deleting(source):
             bound = ((source.get("status") or {}).get("boundVolumeSnapshotContentName")) or ""
             if bound == action.content:
-                self._objects.delete(
-                    VOLUME_SNAPSHOT, action.namespace, action.snapshot, uid=source["metadata"]["uid"]
-                )
+                self._delete(VOLUME_SNAPSHOT, action.namespace, action.snapshot, source["metadata"]["uid"])
             else:
                 log.warning(
                     "not deleting the source VolumeSnapshot: it is bound to another content",
                     snapshot=f"{action.namespace}/{action.snapshot}",
                     bound=bound or None,
                 )
-        if content is not None:
-            uid = content["metadata"]["uid"]
-            self._objects.delete(VOLUME_SNAPSHOT_CONTENT, None, action.content, uid=uid)
+        if content is not None and not _deleting(content):  # a release cut short may have asked already
+            self._delete(VOLUME_SNAPSHOT_CONTENT, None, action.content, content["metadata"]["uid"])
         log.info(
             "source snapshot released to the clone",
             snapshot=f"{action.namespace}/{action.snapshot}",
@@ -293,8 +318,24 @@ class Executor:
         return None
 
     def _delete_source(self, action: DeleteSourceSnapshot) -> None:
-        if self._objects.delete(VOLUME_SNAPSHOT, action.namespace, action.name):
+        if self._delete(VOLUME_SNAPSHOT, action.namespace, action.name, None):
             log.info("source VolumeSnapshot deleted", snapshot=f"{action.namespace}/{action.name}")
+
+    def _delete(self, resource: Resource, namespace: str | None, name: str, uid: str | None) -> bool:
+        """Delete (by uid when given) and remember it: the cache may show the object a while yet."""
+        deleted = self._objects.delete(resource, namespace, name, uid=uid)
+        if self._own is not None:
+            self._own.deleted(resource.kind, namespace, name, uid)
+        return deleted
+
+    def _replaced(self, resource: Resource, namespace: str | None, written: Obj, before: Obj | None) -> None:
+        """Remember ``written`` over the copies a stale cache may still show: ``before`` (what the
+        write was computed from) and the cache's own."""
+        if self._own is None or self._cached is None:
+            return
+        name = written["metadata"]["name"]
+        cached = self._cached(resource, namespace, name)
+        self._own.replaced(resource.kind, written, (_version(before), _version(cached)))
 
     def _get(self, resource: Resource, namespace: str | None, name: str) -> Obj | None:
         try:
@@ -321,17 +362,21 @@ class Executor:
             return  # same name, not ours: never touch it
         if obj["metadata"].get("deletionTimestamp"):
             return  # already going (a pod's grace period, a claim's protection): asking again adds nothing
-        self._objects.delete(resource, namespace, name, uid=obj["metadata"]["uid"])
+        if resource == PERSISTENT_VOLUME_CLAIM and owning_pod_uid(obj):
+            return  # the garbage collector deletes it once its pod is gone (deleted just before)
+        self._delete(resource, namespace, name, obj["metadata"]["uid"])
 
     def _bind_restored_volume(self, cr: CrView, action: BindRestoredVolume) -> None:
         """Velero's hand-over: keep the PV, drop the temporary claim, point the PV at the target PVC."""
         pv = self._objects.get(PERSISTENT_VOLUME, None, action.pv_name)
         target = self._objects.get(PERSISTENT_VOLUME_CLAIM, action.target_namespace, action.target_pvc)
         spec, meta = pv.get("spec") or {}, pv["metadata"]
+        if _claims(pv, target):
+            return  # handed over already (a reconcile on a cache that did not show it yet): the binder's turn
         original = (meta.get("annotations") or {}).get(ORIGINAL_RECLAIM_ANNOTATION)
         if original is None:
             policy = spec.get("persistentVolumeReclaimPolicy", "Delete")
-            self._objects.patch(
+            retained = self._objects.patch(
                 PERSISTENT_VOLUME,
                 None,
                 action.pv_name,
@@ -340,7 +385,8 @@ class Executor:
                     "spec": {"persistentVolumeReclaimPolicy": "Retain"},
                 },
             )
-            original = policy
+            self._replaced(PERSISTENT_VOLUME, None, retained, pv)
+            pv, original = retained, policy
         self._delete_owned(POD, cr.namespace, cr.name, cr.uid)
         self._delete_owned(PERSISTENT_VOLUME_CLAIM, cr.namespace, cr.name, cr.uid)
         selector = ((target.get("spec") or {}).get("selector") or {}).get("matchLabels") or {}
@@ -351,7 +397,7 @@ class Executor:
             "name": action.target_pvc,
             "uid": target["metadata"]["uid"],
         }
-        self._objects.patch(
+        handed = self._objects.patch(
             PERSISTENT_VOLUME,
             None,
             action.pv_name,
@@ -360,11 +406,28 @@ class Executor:
                 "spec": {"claimRef": claim, "persistentVolumeReclaimPolicy": original},
             },
         )
+        self._replaced(PERSISTENT_VOLUME, None, handed, pv)
         log.info(
             "restored volume handed over",
             pv=action.pv_name,
             pvc=f"{action.target_namespace}/{action.target_pvc}",
         )
+
+
+def _version(obj: Mapping[str, Any] | None) -> str:
+    return str(((obj or {}).get("metadata") or {}).get("resourceVersion") or "")
+
+
+def _deleting(obj: Mapping[str, Any]) -> bool:
+    return bool((obj.get("metadata") or {}).get("deletionTimestamp"))
+
+
+def _claims(pv: Mapping[str, Any], target: Mapping[str, Any]) -> bool:
+    """``pv``'s claimRef names ``target`` (by uid) and no hand-over is half done (the original
+    reclaim policy is back)."""
+    ref = (pv.get("spec") or {}).get("claimRef") or {}
+    annotations = (pv.get("metadata") or {}).get("annotations") or {}
+    return ref.get("uid") == target["metadata"]["uid"] and ORIGINAL_RECLAIM_ANNOTATION not in annotations
 
 
 def _merge(status: Obj, patch: Mapping[str, Any]) -> Obj:
@@ -382,6 +445,8 @@ def _merge(status: Obj, patch: Mapping[str, Any]) -> Obj:
 
 def _metadata_of(action: SetPhase) -> Any:
     """The metadata change that goes with ``action``'s phase (None: none)."""
+    if action.remove_finalizer:
+        return _without_finalizer
     if not action.add_finalizer and not action.annotations:
         return None
     annotate = _annotate(dict(action.annotations))

@@ -80,10 +80,35 @@ class ExposureManifests:
     pod: Manifest
 
     def in_creation_order(self) -> tuple[Manifest, ...]:
-        """Dependencies first: the PVC needs the snapshot, the pod needs the PVC; the budget comes
-        before the pod so the pod is never evictable. Parts that exist are left as they are."""
-        parts = (self.snapshot_content, self.snapshot, self.pvc, self.disruption_budget, self.pod)
+        """Dependencies first: the PVC needs the snapshot; the budget comes before the pod so the
+        pod is never evictable; the PVC comes last, owned by the pod (``claim_owned_by``: the pod
+        waits for it unscheduled). Parts that exist are left as they are."""
+        parts = (self.snapshot_content, self.snapshot, self.disruption_budget, self.pod, self.pvc)
         return tuple(part for part in parts if part is not None)
+
+
+def claim_owned_by(claim: Manifest, pod: Mapping[str, Any]) -> Manifest:
+    """``claim`` owned by the exposer ``pod`` alone: deleting the pod is the exposure's one delete,
+    and Kubernetes' garbage collector deletes the claim once the pod is gone (a claim is not
+    deleted while a pod uses it anyway). Owned by the CR too, the claim would stay while the CR
+    does: the collector deletes a dependent only when all its owners are gone. The chain CR ->
+    pod -> claim keeps the CR's deletion a backstop for both."""
+    meta = pod["metadata"]
+    owner = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "name": meta["name"],
+        "uid": meta["uid"],
+        "controller": True,
+        "blockOwnerDeletion": False,
+    }
+    return {**claim, "metadata": {**claim["metadata"], "ownerReferences": [owner]}}
+
+
+def owning_pod_uid(claim: Mapping[str, Any]) -> str:
+    """The uid of the pod that owns ``claim`` ("": none; an earlier version's claim is the CR's)."""
+    refs = (claim.get("metadata") or {}).get("ownerReferences") or []
+    return next((str(ref.get("uid") or "") for ref in refs if ref.get("kind") == "Pod"), "")
 
 
 def plan_exposure(observed: Observed) -> ExposurePlan:

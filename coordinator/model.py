@@ -454,13 +454,16 @@ class SetPhase:
     ``add_finalizer`` and ``annotations`` change the CR's metadata with the phase: in the same
     write where status is written through the main resource (Velero's CRDs), just before it where
     the CRD has a status subresource. The finalizer is never written without the phase's guard
-    holding, and always before anything the finalizer protects is created."""
+    holding, and always before anything the finalizer protects is created. ``remove_finalizer``:
+    a final phase entered with nothing left to clean up lets go in the same write (what
+    ``RemoveFinalizer`` would do one reconcile later)."""
 
     phase: Phase
     message: str = ""
     fields: tuple[tuple[str, StatusValue], ...] = ()
     add_finalizer: bool = False
     annotations: Pairs = ()
+    remove_finalizer: bool = False
 
     def status_patch(self) -> dict[str, Any]:
         status: dict[str, Any] = {"phase": str(self.phase), "message": self.message}

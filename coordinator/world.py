@@ -14,6 +14,7 @@ from typing import Any, Protocol
 
 from barge.control.naming import AGENT_RECONNECT_WINDOW_S, DATAMOVER, EXPOSER_BUDGET, LABEL_OWNER_UID
 from coordinator.config import CoordinatorConfig
+from coordinator.exposer import owning_pod_uid
 from coordinator.model import (
     DATA_UPLOAD,
     SOURCE_CONTENT_ANNOTATION,
@@ -162,7 +163,8 @@ def exposure_view(caches: Caches, cr: CrView) -> ExposureView:
         pv_name=pv_name,
         pv_claim=_claim_of(caches.get(PV, None, pv_name) if pv_name else None),
         pod=PodView.from_object(pod) if pod is not None else None,
-        terminating=any((p.get("metadata") or {}).get("deletionTimestamp") for p in parts),
+        terminating=any((p.get("metadata") or {}).get("deletionTimestamp") for p in parts)
+        or _claim_orphaned(pvc, pod),
         snapshot_content_deleting=bool(((vsc or {}).get("metadata") or {}).get("deletionTimestamp")),
         disruption_budget=caches.get(PDB, cr.namespace, EXPOSER_BUDGET) is not None,
         own_budget=own_budget is not None,
@@ -255,6 +257,12 @@ def _finished(obj: Obj) -> bool:
     """Final or being deleted: ``scheduler.Stage.DONE``, which the scheduler never looks at."""
     phase = (obj.get("status") or {}).get("phase")
     return phase in TERMINAL_PHASES or bool((obj.get("metadata") or {}).get("deletionTimestamp"))
+
+
+def _claim_orphaned(pvc: Obj | None, pod: Obj | None) -> bool:
+    """The exposure's claim belongs to a pod that is gone: the garbage collector is deleting it."""
+    owner = owning_pod_uid(pvc) if pvc is not None else ""
+    return bool(owner) and owner != str(((pod or {}).get("metadata") or {}).get("uid") or "")
 
 
 def _owned_by(obj: Obj | None, cr: CrView) -> bool:

@@ -14,6 +14,30 @@ SNAPSHOT_GROUP = "snapshot.storage.k8s.io"
 _UNCLAIMED = (None, "Pending", "Available")
 
 
+def in_use(path: Path) -> bool:
+    """Whether a process on this machine holds a file under ``path`` open, or works in it.
+
+    A real volume cannot be deleted while a node still has it mounted, and a node cannot unmount
+    it while a process uses it: the simulator has no mounts, so a volume's data is kept while its
+    user (an agent that has not let go of an exposure yet) still holds it."""
+    prefix = str(path)
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            links = [*(proc / "fd").iterdir(), proc / "cwd"]
+        except OSError:
+            continue  # gone meanwhile, or not ours to look at
+        for link in links:
+            try:
+                target = os.readlink(link)
+            except OSError:
+                continue  # closed meanwhile
+            if target == prefix or target.startswith(prefix + os.sep):
+                return True
+    return False
+
+
 def _phase(obj: Obj) -> str | None:
     phase: str | None = (obj.get("status") or {}).get("phase")
     return phase
@@ -290,6 +314,8 @@ class StorageController:
             released = {"status": {"phase": "Released"}}
             self._ctx.objects.patch(PERSISTENT_VOLUME, None, name, released, "status")
         if self._deletable(pv):
-            block = pv["spec"].get("volumeMode") == "Block"
-            remove_path(self._ctx.data_path(name, block))
+            data = self._ctx.data_path(name, pv["spec"].get("volumeMode") == "Block")
+            if in_use(data):
+                return  # still published on a node: DeleteVolume waits (the next pass tries again)
+            remove_path(data)
             self._ctx.objects.delete(PERSISTENT_VOLUME, None, name, uid=pv["metadata"]["uid"])

@@ -52,8 +52,9 @@ class FakeObjects:
 
     def create(self, resource: Resource, body: Obj, exist_ok: bool = False) -> Obj:
         self.writes.append(f"create {resource.kind} {body['metadata']['name']}")
-        self.put(copy.deepcopy({**body, "kind": resource.kind}))
-        return body
+        made = copy.deepcopy({**body, "kind": resource.kind})
+        self.put(made)
+        return copy.deepcopy(made)
 
     def patch(
         self, resource: Resource, namespace: str | None, name: str, patch: Obj, subresource: str = ""

@@ -358,6 +358,31 @@ class TestClaimAndVolumeLifecycle:
         wait_gone(core.read_persistent_volume, pv_name)
         assert not data_dir.exists()
 
+    def test_a_volume_in_use_on_the_node_keeps_its_data_until_its_user_lets_go(
+        self, kube: client.ApiClient, sim: SimCluster, ns: str
+    ) -> None:
+        """A real volume cannot be deleted while a node has it mounted, nor unmounted while a
+        process uses it: an agent still reading an exposure whose pod and claim are gone does not
+        see its data vanish under it."""
+        core = client.CoreV1Api(kube)
+        sim.add_node(node_name())
+        core.create_namespaced_persistent_volume_claim(ns, pvc_body("held"))
+        core.create_namespaced_pod(ns, pod_body("user", "held"))
+        pod = wait_running(core, ns, "user")
+        pv_name = bound_pv(core, ns, "held")
+        data_dir = volume_path(sim, pod, pv_name, block=False).resolve()
+        (data_dir / "file").write_text("x")
+        with (data_dir / "file").open() as reading:
+            core.delete_namespaced_pod("user", ns)
+            core.delete_namespaced_persistent_volume_claim("held", ns)
+            wait_gone(core.read_namespaced_persistent_volume_claim, "held", ns)
+            for _ in range(3):
+                sim.reconcile_once()
+            assert reading.read() == "x"
+            assert (data_dir / "file").exists()
+        wait_gone(core.read_persistent_volume, pv_name)
+        assert not data_dir.exists()
+
     def test_a_retained_volume_is_released_and_keeps_its_data(
         self, kube: client.ApiClient, sim: SimCluster, ns: str
     ) -> None:

@@ -188,3 +188,22 @@ def test_agents_a_new_leader_has_not_seen_get_until_the_reconnect_window_ends() 
     (unknown,) = agent_views(Caches(node), Hub(), {})  # no term start known: nothing to wait for
     assert unknown.reconnect_by is None
     assert unknown.unusable(T0)
+
+
+def exposure_part(kind: str, uid: str, owner_pod: str = "") -> Obj:
+    meta: dict[str, Any] = {"namespace": "velero", "name": "b1-x", "uid": uid}
+    meta["labels"] = {LABEL_OWNER_UID: "u1"}
+    if owner_pod:
+        meta["ownerReferences"] = [{"apiVersion": "v1", "kind": "Pod", "name": "b1-x", "uid": owner_pod}]
+    return {"kind": kind, "metadata": meta, "spec": {}, "status": {}}
+
+
+def test_a_claim_whose_pod_is_gone_is_seen_terminating_until_the_garbage_collector_deletes_it() -> None:
+    """A claim owned by a pod that is gone (or replaced) is the collector's: nothing may build a
+    new exposure on it (it is about to be deleted), nor delete it a second time."""
+    claim = exposure_part("PersistentVolumeClaim", "uid-claim", owner_pod="uid-pod-1")
+    assert not look(claim, exposure_part("Pod", "uid-pod-1")).exposure.terminating
+    assert look(claim).exposure.terminating
+    assert look(claim, exposure_part("Pod", "uid-pod-2")).exposure.terminating
+    earlier = exposure_part("PersistentVolumeClaim", "uid-claim")  # an earlier version's: the CR's
+    assert not look(earlier).exposure.terminating

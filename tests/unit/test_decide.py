@@ -16,7 +16,14 @@ from hypothesis import strategies as st
 from barge.control.messages import AssignmentKind, Outcome, RunningAssignment, VolumeMode
 from barge.control.naming import ASSIGNMENT_ANNOTATION, Fence
 from coordinator.config import CoordinatorConfig
-from coordinator.decide import CONTENT_FOLLOW_GRACE, MAX_WAIT, READOPT_GRACE, claim_problem, decide
+from coordinator.decide import (
+    AGENT_WRITE_GRACE,
+    CONTENT_FOLLOW_GRACE,
+    MAX_WAIT,
+    READOPT_GRACE,
+    claim_problem,
+    decide,
+)
 from coordinator.exposer import plan_exposure
 from coordinator.model import (
     ACCEPTED_AT_ANNOTATION,
@@ -585,6 +592,17 @@ def test_in_progress_upload_completed_records_result() -> None:
     assert patch["status"]["dataMoverResult"] == {"parentSnapshot": "snap-0"}
 
 
+def test_an_upload_result_waits_for_the_agents_own_completed_write_to_show() -> None:
+    """The agent wrote Completed before it sent the result: the cache shows it a moment later, so
+    the coordinator does not write it too (that write could only conflict); only if it never
+    shows within AGENT_WRITE_GRACE does the coordinator record the result itself."""
+    world = progress_world(assignment=finished(Outcome.COMPLETED, snapshot_id="snap-1"))
+    arrived = replace(world.assignment, progressed_at=world.now - timedelta(seconds=2))
+    assert decide(replace(world, assignment=arrived)) == (Requeue(timedelta(seconds=8)),)
+    late = replace(world.assignment, progressed_at=world.now - AGENT_WRITE_GRACE)
+    assert phase_after(decide(replace(world, assignment=late))) is Phase.COMPLETED
+
+
 def test_in_progress_download_completed_binds_then_completes() -> None:
     result = finished(Outcome.COMPLETED, bytes_total=10, bytes_done=10)
     world = progress_world(in_progress(download_cr()), exposure=exposure(upload=False), assignment=result)
@@ -599,6 +617,25 @@ def test_in_progress_download_completed_binds_then_completes() -> None:
     assert phase_after(actions) is Phase.COMPLETED
     handed_over = replace(bound, exposure=ExposureView())
     assert phase_after(decide(handed_over)) is Phase.COMPLETED
+
+
+def test_a_final_phase_with_nothing_left_to_clean_up_lets_go_in_the_same_write() -> None:
+    """The download's exposure went with the hand-over: Completed and the finalizer's removal are
+    one write. While anything is left (or the CR is being deleted) the finalizer stays."""
+    result = finished(Outcome.COMPLETED, bytes_total=10, bytes_done=10)
+    world = progress_world(in_progress(download_cr()), exposure=ExposureView(), assignment=result)
+    bound = replace(world, target_pvc=replace(TARGET_PVC, volume_name="pv-1"))
+    step = set_phase(decide(bound))
+    assert step is not None
+    assert (step.phase, step.remove_finalizer) == (Phase.COMPLETED, True)
+    left = replace(bound, exposure=exposure(upload=False))
+    step = set_phase(decide(left))
+    assert step is not None
+    assert (step.phase, step.remove_finalizer) == (Phase.COMPLETED, False)
+    deleting = replace(bound, cr=replace(bound.cr, deleting=True))
+    step = set_phase(decide(deleting))
+    assert step is not None
+    assert (step.phase, step.remove_finalizer) == (Phase.CANCELED, False)
 
 
 def test_a_completed_download_keeps_the_agents_message() -> None:
@@ -1108,9 +1145,10 @@ def test_properties_of_every_decision(world: Observed) -> None:
     assert len(steps) <= 1  # at most one phase step
     if world.cr.phase.is_terminal:
         assert steps == []  # terminal phases are absorbing
-    if of_type(actions, RemoveFinalizer):
+    letting_go = [step for step in steps if step.remove_finalizer]  # type: ignore[attr-defined]
+    if of_type(actions, RemoveFinalizer) or letting_go:
         assert not world.exposure.exists  # never let go while something of ours is left
-        assert world.cr.phase.is_terminal
+        assert world.cr.phase.is_terminal or all(step.phase.is_terminal for step in letting_go)  # type: ignore[attr-defined]
         if world.cr.is_upload:  # nor while Velero's source snapshot is left
             assert world.snapshot.state is SnapshotState.ABSENT or world.snapshot.deleting
     finishing = world.cr.phase.is_terminal or any(step.phase.is_terminal for step in steps)  # type: ignore[attr-defined]

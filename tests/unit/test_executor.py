@@ -91,20 +91,61 @@ def test_a_hand_over_cut_short_keeps_the_policy_it_remembered() -> None:
     )
 
 
+def test_a_hand_over_is_not_repeated_once_the_volume_names_the_target() -> None:
+    """A reconcile on a cache that does not show the hand-over yet decides it again: the volume,
+    read fresh, already names the target claim, so nothing is written a second time."""
+    cr = download_cr()
+    pv = {
+        "kind": "PersistentVolume",
+        "metadata": {"name": "pv-1"},
+        "spec": {"persistentVolumeReclaimPolicy": "Delete", "claimRef": {"name": cr.name}},
+    }
+    target = {
+        "kind": "PersistentVolumeClaim",
+        "metadata": {"namespace": "app-restored", "name": "data", "uid": "uid-t"},
+    }
+    objects = FakeObjects(pv, target)
+    action = BindRestoredVolume("pv-1", "app-restored", "data")
+    executor(objects).execute({}, cr, (action,))
+    assert len(objects.writes) == 2
+    executor(objects).execute({}, cr, (action,))
+    assert len(objects.writes) == 2
+
+
 def test_an_exposure_creates_only_what_the_cache_does_not_show_and_the_budget_before_the_pod() -> None:
     cr = upload_cr()
     plan = plan_exposure(observed(cr))
-    objects = FakeObjects(owned("PersistentVolumeClaim", cr.name, cr.uid))
+    objects = FakeObjects(owned("VolumeSnapshot", cr.name, cr.uid))
     executor(objects).execute({}, cr, (CreateExposure(plan),))
     assert objects.writes == [
         f"create VolumeSnapshotContent {cr.name}",
-        f"create VolumeSnapshot {cr.name}",
         f"create PodDisruptionBudget {EXPOSER_BUDGET}",
         f"create Pod {cr.name}",
+        f"create PersistentVolumeClaim {cr.name}",
     ]
     objects.writes.clear()
     executor(objects).execute({}, cr, (CreateExposure(plan),))
     assert objects.writes == []  # all there: no request at all
+
+
+def test_the_claim_is_made_for_the_pod_and_goes_with_it() -> None:
+    """The claim is created after its pod, owned by it (the uid the pod was created with), so the
+    exposure's cleanup deletes the pod alone: the garbage collector deletes the claim after it."""
+    cr = download_cr()
+    objects = FakeObjects()
+    executor(objects).execute({}, cr, (CreateExposure(plan_exposure(observed(cr))),))
+    pod = objects.store[("Pod", "velero", cr.name)]
+    claim = objects.store[("PersistentVolumeClaim", "velero", cr.name)]
+    assert [(r["kind"], r["uid"]) for r in claim["metadata"]["ownerReferences"]] == [
+        ("Pod", pod["metadata"]["uid"])
+    ]
+    objects.writes.clear()
+    executor(objects).execute({}, cr, (DeleteExposure("done", snapshot=True),))
+    assert objects.writes == [f"delete Pod {cr.name}"]
+    earlier = owned("PersistentVolumeClaim", cr.name, cr.uid)  # an earlier version's: the CR's
+    objects = FakeObjects(owned("Pod", cr.name, cr.uid), earlier)
+    executor(objects).execute({}, cr, (DeleteExposure("done", snapshot=True),))
+    assert objects.writes == [f"delete Pod {cr.name}", f"delete PersistentVolumeClaim {cr.name}"]
 
 
 def test_a_budget_made_by_an_earlier_version_is_brought_up_to_date_not_replaced() -> None:

@@ -130,3 +130,15 @@ def test_delete_source_snapshot_is_idempotent() -> None:
     action = DeleteSourceSnapshot("app", "velero-data-abc")
     run(objects, action, action)
     assert objects.writes == ["delete VolumeSnapshot velero-data-abc"]
+
+
+def test_a_release_run_again_before_the_objects_are_gone_deletes_nothing_twice() -> None:
+    """The source objects were asked to go and wait on their finalizers; a reconcile that comes
+    back meanwhile (its cache not showing the deletion yet) reads them terminating and asks nothing."""
+    going = {"deletionTimestamp": "2026-11-30T10:00:00Z"}
+    snapshot, source = source_snapshot(), content("snapcontent-1", "Retain")
+    snapshot["metadata"].update(going)
+    source["metadata"].update(going)
+    objects = FakeObjects(snapshot, source, clone())
+    assert run(objects, RELEASE).requeue_after is None
+    assert objects.writes == []

@@ -24,7 +24,15 @@ from barge.control.naming import (
     VOUCH_FILE,
 )
 from coordinator.config import CoordinatorConfig
-from coordinator.exposer import EXPOSER_COMMAND, READINESS_COMMAND, budget_outdated, manifests, plan_exposure
+from coordinator.exposer import (
+    EXPOSER_COMMAND,
+    READINESS_COMMAND,
+    budget_outdated,
+    claim_owned_by,
+    manifests,
+    owning_pod_uid,
+    plan_exposure,
+)
 from coordinator.model import (
     GENERATION_LABEL,
     SOURCE_CONTENT_ANNOTATION,
@@ -84,13 +92,13 @@ def test_upload_clones_the_snapshot_with_delete_and_ties_everything_to_the_cr() 
     """Velero's exposer: the clone content is Delete (after the release it alone owns the storage
     snapshot) and remembers the source content it came from."""
     rendered = manifests(plan_exposure(upload_world()))
-    content, snapshot, pvc, budget, pod = rendered.in_creation_order()
-    assert [m["kind"] for m in (content, snapshot, pvc, budget, pod)] == [
+    content, snapshot, budget, pod, pvc = rendered.in_creation_order()
+    assert [m["kind"] for m in (content, snapshot, budget, pod, pvc)] == [
         "VolumeSnapshotContent",
         "VolumeSnapshot",
-        "PersistentVolumeClaim",
         "PodDisruptionBudget",
         "Pod",
+        "PersistentVolumeClaim",
     ]
     assert content["spec"]["deletionPolicy"] == "Delete"
     assert content["metadata"]["annotations"] == {SOURCE_CONTENT_ANNOTATION: "snapcontent-1"}
@@ -270,7 +278,7 @@ def test_download_has_a_plain_pvc_shaped_like_the_target_and_a_pod() -> None:
     rendered = manifests(plan_exposure(observed(download_cr(), target_pvc=target)))
     assert rendered.snapshot_content is None
     assert rendered.snapshot is None
-    pvc, budget, pod = rendered.in_creation_order()
+    budget, pod, pvc = rendered.in_creation_order()
     assert budget["kind"] == "PodDisruptionBudget"
     assert "dataSource" not in pvc["spec"]
     assert pvc["spec"]["storageClassName"] == "fast"
@@ -335,3 +343,24 @@ def test_a_budget_an_earlier_version_made_is_outdated() -> None:
     assert budget_outdated(earlier)
     current = manifests(plan_exposure(upload_world())).disruption_budget
     assert budget_outdated({"spec": {**current["spec"], "unhealthyPodEvictionPolicy": "IfHealthyBudget"}})
+
+
+def test_the_claim_is_owned_by_its_pod_alone_so_deleting_the_pod_deletes_both() -> None:
+    """Kubernetes' garbage collector deletes a dependent only once all its owners are gone: owned
+    by the pod alone, the claim goes with the pod (CR -> pod -> claim keeps the CR a backstop)."""
+    rendered = manifests(plan_exposure(upload_world()))
+    pod = {**rendered.pod, "metadata": {**rendered.pod["metadata"], "uid": "uid-pod"}}
+    claim = claim_owned_by(rendered.pvc, pod)
+    assert claim["metadata"]["ownerReferences"] == [
+        {
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "name": "backup-1-abcde",
+            "uid": "uid-pod",
+            "controller": True,
+            "blockOwnerDeletion": False,
+        }
+    ]
+    assert owning_pod_uid(claim) == "uid-pod"
+    assert owning_pod_uid(rendered.pvc) == ""  # as an earlier version made it: the CR's
+    assert pod["metadata"]["ownerReferences"][0]["kind"] == "DataUpload"
