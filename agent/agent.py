@@ -85,7 +85,7 @@ class Agent:
         self._lock = threading.Lock()
         self._vouching = threading.Lock()  # vouch files: a renewal never follows the withdrawal
         self._locations = locations
-        self._housekeeping = threading.Lock()  # one sweep or maintenance at a time: background work
+        self._housekeeping_locks: dict[tuple[str, str], threading.Lock] = {}
         self._manifests = ManifestCache()
 
     # -- what the client asks ---------------------------------------------------------------------
@@ -257,7 +257,7 @@ class Agent:
         if self._locations is None:
             self.send(SweepResult(sweep.sweep_id, message=f"the agent on {self.settings.node} cannot sweep"))
             return
-        with self._housekeeping:
+        with self._housekeeping(sweep.velero_namespace, sweep.backup_storage_location):
             self.send(run_sweep(sweep, self._locations, self._manifests))
 
     def _maintain(self, task: Maintain) -> None:
@@ -266,8 +266,14 @@ class Agent:
             message = f"the agent on {self.settings.node} cannot maintain repositories"
             self.send(MaintenanceResult(task.maintenance_id, message=message))
             return
-        with self._housekeeping:
+        with self._housekeeping(task.velero_namespace, task.backup_storage_location):
             self.send(run_maintenance(task, self._locations, self._clock))
+
+    def _housekeeping(self, namespace: str, location: str) -> threading.Lock:
+        """One sweep or maintenance run at a time per location (background work, bounded memory);
+        a location whose storage hangs holds up no other."""
+        with self._lock:
+            return self._housekeeping_locks.setdefault((namespace, location), threading.Lock())
 
     def _progress_sink(self) -> ProgressSink:
         def report(assignment: Assignment, done: int, total: int) -> None:

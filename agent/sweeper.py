@@ -10,6 +10,7 @@ another backup, whatever the leader asked. Forgetting removes only the snapshot'
 
 from __future__ import annotations
 
+import threading
 from typing import Protocol
 
 import structlog
@@ -43,23 +44,27 @@ class ManifestCache:
 
     def __init__(self) -> None:
         self._entries: dict[tuple[str, str, str], BackupSnapshot | None] = {}
+        self._lock = threading.Lock()  # sweeps of different locations run at once
 
     def backup_snapshot(
         self, repo: Repository, where: tuple[str, str], snapshot_id: str
     ) -> BackupSnapshot | None:
         """The snapshot as a sweep reports it; None when it names no Velero backup."""
         key = (*where, snapshot_id)
-        if key not in self._entries:
-            snapshot = repo.load_snapshot(snapshot_id)
-            name, uid = snapshot.tags.get(BACKUP_NAME_LABEL), snapshot.tags.get(BACKUP_UID_LABEL, "")
-            self._entries[key] = (
-                BackupSnapshot(where[1], snapshot_id, name, uid, snapshot.time) if name else None
-            )
-        return self._entries[key]
+        with self._lock:
+            if key in self._entries:
+                return self._entries[key]
+        snapshot = repo.load_snapshot(snapshot_id)
+        name, uid = snapshot.tags.get(BACKUP_NAME_LABEL), snapshot.tags.get(BACKUP_UID_LABEL, "")
+        entry = BackupSnapshot(where[1], snapshot_id, name, uid, snapshot.time) if name else None
+        with self._lock:
+            self._entries[key] = entry
+        return entry
 
     def keep_only(self, location: str, listed: set[tuple[str, str, str]]) -> None:
-        for key in [k for k in self._entries if k[0] == location and k not in listed]:
-            del self._entries[key]
+        with self._lock:
+            for key in [k for k in self._entries if k[0] == location and k not in listed]:
+                del self._entries[key]
 
 
 def run_sweep(sweep: Sweep, locations: LocationOpener, cache: ManifestCache | None = None) -> SweepResult:

@@ -42,6 +42,7 @@ log = structlog.get_logger("barge.coordinator")
 
 Obj = dict[str, Any]
 STATUS_CONFIG_MAP = "barge-maintenance"
+UPDATE_ATTEMPTS = 5
 
 
 class MaintainerObjects(Protocol):
@@ -220,8 +221,9 @@ class Maintainer:
         self._update(lambda data: {**data, record.key: encode(record)})
 
     def _update(self, change: Callable[[dict[str, str]], dict[str, str]]) -> None:
-        """Read, change, replace; on a conflict (another writer) once more from a fresh read."""
-        for attempt in (1, 2):
+        """Read, change, replace; on a conflict (another location's pass writing too) again from a
+        fresh read."""
+        for attempt in range(1, UPDATE_ATTEMPTS + 1):
             _, found = self._read()
             try:
                 if found is None:
@@ -233,7 +235,7 @@ class Maintainer:
                     self._objects.replace(CONFIG_MAP, {"metadata": metadata, "data": data})
                 return
             except Conflict:
-                if attempt == 2:
+                if attempt == UPDATE_ATTEMPTS:
                     raise
 
     def _metadata(self) -> Obj:

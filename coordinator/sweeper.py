@@ -112,20 +112,33 @@ class Sweeper:
         self._vitals.run(LOOP, self._loop, self._stopping, stalls=False)
 
     def _loop(self) -> None:
+        """Each location in a thread of its own, one pass at a time per location: a location whose
+        storage does not answer (its pass waits on the agent's retries) delays no other."""
         tick = self._config.check_interval if self._forgetting else DEFAULT_TICK
+        passes: dict[str, threading.Thread] = {}
         while not self._stopping.wait(tick.total_seconds()):
             for bsl in self._locations():
-                try:
-                    survey = self.sweep(bsl)
-                    if survey is not None and self._maintainer is not None:
-                        nodes = self._hub.connected_nodes(__version__)
-                        self._maintainer.maintain(bsl, survey.repositories, nodes, self._stopping)
-                except BargeError as err:
-                    self._metrics.location_sweeps.labels("failed").inc()
-                    log.warning("sweep failed", location=_name(bsl), error=str(err))
-                except Exception:
-                    self._metrics.location_sweeps.labels("failed").inc()
-                    log.exception("sweep failed unexpectedly; retried at the next check", location=_name(bsl))
+                running = passes.get(_name(bsl))
+                if running is not None and running.is_alive():
+                    continue  # its previous pass has not ended: the next check tries again
+                passes[_name(bsl)] = thread = threading.Thread(
+                    target=self._pass, args=(bsl,), name=f"sweep-{_name(bsl)}", daemon=True
+                )
+                thread.start()
+
+    def _pass(self, bsl: Obj) -> None:
+        """Sweep one location, then run the maintenance due there; never raises."""
+        try:
+            survey = self.sweep(bsl)
+            if survey is not None and self._maintainer is not None:
+                nodes = self._hub.connected_nodes(__version__)
+                self._maintainer.maintain(bsl, survey.repositories, nodes, self._stopping)
+        except BargeError as err:
+            self._metrics.location_sweeps.labels("failed").inc()
+            log.warning("sweep failed", location=_name(bsl), error=str(err))
+        except Exception:
+            self._metrics.location_sweeps.labels("failed").inc()
+            log.exception("sweep failed unexpectedly; retried at the next check", location=_name(bsl))
 
     def _locations(self) -> list[Obj]:
         try:

@@ -276,3 +276,37 @@ def test_a_sweeper_waiting_on_an_agent_longer_than_the_stall_bound_is_healthy() 
         waiting.stop()
     assert deaths == []
     assert vitals.problems() == []
+
+
+def test_a_location_whose_storage_does_not_answer_holds_up_no_other() -> None:
+    """The agent never answers sweeps of ``stuck`` (its storage hangs); ``default`` is still swept,
+    again and again, and ``stuck`` gets no second pass while its first one waits."""
+
+    @dataclass
+    class HalfAgent(Agent):
+        asked: list[str] = field(default_factory=list)
+
+        def send(self, command: CoordinatorCommand) -> None:
+            if isinstance(command, Sweep):
+                self.asked.append(command.backup_storage_location)
+                if command.backup_storage_location != "stuck":
+                    super().send(command)
+
+    clock = ManualClock()
+    metrics = CoordinatorMetrics()
+    hub = Hub(clock, metrics)
+    agent = HalfAgent(hub, Location())
+    hub.agent_connected(agent)
+    stuck = copy.deepcopy(BSL)
+    stuck["metadata"]["name"] = "stuck"
+    objects = Objects(copy.deepcopy(BSL))
+    objects.put(stuck)
+    sweeping = sweeper(objects, FakeEvents(), hub, metrics, clock, check_interval=PROMPTLY)
+    sweeping.start()
+    ok = "barge_coordinator_location_sweeps_total"
+    try:
+        wait_for(lambda: (metrics.registry.get_sample_value(ok, {"result": "ok"}) or 0) >= 5, 30)
+    finally:
+        sweeping.stop()
+    assert agent.asked.count("stuck") == 1
+    assert agent.asked.count("default") >= 5
