@@ -360,6 +360,7 @@ class Leadership:
         self._new_controller, self._new_elector = new_controller, new_elector
         self.identity = identity
         self.stop = threading.Event()
+        self._closing = threading.Event()  # shut_down began: campaign no more
         self.failed = threading.Event()
         self._lock = threading.Lock()
         self._term = 0
@@ -379,13 +380,16 @@ class Leadership:
     def campaign(self) -> None:
         self._vitals.beat(ELECTION_LOOP)
         elector = self._new_elector(self._started, self._stopped)
-        with self._lock:
+        with self._lock:  # with shut_down's: a campaign either sees the shutdown or is stopped by it
+            if self._closing.is_set():
+                return
             self._elector = elector
-        elector.start()
+            elector.start()
 
     def shut_down(self) -> None:
         self._leading.clear()
         with self._lock:
+            self._closing.set()  # no rejoin campaigns again
             elector = self._elector
         if elector is not None:
             elector.stop()
@@ -427,7 +431,7 @@ class Leadership:
             if controller is not None:
                 controller.stop()  # its loops must not act on for a leader that gave up
             return
-        if self.stop.is_set():
+        if self.stop.is_set() or self._closing.is_set():
             return
         log.error("lost the leader lease (API server unreachable or lease taken); standing by")
         self._vitals.beat(ELECTION_LOOP)  # the next campaign starts once the controller stopped
@@ -451,7 +455,7 @@ class Leadership:
         if controller is not None:
             controller.stop()
         self._hub.reset()
-        if not (self.stop.is_set() or self.failed.is_set()):
+        if not (self.stop.is_set() or self.failed.is_set() or self._closing.is_set()):
             self.campaign()
 
     def _end_term(self) -> Controller | None:
