@@ -21,6 +21,7 @@ import string
 import threading
 from pathlib import Path
 from types import TracebackType
+from typing import Protocol
 
 from kubernetes import client
 
@@ -65,8 +66,16 @@ def _default_size(source: Path, block: bool) -> int:
     return size if block else max(_GIB, -(-size // _GIB) * _GIB)
 
 
+class Controller(Protocol):
+    def reconcile(self, world: World) -> None: ...
+
+
 class SimCluster:
-    """The missing cluster components, driven by one background thread that polls the API."""
+    """The missing cluster components, driven by one background thread that polls the API.
+
+    ``storage_only``: on a real node (``devenv.realnode``), only the CSI driver's controllers run
+    (provisioning, binding, reclaim, snapshots); the real scheduler, kubelet, disruption controller
+    and garbage collector do the rest, and the node's CSI plugin mounts the volumes."""
 
     def __init__(
         self,
@@ -76,6 +85,7 @@ class SimCluster:
         namespaces: tuple[str, ...] | None = None,
         poll_s: float = 0.2,
         clock: Clock | None = None,
+        storage_only: bool = False,
     ) -> None:
         root = root.resolve()
         root.mkdir(parents=True, exist_ok=True)
@@ -84,14 +94,14 @@ class SimCluster:
         self._storage = StorageController(self._ctx, self._registry)
         self._snapshots = SnapshotController(self._ctx, self._registry)
         self._kubelets = Kubelets(self._ctx)
-        self._controllers = (
-            self._storage,
-            self._snapshots,
-            Scheduler(self._ctx),
-            self._kubelets,
-            DisruptionController(self._ctx),
-            GarbageCollector(self._ctx),
-        )
+        self._controllers: tuple[Controller, ...] = (self._storage, self._snapshots)
+        if not storage_only:
+            self._controllers += (
+                Scheduler(self._ctx),
+                self._kubelets,
+                DisruptionController(self._ctx),
+                GarbageCollector(self._ctx),
+            )
         self._poll_s = poll_s
         self._tick = threading.Lock()
         self._stopping = threading.Event()
