@@ -16,6 +16,7 @@ share one API server.
 from __future__ import annotations
 
 import contextlib
+import functools
 import secrets
 import string
 import threading
@@ -53,10 +54,12 @@ from devenv.simsnapshots import (
 )
 from devenv.simstorage import StorageController
 from devenv.simworld import DRIVER, ROOT_ANNOTATION, SimContext, World, key, remove_path
+from devenv.waiting import wait_for
 
 __all__ = ["DRIVER", "SimCluster"]
 
 _GIB = 1 << 30
+_BIND_TIMEOUT_S = 60.0  # the real PV controller's binding (storage_only), usually well under a second
 _SUFFIX_ALPHABET = string.ascii_lowercase + string.digits
 
 
@@ -91,7 +94,7 @@ class SimCluster:
         root.mkdir(parents=True, exist_ok=True)
         self._ctx = SimContext(KubeObjects(api), root, namespaces, clock or SystemClock())
         self._registry = SnapshotRegistry(root)
-        self._storage = StorageController(self._ctx, self._registry)
+        self._storage = StorageController(self._ctx, self._registry, provisioner_only=storage_only)
         self._snapshots = SnapshotController(self._ctx, self._registry)
         self._kubelets = Kubelets(self._ctx)
         self._controllers: tuple[Controller, ...] = (self._storage, self._snapshots)
@@ -425,11 +428,17 @@ class SimCluster:
         link.symlink_to(data.path)
         request = pvc["spec"]["resources"]["requests"]["storage"]
         body = self._storage.volume_body(pvc, pv_name, data.block, request)
-        self._storage.bind(objects.create(PERSISTENT_VOLUME, body), pvc)
-        bound = objects.find(PERSISTENT_VOLUME_CLAIM, namespace, name)
+        created = objects.create(PERSISTENT_VOLUME, body)
+        if not self._storage.provisioner_only:
+            self._storage.bind(created, pvc)
+        return wait_for(functools.partial(self._bound_claim, namespace, name), _BIND_TIMEOUT_S,
+                        what=f"PVC {namespace}/{name} bound to {pv_name}")  # fmt: skip
+
+    def _bound_claim(self, namespace: str, name: str) -> Obj | None:
+        bound = self._ctx.objects.find(PERSISTENT_VOLUME_CLAIM, namespace, name)
         if bound is None:
             raise NotFound(f"PVC {namespace}/{name} vanished while it was being bound")
-        return bound
+        return bound if bound["spec"].get("volumeName") else None
 
     def _ensure_classes(self, storage_class: str, snapshot_class: str) -> None:
         """The StorageClass and VolumeSnapshotClass a cluster with the sim CSI driver would have."""

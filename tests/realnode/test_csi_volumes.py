@@ -1,6 +1,7 @@
 """Volumes of the simulated CSI driver on the real kubelet: a pod's claim is provisioned by the
-simulated driver, mounted by the kubelet through the driver's node plugin at the kubelet's CSI
-path (the one Barge's agent reads), unmounted when the pod goes, and reclaimed with its claim."""
+simulated driver once the real PV controller hands it over, and bound by that controller; the
+kubelet mounts it through the driver's node plugin at the kubelet's CSI path (the one Barge's
+agent reads), unmounts it when the pod goes, and it is reclaimed with its claim."""
 
 from __future__ import annotations
 
@@ -10,7 +11,8 @@ from pathlib import Path
 from barge.kube.resources import PERSISTENT_VOLUME, PERSISTENT_VOLUME_CLAIM, POD, KubeObjects
 from devenv.realnode.node import NODE_NAME, RealNode
 from devenv.realnode.storage import KUBELET_ROOT, STORAGE_CLASS_NAME
-from devenv.simcluster import SimCluster
+from devenv.simcluster import DRIVER, SimCluster
+from devenv.simstorage import PROVISIONER_ANNOTATION
 from devenv.waiting import wait_for, wait_for_deletion
 from tests.integration.kubetest import eventually
 from tests.realnode.pods import BUSYBOX, POD_TIMEOUT, finished, fresh_namespace
@@ -80,3 +82,6 @@ def test_a_claim_provisioned_empty_is_written_by_its_pod(
     assert pod["status"]["phase"] == "Succeeded"
     assert pod["spec"]["nodeName"] == NODE_NAME  # placed by the real scheduler
     assert node_storage.claim_data(namespace, "fresh").joinpath("hello.txt").read_text() == "hello\n"
+    # The real PV controller handed the claim to the driver and bound the volume it provisioned.
+    annotations = node_objects.get(PERSISTENT_VOLUME_CLAIM, namespace, "fresh")["metadata"]["annotations"]
+    assert annotations[PROVISIONER_ANNOTATION] == DRIVER
