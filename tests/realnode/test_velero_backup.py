@@ -87,10 +87,10 @@ def finish(velero: LocalVelero, kind: str, name: str, *args: str) -> None:
     assert done["status"]["phase"] == "Completed", f"{velero.describe(kind, name)}\n{statuses}"
 
 
-def published_volumes(node: RealNode) -> set[str]:
-    """The volumes the kubelet published through the driver's node plugin so far."""
+def published_volumes(node: RealNode) -> set[tuple[str, str]]:
+    """(volume, pod uid) of every publication the kubelet asked the driver's node plugin for."""
     log = (node.workdir / "csi-plugin.log").read_text()
-    return set(re.findall(r"^published (\S+) at ", log, re.MULTILINE))
+    return set(re.findall(r"^published (\S+) at /var/lib/kubelet/pods/([^/]+)/", log, re.MULTILINE))
 
 
 @pytest.mark.usefixtures("barge")
@@ -100,9 +100,10 @@ def test_velero_backs_up_and_restores_a_volume_through_barge_pods_on_the_real_no
 ) -> None:  # fmt: skip
     app = fresh_namespace(node_objects, "shop")
     volumes_before = {v["metadata"]["name"] for v in node_objects.list(PERSISTENT_VOLUME)}  # other tests'
+    published_before = published_volumes(real_node)
     volume = node_storage.provision_claim(app, "data", awkward_tree(tmp_path / "source"),
                                           storage_class=STORAGE_CLASS_NAME)  # fmt: skip
-    node_objects.create(POD, app_pod(app))
+    app_uid = node_objects.create(POD, app_pod(app))["metadata"]["uid"]
     eventually(lambda: running(node_objects, app, "app"), POD_TIMEOUT)
     assert eventually((volume / "app.txt").exists, POD_TIMEOUT)
     expected = capture(volume)
@@ -114,8 +115,8 @@ def test_velero_backs_up_and_restores_a_volume_through_barge_pods_on_the_real_no
     assert upload["spec"]["datamover"] == "barge"
     assert upload["status"]["phase"] == "Completed", upload["status"]
     # Barge read a snapshot's volume, mounted by the kubelet in a pod of its own.
-    backup_exposed = published_volumes(real_node) - {app_volume}
-    assert backup_exposed, "no exposer volume was published by the kubelet"
+    backup_exposed = {v for v, pod in published_volumes(real_node) - published_before if pod != app_uid}
+    assert backup_exposed - {app_volume}, "the kubelet published no exposer volume for the backup"
 
     node_objects.delete(NAMESPACE, None, app)
     namespace_gone = lambda: node_objects.find(NAMESPACE, None, app) is None  # noqa: E731
@@ -126,9 +127,11 @@ def test_velero_backs_up_and_restores_a_volume_through_barge_pods_on_the_real_no
     finish(velero, "restore", "shop-restore", "--from-backup", "shop-backup")
     (download,) = node_objects.list(DATA_DOWNLOAD, velero.namespace, "velero.io/restore-name=shop-restore")
     assert download["status"]["phase"] == "Completed", download["status"]
-    assert published_volumes(real_node) - backup_exposed - {app_volume}, "no restore exposer volume"
     restored = wait_for(lambda: running(node_objects, app, "app"), POD_TIMEOUT, what="the restored app pod")
-    assert restored["status"]["phase"] == "Running"
+    # The restored claim got the volume a restore exposer pod held (the agent wrote it there).
+    restored_volume = node_objects.get(PERSISTENT_VOLUME_CLAIM, app, "data")["spec"]["volumeName"]
+    holders = {pod for v, pod in published_volumes(real_node) if v == restored_volume}
+    assert holders - {restored["metadata"]["uid"]}, f"only the restored app pod mounted {restored_volume}"
     assert capture(node_storage.claim_data(app, "data")) == expected
 
     # Nothing of the data movement is left: no exposer pod or claim, no snapshot, no stray volume.
