@@ -15,22 +15,7 @@ from devenv.simcluster import DRIVER, SimCluster
 from devenv.simstorage import PROVISIONER_ANNOTATION
 from devenv.waiting import wait_for, wait_for_deletion
 from tests.integration.kubetest import eventually
-from tests.realnode.pods import BUSYBOX, POD_TIMEOUT, finished, fresh_namespace
-
-
-def claim_pod(namespace: str, claim: str, script: str) -> dict[str, object]:
-    return {
-        "metadata": {"name": "app", "namespace": namespace},
-        "spec": {
-            "restartPolicy": "Never",
-            "terminationGracePeriodSeconds": 1,
-            "containers": [{
-                "name": "app", "image": str(BUSYBOX), "imagePullPolicy": "Never",
-                "command": ["sh", "-c", script], "volumeMounts": [{"name": "data", "mountPath": "/data"}],
-            }],
-            "volumes": [{"name": "data", "persistentVolumeClaim": {"claimName": claim}}],
-        },
-    }  # fmt: skip
+from tests.realnode.pods import POD_TIMEOUT, claim_pod, finished, fresh_namespace
 
 
 def node_mounts(node: RealNode) -> str:
