@@ -38,7 +38,9 @@ class NodeStorage(StartedWhileEntered[SimCluster]):
         self.node = node
         self.api = api
         self.objects = KubeObjects(api)
-        self.sim = SimCluster(api, node.workdir / "sim", storage_only=True)
+        # Polled twice a second (it lists every claim, volume and snapshot): the node's apiserver
+        # serves the chart's pods too, on a machine that may be busy.
+        self.sim = SimCluster(api, node.workdir / "sim", storage_only=True, poll_s=0.5)
         self.plugin: ServerProcess | None = None
 
     def start(self) -> SimCluster:
