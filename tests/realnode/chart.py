@@ -6,9 +6,12 @@ import contextlib
 from collections.abc import Iterator
 from typing import Any
 
+from barge.kube.resources import POD, KubeObjects
 from devenv.helm import CHART_DIR, Helm
 from devenv.realnode.bargeimage import BARGE_IMAGE
 from devenv.realnode.node import NodeEndpoints
+from tests.integration.kubetest import eventually
+from tests.realnode.pods import POD_TIMEOUT, condition
 
 RELEASE = NAMESPACE_NAME = "barge"
 
@@ -26,16 +29,24 @@ def one_node_values(endpoints: NodeEndpoints) -> dict[str, Any]:
     }
 
 
+def all_pods_ready(objects: KubeObjects) -> bool:
+    pods = objects.list(POD, NAMESPACE_NAME, label_selector=f"app.kubernetes.io/instance={RELEASE}")
+    return bool(pods) and all(condition(pod, "Ready") == "True" for pod in pods)
+
+
 @contextlib.contextmanager
-def installed_chart(endpoints: NodeEndpoints) -> Iterator[Helm]:
-    """The chart installed and waited for as ``helm install --wait`` does (Velero's CRDs and
-    namespace must exist); ``helm uninstall`` afterwards."""
+def installed_chart(endpoints: NodeEndpoints, objects: KubeObjects) -> Iterator[Helm]:
+    """The chart installed with ``helm install --wait`` (Velero's CRDs and namespace must exist),
+    then every pod of it Ready: helm's wait expects a DaemonSet's desired pods minus its
+    maxUnavailable Ready, which on one node with the chart's ``agent.maxUnavailable: 1`` is none
+    (helm v3 pkg/kube/ready.go). ``helm uninstall`` afterwards."""
     helm = Helm.installed(endpoints.control_plane.kubeconfig)
     helm.run(
         "install", RELEASE, str(CHART_DIR), "--namespace", NAMESPACE_NAME, "--create-namespace",
         "--wait", "--timeout", "4m", values=one_node_values(endpoints),
     )
     try:
+        eventually(lambda: all_pods_ready(objects), POD_TIMEOUT)
         yield helm
     finally:
         helm.run("uninstall", RELEASE, "--namespace", NAMESPACE_NAME, "--wait", "--timeout", "2m")

@@ -39,7 +39,7 @@ def installed(
     """Velero's CRDs and namespace (what ``velero install`` leaves), then the chart."""
     install_crds(node_api)
     node_objects.create(NAMESPACE, {"metadata": {"name": VELERO_NAMESPACE}}, exist_ok=True)
-    with installed_chart(node_endpoints) as helm:
+    with installed_chart(node_endpoints, node_objects) as helm:
         yield helm
 
 
@@ -73,7 +73,8 @@ def test_helm_install_runs_the_coordinator_and_the_agent_ready_and_connected_and
     for pod in (*coordinators, *agents):
         assert pod["spec"]["nodeName"] == NODE_NAME
         assert pod["status"]["phase"] == "Running"
-        assert condition(pod, "Ready") == "True"  # the kubelet's HTTP readiness probe passed
+        # the kubelet's HTTP readiness probe passed
+        assert condition(pod, "Ready") == "True", (pod["metadata"]["name"], pod["status"])
         (container,) = pod["status"]["containerStatuses"]
         assert container["image"].endswith(str(BARGE_IMAGE).removeprefix("localhost/"))
         assert container["restartCount"] == 0  # and no liveness probe failed meanwhile

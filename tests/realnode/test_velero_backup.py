@@ -57,9 +57,11 @@ def velero(real_node: RealNode, node_objects: KubeObjects, node_storage: SimClus
 
 
 @pytest.fixture(scope="module")
-def barge(velero: LocalVelero, barge_image: BuiltImage, real_node: RealNode) -> Iterator[Helm]:
+def barge(
+    velero: LocalVelero, barge_image: BuiltImage, real_node: RealNode, node_objects: KubeObjects
+) -> Iterator[Helm]:
     assert real_node.endpoints is not None
-    with installed_chart(real_node.endpoints) as helm:
+    with installed_chart(real_node.endpoints, node_objects) as helm:
         yield helm
 
 
