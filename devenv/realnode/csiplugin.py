@@ -37,6 +37,7 @@ import grpc
 
 from devenv.simworld import DRIVER
 
+# The versions hack/tools/kubelet/go.mod pins (the kubelet built there speaks them).
 CSI_SPEC = "github.com/container-storage-interface/spec@v1.9.0"
 PLUGIN_REGISTRATION = "k8s.io/kubelet@v0.36.3/pkg/apis/pluginregistration/v1"
 _PROTOS = ((CSI_SPEC, "csi.proto"), (PLUGIN_REGISTRATION, "api.proto"))
@@ -57,8 +58,9 @@ def generate(out: Path) -> Path:
         directory = _module_cache() / module
         if not (directory / name).is_file():
             raise FileNotFoundError(
-                f"{directory / name} is missing: run `bash hack/install-tools.sh kubelet` (building the "
-                "pinned kubelet downloads the CSI spec and the kubelet's plugin registration API)"
+                f"{directory / name} is missing from the Go module cache: run `(cd hack/tools/kubelet && "
+                "go mod download github.com/container-storage-interface/spec k8s.io/kubelet)` (building "
+                "the pinned kubelet with hack/install-tools.sh downloads them too)"
             )
         includes.append(f"-I{directory}")
     out.mkdir(parents=True, exist_ok=True)
