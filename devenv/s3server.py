@@ -6,6 +6,7 @@ import os
 import secrets
 import shutil
 import ssl
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,13 +29,24 @@ class S3Endpoint:
 class LocalS3Server(TemporaryServer[S3Endpoint]):
     """Starts MinIO on a temporary directory; stops it and removes the directory.
 
-    ``tls=True``: HTTPS with a certificate for 127.0.0.1 from a throw-away CA (``ca_cert_pem``)."""
+    ``tls=True``: HTTPS with a certificate for 127.0.0.1 from a throw-away CA (``ca_cert_pem``).
+    ``address`` and ``command_prefix``: where else to serve, e.g. a real node's address from inside
+    its network namespace (``RealNode.namespace.enter()``), where its pods reach it too."""
 
     name = "s3"
 
-    def __init__(self, workdir: Path | None = None, *, tls: bool = False) -> None:
+    def __init__(
+        self,
+        workdir: Path | None = None,
+        *,
+        tls: bool = False,
+        address: str = "127.0.0.1",
+        command_prefix: Sequence[str] = (),
+    ) -> None:
         super().__init__(workdir)
         self.tls = tls
+        self.address = address
+        self.command_prefix = list(command_prefix)
 
     def start(self) -> S3Endpoint:
         port, console_port = free_port(), free_port()
@@ -54,13 +66,14 @@ class LocalS3Server(TemporaryServer[S3Endpoint]):
         self.process = ServerProcess(
             "minio",
             [
+                *self.command_prefix,
                 str(tool_path("minio")),
                 "server",
                 "--quiet",
                 "--address",
-                f"127.0.0.1:{port}",
+                f"{self.address}:{port}",
                 "--console-address",
-                f"127.0.0.1:{console_port}",
+                f"{self.address}:{console_port}",
                 *tls_args,
                 str(data),
             ],
@@ -69,10 +82,10 @@ class LocalS3Server(TemporaryServer[S3Endpoint]):
         )
         self.process.start()
         self.process.wait_ready(
-            lambda: http_ok("127.0.0.1", port, "/minio/health/ready", context), _START_TIMEOUT, "ready"
+            lambda: http_ok(self.address, port, "/minio/health/ready", context), _START_TIMEOUT, "ready"
         )
         scheme = "https" if self.tls else "http"
-        return S3Endpoint(f"{scheme}://127.0.0.1:{port}", access_key, secret_key, ca_cert_pem=ca_pem)
+        return S3Endpoint(f"{scheme}://{self.address}:{port}", access_key, secret_key, ca_cert_pem=ca_pem)
 
     def _tls(self, certs: Path) -> tuple[list[str], bytes | None, ssl.SSLContext | None]:
         """MinIO's ``--certs-dir`` layout (public.crt + private.key), or nothing for plain HTTP."""

@@ -16,11 +16,13 @@ share one API server.
 from __future__ import annotations
 
 import contextlib
+import functools
 import secrets
 import string
 import threading
 from pathlib import Path
 from types import TracebackType
+from typing import Protocol
 
 from kubernetes import client
 
@@ -52,10 +54,12 @@ from devenv.simsnapshots import (
 )
 from devenv.simstorage import StorageController
 from devenv.simworld import DRIVER, ROOT_ANNOTATION, SimContext, World, key, remove_path
+from devenv.waiting import wait_for
 
 __all__ = ["DRIVER", "SimCluster"]
 
 _GIB = 1 << 30
+_BIND_TIMEOUT_S = 60.0  # the real PV controller's binding (storage_only), usually well under a second
 _SUFFIX_ALPHABET = string.ascii_lowercase + string.digits
 
 
@@ -65,8 +69,16 @@ def _default_size(source: Path, block: bool) -> int:
     return size if block else max(_GIB, -(-size // _GIB) * _GIB)
 
 
+class Controller(Protocol):
+    def reconcile(self, world: World) -> None: ...
+
+
 class SimCluster:
-    """The missing cluster components, driven by one background thread that polls the API."""
+    """The missing cluster components, driven by one background thread that polls the API.
+
+    ``storage_only``: on a real node (``devenv.realnode``), only the CSI driver's controllers run
+    (provisioning, binding, reclaim, snapshots); the real scheduler, kubelet, disruption controller
+    and garbage collector do the rest, and the node's CSI plugin mounts the volumes."""
 
     def __init__(
         self,
@@ -76,22 +88,23 @@ class SimCluster:
         namespaces: tuple[str, ...] | None = None,
         poll_s: float = 0.2,
         clock: Clock | None = None,
+        storage_only: bool = False,
     ) -> None:
         root = root.resolve()
         root.mkdir(parents=True, exist_ok=True)
         self._ctx = SimContext(KubeObjects(api), root, namespaces, clock or SystemClock())
         self._registry = SnapshotRegistry(root)
-        self._storage = StorageController(self._ctx, self._registry)
+        self._storage = StorageController(self._ctx, self._registry, provisioner_only=storage_only)
         self._snapshots = SnapshotController(self._ctx, self._registry)
         self._kubelets = Kubelets(self._ctx)
-        self._controllers = (
-            self._storage,
-            self._snapshots,
-            Scheduler(self._ctx),
-            self._kubelets,
-            DisruptionController(self._ctx),
-            GarbageCollector(self._ctx),
-        )
+        self._controllers: tuple[Controller, ...] = (self._storage, self._snapshots)
+        if not storage_only:
+            self._controllers += (
+                Scheduler(self._ctx),
+                self._kubelets,
+                DisruptionController(self._ctx),
+                GarbageCollector(self._ctx),
+            )
         self._poll_s = poll_s
         self._tick = threading.Lock()
         self._stopping = threading.Event()
@@ -415,11 +428,17 @@ class SimCluster:
         link.symlink_to(data.path)
         request = pvc["spec"]["resources"]["requests"]["storage"]
         body = self._storage.volume_body(pvc, pv_name, data.block, request)
-        self._storage.bind(objects.create(PERSISTENT_VOLUME, body), pvc)
-        bound = objects.find(PERSISTENT_VOLUME_CLAIM, namespace, name)
+        created = objects.create(PERSISTENT_VOLUME, body)
+        if not self._storage.provisioner_only:
+            self._storage.bind(created, pvc)
+        return wait_for(functools.partial(self._bound_claim, namespace, name), _BIND_TIMEOUT_S,
+                        what=f"PVC {namespace}/{name} bound to {pv_name}")  # fmt: skip
+
+    def _bound_claim(self, namespace: str, name: str) -> Obj | None:
+        bound = self._ctx.objects.find(PERSISTENT_VOLUME_CLAIM, namespace, name)
         if bound is None:
             raise NotFound(f"PVC {namespace}/{name} vanished while it was being bound")
-        return bound
+        return bound if bound["spec"].get("volumeName") else None
 
     def _ensure_classes(self, storage_class: str, snapshot_class: str) -> None:
         """The StorageClass and VolumeSnapshotClass a cluster with the sim CSI driver would have."""

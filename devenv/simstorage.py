@@ -12,6 +12,7 @@ from devenv.simworld import DRIVER, PV_PROTECTION, PVC_PROTECTION, SimContext, W
 
 SNAPSHOT_GROUP = "snapshot.storage.k8s.io"
 _UNCLAIMED = (None, "Pending", "Available")
+PROVISIONER_ANNOTATION = "volume.kubernetes.io/storage-provisioner"  # set by the PV controller
 
 
 def in_use(path: Path) -> bool:
@@ -84,11 +85,19 @@ def static_volume_fits(pv: Obj, pvc: Obj) -> bool:
 
 
 class StorageController:
-    """PVC -> PV provisioning (empty, from a snapshot, or a clone), binding, protection and reclaim."""
+    """PVC -> PV provisioning (empty, from a snapshot, or a clone), binding, protection and reclaim.
 
-    def __init__(self, ctx: SimContext, registry: SnapshotRegistry) -> None:
+    ``provisioner_only``: a real kube-controller-manager runs beside it (``devenv.realnode``), whose
+    PV controller binds (a provisioned PV names its claim in ``claimRef``, as the external
+    provisioner's do) and whose protection controllers remove the finalizers; this one then plays
+    only the CSI provisioner: it creates volumes and deletes Released ones of its driver."""
+
+    def __init__(
+        self, ctx: SimContext, registry: SnapshotRegistry, *, provisioner_only: bool = False
+    ) -> None:
         self._ctx = ctx
         self._registry = registry
+        self.provisioner_only = provisioner_only
 
     def reconcile(self, world: World) -> None:
         for pvc in world.pvcs.values():
@@ -99,6 +108,10 @@ class StorageController:
     # -- claims ----------------------------------------------------------------------------------
 
     def _claim(self, pvc: Obj, world: World) -> None:
+        if self.provisioner_only:
+            if self._handed_to_provisioner(pvc):
+                self._provision(pvc, world)
+            return
         if pvc["metadata"].get("deletionTimestamp"):
             self._release_protection(pvc, world)
             return
@@ -115,6 +128,16 @@ class StorageController:
             self.bind(pv, pvc)
         elif self._wants_provisioning(pvc):
             self._provision(pvc, world)
+
+    @classmethod
+    def _handed_to_provisioner(cls, pvc: Obj) -> bool:
+        """The real PV controller found no volume and named this driver to provision one."""
+        annotations = pvc["metadata"].get("annotations") or {}
+        return (
+            annotations.get(PROVISIONER_ANNOTATION) == DRIVER
+            and not pvc["metadata"].get("deletionTimestamp")
+            and cls._wants_provisioning(pvc)
+        )
 
     @staticmethod
     def _wants_provisioning(pvc: Obj) -> bool:
@@ -172,7 +195,8 @@ class StorageController:
         pv_name = f"pvc-{pvc['metadata']['uid']}"
         existing = world.pvs.get(pv_name) or self._ctx.objects.find(PERSISTENT_VOLUME, None, pv_name)
         if existing is not None:
-            self.bind(existing, pvc)
+            if not self.provisioner_only:
+                self.bind(existing, pvc)
             return
         block = spec.get("volumeMode") == "Block"
         request = spec["resources"]["requests"]["storage"]
@@ -188,7 +212,8 @@ class StorageController:
                 if block:
                     prepare_empty(target, block, quantity_bytes(request))
         created = self._ctx.objects.create(PERSISTENT_VOLUME, self.volume_body(pvc, pv_name, block, request))
-        self.bind(created, pvc)
+        if not self.provisioner_only:
+            self.bind(created, pvc)
 
     def volume_body(self, pvc: Obj, pv_name: str, block: bool, request: str) -> Obj:
         namespace, name = key(pvc)
@@ -267,6 +292,11 @@ class StorageController:
     # -- volumes ---------------------------------------------------------------------------------
 
     def _volume(self, pv: Obj, world: World) -> None:
+        if self.provisioner_only:
+            deleting = pv["metadata"].get("deletionTimestamp")
+            if _phase(pv) == "Released" and self._deletable(pv) and not deleting:
+                self._reclaim(pv)
+            return
         ref = pv["spec"].get("claimRef") or {}
         if not ref and _phase(pv) in (None, "Pending") and not pv["metadata"].get("deletionTimestamp"):
             self._ctx.objects.patch(

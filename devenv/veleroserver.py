@@ -21,6 +21,7 @@ import os
 import socket
 import subprocess
 import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -140,7 +141,12 @@ class LocalVelero:
         snapshot_class: str = "csi-snapclass",
         csi_driver: str = "sim.csi.barge.io",
         store_validation_frequency: str = "3s",
+        address: str = "127.0.0.1",
+        command_prefix: Sequence[str] = (),
     ) -> None:
+        """``address`` and ``command_prefix``: where the server runs and serves its metrics, e.g.
+        inside a real node's network namespace (``RealNode.namespace.enter()``), where its
+        controller-runtime metrics port is the node's own, not the host's."""
         self.endpoints = endpoints
         self.objects = objects
         self.workdir = workdir
@@ -149,6 +155,8 @@ class LocalVelero:
         self.snapshot_class = snapshot_class
         self.csi_driver = csi_driver
         self.store_validation_frequency = store_validation_frequency
+        self.address = address
+        self.command_prefix = list(command_prefix)
         self.process: ServerProcess | None = None
         self.metrics_port = 0
 
@@ -235,7 +243,8 @@ class LocalVelero:
     # -- the server ----------------------------------------------------------------------------------
 
     def start(self) -> LocalVelero:
-        _require_free_port(_CONTROLLER_RUNTIME_METRICS_PORT)
+        if not self.command_prefix:
+            _require_free_port(_CONTROLLER_RUNTIME_METRICS_PORT)
         plugins = self.workdir / "plugins"
         plugins.mkdir(parents=True, exist_ok=True)
         plugin = plugins / "velero-plugin-for-aws"
@@ -244,6 +253,7 @@ class LocalVelero:
         plugin.symlink_to(tool_path("velero-plugin-for-aws"))
         self.metrics_port = free_port()
         argv = [
+            *self.command_prefix,
             str(tool_path("velero")),
             "server",
             "--kubeconfig",
@@ -254,7 +264,7 @@ class LocalVelero:
             "--plugin-dir",
             str(plugins),
             "--metrics-address",
-            f"127.0.0.1:{self.metrics_port}",
+            f"{self.address}:{self.metrics_port}",
             "--profiler-address",
             "",
             "--store-validation-frequency",
@@ -271,7 +281,7 @@ class LocalVelero:
         self.process = ServerProcess("velero", argv, self.workdir / "velero.log", env=self._env())
         self.process.start()
         self.process.wait_ready(
-            lambda: http_ok("127.0.0.1", self.metrics_port, "/metrics"), 90, "serving metrics"
+            lambda: http_ok(self.address, self.metrics_port, "/metrics"), 90, "serving metrics"
         )
         # Ready as a user sees it: the location validated. A backup created in Velero's first second
         # can stay ReadyToStart for good (its backup controller reads a stale cache and never

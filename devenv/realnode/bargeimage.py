@@ -5,7 +5,9 @@ Two layers, the Dockerfile's equivalent (same contents: Python 3.11, Barge and i
 
 * the base: Debian bookworm's Python 3.11 and the libraries it links, extracted by ``mmdebstrap``
   (``--variant=extract``: no maintainer scripts run, no shell, no package manager state kept), the
-  CA bundle, a passwd with the ``barge`` user, and Barge's dependencies as binary wheels for that
+  CA bundle, ``/bin/sh`` (dash) with coreutils, which the exposer pods run (``sleep``, and ``date``
+  in their readiness probe: ``coordinator.exposer``), a passwd with the ``barge`` user, and Barge's
+  dependencies as binary wheels for that
   Python (``pip install --target``). Cached in ``~/.cache/barge/images/`` by what decides it: the
   dependency list in ``pyproject.toml`` and this module's package list;
 * Barge itself: its wheel (``pip wheel --no-deps .``, as the Dockerfile builds it), rebuilt each
@@ -37,7 +39,9 @@ from devenv.tools import cache_dir, tool_path
 BARGE_IMAGE = ImageRef("barge", "dev")
 PYTHON = "/usr/bin/python3.11"
 USER = "65532:65532"
-DEBIAN_PACKAGES = ("python3.11-minimal", "libpython3.11-stdlib", "libstdc++6", "ca-certificates")
+DEBIAN_PACKAGES = (
+    "python3.11-minimal", "libpython3.11-stdlib", "libstdc++6", "ca-certificates", "dash", "coreutils",
+)
 _PRUNED = ("usr/share/doc", "usr/share/man", "usr/share/locale", "usr/share/info", "usr/share/lintian",
            "var/cache", "var/lib/apt", "var/log")
 _ROOT = Path(__file__).resolve().parents[2]
@@ -130,6 +134,9 @@ def _build_base(rootfs: Path) -> bytes:
           "--variant=extract", f"--include={','.join(DEBIAN_PACKAGES)}", "bookworm", str(rootfs)], env=env)
     for pruned in _PRUNED:
         shutil.rmtree(rootfs / pruned, ignore_errors=True)
+    shell = rootfs / "bin/sh"
+    if not shell.is_symlink():  # bookworm's dash ships it; older ones made it in a maintainer script
+        shell.symlink_to("dash")
     # What ca-certificates' maintainer script would have made (extract runs none).
     bundle = rootfs / "etc/ssl/certs/ca-certificates.crt"
     bundle.parent.mkdir(parents=True, exist_ok=True)

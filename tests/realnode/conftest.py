@@ -17,6 +17,8 @@ from barge.kube.client import api_client
 from barge.kube.resources import KubeObjects
 from devenv.realnode.bargeimage import BuiltImage, build_barge_image
 from devenv.realnode.node import NodeEndpoints, RealNode
+from devenv.realnode.storage import NodeStorage
+from devenv.simcluster import SimCluster
 from tests.realnode.pods import load_busybox
 
 
@@ -52,3 +54,12 @@ def barge_image(real_node: RealNode) -> BuiltImage:
     real_node.import_image(image.archive)
     print(f"Barge image: {image.size / 1e6:.1f} MB uncompressed (layers {image.layer_bytes})")
     return image
+
+
+@pytest.fixture(scope="session")
+def node_storage(real_node: RealNode, node_api: client.ApiClient) -> Iterator[SimCluster]:
+    """Volumes of the simulated CSI driver (class ``standard``), mounted by the real kubelet
+    through the driver's node plugin (``devenv.realnode.storage``)."""
+    with NodeStorage(real_node, node_api) as sim:
+        yield sim
+        assert sim.errors == [], f"the simulated storage hit unexpected errors: {sim.errors}"

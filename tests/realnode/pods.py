@@ -102,3 +102,19 @@ def running(objects: KubeObjects, namespace: str, name: str) -> dict[str, Any] |
 
 def ready(objects: KubeObjects, namespace: str, name: str) -> bool:
     return condition(objects.get(POD, namespace, name), "Ready") == "True"
+
+
+def claim_pod(namespace: str, claim: str, script: str) -> dict[str, object]:
+    """A busybox pod ``app`` running ``script`` once, with the claim at ``/data``."""
+    return {
+        "metadata": {"name": "app", "namespace": namespace},
+        "spec": {
+            "restartPolicy": "Never",
+            "terminationGracePeriodSeconds": 1,
+            "containers": [{
+                "name": "app", "image": str(BUSYBOX), "imagePullPolicy": "Never",
+                "command": ["sh", "-c", script], "volumeMounts": [{"name": "data", "mountPath": "/data"}],
+            }],
+            "volumes": [{"name": "data", "persistentVolumeClaim": {"claimName": claim}}],
+        },
+    }  # fmt: skip

@@ -1,6 +1,7 @@
 """The Barge image, built here from Debian packages and Barge's wheel, runs on the real node as
 non-root: the coordinator's and the agent's programs start from it, and Barge's Kubernetes adapter
-in it reaches the apiserver as the pod's ServiceAccount, the way both components do in a cluster."""
+in it reaches the apiserver as the pod's ServiceAccount, the way both components do in a cluster;
+the exposer pods' shell tools are there."""
 
 from __future__ import annotations
 
@@ -38,6 +39,8 @@ def test_the_barge_image_runs_the_coordinator_and_the_agent_as_non_root(
                 program("coordinator", ["barge-coordinator", "--help"]),
                 program("agent", ["barge-agent", "--help"]),
                 program("in-cluster", ["python3.11", "-c", IN_CLUSTER]),
+                # What the exposer pods run from this image: sh, sleep, and date in their probe.
+                program("exposer", ["/bin/sh", "-c", "sleep 0 && echo exposer tools at $(date +%s)"]),
             ],
         },
     }
@@ -46,9 +49,10 @@ def test_the_barge_image_runs_the_coordinator_and_the_agent_as_non_root(
     done = finished(node_objects, namespace, "barge")
     logs = {
         name: node_objects.read_text(POD, namespace, "barge", "log", [("container", name)])
-        for name in ("coordinator", "agent", "in-cluster")
+        for name in ("coordinator", "agent", "in-cluster", "exposer")
     }
     assert done["status"]["phase"] == "Succeeded", (done["status"], logs)
     assert "usage: barge-coordinator" in logs["coordinator"]
     assert "usage: barge-agent" in logs["agent"]
     assert "core/v1 serves" in logs["in-cluster"]
+    assert "exposer tools at " in logs["exposer"]

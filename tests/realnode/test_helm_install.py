@@ -17,29 +17,16 @@ from kubernetes import client
 
 from barge.kube.resources import NAMESPACE, POD, TOKEN_REVIEW, KubeObjects
 from devenv.crds import install_crds
-from devenv.helm import CHART_DIR, Helm
+from devenv.helm import Helm
 from devenv.realnode.bargeimage import BARGE_IMAGE, BuiltImage
 from devenv.realnode.node import NODE_NAME, NodeEndpoints, RealNode
 from tests.integration.kubetest import eventually
+from tests.realnode.chart import NAMESPACE_NAME, RELEASE, installed_chart
 from tests.realnode.pods import POD_TIMEOUT, SERVICE, condition
 
-RELEASE = NAMESPACE_NAME = "barge"
 VELERO_NAMESPACE = "velero"
 AGENT_IDENTITY = f"system:serviceaccount:{NAMESPACE_NAME}:barge-agent"
 AUDIENCE = "barge"  # the chart's agent.token.audience
-
-
-def one_node_values(endpoints: NodeEndpoints) -> dict[str, Any]:
-    """What a user sets for a one-node cluster and an image of their own: one coordinator (a
-    standby has no other node to survive on), the image by name, never pulled. The agent's cache
-    goes to the node's work directory instead of the host's /var/cache."""
-    return {
-        "image": {
-            "repository": f"localhost/{BARGE_IMAGE.name}", "tag": BARGE_IMAGE.tag, "pullPolicy": "Never",
-        },
-        "coordinator": {"replicas": 1},
-        "agent": {"cacheDir": str(endpoints.workdir / "agent-cache")},
-    }
 
 
 @pytest.fixture
@@ -49,19 +36,11 @@ def installed(
     node_api: client.ApiClient,
     node_objects: KubeObjects,
 ) -> Iterator[Helm]:
-    """Velero's CRDs and namespace (what ``velero install`` leaves), then the chart, waited for as
-    ``helm install --wait`` does; ``helm uninstall`` afterwards."""
+    """Velero's CRDs and namespace (what ``velero install`` leaves), then the chart."""
     install_crds(node_api)
     node_objects.create(NAMESPACE, {"metadata": {"name": VELERO_NAMESPACE}}, exist_ok=True)
-    helm = Helm.installed(node_endpoints.control_plane.kubeconfig)
-    helm.run(
-        "install", RELEASE, str(CHART_DIR), "--namespace", NAMESPACE_NAME, "--create-namespace",
-        "--wait", "--timeout", "4m", values=one_node_values(node_endpoints),
-    )
-    try:
+    with installed_chart(node_endpoints, node_objects) as helm:
         yield helm
-    finally:
-        helm.run("uninstall", RELEASE, "--namespace", NAMESPACE_NAME, "--wait", "--timeout", "2m")
 
 
 def pods_of(objects: KubeObjects, component: str) -> list[dict[str, Any]]:
@@ -94,7 +73,8 @@ def test_helm_install_runs_the_coordinator_and_the_agent_ready_and_connected_and
     for pod in (*coordinators, *agents):
         assert pod["spec"]["nodeName"] == NODE_NAME
         assert pod["status"]["phase"] == "Running"
-        assert condition(pod, "Ready") == "True"  # the kubelet's HTTP readiness probe passed
+        # the kubelet's HTTP readiness probe passed
+        assert condition(pod, "Ready") == "True", (pod["metadata"]["name"], pod["status"])
         (container,) = pod["status"]["containerStatuses"]
         assert container["image"].endswith(str(BARGE_IMAGE).removeprefix("localhost/"))
         assert container["restartCount"] == 0  # and no liveness probe failed meanwhile
