@@ -6,12 +6,15 @@ must mean the integration tests really ran against the real servers.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 
 import pytest
+import structlog
 from kubernetes import client
 
 from barge.kube.client import api_client
+from barge.logs import NOISY, SECRET_BEARING
 from devenv.azureserver import AzureEndpoint, LocalAzureServer
 from devenv.controlplane import ControlPlaneEndpoints, LocalControlPlane
 from devenv.crds import install_crds
@@ -60,3 +63,18 @@ def gcs_server() -> Iterator[GCSEndpoint]:
 def azure_server() -> Iterator[AzureEndpoint]:
     with LocalAzureServer() as endpoint:
         yield endpoint
+
+
+@pytest.fixture
+def restored_logging() -> Iterator[None]:
+    """configure_logging (which the processes' main() calls) changes process-wide state: put it
+    back for the other tests, or a handler writing to this test's captured stderr outlives it."""
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    levels = {name: logging.getLogger(name).level for name in (*NOISY, *SECRET_BEARING)}
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)
+    for name, saved in levels.items():
+        logging.getLogger(name).setLevel(saved)
+    structlog.reset_defaults()

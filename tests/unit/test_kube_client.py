@@ -23,6 +23,7 @@ def test_a_bad_kubeconfig_is_invalid_input_naming_the_file(tmp_path: Path, conte
         api_client(path)
 
 
+@pytest.mark.usefixtures("restored_logging")  # main() configures logging for the process
 def test_the_agent_exits_with_one_line_when_its_kubeconfig_is_missing(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -13,21 +12,9 @@ import structlog
 
 from barge.logs import configure_logging
 
-THIRD_PARTY = ("kubernetes", "urllib3", "grpc")
 
 
-@pytest.fixture(autouse=True)
-def restored_logging() -> Iterator[None]:
-    """configure_logging changes process-wide state: put it back for the other tests."""
-    root = logging.getLogger()
-    handlers, level = list(root.handlers), root.level
-    levels = {name: logging.getLogger(name).level for name in THIRD_PARTY}
-    yield
-    root.handlers[:] = handlers
-    root.setLevel(level)
-    for name, saved in levels.items():
-        logging.getLogger(name).setLevel(saved)
-    structlog.reset_defaults()
+pytestmark = pytest.mark.usefixtures("restored_logging")
 
 
 def json_lines(text: str) -> list[dict[str, Any]]:
