@@ -12,8 +12,6 @@ import structlog
 
 from barge.logs import configure_logging
 
-
-
 pytestmark = pytest.mark.usefixtures("restored_logging")
 
 
