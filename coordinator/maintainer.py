@@ -90,7 +90,7 @@ class Maintainer:
         """Run what is due in this location, one repository at a time, until the term ends."""
         if not self._config.enabled or not nodes:
             return
-        location = _name(bsl)
+        location = name_of(bsl)
         records, _ = self._read()
         self._forget_gone(location, repositories, records)
         read_only = (bsl.get("spec") or {}).get("accessMode") == "ReadOnly"
@@ -103,7 +103,7 @@ class Maintainer:
             self._run(bsl, task, node)
 
     def _run(self, bsl: Obj, task: Task, node: str) -> None:
-        location = _name(bsl)
+        location = name_of(bsl)
         key = record_key(location, task.namespace)
         record = self._read()[0].get(key) or RepositoryRecord(location, task.namespace, self._clock.now())
         self._write(attempted(record, task, self._clock.now()))
@@ -175,13 +175,13 @@ class Maintainer:
         if result.problem_count:
             first = result.problems[0] if result.problems else ""
             self._events.record(
-                _involved(bsl), "Warning", "RepositoryDamaged",
+                location_involved(bsl), "Warning", "RepositoryDamaged",
                 f"{where} has {result.problem_count} problem(s), e.g. {first}; see docs/operations.md "
                 "(BargeRepositoryDamaged) before the next backup or restore depends on it",
             )  # fmt: skip
         if result.reclaimed_bytes:
             self._events.record(
-                _involved(bsl), "Normal", "SpaceReclaimed",
+                location_involved(bsl), "Normal", "SpaceReclaimed",
                 f"garbage collection deleted {result.deleted_packs} pack(s), {result.reclaimed_bytes:,} "
                 f"bytes, from {where}",
             )  # fmt: skip
@@ -248,9 +248,11 @@ def _remove(gauge: Any, *labels: str) -> None:
         gauge.remove(*labels)
 
 
-def _name(obj: Mapping[str, Any]) -> str:
+def name_of(obj: Mapping[str, Any]) -> str:
+    """An object's name, as listed (the sweeper's locations and Backups too)."""
     return str((obj.get("metadata") or {}).get("name", ""))
 
 
-def _involved(bsl: Obj) -> Obj:
+def location_involved(bsl: Obj) -> Obj:
+    """The location as an Event's involved object (listed objects lack apiVersion and kind)."""
     return {**bsl, "apiVersion": BACKUP_STORAGE_LOCATION.api_version, "kind": BACKUP_STORAGE_LOCATION.kind}

@@ -34,7 +34,7 @@ from barge.velero.backups import label_value
 from coordinator.config import DeletedBackupsConfig
 from coordinator.hub import Hub
 from coordinator.lifecycle import BackupRef, EndGrace, Forget, Observed, StartGrace, decide
-from coordinator.maintainer import Maintainer
+from coordinator.maintainer import Maintainer, location_involved, name_of
 from coordinator.metrics import CoordinatorMetrics
 from coordinator.ports import EventSink
 
@@ -118,11 +118,11 @@ class Sweeper:
         passes: dict[str, threading.Thread] = {}
         while not self._stopping.wait(tick.total_seconds()):
             for bsl in self._locations():
-                running = passes.get(_name(bsl))
+                running = passes.get(name_of(bsl))
                 if running is not None and running.is_alive():
                     continue  # its previous pass has not ended: the next check tries again
-                passes[_name(bsl)] = thread = threading.Thread(
-                    target=self._pass, args=(bsl,), name=f"sweep-{_name(bsl)}", daemon=True
+                passes[name_of(bsl)] = thread = threading.Thread(
+                    target=self._pass, args=(bsl,), name=f"sweep-{name_of(bsl)}", daemon=True
                 )
                 thread.start()
 
@@ -135,10 +135,10 @@ class Sweeper:
                 self._maintainer.maintain(bsl, survey.repositories, nodes, self._stopping)
         except BargeError as err:
             self._metrics.location_sweeps.labels("failed").inc()
-            log.warning("sweep failed", location=_name(bsl), error=str(err))
+            log.warning("sweep failed", location=name_of(bsl), error=str(err))
         except Exception:
             self._metrics.location_sweeps.labels("failed").inc()
-            log.exception("sweep failed unexpectedly; retried at the next check", location=_name(bsl))
+            log.exception("sweep failed unexpectedly; retried at the next check", location=name_of(bsl))
 
     def _locations(self) -> list[Obj]:
         try:
@@ -151,7 +151,7 @@ class Sweeper:
 
     def sweep(self, bsl: Obj) -> SweepResult | None:
         """Survey the location and forget what deleted backups left; the survey (None: no agent)."""
-        location = _name(bsl)
+        location = name_of(bsl)
         # An agent of an earlier version (during an upgrade) does not know Sweep: it would drop
         # its stream on the unknown command. Only agents of this coordinator's version sweep.
         nodes = self._hub.connected_nodes(__version__)
@@ -171,8 +171,8 @@ class Sweeper:
         return survey
 
     def _forget_deleted(self, bsl: Obj, node: str, survey: SweepResult) -> None:
-        location = _name(bsl)
-        in_cluster = frozenset(label_value(_name(b)) for b in self._objects.list(BACKUP, self._namespace))
+        location = name_of(bsl)
+        in_cluster = frozenset(label_value(name_of(b)) for b in self._objects.list(BACKUP, self._namespace))
         state, version = self._read_state()
         observed = Observed(
             now=self._clock.now(),
@@ -217,7 +217,7 @@ class Sweeper:
         return result
 
     def _report(self, bsl: Obj, forgets: list[Forget], answer: SweepResult) -> None:
-        location = _name(bsl)
+        location = name_of(bsl)
         forgotten, kept = set(answer.forgotten), set(answer.kept)
         for action in forgets:
             ids = {s for r in action.repositories for s in r.snapshot_ids}
@@ -234,7 +234,7 @@ class Sweeper:
                     snapshots=done,
                 )
                 self._events.record(
-                    _involved(bsl),
+                    location_involved(bsl),
                     "Normal",
                     "SnapshotsForgotten",
                     f"forgot {len(done)} snapshot(s) of deleted backup {backup} in the repositories of "
@@ -243,7 +243,7 @@ class Sweeper:
             if refused:
                 log.warning("forget refused: the backup is in the location", location=location, backup=backup)
                 self._events.record(
-                    _involved(bsl),
+                    location_involved(bsl),
                     "Warning",
                     "ForgetRefused",
                     f"kept {len(refused)} snapshot(s) of backup {backup}: the location holds the backup",
@@ -274,18 +274,10 @@ class SweepFailed(TemporaryError):
     """The agent could not sweep the location now; the next sweep tries again."""
 
 
-def _name(obj: Mapping[str, Any]) -> str:
-    return str((obj.get("metadata") or {}).get("name", ""))
-
-
 def _writable(bsl: Obj) -> bool:
     """Velero deletes backups only from a location that is Available and not ReadOnly."""
     spec, status = bsl.get("spec") or {}, bsl.get("status") or {}
     return spec.get("accessMode", "ReadWrite") != "ReadOnly" and status.get("phase") == "Available"
-
-
-def _involved(bsl: Obj) -> Obj:
-    return {**bsl, "apiVersion": BACKUP_STORAGE_LOCATION.api_version, "kind": BACKUP_STORAGE_LOCATION.kind}
 
 
 def _key(location: str, backup: BackupRef) -> str:

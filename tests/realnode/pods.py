@@ -61,6 +61,23 @@ def web_pod_spec(data_dir: Path, node_name: str | None = None, extra_script: str
     return spec
 
 
+def web_service(objects: KubeObjects, namespace: str, data_dir: Path) -> dict[str, Any]:
+    """A web pod on the node serving ``data_dir`` (with ``ready.txt`` in it), behind the Service
+    ``web`` (port 80); the Service as created."""
+    data_dir.mkdir()
+    (data_dir / "ready.txt").write_text("ready\n")
+    web = {"metadata": {"name": "web", "namespace": namespace, "labels": {"app": "web"}},
+           "spec": web_pod_spec(data_dir, NODE_NAME)}  # fmt: skip
+    objects.create(POD, web)
+    return objects.create(
+        SERVICE,
+        {
+            "metadata": {"name": "web", "namespace": namespace},
+            "spec": {"selector": {"app": "web"}, "ports": [{"port": 80, "targetPort": 8080}]},
+        },
+    )
+
+
 def script_pod_spec(data_dir: Path, script: str) -> dict[str, Any]:
     """A busybox pod that runs ``script`` once, with ``data_dir`` (hostPath) at ``/data`` to hand
     its findings to the test."""

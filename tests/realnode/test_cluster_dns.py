@@ -5,9 +5,9 @@ Service of its own namespace by its short name, as in a user's cluster."""
 from __future__ import annotations
 
 from barge.kube.resources import POD, KubeObjects
-from devenv.realnode.node import NODE_NAME, NodeEndpoints
+from devenv.realnode.node import NodeEndpoints
 from tests.integration.kubetest import unique
-from tests.realnode.pods import SERVICE, finished, fresh_namespace, script_pod_spec, web_pod_spec
+from tests.realnode.pods import finished, fresh_namespace, script_pod_spec, web_service
 
 
 def test_a_pod_resolves_the_kubernetes_service_and_reaches_a_service_of_its_namespace_by_name(
@@ -15,18 +15,7 @@ def test_a_pod_resolves_the_kubernetes_service_and_reaches_a_service_of_its_name
 ) -> None:
     namespace = fresh_namespace(node_objects, "dns")
     data_dir = node_endpoints.workdir / unique("hostpath")
-    data_dir.mkdir()
-    (data_dir / "ready.txt").write_text("ready\n")
-    web = {"metadata": {"name": "web", "namespace": namespace, "labels": {"app": "web"}},
-           "spec": web_pod_spec(data_dir, NODE_NAME)}
-    node_objects.create(POD, web)
-    service = node_objects.create(
-        SERVICE,
-        {
-            "metadata": {"name": "web", "namespace": namespace},
-            "spec": {"selector": {"app": "web"}, "ports": [{"port": 80, "targetPort": 8080}]},
-        },
-    )
+    service = web_service(node_objects, namespace, data_dir)
     # The short name goes through the search domains the kubelet wrote; the Service answers once
     # kube-proxy has its endpoints, so the fetch is retried for a while.
     script = (

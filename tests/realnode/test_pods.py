@@ -13,7 +13,6 @@ from tests.integration.kubetest import eventually, unique
 from tests.realnode.pods import (
     BUSYBOX,
     POD_TIMEOUT,
-    SERVICE,
     TOKEN,
     condition,
     finished,
@@ -22,6 +21,7 @@ from tests.realnode.pods import (
     running,
     script_pod_spec,
     web_pod_spec,
+    web_service,
 )
 
 
@@ -104,18 +104,7 @@ def test_a_pod_reaches_another_through_its_service_and_the_apiserver_through_kub
     clients use (10.0.0.1:443, to the apiserver on the node's address)."""
     namespace = fresh_namespace(node_objects, "service")
     data_dir = node_endpoints.workdir / unique("hostpath")
-    data_dir.mkdir()
-    (data_dir / "ready.txt").write_text("ready\n")
-    web = {"metadata": {"name": "web", "namespace": namespace, "labels": {"app": "web"}},
-           "spec": web_pod_spec(data_dir, NODE_NAME)}
-    node_objects.create(POD, web)
-    service = node_objects.create(
-        SERVICE,
-        {
-            "metadata": {"name": "web", "namespace": namespace},
-            "spec": {"selector": {"app": "web"}, "ports": [{"port": 80, "targetPort": 8080}]},
-        },
-    )
+    service = web_service(node_objects, namespace, data_dir)
     cluster_ip = service["spec"]["clusterIP"]
     # Until kube-proxy has the Service's endpoints, the address answers nothing: retry for a while.
     script = (
