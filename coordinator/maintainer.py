@@ -100,13 +100,15 @@ class Maintainer:
                 return
             node = nodes[self._turn % len(nodes)]
             self._turn += 1
-            self._run(bsl, task, node)
+            fresh = RepositoryRecord(location, task.namespace, self._clock.now())
+            self._run(bsl, task, node, records.get(record_key(location, task.namespace)) or fresh)
 
-    def _run(self, bsl: Obj, task: Task, node: str) -> None:
+    def _run(self, bsl: Obj, task: Task, node: str, record: RepositoryRecord) -> None:
+        """Only this location's pass writes its records, so ``record`` (read when the pass began)
+        is the current one: it is not read again."""
         location = name_of(bsl)
-        key = record_key(location, task.namespace)
-        record = self._read()[0].get(key) or RepositoryRecord(location, task.namespace, self._clock.now())
-        self._write(attempted(record, task, self._clock.now()))
+        started = attempted(record, task, self._clock.now())
+        self._write(started)
         request = Maintain(
             uuid.uuid4().hex,
             self._namespace,
@@ -124,8 +126,7 @@ class Maintainer:
             result = MaintenanceResult(request.maintenance_id, message=str(err))
         if not isinstance(result, MaintenanceResult):
             result = MaintenanceResult(request.maintenance_id, message=f"unexpected answer from {node}")
-        current = self._read()[0].get(key) or attempted(record, task, self._clock.now())
-        done = answered(current, task, result, self._clock.now())
+        done = answered(started, task, result, self._clock.now())
         self._write(done)
         self._count(task, result, done)
         self._tell(bsl, done, result)
