@@ -142,6 +142,7 @@ class Controller:
         self._references = References()
         self._changes = Changes()
         self._lock = threading.Lock()
+        self._warming = False
         self._informers = self._make_informers(adapters.feeds)
         self._own = OwnWrites(clock)
         self.caches = InformerCaches(self._informers, self._own)
@@ -160,9 +161,24 @@ class Controller:
 
     # -- lifecycle --------------------------------------------------------------------------------
 
-    def start(self, sync_timeout: float = 60.0) -> None:
+    def warm(self) -> None:
+        """Start the informers (list, then watch) without acting on anything: a standby replica
+        keeps its caches current this way, so that taking over costs no listing. Idempotent."""
+        with self._lock:
+            if self._warming:
+                return
+            self._warming = True
         for informer in self._informers.values():
             informer.start()
+
+    def synced(self) -> bool:
+        """Whether every cache holds its first listing."""
+        return all(informer.wait_synced(0) for informer in self._informers.values())
+
+    def start(self, sync_timeout: float = 60.0) -> None:
+        """Lead: wait for the caches (already synced when ``warm`` ran during the standby), then
+        run admission, the reconcile workers, the resync tick and the sweeper."""
+        self.warm()
         for kind, informer in self._informers.items():
             if not informer.wait_synced(sync_timeout):
                 raise TemporaryError(f"the {kind} cache did not sync within {sync_timeout:.0f}s")

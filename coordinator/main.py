@@ -2,8 +2,11 @@
 
 Every replica serves gRPC, metrics and probes, but only the leader runs the controller and accepts
 agents; a standby refuses their streams (UNAVAILABLE) and they redial through the Service until they
-reach the leader. A leader that cannot renew its Lease (the API server is unreachable, or another
-replica took it) steps down at once: it stops its controller, closes the agents' streams and
+reach the leader. A standby keeps the next term's informer caches warm (listed and watched), so
+taking over costs the Lease's expiry and no listing of thousands of objects.
+
+A leader that cannot renew its Lease (the API server is unreachable, or another replica took it)
+steps down at once: it stops its controller, closes the agents' streams and
 campaigns again, so an API server outage ends with a leader (this replica or another) continuing
 from the state in the API server, and no process exits.
 
@@ -203,7 +206,8 @@ class Coordinator:
         self.server = _control_server(args, api, LeaderGate(hub, leading), clock, identity)
 
         def new_controller() -> Controller:
-            """Fresh informer caches every leader term: nothing from an earlier term is trusted."""
+            """A fresh controller for every leader term (nothing from an earlier term is trusted),
+            made when the standby for that term begins, so its caches are warm when it leads."""
             adapters = kubernetes_adapters(api, clock, identity, vitals)
             sweeper = Sweeper(
                 objects=KubeObjects(api),
@@ -365,6 +369,7 @@ class Leadership:
         self._lock = threading.Lock()
         self._term = 0
         self._controller: Controller | None = None
+        self._standby: Controller | None = None  # the next term's, its caches kept warm meanwhile
         self._elector: LeaderElector | None = None
         self._vitals = vitals
         vitals.on_death = self._give_up
@@ -378,11 +383,16 @@ class Leadership:
         return [{**cr, "kind": kind} for kind in CR_KINDS for cr in controller.caches.items(kind)]
 
     def campaign(self) -> None:
+        """Stand by for the Lease with the next term's controller warm: its informers list and
+        watch from now on, so a failover does not wait for thousands of objects to be listed."""
         self._vitals.beat(ELECTION_LOOP)
+        standby = self._new_controller()
         elector = self._new_elector(self._started, self._stopped)
         with self._lock:  # with shut_down's: a campaign either sees the shutdown or is stopped by it
             if self._closing.is_set():
                 return
+            self._standby = standby
+            standby.warm()
             self._elector = elector
             elector.start()
 
@@ -393,12 +403,12 @@ class Leadership:
             elector = self._elector
         if elector is not None:
             elector.stop()
-        controller = self._end_term()
-        if controller is not None:
-            controller.stop()
+        for controller in (self._end_term(), self._take_standby()):
+            if controller is not None:
+                controller.stop()
 
     def _started(self) -> None:
-        controller = self._new_controller()
+        controller = self._take_standby() or self._new_controller()
         with self._lock:
             self._term += 1
             self._controller = controller
@@ -457,6 +467,11 @@ class Leadership:
         self._hub.reset()
         if not (self.stop.is_set() or self.failed.is_set() or self._closing.is_set()):
             self.campaign()
+
+    def _take_standby(self) -> Controller | None:
+        with self._lock:
+            standby, self._standby = self._standby, None
+            return standby
 
     def _end_term(self) -> Controller | None:
         with self._lock:

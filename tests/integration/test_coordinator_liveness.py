@@ -131,6 +131,24 @@ def test_a_leader_whose_vital_loop_dies_is_unhealthy_and_hands_the_lease_to_the_
     assert healthz(second) == (200, "ok\n")
 
 
+def test_a_standby_keeps_the_next_terms_caches_warm_and_leads_with_them_without_listing_again(
+    replica: Callable[..., Coordinator], kube: client.ApiClient, namespace: str
+) -> None:
+    first = replica("first")
+    eventually(lambda: leads(first), timeout=SYNC_S)
+    second = replica("second")
+    standby = second.leadership._standby
+    assert standby is not None
+    eventually(standby.synced, timeout=SYNC_S)
+    assert not leads(second)
+    assert second.leadership._controller is None  # standing by: nothing acts on the caches
+
+    kill_admission_loop(first)
+    eventually(lambda: leads(second), timeout=SYNC_S)
+    assert second.leadership._controller is standby
+    assert second.leadership._standby is None
+
+
 def test_a_standby_whose_election_loop_dies_is_unhealthy_instead_of_silently_never_leading(
     replica: Callable[..., Coordinator], kube: client.ApiClient, namespace: str
 ) -> None:
