@@ -58,6 +58,7 @@ from barge.kube.resources import (
     DAEMON_SET,
     DATA_DOWNLOAD,
     DATA_UPLOAD,
+    LEASE,
     NAMESPACE,
     PERSISTENT_VOLUME,
     PERSISTENT_VOLUME_CLAIM,
@@ -97,16 +98,26 @@ AUDIT_POLICY: Obj = {
     "omitStages": ["RequestReceived"],
     "rules": [{"level": "Metadata", "users": [COORDINATOR_USER, AGENTS_USER]}, {"level": "None"}],
 }
-# The coordinator's own defaults (coordinator/main.py), not the tests' quick ones.
-# The coordinator's own defaults: its timings, and JSON logs (the test environment's console logs
-# cost more to render than a production coordinator pays).
-# The one deviation: every agent of the fleet reaches the coordinator from one address (through
-# LocalService, as behind a NAT), so the per-address handshake limit is raised to the fleet's size.
-COORDINATOR_DEFAULTS = (
-    *("--heartbeat-interval", "5", "--agent-timeout", "20", "--lease-duration", "15"),
-    *("--log-format", "json"),
-    *("--max-handshakes-per-peer", "256"),
-)
+LEASE_NAME = "barge-coordinator"
+
+
+def _coordinator_defaults() -> tuple[str, ...]:
+    """The coordinator's own defaults (``coordinator.main``), not the tests' quick ones: its
+    timings, and JSON logs (the test environment's console logs cost more to render than a
+    production coordinator pays). The one deviation: every agent of the fleet reaches the
+    coordinator from one address (through LocalService, as behind a NAT), so the per-address
+    handshake limit is raised to the fleet's size."""
+    from coordinator.main import build_parser  # noqa: PLC0415
+
+    parser = build_parser()
+    timings = ("heartbeat_interval", "agent_timeout", "lease_duration")
+    return (
+        *(arg for name in timings for arg in (f"--{name.replace('_', '-')}", str(parser.get_default(name)))),
+        *("--log-format", "json"),
+        *("--max-handshakes-per-peer", "256"),
+    )
+
+
 # Backups of unequal size, created biggest first: a fair coordinator finishes the small ones early.
 BACKUP_SHARES = (
     ("backup-big", 0.5),
@@ -505,7 +516,7 @@ class Run:
                 velero_namespace=VELERO_NAMESPACE,
                 coordinator_config=yaml.safe_dump(config),
                 coordinator_kubeconfig=coordinator_kubeconfig,
-                extra_coordinator_args=COORDINATOR_DEFAULTS,
+                extra_coordinator_args=_coordinator_defaults(),
             )
             started = time.monotonic()
             tokens = workdir / "tokens"
@@ -727,12 +738,16 @@ class Run:
         self.upload_volumes = dict(zip(names, plan, strict=True))
         phase.burst_end = time.time()
         log(f"burst: {len(bodies)} DataUploads created in {phase.burst_end - phase.burst_start:.1f} s")
-        on_tick = self._failover_trigger(barge, len(bodies)) if self.o.failover else (lambda counts: None)
+        on_tick = (
+            self._failover_trigger(barge, objects, len(bodies)) if self.o.failover else (lambda counts: None)
+        )
         done = self._wait_phase(phase, observer, on_tick)
         phase.finish(self.meter)
         return not done
 
-    def _failover_trigger(self, barge: BenchBarge, count: int) -> Callable[[Counter[str]], None]:
+    def _failover_trigger(
+        self, barge: BenchBarge, objects: KubeObjects, count: int
+    ) -> Callable[[Counter[str]], None]:
         def tick(counts: Counter[str]) -> None:
             if self.failover is not None or counts["Completed"] < count // 4:
                 return
@@ -750,8 +765,24 @@ class Run:
                 "completed_before": counts["Completed"],
             }
             log(f"failover: killed the leader {leader} with {in_flight} DataUploads in flight")
+            lease = threading.Thread(
+                target=self._note_lease_taken, args=(barge, objects, leader), daemon=True
+            )
+            lease.start()
 
         return tick
+
+    def _note_lease_taken(self, barge: BenchBarge, objects: KubeObjects, killed: str) -> None:
+        """When another replica holds the Lease: what of the outage is the Lease's expiry (set by
+        its duration), apart from what the new leader itself takes to resume."""
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline and self.failover is not None:
+            with contextlib.suppress(Exception):
+                spec = objects.get(LEASE, barge.barge_namespace, LEASE_NAME).get("spec") or {}
+                if spec.get("holderIdentity") not in (None, "", killed):
+                    self.failover["lease_taken_at"] = time.time()
+                    return
+            time.sleep(0.1)
 
     def _downloads(self, objects: KubeObjects, observer: Observer, plan: list[PlannedVolume]) -> bool:
         order = {v.pvc: rank for rank, v in enumerate(plan)}

@@ -116,8 +116,13 @@ def failover_figures(
         1 for r in records if r["id"] in finished_before and r["received"] > finished_before[r["id"]]
     )
     nodes = {w[0] for w in welcomes}
+    lease_taken = event.get("lease_taken_at")
+    first_welcome = welcomes[0][2] if welcomes else None
     return {
         **event,
+        "lease_taken_after_s": lease_taken - killed_at if lease_taken else None,
+        "welcome_after_lease_s": first_welcome - lease_taken if lease_taken and first_welcome else None,
+        "resumed_after_lease_s": after[0] - lease_taken if lease_taken and after else None,
         "new_leader": welcomes[0][1] if welcomes else None,
         "first_welcome_after_s": welcomes[0][2] - killed_at if welcomes else None,
         "all_agents_back_after_s": max(w[2] for w in welcomes) - killed_at if welcomes else None,
@@ -329,6 +334,9 @@ def _failover(report: Obj) -> list[str]:
         f"agents back after {_fmt(f['all_agents_back_after_s'], 1)} s, first assignment after "
         f"{_fmt(f['resumed_after_s'], 1)} s; finished work re-sent {f['finished_work_resent']}, "
         f"reassigned (epoch > 1) {f['reassigned_after_kill']}",
+        f"failover: the Lease changed hands {_fmt(f.get('lease_taken_after_s'), 1)} s after the kill "
+        f"(its duration's doing); from then, first Welcome after {_fmt(f.get('welcome_after_lease_s'), 1)} s "
+        f"and first assignment after {_fmt(f.get('resumed_after_lease_s'), 1)} s (the new leader's own)",
     ]
 
 
