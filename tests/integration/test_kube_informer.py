@@ -237,3 +237,25 @@ def test_the_cache_holds_no_managed_fields_and_writing_a_cached_object_keeps_the
         assert "managedFields" not in eventually(updated)["metadata"]
     finally:
         informer.stop()
+
+
+def test_cached_objects_share_their_keys_and_short_strings_whether_listed_or_watched(
+    kube: client.ApiClient, objects: KubeObjects, namespace: str
+) -> None:
+    """Thousands of cached objects repeat the same keys and values: each is held once."""
+    objects.create(DATA_UPLOAD, named_upload(namespace, "listed"))
+    informer = start(Informer(kube, DATA_UPLOAD, namespace))
+    try:
+        objects.create(DATA_UPLOAD, named_upload(namespace, "watched"))
+        watched = eventually(lambda: informer.get(namespace, "watched"))
+        listed = informer.get(namespace, "listed")
+        assert listed is not None
+
+        def key_ids(obj: dict[str, Any]) -> dict[str, int]:
+            return {key: id(key) for key in obj["metadata"]}
+
+        assert key_ids(listed)["namespace"] == key_ids(watched)["namespace"]
+        assert listed["metadata"]["namespace"] is watched["metadata"]["namespace"]
+        assert listed["spec"]["snapshotType"] is watched["spec"]["snapshotType"]
+    finally:
+        informer.stop()
