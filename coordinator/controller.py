@@ -58,6 +58,9 @@ log = structlog.get_logger("barge.coordinator")
 
 Obj = Mapping[str, Any]
 _CR_KINDS = ("DataUpload", "DataDownload")
+# A new term's first pass: an exposure ready for an agent first, then work to re-adopt, exposures
+# on their way, and admission last (terminal CRs with a finalizer to remove come after all).
+_FIRST_PASS_ORDER = {"Prepared": 0, "InProgress": 1, "Accepted": 2, "Canceling": 3, "New": 4}
 _ERROR_BACKOFF = Backoff(first_s=0.5, max_s=60.0)
 _ADMISSION_INTERVAL_S = 0.25
 _ADMISSION_REFRESH_S = 2.0
@@ -184,6 +187,7 @@ class Controller:
                 raise TemporaryError(f"the {kind} cache did not sync within {sync_timeout:.0f}s")
         self._leading_since = self._clock.now()  # agents can find this leader from about now
         self.recompute_admissions()
+        self._queue.clear()  # what events queued while standing by, in the first pass's order instead
         self._enqueue_all()
         self._spawn(self._admission_loop, "admission")
         for index in range(self._workers):
@@ -287,6 +291,9 @@ class Controller:
         return claim_problem(cr, node, claim)
 
     def _enqueue_all(self, active_only: bool = False) -> None:
+        """Queue every CR of ours, those closest to moving data first: when a new leader starts with
+        thousands of CRs, its first pass reaches the exposures that are ready before the new ones."""
+        keyed: list[tuple[int, ItemKey]] = []
         for kind in _CR_KINDS:
             for obj in self.caches.items(kind):
                 if not is_ours(obj):
@@ -299,7 +306,11 @@ class Controller:
                 ):
                     continue
                 meta = obj.get("metadata") or {}
-                self._queue.add(ItemKey(kind, meta.get("namespace", ""), meta.get("name", "")))
+                key = ItemKey(kind, meta.get("namespace", ""), meta.get("name", ""))
+                keyed.append((_FIRST_PASS_ORDER.get(phase, len(_FIRST_PASS_ORDER)), key))
+        keyed.sort(key=lambda entry: entry[0])
+        for _, key in keyed:
+            self._queue.add(key)
 
     # -- the loops --------------------------------------------------------------------------------
 

@@ -74,6 +74,12 @@ class WorkQueue(Generic[K]):
                 self._dirty.discard(key)
                 self._add_locked(key)
 
+    def clear(self) -> None:
+        """Forget the keys waiting now (not those being processed, nor delayed ones)."""
+        with self._cond:
+            self._queued.difference_update(self._ready)
+            self._ready.clear()
+
     def close(self) -> None:
         with self._cond:
             self._closed = True

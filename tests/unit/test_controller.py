@@ -307,3 +307,13 @@ def test_a_new_leader_adopts_only_claims_the_cached_fence_names_and_stops_the_ot
     assert stops(b) == [
         ("uid-2", 3, "not adopted: DataUpload velero/backup-2 is fenced to 3:node-a, not 3:node-b")
     ]
+
+
+def test_a_new_terms_first_pass_reaches_ready_exposures_before_admitting_new_crs() -> None:
+    objects = world(5)
+    for name, phase in (("backup-1", "InProgress"), ("backup-2", "Prepared"), ("backup-3", "Accepted")):
+        objects.store[("DataUpload", "velero", name)]["status"] = {"phase": phase}
+    objects.store[("DataUpload", "velero", "backup-4")]["status"] = {"phase": "Prepared"}
+    loop = controller(objects, CoordinatorConfig())
+    loop._enqueue_all()
+    assert reconciled(loop) == ["backup-2", "backup-4", "backup-1", "backup-3", "backup-0"]

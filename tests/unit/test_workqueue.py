@@ -44,3 +44,21 @@ def test_close_wakes_getters() -> None:
     queue: WorkQueue[str] = WorkQueue(SystemClock())
     queue.close()
     assert queue.get(5) is None
+
+
+def test_clear_forgets_waiting_keys_but_not_one_in_flight_nor_a_delayed_one() -> None:
+    clock = ManualClock()
+    queue: WorkQueue[str] = WorkQueue(clock)
+    for key in ("busy", "a", "b"):
+        queue.add(key)
+    assert queue.get(0) == "busy"
+    queue.add("busy")  # changed while processing: it must come back
+    queue.add_after("later", 5)
+    queue.clear()
+    assert queue.get(0) is None
+    queue.add("b")  # a cleared key can be queued again
+    assert queue.get(0) == "b"
+    queue.done("busy")
+    assert queue.get(0) == "busy"
+    clock.advance(5)
+    assert queue.get(0) == "later"
