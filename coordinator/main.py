@@ -100,7 +100,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", help="coordinator config YAML (Velero node-agent config shape)")
     p.add_argument("--leader-election-namespace", default=os.environ.get("POD_NAMESPACE", "barge"))
     p.add_argument("--leader-election-id", default="barge-coordinator")
-    p.add_argument("--lease-duration", type=float, default=15.0, help="seconds")
+    p.add_argument(
+        "--lease-duration",
+        type=float,
+        default=10.0,
+        help="seconds a crashed leader's Lease holds off the standby (renewed every duration / 7.5)",
+    )
     p.add_argument(
         "--stall-timeout",
         type=float,
