@@ -160,6 +160,7 @@ class Controller:
             own=self._own,
         )
         hub.on_change = self._on_hub_change
+        hub.on_agent_connected = lambda _node: self._admission_dirty.set()  # its node has slots now
         hub.claim_problem = self._claim_problem
 
     # -- lifecycle --------------------------------------------------------------------------------
@@ -412,7 +413,7 @@ class Controller:
             before = {agent.node: agent.cordoned for agent in self._agents}
             self._admissions, self._agents = admitted, agents
         for key in newly:
-            self._queue.add(key)
+            self._queue.add(key, urgent=True)
         # A reconcile woken by the Node event itself may have run on the agent views of the pass
         # before: the CRs on a node whose cordon just changed are reconciled again on these.
         for agent in agents:

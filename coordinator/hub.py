@@ -76,6 +76,7 @@ class Hub:
         self._clock = clock
         self._metrics = metrics
         self.on_change = on_change
+        self.on_agent_connected: Callable[[str], None] = lambda _node: None
         self.claim_problem = claim_problem
         self._lock = threading.Lock()
         self._sessions: dict[str, AgentSession] = {}
@@ -109,6 +110,7 @@ class Hub:
             )
             session.send(CancelAssignment(claim.assignment_id, claim.epoch, f"not adopted: {problem}", True))
         self._notify(changed)
+        self.on_agent_connected(session.node)
 
     def agent_event(self, session: AgentSession, event: AgentEvent) -> None:
         changed: list[str] = []

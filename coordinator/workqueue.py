@@ -30,9 +30,11 @@ class WorkQueue(Generic[K]):
         self._counter = 0
         self._closed = False
 
-    def add(self, key: K) -> None:
+    def add(self, key: K, urgent: bool = False) -> None:
+        """Queue ``key`` at the back, or with ``urgent`` at the front: work that can start now must
+        not wait behind a full pass over every key. (A key already waiting keeps its place.)"""
         with self._cond:
-            self._add_locked(key)
+            self._add_locked(key, urgent)
 
     def add_after(self, key: K, seconds: float) -> None:
         if seconds <= 0:
@@ -89,12 +91,15 @@ class WorkQueue(Generic[K]):
         with self._cond:
             return len(self._ready) + len(self._delayed)
 
-    def _add_locked(self, key: K) -> None:
+    def _add_locked(self, key: K, urgent: bool = False) -> None:
         if key in self._processing:
             self._dirty.add(key)
         elif key not in self._queued:
             self._queued.add(key)
-            self._ready.append(key)
+            if urgent:
+                self._ready.appendleft(key)
+            else:
+                self._ready.append(key)
             self._cond.notify()
 
     def _promote_due(self) -> None:

@@ -317,3 +317,24 @@ def test_a_new_terms_first_pass_reaches_ready_exposures_before_admitting_new_crs
     loop = controller(objects, CoordinatorConfig())
     loop._enqueue_all()
     assert reconciled(loop) == ["backup-2", "backup-4", "backup-1", "backup-3", "backup-0"]
+
+
+def test_an_agent_that_connects_gets_its_nodes_ready_exposure_ahead_of_every_waiting_cr() -> None:
+    """A new leader's first pass finds no agent yet; when one connects, the admission pass runs
+    again and the exposure now assignable on its node goes before the rest of the pass."""
+    objects = world(4)
+    ready = objects.store[("DataUpload", "velero", "backup-3")]
+    ready["status"] = {"phase": "Prepared", "node": "node-a"}
+    objects.put(exposer_pod("backup-3", "node-a"))
+    loop = controller(objects, CoordinatorConfig())
+    hub = loop._hub
+    loop.recompute_admissions()
+    reconciled(loop)  # the others are accepted; backup-3 is not admitted: no agent on node-a
+    for n in range(3):
+        objects.announce("MODIFIED", objects.store[("DataUpload", "velero", f"backup-{n}")])
+    loop._admission_dirty.clear()
+
+    hub.agent_connected(RecordingSession("node-a", Hello("node-a", "1", 1, ())))
+    assert loop._admission_dirty.is_set()
+    loop.recompute_admissions()
+    assert loop.process_next(timeout=0) == ItemKey("DataUpload", "velero", "backup-3")

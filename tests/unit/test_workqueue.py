@@ -62,3 +62,12 @@ def test_clear_forgets_waiting_keys_but_not_one_in_flight_nor_a_delayed_one() ->
     assert queue.get(0) == "busy"
     clock.advance(5)
     assert queue.get(0) == "later"
+
+
+def test_an_urgent_key_goes_before_those_waiting() -> None:
+    queue: WorkQueue[str] = WorkQueue(SystemClock())
+    for key in ("a", "b"):
+        queue.add(key)
+    queue.add("now", urgent=True)
+    queue.add("b", urgent=True)  # already waiting: keeps its place
+    assert [queue.get(0.1) for _ in range(3)] == ["now", "a", "b"]
