@@ -187,8 +187,8 @@ class Controller:
             if not informer.wait_synced(sync_timeout):
                 raise TemporaryError(f"the {kind} cache did not sync within {sync_timeout:.0f}s")
         self._leading_since = self._clock.now()  # agents can find this leader from about now
-        self.recompute_admissions()
         self._queue.clear()  # what events queued while standing by, in the first pass's order instead
+        self.recompute_admissions()
         self._enqueue_all()
         self._spawn(self._admission_loop, "admission")
         for index in range(self._workers):
