@@ -60,7 +60,10 @@ class LeaderElector:
     ) -> None:
         """``heartbeat`` runs at every attempt to acquire or renew (for a liveness check)."""
         _check_timing(lease_duration_s, renew_deadline_s, retry_period_s)
-        self._objects = KubeObjects(api, request_timeout_s=max(1.0, retry_period_s))
+        # One attempt (a GET and a PUT, each retried by the HTTP client) must fit in the renewal
+        # deadline, not in the retry period: on an API server slowed by load, a Lease write that
+        # takes 1.5 s is late, not lost, and timing it out made leadership flap.
+        self._objects = KubeObjects(api, request_timeout_s=max(1.0, renew_deadline_s / 4))
         self.namespace, self.name, self.identity = namespace, name, identity
         self._clock = clock
         self._on_started, self._on_stopped = on_started, on_stopped

@@ -26,6 +26,9 @@ def test_the_coordinator_accepts_every_argument_the_chart_gives_it() -> None:
     assert args.config == "/etc/barge/config.yaml"
     assert args.repository_password_secret == "barge-repository-password/repository-password"
     assert args.generate_repository_password is True
+    assert args.lease_duration == coordinator_parser().get_default("lease_duration")
+    tuned = container("Deployment", {"coordinator": {"leaseDuration": 8}})
+    assert coordinator_parser().parse_args(tuned["args"]).lease_duration == 8.0
 
 
 def test_the_agent_accepts_every_argument_the_chart_gives_it() -> None:
