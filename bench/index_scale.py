@@ -1,0 +1,185 @@
+"""What opening a large repository costs an agent (``python -m bench.index_scale``, ``make bench-index``).
+
+A synthetic repository on the local store (in /dev/shm where there is one): one real snapshot of a
+small tree (its packs really stored, so its first byte can be read), ``--blobs`` more blobs written
+directly as index objects (``encode_indexes``: objects of up to a million blobs, as garbage
+collection consolidates them, plus ``--recent`` small ones, as backups since the last collection
+leave them; their packs are never stored, nothing reads them) and ``--snapshots`` more manifests
+through the Repository API. Then, in a fresh child process each, as an agent receiving an
+assignment:
+
+* *ready*: unlock the repository and load its index (``Repository.open``), find the parent
+  (``latest_snapshot``) and start a writer: what precedes the first byte of a backup;
+* *first byte*: from there, the parent's root tree and its first file's first blob read: what
+  precedes the first byte of a restore;
+* *peak RSS*: the child's VmHWM, and its RSS after imports alone (*base*).
+
+*cold* is the first open on the machine (no local cache), *warm* the next one. Nothing is asserted:
+docs/performance.md quotes a run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from barge.fs.backup import BackupOptions, backup_tree
+from barge.repo.index import MAX_BLOBS_PER_OBJECT, encode_indexes, index_key
+from barge.repo.pack import BlobLocation, BlobType
+from barge.repo.repository import Repository
+from barge.repo.snapshot import Snapshot, SnapshotKind, SnapshotSummary
+from barge.storage.local import LocalDirectoryStore
+
+SIZES = (100_000, 1_000_000)
+PASSWORD = b"bench"
+BLOBS_PER_PACK = 100
+TREE_PATHS = ["/bench/source"]
+
+
+def vm_kib(field: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise ValueError(f"no {field} line")
+
+
+def synthetic_packs(rng: random.Random, blobs: int) -> dict[bytes, dict[bytes, BlobLocation]]:
+    """``blobs`` random blob IDs in packs of BLOBS_PER_PACK, laid out as a writer lays them out."""
+    packs: dict[bytes, dict[bytes, BlobLocation]] = {}
+    for first in range(0, blobs, BLOBS_PER_PACK):
+        pack_id = rng.randbytes(32)
+        offset, locations = 0, {}
+        for _ in range(min(BLOBS_PER_PACK, blobs - first)):
+            stored = rng.randrange(1 << 10, 1 << 21)
+            locations[rng.randbytes(32)] = BlobLocation(BlobType.DATA, pack_id, offset, stored, stored)
+            offset += stored
+        packs[pack_id] = locations
+    return packs
+
+
+def write_index_objects(repo: Repository, blobs: int, recent: int, seed: int) -> int:
+    """``blobs`` blobs in index objects: full ones as gc writes them, then ``recent`` small ones."""
+    rng = random.Random(seed)
+    small = min(blobs // (2 * recent), 2_000) if recent else 0
+    written = 0
+    sizes = [small] * recent if small else []
+    rest = blobs - sum(sizes)
+    sizes = [min(MAX_BLOBS_PER_OBJECT, rest - n) for n in range(0, rest, MAX_BLOBS_PER_OBJECT)] + sizes
+    for size in sizes:
+        for index_id, sealed in encode_indexes(repo.keys, synthetic_packs(rng, size)):
+            repo.store.put(index_key(index_id), sealed)
+            written += 1
+    return written
+
+
+def write_manifests(repo: Repository, snapshots: int) -> None:
+    """Daily backups of ``snapshots // 30`` PVCs (other sources than the real snapshot's)."""
+    pvcs = max(1, snapshots // 30)
+    for n in range(snapshots):
+        day, pvc = divmod(n, pvcs)
+        repo.save_snapshot(
+            Snapshot(
+                kind=SnapshotKind.FILESYSTEM,
+                time=f"2026-{1 + day // 28 % 12:02d}-{1 + day % 28:02d}T01:{pvc % 60:02d}:00+00:00",
+                hostname=f"node-{pvc % 50}",
+                paths=(f"/var/lib/kubelet/pods/{n}/volumes/kubernetes.io~csi/pvc-{pvc}/mount",),
+                tree=None,
+                summary=SnapshotSummary(files=1000, bytes_total=10**9),
+                tags={"barge.io/source-pvc": f"pvc-{pvc}"},
+            )
+        )
+
+
+def build(root: Path, blobs: int, snapshots: int, recent: int) -> tuple[int, float]:
+    """The synthetic repository at ``root``: how many index objects, and seconds to write it all."""
+    started = time.perf_counter()
+    store = LocalDirectoryStore(root / "repo")
+    repo = Repository.init(store, PASSWORD)
+    source = root / "source"
+    (source / "dir").mkdir(parents=True)
+    for n in range(20):
+        (source / "dir" / f"file-{n}").write_bytes(os.urandom(64 * 1024))
+    backup_tree(repo, source, options=BackupOptions(tags={"bench": "index"}))
+    write_index_objects(repo, blobs, recent, seed=blobs)
+    write_manifests(repo, snapshots)
+    return len(repo.index_objects()), time.perf_counter() - started
+
+
+def child(repo_root: Path, source: str) -> None:
+    """One agent's view: open, find the parent, start a writer; then read the parent's first byte."""
+    base = vm_kib("VmRSS")
+    started = time.perf_counter()
+    repo = Repository.open(LocalDirectoryStore(repo_root), PASSWORD)
+    opened = time.perf_counter()
+    parent = repo.latest_snapshot(SnapshotKind.FILESYSTEM, paths=[source])
+    assert parent is not None, "the real snapshot is not found"
+    writer = repo.writer()
+    ready = time.perf_counter()
+    snapshot = repo.load_snapshot(parent)
+    assert snapshot.tree is not None
+    (directory,) = repo.read_tree(snapshot.tree)
+    assert directory.subtree is not None
+    first = next(node for node in repo.read_tree(directory.subtree) if node.content)
+    blob_id = first.content[0][0]
+    assert blob_id is not None
+    data = repo.read_blob(blob_id)
+    first_byte = time.perf_counter()
+    assert data
+    writer.abort()
+    print(json.dumps({
+        "open": opened - started, "ready": ready - started, "first_byte": first_byte - started,
+        "blobs": len(repo.index), "hwm_mib": vm_kib("VmHWM") / 1024, "base_mib": base / 1024,
+    }))  # fmt: skip
+
+
+def measure(repo_root: Path, source: Path) -> dict[str, float]:
+    """One fresh process's costs (its imports are not timed: an agent has them loaded)."""
+    command = [sys.executable, "-m", "bench.index_scale", "--child", str(repo_root), str(source)]
+    out = subprocess.run(command, check=True, capture_output=True, text=True).stdout
+    result: dict[str, float] = json.loads(out.splitlines()[-1])
+    return result
+
+
+def run(base: Path, blobs: int, snapshots: int, recent: int) -> list[str]:
+    root = base / f"repo-{blobs}"
+    objects, seconds = build(root, blobs, snapshots, recent)
+    wrote = f"{blobs:,} blobs in {objects} index objects and {snapshots:,} manifests"
+    print(f"  (wrote {wrote} in {seconds:.0f} s)")
+    rows = []
+    for case in ("cold", "warm"):
+        m = measure(root / "repo", root / "source")
+        rows.append(
+            f"{int(m['blobs']):>11,}  {snapshots:>9,}  {case:<5}  {m['open']:>7.2f}  {m['ready']:>7.2f}"
+            f"  {m['first_byte']:>10.2f}  {m['hwm_mib']:>8.0f}  {m['base_mib']:>8.0f}"
+        )
+    return rows
+
+
+def main() -> None:
+    if len(sys.argv) == 4 and sys.argv[1] == "--child":
+        child(Path(sys.argv[2]), sys.argv[3])
+        return
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--sizes", type=int, nargs="+", default=list(SIZES), help="blobs per repository")
+    parser.add_argument("--snapshots", type=int, default=1_000, help="manifests per repository")
+    parser.add_argument("--recent", type=int, default=50, help="small index objects besides the full ones")
+    parser.add_argument("--dir", type=Path, help="where to build the repositories (default: /dev/shm)")
+    args = parser.parse_args()
+    shm = Path("/dev/shm")
+    where = args.dir or (shm if os.access(shm, os.W_OK) else None)
+    with tempfile.TemporaryDirectory(prefix="barge-bench-index-", dir=where) as tmp:
+        print("      blobs  snapshots  case   open s  ready s  1st byte s  peak MiB  base MiB")
+        for size in args.sizes:
+            for line in run(Path(tmp), size, args.snapshots, args.recent):
+                print(line, flush=True)
+
+
+if __name__ == "__main__":
+    main()
