@@ -14,7 +14,8 @@ assignment:
   precedes the first byte of a restore;
 * *peak RSS*: the child's VmHWM, and its RSS after imports alone (*base*).
 
-*cold* is the first open on the machine (no local cache), *warm* the next one. Nothing is asserted:
+*cold* is the first open on the machine (an empty cache directory), *warm* the next one, *+1 new*
+one more after another agent's backup added an index object of 2,000 blobs. Nothing is asserted:
 docs/performance.md quotes a run.
 """
 
@@ -112,11 +113,11 @@ def build(root: Path, blobs: int, snapshots: int, recent: int) -> tuple[int, flo
     return len(repo.index_objects()), time.perf_counter() - started
 
 
-def child(repo_root: Path, source: str) -> None:
+def child(repo_root: Path, source: str, cache: Path) -> None:
     """One agent's view: open, find the parent, start a writer; then read the parent's first byte."""
     base = vm_kib("VmRSS")
     started = time.perf_counter()
-    repo = Repository.open(LocalDirectoryStore(repo_root), PASSWORD)
+    repo = Repository.open(LocalDirectoryStore(repo_root), PASSWORD, cache_dir=cache)
     opened = time.perf_counter()
     parent = repo.latest_snapshot(SnapshotKind.FILESYSTEM, paths=[source])
     assert parent is not None, "the real snapshot is not found"
@@ -135,13 +136,13 @@ def child(repo_root: Path, source: str) -> None:
     writer.abort()
     print(json.dumps({
         "open": opened - started, "ready": ready - started, "first_byte": first_byte - started,
-        "blobs": len(repo.index), "hwm_mib": vm_kib("VmHWM") / 1024, "base_mib": base / 1024,
+        "hwm_mib": vm_kib("VmHWM") / 1024, "base_mib": base / 1024,
     }))  # fmt: skip
 
 
-def measure(repo_root: Path, source: Path) -> dict[str, float]:
+def measure(repo_root: Path, source: Path, cache: Path) -> dict[str, float]:
     """One fresh process's costs (its imports are not timed: an agent has them loaded)."""
-    command = [sys.executable, "-m", "bench.index_scale", "--child", str(repo_root), str(source)]
+    command = [sys.executable, "-m", "bench.index_scale", "--child", str(repo_root), str(source), str(cache)]
     out = subprocess.run(command, check=True, capture_output=True, text=True).stdout
     result: dict[str, float] = json.loads(out.splitlines()[-1])
     return result
@@ -153,18 +154,21 @@ def run(base: Path, blobs: int, snapshots: int, recent: int) -> list[str]:
     wrote = f"{blobs:,} blobs in {objects} index objects and {snapshots:,} manifests"
     print(f"  (wrote {wrote} in {seconds:.0f} s)")
     rows = []
-    for case in ("cold", "warm"):
-        m = measure(root / "repo", root / "source")
+    for case in ("cold", "warm", "+1 new"):
+        if case == "+1 new":  # another agent's backup since: one more index object to fetch
+            repo = Repository.open(LocalDirectoryStore(root / "repo"), PASSWORD, with_index=False)
+            write_index_objects(repo, 2_000, 0, seed=blobs + 1)
+        m = measure(root / "repo", root / "source", root / "cache")
         rows.append(
-            f"{int(m['blobs']):>11,}  {snapshots:>9,}  {case:<5}  {m['open']:>7.2f}  {m['ready']:>7.2f}"
+            f"{blobs:>11,}  {snapshots:>9,}  {case:<6}  {m['open']:>7.2f}  {m['ready']:>7.2f}"
             f"  {m['first_byte']:>10.2f}  {m['hwm_mib']:>8.0f}  {m['base_mib']:>8.0f}"
         )
     return rows
 
 
 def main() -> None:
-    if len(sys.argv) == 4 and sys.argv[1] == "--child":
-        child(Path(sys.argv[2]), sys.argv[3])
+    if len(sys.argv) == 5 and sys.argv[1] == "--child":
+        child(Path(sys.argv[2]), sys.argv[3], Path(sys.argv[4]))
         return
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=list(SIZES), help="blobs per repository")
@@ -175,7 +179,7 @@ def main() -> None:
     shm = Path("/dev/shm")
     where = args.dir or (shm if os.access(shm, os.W_OK) else None)
     with tempfile.TemporaryDirectory(prefix="barge-bench-index-", dir=where) as tmp:
-        print("      blobs  snapshots  case   open s  ready s  1st byte s  peak MiB  base MiB")
+        print("      blobs  snapshots  case    open s  ready s  1st byte s  peak MiB  base MiB")
         for size in args.sizes:
             for line in run(Path(tmp), size, args.snapshots, args.recent):
                 print(line, flush=True)
