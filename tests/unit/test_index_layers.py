@@ -146,7 +146,7 @@ def test_refresh_fetches_only_new_objects_and_keeps_layers_few(tmp_path: Path) -
     storage.open(tmp_path)
     assert storage.open(tmp_path) is not None
     assert storage.fetched == []
-    for _ in range(20):
+    for _ in range(12):
         new = storage.put(random_packs(rng, packs=2, blobs_per_pack=20))
         index = storage.open(tmp_path)
         assert new in storage.fetched
@@ -278,3 +278,18 @@ def test_a_full_cache_dir_falls_back_to_a_temporary_file(
     monkeypatch.setattr(os, "replace", full)
     assert Repository.open(store, b"pw", cache_dir=tmp_path / "cache").read_blob(blob_id) == b"data" * 100
     assert not list((tmp_path / "cache").rglob("*layer*"))
+
+
+def test_copies_of_one_blob_across_several_blocks_are_all_seen(tmp_path: Path) -> None:
+    storage = Storage()
+    blob_id = b"\x80" * 32
+    object_of = {}
+    for n in range(2 * BLOCK_RECORDS + 10):
+        pack_id = bytes([n % 256, n // 256]) * 16
+        object_of[storage.put({pack_id: {blob_id: BlobLocation(BlobType.DATA, pack_id, 0, 5, 5)}})] = pack_id
+    # Objects are fetched in ID order, so the last one's copy is the last record, two blocks on.
+    usable = object_of[max(object_of)]
+    index = storage.open(tmp_path, frozenset(object_of.values()) - {usable})
+    assert index.get(blob_id) == BlobLocation(BlobType.DATA, usable, 0, 5, 5)
+    assert dict(index.items()) == {blob_id: BlobLocation(BlobType.DATA, usable, 0, 5, 5)}
+    assert index.get(b"\x80" * 31 + b"\x81") is None
