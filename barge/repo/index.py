@@ -219,9 +219,6 @@ class PackSet:
     def __init__(self, index: Index) -> None:
         self._index = index
 
-    def __sub__(self, other: Iterable[bytes]) -> set[bytes]:
-        return set(self).difference(other)
-
     def __contains__(self, pack_id: object) -> bool:
         index = self._index
         if pack_id in index._new_packs:

@@ -750,13 +750,14 @@ class RepositoryWriter:
         with self._lock:
             self._pack_sizes.update(listed)
             self._listed = True
-        missing = self.repo.index.packs - listed.keys()
+        indexed = set(self.repo.index.packs)  # one pass over the layers, not a lookup per pack
+        missing = indexed - listed.keys()
         if missing:
             self.stats.packs_missing = len(missing)
             self._supersede_indexes_naming(missing)
         adopted = 0
         for pack_id in listed:
-            if pack_id in self.repo.index.packs or pack_id in self._condemned:
+            if pack_id in indexed or pack_id in self._condemned:
                 continue
             try:
                 locations = self.repo.read_pack_header(pack_id)
