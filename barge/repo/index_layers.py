@@ -20,6 +20,7 @@ not part of the repository format.
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import hmac
 import operator
@@ -55,6 +56,7 @@ _MAGIC = b"BRGL\x01"
 _TRAILER_HEAD = struct.Struct("<5s16sQQQQ")  # magic, nonce, objects, appearances, packs, blob records
 _TAIL = struct.Struct("<I32s")  # trailer length, trailer MAC
 _COUNT = struct.Struct("<I")
+MAX_TRAILER = 256 * 1024 * 1024  # far above any real one (1.25 MiB of block keys per 10M blobs)
 _BUCKET_FLUSH = 64 * 1024
 _PREFIX = "layer-"
 _TEMP_PREFIX = ".tmp-layer-"
@@ -154,8 +156,8 @@ class Layer:
         if size < _TAIL.size:
             raise CorruptionDetected(f"{self.describe()}: truncated")
         trailer_length, mac = _TAIL.unpack(os.pread(fd, _TAIL.size, size - _TAIL.size))
-        if trailer_length > size - _TAIL.size:
-            raise CorruptionDetected(f"{self.describe()}: truncated")
+        if trailer_length > min(size - _TAIL.size, MAX_TRAILER):
+            raise CorruptionDetected(f"{self.describe()}: truncated or malformed")
         trailer = os.pread(fd, trailer_length, size - _TAIL.size - trailer_length)
         if not hmac.compare_digest(mac, _mac(mac_key, b"trailer", trailer)):
             raise CorruptionDetected(f"{self.describe()}: trailer does not verify")
@@ -426,14 +428,17 @@ def open_layers(directory: Path, key: bytes, now: float) -> list[Layer]:
     for path in directory.iterdir():
         try:
             if path.name.startswith(_PREFIX):
-                layers.append(Layer(path, os.open(path, os.O_RDONLY), key))
+                layers.append(Layer(path, os.open(path, os.O_RDONLY | os.O_NOFOLLOW), key))
             elif path.name.startswith(_TEMP_PREFIX) and now - path.stat().st_mtime > _TEMP_MAX_AGE:
                 path.unlink()
         except CorruptionDetected:
             with contextlib.suppress(OSError):
                 path.unlink()
-        except OSError:
-            continue  # removed meanwhile by another process
+        except OSError as err:
+            if err.errno == errno.ELOOP:  # a symbolic link: never ours, never followed
+                with contextlib.suppress(OSError):
+                    path.unlink()
+            # else removed meanwhile by another process
     return layers
 
 

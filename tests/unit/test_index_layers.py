@@ -292,3 +292,21 @@ def test_copies_of_one_blob_across_several_blocks_are_all_seen(tmp_path: Path) -
     assert index.get(blob_id) == BlobLocation(BlobType.DATA, usable, 0, 5, 5)
     assert dict(index.items()) == {blob_id: BlobLocation(BlobType.DATA, usable, 0, 5, 5)}
     assert index.get(b"\x80" * 31 + b"\x81") is None
+
+
+def test_a_symlink_or_an_oversized_trailer_in_the_cache_is_removed_never_followed(tmp_path: Path) -> None:
+    storage = Storage()
+    storage.put(random_packs(random.Random(8), packs=3, blobs_per_pack=5))
+    storage.open(tmp_path)
+    (layer_file,) = tmp_path.glob("layer-*")
+    elsewhere = tmp_path.parent / f"{tmp_path.name}-elsewhere"
+    layer_file.rename(elsewhere)  # a valid layer, reached only through a link
+    (tmp_path / "layer-link").symlink_to(elsewhere)
+    oversized = tmp_path / "layer-oversized"
+    oversized.write_bytes(b"\0" * 64 + (2**32 - 1).to_bytes(4, "little") + b"\0" * 32)
+    assert_same(storage.open(tmp_path), storage, [])
+    assert len(storage.fetched) == 1  # rebuilt: neither file was believed
+    assert not (tmp_path / "layer-link").exists()
+    assert not (tmp_path / "layer-link").is_symlink()
+    assert not oversized.exists()
+    assert elsewhere.exists()
