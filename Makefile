@@ -23,7 +23,7 @@ bench-maintenance:  ## what reclaiming a forgotten snapshot and verifying cost: 
 bench-parent:  ## what finding a backup's parent costs (LISTs, HEADs, GETs, time) in repositories of 100, 1,000 and 10,000 snapshots, old format vs source entries (~30 s)
 	bash hack/bootstrap-python.sh && .venv/bin/python -m bench.parent_lookup $(PARENT_ARGS)
 
-bench-index:  ## what opening a repository of 100,000 and 1,000,000 blobs costs an agent: time to be ready to back up, to the first byte restored, peak RSS, cold and warm (~2 min; INDEX_ARGS="--sizes 10000000")
+bench-index:  ## what opening a repository of 100,000 and 1,000,000 blobs costs an agent: time to be ready to back up, to the first byte restored, CPU, peak RSS; cold, warm, after one new index object (~2 min; INDEX_ARGS="--sizes 10000000")
 	bash hack/bootstrap-python.sh && .venv/bin/python -m bench.index_scale $(INDEX_ARGS)
 
 bench-scale:  ## the coordinator at cluster scale: 200 nodes, 2,000 DataUploads then DataDownloads (SCALE_ARGS="--nodes 10 --uploads 50" for a quick look; --sweep, --failover, --json FILE)
