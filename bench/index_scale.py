@@ -1,6 +1,7 @@
 """What opening a large repository costs an agent (``python -m bench.index_scale``, ``make bench-index``).
 
-A synthetic repository on the local store (in /dev/shm where there is one): one real snapshot of a
+A synthetic repository on the local store (in /dev/shm where there is one; ``--s3``: on a MinIO
+started for the run): one real snapshot of a
 small tree (its packs really stored, so its first byte can be read), ``--blobs`` more blobs written
 directly as index objects (``encode_indexes``: objects of up to a million blobs, as garbage
 collection consolidates them, plus ``--recent`` small ones, as backups since the last collection
@@ -24,6 +25,7 @@ docs/performance.md quotes a run.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import inspect
 import json
 import os
@@ -40,7 +42,7 @@ from barge.repo.index import MAX_BLOBS_PER_OBJECT, encode_indexes, index_key
 from barge.repo.pack import BlobLocation, BlobType
 from barge.repo.repository import Repository
 from barge.repo.snapshot import Snapshot, SnapshotKind, SnapshotSummary
-from barge.storage.local import LocalDirectoryStore
+from barge.storage.url import open_store
 
 SIZES = (100_000, 1_000_000)
 PASSWORD = b"bench"
@@ -102,11 +104,11 @@ def write_manifests(repo: Repository, snapshots: int) -> None:
         )
 
 
-def build(root: Path, blobs: int, snapshots: int, recent: int) -> tuple[int, float]:
-    """The synthetic repository at ``root``: how many index objects, and seconds to write it all."""
+def build(url: str, root: Path, blobs: int, snapshots: int, recent: int) -> tuple[int, float]:
+    """The synthetic repository at ``url`` (its source tree under ``root``): how many index
+    objects, and seconds to write it all."""
     started = time.perf_counter()
-    store = LocalDirectoryStore(root / "repo")
-    repo = Repository.init(store, PASSWORD)
+    repo = Repository.init(open_store(url), PASSWORD)
     source = root / "source"
     (source / "dir").mkdir(parents=True)
     for n in range(20):
@@ -117,14 +119,14 @@ def build(root: Path, blobs: int, snapshots: int, recent: int) -> tuple[int, flo
     return len(repo.index_objects()), time.perf_counter() - started
 
 
-def child(repo_root: Path, source: str, cache: Path) -> None:
+def child(url: str, source: str, cache: Path) -> None:
     """One agent's view: open, find the parent, start a writer; then read the parent's first byte."""
     base = vm_kib("VmRSS")
     # An older checkout (before the local index) has no cache_dir: the bench compares both.
     options = {"cache_dir": cache} if "cache_dir" in inspect.signature(Repository.open).parameters else {}
     cpu = resource.getrusage(resource.RUSAGE_SELF)
     started = time.perf_counter()
-    repo = Repository.open(LocalDirectoryStore(repo_root), PASSWORD, **options)
+    repo = Repository.open(open_store(url), PASSWORD, **options)
     opened = time.perf_counter()
     parent = repo.latest_snapshot(SnapshotKind.FILESYSTEM, paths=[source])
     assert parent is not None, "the real snapshot is not found"
@@ -149,25 +151,27 @@ def child(repo_root: Path, source: str, cache: Path) -> None:
     }))  # fmt: skip
 
 
-def measure(repo_root: Path, source: Path, cache: Path) -> dict[str, float]:
+def measure(url: str, source: Path, cache: Path) -> dict[str, float]:
     """One fresh process's costs (its imports are not timed: an agent has them loaded)."""
-    command = [sys.executable, "-m", "bench.index_scale", "--child", str(repo_root), str(source), str(cache)]
+    command = [sys.executable, "-m", "bench.index_scale", "--child", url, str(source), str(cache)]
     out = subprocess.run(command, check=True, capture_output=True, text=True).stdout
     result: dict[str, float] = json.loads(out.splitlines()[-1])
     return result
 
 
-def run(base: Path, blobs: int, snapshots: int, recent: int) -> list[str]:
+def run(base: Path, location: str | None, blobs: int, snapshots: int, recent: int) -> list[str]:
+    """``location``: an S3 URL with ``{name}`` for the repository's prefix; None: the local store."""
     root = base / f"repo-{blobs}"
-    objects, seconds = build(root, blobs, snapshots, recent)
+    url = location.format(name=f"repo-{blobs}") if location else f"file://{root / 'repo'}"
+    objects, seconds = build(url, root, blobs, snapshots, recent)
     wrote = f"{blobs:,} blobs in {objects} index objects and {snapshots:,} manifests"
     print(f"  (wrote {wrote} in {seconds:.0f} s)")
     rows = []
     for case in ("cold", "warm", "+1 new"):
         if case == "+1 new":  # another agent's backup since: one more index object to fetch
-            repo = Repository.open(LocalDirectoryStore(root / "repo"), PASSWORD, with_index=False)
+            repo = Repository.open(open_store(url), PASSWORD, with_index=False)
             write_index_objects(repo, 2_000, 0, seed=blobs + 1)
-        m = measure(root / "repo", root / "source", root / "cache")
+        m = measure(url, root / "source", root / "cache")
         rows.append(
             f"{blobs:>11,}  {snapshots:>9,}  {case:<6}  {m['open']:>7.2f}  {m['ready']:>7.2f}"
             f"  {m['first_byte']:>10.2f}  {m['cpu']:>5.2f}  {m['hwm_mib']:>8.0f}  {m['base_mib']:>8.0f}"
@@ -177,21 +181,46 @@ def run(base: Path, blobs: int, snapshots: int, recent: int) -> list[str]:
 
 def main() -> None:
     if len(sys.argv) == 5 and sys.argv[1] == "--child":
-        child(Path(sys.argv[2]), sys.argv[3], Path(sys.argv[4]))
+        child(sys.argv[2], sys.argv[3], Path(sys.argv[4]))
         return
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=list(SIZES), help="blobs per repository")
     parser.add_argument("--snapshots", type=int, default=1_000, help="manifests per repository")
     parser.add_argument("--recent", type=int, default=50, help="small index objects besides the full ones")
     parser.add_argument("--dir", type=Path, help="where to build the repositories (default: /dev/shm)")
+    parser.add_argument("--s3", action="store_true", help="the repositories on a local MinIO instead")
     args = parser.parse_args()
     shm = Path("/dev/shm")
     where = args.dir or (shm if os.access(shm, os.W_OK) else None)
-    with tempfile.TemporaryDirectory(prefix="barge-bench-index-", dir=where) as tmp:
+    with contextlib.ExitStack() as stack:
+        tmp = stack.enter_context(tempfile.TemporaryDirectory(prefix="barge-bench-index-", dir=where))
+        location = minio_location(stack, Path(tmp)) if args.s3 else None
         print("      blobs  snapshots  case    open s  ready s  1st byte s  cpu s  peak MiB  base MiB")
         for size in args.sizes:
-            for line in run(Path(tmp), size, args.snapshots, args.recent):
+            for line in run(Path(tmp), location, size, args.snapshots, args.recent):
                 print(line, flush=True)
+
+
+def minio_location(stack: contextlib.ExitStack, tmp: Path) -> str:
+    """A bucket on a MinIO started for the run, as an S3 URL with ``{name}`` for the prefix."""
+    # Imported here: the measured child processes import this module and must not pay for them.
+    import boto3  # noqa: PLC0415
+
+    from devenv.s3server import LocalS3Server  # noqa: PLC0415
+
+    endpoint = stack.enter_context(LocalS3Server())
+    boto3.client(
+        "s3",
+        endpoint_url=endpoint.url,
+        aws_access_key_id=endpoint.access_key,
+        aws_secret_access_key=endpoint.secret_key,
+        region_name=endpoint.region,
+    ).create_bucket(Bucket="bench")
+    credentials = tmp / "credentials"
+    credentials.write_text(
+        f"[default]\naws_access_key_id={endpoint.access_key}\naws_secret_access_key={endpoint.secret_key}\n"
+    )
+    return f"s3://bench/{{name}}?endpoint={endpoint.url}&path_style=true&credentials_file={credentials}"
 
 
 if __name__ == "__main__":
