@@ -1,4 +1,4 @@
-.PHONY: demo test test-unit bench bench-s3 bench-maintenance bench-parent bench-scale tools lint chart help
+.PHONY: demo test test-unit bench bench-s3 bench-maintenance bench-parent bench-index bench-scale tools lint chart help
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*##/\t/'
 
@@ -22,6 +22,9 @@ bench-maintenance:  ## what reclaiming a forgotten snapshot and verifying cost: 
 
 bench-parent:  ## what finding a backup's parent costs (LISTs, HEADs, GETs, time) in repositories of 100, 1,000 and 10,000 snapshots, old format vs source entries (~30 s)
 	bash hack/bootstrap-python.sh && .venv/bin/python -m bench.parent_lookup $(PARENT_ARGS)
+
+bench-index:  ## what opening a repository of 100,000 and 1,000,000 blobs costs an agent: time to be ready to back up, to the first byte restored, CPU, peak RSS; cold, warm, after one new index object (~2 min; INDEX_ARGS="--sizes 10000000")
+	bash hack/bootstrap-python.sh && .venv/bin/python -m bench.index_scale $(INDEX_ARGS)
 
 bench-scale:  ## the coordinator at cluster scale: 200 nodes, 2,000 DataUploads then DataDownloads (SCALE_ARGS="--nodes 10 --uploads 50" for a quick look; --sweep, --failover, --json FILE)
 	bash hack/bootstrap-python.sh && bash hack/install-tools.sh etcd kube-apiserver velero && .venv/bin/python -m bench.scale $(SCALE_ARGS)

@@ -71,8 +71,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--cache-dir",
         default="/var/cache/barge",
-        help="host directory for caches; never holds a credential (credential files earlier "
-        "releases left there are removed at start)",
+        help="host directory for caches (the repositories' indexes, kept across assignments); never "
+        "holds a credential (credential files earlier releases left there are removed at start)",
     )
     p.add_argument(
         "--repository-password-secret",
@@ -148,6 +148,7 @@ def _repositories(args: argparse.Namespace, objects: KubeObjects, clock: SystemC
         clock=clock,
         settings=RepositorySettings(compression_level=0 if args.compression == "none" else 3),
         allow_velero_default_password=args.allow_velero_default_password,
+        cache_dir=Path(args.cache_dir),
     )
 
 

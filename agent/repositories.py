@@ -79,8 +79,10 @@ class BslRepositories:
         clock: Clock,
         settings: RepositorySettings | None = None,
         allow_velero_default_password: bool = False,
+        cache_dir: Path | None = None,
     ) -> None:
         self._settings = settings or RepositorySettings()
+        self._cache_dir = cache_dir  # the repositories' indexes, kept across assignments
         self._get_bsl = get_bsl
         self._get_secret = get_secret
         self._password_secret = password_secret
@@ -139,7 +141,7 @@ class BslRepositories:
 
     def _unlock(self, store: ObjectStore, password: bytes, namespace: str) -> Repository:
         try:
-            return Repository.open(store, password, clock=self._clock)
+            return Repository.open(store, password, clock=self._clock, cache_dir=self._cache_dir)
         except WrongPassword:
             raise WrongPassword(
                 f"the repository at {store.describe()} was created with another password than the one "

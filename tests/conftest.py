@@ -32,6 +32,13 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(folder)
 
 
+@pytest.fixture(autouse=True)
+def _cache_home(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The CLI keeps its index cache under $XDG_CACHE_HOME: one per test, never the user's (tests
+    copy one template repository, and a cache shared between them would make them depend on order)."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path_factory.mktemp("xdg-cache")))
+
+
 @pytest.fixture(scope="session")
 def control_plane() -> Iterator[ControlPlaneEndpoints]:
     with LocalControlPlane() as endpoints:

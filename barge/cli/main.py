@@ -63,8 +63,17 @@ def _repo_url(args: argparse.Namespace) -> str:
     return url
 
 
+def _cache_dir(args: argparse.Namespace) -> Path | None:
+    """Where the repository index is kept between runs; None with --no-cache (a temporary file)."""
+    if getattr(args, "no_cache", False):
+        return None
+    if getattr(args, "cache_dir", None):
+        return Path(args.cache_dir)
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "barge"
+
+
 def _open(args: argparse.Namespace) -> Repository:
-    return Repository.open(open_store(_repo_url(args)), _password(args))
+    return Repository.open(open_store(_repo_url(args)), _password(args), cache_dir=_cache_dir(args))
 
 
 class _ProgressLine:
@@ -388,12 +397,20 @@ def _forget_arguments(forget: argparse.ArgumentParser) -> None:
     forget.add_argument("--prune", action="store_true", help="run garbage collection afterwards")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="barge", description="Barge backup repository tool")
-    parser.add_argument("--version", action="version", version=f"barge {__version__}")
+def _add_repository_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--repo", help="repository URL: file:///path or s3://bucket/prefix?endpoint=... "
                         "(default: $BARGE_REPOSITORY)")  # fmt: skip
     parser.add_argument("--password-file", help="read the password from FILE (default: $BARGE_PASSWORD)")
+    parser.add_argument("--cache-dir", help="where the repository index is kept between runs "
+                        "(default: $XDG_CACHE_HOME/barge, else ~/.cache/barge)")  # fmt: skip
+    parser.add_argument("--no-cache", action="store_true",
+                        help="keep nothing between runs (the index goes to a temporary file)")  # fmt: skip
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="barge", description="Barge backup repository tool")
+    parser.add_argument("--version", action="version", version=f"barge {__version__}")
+    _add_repository_options(parser)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def add(

@@ -48,7 +48,7 @@ def check_repository(
     window of pack IDs starting at ``sample_start`` (random by default), so successive sampled
     checks read different packs and, in time, all of them."""
     report = CheckReport()
-    repo.load_index()
+    repo.load_index(cached=False)  # every index object read again: damage must not hide behind a cache
     report.problems.extend(repo.index_problems)
     log(f"index: {len(repo.index)} blobs in {len(repo.index.packs)} packs")
     _check_names_and_keys(repo, report)

@@ -177,7 +177,7 @@ def _packs_in_index(repo: Repository) -> dict[bytes, dict[bytes, BlobLocation]]:
 
 
 def _mark(repo: Repository, policy: GcPolicy, report: GcReport, log: Callable[[str], None]) -> None:
-    repo.load_index()
+    repo.load_index(cached=False)  # an index object damaged in storage must stop gc, cached or not
     _refuse_unreadable_indexes(repo.index_problems)
     live = referenced_blobs(repo)
     _reconcile_source_entries(repo, report, log)

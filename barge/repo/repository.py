@@ -13,9 +13,10 @@ import hashlib
 import json
 import threading
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 import zstandard
@@ -31,7 +32,8 @@ from barge.repo.crypto import (
     unwrap_master_keys,
     wrap_master_keys,
 )
-from barge.repo.index import Index, decode_index, encode_indexes, index_key
+from barge.repo.index import Index, decode_index, encode_indexes, index_key, open_index, walk_index
+from barge.repo.index_layers import Layer, ObjectRecords, cache_key, refresh_layers
 from barge.repo.objects import (
     MAX_CONFIG,
     MAX_INDEX_OBJECT,
@@ -74,6 +76,7 @@ _CONFIG_MAGIC = b"BARGE-REPOSITORY v1\n"
 _CONFIG_AAD = b"barge:config:v1"
 _SNAPSHOT_AAD = b"barge:snapshot:v1"
 MIB = 1024 * 1024
+INDEX_FETCH_BYTES = 64 * MIB  # sealed index objects fetched at once while the local index is built
 
 
 class RepositoryNotFound(NotFound):
@@ -177,16 +180,23 @@ class Repository:
     """An open repository: keys unlocked, index loaded. Reads are thread-safe."""
 
     def __init__(
-        self, store: ObjectStore, keys: MasterKeys, config: RepositoryConfig, key_name: str, clock: Clock
+        self,
+        store: ObjectStore,
+        keys: MasterKeys,
+        config: RepositoryConfig,
+        key_name: str,
+        clock: Clock,
+        *,
+        cache_dir: Path | None = None,
     ) -> None:
         self.store = store
         self.keys = keys
         self.config = config
         self.key_name = key_name
         self.clock = clock
+        self.cache_dir = cache_dir  # for the local index; None: a temporary file per open
         self.index = Index()
         self.index_problems: list[str] = []  # index objects load_index could not read
-        self.index_origin: dict[bytes, bytes] = {}  # pack -> the index object load_index found it in
 
     # -- lifecycle -------------------------------------------------------------------------------
 
@@ -221,10 +231,17 @@ class Repository:
 
     @classmethod
     def open(
-        cls, store: ObjectStore, password: bytes, clock: Clock | None = None, *, with_index: bool = True
+        cls,
+        store: ObjectStore,
+        password: bytes,
+        clock: Clock | None = None,
+        *,
+        with_index: bool = True,
+        cache_dir: Path | None = None,
     ) -> Repository:
         """Unlock the repository; ``with_index=False`` skips reading the index, for work on snapshot
-        manifests only (listing, forgetting)."""
+        manifests only (listing, forgetting). ``cache_dir`` keeps the index on local disk between
+        opens (index_layers: only index objects not seen before are then fetched)."""
         try:
             sealed_config = read_bounded(store, "config", MAX_CONFIG, "repository config")
         except ObjectNotFound:
@@ -235,7 +252,7 @@ class Repository:
             raise CorruptionDetected(f"{store.describe()}/config is not a Barge repository config")
         keys, key_name = cls._unlock(store, password)
         plain = keys.open(sealed_config[len(_CONFIG_MAGIC) :], _CONFIG_AAD, "repository config")
-        repo = cls(store, keys, _parse_config(plain), key_name, clock or SystemClock())
+        repo = cls(store, keys, _parse_config(plain), key_name, clock or SystemClock(), cache_dir=cache_dir)
         if with_index:
             repo.load_index()
         return repo
@@ -291,21 +308,79 @@ class Repository:
 
     # -- index -----------------------------------------------------------------------------------
 
-    def load_index(self) -> None:
-        """Merge every index object not superseded by another into a fresh in-memory index.
+    def load_index(self, *, cached: bool = True) -> None:
+        """Merge every index object not superseded by another into a fresh index.
 
-        Where a blob sits in several packs, a copy outside the packs garbage collection has
-        condemned wins, so a reader never starts depending on a pack about to be deleted. An index
-        object that cannot be read is left out and named in ``index_problems``: its blobs read as
-        missing, which garbage collection refuses to act on and the next backup repairs by
+        The merged index lives on local disk (index_layers), in ``cache_dir`` when there is one:
+        then only index objects no earlier open has seen are fetched. ``cached=False`` reads every
+        index object again (check: damage in storage must not hide behind the cache). Where a blob
+        sits in several packs, a copy outside the packs garbage collection has condemned wins. An
+        index object that cannot be read is left out and named in ``index_problems``: its blobs
+        read as missing, which garbage collection refuses to act on and the next backup repairs by
         indexing the packs again from their own headers.
         """
         condemned = condemned_packs(self.store)
-        found = self.read_index_objects(self.index_objects())
-        index = Index()
-        for pack_id in sorted(found.packs, key=lambda p: p in condemned):
-            index.add_pack(pack_id, found.packs[pack_id])
-        self.index, self.index_origin, self.index_problems = index, found.origin, found.problems
+        listed = {
+            index_id: info.size for info in self.index_objects() if (index_id := index_object_id(info.key))
+        }
+        directory = self._index_cache() if cached else None
+        try:
+            layers, problems = self._refresh_index(directory, listed)
+        except OSError:
+            if directory is None:
+                raise
+            layers, problems = self._refresh_index(None, listed)  # the cache is full or read-only
+        self.index, self.index_problems = Index(layers, frozenset(condemned)), problems
+
+    def _refresh_index(
+        self, directory: Path | None, listed: dict[bytes, int]
+    ) -> tuple[list[Layer], list[str]]:
+        return refresh_layers(
+            directory,
+            cache_key(self.keys.content_id),
+            listed,
+            lambda wanted: self._fetch_index_objects(wanted, listed),
+            self.clock.now().timestamp(),
+        )
+
+    def _index_cache(self) -> Path | None:
+        """This repository's directory in the cache; None (a temporary file) if it cannot be made."""
+        if self.cache_dir is None:
+            return None
+        directory = self.cache_dir / "index" / self.config.repository_id
+        try:
+            directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+        except OSError:
+            return None
+        return directory
+
+    def _fetch_index_objects(
+        self, wanted: list[bytes], sizes: Mapping[bytes, int]
+    ) -> Iterator[ObjectRecords | str]:
+        """The ``wanted`` index objects decoded (or what is wrong with each), a few at a time: at
+        most INDEX_FETCH_BYTES of sealed objects (or one) in memory."""
+        with ThreadPoolExecutor(max_workers=8) as pool:
+            batch: list[bytes] = []
+            total = 0
+            for index_id in wanted:
+                if batch and total + sizes[index_id] > INDEX_FETCH_BYTES:
+                    yield from pool.map(self._fetch_index_object, batch, [sizes[i] for i in batch])
+                    batch, total = [], 0
+                batch.append(index_id)
+                total += sizes[index_id]
+            yield from pool.map(self._fetch_index_object, batch, [sizes[i] for i in batch])
+
+    def _fetch_index_object(self, index_id: bytes, size: int) -> ObjectRecords | str:
+        what = f"index {index_id.hex()[:16]}"
+        try:
+            sealed = read_bounded(self.store, index_key(index_id), MAX_INDEX_OBJECT, what, size)
+            plain = open_index(self.keys, index_id, sealed)
+            superseded, packs = walk_index(plain, what)
+        except CorruptionDetected as err:
+            return str(err)
+        except ObjectNotFound:
+            return f"{what} vanished while being read (a garbage collection finished?)"
+        return ObjectRecords(index_id, superseded, plain, packs)
 
     def index_objects(self) -> list[ObjectInfo]:
         """The index objects in storage (other names under ``index/`` are not index objects)."""
@@ -675,13 +750,14 @@ class RepositoryWriter:
         with self._lock:
             self._pack_sizes.update(listed)
             self._listed = True
-        missing = self.repo.index.packs - listed.keys()
+        indexed = set(self.repo.index.packs)  # one pass over the layers, not a lookup per pack
+        missing = indexed - listed.keys()
         if missing:
             self.stats.packs_missing = len(missing)
             self._supersede_indexes_naming(missing)
         adopted = 0
         for pack_id in listed:
-            if pack_id in self.repo.index.packs or pack_id in self._condemned:
+            if pack_id in indexed or pack_id in self._condemned:
                 continue
             try:
                 locations = self.repo.read_pack_header(pack_id)
@@ -704,7 +780,8 @@ class RepositoryWriter:
         objects makes every reader find the new copies instead of the deleted ones. A replacement
         keeps the object's other packs and supersedes what it superseded, so nothing else changes.
         """
-        for index_id in sorted({self.repo.index_origin[p] for p in missing if p in self.repo.index_origin}):
+        origins = {self.repo.index.origin(pack_id) for pack_id in missing}
+        for index_id in sorted(origin for origin in origins if origin is not None):
             what = f"index {index_id.hex()[:16]}"
             try:
                 sealed = read_bounded(self.repo.store, index_key(index_id), MAX_INDEX_OBJECT, what)

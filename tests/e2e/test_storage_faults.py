@@ -257,10 +257,11 @@ def fill(path: Path) -> None:
 def test_a_full_agent_cache_dir_does_not_matter_credentials_stay_in_memory(
     env: LocalBarge, s3: FaultyS3, namespace: str, full_cache_dirs: list[Path], tmp_path: Path
 ) -> None:
-    """The agent keeps no data cache, and the BSL's credentials go to the store in memory (they
-    used to be written there, so a full cache dir failed every S3 upload): nothing to write."""
+    """A full cache dir only makes the agent build the repository index in a temporary file, and
+    the BSL's credentials go to the store in memory (they used to be written there, so a full
+    cache dir failed every S3 upload): no file but the filler."""
     name = upload(env, namespace, random_volume(tmp_path / "v", files=1, size=MIB), bsl=S3_BSL)
     final = env.wait_phase("DataUpload", name, timeout=120)["status"]
     assert final["phase"] == "Completed", final.get("message")
     for cache in full_cache_dirs:
-        assert sorted(path.name for path in cache.iterdir()) == ["filler"]
+        assert sorted(path.name for path in cache.rglob("*") if not path.is_dir()) == ["filler"]

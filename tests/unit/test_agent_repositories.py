@@ -13,6 +13,7 @@ from barge.clock import ManualClock
 from barge.control.messages import Assignment, AssignmentKind, CrRef, VolumeMode
 from barge.errors import InvalidInput, NotFound, PermissionDenied
 from barge.repo.crypto import KdfParams, WrongPassword
+from barge.repo.pack import BlobType
 from barge.repo.repository import Repository
 from barge.storage import Credentials
 from barge.storage.local import LocalDirectoryStore
@@ -61,6 +62,19 @@ def test_first_use_creates_the_repository_then_it_is_reused(tmp_path: Path) -> N
     again = opener(tmp_path, bsls, secrets).open(assignment())
     assert first.config.repository_id == again.config.repository_id
     assert (tmp_path / "store" / "b" / "plugins" / "barge" / "shop" / "config").exists()
+
+
+def test_an_opened_repository_keeps_its_index_in_the_cache_dir(tmp_path: Path) -> None:
+    bsls, secrets = objects(tmp_path)
+    repos = BslRepositories(
+        get_bsl=getter(bsls), get_secret=getter(secrets), clock=ManualClock(), cache_dir=tmp_path / "cache",
+        password_secret=SecretKey("velero-repo-credentials", "repository-password"),
+    )  # fmt: skip
+    created = repos.open(assignment())
+    with created.writer() as writer:
+        writer.add_blob(BlobType.DATA, b"some data")
+    repo = repos.open(assignment())
+    assert list((tmp_path / "cache" / "index" / repo.config.repository_id).glob("layer-*"))
 
 
 def test_a_repository_at_the_legacy_location_is_reported_not_forked(tmp_path: Path) -> None:
