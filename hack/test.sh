@@ -4,7 +4,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 bash hack/install-tools.sh etcd kube-apiserver minio helm fake-gcs-server prometheus promtool velero velero-plugin-for-aws \
-  kubelet kube-scheduler kube-controller-manager kube-proxy coredns containerd runc cni-plugins iptables busybox mmdebstrap
+  kubelet kube-scheduler kube-controller-manager kube-proxy kubectl coredns containerd runc cni-plugins iptables busybox mmdebstrap
 bash hack/install-azurite.sh
 bash hack/bootstrap-python.sh
 

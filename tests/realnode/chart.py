@@ -35,15 +35,18 @@ def all_pods_ready(objects: KubeObjects) -> bool:
 
 
 @contextlib.contextmanager
-def installed_chart(endpoints: NodeEndpoints, objects: KubeObjects) -> Iterator[Helm]:
+def installed_chart(
+    endpoints: NodeEndpoints, objects: KubeObjects, values: dict[str, Any] | None = None
+) -> Iterator[Helm]:
     """The chart installed with ``helm install --wait`` (Velero's CRDs and namespace must exist),
+    with ``values`` (default: ``one_node_values``),
     then every pod of it Ready: helm's wait expects a DaemonSet's desired pods minus its
     maxUnavailable Ready, which on one node with the chart's ``agent.maxUnavailable: 1`` is none
     (helm v3 pkg/kube/ready.go). ``helm uninstall`` afterwards."""
     helm = Helm.installed(endpoints.control_plane.kubeconfig)
     helm.run(
         "install", RELEASE, str(CHART_DIR), "--namespace", NAMESPACE_NAME, "--create-namespace",
-        "--wait", "--timeout", "4m", values=one_node_values(endpoints),
+        "--wait", "--timeout", "4m", values=one_node_values(endpoints) if values is None else values,
     )
     try:
         eventually(lambda: all_pods_ready(objects), POD_TIMEOUT)

@@ -18,7 +18,9 @@ from barge.kube.resources import KubeObjects
 from devenv.realnode.bargeimage import BuiltImage, build_barge_image
 from devenv.realnode.node import NodeEndpoints, RealNode
 from devenv.realnode.storage import NodeStorage
+from devenv.realnode.velero import velero_on_node
 from devenv.simcluster import SimCluster
+from devenv.veleroserver import LocalVelero
 from tests.realnode.pods import load_busybox
 
 
@@ -63,3 +65,10 @@ def node_storage(real_node: RealNode, node_api: client.ApiClient) -> Iterator[Si
     with NodeStorage(real_node, node_api) as sim:
         yield sim
         assert sim.errors == [], f"the simulated storage hit unexpected errors: {sim.errors}"
+
+
+@pytest.fixture(scope="module")
+def velero(real_node: RealNode, node_objects: KubeObjects, node_storage: SimCluster) -> Iterator[LocalVelero]:
+    """Velero (its server and MinIO in the node's network namespace), one per test module."""
+    with velero_on_node(real_node, node_objects) as server:
+        yield server

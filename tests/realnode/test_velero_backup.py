@@ -19,14 +19,12 @@ import pytest
 
 from barge.errors import TemporaryError
 from barge.kube.resources import (
-    BACKUP,
     DATA_DOWNLOAD,
     DATA_UPLOAD,
     NAMESPACE,
     PERSISTENT_VOLUME,
     PERSISTENT_VOLUME_CLAIM,
     POD,
-    RESTORE,
     VOLUME_SNAPSHOT,
     KubeObjects,
 )
@@ -34,26 +32,15 @@ from devenv.helm import Helm
 from devenv.realnode.bargeimage import BuiltImage
 from devenv.realnode.node import RealNode
 from devenv.realnode.storage import STORAGE_CLASS_NAME
-from devenv.realnode.velero import velero_on_node
 from devenv.simcluster import SimCluster
 from devenv.trees import capture
 from devenv.veleroserver import LocalVelero
 from devenv.waiting import wait_for
 from tests.fsbuild import awkward_tree
 from tests.integration.kubetest import eventually
+from tests.realnode.backups import MOVE_TIMEOUT, app_pod, finish
 from tests.realnode.chart import installed_chart
-from tests.realnode.pods import BUSYBOX, POD_TIMEOUT, fresh_namespace, running
-
-FINAL = ("Completed", "PartiallyFailed", "Failed", "FailedValidation")
-MOVE_TIMEOUT = 300.0
-# Writes once: the restored pod, started on the restored volume, leaves it as it was.
-APP_SCRIPT = "[ -e /data/app.txt ] || echo written-by-the-app > /data/app.txt; exec sleep 2147483647"
-
-
-@pytest.fixture(scope="module")
-def velero(real_node: RealNode, node_objects: KubeObjects, node_storage: SimCluster) -> Iterator[LocalVelero]:
-    with velero_on_node(real_node, node_objects) as server:
-        yield server
+from tests.realnode.pods import POD_TIMEOUT, fresh_namespace, running
 
 
 @pytest.fixture(scope="module")
@@ -63,30 +50,6 @@ def barge(
     assert real_node.endpoints is not None
     with installed_chart(real_node.endpoints, node_objects) as helm:
         yield helm
-
-
-def app_pod(namespace: str) -> dict[str, object]:
-    return {
-        "metadata": {"name": "app", "namespace": namespace},
-        "spec": {
-            "terminationGracePeriodSeconds": 1,
-            "containers": [{
-                "name": "app", "image": str(BUSYBOX), "imagePullPolicy": "Never",
-                "command": ["sh", "-c", APP_SCRIPT], "volumeMounts": [{"name": "data", "mountPath": "/data"}],
-            }],
-            "volumes": [{"name": "data", "persistentVolumeClaim": {"claimName": "data"}}],
-        },
-    }  # fmt: skip
-
-
-def finish(velero: LocalVelero, kind: str, name: str, *args: str) -> None:
-    velero.cli(kind, "create", name, *args)
-    resource = BACKUP if kind == "backup" else RESTORE
-    done = velero.wait_phase(resource, name, FINAL, timeout=MOVE_TIMEOUT)
-    movers = DATA_UPLOAD if kind == "backup" else DATA_DOWNLOAD
-    selector = f"velero.io/{kind}-name={name}"
-    statuses = [m.get("status") for m in velero.objects.list(movers, velero.namespace, selector)]
-    assert done["status"]["phase"] == "Completed", f"{velero.describe(kind, name)}\n{statuses}"
 
 
 def published_volumes(node: RealNode) -> set[tuple[str, str]]:
