@@ -181,7 +181,15 @@ class LocalVelero:
             },
             exist_ok=True,
         )
-        self.objects.create(BACKUP_STORAGE_LOCATION, self.bsl(), exist_ok=True)
+        # A location an earlier Velero left on this API server (an earlier test module's) names that
+        # Velero's object store and keeps its last status: a stale "Available" would pass start()'s
+        # readiness wait, and this server would then find the old endpoint gone (the backup
+        # FailedValidation: "BackupStorageLocation default is in Unavailable status").
+        if self.objects.delete(BACKUP_STORAGE_LOCATION, self.namespace, "default"):
+            wait_for_deletion(
+                lambda: self.get(BACKUP_STORAGE_LOCATION, "default"), 30, what="the earlier location deleted"
+            )
+        self.objects.create(BACKUP_STORAGE_LOCATION, self.bsl())
         self.objects.create(DEPLOYMENT, self._deployment(), exist_ok=True)
         self.objects.create(VOLUME_SNAPSHOT_CLASS, self._snapshot_class(), exist_ok=True)
         return self
