@@ -173,26 +173,28 @@ class LocalVelero:
             f"[default]\naws_access_key_id={endpoint.access_key}\n"
             f"aws_secret_access_key={endpoint.secret_key}\n"
         )
-        self.objects.create(
+        # The credentials and location an earlier Velero left on this API server (an earlier test
+        # module's) name that Velero's object store: its keys (SignatureDoesNotMatch here) and its
+        # endpoint, with the location's last status, a stale "Available" that would pass start()'s
+        # readiness wait. Both are made afresh.
+        self._recreate(
             SECRET,
             {
                 "metadata": {"name": CREDENTIALS_SECRET, "namespace": self.namespace},
                 "stringData": {"cloud": credentials},
             },
-            exist_ok=True,
         )
-        # A location an earlier Velero left on this API server (an earlier test module's) names that
-        # Velero's object store and keeps its last status: a stale "Available" would pass start()'s
-        # readiness wait, and this server would then find the old endpoint gone (the backup
-        # FailedValidation: "BackupStorageLocation default is in Unavailable status").
-        if self.objects.delete(BACKUP_STORAGE_LOCATION, self.namespace, "default"):
-            wait_for_deletion(
-                lambda: self.get(BACKUP_STORAGE_LOCATION, "default"), 30, what="the earlier location deleted"
-            )
-        self.objects.create(BACKUP_STORAGE_LOCATION, self.bsl())
+        self._recreate(BACKUP_STORAGE_LOCATION, self.bsl())
         self.objects.create(DEPLOYMENT, self._deployment(), exist_ok=True)
         self.objects.create(VOLUME_SNAPSHOT_CLASS, self._snapshot_class(), exist_ok=True)
         return self
+
+    def _recreate(self, resource: Resource, body: Obj) -> None:
+        name = body["metadata"]["name"]
+        if self.objects.delete(resource, self.namespace, name):
+            what = f"the earlier {resource.kind} deleted"
+            wait_for_deletion(lambda: self.get(resource, name), 30, what=what)
+        self.objects.create(resource, body)
 
     def bsl(self, name: str = "default", location: S3Location | None = None) -> Obj:
         """The BackupStorageLocation for ``location`` (default: this Velero's)."""
