@@ -45,11 +45,11 @@ from coordinator.decide import claim_problem, decide
 from coordinator.executor import Executor
 from coordinator.hub import Hub
 from coordinator.metrics import CoordinatorMetrics
-from coordinator.model import TERMINAL_PHASES, AgentView
+from coordinator.model import TERMINAL_PHASES, AgentView, CrView
 from coordinator.ownwrites import OwnWrites
 from coordinator.ports import CacheFeed, ControllerAdapters, EventHandler, FeedFactory
 from coordinator.routing import Changes, References, keys_for_event, owner_key
-from coordinator.scheduler import ItemKey, WorkItem, admit
+from coordinator.scheduler import Admission, ItemKey, WorkItem, admit, permits
 from coordinator.sweeper import Sweeper
 from coordinator.workqueue import WorkQueue
 from coordinator.world import Context, CrViews, agent_views, is_ours, node_states, observe, work_items
@@ -138,7 +138,7 @@ class Controller:
         self._cordoned_since: dict[str, datetime] = {}
         self._leading_since: datetime | None = None  # this controller runs for one leader term
         self._drained: set[str] = set()
-        self._admissions: frozenset[ItemKey] = frozenset()
+        self._admissions: dict[ItemKey, Admission] = {}
         self._agents: tuple[AgentView, ...] = ()
         self._admission_dirty = threading.Event()
         self._views = CrViews()
@@ -375,7 +375,8 @@ class Controller:
         cr_obj = {**cr_obj, "kind": key.kind}
         cr = self._views.view(key.kind, cr_obj)
         with structlog.contextvars.bound_contextvars(namespace=key.namespace, name=key.name, kind=key.kind):
-            observed = observe(cr_obj, self.caches, self._hub, self._context(), self._admitted(key), cr=cr)
+            admitted = self._admitted(key, cr)
+            observed = observe(cr_obj, self.caches, self._hub, self._context(), admitted, cr=cr)
             actions = decide(observed)
             if actions:
                 log.debug("decided", actions=[type(a).__name__ for a in actions])
@@ -386,9 +387,10 @@ class Controller:
             agents = self._agents
         return Context(self._clock.now(), self.config, self._identity, agents, self._leading_since)
 
-    def _admitted(self, key: ItemKey) -> bool:
+    def _admitted(self, key: ItemKey, cr: CrView) -> bool:
         with self._lock:
-            return key in self._admissions
+            admission = self._admissions.get(key)
+        return permits(admission, cr)
 
     def _admission_loop(self, beat: Callable[[], None]) -> None:
         """One scheduler pass over every item whenever something changed (at most every
@@ -407,9 +409,9 @@ class Controller:
         items = self._work_items()
         with self._lock:
             previous = self._admissions
-        admitted = frozenset(a.key for a in admit(items, node_states(agents), self.config, previous))
+        admitted = {a.key: a for a in admit(items, node_states(agents), self.config, previous.values())}
         with self._lock:
-            newly = admitted - self._admissions
+            newly = [key for key, admission in admitted.items() if self._admissions.get(key) != admission]
             before = {agent.node: agent.cordoned for agent in self._agents}
             self._admissions, self._agents = admitted, agents
         for key in newly:

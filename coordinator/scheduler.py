@@ -21,7 +21,7 @@ key is in the result.
 from __future__ import annotations
 
 from collections import Counter, defaultdict
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from enum import Enum
@@ -78,7 +78,7 @@ def admit(
     items: Iterable[WorkItem],
     nodes: Iterable[NodeState],
     config: CoordinatorConfig,
-    previous: frozenset[ItemKey] = frozenset(),
+    previous: Collection[Admission] = (),
 ) -> tuple[Admission, ...]:
     """The admissions for this pass, in the order they should be acted on.
 
@@ -86,9 +86,24 @@ def admit(
     of the fair order: one may be mid-way through its accept or assign write (the pass does not
     see it yet), and giving its slot to another item would run two where one is allowed."""
     all_items, all_nodes = tuple(items), tuple(nodes)
-    return _assignments(all_items, all_nodes, config, previous) + _acceptances(
-        all_items, all_nodes, config, previous
+    accepted = frozenset(a.key for a in previous if a.step is Step.ACCEPT)
+    assigned = frozenset(a.key for a in previous if a.step is Step.ASSIGN)
+    return _assignments(all_items, all_nodes, config, assigned) + _acceptances(
+        all_items, all_nodes, config, accepted
     )
+
+
+def permits(admission: Admission | None, cr: CrView) -> bool:
+    """Whether ``admission`` (the CR's in the last pass, if any) lets it take the step its phase
+    wants now. Admission passes run apart from reconciles, so a CR admitted to be accepted may be
+    exposed and Prepared before the next pass: that admission says nothing of its node's transfer
+    slots, and assigning on it ran more transfers than ``loadConcurrency`` allows (the agent
+    refused them, and each was exposed again)."""
+    if admission is None:
+        return False
+    if admission.step is Step.ACCEPT:
+        return cr.phase is Phase.NEW
+    return cr.phase is Phase.PREPARED and admission.node == cr.node
 
 
 def prepare_queue_limit(nodes: tuple[NodeState, ...], config: CoordinatorConfig) -> int:

@@ -10,7 +10,13 @@ import pytest
 
 from barge.clock import ManualClock
 from barge.control.messages import CancelAssignment, Hello, RunningAssignment
-from barge.control.naming import ASSIGNMENT_ANNOTATION, FINALIZER, LABEL_OWNER_KIND, LABEL_OWNER_NAME
+from barge.control.naming import (
+    ASSIGNMENT_ANNOTATION,
+    FINALIZER,
+    LABEL_OWNER_KIND,
+    LABEL_OWNER_NAME,
+    LABEL_OWNER_UID,
+)
 from barge.errors import TemporaryError
 from barge.probes import Vitals
 from coordinator.config import CoordinatorConfig
@@ -338,3 +344,36 @@ def test_an_agent_that_connects_gets_its_nodes_ready_exposure_ahead_of_every_wai
     assert loop._admission_dirty.is_set()
     loop.recompute_admissions()
     assert loop.process_next(timeout=0) == ItemKey("DataUpload", "velero", "backup-3")
+
+
+def test_an_admission_to_accept_is_no_admission_to_assign() -> None:
+    """test_api_writes caught this: a pass admitted two DataDownloads to be accepted; both were
+    exposed on node-a and Prepared before the next pass, and each was assigned on the admission to
+    accept, two transfers on a node with loadConcurrency 1 (the agent refused the second, which
+    was exposed again). The Prepared CRs wait for a pass that counts node-a's slots."""
+    objects = world(2)
+    objects.announce("ADDED", objects.store[("Node", None, "node-a")])
+    loop = controller(objects, CoordinatorConfig())
+    hub = loop._hub
+    hub.agent_connected(RecordingSession("node-a", Hello("node-a", "1", 1, ())))
+    loop.recompute_admissions()
+    assert sorted(reconciled(loop)) == ["backup-0", "backup-1"]  # both accepted by this pass
+    for n in range(2):  # exposed and Prepared on node-a before the next pass
+        name = f"backup-{n}"
+        pod = {**exposer_pod(name, "node-a"), "status": {"phase": "Running"}}
+        pod["metadata"]["name"] = name  # the exposure's objects are named after the CR
+        pod["metadata"]["labels"][LABEL_OWNER_UID] = f"uid-{n}"
+        objects.announce("ADDED", pod)
+        upload = objects.store[("DataUpload", "velero", name)]
+        upload["metadata"]["resourceVersion"] = "2"
+        upload["status"] = {**upload["status"], "phase": "Prepared", "node": "node-a"}
+        objects.announce("MODIFIED", upload)
+    objects.writes.clear()
+    assert sorted(reconciled(loop)) == ["backup-0", "backup-1"]
+    assert hub.assignment("uid-0") is None
+    assert hub.assignment("uid-1") is None
+
+    loop.recompute_admissions()  # node-a has one slot: the older one is queued and assigned
+    assert reconciled(loop) == ["backup-0"]
+    assert hub.assignment("uid-0") is not None
+    assert hub.assignment("uid-1") is None

@@ -20,6 +20,7 @@ from coordinator.scheduler import (
     WorkItem,
     admit,
     fair_order,
+    permits,
     prepare_queue_limit,
     work_item,
 )
@@ -219,5 +220,19 @@ def test_an_item_the_last_pass_admitted_keeps_its_slot_when_the_fair_order_chang
     assert names(first, Step.ASSIGN) == ["small-a"]  # mid already holds two running slots
     # mid's transfers elsewhere end: by the fair order alone, mid-a would now take n1's slot
     assert names(admit([small, mid], [n1], CoordinatorConfig()), Step.ASSIGN) == ["mid-a"]
-    previous = frozenset(a.key for a in first)
-    assert names(admit([small, mid], [n1], CoordinatorConfig(), previous), Step.ASSIGN) == ["small-a"]
+    assert names(admit([small, mid], [n1], CoordinatorConfig(), first), Step.ASSIGN) == ["small-a"]
+
+
+def test_an_admission_permits_only_the_step_it_was_made_for() -> None:
+    """A pass admits a CR for its phase's next step; by the time it is reconciled it may have moved
+    on, and an admission to accept must not let it take a transfer slot no pass counted."""
+    key = ItemKey("DataUpload", "velero", "backup-1-abcde")
+    to_accept, to_assign = Admission(key, Step.ACCEPT), Admission(key, Step.ASSIGN, "n1")
+    new, prepared = upload_cr(phase=Phase.NEW), upload_cr(phase=Phase.PREPARED, node="n1")
+    assert permits(to_accept, new)
+    assert not permits(to_accept, prepared)
+    assert permits(to_assign, prepared)
+    assert not permits(to_assign, new)
+    assert not permits(to_assign, replace(prepared, node="n2"))  # exposed again, elsewhere
+    assert not permits(None, new)
+    assert not permits(None, prepared)
