@@ -29,7 +29,7 @@ from barge.kube.resources import (
     Resource,
     resource_for,
 )
-from coordinator.exposer import budget_outdated, claim_owned_by, manifests, owning_pod_uid
+from coordinator.exposer import Manifest, budget_outdated, claim_owned_by, manifests, owning_pod_uid
 from coordinator.metrics import CoordinatorMetrics
 from coordinator.model import (
     REEXPOSED_AT_ANNOTATION,
@@ -92,6 +92,7 @@ class Executor:
         each write's answer is kept until the informers show it (``coordinator.ownwrites``)."""
         self._cached = cached
         self._own = own
+        self._shared_parts = threading.Lock()  # the namespace's one budget: created once, not per worker
         self._objects = objects
         self._status = status
         self._hub = hub
@@ -232,19 +233,40 @@ class Executor:
         pod: Mapping[str, Any] | None = None
         for manifest in manifests(action.plan).in_creation_order():
             resource = resource_for(manifest["kind"])
-            meta = manifest["metadata"]
-            cached = self._cached(resource, meta.get("namespace"), meta["name"]) if self._cached else None
-            if cached is None:
-                claim = pod is not None and resource == PERSISTENT_VOLUME_CLAIM
-                body = claim_owned_by(manifest, pod) if claim and pod is not None else manifest
-                cached = self._objects.create(resource, body, exist_ok=True)
-                if self._own is not None:
-                    self._own.created(resource.kind, cached)
-            elif resource == POD_DISRUPTION_BUDGET and budget_outdated(cached):
-                self._objects.patch(resource, meta["namespace"], meta["name"], {"spec": manifest["spec"]})
-                log.info("exposer budget brought up to date", namespace=meta["namespace"])
+            if resource == POD_DISRUPTION_BUDGET:
+                # Shared by every exposure in the namespace: the first of a burst's workers creates
+                # it and the others find it (unserialised, each of them sent a create).
+                with self._shared_parts:
+                    self._ensure_budget(manifest)
+                continue
+            cached = self._ensure(resource, manifest, pod)
             if resource == POD:
                 pod = cached  # the claim, created after it, is the pod's
+
+    def _ensure(
+        self, resource: Resource, manifest: Manifest, pod: Mapping[str, Any] | None
+    ) -> Mapping[str, Any]:
+        """The part as the cache shows it, or created now."""
+        meta = manifest["metadata"]
+        cached = self._cached(resource, meta.get("namespace"), meta["name"]) if self._cached else None
+        if cached is not None:
+            return cached
+        claim = pod is not None and resource == PERSISTENT_VOLUME_CLAIM
+        body = claim_owned_by(manifest, pod) if claim and pod is not None else manifest
+        created = self._objects.create(resource, body, exist_ok=True)
+        if self._own is not None:
+            self._own.created(resource.kind, created)
+        return created
+
+    def _ensure_budget(self, manifest: Manifest) -> None:
+        """Create the budget, or bring it up to date if an earlier version made it."""
+        namespace, name = manifest["metadata"]["namespace"], manifest["metadata"]["name"]
+        cached = self._cached(POD_DISRUPTION_BUDGET, namespace, name) if self._cached else None
+        if cached is None:
+            self._ensure(POD_DISRUPTION_BUDGET, manifest, None)
+        elif budget_outdated(cached):
+            self._objects.patch(POD_DISRUPTION_BUDGET, namespace, name, {"spec": manifest["spec"]})
+            log.info("exposer budget brought up to date", namespace=namespace)
 
     def _delete_exposure(self, cr: CrView, action: DeleteExposure) -> None:
         parts: list[tuple[Resource, str | None]] = [

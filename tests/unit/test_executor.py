@@ -4,6 +4,9 @@ must leave alone."""
 
 from __future__ import annotations
 
+import threading
+import time
+from dataclasses import replace
 from typing import Any
 
 from barge.control.naming import EXPOSER_BUDGET, LABEL_OWNER_UID
@@ -126,6 +129,31 @@ def test_an_exposure_creates_only_what_the_cache_does_not_show_and_the_budget_be
     objects.writes.clear()
     executor(objects).execute({}, cr, (CreateExposure(plan),))
     assert objects.writes == []  # all there: no request at all
+
+
+class SlowCreates(FakeObjects):
+    """Creates that take a while, as the API server's do under a burst."""
+
+    def create(self, resource: Any, body: Obj, exist_ok: bool = False) -> Obj:
+        time.sleep(0.02)
+        return super().create(resource, body, exist_ok)
+
+
+def test_a_burst_of_exposures_in_one_namespace_creates_its_shared_budget_once() -> None:
+    """Each worker checked the cache before the first create was answered, and each sent one
+    (test_api_writes counted up to four budget creates for eight DataUploads)."""
+    objects, crs = SlowCreates(), [replace(upload_cr(), name=f"backup-{n}", uid=f"uid-{n}") for n in range(8)]
+    shared = executor(objects)
+    workers = [
+        threading.Thread(target=shared.execute, args=({}, cr, (CreateExposure(plan_exposure(observed(cr))),)))
+        for cr in crs
+    ]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+    assert objects.writes.count(f"create PodDisruptionBudget {EXPOSER_BUDGET}") == 1
+    assert objects.writes.count("create Pod backup-7") == 1
 
 
 def test_the_claim_is_made_for_the_pod_and_goes_with_it() -> None:
