@@ -31,6 +31,7 @@ from barge.logs import configure_logging
 from barge.probes import ObservabilityServer, stop_on_signals
 from barge.repo.repository import RepositorySettings
 from barge.rpc.client import AgentClient
+from barge.storage.throttle import RateLimit, parse_rate
 from barge.velero.password import DEFAULT_PASSWORD_SECRET, SecretKey
 
 log = structlog.get_logger("barge.agent")
@@ -85,12 +86,27 @@ def build_parser() -> argparse.ArgumentParser:
         help="accept Velero's published default password (only for repositories created with it, "
         "until they are migrated)",
     )
+    p.add_argument(
+        "--max-upload-rate",
+        type=_rate,
+        default=0,
+        metavar="BYTES_PER_S",
+        help="at most this many bytes per second written to object storage by all of the agent's "
+        "transfers together, e.g. 100Mi or 50M (default 0: no limit)",
+    )
     p.add_argument("--compression", choices=("zstd", "none"), default="zstd", help="for new repositories")
     p.add_argument("--status-interval", type=float, default=5.0, help="seconds between progress writes")
     p.add_argument("--shutdown-grace", type=float, default=20.0, help="seconds to hand work back on SIGTERM")
     p.add_argument("--log-level", default="info")
     p.add_argument("--log-format", choices=("json", "console"), default="json")
     return p
+
+
+def _rate(text: str) -> int:
+    try:
+        return parse_rate(text)
+    except InvalidInput as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -149,6 +165,7 @@ def _repositories(args: argparse.Namespace, objects: KubeObjects, clock: SystemC
         settings=RepositorySettings(compression_level=0 if args.compression == "none" else 3),
         allow_velero_default_password=args.allow_velero_default_password,
         cache_dir=Path(args.cache_dir),
+        upload_limit=RateLimit(args.max_upload_rate, clock) if args.max_upload_rate else None,
     )
 
 

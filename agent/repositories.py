@@ -24,6 +24,7 @@ from barge.errors import InvalidInput, NotFound, PermissionDenied
 from barge.repo.crypto import WrongPassword
 from barge.repo.repository import Repository, RepositoryNotFound, RepositorySettings
 from barge.storage import Credentials, ObjectStore
+from barge.storage.throttle import RateLimit, throttled
 from barge.storage.url import open_store
 from barge.velero.bsl import LEGACY_ROOT, ca_bundle, ca_cert_ref, location_url, repository_url
 from barge.velero.password import SecretKey, check_repository_password
@@ -80,8 +81,11 @@ class BslRepositories:
         settings: RepositorySettings | None = None,
         allow_velero_default_password: bool = False,
         cache_dir: Path | None = None,
+        upload_limit: RateLimit | None = None,
     ) -> None:
+        """``upload_limit``: shared by every store opened here, so it holds for the node."""
         self._settings = settings or RepositorySettings()
+        self._upload_limit = upload_limit
         self._cache_dir = cache_dir  # the repositories' indexes, kept across assignments
         self._get_bsl = get_bsl
         self._get_secret = get_secret
@@ -95,17 +99,13 @@ class BslRepositories:
         credentials = self._credentials(namespace, bsl)
         bundle = ca_bundle(bsl, self._ca_cert(namespace, bsl))
         password = self._password(namespace)
-        store = open_store(
-            repository_url(bsl, assignment.source_namespace), credentials=credentials, ca_bundle=bundle
-        )
+        store = self._open_store(repository_url(bsl, assignment.source_namespace), credentials, bundle)
         try:
             return self._unlock(store, password, namespace)
         except RepositoryNotFound:
             pass
-        legacy = open_store(
-            repository_url(bsl, assignment.source_namespace, root=LEGACY_ROOT),
-            credentials=credentials,
-            ca_bundle=bundle,
+        legacy = self._open_store(
+            repository_url(bsl, assignment.source_namespace, root=LEGACY_ROOT), credentials, bundle
         )
         self._refuse_legacy_layout(bsl, assignment.source_namespace, legacy)
         try:
@@ -124,13 +124,16 @@ class BslRepositories:
 
         def repository(source_namespace: str) -> Repository | None:
             url = repository_url(bsl, source_namespace)
-            store = open_store(url, credentials=credentials, ca_bundle=bundle)
+            store = self._open_store(url, credentials, bundle)
             try:
                 return Repository.open(store, password, clock=self._clock, with_index=False)
             except RepositoryNotFound:
                 return None
 
-        return Location(open_store(location_url(bsl), credentials=credentials, ca_bundle=bundle), repository)
+        return Location(self._open_store(location_url(bsl), credentials, bundle), repository)
+
+    def _open_store(self, url: str, credentials: Credentials | None, bundle: bytes | None) -> ObjectStore:
+        return throttled(open_store(url, credentials=credentials, ca_bundle=bundle), self._upload_limit)
 
     def _password(self, namespace: str) -> bytes:
         ref = self._password_secret

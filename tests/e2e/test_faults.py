@@ -47,6 +47,9 @@ NODES = ("fault-a", "fault-b", "fault-c")
 MIB = 2**20
 ONE_PACK_PER_WORKER = 4 * 32 * MIB  # the agent's default --workers times the 32 MiB pack target
 SLOW_BSL = "slow-s3"
+# The agents' upload limit, so that a fault lands mid-upload however fast this machine is: the
+# 384 MiB volume takes about 12 s (unthrottled, a quiet machine uploaded 256 MiB in 1.1 s).
+UPLOAD_RATE = "32Mi"
 PACK_DELAY_S = 45.0  # every pack upload waits this long: the transfer outlasts any drain here
 
 
@@ -61,7 +64,14 @@ def env(
         config = "prepareTimeout: 2m\nagentGracePeriod: 5s\ndrainGracePeriod: 0s\n"
         workdir = tmp_path_factory.mktemp("fault-barge")
         barge = LocalBarge(
-            control_plane, sim, objects, workdir, nodes=NODES, coordinators=2, coordinator_config=config
+            control_plane,
+            sim,
+            objects,
+            workdir,
+            nodes=NODES,
+            coordinators=2,
+            coordinator_config=config,
+            extra_agent_args=("--max-upload-rate", UPLOAD_RATE),
         )
         with barge:
             yield barge
@@ -76,7 +86,7 @@ def slow_s3(s3_server: S3Endpoint, env: LocalBarge) -> Iterator[FaultyS3]:
 
 
 def big_volume(root: Path, megabytes: int = 384) -> Path:
-    """Big enough that the transfer takes seconds, so the fault lands mid-upload."""
+    """Big enough that the transfer takes seconds at ``UPLOAD_RATE``, so the fault lands mid-upload."""
     for index in range(megabytes // 4):
         write(root / f"d{index % 8}" / f"f{index}.bin", os.urandom(4 * MIB))
     return root
@@ -122,9 +132,7 @@ def wait_progress(env: LocalBarge, name: str, fraction: float) -> dict[str, obje
         progress = status.get("progress") or {}
         total = progress.get("totalBytes") or 0
         if status.get("phase") in ("Completed", "Failed", "Canceled"):
-            pytest.fail(
-                f"{name} ended {status['phase']} before the fault: the volume is too small for this machine"
-            )
+            pytest.fail(f"{name} ended {status['phase']} before the fault: did the agents get UPLOAD_RATE?")
         done = (
             status.get("phase") == "InProgress" and total and progress.get("bytesDone", 0) >= fraction * total
         )

@@ -55,7 +55,12 @@ VALUE_SETS: dict[str, dict[str, Any]] = {
         "imagePullSecrets": [{"name": "regcred"}],
         "logLevel": "debug",
         "logFormat": "console",
-        "agent": {"maxConcurrent": 4, "priorityClassName": "backup", "nodeSelector": {"pool": "data"}},
+        "agent": {
+            "maxConcurrent": 4,
+            "maxUploadRate": "100Mi",
+            "priorityClassName": "backup",
+            "nodeSelector": {"pool": "data"},
+        },
         "config": {
             "loadConcurrency": {
                 "globalConfig": 2,
@@ -299,6 +304,7 @@ def test_agent_follows_the_command_line_contract(rendered: dict[str, list[dict[s
         "metrics-port": "8080",
         "health-port": "8081",
         "max-concurrent": "4",
+        "max-upload-rate": "100Mi",
         "cache-dir": "/var/cache/barge",
         "repository-password-secret": "barge-repository-password/repository-password",
         "compression": "zstd",

@@ -42,6 +42,9 @@ def test_the_agent_accepts_every_argument_the_chart_gives_it() -> None:
     assert args.repository_password_secret == "barge-repository-password/repository-password"
     assert args.allow_velero_default_password is False
     assert args.compression == "zstd"
+    assert args.max_upload_rate == 0  # no limit unless asked
+    tuned = container("DaemonSet", {"agent": {"maxUploadRate": "64Mi"}})
+    assert agent_parser().parse_args(tuned["args"]).max_upload_rate == 64 * 2**20
 
 
 def test_the_rendered_coordinator_config_is_valid() -> None:
