@@ -167,11 +167,11 @@ class Executor:
         wrote = False
 
         def mutate(status: Obj) -> Obj | None:
-            nonlocal wrote
-            if (status.get("phase") or "New") != cr.phase.value:
-                return None  # someone (an agent) moved it on: decide again from fresh state
-            wrote = True
-            return _merge(status, patch)
+            nonlocal wrote  # as of the last attempt: one that lost a race is retried on a fresh read
+            wrote = (status.get("phase") or "New") == cr.phase.value
+            # Otherwise someone (an agent, or this coordinator on a newer copy) moved it on: decide
+            # again from fresh state.
+            return _merge(status, patch) if wrote else None
 
         before = self._current()
         self._local.current = self._status.update_status(

@@ -7,12 +7,15 @@ from __future__ import annotations
 import threading
 import time
 from dataclasses import replace
+from datetime import timedelta
 from typing import Any
 
+from barge.clock import ManualClock
 from barge.control.naming import EXPOSER_BUDGET, LABEL_OWNER_UID
 from coordinator.executor import ORIGINAL_RECLAIM_ANNOTATION, Executor
 from coordinator.exposer import plan_exposure
-from coordinator.model import BindRestoredVolume, CreateExposure, DeleteExposure
+from coordinator.metrics import CoordinatorMetrics
+from coordinator.model import BindRestoredVolume, CreateExposure, DeleteExposure, Phase, SetPhase
 from tests.coordinator_world import download_cr, observed, upload_cr
 from tests.fakecluster import FakeObjects
 
@@ -226,3 +229,29 @@ def test_a_reexposure_keeps_the_clone_snapshot() -> None:
         f"delete PodDisruptionBudget {cr.name}",
         f"delete PersistentVolumeClaim {cr.name}",
     ]
+
+
+class RacedStatus:
+    """A status write computed from a stale copy (phase New), refused with a 409, and retried on a
+    fresh read that shows the phase already moved on (as a StatusWriter does)."""
+
+    def update_status(self, kind: Any, namespace: str, name: str, mutate: Any, **_: Any) -> Obj:
+        assert mutate({"phase": "New"}) is not None  # the first attempt: a 409 follows
+        fresh = {"phase": "Accepted"}
+        assert mutate(dict(fresh)) is None
+        return {"metadata": {"name": name, "resourceVersion": "3"}, "status": fresh}
+
+
+def test_a_phase_write_that_lost_its_race_counts_as_no_write() -> None:
+    """The last attempt decides: the first attempt's 'wrote' logged a transition nobody made,
+    counted it in the metrics, and (for a final phase) would let the CR go twice."""
+    metrics, unused = CoordinatorMetrics(), None
+    executor = Executor(
+        objects=FakeObjects(), status=RacedStatus(), hub=unused, recorder=unused, metrics=metrics,
+        clock=ManualClock(),
+    )  # fmt: skip
+    cr = upload_cr(phase=Phase.NEW)
+    done = executor.execute({"metadata": {"resourceVersion": "1"}}, cr, (SetPhase(Phase.ACCEPTED),))
+    assert done.requeue_after == timedelta(0)  # decide again, on the fresh copy
+    written = {"kind": cr.kind, "phase": "Accepted"}
+    assert not metrics.registry.get_sample_value("barge_coordinator_phase_transitions_total", written)
