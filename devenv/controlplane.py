@@ -20,7 +20,7 @@ from typing import Any
 import yaml
 
 from devenv.pki import ControlPlanePki, make_control_plane_pki
-from devenv.processes import ServerProcess, StartedWhileEntered, free_port, http_ok
+from devenv.processes import ServerProcess, StartedWhileEntered, free_port, http_ok, namespace_port
 from devenv.tools import tool_path
 
 SERVICE_ACCOUNT_ISSUER = "https://kubernetes.default.svc.cluster.local"
@@ -86,6 +86,9 @@ class LocalControlPlane(StartedWhileEntered[ControlPlaneEndpoints]):
         self.apiserver: ServerProcess | None = None
         self.endpoints: ControlPlaneEndpoints | None = None
 
+    def _port(self) -> int:
+        return namespace_port() if self._prefix else free_port()
+
     def start(self) -> ControlPlaneEndpoints:
         serving_ips = () if self._address == "127.0.0.1" else (self._address,)
         pki = make_control_plane_pki(self.workdir / "pki", serving_ips)
@@ -102,7 +105,7 @@ class LocalControlPlane(StartedWhileEntered[ControlPlaneEndpoints]):
         return self.endpoints
 
     def _start_etcd(self) -> str:
-        client_port, peer_port = free_port(), free_port()
+        client_port, peer_port = self._port(), self._port()
         client_url = f"http://{self._address}:{client_port}"
         peer_url = f"http://{self._address}:{peer_port}"
         self.etcd = ServerProcess(
@@ -142,7 +145,7 @@ class LocalControlPlane(StartedWhileEntered[ControlPlaneEndpoints]):
         ]
 
     def _start_apiserver(self, pki: ControlPlanePki, etcd_url: str) -> str:
-        port = free_port()
+        port = self._port()
         flags = {
             "--etcd-servers": etcd_url,
             "--bind-address": self._address,

@@ -10,12 +10,14 @@ import contextlib
 import ctypes
 import http.client
 import os
+import random
 import shutil
 import signal
 import socket
 import ssl
 import subprocess
 import tempfile
+import threading
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
@@ -40,6 +42,26 @@ def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+# Below the kernel's ephemeral ports (32768 up) and NodePorts (30000-32767), above the node's
+# well-known ones (kubelet 10250, kube-proxy 10249/10256).
+_NAMESPACE_PORTS = range(20000, 30000)
+_handed_out: set[int] = set()
+_handed_out_lock = threading.Lock()
+
+
+def namespace_port() -> int:
+    """A TCP port for a server in a network namespace of its own (the real node's). A port
+    ``free_port`` finds free here is from the ephemeral range, which the namespace's kubelet,
+    kube-proxy and containerd use for their outgoing connections: one of them held it when Velero
+    bound (``bind: address already in use``), and a check from this namespace cannot see that.
+    Below that range only the namespace's servers listen; each port is handed out once."""
+    with _handed_out_lock:
+        choices = [port for port in _NAMESPACE_PORTS if port not in _handed_out]
+        port = random.SystemRandom().choice(choices)
+        _handed_out.add(port)
+    return port
 
 
 class ServerProcess:

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from devenv.pki import make_serving_pki
-from devenv.processes import ServerProcess, TemporaryServer, free_port, http_ok
+from devenv.processes import ServerProcess, TemporaryServer, free_port, http_ok, namespace_port
 from devenv.tools import tool_path
 
 _START_TIMEOUT = 60.0
@@ -49,7 +49,8 @@ class LocalS3Server(TemporaryServer[S3Endpoint]):
         self.command_prefix = list(command_prefix)
 
     def start(self) -> S3Endpoint:
-        port, console_port = free_port(), free_port()
+        pick = namespace_port if self.command_prefix else free_port
+        port, console_port = pick(), pick()
         access_key, secret_key = "barge-test", secrets.token_hex(16)
         data = self.workdir / "data"
         data.mkdir(parents=True, exist_ok=True)

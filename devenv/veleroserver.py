@@ -41,7 +41,7 @@ from barge.kube.resources import (
 )
 from devenv.controlplane import ControlPlaneEndpoints
 from devenv.crds import SNAPSHOT_CRDS, apply_crd, install_crds
-from devenv.processes import ServerProcess, free_port, http_ok
+from devenv.processes import ServerProcess, free_port, http_ok, namespace_port
 from devenv.s3server import S3Endpoint
 from devenv.tools import tool_path
 from devenv.waiting import wait_for_deletion, wait_for_phase
@@ -261,7 +261,7 @@ class LocalVelero:
         with contextlib.suppress(FileNotFoundError):
             plugin.unlink()
         plugin.symlink_to(tool_path("velero-plugin-for-aws"))
-        self.metrics_port = free_port()
+        self.metrics_port = namespace_port() if self.command_prefix else free_port()
         argv = [
             *self.command_prefix,
             str(tool_path("velero")),

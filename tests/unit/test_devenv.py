@@ -18,7 +18,7 @@ from barge.clock import ManualClock
 from barge.errors import PermanentError, TemporaryError
 from devenv.azureserver import LocalAzureServer
 from devenv.pki import CertificateAuthority, make_control_plane_pki
-from devenv.processes import ServerProcess, free_port
+from devenv.processes import ServerProcess, free_port, namespace_port
 from devenv.realnode.image import ImageRef, oci_archive
 from devenv.realnode.namespace import HostFootprint
 from devenv.tools import ToolMissing, tool_path
@@ -101,6 +101,13 @@ def test_free_port_is_bindable() -> None:
     port = free_port()
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", port))
+
+
+def test_namespace_ports_stay_below_the_ephemeral_range_and_are_never_handed_out_twice() -> None:
+    low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    ports = [namespace_port() for _ in range(200)]
+    assert len(set(ports)) == len(ports)
+    assert all(1024 <= port < min(low, 30000) for port in ports)  # nor among NodePorts
 
 
 def test_manual_clock_only_moves_when_told() -> None:
