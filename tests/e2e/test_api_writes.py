@@ -5,7 +5,7 @@ It runs the scale benchmark (``bench.scale``) at a CI size: its own etcd + kube-
 simulated cluster, one coordinator, agents that fake the transfer. The API server's audit log
 attributes every request to an identity, so only the coordinator's own requests are counted
 (``apiserver_request_total`` has no user label: the simulator's and agents' writes would mix in).
-Issue 15's target: at most 12 writes per DataUpload.
+Issue 15's targets: at most 12 writes per DataUpload, and per-node concurrency honoured exactly.
 """
 
 from __future__ import annotations
@@ -76,3 +76,12 @@ def test_the_happy_path_costs_at_most_its_writes_per_item(
     writes, breakdown = writes_per_item(report, phase)
     print(f"{kind}: {writes:.2f} writes per item ({breakdown})")
     assert writes <= limit, f"{writes:.2f} writes per {kind}, more than {limit}: {breakdown}"
+
+
+def test_no_agent_is_given_more_than_load_concurrency(report: dict[str, Any]) -> None:
+    """The simulated agents count every assignment beyond the node's limit (loadConcurrency 1
+    here) and refuse what exceeds their own; before admissions carried their step, a DataDownload
+    Prepared between two passes was assigned anyway (3 over capacity, 2 running on a node)."""
+    assert not report["timed_out"], report["stopped_early"]
+    grpc = report["grpc"]
+    assert (grpc["over_capacity"], grpc["max_running_per_node"]) == (0, 1)
