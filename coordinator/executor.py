@@ -239,20 +239,21 @@ class Executor:
                 with self._shared_parts:
                     self._ensure_budget(manifest)
                 continue
-            cached = self._ensure(resource, manifest, pod)
+            cached = self._lookup(resource, manifest)
+            if cached is None:
+                claim = resource == PERSISTENT_VOLUME_CLAIM and pod is not None
+                body = claim_owned_by(manifest, pod) if claim and pod is not None else manifest
+                cached = self._create(resource, body)
             if resource == POD:
                 pod = cached  # the claim, created after it, is the pod's
 
-    def _ensure(
-        self, resource: Resource, manifest: Manifest, pod: Mapping[str, Any] | None
-    ) -> Mapping[str, Any]:
-        """The part as the cache shows it, or created now."""
+    def _lookup(self, resource: Resource, manifest: Manifest) -> Mapping[str, Any] | None:
+        """The part as the cache shows it (None: absent, or no cache to ask)."""
         meta = manifest["metadata"]
-        cached = self._cached(resource, meta.get("namespace"), meta["name"]) if self._cached else None
-        if cached is not None:
-            return cached
-        claim = pod is not None and resource == PERSISTENT_VOLUME_CLAIM
-        body = claim_owned_by(manifest, pod) if claim and pod is not None else manifest
+        return self._cached(resource, meta.get("namespace"), meta["name"]) if self._cached else None
+
+    def _create(self, resource: Resource, body: Manifest) -> Mapping[str, Any]:
+        """Create a part (one created meanwhile is AlreadyExists: fine), kept as our own write."""
         created = self._objects.create(resource, body, exist_ok=True)
         if self._own is not None:
             self._own.created(resource.kind, created)
@@ -260,11 +261,11 @@ class Executor:
 
     def _ensure_budget(self, manifest: Manifest) -> None:
         """Create the budget, or bring it up to date if an earlier version made it."""
-        namespace, name = manifest["metadata"]["namespace"], manifest["metadata"]["name"]
-        cached = self._cached(POD_DISRUPTION_BUDGET, namespace, name) if self._cached else None
+        cached = self._lookup(POD_DISRUPTION_BUDGET, manifest)
         if cached is None:
-            self._ensure(POD_DISRUPTION_BUDGET, manifest, None)
+            self._create(POD_DISRUPTION_BUDGET, manifest)
         elif budget_outdated(cached):
+            namespace, name = manifest["metadata"]["namespace"], manifest["metadata"]["name"]
             self._objects.patch(POD_DISRUPTION_BUDGET, namespace, name, {"spec": manifest["spec"]})
             log.info("exposer budget brought up to date", namespace=namespace)
 
