@@ -22,7 +22,7 @@ from devenv.crds import install_crds
 from devenv.localbarge import LocalBarge
 from devenv.simcluster import SimCluster
 from devenv.waiting import wait_for
-from tests.e2e.test_faults import MIB, UPLOAD_RATE, big_volume, start_upload, wait_progress
+from tests.e2e.test_faults import MIB, big_volume, fault_barge, start_upload, wait_progress
 
 pytestmark = pytest.mark.integration
 NODES = ("outage-a", "outage-b")
@@ -44,17 +44,8 @@ def outage(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OutageEnv]:
         with SimCluster(api, tmp_path_factory.mktemp("outage-sim")) as sim:
             config = "prepareTimeout: 2m\nagentGracePeriod: 30s\n"
             workdir = tmp_path_factory.mktemp("outage-barge")
-            barge = LocalBarge(
-                endpoints,
-                sim,
-                objects,
-                workdir,
-                nodes=NODES,
-                coordinators=2,
-                coordinator_config=config,
-                extra_agent_args=("--max-upload-rate", UPLOAD_RATE),  # 256 MiB: about 8 s
-            )
-            with barge:
+            # throttled agents: the 256 MiB upload takes about 8 s
+            with fault_barge(endpoints, sim, objects, workdir, nodes=NODES, config=config) as barge:
                 yield OutageEnv(plane, barge)
 
 

@@ -53,6 +53,29 @@ UPLOAD_RATE = "32Mi"
 PACK_DELAY_S = 45.0  # every pack upload waits this long: the transfer outlasts any drain here
 
 
+def fault_barge(
+    endpoints: ControlPlaneEndpoints,
+    sim: SimCluster,
+    objects: KubeObjects,
+    workdir: Path,
+    *,
+    nodes: tuple[str, ...],
+    config: str,
+) -> LocalBarge:
+    """Two coordinators and throttled agents: what every fault test here and in
+    test_apiserver_outage runs, so that the fault lands mid-upload."""
+    return LocalBarge(
+        endpoints,
+        sim,
+        objects,
+        workdir,
+        nodes=nodes,
+        coordinators=2,
+        coordinator_config=config,
+        extra_agent_args=("--max-upload-rate", UPLOAD_RATE),
+    )
+
+
 @pytest.fixture(scope="module")
 def env(
     control_plane: ControlPlaneEndpoints,
@@ -63,17 +86,7 @@ def env(
     with SimCluster(kube, tmp_path_factory.mktemp("fault-sim")) as sim:
         config = "prepareTimeout: 2m\nagentGracePeriod: 5s\ndrainGracePeriod: 0s\n"
         workdir = tmp_path_factory.mktemp("fault-barge")
-        barge = LocalBarge(
-            control_plane,
-            sim,
-            objects,
-            workdir,
-            nodes=NODES,
-            coordinators=2,
-            coordinator_config=config,
-            extra_agent_args=("--max-upload-rate", UPLOAD_RATE),
-        )
-        with barge:
+        with fault_barge(control_plane, sim, objects, workdir, nodes=NODES, config=config) as barge:
             yield barge
         assert sim.errors == []
 
