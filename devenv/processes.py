@@ -1,13 +1,12 @@
 """Supervising the local server processes: free ports, readiness waits, clean teardown.
 
-Children get ``PR_SET_PDEATHSIG`` so that a killed test run (``kill -9`` of pytest, a CI timeout)
+Children get a parent-death signal so that a killed test run (``kill -9`` of pytest, a CI timeout)
 never leaves an etcd or kube-apiserver behind holding ports and data directories.
 """
 
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import http.client
 import os
 import random
@@ -26,15 +25,17 @@ from typing import Generic, TypeVar
 from barge.errors import TemporaryError
 from devenv.waiting import wait_for
 
-_PR_SET_PDEATHSIG = 1
-
 EndpointT = TypeVar("EndpointT")
 
 
-def _die_with_parent() -> None:
-    with contextlib.suppress(OSError, AttributeError):
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+def dying_with_parent(argv: Sequence[str]) -> list[str]:
+    """``argv`` run so that the kernel kills it when its parent dies, set by util-linux's
+    ``setpriv`` in the child before it execs ``argv``. Not a ``preexec_fn``: that makes Python
+    fork (not vfork) and run Python code in the child of a process that has grpcio loaded, whose
+    fork handlers then aborted a child (SIGABRT, "epoll_wait error: Bad file descriptor").
+    Without ``setpriv`` the child runs unguarded."""
+    setpriv = shutil.which("setpriv")
+    return [setpriv, "--pdeathsig", "KILL", *argv] if setpriv else list(argv)
 
 
 def free_port() -> int:
@@ -83,13 +84,12 @@ class ServerProcess:
     def start(self) -> None:
         with self.log_path.open("ab") as log:
             self._proc = subprocess.Popen(
-                self.argv,
+                dying_with_parent(self.argv),
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 env=self._env,
                 start_new_session=True,
-                preexec_fn=_die_with_parent,  # noqa: PLW1509 - only calls prctl, which is async-signal-safe
             )
 
     @property

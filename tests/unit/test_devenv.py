@@ -6,6 +6,7 @@ import hashlib
 import io
 import json
 import ssl
+import subprocess
 import sys
 import tarfile
 import time
@@ -93,6 +94,34 @@ def test_stop_kills_a_process_that_ignores_sigterm(tmp_path: Path) -> None:
     proc.stop(grace=0.5)
     assert proc.exit_code() == -9
     assert time.monotonic() - started < 5
+
+
+def test_a_server_dies_with_the_process_that_started_it(tmp_path: Path) -> None:
+    starter = (
+        "import sys, time; from pathlib import Path; from devenv.processes import ServerProcess; "
+        "p = ServerProcess('orphan', ['sleep', '120'], Path(sys.argv[1])); p.start(); "
+        "print(p.pid, flush=True); time.sleep(120)"
+    )
+    parent = subprocess.Popen(
+        [sys.executable, "-c", starter, str(tmp_path / "log")], stdout=subprocess.PIPE, text=True
+    )
+    assert parent.stdout is not None
+    child = int(parent.stdout.readline())
+    parent.kill()
+    parent.wait()
+    deadline = time.monotonic() + 10
+    while _alive(child) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not _alive(child), "the server outlived the killed process that started it"
+
+
+def _alive(pid: int) -> bool:
+    """Running, not a zombie waiting for a reaper this container may not have."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return False
+    return state != "Z"
 
 
 def test_free_port_is_bindable() -> None:
