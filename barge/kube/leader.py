@@ -28,6 +28,8 @@ from barge.kube.resources import LEASE, KubeObjects, Obj
 
 log = logging.getLogger(__name__)
 
+_PAST_EXPIRY_S = 0.05  # an attempt made just after expiry, never just before it
+
 
 @dataclass(frozen=True)
 class _Observed:
@@ -120,8 +122,18 @@ class LeaderElector:
             if self._try_acquire_or_renew():
                 log.info("%s became leader of lease %s/%s", self.identity, self.namespace, self.name)
                 return True
-            self._stopping.wait(self._retry_s)
+            self._stopping.wait(self._until_next_attempt())
         return False
+
+    def _until_next_attempt(self) -> float:
+        """The retry period, or less when the observed Lease expires sooner: a standby that waited
+        for its next tick took a dead leader's Lease up to a retry period late, and that is time
+        with no leader at all (failover, issue 15)."""
+        seen = self._observed
+        if seen is None or seen.holder in ("", self.identity):
+            return self._retry_s
+        expires_in = seen.seen_at + seen.duration_s - self._clock.monotonic()
+        return min(self._retry_s, max(expires_in, 0.0) + _PAST_EXPIRY_S)
 
     def _lead(self) -> bool:
         self._on_started()

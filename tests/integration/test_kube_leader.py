@@ -62,16 +62,24 @@ def make_elector(
 ) -> Iterator[Callable[[str, Timeline, str], LeaderElector]]:
     started: list[LeaderElector] = []
 
-    def make(identity: str, timeline: Timeline, lease: str, **callbacks: Any) -> LeaderElector:
+    def make(
+        identity: str,
+        timeline: Timeline,
+        lease: str,
+        *,
+        timing: tuple[float, float, float] = (LEASE_S, RENEW_DEADLINE_S, RETRY_S),
+        **callbacks: Any,
+    ) -> LeaderElector:
+        lease_s, deadline_s, retry_s = timing
         elector = LeaderElector(
             clients(),
             namespace,
             lease,
             identity,
             clock=SystemClock(),
-            lease_duration_s=LEASE_S,
-            renew_deadline_s=RENEW_DEADLINE_S,
-            retry_period_s=RETRY_S,
+            lease_duration_s=lease_s,
+            renew_deadline_s=deadline_s,
+            retry_period_s=retry_s,
             on_started=timeline.callback(identity, "started"),
             on_stopped=timeline.callback(identity, "stopped"),
             on_failed=lambda err: timeline.callback(identity, f"failed: {err!r}")(),
@@ -170,6 +178,40 @@ def test_a_frozen_leader_is_replaced_and_steps_down_when_it_wakes(make_elector: 
     eventually(lambda: timeline.when("first", "stopped"), timeout=RETRY_S * 4)
     assert second.is_leader
     assert not first.is_leader
+
+
+def test_a_standby_takes_an_expired_lease_at_its_expiry_not_at_its_next_retry(make_elector: Any) -> None:
+    """Lease 4 s, retries every 2.5 s: a standby that saw the last renewal at S found the Lease
+    expired at its retry S + 5 s, a second with no leader at all."""
+    timing = (4.0, 3.0, 2.5)
+    timeline, lease = Timeline(), unique("lease")
+    first = make_elector("first", timeline, lease, timing=timing)
+    eventually(lambda: first.is_leader)
+    second = make_elector("second", timeline, lease, timing=timing)
+    seen: list[Any] = []
+    real_observe = second._observe
+
+    def observe(holder: str, spec: Any) -> None:
+        real_observe(holder, spec)
+        seen.append(second._observed)
+
+    second._observe = observe
+    time.sleep(0.5)
+    thaw = threading.Event()
+    real_attempt: Callable[[], bool] = first._attempt
+
+    def frozen() -> bool:
+        thaw.wait()
+        return real_attempt()
+
+    first._attempt = frozen
+    try:
+        taken = eventually(lambda: timeline.when("second", "started"), timeout=timing[0] + timing[2] + 3)
+    finally:
+        thaw.set()
+    last_seen = [o for o in seen if o.holder == "first"][-1]  # the frozen leader's last renewal
+    assert last_seen.seen_at + timing[0] <= taken < last_seen.seen_at + timing[0] + 0.5
+    eventually(lambda: timeline.when("first", "stopped"), timeout=timing[2] * 4)
 
 
 def broken_attempt() -> bool:
