@@ -131,7 +131,7 @@ class Controller:
         self._resync_s = resync_s
         self._sweeper = sweeper
         self._vitals = vitals or Vitals(clock)  # each loop beats here; /healthz reads it
-        self._queue: WorkQueue[ItemKey] = WorkQueue(clock)
+        self._queue: WorkQueue[ItemKey] = WorkQueue(clock, on_wait=metrics.queue_wait.observe)
         self._stopping = threading.Event()
         self._threads: list[threading.Thread] = []
         self._failures: Counter[ItemKey] = Counter()

@@ -25,6 +25,7 @@ CrSource = Callable[[], Iterable[Mapping[str, Any]]]
 
 _DURATION_BUCKETS = (5, 15, 30, 60, 120, 300, 600, 1800, 3600, 7200, 14400, 43200, 86400)
 _FAST_BUCKETS = (0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
+_WAIT_BUCKETS = (0.001, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 
 
 class CoordinatorMetrics:
@@ -45,6 +46,13 @@ class CoordinatorMetrics:
             "barge_coordinator_queue_depth",
             "Non-final items waiting, by what they wait for",
             ["reason"],
+            registry=r,
+        )
+        self.queue_wait = Histogram(
+            "barge_coordinator_queue_wait_seconds",
+            "Time an item waited in the work queue for a reconcile worker (its step's share spent "
+            "in Barge before any API call)",
+            buckets=_WAIT_BUCKETS,
             registry=r,
         )
         self.transitions = Counter(

@@ -2,6 +2,8 @@
 
 A key is never processed by two workers at once; a key added while it is being processed is
 processed again afterwards (so no change is lost); a delayed add keeps the earliest due time.
+How long each key waited ready for a worker is reported (``on_wait``), as client-go's
+``workqueue_queue_duration_seconds``: the coordinator's own share of a step's latency.
 """
 
 from __future__ import annotations
@@ -9,7 +11,7 @@ from __future__ import annotations
 import heapq
 import threading
 from collections import deque
-from collections.abc import Hashable
+from collections.abc import Callable, Hashable
 from typing import Generic, TypeVar
 
 from barge.clock import Clock
@@ -18,8 +20,11 @@ K = TypeVar("K", bound=Hashable)
 
 
 class WorkQueue(Generic[K]):
-    def __init__(self, clock: Clock) -> None:
+    def __init__(self, clock: Clock, on_wait: Callable[[float], None] = lambda seconds: None) -> None:
+        """``on_wait(seconds)`` runs for each key handed to a worker, with the time it waited ready."""
         self._clock = clock
+        self._on_wait = on_wait
+        self._ready_since: dict[K, float] = {}
         self._cond = threading.Condition()
         self._ready: deque[K] = deque()
         self._queued: set[K] = set()
@@ -59,6 +64,7 @@ class WorkQueue(Generic[K]):
                     key = self._ready.popleft()
                     self._queued.discard(key)
                     self._processing.add(key)
+                    self._on_wait(self._clock.monotonic() - self._ready_since.pop(key))
                     return key
                 remaining = deadline - self._clock.monotonic()
                 if remaining <= 0:
@@ -80,6 +86,8 @@ class WorkQueue(Generic[K]):
         """Forget the keys waiting now (not those being processed, nor delayed ones)."""
         with self._cond:
             self._queued.difference_update(self._ready)
+            for key in self._ready:
+                del self._ready_since[key]
             self._ready.clear()
 
     def close(self) -> None:
@@ -91,11 +99,14 @@ class WorkQueue(Generic[K]):
         with self._cond:
             return len(self._ready) + len(self._delayed)
 
-    def _add_locked(self, key: K, urgent: bool = False) -> None:
+    def _add_locked(self, key: K, urgent: bool = False, since: float | None = None) -> None:
+        """``since``: when the key became ready (a delayed key: when it fell due, not when a
+        worker's ``get`` noticed)."""
         if key in self._processing:
             self._dirty.add(key)
         elif key not in self._queued:
             self._queued.add(key)
+            self._ready_since[key] = self._clock.monotonic() if since is None else since
             if urgent:
                 self._ready.appendleft(key)
             else:
@@ -108,4 +119,4 @@ class WorkQueue(Generic[K]):
             due, _, key = heapq.heappop(self._delayed)
             if self._due.get(key) == due:
                 del self._due[key]
-                self._add_locked(key)
+                self._add_locked(key, since=due)

@@ -71,3 +71,36 @@ def test_an_urgent_key_goes_before_those_waiting() -> None:
     queue.add("now", urgent=True)
     queue.add("b", urgent=True)  # already waiting: keeps its place
     assert [queue.get(0.1) for _ in range(3)] == ["now", "a", "b"]
+
+
+def test_each_key_handed_out_reports_how_long_it_waited_ready() -> None:
+    clock, waits = ManualClock(), []
+    queue: WorkQueue[str] = WorkQueue(clock, on_wait=waits.append)
+    queue.add("a")
+    clock.advance(2)
+    queue.add("a")  # already waiting: it still waits since the first add
+    queue.add("b")
+    queue.add_after("later", 5)
+    clock.advance(1)
+    assert [queue.get(0), queue.get(0)] == ["a", "b"]
+    assert waits == [3, 1]
+    queue.add("a")  # added while processing: waits from when it is ready again
+    clock.advance(4)
+    queue.done("a")
+    clock.advance(0.5)
+    assert queue.get(0) == "a"
+    clock.advance(10)
+    assert queue.get(0) == "later"
+    assert waits == [3, 1, 0.5, 10.5]  # "later" fell due at 7 s, and waits from then
+
+
+def test_a_cleared_key_queued_again_waits_from_its_new_add() -> None:
+    clock, waits = ManualClock(), []
+    queue: WorkQueue[str] = WorkQueue(clock, on_wait=waits.append)
+    queue.add("a")
+    clock.advance(5)
+    queue.clear()
+    queue.add("a")
+    clock.advance(1)
+    assert queue.get(0) == "a"
+    assert waits == [1]
