@@ -40,6 +40,7 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.request
 from collections import Counter
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -128,6 +129,11 @@ BACKUP_SHARES = (
 )
 TERMINAL = ("Completed", "Failed", "Canceled")
 CREATE_THREADS = 8
+# The coordinator's own share of each step: waiting for a worker, then the reconcile itself.
+COORDINATOR_HISTOGRAMS = (
+    "barge_coordinator_queue_wait_seconds",
+    "barge_coordinator_reconcile_duration_seconds",
+)
 
 
 def log(message: str) -> None:
@@ -249,12 +255,26 @@ def wait_file(process: ServerProcess, path: Path, timeout: float) -> None:
 
 
 class ProcessMeter:
-    """CPU seconds and peak RSS of named processes from /proc, remembering the last values read."""
+    """CPU seconds and peak RSS of named processes from /proc, remembering the last values read;
+    and the coordinators' own latency histograms from their /metrics."""
 
     def __init__(self) -> None:
         self.pids: dict[str, int] = {}
         self.last: dict[str, tuple[float, float]] = {}
+        self.metrics_ports: dict[str, int] = {}
         self._ticks = os.sysconf("SC_CLK_TCK")
+
+    def histograms(self) -> dict[str, dict[str, st.Buckets]]:
+        """coordinator -> histogram -> buckets; a coordinator that does not answer is left out."""
+        scraped = {}
+        for name, port in self.metrics_ports.items():
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as answer:
+                    text = answer.read().decode()
+            except OSError:
+                continue
+            scraped[name] = {h: st.histogram_buckets(text, h) for h in COORDINATOR_HISTOGRAMS}
+        return scraped
 
     def add(self, name: str, pid: int) -> None:
         self.pids[name] = pid
@@ -449,16 +469,27 @@ class Phase:
     machine_after: tuple[float, float] = (0.0, 0.0)
     load_before: str = ""  # /proc/loadavg
     load_after: str = ""
+    histograms_before: dict[str, dict[str, st.Buckets]] = field(default_factory=dict)
+    histograms_after: dict[str, dict[str, st.Buckets]] = field(default_factory=dict)
 
     def start(self, meter: ProcessMeter) -> None:
         self.cpu_before, self.machine_before = meter.read(), meter.machine()
+        self.histograms_before = meter.histograms()
         self.load_before = _loadavg()
         self.burst_start = time.time()
 
     def finish(self, meter: ProcessMeter) -> None:
         self.end = time.time()
         self.cpu_after, self.machine_after = meter.read(), meter.machine()
+        self.histograms_after = meter.histograms()
         self.load_after = _loadavg()
+
+    def coordinator_histogram(self, name: str) -> st.Buckets:
+        """What the coordinators observed in this phase (a leader killed during it: not counted)."""
+        return st.bucket_sum(
+            st.bucket_delta(after[name], self.histograms_before.get(coordinator, {}).get(name, {}))
+            for coordinator, after in self.histograms_after.items()
+        )
 
 
 def _loadavg() -> str:
@@ -532,6 +563,7 @@ class Run:
             barge.start_coordinators()
             for name, process in barge.processes.coordinators.items():
                 self.meter.add(name, process.pid)
+            self.meter.metrics_ports = dict(barge.processes.coordinator_metrics)
             fleet = self._start_fleet(barge, tokens, agents_kubeconfig, sim_root, workdir)
             stack.callback(fleet.stop, 30)
             self.children = {"simulator": sim, "agent fleet": fleet, **barge.processes.coordinators}
@@ -911,7 +943,16 @@ class Run:
             "stopped_early": self.stopped_early,
             "interrupted": self.interrupted,
             "phases": {
-                k: asdict(v) | {"cpu_before": None, "cpu_after": None} for k, v in self.phases.items()
+                k: asdict(v)
+                | {"cpu_before": None, "cpu_after": None, "histograms_before": None, "histograms_after": None}
+                for k, v in self.phases.items()
+            },
+            "coordinator_own": {
+                k: {
+                    name: st.histogram_summary(v.coordinator_histogram(name))
+                    for name in COORDINATOR_HISTOGRAMS
+                }
+                for k, v in self.phases.items()
             },
             "outcomes": {k: dict(observer.phases(v.kind)) for k, v in self.phases.items()},
             "steps": [

@@ -209,6 +209,7 @@ def _steps(report: Obj) -> list[str]:
                 f"| {row['step']} | {row['kind']} | {row['owner']} | {s['count']} | {s['p50']:.3f} | "
                 f"{s['p99']:.3f} | {s['max']:.3f} |"
             )
+    lines.extend(_coordinator_own(report))
     limit = report["options"]["load_concurrency"]
     for key, split in report["queue"].items():
         queue = split.get("prepare_queue_limit")
@@ -223,6 +224,29 @@ def _steps(report: Obj) -> list[str]:
             )
         )
     return lines
+
+
+def _coordinator_own(report: Obj) -> list[str]:
+    """The share of every coordinator step spent inside the coordinator, from its own histograms:
+    the wait for a reconcile worker, then the reconcile (bucket bounds, so each is "at most")."""
+    own = report.get("coordinator_own") or {}
+    rows = []
+    for key, histograms in own.items():
+        for name, label in (
+            ("barge_coordinator_queue_wait_seconds", "waiting for a worker"),
+            ("barge_coordinator_reconcile_duration_seconds", "reconcile"),
+        ):
+            h = histograms.get(name) or {}
+            if h.get("count"):
+                rows.append(f"| {key} | {label} | {h['count']:.0f} | <= {h['p50_le']} | <= {h['p99_le']} |")
+    if not rows:
+        return []
+    header = [
+        "",
+        "Inside the coordinator (its own histograms; a leader killed mid-phase is not counted):",
+        "",
+    ]
+    return [*header, "| phase | time (s) | n | p50 | p99 |", "|---|---|---:|---:|---:|", *rows]
 
 
 def _requests(report: Obj) -> list[str]:

@@ -31,6 +31,8 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from typing import Any
 
+from prometheus_client.parser import text_string_to_metric_families
+
 UPLOAD, DOWNLOAD = "DataUpload", "DataDownload"
 WRITE_VERBS = ("create", "update", "patch", "delete", "deletecollection")
 VERB_ORDER = ("get", "list", "watch", "create", "update", "patch", "delete", "deletecollection")
@@ -67,6 +69,57 @@ def summarize(values: Iterable[float]) -> Summary | None:
     if not data:
         return None
     return Summary(len(data), percentile(data, 50), percentile(data, 99), max(data), sum(data) / len(data))
+
+
+# -- the coordinator's own histograms (scraped from /metrics) -----------------------------------
+
+Buckets = dict[float, float]  # a histogram's upper bounds (le) -> cumulative counts
+
+
+def histogram_buckets(exposition: str, name: str) -> Buckets:
+    """The cumulative buckets of histogram ``name`` in Prometheus text, summed over label sets."""
+    buckets: Buckets = {}
+    for family in text_string_to_metric_families(exposition):
+        if family.name != name:
+            continue
+        for sample in family.samples:
+            if sample.name == f"{name}_bucket":
+                bound = float(sample.labels["le"])
+                buckets[bound] = buckets.get(bound, 0.0) + sample.value
+    return buckets
+
+
+def bucket_delta(after: Mapping[float, float], before: Mapping[float, float]) -> Buckets:
+    """What was observed between two scrapes of one process (a bound missing before counts 0)."""
+    return {bound: count - before.get(bound, 0.0) for bound, count in after.items()}
+
+
+def bucket_sum(histograms: Iterable[Mapping[float, float]]) -> Buckets:
+    total: Buckets = {}
+    for buckets in histograms:
+        for bound, count in buckets.items():
+            total[bound] = total.get(bound, 0.0) + count
+    return total
+
+
+def bucket_quantile(buckets: Mapping[float, float], q: float) -> float | None:
+    """The upper bound of the bucket that holds the q-th quantile (0..1): an upper bound on the
+    true value, as exact as the buckets are. None when nothing was observed; ``inf`` past the last."""
+    ordered = sorted(buckets.items())
+    if not ordered or ordered[-1][1] <= 0:
+        return None
+    rank = q * ordered[-1][1]
+    return next(bound for bound, count in ordered if count >= rank)
+
+
+def histogram_summary(buckets: Mapping[float, float]) -> dict[str, float | str | None]:
+    """Count, and the bucket bounds that hold the median and the p99 (JSON-safe: "+Inf")."""
+
+    def bound(q: float) -> float | str | None:
+        found = bucket_quantile(buckets, q)
+        return "+Inf" if found is not None and math.isinf(found) else found
+
+    return {"count": max(buckets.values(), default=0.0), "p50_le": bound(0.5), "p99_le": bound(0.99)}
 
 
 # -- one item's timeline -------------------------------------------------------------------------

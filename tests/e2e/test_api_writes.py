@@ -85,3 +85,15 @@ def test_no_agent_is_given_more_than_load_concurrency(report: dict[str, Any]) ->
     assert not report["timed_out"], report["stopped_early"]
     grpc = report["grpc"]
     assert (grpc["over_capacity"], grpc["max_running_per_node"]) == (0, 1)
+
+
+@pytest.mark.parametrize("phase", ["uploads", "downloads"])
+def test_the_report_holds_the_coordinators_own_share_of_each_step(report: dict[str, Any], phase: str) -> None:
+    """Scraped from the coordinator's /metrics at the phase's start and end: every item waited for
+    a worker and was reconciled several times (accept, expose, Prepared, result, cleanup)."""
+    own = report["coordinator_own"][phase]
+    waits = own["barge_coordinator_queue_wait_seconds"]
+    reconciles = own["barge_coordinator_reconcile_duration_seconds"]
+    assert waits["count"] >= 3 * UPLOADS, own
+    assert reconciles["count"] >= waits["count"] - 16, own  # all but those still in a worker's hands
+    assert reconciles["p99_le"] not in (None, "+Inf"), own

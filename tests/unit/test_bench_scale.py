@@ -30,6 +30,27 @@ def test_percentile_interpolates_between_closest_ranks() -> None:
         st.percentile([1.0], 101)
 
 
+def test_histogram_quantiles_come_from_the_difference_of_two_scrapes() -> None:
+    from prometheus_client import CollectorRegistry, Histogram, generate_latest
+
+    registry = CollectorRegistry()
+    waits = Histogram("barge_coordinator_queue_wait_seconds", "", buckets=(0.1, 1, 10), registry=registry)
+    for seconds in (0.05, 0.05, 20):  # before the phase
+        waits.observe(seconds)
+    before = st.histogram_buckets(generate_latest(registry).decode(), "barge_coordinator_queue_wait_seconds")
+    for seconds in [0.05] * 98 + [0.5, 5]:
+        waits.observe(seconds)
+    after = st.histogram_buckets(generate_latest(registry).decode(), "barge_coordinator_queue_wait_seconds")
+    phase = st.bucket_delta(after, before)
+    assert phase == {0.1: 98, 1: 99, 10: 100, math.inf: 100}
+    assert st.bucket_quantile(phase, 0.5) == 0.1
+    assert st.bucket_quantile(phase, 0.99) == 1
+    assert st.bucket_quantile(phase, 1.0) == 10
+    assert st.bucket_quantile(st.bucket_sum([phase, {math.inf: 100}]), 0.99) == math.inf
+    assert st.bucket_quantile({}, 0.99) is None
+    assert st.histogram_buckets("", "barge_coordinator_queue_wait_seconds") == {}
+
+
 def test_summarize() -> None:
     assert st.summarize([]) is None
     summary = st.summarize([1.0, 2.0, 3.0])
@@ -410,6 +431,12 @@ def _report(uploads: int, writes: int, p99: float) -> dict[str, object]:
             }
         ],
         "queue": {"uploads": {"violations": 0, "max_per_node": 1}},
+        "coordinator_own": {
+            "uploads": {
+                "barge_coordinator_queue_wait_seconds": st.histogram_summary({0.1: 90, 1: 99, math.inf: 100}),
+                "barge_coordinator_reconcile_duration_seconds": st.histogram_summary({}),
+            }
+        },
         "requests": {"uploads/barge-coordinator": counts},
         "processes": {"coordinator-0": {"cpu_uploads_s": 1.0 * uploads, "peak_rss_mib": 100.0}},
         "machine": {
@@ -447,6 +474,7 @@ def test_render_and_sweep_print_every_section() -> None:
         "coordinator-0",
         "gRPC messages per assignment",
         "| t | 1 | met |",
+        "| uploads | waiting for a worker | 100 | <= 0.1 | <= 1 |",
     ):
         assert expected in text
     sweep = render_sweep([small, big])

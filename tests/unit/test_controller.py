@@ -271,7 +271,6 @@ def test_a_cr_event_queues_the_cr_once_however_often_it_comes(event: str) -> Non
     assert reconciled(loop) == ["backup-0"]
 
 
-
 def stops(session: RecordingSession) -> list[tuple[str, int, str]]:
     return [(c.assignment_id, c.epoch, c.reason) for c in session.sent if isinstance(c, CancelAssignment)]
 
