@@ -374,6 +374,8 @@ class Controller:
             return None
         cr_obj = {**cr_obj, "kind": key.kind}
         cr = self._views.view(key.kind, cr_obj)
+        if self._hub.released(cr.uid):
+            return None  # let go by this coordinator; the cache has not shown that write yet
         with structlog.contextvars.bound_contextvars(namespace=key.namespace, name=key.name, kind=key.kind):
             admitted = self._admitted(key, cr)
             observed = observe(cr_obj, self.caches, self._hub, self._context(), admitted, cr=cr)

@@ -42,6 +42,12 @@ log = structlog.get_logger("barge.coordinator")
 Request = Sweep | Maintain
 Answer = SweepResult | MaintenanceResult
 
+# How long a CR this coordinator let go is remembered as done. An informer cache that has not yet
+# delivered the let-go write still shows the CR Prepared or running; ``coordinator.ownwrites`` hides
+# that for 30 s, and a watch lagging longer under load (2,000 items, failover) had the hub, which
+# had forgotten the CR, send its Assignment again 12 minutes after the failover (issue 15).
+RELEASED_MEMORY_S = 3600.0
+
 
 class NoAnswer(TemporaryError):
     """An agent asked to sweep or maintain did not answer; the next round asks again."""
@@ -83,6 +89,7 @@ class Hub:
         self._disconnected_since: dict[str, datetime] = {}
         self._connected_since: dict[str, datetime] = {}
         self._records: dict[str, _Record] = {}
+        self._released: dict[str, float] = {}  # assignment id -> when let go (monotonic), oldest first
         # Sweeps and maintenance runs asked of agents: request id -> (node, answer).
         self._asked: dict[str, tuple[str, Future[Answer]]] = {}
 
@@ -213,6 +220,9 @@ class Hub:
             current = self._records.get(assignment.assignment_id)
             if current and current.view.epoch == assignment.epoch and current.view.node == node:
                 return True  # already sent: replays are for agents, not for the coordinator
+            if assignment.assignment_id in self._released:
+                log.warning("not assigning work already let go", assignment=assignment.assignment_id)
+                return True  # decided on a cache copy older than the let-go write: nothing to do
             view = AssignmentView(
                 epoch=assignment.epoch, node=node, state=HubState.SENT, progressed_at=self._clock.now()
             )
@@ -246,9 +256,23 @@ class Hub:
             self._fail_asked(None)
 
     def forget(self, assignment_id: str) -> None:
-        """The CR is final and cleaned up: nothing more to remember."""
+        """The CR is final and cleaned up: its record goes, and for ``RELEASED_MEMORY_S`` the hub
+        remembers that it is done (``released``)."""
+        now = self._clock.monotonic()
         with self._lock:
             self._records.pop(assignment_id, None)
+            self._released.pop(assignment_id, None)
+            self._released[assignment_id] = now
+            for oldest, at in list(self._released.items()):
+                if now - at < RELEASED_MEMORY_S:
+                    break
+                del self._released[oldest]
+
+    def released(self, assignment_id: str) -> bool:
+        """This coordinator let the CR go (final, cleaned up, finalizer removed) within the last
+        ``RELEASED_MEMORY_S``: a cache copy that still shows it live is older than that write."""
+        with self._lock:
+            return assignment_id in self._released
 
     # -- internals (called with the lock held) ----------------------------------------------------
 

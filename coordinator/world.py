@@ -48,6 +48,8 @@ class Caches(Protocol):
 class HubView(Protocol):
     def assignment(self, assignment_id: str) -> AssignmentView | None: ...
 
+    def released(self, assignment_id: str) -> bool: ...
+
     def connected(self, node: str) -> bool: ...
 
     def disconnected_since(self, node: str) -> datetime | None: ...
@@ -237,11 +239,12 @@ def work_items(
     """The scheduler's view of every live CR Barge serves (``crs``: (kind, object) pairs).
 
     Final or deleted CRs hold nothing and wait for nothing, so they are left out before any
-    parsing: after a burst they are most of the cache."""
+    parsing: after a burst they are most of the cache. So are CRs the hub let go, whatever an
+    older cache copy still shows."""
     items = []
     live: set[ItemKey] = set()
     for kind, obj in crs:
-        if not is_ours(obj) or _finished(obj):
+        if not is_ours(obj) or _finished(obj) or hub.released(str(obj["metadata"].get("uid") or "")):
             continue
         cr = views.view(kind, obj)
         live.add(ItemKey(kind, cr.namespace, cr.name))

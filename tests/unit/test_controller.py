@@ -376,3 +376,36 @@ def test_an_admission_to_accept_is_no_admission_to_assign() -> None:
     assert reconciled(loop) == ["backup-0"]
     assert hub.assignment("uid-0") is not None
     assert hub.assignment("uid-1") is None
+
+
+def test_a_cr_let_go_is_not_assigned_again_from_a_cache_copy_older_than_the_let_go() -> None:
+    """bench-scale at 2,000 with a failover: a DataDownload got its Assignment a second time 12
+    minutes later. Once the let-go write's 30 s in coordinator.ownwrites were over, a cache copy
+    still showing it Prepared was reconciled, and the hub, which had forgotten it, sent it again."""
+    objects = world(1)
+    objects.announce("ADDED", objects.store[("Node", None, "node-a")])
+    loop = controller(objects, CoordinatorConfig())
+    hub = loop._hub
+    session = RecordingSession("node-a", Hello("node-a", "1", 1, ()))
+    hub.agent_connected(session)
+    pod = {**exposer_pod("backup-0", "node-a"), "status": {"phase": "Running"}}
+    pod["metadata"]["name"] = "backup-0"
+    pod["metadata"]["labels"][LABEL_OWNER_UID] = "uid-0"
+    objects.announce("ADDED", pod)
+    upload = objects.store[("DataUpload", "velero", "backup-0")]
+    upload["metadata"]["resourceVersion"] = "2"
+    upload["metadata"]["finalizers"] = [FINALIZER]
+    upload["status"] = {"phase": "Prepared", "node": "node-a"}
+    objects.announce("MODIFIED", upload)
+    loop.recompute_admissions()
+    reconciled(loop)
+    assert len(session.sent) == 1  # assigned
+    stale = {**upload, "metadata": {**upload["metadata"]}}
+
+    hub.forget("uid-0")  # what the executor's let-go does once the CR is final and cleaned up
+    objects.writes.clear()
+    objects.announce("MODIFIED", stale)  # the cache, behind, still shows it Prepared
+    loop.recompute_admissions()
+    reconciled(loop)
+    assert len(session.sent) == 1
+    assert objects.writes == []

@@ -49,8 +49,14 @@ class Caches:
 
 
 class Hub:
+    def __init__(self, released: frozenset[str] = frozenset()) -> None:
+        self._released = released
+
     def assignment(self, assignment_id: str) -> AssignmentView | None:
         return None
+
+    def released(self, assignment_id: str) -> bool:
+        return assignment_id in self._released
 
     def connected(self, node: str) -> bool:
         return False
@@ -150,9 +156,10 @@ def exposer_pod(name: str, node: str) -> Obj:
     }
 
 
-def test_work_items_leave_out_final_and_deleted_crs_and_see_where_exposer_pods_run() -> None:
+def test_work_items_leave_out_final_deleted_and_let_go_crs_and_see_where_exposer_pods_run() -> None:
     crs = [
         upload("new", None),
+        upload("let-go", "Prepared"),  # an older cache copy of a CR the hub let go
         upload("accepted", "Accepted"),
         upload("done", "Completed"),
         upload("failed", "Failed"),
@@ -162,7 +169,8 @@ def test_work_items_leave_out_final_and_deleted_crs_and_see_where_exposer_pods_r
         exposer_pod("accepted", "node-a"),
         {**exposer_pod("new", "node-b"), "metadata": {"namespace": "velero", "name": "new"}},
     )
-    items = work_items([("DataUpload", cr) for cr in crs], caches, Hub(), T0, CrViews())
+    hub = Hub(released=frozenset({"uid-let-go"}))
+    items = work_items([("DataUpload", cr) for cr in crs], caches, hub, T0, CrViews())
     assert {(i.key.name, i.stage, i.node) for i in items} == {
         ("new", Stage.WAITING, ""),  # a pod of that name not labelled as its own is not its pod
         ("accepted", Stage.PREPARING, "node-a"),

@@ -273,3 +273,21 @@ def test_a_maintenance_run_is_answered_by_its_id_and_request_gives_up_on_disconn
     h.agent_disconnected(a)
     with pytest.raises(NoAnswer, match="not connected"):
         h.request("node-a", task, timeout_s=1)
+
+
+def test_work_let_go_is_never_assigned_again_and_is_remembered_for_an_hour() -> None:
+    h, _, clock = hub()
+    session = Session("node-a", Hello("node-a", "1", 2))
+    h.agent_connected(session)
+    h.assign("node-a", assignment())
+    h.forget("uid-1")
+    assert h.released("uid-1")
+    assert h.assign("node-a", assignment()) is True  # nothing to retry: the work is done
+    assert session.sent == [assignment()]
+    clock.advance(3599)
+    h.forget("uid-2")
+    assert h.released("uid-1")
+    clock.advance(2)
+    h.forget("uid-3")  # each let-go drops what is older than the memory: bounded by the rate
+    assert not h.released("uid-1")
+    assert h.released("uid-2")
