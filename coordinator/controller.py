@@ -247,12 +247,14 @@ class Controller:
             if self._stopping.is_set():
                 return
             meta = obj.get("metadata") or {}
+            # An informer's periodic re-delivery (SYNC) is a safety net like the resync: background.
+            add = self._queue.add_background if event_type == "SYNC" else self._queue.add
             if kind in _CR_KINDS:
                 key = ItemKey(kind, meta.get("namespace", ""), meta.get("name", ""))
                 self._references.update(key, None if event_type == "DELETED" else obj)
                 if event_type != "SYNC":
                     self._admission_dirty.set()  # a phase may have changed: capacity may have moved
-                self._queue.add(key)
+                add(key)
                 return
             if kind in ("Node", "BackupStorageLocation"):
                 if event_type == "SYNC" or not self._changes.changed(kind, event_type, obj):
@@ -261,7 +263,7 @@ class Controller:
                 if kind == "Node":
                     self._enqueue_on_node(str(meta.get("name", "")))
             for key in keys_for_event(kind, obj, self._references, self.namespace):
-                self._queue.add(key)
+                add(key)
 
         return on_event
 
@@ -291,27 +293,28 @@ class Controller:
             return f"{key.kind} {key.namespace}/{key.name} cannot be read: {err}"
         return claim_problem(cr, node, claim)
 
-    def _enqueue_all(self, active_only: bool = False) -> None:
+    def _enqueue_all(self, resync: bool = False) -> None:
         """Queue every CR of ours, those closest to moving data first: when a new leader starts with
-        thousands of CRs, its first pass reaches the exposures that are ready before the new ones."""
+        thousands of CRs, its first pass reaches the exposures that are ready before the new ones.
+        A ``resync`` (the safety net for a missed event) queues only CRs not yet let go, and in the
+        queue's background: at 2,000 live items each pass queued 2,000 keys ahead of real events."""
         keyed: list[tuple[int, ItemKey]] = []
         for kind in _CR_KINDS:
             for obj in self.caches.items(kind):
                 if not is_ours(obj):
                     continue
                 phase = (obj.get("status") or {}).get("phase") or "New"
-                if (
-                    active_only
-                    and phase in TERMINAL_PHASES
-                    and not (obj.get("metadata") or {}).get("finalizers")
-                ):
+                if resync and phase in TERMINAL_PHASES and not (obj.get("metadata") or {}).get("finalizers"):
                     continue
                 meta = obj.get("metadata") or {}
                 key = ItemKey(kind, meta.get("namespace", ""), meta.get("name", ""))
                 keyed.append((_FIRST_PASS_ORDER.get(phase, len(_FIRST_PASS_ORDER)), key))
         keyed.sort(key=lambda entry: entry[0])
         for _, key in keyed:
-            self._queue.add(key)
+            if resync:
+                self._queue.add_background(key)
+            else:
+                self._queue.add(key)
 
     # -- the loops --------------------------------------------------------------------------------
 
@@ -340,7 +343,7 @@ class Controller:
             self._update_gauges()
             if self._clock.monotonic() - last_resync >= self._resync_s:
                 last_resync = self._clock.monotonic()
-                self._enqueue_all(active_only=True)
+                self._enqueue_all(resync=True)
             beat()
 
     def _reconcile_safely(self, key: ItemKey) -> None:

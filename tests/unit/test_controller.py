@@ -409,3 +409,18 @@ def test_a_cr_let_go_is_not_assigned_again_from_a_cache_copy_older_than_the_let_
     reconciled(loop)
     assert len(session.sent) == 1
     assert objects.writes == []
+
+
+@pytest.mark.parametrize("safety_net", ["resync pass", "informer re-delivery"])
+def test_a_resync_queues_behind_the_events_that_come_during_it(safety_net: str) -> None:
+    objects = world(3)
+    loop = controller(objects, CoordinatorConfig())
+    if safety_net == "resync pass":
+        loop._enqueue_all(resync=True)
+    else:
+        for n in range(3):
+            objects.announce("SYNC", objects.store[("DataUpload", "velero", f"backup-{n}")])
+    upload = objects.store[("DataUpload", "velero", "backup-2")]
+    upload["metadata"]["resourceVersion"] = "2"
+    objects.announce("MODIFIED", upload)
+    assert reconciled(loop) == ["backup-2", "backup-0", "backup-1"]

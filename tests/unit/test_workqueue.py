@@ -104,3 +104,45 @@ def test_a_cleared_key_queued_again_waits_from_its_new_add() -> None:
     clock.advance(1)
     assert queue.get(0) == "a"
     assert waits == [1]
+
+
+def test_background_keys_wait_behind_events_and_take_one_turn_in_eight() -> None:
+    queue: WorkQueue[str] = WorkQueue(SystemClock())
+    for n in range(3):
+        queue.add_background(f"resync-{n}")
+    for n in range(10):
+        queue.add(f"event-{n}")
+    order = [queue.get(0) for _ in range(13)]
+    assert order[:7] == [f"event-{n}" for n in range(7)]
+    assert order[7] == "resync-0"  # one turn in BACKGROUND_SHARE while events wait
+    assert order[8:11] == ["event-7", "event-8", "event-9"]
+    assert order[11:] == ["resync-1", "resync-2"]  # nothing else waits
+    assert queue.get(0) is None
+
+
+def test_an_event_for_a_key_in_the_background_moves_it_forward_and_it_comes_once() -> None:
+    queue: WorkQueue[str] = WorkQueue(SystemClock())
+    queue.add_background("a")
+    queue.add_background("b")
+    queue.add("b")
+    queue.add_background("b")  # queued in front already: stays there
+    assert queue.get(0) == "b"
+    assert queue.get(0) == "a"
+    assert queue.get(0) is None
+    queue.add_background("a")  # in a worker's hands: it is being looked at now
+    queue.done("a")
+    queue.done("b")
+    assert queue.get(0) is None
+    assert len(queue) == 0
+
+
+def test_background_waits_are_not_reported_as_anyone_s_latency() -> None:
+    clock, waits = ManualClock(), []
+    queue: WorkQueue[str] = WorkQueue(clock, on_wait=waits.append)
+    queue.add_background("resync")
+    clock.advance(30)
+    assert queue.get(0) == "resync"
+    assert waits == []
+    queue.add_background("x")
+    queue.clear()
+    assert queue.get(0) is None
