@@ -182,11 +182,30 @@ def test_a_frozen_leader_is_replaced_and_steps_down_when_it_wakes(make_elector: 
 
 def test_a_standby_takes_an_expired_lease_at_its_expiry_not_at_its_next_retry(make_elector: Any) -> None:
     """Lease 4 s, retries every 2.5 s: a standby that saw the last renewal at S found the Lease
-    expired at its retry S + 5 s, a second with no leader at all."""
+    expired at its retry S + 5 s, a second with no leader at all. And S itself was up to a retry
+    period after the renewal: the standby looks four times per period now."""
     timing = (4.0, 3.0, 2.5)
     timeline, lease = Timeline(), unique("lease")
     first = make_elector("first", timeline, lease, timing=timing)
     eventually(lambda: first.is_leader)
+    thaw = threading.Event()
+    real_attempt: Callable[[], bool] = first._attempt
+    renewed: list[float] = []
+
+    def renewing() -> bool:
+        result = real_attempt()
+        renewed.append(time.monotonic())
+        return result
+
+    def frozen() -> bool:
+        thaw.wait()
+        return real_attempt()
+
+    first._attempt = renewing
+    eventually(lambda: renewed)
+    # The standby starts just before the leader's next renewal: looking once per period, it would
+    # see every renewal about 2.2 s after it was made.
+    time.sleep(max(0.0, renewed[-1] + 2.2 - time.monotonic()))
     second = make_elector("second", timeline, lease, timing=timing)
     seen: list[Any] = []
     real_observe = second._observe
@@ -196,14 +215,7 @@ def test_a_standby_takes_an_expired_lease_at_its_expiry_not_at_its_next_retry(ma
         seen.append(second._observed)
 
     second._observe = observe
-    time.sleep(0.5)
-    thaw = threading.Event()
-    real_attempt: Callable[[], bool] = first._attempt
-
-    def frozen() -> bool:
-        thaw.wait()
-        return real_attempt()
-
+    time.sleep(timing[2] * 2)
     first._attempt = frozen
     try:
         taken = eventually(lambda: timeline.when("second", "started"), timeout=timing[0] + timing[2] + 3)
@@ -211,6 +223,7 @@ def test_a_standby_takes_an_expired_lease_at_its_expiry_not_at_its_next_retry(ma
         thaw.set()
     last_seen = [o for o in seen if o.holder == "first"][-1]  # the frozen leader's last renewal
     assert last_seen.seen_at + timing[0] <= taken < last_seen.seen_at + timing[0] + 0.5
+    assert last_seen.seen_at - renewed[-1] < timing[2] / 4 + 0.3  # seen within a quarter period
     eventually(lambda: timeline.when("first", "stopped"), timeout=timing[2] * 4)
 
 
