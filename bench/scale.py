@@ -130,6 +130,7 @@ BACKUP_SHARES = (
 TERMINAL = ("Completed", "Failed", "Canceled")
 CREATE_THREADS = 8
 # The coordinator's own share of each step: waiting for a worker, then the reconcile itself.
+WAKEUPS = "barge_coordinator_wakeups"
 COORDINATOR_HISTOGRAMS = (
     "barge_coordinator_queue_wait_seconds",
     "barge_coordinator_reconcile_duration_seconds",
@@ -264,9 +265,9 @@ class ProcessMeter:
         self.metrics_ports: dict[str, int] = {}
         self._ticks = os.sysconf("SC_CLK_TCK")
 
-    def histograms(self) -> dict[str, dict[str, st.Buckets]]:
+    def histograms(self) -> dict[str, dict[str, dict[Any, float]]]:
         """coordinator -> histogram -> buckets; a coordinator that does not answer is left out."""
-        scraped = {}
+        scraped: dict[str, dict[str, dict[Any, float]]] = {}
         for name, port in self.metrics_ports.items():
             try:
                 with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as answer:
@@ -274,6 +275,8 @@ class ProcessMeter:
             except OSError:
                 continue
             scraped[name] = {h: st.histogram_buckets(text, h) for h in COORDINATOR_HISTOGRAMS}
+            # A counter as one "bucket" per label value: the same difference of two scrapes.
+            scraped[name][WAKEUPS] = st.counter_by_label(text, WAKEUPS, "source")
         return scraped
 
     def add(self, name: str, pid: int) -> None:
@@ -469,8 +472,8 @@ class Phase:
     machine_after: tuple[float, float] = (0.0, 0.0)
     load_before: str = ""  # /proc/loadavg
     load_after: str = ""
-    histograms_before: dict[str, dict[str, st.Buckets]] = field(default_factory=dict)
-    histograms_after: dict[str, dict[str, st.Buckets]] = field(default_factory=dict)
+    histograms_before: dict[str, dict[str, dict[Any, float]]] = field(default_factory=dict)
+    histograms_after: dict[str, dict[str, dict[Any, float]]] = field(default_factory=dict)
 
     def start(self, meter: ProcessMeter) -> None:
         self.cpu_before, self.machine_before = meter.read(), meter.machine()
@@ -484,8 +487,9 @@ class Phase:
         self.histograms_after = meter.histograms()
         self.load_after = _loadavg()
 
-    def coordinator_histogram(self, name: str) -> st.Buckets:
-        """What the coordinators observed in this phase (a leader killed during it: not counted)."""
+    def coordinator_histogram(self, name: str) -> dict[Any, float]:
+        """What the coordinators observed in this phase (a leader killed during it: not counted):
+        a histogram's buckets, or a counter's values by label."""
         return st.bucket_sum(
             st.bucket_delta(after[name], self.histograms_before.get(coordinator, {}).get(name, {}))
             for coordinator, after in self.histograms_after.items()
@@ -949,8 +953,11 @@ class Run:
             },
             "coordinator_own": {
                 k: {
-                    name: st.histogram_summary(v.coordinator_histogram(name))
-                    for name in COORDINATOR_HISTOGRAMS
+                    **{
+                        name: st.histogram_summary(v.coordinator_histogram(name))
+                        for name in COORDINATOR_HISTOGRAMS
+                    },
+                    "wakeups_by_source": v.coordinator_histogram(WAKEUPS),
                 }
                 for k, v in self.phases.items()
             },

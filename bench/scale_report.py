@@ -246,7 +246,15 @@ def _coordinator_own(report: Obj) -> list[str]:
         "Inside the coordinator (its own histograms; a leader killed mid-phase is not counted):",
         "",
     ]
-    return [*header, "| phase | time (s) | n | p50 | p99 |", "|---|---|---:|---:|---:|", *rows]
+    lines = [*header, "| phase | time (s) | n | p50 | p99 |", "|---|---|---:|---:|---:|", *rows]
+    for key, histograms in own.items():
+        wakeups = histograms.get("wakeups_by_source") or {}
+        items = max(1, report["phases"][key]["count"])
+        if wakeups:
+            ranked = sorted(wakeups.items(), key=lambda entry: -entry[1])
+            shown = ", ".join(f"{source} {n / items:.1f}" for source, n in ranked)
+            lines.append(f"\n{key}: wakeups per item by source: {shown}")
+    return lines
 
 
 def _requests(report: Obj) -> list[str]:

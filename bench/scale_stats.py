@@ -89,16 +89,29 @@ def histogram_buckets(exposition: str, name: str) -> Buckets:
     return buckets
 
 
-def bucket_delta(after: Mapping[float, float], before: Mapping[float, float]) -> Buckets:
-    """What was observed between two scrapes of one process (a bound missing before counts 0)."""
-    return {bound: count - before.get(bound, 0.0) for bound, count in after.items()}
+def counter_by_label(exposition: str, name: str, label: str) -> dict[str, float]:
+    """Counter ``name`` (without ``_total``) in Prometheus text, by the value of ``label``."""
+    values: dict[str, float] = {}
+    for family in text_string_to_metric_families(exposition):
+        if family.name == name:
+            for sample in family.samples:
+                if sample.name == f"{name}_total":
+                    key = sample.labels.get(label, "")
+                    values[key] = values.get(key, 0.0) + sample.value
+    return values
 
 
-def bucket_sum(histograms: Iterable[Mapping[float, float]]) -> Buckets:
-    total: Buckets = {}
-    for buckets in histograms:
-        for bound, count in buckets.items():
-            total[bound] = total.get(bound, 0.0) + count
+def bucket_delta(after: Mapping[Any, float], before: Mapping[Any, float]) -> dict[Any, float]:
+    """What was observed between two scrapes of one process (a key missing before counts 0): a
+    histogram's buckets, or a counter's values by label."""
+    return {key: count - before.get(key, 0.0) for key, count in after.items()}
+
+
+def bucket_sum(counts: Iterable[Mapping[Any, float]]) -> dict[Any, float]:
+    total: dict[Any, float] = {}
+    for each in counts:
+        for key, count in each.items():
+            total[key] = total.get(key, 0.0) + count
     return total
 
 

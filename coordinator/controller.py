@@ -249,12 +249,14 @@ class Controller:
             meta = obj.get("metadata") or {}
             # An informer's periodic re-delivery (SYNC) is a safety net like the resync: background.
             add = self._queue.add_background if event_type == "SYNC" else self._queue.add
+            woken = self._metrics.wakeups.labels("sync" if event_type == "SYNC" else kind)
             if kind in _CR_KINDS:
                 key = ItemKey(kind, meta.get("namespace", ""), meta.get("name", ""))
                 self._references.update(key, None if event_type == "DELETED" else obj)
                 if event_type != "SYNC":
                     self._admission_dirty.set()  # a phase may have changed: capacity may have moved
                 add(key)
+                woken.inc()
                 return
             if kind in ("Node", "BackupStorageLocation"):
                 if event_type == "SYNC" or not self._changes.changed(kind, event_type, obj):
@@ -264,6 +266,7 @@ class Controller:
                     self._enqueue_on_node(str(meta.get("name", "")))
             for key in keys_for_event(kind, obj, self._references, self.namespace):
                 add(key)
+                woken.inc()
 
         return on_event
 
@@ -273,12 +276,14 @@ class Controller:
             owner = owner_key(pod, self.namespace)
             if owner is not None and (pod.get("spec") or {}).get("nodeName") == node:
                 self._queue.add(owner)
+                self._metrics.wakeups.labels("Node").inc()
 
     def _on_hub_change(self, assignment_id: str) -> None:
         self._admission_dirty.set()
         key = self._references.by_uid(assignment_id)
         if key is not None:
             self._queue.add(key)
+            self._metrics.wakeups.labels("hub").inc()
 
     def _claim_problem(self, node: str, claim: RunningAssignment) -> str:
         """What is wrong with an agent's claim to run ``claim`` (``decide.claim_problem``), checked
@@ -315,6 +320,7 @@ class Controller:
                 self._queue.add_background(key)
             else:
                 self._queue.add(key)
+        self._metrics.wakeups.labels("resync" if resync else "first_pass").inc(len(keyed))
 
     # -- the loops --------------------------------------------------------------------------------
 
@@ -370,6 +376,7 @@ class Controller:
             self._metrics.reconcile.observe(self._clock.monotonic() - started)
         if after is not None:
             self._queue.add_after(key, after.total_seconds())
+            self._metrics.wakeups.labels("requeue").inc()
 
     def reconcile(self, key: ItemKey) -> timedelta | None:
         cr_obj = self.caches.get(key.kind, key.namespace, key.name)
@@ -421,6 +428,7 @@ class Controller:
             self._admissions, self._agents = admitted, agents
         for key in newly:
             self._queue.add(key, urgent=True)
+        self._metrics.wakeups.labels("admission").inc(len(newly))
         # A reconcile woken by the Node event itself may have run on the agent views of the pass
         # before: the CRs on a node whose cordon just changed are reconciled again on these.
         for agent in agents:

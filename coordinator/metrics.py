@@ -55,6 +55,13 @@ class CoordinatorMetrics:
             buckets=_WAIT_BUCKETS,
             registry=r,
         )
+        self.wakeups = Counter(
+            "barge_coordinator_wakeups",
+            "CRs queued for a reconcile, by what queued them: an event's kind (sync: an informer's "
+            "re-delivery), hub, admission, requeue, resync, first_pass (a CR already queued counts again)",
+            ["source"],
+            registry=r,
+        )
         self.transitions = Counter(
             "barge_coordinator_phase_transitions", "Phase changes written", ["kind", "phase"], registry=r
         )

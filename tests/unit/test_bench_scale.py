@@ -31,7 +31,7 @@ def test_percentile_interpolates_between_closest_ranks() -> None:
 
 
 def test_histogram_quantiles_come_from_the_difference_of_two_scrapes() -> None:
-    from prometheus_client import CollectorRegistry, Histogram, generate_latest
+    from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 
     registry = CollectorRegistry()
     waits = Histogram("barge_coordinator_queue_wait_seconds", "", buckets=(0.1, 1, 10), registry=registry)
@@ -49,6 +49,11 @@ def test_histogram_quantiles_come_from_the_difference_of_two_scrapes() -> None:
     assert st.bucket_quantile(st.bucket_sum([phase, {math.inf: 100}]), 0.99) == math.inf
     assert st.bucket_quantile({}, 0.99) is None
     assert st.histogram_buckets("", "barge_coordinator_queue_wait_seconds") == {}
+    wakeups = Counter("barge_coordinator_wakeups", "", ["source"], registry=registry)
+    wakeups.labels("Pod").inc(3)
+    wakeups.labels("hub").inc()
+    counted = st.counter_by_label(generate_latest(registry).decode(), "barge_coordinator_wakeups", "source")
+    assert st.bucket_delta(counted, {"Pod": 1.0}) == {"Pod": 2, "hub": 1}
 
 
 def test_summarize() -> None:
@@ -435,6 +440,7 @@ def _report(uploads: int, writes: int, p99: float) -> dict[str, object]:
             "uploads": {
                 "barge_coordinator_queue_wait_seconds": st.histogram_summary({0.1: 90, 1: 99, math.inf: 100}),
                 "barge_coordinator_reconcile_duration_seconds": st.histogram_summary({}),
+                "wakeups_by_source": {"Pod": 3.0 * uploads, "hub": 1.0 * uploads},
             }
         },
         "requests": {"uploads/barge-coordinator": counts},
@@ -475,6 +481,7 @@ def test_render_and_sweep_print_every_section() -> None:
         "gRPC messages per assignment",
         "| t | 1 | met |",
         "| uploads | waiting for a worker | 100 | <= 0.1 | <= 1 |",
+        "uploads: wakeups per item by source: Pod 3.0, hub 1.0",
     ):
         assert expected in text
     sweep = render_sweep([small, big])

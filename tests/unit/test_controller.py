@@ -424,3 +424,21 @@ def test_a_resync_queues_behind_the_events_that_come_during_it(safety_net: str) 
     upload["metadata"]["resourceVersion"] = "2"
     objects.announce("MODIFIED", upload)
     assert reconciled(loop) == ["backup-2", "backup-0", "backup-1"]
+
+
+def test_every_wakeup_is_counted_by_what_queued_it() -> None:
+    objects = world(2)
+    loop = controller(objects, CoordinatorConfig())
+    upload = objects.store[("DataUpload", "velero", "backup-0")]
+    objects.announce("MODIFIED", upload)
+    objects.announce("SYNC", upload)
+    loop._enqueue_all(resync=True)
+    pod = {**exposer_pod("backup-1", "node-a"), "status": {"phase": "Running"}}
+    pod["metadata"]["name"] = "backup-1"
+    pod["metadata"]["labels"][LABEL_OWNER_UID] = "uid-1"
+    objects.announce("ADDED", pod)
+
+    def woken(source: str) -> float | None:
+        return loop._metrics.registry.get_sample_value("barge_coordinator_wakeups_total", {"source": source})
+
+    assert (woken("DataUpload"), woken("sync"), woken("resync"), woken("Pod")) == (1, 1, 2, 1)
