@@ -131,7 +131,9 @@ class Controller:
         self._resync_s = resync_s
         self._sweeper = sweeper
         self._vitals = vitals or Vitals(clock)  # each loop beats here; /healthz reads it
-        self._queue: WorkQueue[ItemKey] = WorkQueue(clock, on_wait=metrics.queue_wait.observe)
+        self._queue: WorkQueue[ItemKey] = WorkQueue(
+            clock, on_wait=metrics.queue_wait.observe, on_due=metrics.wakeups.labels("requeue").inc
+        )
         self._stopping = threading.Event()
         self._threads: list[threading.Thread] = []
         self._failures: Counter[ItemKey] = Counter()
@@ -376,7 +378,6 @@ class Controller:
             self._metrics.reconcile.observe(self._clock.monotonic() - started)
         if after is not None:
             self._queue.add_after(key, after.total_seconds())
-            self._metrics.wakeups.labels("requeue").inc()
 
     def reconcile(self, key: ItemKey) -> timedelta | None:
         cr_obj = self.caches.get(key.kind, key.namespace, key.name)

@@ -58,7 +58,8 @@ class CoordinatorMetrics:
         self.wakeups = Counter(
             "barge_coordinator_wakeups",
             "CRs queued for a reconcile, by what queued them: an event's kind (sync: an informer's "
-            "re-delivery), hub, admission, requeue, resync, first_pass (a CR already queued counts again)",
+            "re-delivery), hub, admission, requeue (a timer fell due), resync, first_pass (a CR already "
+            "queued counts again)",
             ["source"],
             registry=r,
         )

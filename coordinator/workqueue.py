@@ -27,10 +27,17 @@ BACKGROUND_SHARE = 8  # at most one key in this many comes from the background w
 
 
 class WorkQueue(Generic[K]):
-    def __init__(self, clock: Clock, on_wait: Callable[[float], None] = lambda seconds: None) -> None:
-        """``on_wait(seconds)`` runs for each key handed to a worker, with the time it waited ready."""
+    def __init__(
+        self,
+        clock: Clock,
+        on_wait: Callable[[float], None] = lambda seconds: None,
+        on_due: Callable[[], None] = lambda: None,
+    ) -> None:
+        """``on_wait(seconds)`` runs for each key handed to a worker, with the time it waited ready;
+        ``on_due()`` for each delayed add that falls due (not for one an earlier add replaced)."""
         self._clock = clock
         self._on_wait = on_wait
+        self._on_due = on_due
         self._ready_since: dict[K, float] = {}
         self._cond = threading.Condition()
         self._ready: deque[K] = deque()
@@ -145,4 +152,5 @@ class WorkQueue(Generic[K]):
             due, _, key = heapq.heappop(self._delayed)
             if self._due.get(key) == due:
                 del self._due[key]
+                self._on_due()
                 self._add_locked(key, since=due)

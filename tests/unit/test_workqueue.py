@@ -146,3 +146,14 @@ def test_background_waits_are_not_reported_as_anyone_s_latency() -> None:
     queue.add_background("x")
     queue.clear()
     assert queue.get(0) is None
+
+
+def test_only_a_delayed_add_that_falls_due_is_reported_due() -> None:
+    clock, fired = ManualClock(), []
+    queue: WorkQueue[str] = WorkQueue(clock, on_due=lambda: fired.append(1))
+    queue.add_after("a", 10)
+    queue.add_after("a", 5)  # replaces the 10 s timer
+    queue.add_after("b", 20)
+    clock.advance(12)
+    assert queue.get(0) == "a"
+    assert len(fired) == 1
