@@ -10,6 +10,7 @@ the agent is told to stop any other. Every change that could alter a decision ca
 from __future__ import annotations
 
 import threading
+from collections import OrderedDict
 from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass, replace
@@ -89,7 +90,7 @@ class Hub:
         self._disconnected_since: dict[str, datetime] = {}
         self._connected_since: dict[str, datetime] = {}
         self._records: dict[str, _Record] = {}
-        self._released: dict[str, float] = {}  # assignment id -> when let go (monotonic), oldest first
+        self._released: OrderedDict[str, float] = OrderedDict()  # id -> when let go, oldest first
         # Sweeps and maintenance runs asked of agents: request id -> (node, answer).
         self._asked: dict[str, tuple[str, Future[Answer]]] = {}
 
@@ -261,12 +262,10 @@ class Hub:
         now = self._clock.monotonic()
         with self._lock:
             self._records.pop(assignment_id, None)
-            self._released.pop(assignment_id, None)
             self._released[assignment_id] = now
-            for oldest, at in list(self._released.items()):
-                if now - at < RELEASED_MEMORY_S:
-                    break
-                del self._released[oldest]
+            self._released.move_to_end(assignment_id)
+            while now - next(iter(self._released.values())) >= RELEASED_MEMORY_S:
+                self._released.popitem(last=False)
 
     def released(self, assignment_id: str) -> bool:
         """This coordinator let the CR go (final, cleaned up, finalizer removed) within the last
