@@ -129,8 +129,9 @@ BACKUP_SHARES = (
 )
 TERMINAL = ("Completed", "Failed", "Canceled")
 CREATE_THREADS = 8
-# The coordinator's own share of each step: waiting for a worker, then the reconcile itself.
+# What wakes the coordinator's reconciles (a counter by source).
 WAKEUPS = "barge_coordinator_wakeups"
+# The coordinator's own share of each step: waiting for a worker, then the reconcile itself.
 COORDINATOR_HISTOGRAMS = (
     "barge_coordinator_queue_wait_seconds",
     "barge_coordinator_reconcile_duration_seconds",
@@ -266,7 +267,8 @@ class ProcessMeter:
         self._ticks = os.sysconf("SC_CLK_TCK")
 
     def histograms(self) -> dict[str, dict[str, dict[Any, float]]]:
-        """coordinator -> histogram -> buckets; a coordinator that does not answer is left out."""
+        """coordinator -> metric -> buckets (``COORDINATOR_HISTOGRAMS``) or values by source
+        (``WAKEUPS``); a coordinator that does not answer is left out."""
         scraped: dict[str, dict[str, dict[Any, float]]] = {}
         for name, port in self.metrics_ports.items():
             try:

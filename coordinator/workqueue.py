@@ -58,8 +58,8 @@ class WorkQueue(Generic[K]):
             self._add_locked(key, urgent)
 
     def add_background(self, key: K) -> None:
-        """Queue ``key`` behind everything else (see the module docstring); a key queued, delayed
-        or in a worker's hands already is left as it is."""
+        """Queue ``key`` behind everything else (see the module docstring); a key already queued
+        or in a worker's hands is left as it is (a delayed one is also queued here)."""
         with self._cond:
             if key in self._processing or key in self._queued or key in self._background:
                 return
