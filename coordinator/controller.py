@@ -58,6 +58,18 @@ log = structlog.get_logger("barge.coordinator")
 
 Obj = Mapping[str, Any]
 _CR_KINDS = ("DataUpload", "DataDownload")
+# What a CR's exposure and source are made of: their events wake a CR only when what it reads of
+# them changed (``routing.Changes``).
+_EXPOSURE_KINDS = frozenset(
+    (
+        "Pod",
+        "PodDisruptionBudget",
+        "PersistentVolumeClaim",
+        "PersistentVolume",
+        "VolumeSnapshot",
+        "VolumeSnapshotContent",
+    )
+)
 # A new term's first pass: an exposure ready for an agent first, then work to re-adopt, exposures
 # on their way, and admission last (terminal CRs with a finalizer to remove come after all).
 _FIRST_PASS_ORDER = {"Prepared": 0, "InProgress": 1, "Accepted": 2, "Canceling": 3, "New": 4}
@@ -266,7 +278,16 @@ class Controller:
                 self._admission_dirty.set()
                 if kind == "Node":
                     self._enqueue_on_node(str(meta.get("name", "")))
-            for key in keys_for_event(kind, obj, self._references, self.namespace):
+            keys = keys_for_event(kind, obj, self._references, self.namespace)
+            if kind in _EXPOSURE_KINDS:
+                if not keys:
+                    self._changes.forget(kind, obj)
+                    return
+                if self._changes.changed(kind, event_type, obj):
+                    add, woken = self._queue.add, self._metrics.wakeups.labels(kind)  # even a SYNC's
+                elif event_type != "SYNC":
+                    return  # nothing a decision reads has changed
+            for key in keys:
                 add(key)
                 woken.inc()
 

@@ -2,9 +2,10 @@
 
 Waking every active CR on any PersistentVolume, VolumeSnapshot or Node event made a burst of N
 DataUploads cost N reconciles per event, N² in all. Instead each event is routed to the CRs that
-name the object, through an index kept from the CR events themselves (``References``), and Node and
-BackupStorageLocation events count only when something a decision reads has changed (a Node's
-status heartbeat changes nothing Barge reads).
+name the object, through an index kept from the CR events themselves (``References``), and an
+event counts only when something a decision reads of the object has changed (``Changes``): a
+Node's status heartbeat, a PersistentVolume's status phase or a pod's conditions change nothing
+Barge reads.
 
 Pure: plain dicts in, ``ItemKey`` sets out.
 """
@@ -18,6 +19,7 @@ from typing import Any
 
 from barge.control.naming import LABEL_OWNER_KIND, LABEL_OWNER_NAME
 from coordinator.scheduler import ItemKey
+from coordinator.world import read_state
 
 Obj = Mapping[str, Any]
 Ref = tuple[str, str, str]  # (kind, namespace, name) of an object a CR names
@@ -85,6 +87,11 @@ class References:
         with self._lock:
             return self._by_uid.get(uid)
 
+    def has(self, key: ItemKey) -> bool:
+        """The CR exists (as far as its own events told)."""
+        with self._lock:
+            return key in self._uid_of
+
 
 def owner_key(obj: Obj, own_namespace: str) -> ItemKey | None:
     """The CR an object Barge created for it belongs to (its owner labels), or None."""
@@ -109,22 +116,27 @@ def keys_for_event(kind: str, obj: Obj, refs: References, own_namespace: str) ->
         claim_ns, claim_name = str(claim.get("namespace", "")), str(claim.get("name", ""))
         keys |= refs.naming("PersistentVolumeClaim", claim_ns, claim_name)
         if claim_ns == own_namespace and claim_name:  # an exposure claim is named after its CR
-            keys |= {ItemKey(cr_kind, own_namespace, claim_name) for cr_kind in CR_KINDS}
+            named = (ItemKey(cr_kind, own_namespace, claim_name) for cr_kind in CR_KINDS)
+            keys |= {key for key in named if refs.has(key)}
     return keys
 
 
 def _relevant_state(kind: str, obj: Obj) -> object:
-    """What decisions read of a Node (cordon, labels) or a BSL (its spec: ``generation``)."""
+    """What decisions read of a Node (cordon, labels), a BSL (its spec: ``generation``) or an
+    object a CR's exposure or source is made of (``world.read_state``)."""
     meta = _meta(obj)
     if kind == "Node":
         labels = tuple(sorted((str(k), str(v)) for k, v in (meta.get("labels") or {}).items()))
         return bool((obj.get("spec") or {}).get("unschedulable")), labels
-    return meta.get("generation")
+    if kind == "BackupStorageLocation":
+        return meta.get("generation")
+    return read_state(kind, obj)
 
 
 class Changes:
     """Tells an event that matters (added, removed, or what decisions read changed) from one that
-    does not: a Node's status heartbeat, Velero's periodic BSL validation status."""
+    does not: a Node's status heartbeat, Velero's periodic BSL validation status, a volume's
+    status phase. Remembers the state of the objects it is asked about until ``forget``."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
@@ -135,9 +147,17 @@ class Changes:
         key = (kind, str(meta.get("namespace", "")), str(meta.get("name", "")))
         with self._lock:
             if event_type == "DELETED":
-                return self._seen.pop(key, None) is not None
+                self._seen.pop(key, None)
+                return True
             state = _relevant_state(kind, obj)
             known = key in self._seen
             previous = self._seen.get(key)
             self._seen[key] = state
             return not known or previous != state
+
+    def forget(self, kind: str, obj: Obj) -> None:
+        """Stop remembering ``obj``: an event no CR cares about now leaves no memory behind (and
+        the next one that concerns a CR counts as a change, whatever happened in between)."""
+        meta = _meta(obj)
+        with self._lock:
+            self._seen.pop((kind, str(meta.get("namespace", "")), str(meta.get("name", ""))), None)

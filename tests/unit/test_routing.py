@@ -113,3 +113,31 @@ def test_a_location_validation_is_not_a_change_but_a_spec_edit_is() -> None:
     assert not changes.changed("BackupStorageLocation", "MODIFIED", validated)
     edited = {**bsl, "metadata": {**bsl["metadata"], "generation": 2}}
     assert changes.changed("BackupStorageLocation", "MODIFIED", edited)
+
+
+def test_an_exposure_volume_wakes_only_the_cr_of_that_name_that_exists() -> None:
+    refs = index(("DataUpload", upload("u1")))
+    volume = {"metadata": {"name": "pv-9"}, "spec": {"claimRef": {"namespace": NS, "name": "u1"}}}
+    assert keys_for_event("PersistentVolume", volume, refs, NS) == {ItemKey("DataUpload", NS, "u1")}
+
+
+def test_a_volume_status_phase_is_not_a_change_but_its_claim_and_its_deletion_are() -> None:
+    changes = Changes()
+    volume = {"metadata": {"name": "pv-1"}, "spec": {"claimRef": {"namespace": NS, "name": "u1"}}}
+    assert changes.changed("PersistentVolume", "ADDED", {**volume, "status": {"phase": "Pending"}})
+    assert not changes.changed("PersistentVolume", "MODIFIED", {**volume, "status": {"phase": "Bound"}})
+    handed = {**volume, "spec": {"claimRef": {"namespace": "shop", "name": "data"}}}
+    assert changes.changed("PersistentVolume", "MODIFIED", handed)
+    assert changes.changed("PersistentVolume", "DELETED", handed)
+
+
+def test_a_forgotten_object_counts_as_changed_at_its_next_event() -> None:
+    """While no CR named it, its changes went unrecorded: the next event cannot be compared."""
+    changes = Changes()
+    snapshot = {"metadata": {"namespace": "shop", "name": "vs-1"}, "status": {"readyToUse": False}}
+    assert changes.changed("VolumeSnapshot", "ADDED", snapshot)
+    changes.forget("VolumeSnapshot", snapshot)
+    assert changes.changed("VolumeSnapshot", "MODIFIED", snapshot)
+    assert not changes.changed("VolumeSnapshot", "MODIFIED", snapshot)
+    changes.forget("VolumeSnapshot", snapshot)
+    assert changes.changed("VolumeSnapshot", "DELETED", snapshot)
