@@ -145,6 +145,7 @@ def _kind(mode: int) -> str:
 
 
 Xattrs = tuple[tuple[bytes, bytes], ...]
+Content = tuple[Extent, ...]
 
 
 def _read_xattrs(at: int | bytes) -> Xattrs:
@@ -169,8 +170,11 @@ def current_xattrs(kind: str, st: os.stat_result, previous: Node | None) -> Xatt
     return None
 
 
-def metadata_node(name: bytes, dir_fd: int, st: os.stat_result, xattrs: Xattrs, kind: str = "") -> Node:
-    """The metadata of entry ``name`` of the directory open at ``dir_fd`` (``kind``: if known)."""
+def metadata_node(
+    name: bytes, dir_fd: int, st: os.stat_result, xattrs: Xattrs, kind: str = "", *, content: Content = ()
+) -> Node:
+    """The metadata of entry ``name`` of the directory open at ``dir_fd`` (``kind``: if known), and
+    the ``content`` when it is known already (a file unchanged since the parent snapshot)."""
     kind = kind or _kind(st.st_mode)
     return Node(
         name=name,
@@ -180,6 +184,7 @@ def metadata_node(name: bytes, dir_fd: int, st: os.stat_result, xattrs: Xattrs, 
         gid=st.st_gid,
         mtime_ns=st.st_mtime_ns,
         size=st.st_size if kind == "file" else 0,
+        content=content,
         target=os.readlink(name, dir_fd=dir_fd) if kind == "symlink" else None,
         rdev=st.st_rdev if kind in ("chardev", "blockdev") else 0,
         xattrs=xattrs,
@@ -187,6 +192,17 @@ def metadata_node(name: bytes, dir_fd: int, st: os.stat_result, xattrs: Xattrs, 
         inode=st.st_ino,
         nlink=st.st_nlink,
         ctime_ns=st.st_ctime_ns,
+    )
+
+
+def _same_file_data(st: os.stat_result, old: Node) -> bool:
+    """True when metadata says a regular file's data cannot have changed since ``old``."""
+    return (
+        old.kind == "file"
+        and st.st_size == old.size
+        and st.st_mtime_ns == old.mtime_ns
+        and st.st_ctime_ns == old.ctime_ns
+        and st.st_ino == old.inode
     )
 
 
@@ -294,10 +310,12 @@ class _TreeBackup:
     ) -> None:
         """Reuse the parent's content if unchanged; else open the file here (the walk moves on)
         and read it on the pool, which closes it."""
-        node = metadata_node(name, dir_fd, st, xattrs, "file") if xattrs is not None else None
-        if node is not None and (same := self.reuse_unchanged(node, old)):
-            d.nodes.append(same)  # unchanged since the parent: no read, and no trip through the pool
+        if xattrs is not None and self.reusable(st, old):
+            assert old is not None
+            # Unchanged since the parent: no read, and no trip through the pool.
+            d.nodes.append(metadata_node(name, dir_fd, st, xattrs, "file", content=old.content))
             return
+        node = metadata_node(name, dir_fd, st, xattrs, "file") if xattrs is not None else None
         self.slots.acquire()
         try:
             fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd)
@@ -335,17 +353,18 @@ class _TreeBackup:
         if d.parent is not None:
             d.parent.nodes.append(d.node)
 
-    def reuse_unchanged(self, node: Node, old: Node | None) -> Node | None:
-        """``node`` with the parent's content when its metadata proves the data cannot differ."""
-        if old is None or not node.unchanged_since(old):
-            return None
+    def reusable(self, st: os.stat_result, old: Node | None) -> bool:
+        """The file's metadata proves its data is the parent snapshot's ``old``, and that data is
+        still stored: its content can be reused (and is counted as backed up)."""
+        if old is None or not _same_file_data(st, old):
+            return False
         if not all(b is None or self.writer.has_blob(b) for b, _ in old.content):
-            return None  # the parent's data is gone (garbage collected): read the file again
-        self.progress.add(node.size)
+            return False  # the parent's data is gone (garbage collected): read the file again
+        self.progress.add(st.st_size)
         with self.lock:
             self.files += 1
             self.unchanged += 1
-        return replace(node, content=old.content)
+        return True
 
     def backup_file(self, fd: int, d: _Dir, node: Node) -> Node | None:
         if self.cancel.canceled:

@@ -168,6 +168,11 @@ class Index:
     def _from_layers(self, blob_id: bytes) -> BlobLocation | None:
         condemned: BlobLocation | None = None
         for layer in self._layers:
+            first = layer.first_location(blob_id)
+            if first is None:
+                continue
+            if first.pack_id not in self._condemned:
+                return first  # the common case: one lookup, no list
             for location in layer.locations(blob_id):
                 if location.pack_id not in self._condemned:
                     return location

@@ -51,12 +51,14 @@ PACK_RECORD = struct.Struct("<32sI")  # sorted by pack id: pack id, appearance n
 BLOCK_RECORDS = 256  # 12.5 KiB blocks of blob records: one read and one MAC per lookup
 MAC_SIZE = 32
 BLOCKS_KEPT = 128  # per layer: 128 blocks of at most 12.5 KiB
+APPEARANCES_KEPT = 2048  # per layer: (pack, index object) by appearance, about 0.6 MiB
 MAX_LAYERS = 8
 _MAGIC = b"BRGL\x01"
 _TRAILER_HEAD = struct.Struct("<5s16sQQQQ")  # magic, nonce, objects, appearances, packs, blob records
 _TAIL = struct.Struct("<I32s")  # trailer length, trailer MAC
 _COUNT = struct.Struct("<I")
 MAX_TRAILER = 256 * 1024 * 1024  # far above any real one (1.25 MiB of block keys per 10M blobs)
+_BLOB_TYPES = tuple(BlobType)  # by value: cheaper than BlobType(n) on every lookup
 _BUCKET_FLUSH = 64 * 1024
 _PREFIX = "layer-"
 _TEMP_PREFIX = ".tmp-layer-"
@@ -121,6 +123,23 @@ class _Table:
         data = self.block(number)
         return data[within * self.size : (within + 1) * self.size]
 
+    def first(self, key: bytes) -> bytes | None:
+        """The first record whose key is ``key`` (``find``'s first), without a generator: the
+        lookup a backup makes for every unchanged file."""
+        number = max(bisect_left(self.fences, key) - 1, 0)
+        size, key_at = self.size, self.key_at
+        while number < self.blocks:
+            data = self.block(number)
+            at = data.find(key)
+            while at >= 0:
+                if at % size == key_at:
+                    return data[at - key_at : at - key_at + size]
+                at = data.find(key, at + 1)
+            number += 1
+            if number >= self.blocks or self.fences[number] != key:
+                return None
+        return None
+
     def find(self, key: bytes) -> Iterator[bytes]:
         """The records whose key is ``key`` (sorted sections only): equal keys are adjacent, so they
         start in the last block whose first key is below ``key`` and go on while blocks start with it."""
@@ -151,6 +170,7 @@ class Layer:
         self.path, self._fd, self._key = path, fd, mac_key
         weakref.finalize(self, os.close, fd)
         self._kept: OrderedDict[tuple[bytes, int], bytes] = OrderedDict()
+        self._appearances_kept: OrderedDict[int, tuple[bytes, bytes]] = OrderedDict()
         self._lock = threading.Lock()
         size = os.fstat(fd).st_size
         if size < _TAIL.size:
@@ -244,20 +264,35 @@ class Layer:
     # -- records -------------------------------------------------------------------------------
 
     def pack_of(self, appearance: int) -> tuple[bytes, bytes]:
-        """The pack and the index object of an appearance."""
+        """The pack and the index object of an appearance. Remembered: a pack's blobs are looked
+        up together (a directory's files), and its appearance's block would crowd the blob blocks
+        out of the kept ones."""
+        known = self._appearances_kept.get(appearance)
+        if known is not None:
+            return known
         pack_id, number = APPEARANCE.unpack(self.appearances.record(appearance))
         if number >= len(self.objects):
             raise CacheDamaged(f"{self.describe()}: appearance {appearance} names no index object")
-        return pack_id, self.objects[number]
+        found = pack_id, self.objects[number]
+        with self._lock:
+            if len(self._appearances_kept) >= APPEARANCES_KEPT:
+                self._appearances_kept.popitem(last=False)
+            self._appearances_kept[appearance] = found
+        return found
 
     def location(self, record: bytes) -> tuple[bytes, BlobLocation]:
         blob_type, blob_id, offset, stored, raw, appearance = BLOB_RECORD.unpack(record)
         if blob_type > BlobType.TREE:
             raise CacheDamaged(f"{self.describe()}: blob {blob_id.hex()[:16]} has no valid type")
-        return blob_id, BlobLocation(BlobType(blob_type), self.pack_of(appearance)[0], offset, stored, raw)
+        return blob_id, BlobLocation(_BLOB_TYPES[blob_type], self.pack_of(appearance)[0], offset, stored, raw)
 
     def locations(self, blob_id: bytes) -> list[BlobLocation]:
         return [self.location(record)[1] for record in self.blobs.find(blob_id)]
+
+    def first_location(self, blob_id: bytes) -> BlobLocation | None:
+        """``locations(blob_id)[0]``, or None, at a fraction of the cost (most blobs are in one pack)."""
+        record = self.blobs.first(blob_id)
+        return None if record is None else self.location(record)[1]
 
     def origin(self, pack_id: bytes) -> bytes | None:
         """The index object this layer found ``pack_id`` in, if it did."""

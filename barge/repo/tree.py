@@ -43,16 +43,6 @@ class Node:
     nlink: int = 1
     ctime_ns: int = 0
 
-    def unchanged_since(self, older: Node) -> bool:
-        """True when metadata says the file's content cannot have changed since ``older``."""
-        return (
-            self.kind == older.kind == "file"
-            and self.size == older.size
-            and self.mtime_ns == older.mtime_ns
-            and self.ctime_ns == older.ctime_ns
-            and self.inode == older.inode
-        )
-
 
 def _put_bytes(doc: dict[str, Any], key: str, value: bytes) -> None:
     try:
