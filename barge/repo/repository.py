@@ -719,8 +719,13 @@ class RepositoryWriter:
                 self.repo.store.put(index_key(index_id), sealed)
 
     def _raise_upload_errors(self) -> None:
+        """Raise a finished upload's error. Every worker thread calls this: a finished upload is
+        taken (and checked) by the one whose ``remove`` succeeds (atomic), never by two."""
         for future in [f for f in self._futures if f.done()]:
-            self._futures.remove(future)
+            try:
+                self._futures.remove(future)
+            except ValueError:
+                continue  # another worker took it
             future.result()
 
     def flush(self) -> None:
