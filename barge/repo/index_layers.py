@@ -124,21 +124,9 @@ class _Table:
         return data[within * self.size : (within + 1) * self.size]
 
     def first(self, key: bytes) -> bytes | None:
-        """The first record whose key is ``key`` (``find``'s first), without a generator: the
-        lookup a backup makes for every unchanged file."""
-        number = max(bisect_left(self.fences, key) - 1, 0)
-        size, key_at = self.size, self.key_at
-        while number < self.blocks:
-            data = self.block(number)
-            at = data.find(key)
-            while at >= 0:
-                if at % size == key_at:
-                    return data[at - key_at : at - key_at + size]
-                at = data.find(key, at + 1)
-            number += 1
-            if number >= self.blocks or self.fences[number] != key:
-                return None
-        return None
+        """The first record whose key is ``key``: ``find`` stopped at its first hit (the rest of
+        the block is not scanned), the lookup a backup makes for every unchanged file."""
+        return next(self.find(key), None)
 
     def find(self, key: bytes) -> Iterator[bytes]:
         """The records whose key is ``key`` (sorted sections only): equal keys are adjacent, so they
