@@ -37,7 +37,7 @@ def index_key(index_id: bytes) -> str:
 
 def encode_index(
     keys: MasterKeys, packs: Mapping[bytes, Mapping[bytes, BlobLocation]], supersedes: Iterable[bytes] = ()
-) -> tuple[bytes, bytes]:
+) -> tuple[bytes, memoryview]:
     """An index object for ``packs`` (pack id -> blob id -> location): its ID and sealed bytes."""
     superseded = sorted(supersedes)
     out = bytearray(_MAGIC)
@@ -56,7 +56,7 @@ def encode_index(
 
 def encode_indexes(
     keys: MasterKeys, packs: Mapping[bytes, Mapping[bytes, BlobLocation]], supersedes: Iterable[bytes] = ()
-) -> list[tuple[bytes, bytes]]:
+) -> list[tuple[bytes, memoryview]]:
     """``packs`` as index objects of at most MAX_BLOBS_PER_OBJECT blobs each (readers refuse
     larger objects), in the order to write them: the one naming ``supersedes`` comes last, so a
     writer interrupted part way never hides an old index object whose packs are not yet listed

@@ -44,7 +44,7 @@ class BlobLocation:
 class SealedBlob:
     blob_id: bytes
     blob_type: BlobType
-    sealed: bytes
+    sealed: bytes | memoryview
     raw_length: int
 
 
@@ -89,7 +89,7 @@ def seal_blob(
         compressed = compressor.compress(data)
         if len(compressed) <= len(data) * (1 - _MIN_SAVING):
             payload, flag = compressed, Compression.ZSTD
-    sealed = keys.seal(bytes([flag]) + bytes(payload), blob_associated_data(blob_type, blob_id))
+    sealed = keys.seal(payload, blob_associated_data(blob_type, blob_id), prefix=bytes([flag]))
     return SealedBlob(blob_id, blob_type, sealed, len(data))
 
 
