@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+from collections import deque
 from collections.abc import Iterator
+from concurrent.futures import Future, wait
 from dataclasses import dataclass
 
 from pyfastcdc import FastCDC
@@ -40,6 +42,14 @@ def _append(extents: list[Extent], blob_id: bytes | None, length: int) -> None:
         extents.append((blob_id, length))
 
 
+# Chunks of one stream being sealed at once (on the writer's sealing threads) while its reader cuts
+# the next: enough to keep two cores busy, few enough that a stream of maximum-size chunks holds at
+# most 3 x 8 MiB (plus their sealed copies).
+SEALING_AHEAD = 3
+
+Part = tuple["Future[bytes] | bytes | None", int]  # a blob being stored, stored, or a hole; length
+
+
 def store_content(
     fd: int,
     size: int,
@@ -51,35 +61,67 @@ def store_content(
     zeros_as_holes: bool = False,
 ) -> StoredContent:
     """Chunk and store ``size`` bytes of ``fd``; holes (and, with ``zeros_as_holes``, all-zero
-    chunks) are recorded as ``(None, length)`` and never stored."""
+    chunks) are recorded as ``(None, length)`` and never stored. A range of many chunks is sealed
+    on the writer's threads, at most ``SEALING_AHEAD`` chunks ahead of the reader."""
     zero = bytes(chunker.max_size) if zeros_as_holes else b""
-    extents: list[Extent] = []
+    parts: list[Part] = []
+    sealing: deque[int] = deque()  # indexes into ``parts`` of the blobs still being stored
     pos = bytes_read = 0
-    for start, end in data_extents(fd, size):
-        if start > pos:
-            _append(extents, None, start - pos)
-            progress.add(start - pos)
-        got = 0
-        for data in _chunks(fd, start, end, chunker):
-            cancel.check()
-            if zeros_as_holes and zero.startswith(data):
-                _append(extents, None, len(data))
-            else:
-                _append(extents, writer.add_blob(BlobType.DATA, data), len(data))
-            progress.add(len(data))
-            got += len(data)
-        pos = start + got
-        bytes_read += got
-        if pos < end:
-            return StoredContent(tuple(extents), bytes_read, complete=False)
-    if pos < size:
-        _append(extents, None, size - pos)
+    complete = True
+
+    def settle(limit: int) -> None:
+        while len(sealing) > limit:
+            at = sealing.popleft()
+            future, length = parts[at]
+            assert isinstance(future, Future)
+            parts[at] = (future.result(), length)
+            progress.add(length)
+
+    try:
+        for start, end in data_extents(fd, size):
+            if start > pos:
+                parts.append((None, start - pos))
+                progress.add(start - pos)
+            got = 0
+            for data, one_of_many in _chunks(fd, start, end, chunker):
+                cancel.check()
+                if zeros_as_holes and zero.startswith(data):
+                    parts.append((None, len(data)))
+                    progress.add(len(data))
+                elif one_of_many:
+                    settle(SEALING_AHEAD - 1)
+                    sealing.append(len(parts))  # the chunker reuses its buffer: seal a copy
+                    parts.append((writer.add_blob_later(BlobType.DATA, bytes(data)), len(data)))
+                else:
+                    parts.append((writer.add_blob(BlobType.DATA, data), len(data)))
+                    progress.add(len(data))
+                got += len(data)
+            pos = start + got
+            bytes_read += got
+            if pos < end:
+                complete = False
+                break
+        settle(0)
+    except BaseException:
+        for at in sealing:
+            future, _ = parts[at]
+            assert isinstance(future, Future)
+            future.cancel()
+        wait([f for f, _ in parts if isinstance(f, Future)])
+        raise
+    if complete and pos < size:
+        parts.append((None, size - pos))
         progress.add(size - pos)
-    return StoredContent(tuple(extents), bytes_read, complete=True)
+    extents: list[Extent] = []
+    for blob_id, length in parts:
+        assert not isinstance(blob_id, Future)
+        _append(extents, blob_id, length)
+    return StoredContent(tuple(extents), bytes_read, complete=complete)
 
 
-def _chunks(fd: int, start: int, end: int, chunker: FastCDC) -> Iterator[bytes | memoryview]:
-    """The content-defined chunks of ``[start, end)``; fewer bytes when the file shrank meanwhile.
+def _chunks(fd: int, start: int, end: int, chunker: FastCDC) -> Iterator[tuple[bytes | memoryview, bool]]:
+    """The content-defined chunks of ``[start, end)``, each with whether the range has more than
+    one; fewer bytes when the file shrank meanwhile. A chunk is valid until the next is taken.
 
     A range no longer than the minimum chunk size is one chunk whatever the content, so it is read
     in one call without the chunker, whose per-stream set-up (an 8 MiB buffer) would otherwise
@@ -92,10 +134,10 @@ def _chunks(fd: int, start: int, end: int, chunker: FastCDC) -> Iterator[bytes |
         while got < len(buffer) and (n := reader.readinto(buffer[got:])):
             got += n
         if got:
-            yield buffer[:got]
+            yield buffer[:got], False
         return
     for chunk in chunker.cut_stream(reader):
-        yield chunk.data
+        yield chunk.data, True
 
 
 def device_size(fd: int) -> int:

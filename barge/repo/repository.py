@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import os
 import threading
 import uuid
 from collections.abc import Callable, Iterator, Mapping
@@ -599,6 +600,7 @@ class RepositoryWriter:
         repo: Repository,
         *,
         upload_threads: int = 2,
+        seal_threads: int = os.cpu_count() or 2,
         max_packs_in_flight: int = 3,
         index_flush_seconds: float = 30.0,
         avoid_packs: frozenset[bytes] = frozenset(),
@@ -608,6 +610,7 @@ class RepositoryWriter:
         self._lock = threading.Lock()
         self._packers = {BlobType.DATA: PackBuilder(), BlobType.TREE: PackBuilder()}
         self._uploads = ThreadPoolExecutor(max_workers=upload_threads, thread_name_prefix="barge-upload")
+        self._sealers = ThreadPoolExecutor(max_workers=seal_threads, thread_name_prefix="barge-seal")
         self._in_flight = threading.BoundedSemaphore(max_packs_in_flight)
         self._futures: list[Future[None]] = []
         self._unindexed: dict[bytes, dict[bytes, BlobLocation]] = {}
@@ -682,6 +685,12 @@ class RepositoryWriter:
         if full is not None:
             self._submit(full)
         return blob_id
+
+    def add_blob_later(self, blob_type: BlobType, data: bytes) -> Future[bytes]:
+        """``add_blob`` on the writer's sealing threads, so one stream's chunks are hashed,
+        compressed and encrypted on every core while its reader cuts the next: BLAKE3, zstd and
+        AES-GCM release the interpreter lock. The caller bounds how many it has in flight."""
+        return self._sealers.submit(self.add_blob, blob_type, data)
 
     def _submit(self, packer: PackBuilder) -> None:
         self._in_flight.acquire()
@@ -818,6 +827,7 @@ class RepositoryWriter:
             return
         self._closed = True
         try:
+            self._sealers.shutdown(wait=True)
             self.flush()
         finally:
             self._uploads.shutdown(wait=True, cancel_futures=True)
@@ -828,6 +838,7 @@ class RepositoryWriter:
         if self._closed:
             return
         self._closed = True
+        self._sealers.shutdown(wait=True, cancel_futures=True)
         for future in self._futures:
             future.cancel()
         self._uploads.shutdown(wait=True, cancel_futures=True)

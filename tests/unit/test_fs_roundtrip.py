@@ -184,10 +184,10 @@ def test_unreadable_file_fails_or_is_skipped_by_policy(
     bad_inode = os.stat(source / "bad-sector").st_ino
     real_preadv = os.preadv
 
-    def failing_preadv(fd: int, buffers: list[memoryview], offset: int) -> int:
+    def failing_preadv(fd: int, buffers: list[memoryview], offset: int, *flags: int) -> int:
         if os.fstat(fd).st_ino == bad_inode:
             raise OSError(5, "Input/output error")
-        return real_preadv(fd, buffers, offset)
+        return real_preadv(fd, buffers, offset, *flags)
 
     monkeypatch.setattr(os, "preadv", failing_preadv)
     with pytest.raises(SourceUnreadable, match="bad-sector: Input/output error"):
