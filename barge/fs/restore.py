@@ -21,8 +21,9 @@ import functools
 import os
 import stat
 import threading
-from collections.abc import Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections import deque
+from collections.abc import Generator, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,7 +36,10 @@ from barge.fs.walk import DirCursor, Subdir, open_below, walk_tree
 from barge.repo.repository import Repository
 from barge.repo.session import Session
 from barge.repo.snapshot import Snapshot, SnapshotKind
-from barge.repo.tree import Node
+from barge.repo.tree import Extent, Node
+
+# Blobs of one file read ahead of the one being written (each at most a chunk, 8 MiB by default).
+READ_AHEAD = 3
 
 
 class UnsafeName(CorruptionDetected):
@@ -79,6 +83,7 @@ class _TreeRestore:
         self.progress = progress
         self.cancel = cancel
         self.pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="barge-restore")
+        self.fetchers = ThreadPoolExecutor(max_workers=os.cpu_count() or 2, thread_name_prefix="barge-fetch")
         self.as_root = os.geteuid() == 0
         self.lock = threading.Lock()
         self.links: dict[tuple[int, int], bytes] = {}  # source inode -> first restored path
@@ -156,29 +161,59 @@ class _TreeRestore:
     def write_file(self, fd: int, node: Node) -> None:
         try:
             offset = 0
-            for blob_id, length in node.content:
-                self.cancel.check()
-                if blob_id is not None:
-                    data = self.repo.read_blob(blob_id)
-                    if len(data) != length:
-                        raise CorruptionDetected(
-                            f"chunk {blob_id.hex()[:16]} has {len(data)} bytes, expected {length}"
-                        )
-                    if self.sparse_block:
-                        written = self.write_nonzero(fd, data, offset)
-                    else:
-                        os.pwrite(fd, data, offset)
-                        written = length
-                    with self.lock:
-                        self.bytes_written += written
-                offset += length
-                self.progress.add(length)
+            with contextlib.closing(self.blob_data(node.content)) as blobs:
+                for (blob_id, length), data in zip(node.content, blobs, strict=True):
+                    self.write_extent(fd, blob_id, data, offset, length)
+                    offset += length
             os.ftruncate(fd, node.size)  # trailing holes stay holes
             self.apply_metadata(fd, node)
             with self.lock:
                 self.files += 1
         finally:
             self.close_file(fd)
+
+    def blob_data(self, content: tuple[Extent, ...]) -> Generator[bytes | None, None, None]:
+        """Each extent's data (None for a hole). A file of several blobs has up to ``READ_AHEAD``
+        of them read, decrypted and verified on the fetch threads while the previous is written:
+        one big file would otherwise be restored on one core."""
+        if sum(blob_id is not None for blob_id, _ in content) < 2:
+            for blob_id, _ in content:
+                yield None if blob_id is None else self.repo.read_blob(blob_id)
+            return
+        window: deque[Future[bytes] | None] = deque()
+        upcoming = iter(content)
+        try:
+            for blob_id, _ in upcoming:
+                window.append(None if blob_id is None else self.fetchers.submit(self.repo.read_blob, blob_id))
+                if len(window) > READ_AHEAD:
+                    head = window.popleft()
+                    yield None if head is None else head.result()
+            while window:
+                head = window.popleft()
+                yield None if head is None else head.result()
+        finally:
+            for future in window:
+                if future is not None:
+                    future.cancel()
+            wait([f for f in window if f is not None])
+
+    def write_extent(
+        self, fd: int, blob_id: bytes | None, data: bytes | None, offset: int, length: int
+    ) -> None:
+        self.cancel.check()
+        if blob_id is not None and data is not None:
+            if len(data) != length:
+                raise CorruptionDetected(
+                    f"chunk {blob_id.hex()[:16]} has {len(data)} bytes, expected {length}"
+                )
+            if self.sparse_block:
+                written = self.write_nonzero(fd, data, offset)
+            else:
+                os.pwrite(fd, data, offset)
+                written = length
+            with self.lock:
+                self.bytes_written += written
+        self.progress.add(length)
 
     def write_nonzero(self, fd: int, data: bytes, offset: int) -> int:
         """Write ``data`` at ``offset`` but for its all-zero blocks, which stay holes."""
@@ -335,6 +370,7 @@ def _restore_under_lease(
         os.utime(root_fd, ns=(root.mtime_ns, root.mtime_ns))
     finally:
         job.pool.shutdown(wait=True, cancel_futures=True)
+        job.fetchers.shutdown(wait=True, cancel_futures=True)
         for fd in list(job.open_fds):
             job.close_file(fd)
         os.close(root_fd)
