@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import hmac
 import json
@@ -148,7 +149,12 @@ def _b64(data: bytes) -> str:
 _KEY_AAD = b"barge:key:v1"
 
 
+@functools.lru_cache(maxsize=32)
 def _derive(password: bytes, salt: bytes, params: KdfParams) -> bytes:
+    """scrypt, remembered for the process's life: an agent unlocks the same repositories for every
+    assignment, and each derivation costs ~0.2 s of CPU and 64 MiB. Memory only, never on disk,
+    in the process that holds the password anyway; a key object that is wrong for the password or
+    crafted still fails its AES-GCM tag."""
     return Scrypt(salt=salt, length=32, n=params.n, r=params.r, p=params.p).derive(password)
 
 

@@ -6,8 +6,10 @@ import os
 from pathlib import Path
 
 import pytest
+from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
 
 from barge.errors import CorruptionDetected, InvalidInput, NotFound
+from barge.repo import crypto
 from barge.repo.crypto import KdfParams, WrongPassword
 from barge.repo.pack import BlobType, pack_key
 from barge.repo.repository import Repository, RepositoryNotFound, RepositorySettings
@@ -35,6 +37,28 @@ def test_wrong_password_and_missing_repository_are_clear_errors(tmp_path: Path) 
         Repository.open(LocalDirectoryStore(tmp_path / "r"), b"guess")
     with pytest.raises(RepositoryNotFound, match="barge repo init"):
         Repository.open(LocalDirectoryStore(tmp_path / "empty"), PASSWORD)
+
+
+def test_a_process_derives_a_password_key_once_and_a_wrong_password_still_fails(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An agent opens the same repository for every assignment: scrypt runs once per process."""
+    new_repo(tmp_path)
+    derivations: list[bytes] = []
+    real_scrypt = crypto.Scrypt
+
+    def counting(*, salt: bytes, **params: int) -> Scrypt:
+        derivations.append(salt)
+        return real_scrypt(salt=salt, **params)
+
+    monkeypatch.setattr(crypto, "Scrypt", counting)
+    crypto._derive.cache_clear()  # init derived it already
+    keys = {Repository.open(LocalDirectoryStore(tmp_path), PASSWORD).keys for _ in range(3)}
+    assert len(keys) == 1
+    assert len(derivations) == 1
+    for _ in range(2):
+        with pytest.raises(WrongPassword):
+            Repository.open(LocalDirectoryStore(tmp_path), b"guess")
 
 
 def test_init_twice_is_refused(tmp_path: Path) -> None:
