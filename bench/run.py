@@ -18,6 +18,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -26,6 +27,28 @@ from bench.datasets import apply_change, disk_usage, ensure, tree_bytes
 ROOT = Path(__file__).resolve().parent.parent
 OPS = ("full", "nochange", "change1pct", "restore", "block")
 Timings = dict[str, tuple[float, float]]
+
+
+@dataclass(frozen=True)
+class Target:
+    """Issue 14's speed targets: Barge's speed over ``peer``'s on ``op`` must be at least ``ratio``."""
+
+    op: str
+    peer: str
+    ratio: float
+
+
+TARGETS = (
+    Target("full", "restic", 1.5),
+    Target("full", "kopia", 1.0),
+    Target("restore", "restic", 1.5),
+    Target("restore", "kopia", 1.0),
+    Target("nochange", "kopia", 1.0),
+    Target("change1pct", "kopia", 1.0),
+    Target("block", "restic", 2.0),
+    Target("block", "kopia", 2.0),
+)
+RSS_TARGET_MIB = 300  # Barge's peak RSS in every operation
 
 
 @dataclass
@@ -65,6 +88,9 @@ class Tool:
 
     def restore(self, target: Path) -> list[str]: ...
 
+    def profiled(self, op: str, argv: list[str], report: Path) -> list[str]:
+        return argv  # only Barge's own commands are profiled
+
 
 class Barge(Tool):
     name = "barge"
@@ -87,6 +113,10 @@ class Barge(Tool):
         _, _, out = run([self.bin, "snapshots", "--json"], self.env)
         latest = [s for s in json.loads(out) if s["kind"] == "fs"][-1]["id"]
         return [self.bin, "restore", latest, str(target)]
+
+    def profiled(self, op: str, argv: list[str], report: Path) -> list[str]:
+        wrapper = [sys.executable, "-m", "bench.profile", "--report", str(report), "--label", f"barge {op}"]
+        return [*wrapper, "--", *argv[1:]]
 
 
 class Restic(Tool):
@@ -132,30 +162,35 @@ class Kopia(Tool):
 
 
 def bench_tool(
-    tool_cls: type[Tool], tree: Path, image: Path, scratch: Path
-) -> tuple[dict[str, tuple[float, float]], int]:
+    tool_cls: type[Tool], tree: Path, image: Path, scratch: Path, profile: Mapping[str, Path] | None = None
+) -> tuple[Timings, int]:
+    """One repetition of every operation; the ops in ``profile`` run under ``bench.profile``,
+    which writes its report to the path given."""
+    profile = profile or {}
     work = Path(tempfile.mkdtemp(prefix=f"{tool_cls.name}-", dir=scratch))
     tool = tool_cls(work)
     tool.init()
     timings: Timings = {}
-    seconds, rss, _ = run(tool.backup(tree), tool.env)
-    timings["full"] = (seconds, rss)
+
+    def timed(op: str, argv: list[str]) -> None:
+        if op in profile:
+            argv = tool.profiled(op, argv, profile[op])
+        seconds, rss, _ = run(argv, tool.env, cwd=ROOT)
+        timings[op] = (seconds, rss)
+
+    timed("full", tool.backup(tree))
     repo_size = disk_usage(tool.repo)
-    seconds, rss, _ = run(tool.backup(tree), tool.env)
-    timings["nochange"] = (seconds, rss)
+    timed("nochange", tool.backup(tree))
     apply_change(tree, changed=True)
     try:
-        seconds, rss, _ = run(tool.backup(tree), tool.env)
-        timings["change1pct"] = (seconds, rss)
+        timed("change1pct", tool.backup(tree))
     finally:
         apply_change(tree, changed=False)
     target = work / "restored"
     target.mkdir()
-    seconds, rss, _ = run(tool.restore(target), tool.env)
-    timings["restore"] = (seconds, rss)
+    timed("restore", tool.restore(target))
     shutil.rmtree(target)
-    seconds, rss, _ = run(tool.backup_block(image), tool.env)
-    timings["block"] = (seconds, rss)
+    timed("block", tool.backup_block(image))
     shutil.rmtree(work)
     return timings, repo_size
 
@@ -168,6 +203,9 @@ def main() -> int:
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--tools", default="barge,restic,kopia")
     parser.add_argument("--json-out", type=Path)
+    parser.add_argument(
+        "--no-profile", action="store_true", help="skip the extra profiled run of missed operations"
+    )
     args = parser.parse_args()
     cache = Path(os.environ.get("BARGE_CACHE_DIR", Path.home() / ".cache" / "barge")) / "bench"
     # Generate in a child process: this process must stay small, because a spawned tool's peak RSS
@@ -196,6 +234,15 @@ def main() -> int:
                 results[tool.name][op].rss_mib.append(rss)
     report = summarize(results, repo_sizes, sizes)
     print(report)
+    verdicts, missed = judge(results)
+    print("\n".join(verdicts))
+    if missed and "barge" in results and not args.no_profile:
+        print(f"\nprofiling the missed operations ({', '.join(missed)}) in one more Barge run...", flush=True)
+        reports = {op: scratch / f"profile-{op}.txt" for op in missed}
+        bench_tool(Barge, tree, image, scratch, profile=reports)
+        for op in missed:
+            print("\n" + reports[op].read_text().rstrip())
+        print("\nWhy these limits remain in Python: docs/performance.md, 'Where the time goes'.")
     if args.json_out:
         raw = {t: {op: r.__dict__ for op, r in ops.items()} for t, ops in results.items()}
         args.json_out.write_text(
@@ -225,6 +272,30 @@ def summarize(
             ratio = statistics.median(repo_sizes["barge"]) / statistics.median(repo_sizes[peer])
             lines.append(f"| repository size | {peer} | Barge/peer = {ratio:.3f} |")
     return "\n".join(lines)
+
+
+def judge(results: dict[str, dict[str, Result]]) -> tuple[list[str], list[str]]:
+    """Each of issue 14's targets as met or missed (lines to print), and the missed operations."""
+    if "barge" not in results:
+        return [], []
+    lines = ["", "| target | measured | met? |", "|---|---:|---|"]
+    missed: list[str] = []
+    mine = {op: statistics.median(r.seconds) for op, r in results["barge"].items()}
+    for target in (t for t in TARGETS if t.peer in results):
+        ratio = statistics.median(results[target.peer][target.op].seconds) / mine[target.op]
+        met = ratio >= target.ratio
+        verdict = "yes" if met else f"**no**, {target.ratio / ratio:.2f}x short"
+        lines.append(f"| {target.op} >= {target.ratio}x {target.peer} | {ratio:.2f}x | {verdict} |")
+        if not met and target.op not in missed:
+            missed.append(target.op)
+    for op, result in results["barge"].items():
+        peak = max(result.rss_mib)
+        met = peak <= RSS_TARGET_MIB
+        verdict = "yes" if met else "**no**"
+        lines.append(f"| {op} peak RSS <= {RSS_TARGET_MIB} MiB | {peak:,.0f} MiB | {verdict} |")
+        if not met and op not in missed:
+            missed.append(op)
+    return lines, missed
 
 
 if __name__ == "__main__":
