@@ -40,6 +40,8 @@ from barge.repo.tree import Extent, Node
 
 # Blobs of one file read ahead of the one being written (each at most a chunk, 8 MiB by default).
 READ_AHEAD = 3
+# Files of one blob at most handed to one restore worker at once.
+RESTORE_BATCH = 16
 
 
 class UnsafeName(CorruptionDetected):
@@ -88,6 +90,9 @@ class _TreeRestore:
         self.lock = threading.Lock()
         self.links: dict[tuple[int, int], bytes] = {}  # source inode -> first restored path
         self.open_fds: set[int] = set()  # files handed to the pool; closed even if canceled
+        # Files open at once: enough for every worker's batch and the walk's next one, so the walk
+        # waiting for a slot always waits for a batch already on the pool.
+        self.slots = threading.BoundedSemaphore((workers + 1) * RESTORE_BATCH)
         self.files = self.dirs = self.bytes_written = 0
         self.warnings: list[str] = []
         self.sparse_block = 0  # > 0: leave all-zero blocks of this size (file-aligned) unwritten
@@ -105,6 +110,7 @@ class _TreeRestore:
         self.cancel.check()
         dir_fd = cursor.fd
         subdirs: list[Subdir[bytes]] = []
+        batch: list[tuple[int, Node]] = []
         for entry in self.repo.read_tree(tree_id):
             name = check_name(entry.name)
             node = self.policy.admit(entry, functools.partial(cursor.relpath, name))
@@ -124,18 +130,40 @@ class _TreeRestore:
             elif node.kind == "file":
                 if node.nlink > 1 and self.link_if_seen(node, dir_fd, name, cursor.relpath(name)):
                     continue
-                fd = os.open(
-                    name,
-                    os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
-                    0o600,
-                    dir_fd=dir_fd,
-                )
-                with self.lock:
-                    self.open_fds.add(fd)
-                pending.append(self.pool.submit(self.write_file, fd, node))
+                fd = self.create_file(dir_fd, name)
+                if sum(blob_id is not None for blob_id, _ in node.content) > 1:
+                    pending.append(self.pool.submit(self.write_file, fd, node))
+                    continue
+                batch.append((fd, node))
+                if len(batch) == RESTORE_BATCH:
+                    pending.append(self.pool.submit(self.write_files, batch))
+                    batch = []
             else:
                 self.restore_special(dir_fd, name, cursor.relpath(name), node)
+        if batch:
+            pending.append(self.pool.submit(self.write_files, batch))
         return subdirs
+
+    def create_file(self, dir_fd: int, name: bytes) -> int:
+        """Create ``name``, waiting while too many files are open: a directory may hold more files
+        than the process may open (a restore of 3,000 files at ``ulimit -n 256`` failed)."""
+        self.slots.acquire()
+        try:
+            flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+            fd = os.open(name, flags, 0o600, dir_fd=dir_fd)
+        except BaseException:
+            self.slots.release()
+            raise
+        with self.lock:
+            self.open_fds.add(fd)
+        return fd
+
+    def write_files(self, batch: list[tuple[int, Node]]) -> None:
+        """Files of one blob at most, written one after the other by one worker: a hand-off to the
+        pool per small file cost more than writing it. If one fails, ``close_file`` still closes
+        the rest (the restore's end closes every file left open)."""
+        for fd, node in batch:
+            self.write_file(fd, node)
 
     def link_if_seen(self, node: Node, dir_fd: int, name: bytes, rel: bytes) -> bool:
         if node.nlink < 2:
@@ -230,6 +258,7 @@ class _TreeRestore:
                 return
             self.open_fds.discard(fd)
         os.close(fd)
+        self.slots.release()
 
     def apply_metadata(self, fd: int, node: Node) -> None:
         if self.as_root:

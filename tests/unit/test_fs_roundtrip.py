@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import resource
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -298,3 +299,21 @@ def crafted_snapshot(tree: bytes, bytes_total: int = 0) -> Snapshot:
         summary=SnapshotSummary(bytes_total=bytes_total),
         root=RootMetadata(mode=0o755, uid=0, gid=0, mtime_ns=0),
     )
+
+
+def test_a_directory_of_more_files_than_the_process_may_open_restores(
+    repo: Repository, tmp_path: Path
+) -> None:
+    """The walk creates files faster than the workers fill them: it must wait, not run out of
+    descriptors (containerd gives a container a soft limit of 1,024)."""
+    source = tmp_path / "src"
+    for n in range(3000):
+        write(source / "many" / f"f{n:04d}", f"file {n}\n".encode())
+    snapshot_id = backup_tree(repo, source).snapshot_id
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (len(os.listdir("/proc/self/fd")) + 120, hard))
+    try:
+        restore_tree(repo, snapshot_id, tmp_path / "restored")
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    assert capture(tmp_path / "restored") == capture(source)
