@@ -107,12 +107,24 @@ def test_a_server_dies_with_the_process_that_started_it(tmp_path: Path) -> None:
     )
     assert parent.stdout is not None
     child = int(parent.stdout.readline())
+    # setpriv sets the parent-death signal, then execs the server: kill the parent only after
+    # that, as a parent killed before it leaves the child unguarded (seen on a loaded machine).
+    deadline = time.monotonic() + 10
+    while _command(child) != "sleep" and time.monotonic() < deadline:
+        time.sleep(0.01)
     parent.kill()
     parent.wait()
     deadline = time.monotonic() + 10
     while _alive(child) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert not _alive(child), "the server outlived the killed process that started it"
+
+
+def _command(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/comm").read_text().strip()
+    except FileNotFoundError:
+        return ""
 
 
 def _alive(pid: int) -> bool:
