@@ -50,6 +50,64 @@ SEALING_AHEAD = 3
 Part = tuple["Future[bytes] | bytes | None", int]  # a blob being stored, stored, or a hole; length
 
 
+class _Parts:
+    """One stream's extents in order while some of its blobs are still being sealed."""
+
+    def __init__(self, writer: RepositoryWriter, progress: Progress) -> None:
+        self.writer = writer
+        self.progress = progress
+        self.parts: list[Part] = []
+        self.sealing: deque[tuple[int, bytearray]] = deque()  # blobs being stored: part, its copy
+        self.spare: list[bytearray] = []  # copies whose blob is stored: reused, not allocated anew
+
+    def hole(self, length: int) -> None:
+        self.parts.append((None, length))
+        self.progress.add(length)
+
+    def store(self, data: bytes | memoryview) -> None:
+        self.parts.append((self.writer.add_blob(BlobType.DATA, data), len(data)))
+        self.progress.add(len(data))
+
+    def store_later(self, data: bytes | memoryview) -> None:
+        """Seal a copy on the writer's threads (the chunker reuses its buffer), at most
+        ``SEALING_AHEAD`` at once. The copies are reused: a fresh one per chunk cost a block backup
+        1 s of page faults (2.9 -> 3.4 s, system time 1.0 -> 2.0 s)."""
+        self.settle(SEALING_AHEAD - 1)
+        copy = self.spare.pop() if self.spare else bytearray()
+        if len(copy) < len(data):
+            copy = bytearray(len(data))
+        copy[: len(data)] = data
+        self.sealing.append((len(self.parts), copy))
+        later = self.writer.add_blob_later(BlobType.DATA, memoryview(copy)[: len(data)])
+        self.parts.append((later, len(data)))
+
+    def settle(self, limit: int) -> None:
+        """Wait until at most ``limit`` blobs are still being sealed."""
+        while len(self.sealing) > limit:
+            at, copy = self.sealing.popleft()
+            future, length = self.parts[at]
+            assert isinstance(future, Future)
+            self.parts[at] = (future.result(), length)
+            self.spare.append(copy)
+            self.progress.add(length)
+
+    def abandon(self) -> None:
+        """On an error: cancel what has not started, wait for the rest (it uses the writer)."""
+        for at, _ in self.sealing:
+            future, _ = self.parts[at]
+            assert isinstance(future, Future)
+            future.cancel()
+        wait([f for f, _ in self.parts if isinstance(f, Future)])
+
+    def extents(self) -> tuple[Extent, ...]:
+        self.settle(0)
+        extents: list[Extent] = []
+        for blob_id, length in self.parts:
+            assert not isinstance(blob_id, Future)
+            _append(extents, blob_id, length)
+        return tuple(extents)
+
+
 def store_content(
     fd: int,
     size: int,
@@ -64,59 +122,35 @@ def store_content(
     chunks) are recorded as ``(None, length)`` and never stored. A range of many chunks is sealed
     on the writer's threads, at most ``SEALING_AHEAD`` chunks ahead of the reader."""
     zero = bytes(chunker.max_size) if zeros_as_holes else b""
-    parts: list[Part] = []
-    sealing: deque[int] = deque()  # indexes into ``parts`` of the blobs still being stored
+    parts = _Parts(writer, progress)
     pos = bytes_read = 0
     complete = True
-
-    def settle(limit: int) -> None:
-        while len(sealing) > limit:
-            at = sealing.popleft()
-            future, length = parts[at]
-            assert isinstance(future, Future)
-            parts[at] = (future.result(), length)
-            progress.add(length)
-
     try:
         for start, end in data_extents(fd, size):
             if start > pos:
-                parts.append((None, start - pos))
-                progress.add(start - pos)
+                parts.hole(start - pos)
             got = 0
             for data, one_of_many in _chunks(fd, start, end, chunker):
                 cancel.check()
                 if zeros_as_holes and zero.startswith(data):
-                    parts.append((None, len(data)))
-                    progress.add(len(data))
+                    parts.hole(len(data))
                 elif one_of_many:
-                    settle(SEALING_AHEAD - 1)
-                    sealing.append(len(parts))  # the chunker reuses its buffer: seal a copy
-                    parts.append((writer.add_blob_later(BlobType.DATA, bytes(data)), len(data)))
+                    parts.store_later(data)
                 else:
-                    parts.append((writer.add_blob(BlobType.DATA, data), len(data)))
-                    progress.add(len(data))
+                    parts.store(data)
                 got += len(data)
             pos = start + got
             bytes_read += got
             if pos < end:
                 complete = False
                 break
-        settle(0)
+        if complete and pos < size:
+            parts.hole(size - pos)
+        extents = parts.extents()
     except BaseException:
-        for at in sealing:
-            future, _ = parts[at]
-            assert isinstance(future, Future)
-            future.cancel()
-        wait([f for f, _ in parts if isinstance(f, Future)])
+        parts.abandon()
         raise
-    if complete and pos < size:
-        parts.append((None, size - pos))
-        progress.add(size - pos)
-    extents: list[Extent] = []
-    for blob_id, length in parts:
-        assert not isinstance(blob_id, Future)
-        _append(extents, blob_id, length)
-    return StoredContent(tuple(extents), bytes_read, complete=complete)
+    return StoredContent(extents, bytes_read, complete=complete)
 
 
 def _chunks(fd: int, start: int, end: int, chunker: FastCDC) -> Iterator[tuple[bytes | memoryview, bool]]:

@@ -686,10 +686,11 @@ class RepositoryWriter:
             self._submit(full)
         return blob_id
 
-    def add_blob_later(self, blob_type: BlobType, data: bytes) -> Future[bytes]:
+    def add_blob_later(self, blob_type: BlobType, data: bytes | memoryview) -> Future[bytes]:
         """``add_blob`` on the writer's sealing threads, so one stream's chunks are hashed,
         compressed and encrypted on every core while its reader cuts the next: BLAKE3, zstd and
-        AES-GCM release the interpreter lock. The caller bounds how many it has in flight."""
+        AES-GCM release the interpreter lock. The caller bounds how many it has in flight, and
+        keeps ``data`` unchanged until the future is done (nothing holds it after that)."""
         return self._sealers.submit(self.add_blob, blob_type, data)
 
     def _submit(self, packer: PackBuilder) -> None:
