@@ -6,6 +6,11 @@ and uploaders, so this samples every thread's innermost Python frame every few m
 instead. A C call that releases the interpreter lock (zstd, AES-GCM, BLAKE3, a read) shows as the
 Python line that made it. The report also gives the process's CPU time against its wall time
 (how many of the cores it kept busy, and the kernel's share), and what the imports cost.
+
+Read it knowing its bias: the sampler itself needs the interpreter lock, which it gets at once
+while a thread sits in a system call but only at the next switch interval (5 ms) from a thread
+running Python, so lines that release the lock are over-counted and pure-Python work under-counted.
+A thread waiting to take the lock back shows on the line it released it from (often a ``return``).
 """
 
 from __future__ import annotations
