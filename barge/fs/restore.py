@@ -160,10 +160,15 @@ class _TreeRestore:
 
     def write_files(self, batch: list[tuple[int, Node]]) -> None:
         """Files of one blob at most, written one after the other by one worker: a hand-off to the
-        pool per small file cost more than writing it. If one fails, ``close_file`` still closes
-        the rest (the restore's end closes every file left open)."""
-        for fd, node in batch:
-            self.write_file(fd, node)
+        pool per small file cost more than writing it. If one fails, the rest are closed at once:
+        their slots would otherwise stay taken, and a walk waiting for one would wait forever."""
+        for at, (fd, node) in enumerate(batch):
+            try:
+                self.write_file(fd, node)
+            except BaseException:
+                for rest, _ in batch[at + 1 :]:
+                    self.close_file(rest)
+                raise
 
     def link_if_seen(self, node: Node, dir_fd: int, name: bytes, rel: bytes) -> bool:
         if node.nlink < 2:

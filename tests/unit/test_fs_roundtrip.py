@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, given, settings
 
-from barge.errors import Canceled, InvalidInput, PermanentError
+from barge.errors import Canceled, CorruptionDetected, InvalidInput, PermanentError
 from barge.fs import backup as backup_module
 from barge.fs.backup import BackupOptions, SourceUnreadable, backup_tree
 from barge.fs.progress import CancelToken
@@ -317,3 +317,23 @@ def test_a_directory_of_more_files_than_the_process_may_open_restores(
     finally:
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
     assert capture(tmp_path / "restored") == capture(source)
+
+
+@pytest.mark.timeout(60)
+def test_a_restore_whose_files_all_fail_ends_with_the_error_instead_of_waiting(
+    repo: Repository, tmp_path: Path
+) -> None:
+    """Every file's data is gone: each batch fails on its first file. Its other files must give
+    their open-file slots back, or the walk, waiting for a slot, would wait forever."""
+    source = tmp_path / "src"
+    for n in range(1000):
+        write(source / "many" / f"f{n:04d}", f"file {n}\n".encode())
+    snapshot_id = backup_tree(repo, source).snapshot_id
+    locations = [repo.index.get(blob_id) for blob_id in referenced_blobs(repo)]
+    tree_packs = {loc.pack_id for loc in locations if loc is not None and loc.blob_type is BlobType.TREE}
+    data_packs = [p for p in (tmp_path / "repo" / "data").rglob("*") if p.is_file()]
+    for pack in data_packs:
+        if bytes.fromhex(pack.name) not in tree_packs:
+            pack.unlink()
+    with pytest.raises(CorruptionDetected, match="missing from storage"):
+        restore_tree(repo, snapshot_id, tmp_path / "restored")
