@@ -22,7 +22,7 @@ import os
 import stat
 import threading
 from collections import deque
-from collections.abc import Generator, Iterator
+from collections.abc import Generator, Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,6 +42,9 @@ from barge.repo.tree import Extent, Node
 READ_AHEAD = 3
 # Files of one blob at most handed to one restore worker at once.
 RESTORE_BATCH = 16
+# A batch's blobs up to this size are read together before its files are written (at most
+# RESTORE_BATCH of them held at once per worker: 4 MiB).
+PREFETCH_BLOB = 256 * 1024
 
 
 class UnsafeName(CorruptionDetected):
@@ -160,15 +163,25 @@ class _TreeRestore:
 
     def write_files(self, batch: list[tuple[int, Node]]) -> None:
         """Files of one blob at most, written one after the other by one worker: a hand-off to the
-        pool per small file cost more than writing it. If one fails, the rest are closed at once:
-        their slots would otherwise stay taken, and a walk waiting for one would wait forever."""
-        for at, (fd, node) in enumerate(batch):
-            try:
-                self.write_file(fd, node)
-            except BaseException:
-                for rest, _ in batch[at + 1 :]:
-                    self.close_file(rest)
-                raise
+        pool per small file cost more than writing it. Their blobs of up to ``PREFETCH_BLOB``
+        bytes are read first, together (``Repository.read_blobs``: one request per run of
+        adjacent blobs). If one fails, the files not reached are closed at once: their slots would
+        otherwise stay taken, and a walk waiting for one would wait forever."""
+        reached = 0  # files whose write_file started: it closes them, even when it fails
+        try:
+            prefetched = self.repo.read_blobs(
+                blob_id
+                for _, node in batch
+                for blob_id, length in node.content
+                if blob_id is not None and length <= PREFETCH_BLOB
+            )
+            for fd, node in batch:
+                reached += 1
+                self.write_file(fd, node, prefetched)
+        except BaseException:
+            for fd, _ in batch[reached:]:
+                self.close_file(fd)
+            raise
 
     def link_if_seen(self, node: Node, dir_fd: int, name: bytes, rel: bytes) -> bool:
         if node.nlink < 2:
@@ -191,10 +204,10 @@ class _TreeRestore:
             return False
         return True
 
-    def write_file(self, fd: int, node: Node) -> None:
+    def write_file(self, fd: int, node: Node, prefetched: Mapping[bytes, bytes] | None = None) -> None:
         try:
             offset = 0
-            with contextlib.closing(self.blob_data(node.content)) as blobs:
+            with contextlib.closing(self.blob_data(node.content, prefetched or {})) as blobs:
                 for (blob_id, length), data in zip(node.content, blobs, strict=True):
                     self.write_extent(fd, blob_id, data, offset, length)
                     offset += length
@@ -205,13 +218,18 @@ class _TreeRestore:
         finally:
             self.close_file(fd)
 
-    def blob_data(self, content: tuple[Extent, ...]) -> Generator[bytes | None, None, None]:
-        """Each extent's data (None for a hole). A file of several blobs has up to ``READ_AHEAD``
-        of them read, decrypted and verified on the fetch threads while the previous is written:
-        one big file would otherwise be restored on one core."""
+    def blob_data(
+        self, content: tuple[Extent, ...], prefetched: Mapping[bytes, bytes]
+    ) -> Generator[bytes | None, None, None]:
+        """Each extent's data (None for a hole), ``prefetched`` or read. A file of several blobs
+        has up to ``READ_AHEAD`` of them read, decrypted and verified on the fetch threads while
+        the previous is written: one big file would otherwise be restored on one core."""
         if sum(blob_id is not None for blob_id, _ in content) < 2:
             for blob_id, _ in content:
-                yield None if blob_id is None else self.repo.read_blob(blob_id)
+                if blob_id is None:
+                    yield None
+                else:
+                    yield prefetched[blob_id] if blob_id in prefetched else self.repo.read_blob(blob_id)
             return
         window: deque[Future[bytes] | None] = deque()
         upcoming = iter(content)

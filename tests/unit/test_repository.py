@@ -92,6 +92,37 @@ def test_blobs_deduplicate_and_read_back_across_sessions(tmp_path: Path) -> None
     assert not list(LocalDirectoryStore(tmp_path).list("sessions/"))
 
 
+class CountingStore(LocalDirectoryStore):
+    def __init__(self, root: Path) -> None:
+        super().__init__(root)
+        self.ranges: list[tuple[str, int, int]] = []
+
+    def get_range(self, key: str, offset: int, length: int) -> bytes:
+        self.ranges.append((key, offset, length))
+        return super().get_range(key, offset, length)
+
+
+def test_blobs_side_by_side_in_a_pack_are_read_with_one_request(tmp_path: Path) -> None:
+    new_repo(tmp_path)  # SMALL: packs of 256 KiB, so 40 blobs of 20 KB fill several
+    repo = Repository.open(store := CountingStore(tmp_path), PASSWORD)
+    payloads = [os.urandom(20_000) for _ in range(40)]
+    with repo.writer() as writer:
+        ids = [writer.add_blob(BlobType.DATA, p) for p in payloads]
+    packs = {repo.index.get(i).pack_id for i in ids}  # type: ignore[union-attr]
+    store.ranges.clear()
+    assert repo.read_blobs(reversed(ids)) == dict(zip(ids, payloads, strict=True))
+    assert len(store.ranges) == len(packs) < len(ids)
+    # One damaged blob in a run is named, not passed over.
+    victim = repo.index.get(ids[7])
+    assert victim is not None
+    path = tmp_path / pack_key(victim.pack_id)
+    damaged = bytearray(path.read_bytes())
+    damaged[victim.offset + 20] ^= 1
+    path.write_bytes(bytes(damaged))
+    with pytest.raises(CorruptionDetected, match=ids[7].hex()[:16]):
+        repo.read_blobs(ids)
+
+
 def test_content_ids_are_keyed_per_repository(tmp_path: Path) -> None:
     one, two = new_repo(tmp_path / "a"), new_repo(tmp_path / "b")
     assert one.keys.content_id_of(b"same") != two.keys.content_id_of(b"same")
