@@ -236,7 +236,7 @@ def main() -> int:
     print(report)
     verdicts, missed = judge(results)
     print("\n".join(verdicts))
-    if missed and "barge" in results and not args.no_profile:
+    if missed and not args.no_profile:
         print(f"\nprofiling the missed operations ({', '.join(missed)}) in one more Barge run...", flush=True)
         reports = {op: scratch / f"profile-{op}.txt" for op in missed}
         bench_tool(Barge, tree, image, scratch, profile=reports)
@@ -265,13 +265,17 @@ def summarize(
     if "barge" in results:
         lines += ["", "| op | peer | Barge speed / peer speed (>1 = Barge faster) |", "|---|---|---:|"]
         for op in OPS:
-            mine = statistics.median(results["barge"][op].seconds)
             for peer in (t for t in results if t != "barge"):
-                lines.append(f"| {op} | {peer} | {statistics.median(results[peer][op].seconds) / mine:.2f} |")
+                lines.append(f"| {op} | {peer} | {speed_ratio(results, op, peer):.2f} |")
         for peer in (t for t in results if t != "barge"):
             ratio = statistics.median(repo_sizes["barge"]) / statistics.median(repo_sizes[peer])
             lines.append(f"| repository size | {peer} | Barge/peer = {ratio:.3f} |")
     return "\n".join(lines)
+
+
+def speed_ratio(results: dict[str, dict[str, Result]], op: str, peer: str) -> float:
+    """Barge's speed over ``peer``'s on ``op`` (> 1: Barge is faster), from the median times."""
+    return statistics.median(results[peer][op].seconds) / statistics.median(results["barge"][op].seconds)
 
 
 def judge(results: dict[str, dict[str, Result]]) -> tuple[list[str], list[str]]:
@@ -280,9 +284,8 @@ def judge(results: dict[str, dict[str, Result]]) -> tuple[list[str], list[str]]:
         return [], []
     lines = ["", "| target | measured | met? |", "|---|---:|---|"]
     missed: list[str] = []
-    mine = {op: statistics.median(r.seconds) for op, r in results["barge"].items()}
     for target in (t for t in TARGETS if t.peer in results):
-        ratio = statistics.median(results[target.peer][target.op].seconds) / mine[target.op]
+        ratio = speed_ratio(results, target.op, target.peer)
         met = ratio >= target.ratio
         verdict = "yes" if met else f"**no**, {target.ratio / ratio:.2f}x short"
         lines.append(f"| {target.op} >= {target.ratio}x {target.peer} | {ratio:.2f}x | {verdict} |")

@@ -47,6 +47,11 @@ RESTORE_BATCH = 16
 PREFETCH_BLOB = 256 * 1024
 
 
+def _blob_count(content: tuple[Extent, ...]) -> int:
+    """How many stored blobs a file's content has (its holes are not blobs)."""
+    return sum(blob_id is not None for blob_id, _ in content)
+
+
 class UnsafeName(CorruptionDetected):
     """A snapshot names an entry that would escape or confuse the restore target."""
 
@@ -134,7 +139,7 @@ class _TreeRestore:
                 if node.nlink > 1 and self.link_if_seen(node, dir_fd, name, cursor.relpath(name)):
                     continue
                 fd = self.create_file(dir_fd, name)
-                if sum(blob_id is not None for blob_id, _ in node.content) > 1:
+                if _blob_count(node.content) > 1:
                     pending.append(self.pool.submit(self.write_file, fd, node))
                     continue
                 batch.append((fd, node))
@@ -224,7 +229,7 @@ class _TreeRestore:
         """Each extent's data (None for a hole), ``prefetched`` or read. A file of several blobs
         has up to ``READ_AHEAD`` of them read, decrypted and verified on the fetch threads while
         the previous is written: one big file would otherwise be restored on one core."""
-        if sum(blob_id is not None for blob_id, _ in content) < 2:
+        if _blob_count(content) < 2:
             for blob_id, _ in content:
                 if blob_id is None:
                     yield None

@@ -81,6 +81,31 @@ INDEX_FETCH_BYTES = 64 * MIB  # sealed index objects fetched at once while the l
 RUN_BYTES = 4 * MIB  # adjacent blobs read with one request by ``read_blobs``, at most
 
 
+Located = tuple[BlobLocation, bytes]  # where a blob is, and its ID
+
+
+def _adjacent_runs(located: Iterable[Located]) -> Iterator[list[Located]]:
+    """The blobs in pack and offset order, grouped in runs that are contiguous in one pack and
+    span at most ``RUN_BYTES`` (one blob larger than that is a run of its own)."""
+    run: list[Located] = []
+    for item in sorted(located, key=lambda lb: (lb[0].pack_id, lb[0].offset)):
+        if run and not _extends(run, item[0]):
+            yield run
+            run = []
+        run.append(item)
+    if run:
+        yield run
+
+
+def _extends(run: list[Located], location: BlobLocation) -> bool:
+    first, last = run[0][0], run[-1][0]
+    return (
+        location.pack_id == first.pack_id
+        and location.offset == last.offset + last.stored_length
+        and location.offset + location.stored_length - first.offset <= RUN_BYTES
+    )
+
+
 class RepositoryNotFound(NotFound):
     """No repository is initialized at the location."""
 
@@ -442,27 +467,15 @@ class Repository:
         """Several blobs, those side by side in a pack read with one ranged request (a run of at
         most ``RUN_BYTES``): a restore's small files sit next to each other in their packs, as
         they were backed up, so a batch of them costs one request instead of one each."""
-        located = sorted(
-            ((self._location(b), b) for b in set(blob_ids)), key=lambda lb: (lb[0].pack_id, lb[0].offset)
-        )
         found: dict[bytes, bytes] = {}
-        run: list[tuple[BlobLocation, bytes]] = []
-        for location, blob_id in [*located, (None, b"")]:
-            if run and (
-                location is None
-                or location.pack_id != run[0][0].pack_id
-                or location.offset != run[-1][0].offset + run[-1][0].stored_length
-                or location.offset + location.stored_length - run[0][0].offset > RUN_BYTES
-            ):
-                first = run[0][0]
-                length = run[-1][0].offset + run[-1][0].stored_length - first.offset
-                data = memoryview(self._read_pack_range(first.pack_id, first.offset, length))
-                for loc, bid in run:
-                    start = loc.offset - first.offset
-                    found[bid] = open_blob(self.keys, bid, loc, data[start : start + loc.stored_length])
-                run = []
-            if location is not None:
-                run.append((location, blob_id))
+        for run in _adjacent_runs((self._location(b), b) for b in set(blob_ids)):
+            first, last = run[0][0], run[-1][0]
+            length = last.offset + last.stored_length - first.offset
+            data = memoryview(self._read_pack_range(first.pack_id, first.offset, length))
+            for location, blob_id in run:
+                start = location.offset - first.offset
+                sealed = data[start : start + location.stored_length]
+                found[blob_id] = open_blob(self.keys, blob_id, location, sealed)
         return found
 
     def _location(self, blob_id: bytes) -> BlobLocation:
