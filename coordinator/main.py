@@ -103,7 +103,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--lease-duration",
         type=float,
-        default=15.0,
+        default=10.0,
         help="seconds a crashed leader's Lease holds off the standby (renewed every duration / 7.5)",
     )
     p.add_argument(

@@ -13,6 +13,7 @@ that no longer renews, must not pass for a healthy one.
 
 from __future__ import annotations
 
+import copy
 import logging
 import math
 import threading
@@ -30,6 +31,7 @@ log = logging.getLogger(__name__)
 
 _PAST_EXPIRY_S = 0.05  # an attempt made just after expiry, never just before it
 _STANDBY_LOOKS_PER_RETRY = 4
+_MIN_REQUEST_S = 0.5  # a renewal started just before its deadline still gets a real chance
 
 
 @dataclass(frozen=True)
@@ -63,10 +65,11 @@ class LeaderElector:
     ) -> None:
         """``heartbeat`` runs at every attempt to acquire or renew (for a liveness check)."""
         _check_timing(lease_duration_s, renew_deadline_s, retry_period_s)
-        # One attempt (a GET and a PUT, each retried by the HTTP client) must fit in the renewal
-        # deadline, not in the retry period: on an API server slowed by load, a Lease write that
-        # takes 1.5 s is late, not lost, and timing it out made leadership flap.
-        self._objects = KubeObjects(api, request_timeout_s=max(1.0, renew_deadline_s / 4))
+        # A standby's attempt (a GET and a PUT) may take a quarter of the renewal deadline per
+        # request; a leader's renewal may take whatever is left of the deadline (``_renewing``).
+        self._api = _without_retries(api)
+        self._objects = KubeObjects(self._api, request_timeout_s=max(1.0, renew_deadline_s / 4))
+        self._written: Obj | None = None  # the Lease as our last write left it (resourceVersion)
         self.namespace, self.name, self.identity = namespace, name, identity
         self._clock = clock
         self._on_started, self._on_stopped = on_started, on_stopped
@@ -147,7 +150,7 @@ class LeaderElector:
         last_renew = self._clock.monotonic()
         while not self._stopping.wait(self._retry_s):
             self._heartbeat()
-            if self._try_acquire_or_renew():
+            if self._renew(last_renew):
                 last_renew = self._clock.monotonic()
             elif self._taken_by_another():
                 log.error("%s lost lease %s to %s", self.identity, self.name, self._observed_holder())
@@ -162,17 +165,49 @@ class LeaderElector:
     def _taken_by_another(self) -> bool:
         return self._observed_holder() not in ("", self.identity)
 
-    def _try_acquire_or_renew(self) -> bool:
+    def _renew(self, last_renew: float) -> bool:
+        """One renewal, its requests given what is left of the renewal deadline: on an API server
+        slowed by load a renewal that takes 3 s is late, not lost, and cutting each request at a
+        quarter of the deadline (1.67 s with a 10 s Lease) made leadership flap. First client-go's
+        fast path (one PUT of the Lease as we last wrote it), then GET-then-PUT if that conflicted."""
+        if self._try_renew(self._within(last_renew)):
+            return True
+        objects = self._within(last_renew, requests=2)
+        return objects is not None and self._try_acquire_or_renew(objects)
+
+    def _within(self, last_renew: float, requests: int = 1) -> KubeObjects | None:
+        """A client whose requests, ``requests`` of them, end by the renewal deadline (None: past it)."""
+        left_s = last_renew + self._deadline_s - self._clock.monotonic()
+        if left_s <= 0:
+            return None
+        return KubeObjects(self._api, request_timeout_s=max(_MIN_REQUEST_S, left_s / requests))
+
+    def _try_renew(self, objects: KubeObjects | None) -> bool:
+        """PUT the Lease as our last write left it; False on a conflict, a failure or before any write."""
+        written = self._written
+        if written is None or objects is None:
+            return False
+        lease = {**written, "spec": self._claimed_spec(written.get("spec") or {})}
+        try:
+            self._written = objects.replace(LEASE, lease)
+        except BargeError as err:
+            self._written = None
+            if not isinstance(err, Conflict):
+                log.warning("%s: renewing lease %s/%s: %s", self.identity, self.namespace, self.name, err)
+            return False
+        return True
+
+    def _try_acquire_or_renew(self, objects: KubeObjects | None = None) -> bool:
         """One attempt; False when someone else holds a live Lease, a write raced, or the API failed."""
         try:
-            return self._attempt()
+            return self._attempt(objects or self._objects)
         except BargeError as err:
             log.warning("%s: lease %s/%s: %s", self.identity, self.namespace, self.name, err)
             return False
 
-    def _attempt(self) -> bool:
+    def _attempt(self, objects: KubeObjects) -> bool:
         try:
-            lease = self._objects.get(LEASE, self.namespace, self.name)
+            lease = objects.get(LEASE, self.namespace, self.name)
         except NotFound:
             return self._create()
         spec = lease.get("spec") or {}
@@ -180,14 +215,14 @@ class LeaderElector:
             return False
         lease["spec"] = self._claimed_spec(spec)
         try:
-            self._objects.replace(LEASE, lease)
+            self._written = objects.replace(LEASE, lease)
         except Conflict:
             return False
         return True
 
     def _create(self) -> bool:
         try:
-            self._objects.create(LEASE, self._new_lease())
+            self._written = self._objects.create(LEASE, self._new_lease())
         except Conflict:
             return False  # another candidate created it first
         return True
@@ -239,9 +274,20 @@ class LeaderElector:
                 return
             now = _micro_time(self._clock.now())
             lease["spec"] = {**spec, "holderIdentity": "", "leaseDurationSeconds": 1, "renewTime": now}
+            self._written = None
             self._objects.replace(LEASE, lease)
         except BargeError as err:
             log.warning("%s could not release lease %s/%s: %s", self.identity, self.namespace, self.name, err)
+
+
+def _without_retries(api: client.ApiClient) -> client.ApiClient:
+    """A client of the same server and credentials whose requests are never retried: urllib3
+    retried a timed-out Lease request up to three times, so an attempt could outlast the renewal
+    deadline it was sized to fit, and the leader stepped down after its Lease had expired. A failed
+    attempt is retried by the election itself, at its next period."""
+    configuration = copy.copy(api.configuration)
+    configuration.retries = 0
+    return client.ApiClient(configuration)
 
 
 def _check_timing(lease_s: float, deadline_s: float, retry_s: float) -> None:

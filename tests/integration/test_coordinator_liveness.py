@@ -85,7 +85,7 @@ def holder(kube: client.ApiClient, namespace: str) -> str:
     return str(KubeObjects(kube).get(LEASE, namespace, LEASE_NAME)["spec"].get("holderIdentity") or "")
 
 
-def broken() -> bool:
+def broken(*args: object) -> bool:
     raise RuntimeError("injected")
 
 
@@ -98,7 +98,8 @@ def kill_admission_loop(coordinator: Coordinator) -> None:
 def kill_election_loop(coordinator: Coordinator) -> None:
     elector = coordinator.leadership._elector
     assert elector is not None
-    elector._attempt = broken  # type: ignore[method-assign]
+    elector._attempt = broken  # type: ignore[method-assign]  # standing by
+    elector._renew = broken  # type: ignore[method-assign]  # leading
 
 
 @pytest.mark.parametrize(

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 from kubernetes import client
@@ -152,6 +154,70 @@ def test_a_cut_off_leader_steps_down_and_the_standby_takes_over_after_the_lease(
     assert second.is_leader
 
 
+class SlowLink:
+    """A TCP relay to the API server that holds every chunk a client sends for ``delay_s``: each
+    request takes that much longer, as on an API server slowed by load (TLS passes through)."""
+
+    def __init__(self, upstream: str) -> None:
+        parts = urlsplit(upstream)
+        self._upstream = (parts.hostname or "127.0.0.1", parts.port or 443)
+        self.delay_s = 0.0
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.url = f"https://127.0.0.1:{self._listener.getsockname()[1]}"
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def close(self) -> None:
+        self._listener.close()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client_side, _ = self._listener.accept()
+            except OSError:
+                return
+            server_side = socket.create_connection(self._upstream)
+            for source, sink, slow in ((client_side, server_side, True), (server_side, client_side, False)):
+                threading.Thread(target=self._relay, args=(source, sink, slow), daemon=True).start()
+
+    def _relay(self, source: socket.socket, sink: socket.socket, slow: bool) -> None:
+        try:
+            while data := source.recv(65536):
+                if slow:
+                    time.sleep(self.delay_s)
+                sink.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for end in (source, sink):
+                end.close()
+
+
+def test_a_leader_keeps_the_lease_while_each_request_takes_longer_than_a_quarter_of_the_deadline(
+    make_elector: Any,
+) -> None:
+    """Lease 9 s, renewal deadline 6 s, every chunk a client sends 1.7 s late (a PUT's headers and
+    body: 3.4 s). Before, each Lease request was cut at a quarter of the deadline (1.5 s here):
+    every renewal timed out and the leader stepped down (a 10 s Lease flapped so on an overloaded
+    API server). A renewal is one PUT given what is left of the deadline now: late, not lost."""
+    timing = (9.0, 6.0, 1.5)
+    timeline, lease = Timeline(), unique("lease")
+    first = make_elector("first", timeline, lease, timing=timing)
+    eventually(lambda: first.is_leader)
+    link = SlowLink(first._objects.api.configuration.host)
+    try:
+        first._objects.api.configuration.host = link.url
+        make_elector("second", timeline, lease, timing=timing)
+        time.sleep(timing[2] * 2)  # the leader's connection through the link is open
+        link.delay_s = 1.7
+        time.sleep(timing[0] * 1.5)
+        assert timeline.when("first", "stopped") is None
+        assert timeline.when("second", "started") is None
+        assert first.is_leader
+    finally:
+        link.delay_s = 0.0
+        link.close()
+
+
 def test_a_frozen_leader_is_replaced_and_steps_down_when_it_wakes(make_elector: Any) -> None:
     """A leader that stops renewing without a word (a paused process) loses the Lease after it expires."""
     timeline, lease = Timeline(), unique("lease")
@@ -161,13 +227,13 @@ def test_a_frozen_leader_is_replaced_and_steps_down_when_it_wakes(make_elector: 
     time.sleep(RETRY_S * 2)
 
     thaw = threading.Event()
-    real_attempt: Callable[[], bool] = first._attempt
+    real_renew: Callable[[float], bool] = first._renew
 
-    def frozen() -> bool:
+    def frozen(last_renew: float) -> bool:
         thaw.wait()
-        return real_attempt()
+        return real_renew(last_renew)
 
-    first._attempt = frozen
+    first._renew = frozen
     frozen_at = time.monotonic()
     try:
         taken = eventually(lambda: timeline.when("second", "started"), timeout=LEASE_S + 3)
@@ -189,19 +255,19 @@ def test_a_standby_takes_an_expired_lease_at_its_expiry_not_at_its_next_retry(ma
     first = make_elector("first", timeline, lease, timing=timing)
     eventually(lambda: first.is_leader)
     thaw = threading.Event()
-    real_attempt: Callable[[], bool] = first._attempt
+    real_renew: Callable[[float], bool] = first._renew
     renewed: list[float] = []
 
-    def renewing() -> bool:
-        result = real_attempt()
+    def renewing(last_renew: float) -> bool:
+        result = real_renew(last_renew)
         renewed.append(time.monotonic())
         return result
 
-    def frozen() -> bool:
+    def frozen(last_renew: float) -> bool:
         thaw.wait()
-        return real_attempt()
+        return real_renew(last_renew)
 
-    first._attempt = renewing
+    first._renew = renewing
     eventually(lambda: renewed)
     # The standby starts just before the leader's next renewal: looking once per period, it would
     # see every renewal about 2.2 s after it was made.
@@ -216,7 +282,7 @@ def test_a_standby_takes_an_expired_lease_at_its_expiry_not_at_its_next_retry(ma
 
     second._observe = observe
     time.sleep(timing[2] * 2)
-    first._attempt = frozen
+    first._renew = frozen
     try:
         taken = eventually(lambda: timeline.when("second", "started"), timeout=timing[0] + timing[2] + 3)
     finally:
@@ -227,7 +293,7 @@ def test_a_standby_takes_an_expired_lease_at_its_expiry_not_at_its_next_retry(ma
     eventually(lambda: timeline.when("first", "stopped"), timeout=timing[2] * 4)
 
 
-def broken_attempt() -> bool:
+def broken_attempt(*args: object) -> bool:
     raise RuntimeError("a bug in the election")
 
 
@@ -251,7 +317,7 @@ def test_a_leader_whose_election_fails_unexpectedly_releases_the_lease_at_once(
     timeline, lease = Timeline(), unique("lease")
     first = make_elector("first", timeline, lease)
     eventually(lambda: first.is_leader)
-    first._attempt = broken_attempt
+    first._renew = broken_attempt
     eventually(lambda: timeline.when("first", "stopped"))
     reported = [what for _, who, what in timeline.entries if who == "first"]
     assert reported == ["started", "failed: RuntimeError('a bug in the election')", "stopped"]

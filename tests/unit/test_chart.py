@@ -205,7 +205,7 @@ def test_coordinator_follows_the_command_line_contract(rendered: dict[str, list[
         "config": "/etc/barge/config.yaml",
         "leader-election-namespace": NAMESPACE,
         "leader-election-id": "barge-coordinator",
-        "lease-duration": "15",
+        "lease-duration": "10",
         "repository-password-secret": "barge-repository-password/repository-password",
         "generate-repository-password": "",
         "log-level": "info",
