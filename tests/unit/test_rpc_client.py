@@ -131,6 +131,45 @@ def test_heartbeats_carry_the_running_assignments(started: tuple[RecordingHub, A
     assert hub.of("disconnected") == []
 
 
+def test_a_result_queued_as_its_work_leaves_the_running_list_goes_before_the_heartbeat(
+    pki: ServingPki, handler: RecordingHandler
+) -> None:
+    """The work finishes just as a heartbeat is built: its result is queued, then it leaves the
+    running list the heartbeat carries. Sent first, that heartbeat told the coordinator the work was
+    lost, and it assigned the work again."""
+    job = RunningAssignment("uid-1", 2, 10, 10)
+    phase = ["running"]  # -> "finishing" (set by the test) -> "finished"
+
+    def running() -> tuple[RunningAssignment, ...]:
+        if phase[0] == "finishing":
+            client.send(RESULT)  # as the agent does: the result first, then out of the list
+            phase[0] = "finished"
+        return (job,) if phase[0] == "running" else ()
+
+    hub = RecordingHub()
+    server = make_server(pki, hub)
+    client = AgentClient(
+        f"127.0.0.1:{server.port}",
+        ca_file=pki.ca.cert_path,
+        token_source=Tokens("token-a"),
+        hello=lambda: Hello("node-a", "v-test", 2),
+        handler=handler,
+        running=running,
+        clock=SystemClock(),
+    )
+    client.start()
+    try:
+        wait_until(lambda: any(isinstance(e, Heartbeat) for e in hub.events()), what="a first heartbeat")
+        phase[0] = "finishing"
+        wait_until(lambda: RESULT in hub.events(), what="the result")
+        events = hub.events()
+        at_result = events.index(RESULT)
+        assert Heartbeat(()) not in events[:at_result], events
+    finally:
+        client.stop()
+        server.stop(0)
+
+
 def test_reconnects_after_a_restart_and_resends_hello_and_buffered_events(
     pki: ServingPki, handler: RecordingHandler
 ) -> None:
