@@ -10,6 +10,7 @@ targets are read from this table, never from unit tests.
 from __future__ import annotations
 
 import argparse
+import compileall
 import json
 import os
 import shutil
@@ -101,6 +102,10 @@ class Barge(Tool):
         self.env |= {"BARGE_REPOSITORY": f"file://{self.repo}", "BARGE_PASSWORD": "bench-password"}
 
     def init(self) -> None:
+        # Byte-compiled, as pip installs a package: with PYTHONDONTWRITEBYTECODE set (as on the
+        # machines that ran this), an editable install compiled every module on every command.
+        for package in ("barge", "coordinator", "agent"):
+            compileall.compile_dir(ROOT / package, quiet=1)
         run([self.bin, "repo", "init"], self.env)
 
     def backup(self, source: Path) -> list[str]:
