@@ -178,14 +178,20 @@ def _gap(start: float | None, end: float | None) -> float | None:
 
 
 def release_time(item: ItemTimes) -> float | None:
-    """When the item's agent slot became free: at its result (``scheduler.work_item``: an item
-    whose agent is done holds no slot). A DataUpload's agent writes Completed just before it
-    sends its result, so the slot may free at either; a DataDownload's frees at the result, while
-    the restored volume is still being handed over and bound."""
+    """When the item's agent slot became free, with the simulated binder's delay taken out.
+
+    A DataUpload's agent writes Completed before it sends its result; the coordinator may count
+    the slot free at either. A DataDownload stays InProgress until the coordinator has handed the
+    restored PV to the target PVC and the (simulated) binder bound it: the binder's delay is not
+    the coordinator's, so the release is moved later by it.
+    """
     if item.kind == UPLOAD:
         moments = [t for t in (item.result, item.agent_final, item.completed) if t is not None]
         return min(moments) if moments else None
-    return item.result
+    if item.result is None:
+        return None
+    binder = _gap(item.handed_over, item.target_bound) or 0.0
+    return item.result + binder
 
 
 @dataclass(frozen=True)

@@ -34,13 +34,8 @@ class Stage(Enum):
     WAITING = "waiting"  # New: wants to be accepted and exposed
     PREPARING = "preparing"  # Accepted: holds (or is building) an exposure
     PREPARED = "prepared"  # Prepared, no live assignment: wants an agent on ``node``
-    RUNNING = "running"  # an agent works on it on ``node`` (Prepared+assigned, InProgress, Canceling),
-    # until the hub has its result
+    RUNNING = "running"  # an agent works on it on ``node`` (Prepared+assigned, InProgress, Canceling)
     DONE = "done"  # terminal: uses nothing
-
-
-# The phases in which an agent may hold the item's slot.
-_AGENT_PHASES = (Phase.PREPARED, Phase.IN_PROGRESS, Phase.CANCELING)
 
 
 class Step(Enum):
@@ -199,19 +194,13 @@ def _age(item: WorkItem) -> tuple[datetime, str, str, str]:
     return (item.queued_at, item.key.namespace, item.key.kind, item.key.name)
 
 
-def work_item(
-    cr: CrView, now: datetime, pod_node: str = "", assigned: bool = False, moved: bool = False
-) -> WorkItem:
+def work_item(cr: CrView, now: datetime, pod_node: str = "", assigned: bool = False) -> WorkItem:
     """The scheduler's view of one CR. ``pod_node``: where its exposer pod runs; ``assigned``: the
-    hub has a live (sent or running) assignment for its current epoch; ``moved``: the hub has the
-    agent's result for it. An item whose agent is done holds no slot on the node, whatever phase
-    the cache shows: a DataDownload stays InProgress while the restored volume is handed over and
-    bound (seconds to a minute, the PV controller's work), and a cache a few seconds old still
-    showed some Prepared. Which of the two it was decided whether the next item waited."""
+    hub has a live (sent or running) assignment for its current epoch."""
     key = ItemKey(cr.kind, cr.namespace, cr.name)
     queued_at = cr.accepted_at or cr.created_at or now
     node = cr.node or pod_node
-    if cr.phase.is_terminal or cr.deleting or (moved and cr.phase in _AGENT_PHASES):
+    if cr.phase.is_terminal or cr.deleting:
         return WorkItem(key, Stage.DONE, cr.group, queued_at)
     if cr.phase is Phase.NEW:
         return WorkItem(key, Stage.WAITING, cr.group, queued_at)

@@ -24,7 +24,6 @@ from coordinator.model import (
     ContentView,
     CrView,
     ExposureView,
-    HubState,
     Observed,
     PodView,
     PvcView,
@@ -298,8 +297,7 @@ def work_items(
         pod = caches.get(POD, cr.namespace, cr.name)
         pod_node = str(((pod or {}).get("spec") or {}).get("nodeName") or "") if _owned_by(pod, cr) else ""
         latest = hub.assignment(cr.uid)
-        moved = latest is not None and latest.state is HubState.FINISHED
-        items.append(work_item(cr, now, pod_node, latest is not None and latest.may_run, moved))
+        items.append(work_item(cr, now, pod_node, latest is not None and latest.may_run))
     views.keep_only(live)
     return tuple(items)
 

@@ -147,13 +147,13 @@ def test_queue_split_rejects_a_pool_without_slots() -> None:
         st.queue_split([], capacity=0, origin=0.0)
 
 
-def test_release_time_of_an_upload_is_its_first_ending_and_of_a_download_its_result() -> None:
+def test_release_time_of_an_upload_is_its_first_ending_and_a_download_skips_the_binder() -> None:
     upload = _upload("a", result=5.0, agent_final=4.9, completed=4.95)
     assert st.release_time(upload) == 4.9
     assert st.release_time(_upload("b")) is None
-    download = st.ItemTimes(st.DOWNLOAD, "c", result=5.0, handed_over=5.2, target_bound=6.0, completed=6.1)
-    assert st.release_time(download) == 5.0  # the hand-over and the binder come after the slot is free
-    assert st.release_time(st.ItemTimes(st.DOWNLOAD, "d")) is None
+    download = st.ItemTimes(st.DOWNLOAD, "c", result=5.0, handed_over=5.2, target_bound=6.0)
+    assert st.release_time(download) == pytest.approx(5.8)  # the binder's 0.8 s is not the coordinator's
+    assert st.release_time(st.ItemTimes(st.DOWNLOAD, "d", result=5.0)) == 5.0
 
 
 def test_apply_queue_split_fills_the_items() -> None:

@@ -13,7 +13,6 @@ from coordinator.model import (
     SOURCE_CONTENT_ANNOTATION,
     AssignmentView,
     ContentView,
-    HubState,
     Phase,
     SnapshotState,
 )
@@ -50,14 +49,11 @@ class Caches:
 
 
 class Hub:
-    def __init__(
-        self, released: frozenset[str] = frozenset(), views: dict[str, AssignmentView] | None = None
-    ) -> None:
+    def __init__(self, released: frozenset[str] = frozenset()) -> None:
         self._released = released
-        self._views = views or {}
 
     def assignment(self, assignment_id: str) -> AssignmentView | None:
-        return self._views.get(assignment_id)
+        return None
 
     def released(self, assignment_id: str) -> bool:
         return assignment_id in self._released
@@ -178,23 +174,6 @@ def test_work_items_leave_out_final_deleted_and_let_go_crs_and_see_where_exposer
     assert {(i.key.name, i.stage, i.node) for i in items} == {
         ("new", Stage.WAITING, ""),  # a pod of that name not labelled as its own is not its pod
         ("accepted", Stage.PREPARING, "node-a"),
-    }
-
-
-def test_work_items_hold_a_slot_only_until_the_hub_has_the_agents_result() -> None:
-    crs = [upload("moving", "InProgress"), upload("moved", "InProgress"), upload("assigned", "Prepared")]
-    hub = Hub(
-        views={
-            "uid-moving": AssignmentView(1, "node-a", HubState.RUNNING),
-            "uid-moved": AssignmentView(1, "node-a", HubState.FINISHED),
-            "uid-assigned": AssignmentView(1, "node-a", HubState.SENT),
-        }
-    )
-    items = work_items([("DataUpload", cr) for cr in crs], Caches(), hub, T0, CrViews())
-    assert {(i.key.name, i.stage) for i in items} == {
-        ("moving", Stage.RUNNING),
-        ("moved", Stage.DONE),
-        ("assigned", Stage.RUNNING),
     }
 
 

@@ -191,21 +191,6 @@ def test_work_item_maps_phases_to_stages() -> None:
     assert work_item(replace(cr, deleting=True), T0).stage is Stage.DONE
 
 
-def test_an_item_whose_agent_sent_its_result_holds_no_slot_whatever_its_cached_phase() -> None:
-    """A restore stays InProgress while its volume is handed over and bound, and a cache a moment
-    old may still show it Prepared: either way its agent is done and the next item may start."""
-    config = CoordinatorConfig.from_dict({"loadConcurrency": {"globalConfig": 1}})
-    cr = replace(upload_cr(), node="n1", fence=Fence(1, "n1"))
-    waiting = item("next", Stage.PREPARED, node="n1")
-    for phase in (Phase.PREPARED, Phase.IN_PROGRESS, Phase.CANCELING):
-        moved = work_item(replace(cr, phase=phase), T0, moved=True)
-        assert moved.stage is Stage.DONE
-        admissions = admit([moved, waiting], [node("n1")], config)
-        assert [(a.key.name, a.node) for a in admissions if a.step is Step.ASSIGN] == [("next", "n1")]
-    still_moving = work_item(replace(cr, phase=Phase.IN_PROGRESS), T0)
-    assert [a for a in admit([still_moving, waiting], [node("n1")], config) if a.step is Step.ASSIGN] == []
-
-
 def test_a_small_backup_created_after_a_big_one_gets_every_other_slot() -> None:
     """What each backup already holds counts: one free slot at a time, the small backup catches up
     with the big one's head start, then they alternate; it never waits for all of the big one."""
