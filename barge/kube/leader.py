@@ -66,7 +66,7 @@ class LeaderElector:
         """``heartbeat`` runs at every attempt to acquire or renew (for a liveness check)."""
         _check_timing(lease_duration_s, renew_deadline_s, retry_period_s)
         # A standby's attempt (a GET and a PUT) may take a quarter of the renewal deadline per
-        # request; a leader's renewal may take whatever is left of the deadline (``_renewing``).
+        # request; a leader's renewal may take whatever is left of the deadline (``_renew``).
         self._api = _without_retries(api)
         self._objects = KubeObjects(self._api, request_timeout_s=max(1.0, renew_deadline_s / 4))
         self._written: Obj | None = None  # the Lease as our last write left it (resourceVersion)

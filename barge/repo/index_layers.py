@@ -124,19 +124,9 @@ class _Table:
         return data[within * self.size : (within + 1) * self.size]
 
     def first(self, key: bytes) -> bytes | None:
-        """The first record whose key is ``key``, without ``find``'s generator: a backup makes this
-        lookup for every blob of every unchanged file."""
-        number = max(bisect_left(self.fences, key) - 1, 0)
-        while number < self.blocks:
-            data = self.block(number)
-            start = self._lower_bound(data, key) * self.size
-            if start < len(data):
-                record = data[start : start + self.size]
-                return record if record[self.key_at : self.key_at + len(key)] == key else None
-            number += 1
-            if number >= self.blocks or self.fences[number] != key:
-                return None
-        return None
+        """The first record whose key is ``key``: ``find`` stopped at its first hit, the lookup a
+        backup makes for every blob of every unchanged file."""
+        return next(self.find(key), None)
 
     def find(self, key: bytes) -> Iterator[bytes]:
         """The records whose key is ``key`` (sorted sections only): equal keys are adjacent, so they
